@@ -1,0 +1,68 @@
+/**
+ * Every limit in Xaeroflux, in one place (TigerBeetle style: each queue,
+ * batch, frame and loop has a named `*_max` constant). The README's limits
+ * table is generated from this list; {@linkcode Limits} lets a node override
+ * any of them in its config.
+ *
+ * @module
+ */
+
+/** The default limits. Names end in `_max` (a bound) or `_ms` (a time). */
+export const LIMITS = {
+  /** Largest event, in bytes of its CBOR encoding (SPEC). */
+  event_bytes_max: 64 * 1024,
+  /** How far ahead of the node's clock an event's `ts` may be (SPEC). */
+  event_future_ms: 10 * 60 * 1000,
+  /** Tags per event (SPEC). */
+  event_tags_max: 64,
+  /** Bytes of one tag string (SPEC). */
+  tag_bytes_max: 256,
+  /** Largest HTTP request body. */
+  http_body_bytes_max: 4 * 1024 * 1024,
+  /** Events in one HTTP POST (a CBOR array of events). */
+  http_batch_events_max: 1000,
+  /** Events answered by one query page. */
+  query_limit_max: 1000,
+  /** Events admitted to the pipeline and not yet acknowledged; past this, 503. */
+  pipeline_inflight_events_max: 50_000,
+  /** Events in one message between stages. */
+  stage_batch_events_max: 512,
+  /** Batches a stage may hold in its mailbox (its credit window). */
+  stage_mailbox_batches_max: 8,
+  /** Ids the ingest stage remembers as recently stored (duplicate filter). */
+  ingest_recent_ids_max: 100_000,
+  /** Records one WAL group commit writes before its fdatasync. */
+  wal_commit_records_max: 8192,
+  /** Bytes of one WAL segment file before a new one starts. */
+  wal_segment_bytes_max: 64 * 1024 * 1024,
+  /** Events one RocksDB index batch holds. */
+  index_batch_events_max: 4096,
+  /** Every request that waits for a reply gives up after this. */
+  request_timeout_ms: 10_000,
+  /** A stage restarted more than this many times ... */
+  restart_intensity_max: 5,
+  /** ... within this many ms escalates to the root (the node stops). */
+  restart_period_ms: 10_000,
+  /** How long a stage may take to stop cleanly before it is terminated. */
+  stage_shutdown_ms: 5_000,
+  /** Live subscribers per node. */
+  subscribers_max: 1024,
+  /** Events buffered per live subscriber before it is cut off. */
+  subscriber_queue_events_max: 10_000,
+} as const;
+
+/** The limits in force on a node: the defaults with any overrides. */
+export type Limits = { -readonly [K in keyof typeof LIMITS]: number };
+
+/** The limits with the given overrides applied. */
+export function limitsWith(overrides: Partial<Limits> = {}): Limits {
+  const out = { ...LIMITS } as Limits;
+  for (const [k, v] of Object.entries(overrides)) {
+    if (!(k in LIMITS)) throw new TypeError(`Cannot set limit "${k}": no such limit`);
+    if (typeof v !== "number" || !Number.isFinite(v) || v < 0) {
+      throw new TypeError(`Cannot set limit "${k}" to "${v}": not a non-negative number`);
+    }
+    (out as Record<string, number>)[k] = v;
+  }
+  return out;
+}
