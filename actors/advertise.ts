@@ -1,0 +1,104 @@
+/**
+ * Stage 5, advertise: tells whoever listens that events were indexed. It
+ * holds the live subscriptions (group and kind filters) and sends the root
+ * which subscriber gets which events of each indexed batch.
+ *
+ * Messages it takes (data): `advertise.indexed`. Requests:
+ * `advertise.subscribe`, `advertise.unsubscribe`, `advertise.stats`.
+ * It sends: `root` ← `advertise.deliver`.
+ *
+ * @module
+ */
+
+import type { Stage } from "./runtime.ts";
+import { type EventBatch, unpackBatch } from "./batch.ts";
+import { type Limits, LIMITS } from "./limits.ts";
+import { toHex } from "../storage/ed25519.ts";
+import { XfError } from "../storage/errors.ts";
+
+/** A live subscription's filter. */
+export interface SubscriptionFilter {
+  /** Hex group id; all groups when absent. */
+  gid?: string;
+  kinds?: number[];
+}
+
+/** Messages the advertise stage takes. */
+export type AdvertiseMsg = { type: "advertise.indexed"; batch: EventBatch };
+
+/** Requests advertise answers. */
+export type AdvertiseCall =
+  | { type: "advertise.subscribe"; sub: number; filter: SubscriptionFilter }
+  | { type: "advertise.unsubscribe"; sub: number }
+  | { type: "advertise.stats" };
+
+/** advertise's config. */
+export interface AdvertiseConfig {
+  limits: Limits;
+}
+
+/** Reads the kind of a v1 event without a full decode (after group, author, ts). */
+function kindOf(bytes: Uint8Array): number {
+  // [0x88, 0x01, 0x58 0x20 group(32), 0x58 0x20 author(32), ts, kind, ...]
+  let p = 2 + 34 + 34;
+  const skipUint = () => {
+    const info = bytes[p]! & 0x1f;
+    const size = info < 24 ? 0 : info === 24 ? 1 : info === 25 ? 2 : info === 26 ? 4 : 8;
+    let v = info < 24 ? info : 0;
+    for (let i = 0; i < size; i++) v = v * 256 + bytes[p + 1 + i]!;
+    p += 1 + size;
+    return v;
+  };
+  skipUint();
+  return skipUint();
+}
+
+/** The advertise stage's logic. */
+export function advertiseStage(): Stage<AdvertiseConfig> {
+  let limits: Limits = { ...LIMITS };
+  const subs = new Map<number, SubscriptionFilter>();
+  let delivered = 0;
+
+  return {
+    start(config) {
+      limits = config.limits;
+    },
+    data(raw, ctx) {
+      const msg = raw as AdvertiseMsg;
+      if (msg.type !== "advertise.indexed") {
+        throw new XfError("INTERNAL", `Advertise cannot handle message "${(msg as { type: string }).type}"`);
+      }
+      if (subs.size === 0) return;
+      const items = unpackBatch(msg.batch);
+      const meta = items.map((it) => ({ gid: toHex(it.bytes.subarray(4, 36)), kind: kindOf(it.bytes) }));
+      const matches: { sub: number; idxs: number[] }[] = [];
+      for (const [sub, f] of subs) {
+        const idxs: number[] = [];
+        meta.forEach((m, i) => {
+          if (f.gid && f.gid !== m.gid) return;
+          if (f.kinds?.length && !f.kinds.includes(m.kind)) return;
+          idxs.push(i);
+        });
+        if (idxs.length) matches.push({ sub, idxs });
+        delivered += idxs.length;
+      }
+      if (matches.length) ctx.emit("root", { type: "advertise.deliver", batch: msg.batch, matches });
+    },
+    call(raw) {
+      const msg = raw as AdvertiseCall;
+      switch (msg.type) {
+        case "advertise.subscribe":
+          if (subs.size >= limits.subscribers_max) {
+            throw new XfError("OVERLOADED", `Cannot subscribe: ${limits.subscribers_max} subscribers already`);
+          }
+          subs.set(msg.sub, msg.filter);
+          return true;
+        case "advertise.unsubscribe":
+          return subs.delete(msg.sub);
+        case "advertise.stats":
+          return { subscribers: subs.size, delivered };
+      }
+      throw new XfError("INTERNAL", `Advertise cannot answer "${(msg as { type: string }).type}"`);
+    },
+  };
+}

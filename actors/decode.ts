@@ -1,0 +1,145 @@
+/**
+ * Stage 2, decode: the deterministic-CBOR check, the event shape, the
+ * clock, the group (its manifest must be known) and the signature. What
+ * passes goes to wal-flush; what fails is answered to the root with its
+ * code.
+ *
+ * Messages it takes (data): `decode.batch`.
+ * It sends: `wal` ← `wal.append`; `root` ← `pipeline.results`,
+ * `decode.rejected`. It asks `index` ← `index.group`.
+ *
+ * @module
+ */
+
+import type { Stage, StageContext } from "./runtime.ts";
+import { type BatchItem, type EventBatch, type EventResult, packBatch, unpackBatch } from "./batch.ts";
+import { type Limits, LIMITS } from "./limits.ts";
+import {
+  APP_KIND_MIN,
+  checkManifestEvent,
+  decodeEvent,
+  KIND_MANIFEST,
+  type StoredEvent,
+  verifyEvent,
+} from "../storage/event.ts";
+import { toHex } from "../storage/ed25519.ts";
+import { toWire, XfError } from "../storage/errors.ts";
+
+/** Messages the decode stage takes. */
+export type DecodeMsg = { type: "decode.batch"; batch: EventBatch };
+
+/** What decode knows of a group. */
+export interface GroupInfo {
+  owner: string;
+  policy: number;
+}
+
+/** Decode's config. */
+export interface DecodeConfig {
+  limits: Limits;
+  /** Injected clock (ms). */
+  now?: () => number;
+}
+
+/** Groups whose manifest decode remembers. */
+export const DECODE_GROUPS_MAX = 100_000;
+
+/** The decode stage's logic. */
+export function decodeStage(): Stage<DecodeConfig> {
+  let limits: Limits = { ...LIMITS };
+  let now = Date.now;
+  const groups = new Map<string, GroupInfo>();
+
+  async function knownGroups(gids: Set<string>, ctx: StageContext): Promise<void> {
+    const missing = [...gids].filter((g) => !groups.has(g));
+    if (missing.length === 0) return;
+    const infos = await ctx.ask<(GroupInfo | null)[]>("index", { type: "index.groups", gids: missing });
+    missing.forEach((g, i) => {
+      const info = infos[i];
+      if (info) remember(g, info);
+    });
+  }
+
+  function remember(gid: string, info: GroupInfo) {
+    if (groups.size >= DECODE_GROUPS_MAX) groups.delete(groups.keys().next().value!);
+    groups.set(gid, info);
+  }
+
+  async function batch(b: EventBatch, ctx: StageContext) {
+    const results: EventResult[] = [];
+    const rejectedIds: Uint8Array[] = [];
+    const reject = (it: BatchItem, e: unknown) => {
+      const w = toWire(e);
+      results.push({ req: it.req, idx: it.idx, status: "rejected", id: toHex(it.id), code: w.code, message: w.message });
+      rejectedIds.push(it.id);
+    };
+    const decoded: { it: BatchItem; ev: StoredEvent }[] = [];
+    const horizon = now() + limits.event_future_ms;
+    for (const it of unpackBatch(b)) {
+      try {
+        const ev = decodeEvent(it.bytes, limits);
+        if (ev.ts > horizon) {
+          throw new XfError("TS_IN_FUTURE", `Cannot accept event: ts "${ev.ts}" is more than ${limits.event_future_ms} ms ahead of this node's clock`);
+        }
+        if (ev.kind !== KIND_MANIFEST && ev.kind < APP_KIND_MIN) {
+          throw new XfError("RESERVED_KIND", `Cannot accept event: kind "${ev.kind}" is reserved for the engine and not supported by this node`);
+        }
+        decoded.push({ it, ev });
+      } catch (e) {
+        reject(it, e);
+      }
+    }
+    // Groups: manifests in this batch introduce their group; others must be known.
+    const needed = new Set<string>();
+    for (const d of decoded) if (d.ev.kind !== KIND_MANIFEST) needed.add(toHex(d.ev.group));
+    let lookupError: unknown = null;
+    try {
+      await knownGroups(needed, ctx);
+    } catch (e) {
+      lookupError = e;
+    }
+    // Signatures, verified in parallel (WebCrypto spreads them over threads).
+    const valid = await Promise.all(decoded.map((d) => verifyEvent(d.ev)));
+    const accepted: BatchItem[] = [];
+    decoded.forEach((d, i) => {
+      try {
+        if (!valid[i]) throw new XfError("BAD_SIGNATURE", "Cannot accept event: the signature does not verify for its author");
+        const gid = toHex(d.ev.group);
+        if (d.ev.kind === KIND_MANIFEST) {
+          const m = checkManifestEvent(d.ev);
+          if (!groups.has(gid)) remember(gid, { owner: toHex(d.ev.author), policy: m.policy });
+        } else if (!groups.has(gid)) {
+          if (lookupError) throw lookupError;
+          throw new XfError("UNKNOWN_GROUP", `Cannot accept event: this node does not hold the manifest of group "${gid}"`);
+        }
+        accepted.push(d.it);
+      } catch (e) {
+        reject(d.it, e);
+      }
+    });
+    if (results.length) {
+      ctx.emit("root", { type: "pipeline.results", items: results });
+      const ids = new Uint8Array(rejectedIds.length * 32);
+      rejectedIds.forEach((id, i) => ids.set(id, i * 32));
+      ctx.emit("root", { type: "decode.rejected", ids });
+    }
+    if (accepted.length) ctx.emit("wal", { type: "wal.append", batch: packBatch(accepted) });
+  }
+
+  return {
+    start(config) {
+      limits = config.limits;
+      if (config.now) now = config.now;
+    },
+    async data(raw, ctx) {
+      const msg = raw as DecodeMsg;
+      if (msg.type === "decode.batch") return await batch(msg.batch, ctx);
+      throw new XfError("INTERNAL", `Decode cannot handle message "${(msg as { type: string }).type}"`);
+    },
+    call(raw) {
+      const msg = raw as { type: string };
+      if (msg.type === "decode.stats") return { groups: groups.size };
+      throw new XfError("INTERNAL", `Decode cannot answer "${msg.type}"`);
+    },
+  };
+}

@@ -1,0 +1,275 @@
+/**
+ * Stage 4, index: the one actor that owns the RocksDB handle. Each batch of
+ * durable events becomes one synced RocksDB write holding the events by id,
+ * the per-group time index, new groups, the Merkle pages and the WAL
+ * checkpoint — all or nothing. An event already held is skipped, so a
+ * batch delivered twice (after a restart) is indexed once.
+ *
+ * Messages it takes (data): `index.put`. Requests: `index.has`,
+ * `index.groups`, `index.get`, `index.query`, `index.checkpoint`,
+ * `index.merkle`, `index.proof`, `index.fsck`, `index.stats`.
+ * It sends: `root` ← `index.indexed`; `advertise` ← `advertise.indexed`.
+ *
+ * @module
+ */
+
+import type { Stage, StageContext } from "./runtime.ts";
+import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch.ts";
+import { type Limits, LIMITS } from "./limits.ts";
+import type { GroupInfo } from "./decode.ts";
+import { type Kv, MemoryKv, openRocks } from "../storage/kv.ts";
+import { eventKey, groupKey, metaKey, prefixEnd, timeKey, timeKeyFloor, u64be } from "../storage/keys.ts";
+import { checkManifestEvent, decodeEvent, KIND_MANIFEST, type StoredEvent } from "../storage/event.ts";
+import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
+import { fromHex, toHex } from "../storage/ed25519.ts";
+import { XfError } from "../storage/errors.ts";
+import { GroupTrees } from "./merkle_store.ts";
+
+/** Index's config. */
+export interface IndexConfig {
+  /** RocksDB directory; `null` keeps everything in memory (tests). */
+  dir: string | null;
+  limits: Limits;
+}
+
+/** A query over one group's events. */
+export interface EventQuery {
+  gid: string;
+  since?: number;
+  until?: number;
+  kinds?: number[];
+  authors?: string[];
+  limit: number;
+  cursor?: string;
+}
+
+/** Messages the index stage takes. */
+export type IndexMsg = { type: "index.put"; batch: EventBatch; replay?: boolean };
+
+/** Requests the index answers. */
+export type IndexCall =
+  | { type: "index.has"; ids: Uint8Array }
+  | { type: "index.groups"; gids: string[] }
+  | { type: "index.get"; id: string }
+  | { type: "index.query"; query: EventQuery }
+  | { type: "index.checkpoint" }
+  | { type: "index.merkle"; gid: string }
+  | { type: "index.proof"; gid: string; id: string }
+  | { type: "index.fsck"; gid: string }
+  | { type: "index.stats" };
+
+/** Time-index entries one query page may scan while filtering by kind or author. */
+export const QUERY_SCAN_MAX = 10_000;
+
+const CHECKPOINT = metaKey("checkpoint");
+
+/** A group as the index keeps it. */
+export interface GroupRecord extends GroupInfo {
+  name: string;
+  manifest: string;
+}
+
+function encodeGroup(g: GroupRecord): Uint8Array {
+  return encodeCbor([g.owner, g.policy, g.name, g.manifest]);
+}
+function decodeGroup(b: Uint8Array): GroupRecord {
+  const [owner, policy, name, manifest] = decodeCbor(b) as [string, number, string, string];
+  return { owner, policy, name, manifest };
+}
+
+/** The index stage's logic. */
+export function indexStage(): Stage<IndexConfig> {
+  let kv: Kv | null = null;
+  let limits: Limits = { ...LIMITS };
+  let checkpoint = 0;
+  let trees: GroupTrees | null = null;
+  const groups = new Map<string, GroupRecord | null>();
+  const stats = { batches: 0, stored: 0, duplicates: 0, corrupt: 0, batchEvents: 0 };
+
+  async function group(gid: string): Promise<GroupRecord | null> {
+    if (groups.has(gid)) return groups.get(gid)!;
+    const b = fromHex(gid);
+    if (!b || b.length !== 32) return null;
+    const v = await kv!.get(groupKey(b));
+    const rec = v ? decodeGroup(v) : null;
+    if (rec) groups.set(gid, rec);
+    return rec;
+  }
+
+  async function put(b: EventBatch, replay: boolean, ctx: StageContext) {
+    const items = unpackBatch(b);
+    const events: { it: BatchItem; ev: StoredEvent; hex: string }[] = [];
+    const seen = new Set<string>();
+    let lastSeq = 0;
+    for (const it of items) {
+      if (it.seq > lastSeq) lastSeq = it.seq;
+      let ev: StoredEvent;
+      try {
+        ev = decodeEvent(it.bytes, { ...limits, event_bytes_max: Math.max(limits.event_bytes_max, it.bytes.length) });
+      } catch {
+        stats.corrupt++; // a WAL record that is not an event is never indexed
+        continue;
+      }
+      const hex = toHex(ev.id);
+      if (seen.has(hex)) continue;
+      seen.add(hex);
+      events.push({ it, ev, hex });
+    }
+    const existing = await kv!.getMany(events.map((e) => eventKey(e.ev.id)));
+    const fresh = events.filter((_, i) => existing[i] === undefined);
+    const ops: { type: "put"; key: Uint8Array; value: Uint8Array }[] = [];
+    const newGroups: [string, GroupRecord][] = [];
+    for (const { ev, hex } of fresh) {
+      ops.push({ type: "put", key: eventKey(ev.id), value: ev.bytes });
+      ops.push({ type: "put", key: timeKey(ev.group, ev.ts, ev.id), value: new Uint8Array(0) });
+      if (ev.kind === KIND_MANIFEST) {
+        const gid = toHex(ev.group);
+        if (!(await group(gid)) && !newGroups.some(([g]) => g === gid)) {
+          const m = checkManifestEvent(ev);
+          const rec = { owner: toHex(ev.author), policy: m.policy, name: m.name, manifest: hex };
+          newGroups.push([gid, rec]);
+          ops.push({ type: "put", key: groupKey(ev.group), value: encodeGroup(rec) });
+        }
+      }
+    }
+    const merkle = await trees!.insert(fresh.map((f) => f.ev));
+    for (const o of merkle.ops) ops.push(o as { type: "put"; key: Uint8Array; value: Uint8Array });
+    const nextCheckpoint = Math.max(checkpoint, lastSeq);
+    ops.push({ type: "put", key: CHECKPOINT, value: u64be(nextCheckpoint) });
+    try {
+      await kv!.batch(ops as never, { sync: true });
+    } catch (e) {
+      trees!.forget(); // the write failed: pages reload from what RocksDB holds
+      throw e;
+    }
+    merkle.commit();
+    checkpoint = nextCheckpoint;
+    for (const [g, rec] of newGroups) groups.set(g, rec);
+    stats.batches++;
+    stats.batchEvents += items.length;
+    stats.stored += fresh.length;
+    stats.duplicates += events.length - fresh.length;
+    const ids = (list: { ev: StoredEvent }[]) => {
+      const out = new Uint8Array(list.length * 32);
+      list.forEach((e, i) => out.set(e.ev.id, i * 32));
+      return out;
+    };
+    ctx.emit("root", {
+      type: "index.indexed",
+      n: items.length,
+      replay,
+      lastSeq: checkpoint,
+      stored: ids(fresh),
+      duplicates: ids(events.filter((_, i) => existing[i] !== undefined)),
+    });
+    if (fresh.length) {
+      ctx.emit("advertise", {
+        type: "advertise.indexed",
+        batch: packBatch(fresh.map((f) => ({ ...f.it, id: f.ev.id }))),
+      });
+    }
+  }
+
+  async function query(q: EventQuery): Promise<{ events: Uint8Array[]; cursor: string | null }> {
+    const gid = fromHex(q.gid)!;
+    const limit = Math.min(q.limit, limits.query_limit_max);
+    const lower = q.cursor ? { gt: timeKeyFromCursor(gid, q.cursor) } : { gte: timeKeyFloor(gid, q.since ?? 0) };
+    const upper = q.until !== undefined ? { lt: timeKeyFloor(gid, q.until + 1) } : { lt: prefixEnd(timeKeyFloor(gid, 0).subarray(0, 33)) };
+    const filtered = (q.kinds?.length ?? 0) > 0 || (q.authors?.length ?? 0) > 0;
+    const out: Uint8Array[] = [];
+    let scanned = 0;
+    let last: Uint8Array | null = null;
+    let more = false;
+    const keys: Uint8Array[] = [];
+    for await (const [k] of kv!.range({ ...lower, ...upper })) {
+      if (keys.length >= limit || scanned >= QUERY_SCAN_MAX) {
+        more = true;
+        break;
+      }
+      keys.push(k);
+      scanned++;
+    }
+    // Fetch (and filter) in chunks.
+    for (let i = 0; i < keys.length; i += 256) {
+      const chunk = keys.slice(i, i + 256);
+      const values = await kv!.getMany(chunk.map((k) => eventKey(k.subarray(41, 73))));
+      chunk.forEach((k, j) => {
+        const v = values[j];
+        last = k;
+        if (!v) return;
+        if (filtered) {
+          const ev = decodeEvent(v, { ...limits, event_bytes_max: v.length });
+          if (q.kinds?.length && !q.kinds.includes(ev.kind)) return;
+          if (q.authors?.length && !q.authors.includes(toHex(ev.author))) return;
+        }
+        out.push(v);
+      });
+    }
+    const lastKey = last as Uint8Array | null;
+    return { events: out, cursor: more && lastKey ? toHex(lastKey.subarray(33, 73)) : null };
+  }
+
+  function timeKeyFromCursor(gid: Uint8Array, cursor: string): Uint8Array {
+    const b = fromHex(cursor);
+    if (!b || b.length !== 40) throw new XfError("BAD_QUERY", `Cannot use cursor "${cursor}": not 80 hex digits`);
+    const ts = Number(new DataView(b.buffer).getBigUint64(0));
+    return timeKey(gid, ts, b.subarray(8));
+  }
+
+  return {
+    async start(config) {
+      limits = config.limits;
+      if (config.dir) await Deno.mkdir(config.dir, { recursive: true });
+      kv = config.dir ? await openRocks(config.dir) : new MemoryKv();
+      const cp = await kv.get(CHECKPOINT);
+      checkpoint = cp ? Number(new DataView(cp.buffer, cp.byteOffset, 8).getBigUint64(0)) : 0;
+      trees = new GroupTrees(kv);
+    },
+    async data(raw, ctx) {
+      const msg = raw as IndexMsg;
+      if (msg.type === "index.put") return await put(msg.batch, msg.replay ?? false, ctx);
+      throw new XfError("INTERNAL", `Index cannot handle message "${(msg as { type: string }).type}"`);
+    },
+    async call(raw) {
+      const msg = raw as IndexCall;
+      switch (msg.type) {
+        case "index.has": {
+          const keys: Uint8Array[] = [];
+          for (let i = 0; i < msg.ids.length; i += 32) keys.push(eventKey(msg.ids.subarray(i, i + 32)));
+          return (await kv!.getMany(keys)).map((v) => v !== undefined);
+        }
+        case "index.groups":
+          return await Promise.all(msg.gids.map(async (g) => {
+            const r = await group(g);
+            return r ? { owner: r.owner, policy: r.policy } : null;
+          }));
+        case "index.get": {
+          const id = fromHex(msg.id);
+          if (!id || id.length !== 32) throw new XfError("BAD_EVENT_ID", `Cannot read event "${msg.id}": not 64 hex digits`);
+          return (await kv!.get(eventKey(id))) ?? null;
+        }
+        case "index.query":
+          if (!(await group(msg.query.gid))) return null;
+          return await query(msg.query);
+        case "index.checkpoint":
+          return checkpoint;
+        case "index.merkle":
+          if (!(await group(msg.gid))) return null;
+          return await trees!.root(msg.gid);
+        case "index.proof":
+          if (!(await group(msg.gid))) return null;
+          return await trees!.prove(msg.gid, msg.id);
+        case "index.fsck":
+          if (!(await group(msg.gid))) return null;
+          return await trees!.fsck(msg.gid);
+        case "index.stats":
+          return { ...stats, checkpoint, groups: groups.size };
+      }
+      throw new XfError("INTERNAL", `Index cannot answer "${(msg as { type: string }).type}"`);
+    },
+    async stop() {
+      await kv?.close();
+      kv = null;
+    },
+  };
+}

@@ -1,0 +1,176 @@
+/**
+ * A node as a library object: the root actor with its pipeline, and the
+ * calls an embedding app makes (publish, get, query, subscribe, Merkle
+ * root and proofs, metrics, close).
+ *
+ * @module
+ */
+
+import { Pipeline, type PipelineOptions, STAGES } from "./root.ts";
+import type { EventResult } from "./batch.ts";
+import type { SubscriptionFilter } from "./advertise.ts";
+import type { EventQuery } from "./index_stage.ts";
+import { encodeEvent, type Event } from "../storage/event.ts";
+import { fromHex, toHex } from "../storage/ed25519.ts";
+import { XfError } from "../storage/errors.ts";
+
+/** Options of {@linkcode openNode}. */
+export type NodeOptions = PipelineOptions;
+
+/** Merkle root, count and depth of a group. */
+export interface MerkleRootInfo {
+  root: string;
+  count: number;
+  depth: number;
+}
+
+/** A running node. */
+export class XfNode {
+  /** @internal */
+  constructor(readonly pipeline: Pipeline) {}
+
+  /** The node's limits in force. */
+  get limits(): Pipeline["limits"] {
+    return this.pipeline.limits;
+  }
+
+  /**
+   * Publish one event or several; resolves with one result per event, in
+   * order, once each is durable (`stored`), a `duplicate`, or `rejected`.
+   */
+  publish(events: Uint8Array | Event | (Uint8Array | Event)[], gid?: Uint8Array): Promise<EventResult[]> {
+    const list = Array.isArray(events) ? events : [events];
+    const bytes = list.map((e) => (e instanceof Uint8Array ? e : encodeEvent(e)));
+    return this.pipeline.submit(gid ?? null, Array.isArray(events) ? cborArrayOf(bytes) : bytes[0]!);
+  }
+
+  /** Submit a raw request body (an event or a CBOR array of events), as HTTP does. */
+  submit(gid: Uint8Array | null, body: Uint8Array): Promise<EventResult[]> {
+    return this.pipeline.submit(gid, body);
+  }
+
+  /** One event's bytes by hex id, or null. */
+  get(id: string): Promise<Uint8Array | null> {
+    return this.pipeline.index<Uint8Array | null>({ type: "index.get", id });
+  }
+
+  /** A page of a group's events in `(ts, id)` order; null if the group is unknown. */
+  query(q: EventQuery): Promise<{ events: Uint8Array[]; cursor: string | null } | null> {
+    return this.pipeline.index({ type: "index.query", query: q });
+  }
+
+  /** Merkle root of a group; null if the group is unknown. */
+  merkle(gid: string): Promise<MerkleRootInfo | null> {
+    return this.pipeline.index({ type: "index.merkle", gid });
+  }
+
+  /** Inclusion proof of an event in a group; null if either is unknown. */
+  proof(gid: string, id: string): Promise<Uint8Array | null> {
+    return this.pipeline.index({ type: "index.proof", gid, id });
+  }
+
+  /** Rebuild a group's tree from its events and compare every page. */
+  fsck(gid: string): Promise<{ ok: boolean; count: number; firstDifference?: string } | null> {
+    return this.pipeline.index({ type: "index.fsck", gid });
+  }
+
+  /** Receive events as they are indexed; returns the unsubscribe function. */
+  subscribe(filter: SubscriptionFilter, cb: (events: Uint8Array[]) => void): Promise<() => Promise<void>> {
+    return this.pipeline.subscribe(filter, cb);
+  }
+
+  /** Liveness and readiness of every stage. */
+  health(): { status: string; ready: boolean; stages: Record<string, { state: string; mailbox: number; restarts: number }>; recovery: string } {
+    const stages: Record<string, { state: string; mailbox: number; restarts: number }> = {};
+    for (const s of STAGES) {
+      const c = this.pipeline.supervisor.child(s);
+      stages[s] = { state: c.state, mailbox: c.depth(), restarts: c.stats.restarts };
+    }
+    const ready = this.pipeline.state === "ready" && Object.values(stages).every((s) => s.state === "up");
+    return { status: this.pipeline.state, ready, stages, recovery: this.pipeline.recovery };
+  }
+
+  /** Prometheus text exposition of the node's figures. */
+  async metrics(): Promise<string> {
+    const p = this.pipeline;
+    const c = p.counters;
+    const lines: string[] = [];
+    const metric = (name: string, type: string, help: string, samples: [string, number][]) => {
+      lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+      for (const [labels, v] of samples) lines.push(`${name}${labels} ${v}`);
+    };
+    const depths = p.depths();
+    metric("xf_mailbox_depth", "gauge", "Batches queued for or held by each stage", STAGES.map((s) => [`{stage="${s}"}`, depths[s]]));
+    metric("xf_stage_restarts_total", "counter", "Restarts of each stage", STAGES.map((s) => [`{stage="${s}"}`, p.supervisor.child(s).stats.restarts]));
+    metric("xf_requests_total", "counter", "Publish requests admitted", [["", c.requests]]);
+    metric("xf_requests_overloaded_total", "counter", "Requests refused with 503", [["", c.overloaded]]);
+    metric("xf_events_in_total", "counter", "Events received", [["", c.eventsIn]]);
+    metric("xf_events_out_total", "counter", "Events answered, by status", [
+      ['{status="stored"}', c.stored],
+      ['{status="duplicate"}', c.duplicates],
+      ['{status="rejected"}', Object.values(c.rejected).reduce((a, b) => a + b, 0)],
+    ]);
+    metric("xf_events_rejected_total", "counter", "Rejected events by code", Object.entries(c.rejected).map(([k, v]) => [`{code="${k}"}`, v]));
+    metric("xf_inflight_events", "gauge", "Events admitted and not yet indexed", [["", p.inflight()]]);
+    metric("xf_events_indexed_total", "counter", "Events written to the index", [["", c.indexed]]);
+    metric("xf_index_batches_total", "counter", "RocksDB index batches", [["", c.indexBatches]]);
+    try {
+      const w = await p.supervisor.child("wal").call<{ syncs: number; records: number; bytes: number; lastSeq: number; checkpoint: number }>(
+        { type: "wal.stats" },
+        1000,
+      );
+      metric("xf_wal_syncs_total", "counter", "WAL fdatasync calls (group commits)", [["", w.syncs]]);
+      metric("xf_wal_records_total", "counter", "WAL records appended", [["", w.records]]);
+      metric("xf_wal_batch_records", "gauge", "Mean records per WAL group commit", [["", w.syncs ? w.records / w.syncs : 0]]);
+      metric("xf_wal_last_seq", "gauge", "Last WAL sequence number", [["", w.lastSeq]]);
+      metric("xf_wal_checkpoint_seq", "gauge", "WAL sequence number the index holds", [["", w.checkpoint]]);
+    } catch { /* stage down: its figures are missing from this scrape */ }
+    metric("xf_index_batch_events", "gauge", "Mean events per index batch", [["", c.indexBatches ? c.walAppended / c.indexBatches : 0]]);
+    return lines.join("\n") + "\n";
+  }
+
+  /** Stop cleanly: in-flight writes finish, the WAL is synced, RocksDB is closed. */
+  close(): Promise<void> {
+    return this.pipeline.stop();
+  }
+}
+
+/** A CBOR array holding already-encoded items. */
+export function cborArrayOf(items: Uint8Array[]): Uint8Array {
+  const n = items.length;
+  const head = n < 24 ? [0x80 | n] : n < 0x100 ? [0x98, n] : n < 0x10000 ? [0x99, n >> 8, n & 0xff] : [0x9a, n >>> 24, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff];
+  let total = head.length;
+  for (const b of items) total += b.length;
+  const out = new Uint8Array(total);
+  out.set(head);
+  let o = head.length;
+  for (const b of items) {
+    out.set(b, o);
+    o += b.length;
+  }
+  return out;
+}
+
+/**
+ * Open a node in-process: starts the stages (as Workers by default),
+ * recovers the WAL, and returns when ready.
+ *
+ * @example
+ * ```ts ignore
+ * import { openNode } from "../mod.ts";
+ * const node = await openNode({ dataDir: await Deno.makeTempDir() });
+ * await node.close();
+ * ```
+ */
+export async function openNode(opts: NodeOptions): Promise<XfNode> {
+  const p = new Pipeline(opts);
+  try {
+    await p.start();
+  } catch (e) {
+    await p.stop().catch(() => {});
+    throw e instanceof XfError ? e : new XfError("INTERNAL", `Cannot start node: ${(e as Error).message}`);
+  }
+  return new XfNode(p);
+}
+
+export { fromHex, toHex };

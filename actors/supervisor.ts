@@ -1,0 +1,132 @@
+/**
+ * A supervisor as data (Erlang/OTP): child specs in start order, a restart
+ * strategy and a restart intensity. Children start in order and stop in
+ * reverse. When a child crashes the supervisor restarts it (`one_for_one`)
+ * or it and every child started after it (`rest_for_one`, which fits a
+ * linear pipeline); more than `intensityMax` restarts within `periodMs`
+ * escalates: the supervisor stops everything and reports the failure.
+ *
+ * @module
+ */
+
+import { ChildRef, type Spawned } from "./child.ts";
+import { XfError } from "../storage/errors.ts";
+import { LIMITS } from "./limits.ts";
+
+/** How a child is restarted. */
+export type Restart = "permanent" | "transient" | "temporary";
+
+/** One child: how to start it, when to restart it, how long it may take to stop. */
+export interface ChildSpec {
+  id: string;
+  start: () => Spawned;
+  config: () => unknown;
+  restart: Restart;
+  shutdownMs: number;
+  /** Credit window (data batches in the child's mailbox). */
+  window?: number;
+}
+
+/** Supervisor options. */
+export interface SupervisorOptions {
+  strategy: "one_for_one" | "rest_for_one";
+  intensityMax?: number;
+  periodMs?: number;
+  /** Route a child's output to another child (or the root). */
+  onEmit(from: string, to: string, msg: unknown): void;
+  /** Route a child's request. */
+  onAsk(from: string, to: string, msg: unknown, timeoutMs: number): Promise<unknown>;
+  /** Called after a child (and its followers) restarted. */
+  onRestart?(ids: string[], cause: XfError): void;
+  /** Restart intensity exceeded: everything is stopped. */
+  onEscalate(cause: XfError): void;
+  /** Injected clock for tests. */
+  now?: () => number;
+}
+
+/** Supervises an ordered list of children. */
+export class Supervisor {
+  readonly children: ChildRef[];
+  private readonly restarts: number[] = [];
+  private restarting: Promise<void> = Promise.resolve();
+  private stopped = false;
+  /** Restarts done, for /metrics. */
+  restartCount = 0;
+
+  constructor(readonly specs: ChildSpec[], private readonly opts: SupervisorOptions) {
+    this.children = specs.map((s) =>
+      new ChildRef(s.id, s.start, {
+        onEmit: (from, to, msg) => opts.onEmit(from, to, msg),
+        onAsk: (from, to, msg, t) => opts.onAsk(from, to, msg, t),
+        onCrash: (from, error) => this.onCrash(from, error),
+      }, s.window)
+    );
+  }
+
+  /** The child with this id. */
+  child(id: string): ChildRef {
+    const c = this.children.find((c) => c.id === id);
+    if (!c) throw new TypeError(`No child "${id}"`);
+    return c;
+  }
+
+  /** Start every child, in order. */
+  async start(): Promise<void> {
+    for (let i = 0; i < this.children.length; i++) {
+      await this.children[i]!.start(this.specs[i]!.config());
+    }
+  }
+
+  /** Stop every child, in reverse order. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.restarting.catch(() => {});
+    for (let i = this.children.length - 1; i >= 0; i--) {
+      await this.children[i]!.stop(this.specs[i]!.shutdownMs);
+    }
+  }
+
+  private onCrash(id: string, error: XfError) {
+    if (this.stopped) return;
+    const i = this.children.findIndex((c) => c.id === id);
+    const spec = this.specs[i]!;
+    if (spec.restart === "temporary") return;
+    const now = (this.opts.now ?? Date.now)();
+    const period = this.opts.periodMs ?? LIMITS.restart_period_ms;
+    this.restarts.push(now);
+    while (this.restarts.length && this.restarts[0]! <= now - period) this.restarts.shift();
+    if (this.restarts.length > (this.opts.intensityMax ?? LIMITS.restart_intensity_max)) {
+      this.stopped = true;
+      this.stopAll().finally(() => this.opts.onEscalate(error));
+      return;
+    }
+    const from = i;
+    const to = this.opts.strategy === "rest_for_one" ? this.children.length - 1 : i;
+    this.restarting = this.restarting.then(async () => {
+      if (this.stopped) return;
+      // Stop the followers in reverse order (the crashed one is down already).
+      for (let j = to; j >= from; j--) {
+        const c = this.children[j]!;
+        if (c.state !== "down") await c.stop(this.specs[j]!.shutdownMs);
+      }
+      for (let j = from; j <= to; j++) {
+        const c = this.children[j]!;
+        c.stats.restarts++;
+        await c.start(this.specs[j]!.config());
+      }
+      this.restartCount++;
+      this.opts.onRestart?.(this.children.slice(from, to + 1).map((c) => c.id), error);
+    }).catch((e) => {
+      this.stopped = true;
+      this.stopAll().finally(() => this.opts.onEscalate(e));
+    });
+  }
+
+  private async stopAll() {
+    for (let i = this.children.length - 1; i >= 0; i--) {
+      const c = this.children[i]!;
+      if (c.state === "up") await c.stop(this.specs[i]!.shutdownMs);
+      else c.kill(new XfError("SHUTTING_DOWN", "Supervisor stopped"));
+    }
+  }
+}

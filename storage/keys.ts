@@ -1,0 +1,68 @@
+/**
+ * Keyspaces: the binding has no column families, so each concern is a
+ * one-byte key prefix. Integers are big-endian so byte order is numeric
+ * order.
+ *
+ * | prefix | key                        | value                          |
+ * |--------|----------------------------|--------------------------------|
+ * | `e`    | id(32)                     | event bytes                    |
+ * | `t`    | gid(32) ts(8) id(32)       | empty (per-group time index)   |
+ * | `g`    | gid(32)                    | group record (CBOR)            |
+ * | `m`    | gid(32) page hash(32)      | Merkle page                    |
+ * | `x`    | name (ASCII)               | node metadata (checkpoint …)   |
+ * | `p`    | gid(32) node id(32)        | peer record (CBOR)             |
+ *
+ * @module
+ */
+
+/** Keyspace prefixes. */
+export const KS = { event: 0x65, time: 0x74, group: 0x67, merkle: 0x6d, meta: 0x78, peer: 0x70 } as const;
+
+function concat(prefix: number, ...parts: Uint8Array[]): Uint8Array {
+  let n = 1;
+  for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  out[0] = prefix;
+  let o = 1;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+/** 8-byte big-endian unsigned integer. */
+export function u64be(n: number): Uint8Array {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, BigInt(n));
+  return b;
+}
+
+/** Key of an event by id. */
+export const eventKey = (id: Uint8Array): Uint8Array => concat(KS.event, id);
+/** Key in a group's time index. */
+export const timeKey = (gid: Uint8Array, ts: number, id: Uint8Array): Uint8Array => concat(KS.time, gid, u64be(ts), id);
+/** Lowest time-index key of a group at `ts`. */
+export const timeKeyFloor = (gid: Uint8Array, ts: number): Uint8Array => concat(KS.time, gid, u64be(ts));
+/** Key of a group record. */
+export const groupKey = (gid: Uint8Array): Uint8Array => concat(KS.group, gid);
+/** Key of a Merkle page. */
+export const merkleKey = (gid: Uint8Array, hash: Uint8Array): Uint8Array => concat(KS.merkle, gid, hash);
+/** Lowest key of a group's Merkle pages. */
+export const merklePrefix = (gid: Uint8Array): Uint8Array => concat(KS.merkle, gid);
+/** Key of a metadata entry. */
+export const metaKey = (name: string): Uint8Array => concat(KS.meta, new TextEncoder().encode(name));
+/** Key of a peer record. */
+export const peerKey = (gid: Uint8Array, nodeId: Uint8Array): Uint8Array => concat(KS.peer, gid, nodeId);
+
+/** The smallest key greater than every key that starts with `prefix`. */
+export function prefixEnd(prefix: Uint8Array): Uint8Array {
+  const out = prefix.slice();
+  for (let i = out.length - 1; i >= 0; i--) {
+    if (out[i]! < 0xff) {
+      out[i]!++;
+      return out.subarray(0, i + 1);
+    }
+  }
+  return new Uint8Array([0xff, 0xff]);
+}

@@ -1,0 +1,214 @@
+/**
+ * The one small interface RocksDB sits behind. npm `rocksdb` is
+ * callback-based, unmaintained upstream and has no column families, so the
+ * rest of the engine sees only {@linkcode Kv}: get, getMany, an atomic
+ * batch, an ordered range scan, close. Keyspaces are key prefixes
+ * (see `keys.ts`). {@linkcode MemoryKv} implements the same interface for
+ * tests; one conformance suite runs against both.
+ *
+ * Only the index actor opens the RocksDB handle: RocksDB allows one per
+ * process.
+ *
+ * @module
+ */
+
+import rocksdb from "rocksdb";
+import { Buffer } from "node:buffer";
+import { compareBytes } from "./cbor.ts";
+import { XfError } from "./errors.ts";
+
+/** One write of a batch. */
+export type KvOp = { type: "put"; key: Uint8Array; value: Uint8Array } | { type: "del"; key: Uint8Array };
+
+/** A key range; bounds are optional, `lt`/`lte` and `gt`/`gte` exclusive of each other. */
+export interface KvRange {
+  gt?: Uint8Array;
+  gte?: Uint8Array;
+  lt?: Uint8Array;
+  lte?: Uint8Array;
+  reverse?: boolean;
+  limit?: number;
+}
+
+/** An ordered key-value store. */
+export interface Kv {
+  get(key: Uint8Array): Promise<Uint8Array | undefined>;
+  getMany(keys: Uint8Array[]): Promise<(Uint8Array | undefined)[]>;
+  /** Apply all ops atomically; with `sync` the batch is on disk when this resolves. */
+  batch(ops: KvOp[], options?: { sync?: boolean }): Promise<void>;
+  /** Entries in key order (or reverse) within the range. */
+  range(range: KvRange): AsyncIterable<[Uint8Array, Uint8Array]>;
+  close(): Promise<void>;
+}
+
+type Cb<T = void> = (err: Error | null | undefined, v?: T) => void;
+// deno-lint-ignore no-explicit-any
+type RocksHandle = any;
+
+function storageError(what: string, e: unknown): XfError {
+  return new XfError("STORAGE_ERROR", `Cannot ${what}: ${(e as Error)?.message ?? e}`);
+}
+
+const u8 = (b: Buffer | Uint8Array): Uint8Array => new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+const buf = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+
+/** Open (creating if needed) a RocksDB database in `dir`. */
+export function openRocks(dir: string): Promise<Kv> {
+  const db: RocksHandle = rocksdb(dir);
+  return new Promise((resolve, reject) => {
+    db.open({ createIfMissing: true }, (err: Error | null) => {
+      if (err) return reject(storageError(`open RocksDB at "${dir}"`, err));
+      resolve(new RocksKv(db));
+    });
+  });
+}
+
+class RocksKv implements Kv {
+  private closed = false;
+  constructor(private readonly db: RocksHandle) {}
+
+  private check() {
+    if (this.closed) throw new XfError("SHUTTING_DOWN", "Cannot use RocksDB: it is closed");
+  }
+
+  get(key: Uint8Array): Promise<Uint8Array | undefined> {
+    this.check();
+    return new Promise((resolve, reject) => {
+      this.db.get(buf(key), { asBuffer: true, fillCache: true }, ((err, v?: Buffer) => {
+        if (err) {
+          if (/NotFound/i.test(err.message)) return resolve(undefined);
+          return reject(storageError("read from RocksDB", err));
+        }
+        resolve(v ? u8(v) : undefined);
+      }) as Cb<Buffer>);
+    });
+  }
+
+  getMany(keys: Uint8Array[]): Promise<(Uint8Array | undefined)[]> {
+    this.check();
+    if (keys.length === 0) return Promise.resolve([]);
+    return new Promise((resolve, reject) => {
+      this.db.getMany(keys.map(buf), { asBuffer: true }, ((err, vs?: (Buffer | undefined)[]) => {
+        if (err) return reject(storageError("read from RocksDB", err));
+        resolve(vs!.map((v) => (v ? u8(v) : undefined)));
+      }) as Cb<(Buffer | undefined)[]>);
+    });
+  }
+
+  batch(ops: KvOp[], options: { sync?: boolean } = {}): Promise<void> {
+    this.check();
+    if (ops.length === 0) return Promise.resolve();
+    const mapped = ops.map((o) =>
+      o.type === "put" ? { type: "put", key: buf(o.key), value: buf(o.value) } : { type: "del", key: buf(o.key) }
+    );
+    return new Promise((resolve, reject) => {
+      this.db.batch(mapped, { sync: options.sync ?? false }, (err: Error | null) => {
+        if (err) return reject(storageError("write a batch to RocksDB", err));
+        resolve();
+      });
+    });
+  }
+
+  async *range(r: KvRange): AsyncIterable<[Uint8Array, Uint8Array]> {
+    this.check();
+    const opts: Record<string, unknown> = { keyAsBuffer: true, valueAsBuffer: true, reverse: r.reverse ?? false };
+    for (const k of ["gt", "gte", "lt", "lte"] as const) if (r[k]) opts[k] = buf(r[k]!);
+    if (r.limit !== undefined) opts.limit = r.limit;
+    const it = this.db.iterator(opts);
+    try {
+      while (true) {
+        const next = await new Promise<[Uint8Array, Uint8Array] | null>((resolve, reject) => {
+          it.next((err: Error | null, k?: Buffer, v?: Buffer) => {
+            if (err) return reject(storageError("iterate RocksDB", err));
+            resolve(k === undefined ? null : [u8(k), u8(v!)]);
+          });
+        });
+        if (!next) return;
+        yield next;
+      }
+    } finally {
+      await new Promise<void>((resolve) => it.end(() => resolve()));
+    }
+  }
+
+  close(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    this.closed = true;
+    return new Promise((resolve, reject) => {
+      this.db.close((err: Error | null) => (err ? reject(storageError("close RocksDB", err)) : resolve()));
+    });
+  }
+}
+
+/** An in-memory {@linkcode Kv} (sorted array), for tests and as the reference backend. */
+export class MemoryKv implements Kv {
+  private keys: Uint8Array[] = [];
+  private values: Uint8Array[] = [];
+  private closed = false;
+
+  private find(key: Uint8Array): number {
+    let lo = 0, hi = this.keys.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (compareBytes(this.keys[mid]!, key) < 0) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  private check() {
+    if (this.closed) throw new XfError("SHUTTING_DOWN", "Cannot use the store: it is closed");
+  }
+
+  get(key: Uint8Array): Promise<Uint8Array | undefined> {
+    this.check();
+    const i = this.find(key);
+    const k = this.keys[i];
+    return Promise.resolve(k && compareBytes(k, key) === 0 ? this.values[i] : undefined);
+  }
+
+  async getMany(keys: Uint8Array[]): Promise<(Uint8Array | undefined)[]> {
+    const out = [];
+    for (const k of keys) out.push(await this.get(k));
+    return out;
+  }
+
+  batch(ops: KvOp[]): Promise<void> {
+    this.check();
+    for (const o of ops) {
+      const i = this.find(o.key);
+      const hit = this.keys[i] !== undefined && compareBytes(this.keys[i]!, o.key) === 0;
+      if (o.type === "put") {
+        if (hit) this.values[i] = o.value.slice();
+        else {
+          this.keys.splice(i, 0, o.key.slice());
+          this.values.splice(i, 0, o.value.slice());
+        }
+      } else if (hit) {
+        this.keys.splice(i, 1);
+        this.values.splice(i, 1);
+      }
+    }
+    return Promise.resolve();
+  }
+
+  async *range(r: KvRange): AsyncIterable<[Uint8Array, Uint8Array]> {
+    this.check();
+    const inRange = (k: Uint8Array) =>
+      (!r.gt || compareBytes(k, r.gt) > 0) && (!r.gte || compareBytes(k, r.gte) >= 0) &&
+      (!r.lt || compareBytes(k, r.lt) < 0) && (!r.lte || compareBytes(k, r.lte) <= 0);
+    const snapshot = this.keys.map((k, i) => [k, this.values[i]!] as [Uint8Array, Uint8Array]).filter(([k]) => inRange(k));
+    if (r.reverse) snapshot.reverse();
+    const limit = r.limit ?? Infinity;
+    let n = 0;
+    for (const e of snapshot) {
+      if (n++ >= limit) return;
+      yield e;
+    }
+  }
+
+  close(): Promise<void> {
+    this.closed = true;
+    return Promise.resolve();
+  }
+}
