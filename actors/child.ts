@@ -64,6 +64,7 @@ export class ChildRef {
     this.post({ t: "init", config });
     await this.waitFor("ready", timeoutMs, `Stage "${this.id}" did not start within ${timeoutMs} ms`);
     this.state = "up";
+    for (const w of this.upWaiters.splice(0)) w();
     // Unfinished batches go first, in their original order.
     const again = [...this.inflight.values()];
     this.inflight.clear();
@@ -80,7 +81,12 @@ export class ChildRef {
   /** Ask the child; rejects with `TIMEOUT` or `STAGE_DOWN`. */
   call<T = unknown>(msg: unknown, timeoutMs: number = LIMITS.request_timeout_ms): Promise<T> {
     if (this.state !== "up") {
-      return Promise.reject(new XfError("STAGE_DOWN", `Stage "${this.id}" is ${this.state}`));
+      if (this.state === "stopping" || this.closed) {
+        return Promise.reject(new XfError("STAGE_DOWN", `Stage "${this.id}" is ${this.state}`));
+      }
+      // Down or restarting: wait for it to come up, within the same timeout.
+      const started = Date.now();
+      return this.whenUp(timeoutMs).then(() => this.call<T>(msg, Math.max(1, timeoutMs - (Date.now() - started))));
     }
     const id = this.nextCall++;
     return new Promise<T>((resolve, reject) => {
@@ -90,6 +96,24 @@ export class ChildRef {
       }, timeoutMs);
       this.calls.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
       this.post({ t: "call", id, msg });
+    });
+  }
+
+  /** Set once the child is stopped for good; calls then fail at once. */
+  closed = false;
+  private upWaiters: (() => void)[] = [];
+
+  private whenUp(timeoutMs: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.upWaiters = this.upWaiters.filter((w) => w !== done);
+        reject(new XfError("STAGE_DOWN", `Stage "${this.id}" did not come up within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.upWaiters.push(done);
     });
   }
 

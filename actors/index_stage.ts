@@ -84,6 +84,13 @@ export function indexStage(): Stage<IndexConfig> {
   let checkpoint = 0;
   let trees: GroupTrees | null = null;
   const groups = new Map<string, GroupRecord | null>();
+  let waiters: { seq: number; resolve(): void }[] = [];
+  const caughtUp = (seq: number) => new Promise<void>((resolve) => waiters.push({ seq, resolve }));
+  const wake = () => {
+    const ready = waiters.filter((w) => w.seq <= checkpoint);
+    waiters = waiters.filter((w) => w.seq > checkpoint);
+    for (const w of ready) w.resolve();
+  };
   const stats = { batches: 0, stored: 0, duplicates: 0, corrupt: 0, batchEvents: 0 };
 
   async function group(gid: string): Promise<GroupRecord | null> {
@@ -144,6 +151,7 @@ export function indexStage(): Stage<IndexConfig> {
     }
     merkle.commit();
     checkpoint = nextCheckpoint;
+    wake();
     for (const [g, rec] of newGroups) groups.set(g, rec);
     stats.batches++;
     stats.batchEvents += items.length;
@@ -178,35 +186,41 @@ export function indexStage(): Stage<IndexConfig> {
     const filtered = (q.kinds?.length ?? 0) > 0 || (q.authors?.length ?? 0) > 0;
     const out: Uint8Array[] = [];
     let scanned = 0;
-    let last: Uint8Array | null = null;
+    let lastKey: Uint8Array | null = null;
     let more = false;
-    const keys: Uint8Array[] = [];
+    let keys: Uint8Array[] = [];
+    // Fetch and filter 256 keys at a time; stop at `limit` matches or the scan bound.
+    const drain = async () => {
+      const values = await kv!.getMany(keys.map((k) => eventKey(k.subarray(41, 73))));
+      for (let j = 0; j < keys.length; j++) {
+        if (out.length >= limit) {
+          more = true;
+          break;
+        }
+        const v = values[j];
+        lastKey = keys[j]!;
+        if (!v) continue;
+        if (filtered) {
+          const ev = decodeEvent(v, { ...limits, event_bytes_max: v.length });
+          if (q.kinds?.length && !q.kinds.includes(ev.kind)) continue;
+          if (q.authors?.length && !q.authors.includes(toHex(ev.author))) continue;
+        }
+        out.push(v);
+      }
+      keys = [];
+    };
     for await (const [k] of kv!.range({ ...lower, ...upper })) {
-      if (keys.length >= limit || scanned >= QUERY_SCAN_MAX) {
+      if (out.length >= limit || scanned >= QUERY_SCAN_MAX) {
         more = true;
         break;
       }
-      keys.push(k);
+      keys.push(k.slice());
       scanned++;
+      if (keys.length === 256 || (!filtered && out.length + keys.length >= limit)) await drain();
     }
-    // Fetch (and filter) in chunks.
-    for (let i = 0; i < keys.length; i += 256) {
-      const chunk = keys.slice(i, i + 256);
-      const values = await kv!.getMany(chunk.map((k) => eventKey(k.subarray(41, 73))));
-      chunk.forEach((k, j) => {
-        const v = values[j];
-        last = k;
-        if (!v) return;
-        if (filtered) {
-          const ev = decodeEvent(v, { ...limits, event_bytes_max: v.length });
-          if (q.kinds?.length && !q.kinds.includes(ev.kind)) return;
-          if (q.authors?.length && !q.authors.includes(toHex(ev.author))) return;
-        }
-        out.push(v);
-      });
-    }
-    const lastKey = last as Uint8Array | null;
-    return { events: out, cursor: more && lastKey ? toHex(lastKey.subarray(33, 73)) : null };
+    if (keys.length) await drain();
+    const lk = lastKey as Uint8Array | null;
+    return { events: out, cursor: more && lk ? toHex(lk.subarray(33, 73)) : null };
   }
 
   function timeKeyFromCursor(gid: Uint8Array, cursor: string): Uint8Array {
@@ -231,7 +245,8 @@ export function indexStage(): Stage<IndexConfig> {
       throw new XfError("INTERNAL", `Index cannot handle message "${(msg as { type: string }).type}"`);
     },
     async call(raw) {
-      const msg = raw as IndexCall;
+      const msg = raw as IndexCall & { after?: number };
+      if (msg.after && checkpoint < msg.after) await caughtUp(msg.after);
       switch (msg.type) {
         case "index.has": {
           const keys: Uint8Array[] = [];

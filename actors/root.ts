@@ -112,6 +112,8 @@ export class Pipeline {
   private outbox: Submission[] = [];
   private flushScheduled = false;
   private ackedNotIndexed = 0;
+  /** Highest WAL seq acknowledged: reads wait until the index holds it (read your writes). */
+  private ackedSeq = 0;
   private replayWaiting = 0;
   private replayDone: (() => void) | null = null;
   private subscribers = new Map<number, { filter: SubscriptionFilter; cb: (events: Uint8Array[]) => void }>();
@@ -302,6 +304,7 @@ export class Pipeline {
       case "decode.rejected":
         return this.supervisor.child("ingest").send({ type: "ingest.release", ids: m.ids, stored: false });
       case "wal.appended":
+        this.ackedSeq = Math.max(this.ackedSeq, m.lastSeq as number);
         this.counters.walAppended += m.n as number;
         this.ackedNotIndexed += m.n as number;
         return;
@@ -347,9 +350,9 @@ export class Pipeline {
     }
   }
 
-  /** Ask the index stage. */
-  index<T>(msg: unknown): Promise<T> {
-    return this.supervisor.child("index").call<T>(msg);
+  /** Ask the index stage; it answers once it holds every event acknowledged so far. */
+  index<T>(msg: object): Promise<T> {
+    return this.supervisor.child("index").call<T>({ ...msg, after: this.ackedSeq });
   }
 
   /** Subscribe to events as they are indexed; returns the unsubscribe function. */

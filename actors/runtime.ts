@@ -75,9 +75,13 @@ export function serveStage<C>(endpoint: Endpoint, makeStage: () => Stage<C>): vo
   const crash = (e: unknown) => {
     if (crashed) return;
     crashed = true;
-    post({ t: "crash", error: toWire(e) });
     for (const p of pending.values()) clearTimeout(p.timer);
     pending.clear();
+    // Release what the stage holds (the RocksDB lock, WAL files) before the
+    // supervisor starts a successor; bounded, then report.
+    const release = Promise.resolve().then(() => stage.stop?.()).catch(() => {});
+    const bound = new Promise((r) => setTimeout(r, LIMITS.stage_shutdown_ms));
+    Promise.race([release, bound]).then(() => post({ t: "crash", error: toWire(e) }));
   };
 
   const pump = () => {

@@ -80,6 +80,7 @@ export class Supervisor {
   /** Stop every child, in reverse order. */
   async stop(): Promise<void> {
     this.stopped = true;
+    for (const c of this.children) c.closed = true;
     await this.restarting.catch(() => {});
     for (let i = this.children.length - 1; i >= 0; i--) {
       await this.children[i]!.stop(this.specs[i]!.shutdownMs);
@@ -97,6 +98,7 @@ export class Supervisor {
     while (this.restarts.length && this.restarts[0]! <= now - period) this.restarts.shift();
     if (this.restarts.length > (this.opts.intensityMax ?? LIMITS.restart_intensity_max)) {
       this.stopped = true;
+      for (const c of this.children) c.closed = true;
       this.stopAll().finally(() => this.opts.onEscalate(error));
       return;
     }

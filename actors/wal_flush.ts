@@ -84,8 +84,9 @@ export function walFlushStage(): Stage<WalConfig> {
       if (it.req) stored.push({ req: it.req, idx: it.idx, status: "stored", id: toHex(it.id) });
       return { ...it, seq: Number(firstSeq) + i };
     });
+    // Seq first: once a request is answered, reads wait for the index to hold it.
+    ctx.emit("root", { type: "wal.appended", n: items.length, lastSeq: Number(firstSeq) + items.length - 1 });
     ctx.emit("root", { type: "pipeline.results", items: stored });
-    ctx.emit("root", { type: "wal.appended", n: items.length });
     ctx.emit("index", { type: "index.put", batch: packBatch(withSeq) });
   }
 

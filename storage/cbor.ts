@@ -37,7 +37,7 @@ const textEncoder = new TextEncoder();
 const textDecoder = new TextDecoder("utf-8", { fatal: true });
 
 class Writer {
-  buf = new Uint8Array(256);
+  buf: Uint8Array<ArrayBuffer> = new Uint8Array(256);
   len = 0;
   ensure(n: number) {
     if (this.len + n <= this.buf.length) return;
@@ -129,7 +129,7 @@ function write(w: Writer, v: CborValue, depth: number): void {
  * console.assert(bytes[0] === 0x83);
  * ```
  */
-export function encodeCbor(v: CborValue): Uint8Array {
+export function encodeCbor(v: CborValue): Uint8Array<ArrayBuffer> {
   const w = new Writer();
   write(w, v, 0);
   return w.buf.slice(0, w.len);

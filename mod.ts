@@ -1,0 +1,54 @@
+/**
+ * Xaeroflux: a storage, indexing and sync engine for cloudless,
+ * peer-to-peer social apps. Open a node in-process, publish signed events,
+ * query them, subscribe to new ones, check Merkle proofs.
+ *
+ * @example
+ * ```ts
+ * import { createGroup, generateKeyPair, openNode, signEvent, toHex } from "./mod.ts";
+ *
+ * const node = await openNode({ dataDir: await Deno.makeTempDir(), workers: false });
+ * try {
+ *   const me = await generateKeyPair();
+ *   const { gid, manifest } = await createGroup(me, { name: "friends", policy: 0 });
+ *   await node.publish(manifest);
+ *   const hello = await signEvent(me, {
+ *     group: gid, ts: Date.now(), kind: 16, tags: [], payload: new TextEncoder().encode("hello"),
+ *   });
+ *   const [result] = await node.publish(hello);
+ *   console.assert(result!.status === "stored");
+ *   const page = await node.query({ gid: toHex(gid), limit: 10 });
+ *   console.assert(page!.events.length === 2);
+ * } finally {
+ *   await node.close();
+ * }
+ * ```
+ *
+ * @module
+ */
+
+export { openNode, type NodeOptions, XfNode } from "./actors/node.ts";
+export type { EventResult } from "./actors/batch.ts";
+export type { SubscriptionFilter } from "./actors/advertise.ts";
+export type { EventQuery } from "./actors/index_stage.ts";
+export { LIMITS, type Limits, limitsWith } from "./actors/limits.ts";
+export {
+  APP_KIND_MIN,
+  createGroup,
+  decodeEvent,
+  encodeEvent,
+  type Event,
+  eventId,
+  groupIdOf,
+  KIND_MANIFEST,
+  KIND_MEMBERSHIP,
+  POLICY_CLOSED,
+  POLICY_OPEN,
+  signEvent,
+  type StoredEvent,
+  type UnsignedEvent,
+  verifyEvent,
+} from "./storage/event.ts";
+export { fromHex, generateKeyPair, type KeyPair, keyPairFromSeed, toHex } from "./storage/ed25519.ts";
+export { type ErrorCode, XfError } from "./storage/errors.ts";
+export { verifyProof } from "./merkle/mod.ts";

@@ -1,0 +1,193 @@
+/**
+ * The `xf` program: `serve` runs a node (what `deno task start` does); the
+ * other commands are a client for people, printing JSON:
+ *
+ * ```
+ * xf serve [--data DIR] [--host H] [--port N] [--key FILE] [--group GID]... [--peer URL]...
+ * xf keygen [--key FILE]
+ * xf group create --name NAME [--closed] [--key FILE] [--node URL]
+ * xf publish --group GID [--kind N] [--tag k=v]... (--text S | --file F) [--key FILE] [--node URL]
+ * xf get ID [--node URL]
+ * xf query --group GID [--since MS] [--until MS] [--kind N] [--author HEX] [--limit N] [--cursor C] [--node URL]
+ * ```
+ *
+ * Every flag of `serve` is also an environment variable `XF_*`
+ * (`XF_DATA`, `XF_HOST`, `XF_PORT`, `XF_KEY`, `XF_GROUP`, `XF_PEER`, comma
+ * separated for the repeatable ones).
+ *
+ * @module
+ */
+
+import { openNode } from "../actors/node.ts";
+import { serve } from "./server.ts";
+import { fromHex, generateKeyPair, type KeyPair, keyPairFromSeed, toHex } from "../storage/ed25519.ts";
+import { createGroup, POLICY_CLOSED, POLICY_OPEN, signEvent, type Tag } from "../storage/event.ts";
+
+/** Parsed command-line flags: repeatable flags collect into arrays. */
+export interface Flags {
+  _: string[];
+  [k: string]: string[] | string | boolean | undefined;
+}
+
+const REPEATABLE = new Set(["group", "peer", "tag", "kind", "author"]);
+const BOOLEAN = new Set(["closed", "help"]);
+
+/** Parse `--flag value`, `--flag=value` and bare words. */
+export function parseFlags(args: string[]): Flags {
+  const out: Flags = { _: [] };
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (!a.startsWith("--")) {
+      out._.push(a);
+      continue;
+    }
+    let [name, value] = a.slice(2).split(/=(.*)/s, 2) as [string, string | undefined];
+    if (BOOLEAN.has(name)) {
+      out[name] = true;
+      continue;
+    }
+    if (value === undefined) {
+      value = args[++i];
+      if (value === undefined) throw new Error(`Flag --${name} needs a value`);
+    }
+    if (REPEATABLE.has(name)) ((out[name] ??= []) as string[]).push(value);
+    else out[name] = value;
+  }
+  return out;
+}
+
+function flag(f: Flags, name: string, env?: string): string | undefined {
+  const v = f[name];
+  if (typeof v === "string") return v;
+  return env ? Deno.env.get(env) ?? undefined : undefined;
+}
+
+function list(f: Flags, name: string, env: string): string[] {
+  const v = f[name];
+  if (Array.isArray(v)) return v;
+  const e = Deno.env.get(env);
+  return e ? e.split(",").map((s) => s.trim()).filter(Boolean) : [];
+}
+
+/** Load the key pair in `path`, creating it (mode 0600) on first use. */
+export async function loadOrCreateKey(path: string): Promise<KeyPair> {
+  try {
+    const hex = (await Deno.readTextFile(path)).trim();
+    const seed = fromHex(hex);
+    if (!seed || seed.length !== 32) throw new Error(`Key file "${path}" does not hold a 64-hex-digit seed`);
+    return await keyPairFromSeed(seed);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    const kp = await generateKeyPair();
+    const dir = path.includes("/") ? path.slice(0, path.lastIndexOf("/")) : ".";
+    await Deno.mkdir(dir, { recursive: true });
+    await Deno.writeTextFile(path, toHex(kp.seed) + "\n", { mode: 0o600 });
+    return kp;
+  }
+}
+
+async function runServe(f: Flags) {
+  const dataDir = flag(f, "data", "XF_DATA") ?? "./data";
+  const host = flag(f, "host", "XF_HOST") ?? "127.0.0.1";
+  const port = Number(flag(f, "port", "XF_PORT") ?? "7878");
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`Cannot use port "${port}"`);
+  const keyFile = flag(f, "key", "XF_KEY") ?? `${dataDir}/node.key`;
+  const key = await loadOrCreateKey(keyFile);
+  const groups = list(f, "group", "XF_GROUP");
+  const peers = list(f, "peer", "XF_PEER");
+  let node: Awaited<ReturnType<typeof openNode>> | null = null;
+  node = await openNode({
+    dataDir,
+    onFatal: (e) => {
+      console.error(`fatal: ${e.message}`);
+      Deno.exit(1);
+    },
+  });
+  const served = await serve(node, { host, port });
+  console.log(`listening on ${served.url}`);
+  console.log(JSON.stringify({ node: toHex(key.publicKey), data: dataDir, groups, peers, recovery: node.pipeline.recovery }));
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    console.log(`${signal}: stopping`);
+    await served.shutdown();
+    await node!.close();
+    console.log("stopped");
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
+  Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
+}
+
+function nodeUrl(f: Flags): string {
+  return (flag(f, "node", "XF_NODE") ?? "http://127.0.0.1:7878").replace(/\/$/, "");
+}
+
+async function post(url: string, body: Uint8Array): Promise<unknown> {
+  const r = await fetch(url, { method: "POST", body: body as BodyInit, headers: { "content-type": "application/cbor" } });
+  return await r.json();
+}
+
+async function main(args: string[]) {
+  const f = parseFlags(args);
+  const [cmd, sub] = f._;
+  const keyFile = flag(f, "key", "XF_KEY") ?? "./data/node.key";
+  switch (cmd) {
+    case "serve":
+      return await runServe(f);
+    case "keygen": {
+      const kp = await loadOrCreateKey(keyFile);
+      return console.log(JSON.stringify({ key: keyFile, publicKey: toHex(kp.publicKey) }));
+    }
+    case "group": {
+      if (sub !== "create") throw new Error(`Unknown command "group ${sub ?? ""}": try "group create"`);
+      const name = flag(f, "name") ?? "unnamed";
+      const kp = await loadOrCreateKey(keyFile);
+      const { gid, manifest } = await createGroup(kp, { name, policy: f.closed ? POLICY_CLOSED : POLICY_OPEN });
+      const res = await post(`${nodeUrl(f)}/v1/groups/${toHex(gid)}/events`, manifest.bytes);
+      return console.log(JSON.stringify({ group: toHex(gid), manifest: toHex(manifest.id), result: res }));
+    }
+    case "publish": {
+      const gid = fromHex(String(list(f, "group", "XF_GROUP")[0] ?? ""));
+      if (!gid || gid.length !== 32) throw new Error("publish needs --group GID (64 hex digits)");
+      const kp = await loadOrCreateKey(keyFile);
+      const text = flag(f, "text");
+      const file = flag(f, "file");
+      const payload = text !== undefined ? new TextEncoder().encode(text) : file ? await Deno.readFile(file) : new Uint8Array();
+      const tags = ((f.tag as string[] | undefined) ?? []).map((t) => t.split(/=(.*)/s, 2) as Tag);
+      const kind = Number((f.kind as string[] | undefined)?.[0] ?? 16);
+      const ev = await signEvent(kp, { group: gid, ts: Date.now(), kind, tags, payload });
+      const res = await post(`${nodeUrl(f)}/v1/groups/${toHex(gid)}/events`, ev.bytes);
+      return console.log(JSON.stringify(res));
+    }
+    case "get": {
+      if (!sub) throw new Error("get needs an event id");
+      const r = await fetch(`${nodeUrl(f)}/v1/events/${sub}`, { headers: { accept: "application/json" } });
+      return console.log(JSON.stringify(await r.json()));
+    }
+    case "query": {
+      const gid = list(f, "group", "XF_GROUP")[0];
+      if (!gid) throw new Error("query needs --group GID");
+      const p = new URLSearchParams();
+      for (const k of ["since", "until", "limit", "cursor"]) {
+        const v = flag(f, k);
+        if (v !== undefined) p.set(k, v);
+      }
+      for (const k of (f.kind as string[] | undefined) ?? []) p.append("kind", k);
+      for (const a of (f.author as string[] | undefined) ?? []) p.append("author", a);
+      const r = await fetch(`${nodeUrl(f)}/v1/groups/${gid}/events?${p}`);
+      return console.log(JSON.stringify(await r.json()));
+    }
+    default:
+      console.error("usage: xf serve|keygen|group create|publish|get|query  (see net/main.ts)");
+      Deno.exit(cmd ? 2 : 0);
+  }
+}
+
+if (import.meta.main) {
+  main(Deno.args).catch((e) => {
+    console.error(`error: ${(e as Error).message}`);
+    Deno.exit(1);
+  });
+}

@@ -1,0 +1,36 @@
+/**
+ * Binds the Hono app to a socket with `Deno.serve` (the thin runtime
+ * adapter beside `app.ts`).
+ *
+ * @module
+ */
+
+import { createApp } from "./app.ts";
+import type { XfNode } from "../actors/node.ts";
+
+/** A listening server. */
+export interface Served {
+  /** `http://host:port` as bound (port 0 resolved). */
+  url: string;
+  port: number;
+  /** Stop accepting, finish in-flight requests. */
+  shutdown(): Promise<void>;
+}
+
+/** Serve a node's HTTP surface on host:port (port 0 picks a free one). */
+export function serve(node: XfNode, options: { host: string; port: number }): Promise<Served> {
+  const app = createApp(node);
+  return new Promise((resolve) => {
+    const server = Deno.serve({
+      hostname: options.host,
+      port: options.port,
+      onListen: () => {},
+    }, app.fetch);
+    const addr = server.addr as Deno.NetAddr;
+    resolve({
+      url: `http://${addr.hostname}:${addr.port}`,
+      port: addr.port,
+      shutdown: () => server.shutdown(),
+    });
+  });
+}
