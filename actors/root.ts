@@ -177,7 +177,7 @@ export class Pipeline {
       { type: "wal.replay", after: cp },
       this.limits.request_timeout_ms * 6,
     );
-    this.recovery = `${recovery}${recovery ? " " : ""}Replayed ${replayed} records after checkpoint ${cp}.`;
+    this.recovery = `${recovery}${recovery && !recovery.endsWith(".") ? ". " : recovery ? " " : ""}Replayed ${replayed} records after checkpoint ${cp}.`;
     this.replayWaiting += replayed;
     if (this.replayWaiting <= 0) this.replayDone?.();
     await done;

@@ -10,6 +10,8 @@ import { cborArrayOf, openNode } from "../actors/node.ts";
 const ROUNDS = Number(Deno.env.get("XF_CRASH_ROUNDS") ?? 20);
 const WRITERS = 4;
 const BATCH = 25;
+/** Events each round offers (writers pace themselves so kills land mid-stream). */
+const PER_ROUND = 3000;
 
 async function startChild(dir: string) {
   const cmd = new Deno.Command(Deno.execPath(), {
@@ -44,8 +46,7 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "xf-crash-" });
     const g = await testGroup("crash");
     const gid = hexOf(g.gid);
-    const pool = await makeEvents(g, ROUNDS * WRITERS * BATCH * 8);
-    let next = 0;
+    const pool = await makeEvents(g, ROUNDS * PER_ROUND);
     const acked = new Map<string, Uint8Array>();
     let killsDuringWrites = 0;
     try {
@@ -57,8 +58,11 @@ Deno.test({
           acked.set(hexOf(g.manifest.id), g.manifest.bytes);
         }
         let killed = false;
+        let next = round * PER_ROUND;
+        const end = next + PER_ROUND;
         const writer = async () => {
-          while (!killed && next < pool.length) {
+          while (!killed && next < end) {
+            await new Promise((r) => setTimeout(r, 5 + Math.random() * 10));
             const batch = pool.slice(next, next + BATCH);
             next += BATCH;
             try {
@@ -81,7 +85,7 @@ Deno.test({
           }
         };
         const writers = Array.from({ length: WRITERS }, writer);
-        await new Promise((r) => setTimeout(r, 300 + Math.random() * 1200));
+        await new Promise((r) => setTimeout(r, 50 + Math.random() * 400));
         killed = true;
         child.kill("SIGKILL");
         await child.status;
