@@ -35,8 +35,6 @@ export const LIMITS = {
   wal_commit_records_max: 8192,
   /** Bytes of one WAL segment file before a new one starts. */
   wal_segment_bytes_max: 64 * 1024 * 1024,
-  /** Events one RocksDB index batch holds. */
-  index_batch_events_max: 4096,
   /** Every request that waits for a reply gives up after this. */
   request_timeout_ms: 10_000,
   /** A stage restarted more than this many times ... */
@@ -47,8 +45,6 @@ export const LIMITS = {
   stage_shutdown_ms: 5_000,
   /** Live subscribers per node. */
   subscribers_max: 1024,
-  /** Events buffered per live subscriber before it is cut off. */
-  subscriber_queue_events_max: 10_000,
 } as const;
 
 /** The limits in force on a node: the defaults with any overrides. */
