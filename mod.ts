@@ -27,7 +27,7 @@
  * @module
  */
 
-export { openNode, type NodeOptions, XfNode } from "./actors/node.ts";
+export { type NodeOptions, openNode, XfNode } from "./actors/node.ts";
 export type { EventResult } from "./actors/batch.ts";
 export type { SubscriptionFilter } from "./actors/advertise.ts";
 export type { EventQuery } from "./actors/index_stage.ts";

@@ -12,7 +12,7 @@
 
 import type { Stage } from "./runtime.ts";
 import { type EventBatch, unpackBatch } from "./batch.ts";
-import { type Limits, LIMITS } from "./limits.ts";
+import { LIMITS, type Limits } from "./limits.ts";
 import { toHex } from "../storage/ed25519.ts";
 import { XfError } from "../storage/errors.ts";
 

@@ -37,7 +37,10 @@ export class ChildRef {
   private spawned: Spawned | null = null;
   private nextSeq = 1;
   private nextCall = 1;
-  private calls = new Map<number, { resolve(v: unknown): void; reject(e: unknown): void; timer: ReturnType<typeof setTimeout> }>();
+  private calls = new Map<
+    number,
+    { resolve(v: unknown): void; reject(e: unknown): void; timer: ReturnType<typeof setTimeout> }
+  >();
   private waiters: { t: string; resolve(): void; reject(e: unknown): void }[] = [];
 
   constructor(

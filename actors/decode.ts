@@ -13,7 +13,7 @@
 
 import type { Stage, StageContext } from "./runtime.ts";
 import { type BatchItem, type EventBatch, type EventResult, packBatch, unpackBatch } from "./batch.ts";
-import { type Limits, LIMITS } from "./limits.ts";
+import { LIMITS, type Limits } from "./limits.ts";
 import {
   APP_KIND_MIN,
   checkManifestEvent,
@@ -70,7 +70,14 @@ export function decodeStage(): Stage<DecodeConfig> {
     const rejectedIds: Uint8Array[] = [];
     const reject = (it: BatchItem, e: unknown) => {
       const w = toWire(e);
-      results.push({ req: it.req, idx: it.idx, status: "rejected", id: toHex(it.id), code: w.code, message: w.message });
+      results.push({
+        req: it.req,
+        idx: it.idx,
+        status: "rejected",
+        id: toHex(it.id),
+        code: w.code,
+        message: w.message,
+      });
       rejectedIds.push(it.id);
     };
     const decoded: { it: BatchItem; ev: StoredEvent }[] = [];
@@ -79,10 +86,16 @@ export function decodeStage(): Stage<DecodeConfig> {
       try {
         const ev = decodeEvent(it.bytes, limits);
         if (ev.ts > horizon) {
-          throw new XfError("TS_IN_FUTURE", `Cannot accept event: ts "${ev.ts}" is more than ${limits.event_future_ms} ms ahead of this node's clock`);
+          throw new XfError(
+            "TS_IN_FUTURE",
+            `Cannot accept event: ts "${ev.ts}" is more than ${limits.event_future_ms} ms ahead of this node's clock`,
+          );
         }
         if (ev.kind !== KIND_MANIFEST && ev.kind < APP_KIND_MIN) {
-          throw new XfError("RESERVED_KIND", `Cannot accept event: kind "${ev.kind}" is reserved for the engine and not supported by this node`);
+          throw new XfError(
+            "RESERVED_KIND",
+            `Cannot accept event: kind "${ev.kind}" is reserved for the engine and not supported by this node`,
+          );
         }
         decoded.push({ it, ev });
       } catch (e) {
@@ -103,14 +116,19 @@ export function decodeStage(): Stage<DecodeConfig> {
     const accepted: BatchItem[] = [];
     decoded.forEach((d, i) => {
       try {
-        if (!valid[i]) throw new XfError("BAD_SIGNATURE", "Cannot accept event: the signature does not verify for its author");
+        if (!valid[i]) {
+          throw new XfError("BAD_SIGNATURE", "Cannot accept event: the signature does not verify for its author");
+        }
         const gid = toHex(d.ev.group);
         if (d.ev.kind === KIND_MANIFEST) {
           const m = checkManifestEvent(d.ev);
           if (!groups.has(gid)) remember(gid, { owner: toHex(d.ev.author), policy: m.policy });
         } else if (!groups.has(gid)) {
           if (lookupError) throw lookupError;
-          throw new XfError("UNKNOWN_GROUP", `Cannot accept event: this node does not hold the manifest of group "${gid}"`);
+          throw new XfError(
+            "UNKNOWN_GROUP",
+            `Cannot accept event: this node does not hold the manifest of group "${gid}"`,
+          );
         }
         accepted.push(d.it);
       } catch (e) {

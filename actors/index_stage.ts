@@ -15,7 +15,7 @@
 
 import type { Stage, StageContext } from "./runtime.ts";
 import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch.ts";
-import { type Limits, LIMITS } from "./limits.ts";
+import { LIMITS, type Limits } from "./limits.ts";
 import type { GroupInfo } from "./decode.ts";
 import { type Kv, MemoryKv, openRocks } from "../storage/kv.ts";
 import { eventKey, groupKey, metaKey, prefixEnd, timeKey, timeKeyFloor, u64be } from "../storage/keys.ts";
@@ -182,7 +182,9 @@ export function indexStage(): Stage<IndexConfig> {
     const gid = fromHex(q.gid)!;
     const limit = Math.min(q.limit, limits.query_limit_max);
     const lower = q.cursor ? { gt: timeKeyFromCursor(gid, q.cursor) } : { gte: timeKeyFloor(gid, q.since ?? 0) };
-    const upper = q.until !== undefined ? { lt: timeKeyFloor(gid, q.until + 1) } : { lt: prefixEnd(timeKeyFloor(gid, 0).subarray(0, 33)) };
+    const upper = q.until !== undefined
+      ? { lt: timeKeyFloor(gid, q.until + 1) }
+      : { lt: prefixEnd(timeKeyFloor(gid, 0).subarray(0, 33)) };
     const filtered = (q.kinds?.length ?? 0) > 0 || (q.authors?.length ?? 0) > 0;
     const out: Uint8Array[] = [];
     let scanned = 0;
@@ -260,7 +262,9 @@ export function indexStage(): Stage<IndexConfig> {
           }));
         case "index.get": {
           const id = fromHex(msg.id);
-          if (!id || id.length !== 32) throw new XfError("BAD_EVENT_ID", `Cannot read event "${msg.id}": not 64 hex digits`);
+          if (!id || id.length !== 32) {
+            throw new XfError("BAD_EVENT_ID", `Cannot read event "${msg.id}": not 64 hex digits`);
+          }
           return (await kv!.get(eventKey(id))) ?? null;
         }
         case "index.query":

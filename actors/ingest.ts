@@ -15,7 +15,7 @@
 import { sha256 } from "@noble/hashes/sha2";
 import type { Stage, StageContext } from "./runtime.ts";
 import { type BatchItem, type EventResult, packBatch } from "./batch.ts";
-import { type Limits, LIMITS } from "./limits.ts";
+import { LIMITS, type Limits } from "./limits.ts";
 import { skipItem } from "../storage/cbor.ts";
 import { toHex } from "../storage/ed25519.ts";
 import { toWire, XfError } from "../storage/errors.ts";
@@ -47,12 +47,19 @@ export interface IngestConfig {
 export function splitBody(body: Uint8Array, limits: Limits): Uint8Array[] {
   if (body.length === 0) throw new XfError("EMPTY_BODY", "Cannot accept request: the body is empty");
   if (body.length > limits.http_body_bytes_max) {
-    throw new XfError("BODY_TOO_LARGE", `Cannot accept body of ${body.length} bytes: the limit is ${limits.http_body_bytes_max}`);
+    throw new XfError(
+      "BODY_TOO_LARGE",
+      `Cannot accept body of ${body.length} bytes: the limit is ${limits.http_body_bytes_max}`,
+    );
   }
   const first = body[0]!;
-  if (first >> 5 !== 4) throw new XfError("BAD_CBOR", "Cannot accept body: not a CBOR array (an event or an array of events)");
+  if (first >> 5 !== 4) {
+    throw new XfError("BAD_CBOR", "Cannot accept body: not a CBOR array (an event or an array of events)");
+  }
   const end = skipItem(body, 0);
-  if (end !== body.length) throw new XfError("BAD_CBOR", `Cannot accept body: ${body.length - end} bytes after the CBOR item`);
+  if (end !== body.length) {
+    throw new XfError("BAD_CBOR", `Cannot accept body: ${body.length - end} bytes after the CBOR item`);
+  }
   // Head of the outer array.
   const info = first & 0x1f;
   const headLen = info < 24 ? 1 : info === 24 ? 2 : info === 25 ? 3 : info === 26 ? 5 : 9;
@@ -163,7 +170,10 @@ export function ingestStage(): Stage<IngestConfig> {
     });
     if (results.length) ctx.emit("root", { type: "pipeline.results", items: results });
     for (let i = 0; i < forward.length; i += limits.stage_batch_events_max) {
-      ctx.emit("decode", { type: "decode.batch", batch: packBatch(forward.slice(i, i + limits.stage_batch_events_max)) });
+      ctx.emit("decode", {
+        type: "decode.batch",
+        batch: packBatch(forward.slice(i, i + limits.stage_batch_events_max)),
+      });
     }
   }
 

@@ -80,7 +80,12 @@ export class XfNode {
   }
 
   /** Liveness and readiness of every stage. */
-  health(): { status: string; ready: boolean; stages: Record<string, { state: string; mailbox: number; restarts: number }>; recovery: string } {
+  health(): {
+    status: string;
+    ready: boolean;
+    stages: Record<string, { state: string; mailbox: number; restarts: number }>;
+    recovery: string;
+  } {
     const stages: Record<string, { state: string; mailbox: number; restarts: number }> = {};
     for (const s of STAGES) {
       const c = this.pipeline.supervisor.child(s);
@@ -100,8 +105,18 @@ export class XfNode {
       for (const [labels, v] of samples) lines.push(`${name}${labels} ${v}`);
     };
     const depths = p.depths();
-    metric("xf_mailbox_depth", "gauge", "Batches queued for or held by each stage", STAGES.map((s) => [`{stage="${s}"}`, depths[s]]));
-    metric("xf_stage_restarts_total", "counter", "Restarts of each stage", STAGES.map((s) => [`{stage="${s}"}`, p.supervisor.child(s).stats.restarts]));
+    metric(
+      "xf_mailbox_depth",
+      "gauge",
+      "Batches queued for or held by each stage",
+      STAGES.map((s) => [`{stage="${s}"}`, depths[s]]),
+    );
+    metric(
+      "xf_stage_restarts_total",
+      "counter",
+      "Restarts of each stage",
+      STAGES.map((s) => [`{stage="${s}"}`, p.supervisor.child(s).stats.restarts]),
+    );
     metric("xf_requests_total", "counter", "Publish requests admitted", [["", c.requests]]);
     metric("xf_requests_overloaded_total", "counter", "Requests refused with 503", [["", c.overloaded]]);
     metric("xf_events_in_total", "counter", "Events received", [["", c.eventsIn]]);
@@ -110,22 +125,35 @@ export class XfNode {
       ['{status="duplicate"}', c.duplicates],
       ['{status="rejected"}', Object.values(c.rejected).reduce((a, b) => a + b, 0)],
     ]);
-    metric("xf_events_rejected_total", "counter", "Rejected events by code", Object.entries(c.rejected).map(([k, v]) => [`{code="${k}"}`, v]));
+    metric(
+      "xf_events_rejected_total",
+      "counter",
+      "Rejected events by code",
+      Object.entries(c.rejected).map(([k, v]) => [`{code="${k}"}`, v]),
+    );
     metric("xf_inflight_events", "gauge", "Events admitted and not yet indexed", [["", p.inflight()]]);
     metric("xf_events_indexed_total", "counter", "Events written to the index", [["", c.indexed]]);
     metric("xf_index_batches_total", "counter", "RocksDB index batches", [["", c.indexBatches]]);
     try {
-      const w = await p.supervisor.child("wal").call<{ syncs: number; records: number; bytes: number; lastSeq: number; checkpoint: number }>(
+      const w = await p.supervisor.child("wal").call<
+        { syncs: number; records: number; bytes: number; lastSeq: number; checkpoint: number }
+      >(
         { type: "wal.stats" },
         1000,
       );
       metric("xf_wal_syncs_total", "counter", "WAL fdatasync calls (group commits)", [["", w.syncs]]);
       metric("xf_wal_records_total", "counter", "WAL records appended", [["", w.records]]);
-      metric("xf_wal_batch_records", "gauge", "Mean records per WAL group commit", [["", w.syncs ? w.records / w.syncs : 0]]);
+      metric("xf_wal_batch_records", "gauge", "Mean records per WAL group commit", [[
+        "",
+        w.syncs ? w.records / w.syncs : 0,
+      ]]);
       metric("xf_wal_last_seq", "gauge", "Last WAL sequence number", [["", w.lastSeq]]);
       metric("xf_wal_checkpoint_seq", "gauge", "WAL sequence number the index holds", [["", w.checkpoint]]);
     } catch { /* stage down: its figures are missing from this scrape */ }
-    metric("xf_index_batch_events", "gauge", "Mean events per index batch", [["", c.indexBatches ? c.walAppended / c.indexBatches : 0]]);
+    metric("xf_index_batch_events", "gauge", "Mean events per index batch", [[
+      "",
+      c.indexBatches ? c.walAppended / c.indexBatches : 0,
+    ]]);
     return lines.join("\n") + "\n";
   }
 
@@ -138,7 +166,13 @@ export class XfNode {
 /** A CBOR array holding already-encoded items. */
 export function cborArrayOf(items: Uint8Array[]): Uint8Array {
   const n = items.length;
-  const head = n < 24 ? [0x80 | n] : n < 0x100 ? [0x98, n] : n < 0x10000 ? [0x99, n >> 8, n & 0xff] : [0x9a, n >>> 24, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff];
+  const head = n < 24
+    ? [0x80 | n]
+    : n < 0x100
+    ? [0x98, n]
+    : n < 0x10000
+    ? [0x99, n >> 8, n & 0xff]
+    : [0x9a, n >>> 24, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff];
   let total = head.length;
   for (const b of items) total += b.length;
   const out = new Uint8Array(total);

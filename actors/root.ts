@@ -177,7 +177,9 @@ export class Pipeline {
       { type: "wal.replay", after: cp },
       this.limits.request_timeout_ms * 6,
     );
-    this.recovery = `${recovery}${recovery && !recovery.endsWith(".") ? ". " : recovery ? " " : ""}Replayed ${replayed} records after checkpoint ${cp}.`;
+    this.recovery = `${recovery}${
+      recovery && !recovery.endsWith(".") ? ". " : recovery ? " " : ""
+    }Replayed ${replayed} records after checkpoint ${cp}.`;
     this.replayWaiting += replayed;
     if (this.replayWaiting <= 0) this.replayDone?.();
     await done;
@@ -216,7 +218,9 @@ export class Pipeline {
    */
   submit(gid: Uint8Array | null, body: Uint8Array): Promise<EventResult[]> {
     if (this.state !== "ready") {
-      return Promise.reject(new XfError(this.state === "starting" ? "STAGE_DOWN" : "SHUTTING_DOWN", `Node is ${this.state}`));
+      return Promise.reject(
+        new XfError(this.state === "starting" ? "STAGE_DOWN" : "SHUTTING_DOWN", `Node is ${this.state}`),
+      );
     }
     if (this.inflight() >= this.limits.pipeline_inflight_events_max) {
       this.counters.overloaded++;
@@ -248,13 +252,16 @@ export class Pipeline {
     const n = r.n ?? 0;
     const out: EventResult[] = [];
     for (let i = 0; i < n; i++) {
-      out.push(r.results[i] ?? {
-        req,
-        idx: i,
-        status: "rejected",
-        code: "TIMEOUT",
-        message: `Event not settled within ${this.limits.request_timeout_ms} ms; it may still be stored, send it again`,
-      });
+      out.push(
+        r.results[i] ?? {
+          req,
+          idx: i,
+          status: "rejected",
+          code: "TIMEOUT",
+          message:
+            `Event not settled within ${this.limits.request_timeout_ms} ms; it may still be stored, send it again`,
+        },
+      );
     }
     if (r.n === null) r.reject(new XfError("TIMEOUT", `Request not split within ${this.limits.request_timeout_ms} ms`));
     else r.resolve(out);

@@ -44,7 +44,10 @@ export interface Stage<Config = unknown> {
  */
 export function serveStage<C>(endpoint: Endpoint, makeStage: () => Stage<C>): void {
   const stage = makeStage();
-  const pending = new Map<number, { resolve(v: unknown): void; reject(e: unknown): void; timer: ReturnType<typeof setTimeout> }>();
+  const pending = new Map<
+    number,
+    { resolve(v: unknown): void; reject(e: unknown): void; timer: ReturnType<typeof setTimeout> }
+  >();
   const dataQueue: { seq: number; msg: unknown }[] = [];
   let nextAsk = 1;
   let active = 0;

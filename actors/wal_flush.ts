@@ -17,7 +17,7 @@
 
 import type { Stage, StageContext } from "./runtime.ts";
 import { type BatchItem, type EventBatch, type EventResult, packBatch, unpackBatch } from "./batch.ts";
-import { type Limits, LIMITS } from "./limits.ts";
+import { LIMITS, type Limits } from "./limits.ts";
 import { describe, type RecoveryReport, Wal } from "../storage/wal.ts";
 import { toHex } from "../storage/ed25519.ts";
 import { XfError } from "../storage/errors.ts";
@@ -63,7 +63,9 @@ async function writeCheckpoint(dir: string, seq: bigint): Promise<void> {
   const d = await Deno.open(dir, { read: true });
   try {
     await d.syncData();
-  } catch { /* some file systems cannot sync a directory */ } finally {
+  } catch {
+    /* some file systems cannot sync a directory */
+  } finally {
     d.close();
   }
 }
@@ -98,7 +100,10 @@ export function walFlushStage(): Stage<WalConfig> {
       limits = config.limits;
       await Deno.mkdir(dir, { recursive: true });
       checkpointed = await readCheckpoint(dir);
-      const opened = await Wal.open(dir, { checkpointSeq: checkpointed, segmentBytesMax: limits.wal_segment_bytes_max });
+      const opened = await Wal.open(dir, {
+        checkpointSeq: checkpointed,
+        segmentBytesMax: limits.wal_segment_bytes_max,
+      });
       wal = opened.wal;
       recovery = opened.recovery;
     },

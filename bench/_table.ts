@@ -30,7 +30,12 @@ function fmt(n: number): string {
 
 /** A markdown table; ratio ≥ 1 means the figure meets or beats the peer or limit. */
 export function table(title: string, rows: Row[]): string {
-  const lines = [`### ${title}`, "", "| figure | value | compared with | its value | ratio (≥ 1 is good) |", "|---|---:|---|---:|---:|"];
+  const lines = [
+    `### ${title}`,
+    "",
+    "| figure | value | compared with | its value | ratio (≥ 1 is good) |",
+    "|---|---:|---|---:|---:|",
+  ];
   for (const r of rows) {
     const ratio = r.lowerIsBetter ? r.peerValue / r.value : r.value / r.peerValue;
     lines.push(`| ${r.figure} | ${fmt(r.value)} | ${r.peer} | ${fmt(r.peerValue)} | ${ratio.toFixed(2)} |`);

@@ -26,7 +26,9 @@ function hexParam(value: string, code: "BAD_GROUP_ID" | "BAD_EVENT_ID", what: st
 
 async function readBody(req: Request, max: number): Promise<Uint8Array> {
   const declared = Number(req.headers.get("content-length") ?? "NaN");
-  if (declared > max) throw new XfError("BODY_TOO_LARGE", `Cannot accept body of ${declared} bytes: the limit is ${max}`);
+  if (declared > max) {
+    throw new XfError("BODY_TOO_LARGE", `Cannot accept body of ${declared} bytes: the limit is ${max}`);
+  }
   if (!req.body) return new Uint8Array(0);
   const chunks: Uint8Array[] = [];
   let n = 0;
@@ -173,7 +175,9 @@ export function createApp(node: XfNode) {
       return c.body(proof.slice(), 200, { "content-type": CBOR });
     });
 
-  app.notFound((c) => c.json({ error: "NOT_FOUND", message: `No route for ${c.req.method} ${new URL(c.req.url).pathname}` }, 404));
+  app.notFound((c) =>
+    c.json({ error: "NOT_FOUND", message: `No route for ${c.req.method} ${new URL(c.req.url).pathname}` }, 404)
+  );
   app.onError((err, c) => {
     if (err instanceof XfError) {
       const status = statusOf(err.code);

@@ -105,7 +105,9 @@ async function runServe(f: Flags) {
   });
   const served = await serve(node, { host, port });
   console.log(`listening on ${served.url}`);
-  console.log(JSON.stringify({ node: toHex(key.publicKey), data: dataDir, groups, peers, recovery: node.pipeline.recovery }));
+  console.log(
+    JSON.stringify({ node: toHex(key.publicKey), data: dataDir, groups, peers, recovery: node.pipeline.recovery }),
+  );
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
@@ -125,7 +127,11 @@ function nodeUrl(f: Flags): string {
 }
 
 async function post(url: string, body: Uint8Array): Promise<unknown> {
-  const r = await fetch(url, { method: "POST", body: body as BodyInit, headers: { "content-type": "application/cbor" } });
+  const r = await fetch(url, {
+    method: "POST",
+    body: body as BodyInit,
+    headers: { "content-type": "application/cbor" },
+  });
   return await r.json();
 }
 
@@ -154,7 +160,11 @@ async function main(args: string[]) {
       const kp = await loadOrCreateKey(keyFile);
       const text = flag(f, "text");
       const file = flag(f, "file");
-      const payload = text !== undefined ? new TextEncoder().encode(text) : file ? await Deno.readFile(file) : new Uint8Array();
+      const payload = text !== undefined
+        ? new TextEncoder().encode(text)
+        : file
+        ? await Deno.readFile(file)
+        : new Uint8Array();
       const tags = ((f.tag as string[] | undefined) ?? []).map((t) => t.split(/=(.*)/s, 2) as Tag);
       const kind = Number((f.kind as string[] | undefined)?.[0] ?? 16);
       const ev = await signEvent(kp, { group: gid, ts: Date.now(), kind, tags, payload });

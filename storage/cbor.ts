@@ -174,7 +174,10 @@ export class CborReader {
     const size = info === 24 ? 1 : info === 25 ? 2 : info === 26 ? 4 : info === 27 ? 8 : 0;
     if (size === 0) {
       this.pos--;
-      this.fail(info === 31 ? "NOT_DETERMINISTIC" : "BAD_CBOR", info === 31 ? "indefinite length" : `reserved additional info ${info}`);
+      this.fail(
+        info === 31 ? "NOT_DETERMINISTIC" : "BAD_CBOR",
+        info === 31 ? "indefinite length" : `reserved additional info ${info}`,
+      );
     }
     if (this.pos + size > this.end) this.fail("BAD_CBOR", "truncated (head argument)");
     let arg: number | bigint = 0;
@@ -278,8 +281,12 @@ export class CborReader {
           const ks = this.pos;
           const k = this.any(depth + 1);
           const kb = this.buf.subarray(ks, this.pos);
-          if (typeof k !== "string" && typeof k !== "number") this.fail("BAD_CBOR", "map key is not a text string or integer");
-          if (prev && compareBytes(prev, kb) >= 0) this.fail("NOT_DETERMINISTIC", "map keys not in sorted order or repeated");
+          if (typeof k !== "string" && typeof k !== "number") {
+            this.fail("BAD_CBOR", "map key is not a text string or integer");
+          }
+          if (prev && compareBytes(prev, kb) >= 0) {
+            this.fail("NOT_DETERMINISTIC", "map keys not in sorted order or repeated");
+          }
           prev = kb;
           out.set(k, this.any(depth + 1));
         }

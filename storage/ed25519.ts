@@ -20,7 +20,22 @@ export interface KeyPair {
 }
 
 const PKCS8_PREFIX = new Uint8Array([
-  0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+  0x30,
+  0x2e,
+  0x02,
+  0x01,
+  0x00,
+  0x30,
+  0x05,
+  0x06,
+  0x03,
+  0x2b,
+  0x65,
+  0x70,
+  0x04,
+  0x22,
+  0x04,
+  0x20,
 ]);
 
 /**
@@ -74,7 +89,12 @@ async function verifyKey(publicKey: Uint8Array): Promise<CryptoKey> {
 export async function verify(publicKey: Uint8Array, sig: Uint8Array, message: Uint8Array): Promise<boolean> {
   if (publicKey.length !== 32 || sig.length !== 64) return false;
   try {
-    return await crypto.subtle.verify("Ed25519", await verifyKey(publicKey), sig as BufferSource, message as BufferSource);
+    return await crypto.subtle.verify(
+      "Ed25519",
+      await verifyKey(publicKey),
+      sig as BufferSource,
+      message as BufferSource,
+    );
   } catch {
     return false; // a public key that is not a curve point
   }

@@ -120,7 +120,10 @@ function bad(message: string): never {
 export function decodeEvent(bytes: Uint8Array, limits: EventLimits = LIMITS): StoredEvent {
   if (bytes.length === 0) throw new XfError("EMPTY_BODY", "Cannot decode event: no bytes");
   if (bytes.length > limits.event_bytes_max) {
-    throw new XfError("EVENT_TOO_LARGE", `Cannot accept event of ${bytes.length} bytes: the limit is ${limits.event_bytes_max}`);
+    throw new XfError(
+      "EVENT_TOO_LARGE",
+      `Cannot accept event of ${bytes.length} bytes: the limit is ${limits.event_bytes_max}`,
+    );
   }
   const r = new CborReader(bytes);
   if (r.peekMajor() !== 4) bad("Cannot decode event: not a CBOR array");
@@ -164,7 +167,11 @@ function field(r: CborReader, major: 2, name: string, len?: number): Uint8Array;
 function field(r: CborReader, major: 0 | 2, name: string, len?: number): number | Uint8Array {
   const found = r.peekMajor();
   if (found !== major) {
-    bad(`Cannot decode event: ${name} is major type ${found}, expected ${major === 0 ? "an unsigned integer" : "a byte string"}`);
+    bad(
+      `Cannot decode event: ${name} is major type ${found}, expected ${
+        major === 0 ? "an unsigned integer" : "a byte string"
+      }`,
+    );
   }
   if (major === 0) {
     const h = r.head();

@@ -74,13 +74,17 @@ class RocksKv implements Kv {
   get(key: Uint8Array): Promise<Uint8Array | undefined> {
     this.check();
     return new Promise((resolve, reject) => {
-      this.db.get(buf(key), { asBuffer: true, fillCache: true }, ((err, v?: Buffer) => {
-        if (err) {
-          if (/NotFound/i.test(err.message)) return resolve(undefined);
-          return reject(storageError("read from RocksDB", err));
-        }
-        resolve(v ? u8(v) : undefined);
-      }) as Cb<Buffer>);
+      this.db.get(
+        buf(key),
+        { asBuffer: true, fillCache: true },
+        ((err, v?: Buffer) => {
+          if (err) {
+            if (/NotFound/i.test(err.message)) return resolve(undefined);
+            return reject(storageError("read from RocksDB", err));
+          }
+          resolve(v ? u8(v) : undefined);
+        }) as Cb<Buffer>,
+      );
     });
   }
 
@@ -88,10 +92,14 @@ class RocksKv implements Kv {
     this.check();
     if (keys.length === 0) return Promise.resolve([]);
     return new Promise((resolve, reject) => {
-      this.db.getMany(keys.map(buf), { asBuffer: true }, ((err, vs?: (Buffer | undefined)[]) => {
-        if (err) return reject(storageError("read from RocksDB", err));
-        resolve(vs!.map((v) => (v ? u8(v) : undefined)));
-      }) as Cb<(Buffer | undefined)[]>);
+      this.db.getMany(
+        keys.map(buf),
+        { asBuffer: true },
+        ((err, vs?: (Buffer | undefined)[]) => {
+          if (err) return reject(storageError("read from RocksDB", err));
+          resolve(vs!.map((v) => (v ? u8(v) : undefined)));
+        }) as Cb<(Buffer | undefined)[]>,
+      );
     });
   }
 
@@ -197,7 +205,9 @@ export class MemoryKv implements Kv {
     const inRange = (k: Uint8Array) =>
       (!r.gt || compareBytes(k, r.gt) > 0) && (!r.gte || compareBytes(k, r.gte) >= 0) &&
       (!r.lt || compareBytes(k, r.lt) < 0) && (!r.lte || compareBytes(k, r.lte) <= 0);
-    const snapshot = this.keys.map((k, i) => [k, this.values[i]!] as [Uint8Array, Uint8Array]).filter(([k]) => inRange(k));
+    const snapshot = this.keys.map((k, i) => [k, this.values[i]!] as [Uint8Array, Uint8Array]).filter(([k]) =>
+      inRange(k)
+    );
     if (r.reverse) snapshot.reverse();
     const limit = r.limit ?? Infinity;
     let n = 0;

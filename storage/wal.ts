@@ -306,25 +306,16 @@ export function describe(report: RecoveryReport): string {
   const segs = plural(report.segments, "segment");
   let s = report.records === 0
     ? `Recovered no records from ${segs}`
-    : `Recovered ${
-      plural(report.records, "record")
-    } (seq ${report.firstSeq} to ${report.lastSeq}) ` +
+    : `Recovered ${plural(report.records, "record")} (seq ${report.firstSeq} to ${report.lastSeq}) ` +
       `from ${segs}, ${report.replayable} to replay`;
   if (report.tornTail) {
     const t = report.tornTail;
-    s +=
-      `, and cut a torn tail of ${
-        plural(t.bytesCut, "byte")
-      } at offset ${t.offset} ` +
+    s += `, and cut a torn tail of ${plural(t.bytesCut, "byte")} at offset ${t.offset} ` +
       `in segment ${t.segment} (${t.reason})`;
   }
   if (report.skipped.length > 0) {
-    const list = report.skipped.map((k) =>
-      `segment ${k.segment} offset ${k.offset}: ${k.reason}`
-    );
-    s += `, and ignored ${
-      plural(report.skipped.length, "checkpointed corruption")
-    } (${list.join("; ")})`;
+    const list = report.skipped.map((k) => `segment ${k.segment} offset ${k.offset}: ${k.reason}`);
+    s += `, and ignored ${plural(report.skipped.length, "checkpointed corruption")} (${list.join("; ")})`;
   }
   return s;
 }
@@ -364,9 +355,7 @@ function checkRecord(
   }
   const len = view.getUint32(off, true);
   if (len > left - WAL_RECORD_HEADER_BYTES) {
-    return `record length ${len} exceeds the ${
-      left - WAL_RECORD_HEADER_BYTES
-    } bytes left in the segment`;
+    return `record length ${len} exceeds the ${left - WAL_RECORD_HEADER_BYTES} bytes left in the segment`;
   }
   const crc = view.getUint32(off + 4, true);
   if (
@@ -656,11 +645,7 @@ export class Wal {
       }
       let laterSeq: bigint | null = null;
       if (isLast && parsed.bad) {
-        const minSeq = firstSeq !== null
-          ? parsed.lastSeq + 1n
-          : prev
-          ? prev.parsed.lastSeq + 1n
-          : 1n;
+        const minSeq = firstSeq !== null ? parsed.lastSeq + 1n : prev ? prev.parsed.lastSeq + 1n : 1n;
         const from = firstSeq !== null ? parsed.bad.offset : -1;
         laterSeq = validSeqAfter(
           buf,
@@ -729,20 +714,10 @@ export class Wal {
       }
       // Corruption: every record it could affect lies below the next segment's first seq.
       const next = scans.slice(i + 1).find((n) => n.firstSeq !== null);
-      const upper = next
-        ? next.firstSeq! - 1n
-        : i === scans.length - 1
-        ? s.laterSeq
-        : null;
+      const upper = next ? next.firstSeq! - 1n : i === scans.length - 1 ? s.laterSeq : null;
       if (upper === null || upper > cp) {
-        const fromSeq = s.firstSeq !== null
-          ? p.lastSeq + 1n
-          : prev
-          ? prev.lastSeq + 1n
-          : null;
-        const range = fromSeq === null
-          ? "seqs"
-          : `seq ${fromSeq} to ${upper ?? "the end"}`;
+        const fromSeq = s.firstSeq !== null ? p.lastSeq + 1n : prev ? prev.lastSeq + 1n : null;
+        const range = fromSeq === null ? "seqs" : `seq ${fromSeq} to ${upper ?? "the end"}`;
         throw new XfError(
           "WAL_CORRUPTION",
           `Cannot open WAL segment ${s.num}: ${bad.reason} at offset ${bad.offset} ` +
@@ -770,24 +745,18 @@ export class Wal {
         if (seg.firstSeq > cp + 1n) {
           throw new XfError(
             "WAL_CORRUPTION",
-            `Cannot open WAL: seq ${cp + 1n} to ${
-              seg.firstSeq - 1n
-            } are missing before segment ${seg.num} ` +
+            `Cannot open WAL: seq ${cp + 1n} to ${seg.firstSeq - 1n} are missing before segment ${seg.num} ` +
               `(checkpoint is ${cp})`,
           );
         }
       } else if (seg.firstSeq > expected && seg.firstSeq - 1n > cp) {
         throw new XfError(
           "WAL_CORRUPTION",
-          `Cannot open WAL: seq ${expected} to ${
-            seg.firstSeq - 1n
-          } are missing between segment ${prev!.num} ` +
+          `Cannot open WAL: seq ${expected} to ${seg.firstSeq - 1n} are missing between segment ${prev!.num} ` +
             `and segment ${seg.num} (checkpoint is ${cp})`,
         );
       } else if (seg.firstSeq < expected) {
-        const reason = `segment starts at seq ${seg.firstSeq}, which segment ${
-          prev!.num
-        } already holds`;
+        const reason = `segment starts at seq ${seg.firstSeq}, which segment ${prev!.num} already holds`;
         if (prev!.lastSeq > cp) {
           throw new XfError(
             "WAL_CORRUPTION",
@@ -821,10 +790,7 @@ export class Wal {
     const last = segments[segments.length - 1];
     const lastSeq = last ? last.lastSeq : 0n;
     const nextSeq = (lastSeq > cp ? lastSeq : cp) + 1n;
-    const current =
-      last && cleanNums.has(last.num) && last.lastSeq + 1n === nextSeq
-        ? last
-        : null;
+    const current = last && cleanNums.has(last.num) && last.lastSeq + 1n === nextSeq ? last : null;
     const lastFile = files[files.length - 1];
     const wal = new Wal(
       dir,

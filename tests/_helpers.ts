@@ -34,17 +34,24 @@ export async function testGroup(name = "test", policy = 0): Promise<TestGroup> {
 }
 
 /** `n` signed app events in a group, with distinct timestamps from `ts0`. */
-export async function makeEvents(g: TestGroup, n: number, ts0 = Date.now() - 1_000_000, author?: KeyPair): Promise<StoredEvent[]> {
+export async function makeEvents(
+  g: TestGroup,
+  n: number,
+  ts0 = Date.now() - 1_000_000,
+  author?: KeyPair,
+): Promise<StoredEvent[]> {
   const key = author ?? g.owner;
   const out: StoredEvent[] = [];
   for (let i = 0; i < n; i++) {
-    out.push(await signEvent(key, {
-      group: g.gid,
-      ts: ts0 + i,
-      kind: 16 + (i % 3),
-      tags: [["n", String(i)]],
-      payload: new TextEncoder().encode(`event ${i}`),
-    }));
+    out.push(
+      await signEvent(key, {
+        group: g.gid,
+        ts: ts0 + i,
+        kind: 16 + (i % 3),
+        tags: [["n", String(i)]],
+        payload: new TextEncoder().encode(`event ${i}`),
+      }),
+    );
   }
   return out;
 }

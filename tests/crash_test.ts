@@ -20,7 +20,9 @@ async function startChild(dir: string) {
     stderr: "inherit",
   });
   const child = cmd.spawn();
-  const lines = child.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(new TextLineStream() as unknown as TransformStream<string, string>);
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(
+    new TextLineStream() as unknown as TransformStream<string, string>,
+  );
   const reader = lines.getReader();
   const first = await Promise.race([
     reader.read(),
@@ -53,7 +55,11 @@ Deno.test({
       for (let round = 0; round < ROUNDS; round++) {
         const { child, url } = await startChild(dir);
         if (round === 0) {
-          const r = await fetch(`${url}/v1/groups/${gid}/events`, { method: "POST", body: g.manifest.bytes as BodyInit, headers: { "content-type": "application/cbor" } });
+          const r = await fetch(`${url}/v1/groups/${gid}/events`, {
+            method: "POST",
+            body: g.manifest.bytes as BodyInit,
+            headers: { "content-type": "application/cbor" },
+          });
           assertEquals(r.status, 201);
           acked.set(hexOf(g.manifest.id), g.manifest.bytes);
         }
@@ -77,7 +83,9 @@ Deno.test({
               }
               const { results } = await r.json();
               results.forEach((res: { status: string }, i: number) => {
-                if (res.status === "stored" || res.status === "duplicate") acked.set(hexOf(batch[i]!.id), batch[i]!.bytes);
+                if (res.status === "stored" || res.status === "duplicate") {
+                  acked.set(hexOf(batch[i]!.id), batch[i]!.bytes);
+                }
               });
             } catch {
               return; // the node died under us: this batch was never acknowledged
@@ -102,7 +110,9 @@ Deno.test({
           }
           const fsck = await node.fsck(gid);
           assert(fsck?.ok, `round ${round}: fsck found ${fsck?.firstDifference}`);
-          console.log(`round ${round + 1}/${ROUNDS}: ${acked.size} acknowledged, all present; ${node.pipeline.recovery}`);
+          console.log(
+            `round ${round + 1}/${ROUNDS}: ${acked.size} acknowledged, all present; ${node.pipeline.recovery}`,
+          );
         } finally {
           await node.close();
         }

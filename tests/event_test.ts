@@ -1,4 +1,4 @@
-import { assert, assertEquals, assertThrows } from "@std/assert";
+import { assert, assertEquals } from "@std/assert";
 import { decodeEvent, encodeEvent, eventId, groupIdOf, signEvent, verifyEvent } from "../storage/event.ts";
 import { fromHex, keyPairFromSeed, toHex } from "../storage/ed25519.ts";
 import { decodeCbor, encodeCbor, skipItem } from "../storage/cbor.ts";
@@ -42,7 +42,13 @@ Deno.test("signEvent() reproduces the committed vectors byte for byte", async ()
   }
   for (const v of vectors.events) {
     const kp = await keyPairFromSeed(keys.get(v.signer)!);
-    const e = await signEvent(kp, { group: hex(v.group), ts: v.ts, kind: v.kind, tags: v.tags, payload: hex(v.payload) });
+    const e = await signEvent(kp, {
+      group: hex(v.group),
+      ts: v.ts,
+      kind: v.kind,
+      tags: v.tags,
+      payload: hex(v.payload),
+    });
     assertEquals(toHex(e.bytes), v.bytes);
     assertEquals(toHex(e.id), v.id);
     assertEquals(toHex(encodeEvent(e)), v.bytes);
@@ -53,9 +59,18 @@ Deno.test("signEvent() reproduces the committed vectors byte for byte", async ()
 
 Deno.test("encodeCbor() writes shortest heads at every boundary", () => {
   const cases: [number | bigint, string][] = [
-    [0, "00"], [23, "17"], [24, "1818"], [255, "18ff"], [256, "190100"], [65535, "19ffff"],
-    [65536, "1a00010000"], [2 ** 32 - 1, "1affffffff"], [2 ** 32, "1b0000000100000000"],
-    [2n ** 64n - 1n, "1bffffffffffffffff"], [-1, "20"], [-25, "3818"],
+    [0, "00"],
+    [23, "17"],
+    [24, "1818"],
+    [255, "18ff"],
+    [256, "190100"],
+    [65535, "19ffff"],
+    [65536, "1a00010000"],
+    [2 ** 32 - 1, "1affffffff"],
+    [2 ** 32, "1b0000000100000000"],
+    [2n ** 64n - 1n, "1bffffffffffffffff"],
+    [-1, "20"],
+    [-25, "3818"],
   ];
   for (const [v, h] of cases) assertEquals(toHex(encodeCbor(v)), h);
   assertEquals(toHex(encodeCbor(new Uint8Array([1, 2]))), "420102"); // no tag 64
@@ -78,7 +93,13 @@ Deno.test("decodeCbor() refuses non-deterministic encodings", () => {
 
 Deno.test("decodeEvent() rejects each malformed event with a stable code", async () => {
   const kp = await keyPairFromSeed(new Uint8Array(32).fill(9));
-  const good = await signEvent(kp, { group: new Uint8Array(32), ts: 1000, kind: 16, tags: [], payload: new Uint8Array(4) });
+  const good = await signEvent(kp, {
+    group: new Uint8Array(32),
+    ts: 1000,
+    kind: 16,
+    tags: [],
+    payload: new Uint8Array(4),
+  });
   const b = good.bytes;
   // ts 1000 = 19 03e8 at offset 70; write it in 4 bytes instead of 2.
   const longTs = new Uint8Array([...b.subarray(0, 70), 0x1a, 0, 0, 0x03, 0xe8, ...b.subarray(73)]);

@@ -52,20 +52,43 @@ Deno.test("POST /v1/groups/:gid/events refuses every bad input with its code and
     const other = await testGroup();
     const [foreign] = await makeEvents(other, 1);
     const big = await signEvent(g.owner, { group: g.gid, ts: 1, kind: 16, tags: [], payload: new Uint8Array(70_000) });
-    const future = await signEvent(g.owner, { group: g.gid, ts: Date.now() + 3_600_000, kind: 16, tags: [], payload: new Uint8Array() });
-    const small = (await signEvent(g.owner, { group: g.gid, ts: 1000, kind: 16, tags: [], payload: new Uint8Array() })).bytes;
+    const future = await signEvent(g.owner, {
+      group: g.gid,
+      ts: Date.now() + 3_600_000,
+      kind: 16,
+      tags: [],
+      payload: new Uint8Array(),
+    });
+    const small =
+      (await signEvent(g.owner, { group: g.gid, ts: 1000, kind: 16, tags: [], payload: new Uint8Array() })).bytes;
     assertEquals(hexOf(small.subarray(70, 73)), "1903e8");
     // The same ts written in 8 bytes instead of 2: valid CBOR, not deterministic.
-    const longTs = new Uint8Array([...small.subarray(0, 70), 0x1b, 0, 0, 0, 0, 0, 0, 0x03, 0xe8, ...small.subarray(73)]);
+    const longTs = new Uint8Array([
+      ...small.subarray(0, 70),
+      0x1b,
+      0,
+      0,
+      0,
+      0,
+      0,
+      0,
+      0x03,
+      0xe8,
+      ...small.subarray(73),
+    ]);
     const wrongLen = encodeCbor([1, g.gid, g.owner.publicKey, 5, 16, [], new Uint8Array()]);
     const wrongType = encodeCbor([1, g.gid, g.owner.publicKey, "5", 16, [], new Uint8Array(), new Uint8Array(64)]);
-    await expectError(await post(new TextEncoder().encode("{\"json\": true}")), 400, "BAD_CBOR");
+    await expectError(await post(new TextEncoder().encode('{"json": true}')), 400, "BAD_CBOR");
     await expectError(await post(new Uint8Array()), 400, "EMPTY_BODY");
     await expectError(await post(b.subarray(0, 50)), 400, "BAD_CBOR");
     await expectError(await post(longTs), 400, "NOT_DETERMINISTIC");
     await expectError(await post(wrongLen), 400, "BAD_EVENT");
     await expectError(await post(wrongType), 400, "BAD_EVENT");
-    await expectError(await post(new Uint8Array([...b.subarray(0, b.length - 1), b[b.length - 1]! ^ 1])), 400, "BAD_SIGNATURE");
+    await expectError(
+      await post(new Uint8Array([...b.subarray(0, b.length - 1), b[b.length - 1]! ^ 1])),
+      400,
+      "BAD_SIGNATURE",
+    );
     await expectError(await post(big.bytes), 413, "EVENT_TOO_LARGE");
     await expectError(await post(new Uint8Array(300_000).fill(0x80)), 413, "BODY_TOO_LARGE");
     await expectError(await post(cborArrayOf(Array(11).fill(b))), 413, "BATCH_TOO_LARGE");
@@ -73,7 +96,11 @@ Deno.test("POST /v1/groups/:gid/events refuses every bad input with its code and
     await expectError(await post(foreign!.bytes), 400, "GROUP_MISMATCH");
     await expectError(await post(foreign!.bytes, `/v1/groups/${hexOf(other.gid)}/events`), 404, "UNKNOWN_GROUP");
     await expectError(await post(b, `/v1/groups/xyz/events`), 400, "BAD_GROUP_ID");
-    await expectError(await post(b, `${base}/events`, { "content-type": "application/json" }), 415, "UNSUPPORTED_MEDIA_TYPE");
+    await expectError(
+      await post(b, `${base}/events`, { "content-type": "application/json" }),
+      415,
+      "UNSUPPORTED_MEDIA_TYPE",
+    );
     await expectError(await app.request(`/v1/events/nothex`), 400, "BAD_EVENT_ID");
     await expectError(await app.request(`/v1/events/${"ab".repeat(32)}`), 404, "NOT_FOUND");
     await expectError(await app.request(`${base}/events?limit=abc`), 400, "BAD_QUERY");
@@ -101,7 +128,9 @@ Deno.test("GET /v1/groups/:gid/events pages with cursor, filters, and offers JSO
     const rest = await (await app.request(`${base}/events?limit=20&cursor=${all.cursor}`)).json();
     assertEquals(rest.events.length, 6);
     assertEquals(rest.cursor, null);
-    const res = await app.request(`${base}/events?since=${evs[5]!.ts}&until=${evs[9]!.ts}`, { headers: { accept: "application/cbor" } });
+    const res = await app.request(`${base}/events?since=${evs[5]!.ts}&until=${evs[9]!.ts}`, {
+      headers: { accept: "application/cbor" },
+    });
     assertEquals(res.headers.get("content-type"), "application/cbor");
     const m = decodeCbor(new Uint8Array(await res.arrayBuffer())) as Map<string, Uint8Array[]>;
     assertEquals(m.get("events")!.map(hexOf), evs.slice(5, 10).map((e) => hexOf(e.bytes)));

@@ -57,7 +57,13 @@ interface Case {
   onlyB: Set<string>;
 }
 
-function makeCase(common: number, onlyA: number, onlyB: number, seed: number, tsBase = 0): Case {
+function makeCase(
+  common: number,
+  onlyA: number,
+  onlyB: number,
+  seed: number,
+  tsBase = 0,
+): Case {
   const all = makeItems(common + onlyA + onlyB, seed, tsBase);
   const c = all.slice(0, common);
   const xa = all.slice(common, common + onlyA);
@@ -82,7 +88,10 @@ interface Party {
   reconcile(msg: Uint8Array): Step;
 }
 
-function ours(items: Item[], options: ReconcilerOptions = {}): Party & { rec: Reconciler } {
+function ours(
+  items: Item[],
+  options: ReconcilerOptions = {},
+): Party & { rec: Reconciler } {
   const s = new VectorStorage();
   for (const x of items) s.insert(x.ts, x.id);
   s.seal();
@@ -92,7 +101,11 @@ function ours(items: Item[], options: ReconcilerOptions = {}): Party & { rec: Re
     initiate: () => rec.initiate(),
     reconcile(msg) {
       const r = rec.reconcile(msg);
-      return { output: r.output, have: r.have.map(bytesToHex), need: r.need.map(bytesToHex) };
+      return {
+        output: r.output,
+        have: r.have.map(bytesToHex),
+        need: r.need.map(bytesToHex),
+      };
     },
   };
 }
@@ -102,7 +115,10 @@ function theirs(items: Item[], frameSizeLimit = 60_000): Party {
   const s = new NegentropyStorageVector();
   for (const x of items) s.insert(x.ts, bytesToHex(x.id));
   s.seal();
-  const neg = new Negentropy(s, frameSizeLimit === 0 ? Number.MAX_SAFE_INTEGER : frameSizeLimit);
+  const neg = new Negentropy(
+    s,
+    frameSizeLimit === 0 ? Number.MAX_SAFE_INTEGER : frameSizeLimit,
+  );
   let initiator = false;
   return {
     initiate() {
@@ -111,7 +127,11 @@ function theirs(items: Item[], frameSizeLimit = 60_000): Party {
     },
     reconcile(msg) {
       const have: string[] = [], need: string[] = [];
-      const out = neg.reconcile(bytesToHex(msg), (id) => have.push(id), (id) => need.push(id));
+      const out = neg.reconcile(
+        bytesToHex(msg),
+        (id) => have.push(id),
+        (id) => need.push(id),
+      );
       // A nostr-tools responder with nothing to add returns null; a peer sends the bare version byte.
       const output = out === null ? (initiator ? null : new Uint8Array([PROTOCOL_VERSION])) : hexToBytes(out);
       return { output, have, need };
@@ -130,7 +150,13 @@ interface Transcript {
 const ROUNDS_MAX = 1000;
 
 function run(init: Party, resp: Party): Transcript {
-  const t: Transcript = { msgs: [], initHave: [], initNeed: [], respHave: [], respNeed: [] };
+  const t: Transcript = {
+    msgs: [],
+    initHave: [],
+    initNeed: [],
+    respHave: [],
+    respNeed: [],
+  };
   let msg = init.initiate();
   t.msgs.push(bytesToHex(msg));
   for (let round = 0; round < ROUNDS_MAX; round++) {
@@ -172,7 +198,9 @@ function checkAll(c: Case, frameSizeLimit = 60_000): Transcript {
   for (const [name, t] of runs) {
     assertEquals(t.msgs.length, ref.msgs.length, `${name}: message count`);
     for (let i = 0; i < t.msgs.length; i++) {
-      if (t.msgs[i] !== ref.msgs[i]) throw new Error(`${name}: message ${i} differs from nostr-tools'`);
+      if (t.msgs[i] !== ref.msgs[i]) {
+        throw new Error(`${name}: message ${i} differs from nostr-tools'`);
+      }
     }
     assertEquals(t, ref, name);
   }
@@ -194,7 +222,10 @@ for (const n of [0, 1, 10, 1000]) {
       try {
         checkAll(makeCase(common, a, b, 1000 * n + a * 7 + b));
       } catch (e) {
-        throw new Error(`${name} (${common} + ${a} / ${b}): ${(e as Error).message}`, { cause: e });
+        throw new Error(
+          `${name} (${common} + ${a} / ${b}): ${(e as Error).message}`,
+          { cause: e },
+        );
       }
     }
   });
@@ -215,36 +246,58 @@ Deno.test("Reconciler matches nostr-tools on 100,000 items", () => {
 Deno.test("Reconciler matches nostr-tools over several rounds under a 4096-byte frame limit", () => {
   const c = makeCase(2_000, 5_000, 5_000, 31);
   const t = checkAll(c, 4096);
-  assert(t.msgs.length > 6, `expected many rounds, got ${t.msgs.length} messages`);
-  for (const m of t.msgs) assert(m.length / 2 <= 4096, `message of ${m.length / 2} bytes`);
+  assert(
+    t.msgs.length > 6,
+    `expected many rounds, got ${t.msgs.length} messages`,
+  );
+  for (const m of t.msgs) {
+    assert(m.length / 2 <= 4096, `message of ${m.length / 2} bytes`);
+  }
 });
 
 Deno.test("Reconciler cuts rounds exactly where nostr-tools does, limits 4096 to 4127", () => {
   const c = makeCase(200, 1_000, 1_000, 33);
   for (let limit = 4096; limit < 4128; limit++) {
     const ref = run(theirs(c.a, limit), theirs(c.b, limit));
-    const t = run(ours(c.a, { frameSizeLimit: limit }), ours(c.b, { frameSizeLimit: limit }));
-    if (t.msgs.join() !== ref.msgs.join()) throw new Error(`frameSizeLimit ${limit}: messages differ`);
+    const t = run(
+      ours(c.a, { frameSizeLimit: limit }),
+      ours(c.b, { frameSizeLimit: limit }),
+    );
+    if (t.msgs.join() !== ref.msgs.join()) {
+      throw new Error(`frameSizeLimit ${limit}: messages differ`);
+    }
     assertEquals(t, ref);
   }
 });
 
 Deno.test("Reconciler with frameSizeLimit 0 sends what an unlimited nostr-tools sends", () => {
   const t = checkAll(makeCase(2_000, 5_000, 5_000, 32), 0);
-  assert(t.msgs.some((m) => m.length / 2 > 60_000), "a message above nostr-tools' default limit");
+  assert(
+    t.msgs.some((m) => m.length / 2 > 60_000),
+    "a message above nostr-tools' default limit",
+  );
 });
 
 Deno.test("Reconciler with idListReply gives the initiator the whole difference", () => {
-  for (const [common, a, b, limit] of [[0, 0, 5, 0], [0, 5, 0, 0], [300, 40, 50, 0], [2_000, 5_000, 5_000, 4096]]) {
+  for (
+    const [common, a, b, limit] of [[0, 0, 5, 0], [0, 5, 0, 0], [
+      300,
+      40,
+      50,
+      0,
+    ], [2_000, 5_000, 5_000, 4096]]
+  ) {
     const c = makeCase(common!, a!, b!, 41 + common!);
     const opts = { frameSizeLimit: limit!, idListReply: true };
-    for (const init of [ours(c.a, { frameSizeLimit: limit! }), theirs(c.a, limit)]) {
+    for (
+      const init of [ours(c.a, { frameSizeLimit: limit! }), theirs(c.a, limit)]
+    ) {
       const t = run(init, ours(c.b, opts));
       assertEquals(new Set(t.initHave), c.onlyA);
       assertEquals(new Set(t.initNeed), c.onlyB);
       assertEquals(t.respHave, []);
       assertEquals(t.respNeed, []);
-      if (limit) for (const m of t.msgs) assert(m.length / 2 <= limit);
+      if (limit) { for (const m of t.msgs) assert(m.length / 2 <= limit); }
     }
   }
 });
@@ -286,17 +339,39 @@ Deno.test("Reconciler.reconcile() refuses malformed messages", () => {
   assertBad([0x00, 0x00, 0x00, 0x00], "bad protocol version byte 0x0");
   assertBad([0x61, 0x80], "truncated varint (timestamp)");
   assertBad([0x61, 0x00, 0x00], "truncated varint (mode)");
-  assertBad([0x61, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0, 0], "exceeds 2^53");
+  assertBad(
+    [0x61, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0, 0],
+    "exceeds 2^53",
+  );
   assertBad([0x61, 0x00, 0x00, 0x03], "unknown mode 3");
-  assertBad([0x61, 0x00, 0x21, ...new Uint8Array(33), 0x00], "bound id prefix of 33 bytes");
+  assertBad(
+    [0x61, 0x00, 0x21, ...new Uint8Array(33), 0x00],
+    "bound id prefix of 33 bytes",
+  );
   assertBad([0x61, 0x00, 0x02, 0x01], "truncated bound id");
   assertBad([0x61, 0x00, 0x00, 0x01, 1, 2, 3], "truncated fingerprint");
-  assertBad([0x61, 0x00, 0x00, 0x02, ...encodeVarint(1000), ...new Uint8Array(64)], "id list of 1000 ids");
-  assertBad([0x61, 0x00, 0x00, 0x02, 0xff, 0xff, 0xff, 0x7f], "id list of 268435455 ids");
+  assertBad([
+    0x61,
+    0x00,
+    0x00,
+    0x02,
+    ...encodeVarint(1000),
+    ...new Uint8Array(64),
+  ], "id list of 1000 ids");
+  assertBad(
+    [0x61, 0x00, 0x00, 0x02, 0xff, 0xff, 0xff, 0x7f],
+    "id list of 268435455 ids",
+  );
   assertBad([0x61, 0x06, 0x00, 0x00, 0x01, 0x00, 0x00], "bound out of order");
-  assertBad([0x61, 0x06, 0x01, 0x05, 0x00, 0x01, 0x01, 0x04, 0x00], "bound out of order");
+  assertBad(
+    [0x61, 0x06, 0x01, 0x05, 0x00, 0x01, 0x01, 0x04, 0x00],
+    "bound out of order",
+  );
   assertBad([0x61, 0x01, 0x00, 0x00], "bound out of order"); // (0, "") is not above the start
-  assertBad([0x61, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00], "range after the end bound");
+  assertBad(
+    [0x61, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00],
+    "range after the end bound",
+  );
 });
 
 Deno.test("Reconciler.reconcile() on mutated messages returns or throws XfError", () => {
@@ -309,11 +384,18 @@ Deno.test("Reconciler.reconcile() on mutated messages returns or throws XfError"
   for (let i = 0; i < 5000; i++) {
     const base = hexToBytes(t.msgs[i % t.msgs.length]!);
     const m = r() < 0.3 ? base.slice(0, Math.floor(r() * base.length)) : base.slice();
-    for (let k = 0, flips = 1 + Math.floor(r() * 4); k < flips && m.length > 1; k++) {
+    for (
+      let k = 0, flips = 1 + Math.floor(r() * 4);
+      k < flips && m.length > 1;
+      k++
+    ) {
       m[1 + Math.floor(r() * (m.length - 1))] = Math.floor(r() * 256);
     }
     try {
-      new Reconciler(storage, { frameSizeLimit: i % 2 ? 0 : 4096, idListReply: i % 3 === 0 }).reconcile(m);
+      new Reconciler(storage, {
+        frameSizeLimit: i % 2 ? 0 : 4096,
+        idListReply: i % 3 === 0,
+      }).reconcile(m);
     } catch (e) {
       if (!(e instanceof XfError)) throw e;
     }
@@ -345,14 +427,22 @@ Deno.test("VectorStorage agrees with nostr-tools' storage on fingerprints and lo
     const [lo, hi] = a <= b ? [a, b] : [b, a];
     assertEquals(mine.fingerprint(lo, hi), ref.fingerprint(lo, hi));
     const x = items[Math.floor(r() * items.length)]!;
-    const bound = { ts: x.ts + (r() < 0.2 ? 1 : 0), id: x.id.slice(0, Math.floor(r() * 33)) };
+    const bound = {
+      ts: x.ts + (r() < 0.2 ? 1 : 0),
+      id: x.id.slice(0, Math.floor(r() * 33)),
+    };
     assertEquals(
       mine.findLowerBound(lo, hi, bound),
       ref.findLowerBound(lo, hi, { timestamp: bound.ts, id: bound.id }),
     );
   }
-  assertEquals(mine.findLowerBound(0, 5000, { ts: Infinity, id: new Uint8Array(0) }), 5000);
-  for (let i = 1; i < 5000; i++) assert(compareItems(mine.getItem(i - 1), mine.getItem(i)) < 0);
+  assertEquals(
+    mine.findLowerBound(0, 5000, { ts: Infinity, id: new Uint8Array(0) }),
+    5000,
+  );
+  for (let i = 1; i < 5000; i++) {
+    assert(compareItems(mine.getItem(i - 1), mine.getItem(i)) < 0);
+  }
 });
 
 Deno.test("VectorStorage.seal() refuses duplicate items", () => {
@@ -379,5 +469,8 @@ Deno.test("IdSum adds, subtracts and wraps mod 2^256", () => {
   all.subtractSum(head);
   assertEquals(all.bytes(), tail.bytes());
   assertEquals(encodeVarint(0), new Uint8Array([0]));
-  assertEquals(encodeVarint(2 ** 53), new Uint8Array([0x90, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00]));
+  assertEquals(
+    encodeVarint(2 ** 53),
+    new Uint8Array([0x90, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00]),
+  );
 });

@@ -44,7 +44,13 @@ Deno.test("XfNode.publish() rejects bad events with stable codes and stores none
     const [ok] = await makeEvents(g, 1);
     const badSig = ok!.bytes.slice();
     badSig[badSig.length - 1] = badSig[badSig.length - 1]! ^ 0xff;
-    const future = await signEvent(g.owner, { group: g.gid, ts: Date.now() + 11 * 60_000, kind: 16, tags: [], payload: new Uint8Array() });
+    const future = await signEvent(g.owner, {
+      group: g.gid,
+      ts: Date.now() + 11 * 60_000,
+      kind: 16,
+      tags: [],
+      payload: new Uint8Array(),
+    });
     const [unknown] = await makeEvents(other, 1);
     const reserved = await signEvent(g.owner, { group: g.gid, ts: 5, kind: 7, tags: [], payload: new Uint8Array() });
     const res = await t.node.publish([badSig, future.bytes, unknown!.bytes, reserved.bytes]);
@@ -94,7 +100,9 @@ for (const stage of ["ingest", "decode", "wal", "index", "advertise"] as const) 
       const stored = results.filter((r) => r.status === "stored" || r.status === "duplicate").map((r) => r.id);
       const page = await t.node.query({ gid: hexOf(g.gid), limit: 1000 });
       const held = new Set(page!.events.map((b) => hexOf(b)));
-      for (const e of evs) if (stored.includes(hexOf(e.id))) assert(held.has(hexOf(e.bytes)), "acknowledged event lost");
+      for (const e of evs) {
+        if (stored.includes(hexOf(e.id))) assert(held.has(hexOf(e.bytes)), "acknowledged event lost");
+      }
       assertEquals(page!.events.length, held.size); // none twice
       assert(t.node.pipeline.supervisor.child(stage).stats.restarts >= 1);
       assertEquals((await t.node.fsck(hexOf(g.gid)))!.ok, true);

@@ -6,7 +6,10 @@ const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url))
 
 Deno.test("README lists every limit with its default", () => {
   for (const [name, value] of Object.entries(LIMITS)) {
-    assert(readme.includes(`| \`${name}\` | ${value.toLocaleString("en-US")} |`), `README lacks limit ${name} = ${value}`);
+    assert(
+      readme.includes(`| \`${name}\` | ${value.toLocaleString("en-US")} |`),
+      `README lacks limit ${name} = ${value}`,
+    );
   }
 });
 

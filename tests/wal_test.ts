@@ -1,13 +1,6 @@
 import { assertEquals, assertRejects } from "@std/assert";
 import { XfError } from "../storage/errors.ts";
-import {
-  crc32c,
-  denoWalFs,
-  describe,
-  Wal,
-  type WalFile,
-  type WalFs,
-} from "../storage/wal.ts";
+import { crc32c, denoWalFs, describe, Wal, type WalFile, type WalFs } from "../storage/wal.ts";
 
 const HEADER = 16; // Segment header and record header are both 16 bytes.
 const PAYLOAD = 100;
@@ -406,14 +399,8 @@ function faultyFs() {
     async openFile(path, options) {
       const f = await denoWalFs.openFile(path, options);
       const file: WalFile = {
-        write: (data) =>
-          faults.write
-            ? Promise.reject(new Error("injected write failure"))
-            : f.write(data),
-        syncData: () =>
-          faults.sync
-            ? Promise.reject(new Error("injected sync failure"))
-            : f.syncData(),
+        write: (data) => faults.write ? Promise.reject(new Error("injected write failure")) : f.write(data),
+        syncData: () => faults.sync ? Promise.reject(new Error("injected sync failure")) : f.syncData(),
         close: () => f.close(),
       };
       return file;
