@@ -54,7 +54,8 @@ export class GroupTrees {
 
   /**
    * Insert events (of any groups) into their trees. Returns the ops to write
-   * with the events, and `commit()` to call once that write succeeded.
+   * with the events, and `commit()` to call once that write succeeded; if it
+   * failed, call {@linkcode GroupTrees.forget} (the trees already moved).
    */
   async insert(events: StoredEvent[]): Promise<{ ops: KvOp[]; commit(): void }> {
     const byGroup = new Map<string, StoredEvent[]>();
@@ -76,14 +77,13 @@ export class GroupTrees {
       commits.push(() => {
         for (const [h, bytes] of res.put) gt.pages.set(h, bytes);
         for (const h of res.del) gt.pages.delete(h);
-        gt.root = res.root;
-        gt.tree = new MerkleTree({ get: (h: Uint8Array) => gt.pages.get(toHex(h)) }, res.root);
+        gt.root = res.root; // the tree itself moved to the new root in insert()
       });
     }
     return { ops, commit: () => commits.forEach((c) => c()) };
   }
 
-  /** Drop a group's cached tree (after a failed write, it is reloaded from the store). */
+  /** Drop every cached tree (after a failed write: trees reload from what the store holds). */
   forget(): void {
     this.groups.clear();
   }
