@@ -18,7 +18,8 @@ import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch
 import { LIMITS, type Limits } from "./limits.ts";
 import type { GroupInfo } from "./decode.ts";
 import { type Kv, MemoryKv, openRocks } from "../storage/kv.ts";
-import { eventKey, groupKey, metaKey, prefixEnd, timeKey, timeKeyFloor, u64be } from "../storage/keys.ts";
+import { eventKey, groupKey, KS, metaKey, prefixEnd, timeKey, timeKeyFloor, u64be } from "../storage/keys.ts";
+import { Reconciler } from "../net/negentropy.ts";
 import { checkManifestEvent, decodeEvent, KIND_MANIFEST, type StoredEvent } from "../storage/event.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { fromHex, toHex } from "../storage/ed25519.ts";
@@ -56,7 +57,23 @@ export type IndexCall =
   | { type: "index.merkle"; gid: string }
   | { type: "index.proof"; gid: string; id: string }
   | { type: "index.fsck"; gid: string }
+  | { type: "index.getMany"; ids: Uint8Array }
+  | {
+    type: "index.reconcile";
+    gid: string;
+    /** Initiator sessions keep their state here between messages; null for a responder. */
+    session: string | null;
+    /** The peer's message; null to initiate. */
+    msg: Uint8Array | null;
+    frameSizeLimit?: number;
+  }
+  | { type: "index.listGroups" }
   | { type: "index.stats" };
+
+/** Open initiator sessions the index keeps (oldest dropped past this). */
+export const RECONCILE_SESSIONS_MAX = 256;
+/** An initiator session idle this long is dropped. */
+export const RECONCILE_SESSION_IDLE_MS = 120_000;
 
 /** Time-index entries one query page may scan while filtering by kind or author. */
 export const QUERY_SCAN_MAX = 10_000;
@@ -91,6 +108,7 @@ export function indexStage(): Stage<IndexConfig> {
     waiters = waiters.filter((w) => w.seq > checkpoint);
     for (const w of ready) w.resolve();
   };
+  const sessions = new Map<string, { r: Reconciler; used: number }>();
   const stats = { batches: 0, stored: 0, duplicates: 0, corrupt: 0, batchEvents: 0 };
 
   async function group(gid: string): Promise<GroupRecord | null> {
@@ -281,6 +299,43 @@ export function indexStage(): Stage<IndexConfig> {
         case "index.fsck":
           if (!(await group(msg.gid))) return null;
           return await trees!.fsck(msg.gid);
+        case "index.getMany": {
+          const keys: Uint8Array[] = [];
+          for (let i = 0; i < msg.ids.length; i += 32) keys.push(eventKey(msg.ids.subarray(i, i + 32)));
+          return (await kv!.getMany(keys)).map((v) => v ?? null);
+        }
+        case "index.reconcile": {
+          if (!(await group(msg.gid))) return null;
+          const tree = await trees!.tree(msg.gid);
+          const now = Date.now();
+          for (const [k, v] of sessions) if (now - v.used > RECONCILE_SESSION_IDLE_MS) sessions.delete(k);
+          const opts = msg.frameSizeLimit !== undefined ? { frameSizeLimit: msg.frameSizeLimit } : {};
+          let r: Reconciler;
+          if (msg.session) {
+            const s = sessions.get(msg.session);
+            if (!s) {
+              if (msg.msg) throw new XfError("BAD_FRAME", `No reconciliation session "${msg.session}"`);
+              r = new Reconciler(tree, opts);
+              if (sessions.size >= RECONCILE_SESSIONS_MAX) sessions.delete(sessions.keys().next().value!);
+              sessions.set(msg.session, { r, used: now });
+            } else {
+              r = s.r;
+              s.used = now;
+            }
+          } else {
+            r = new Reconciler(tree, opts);
+          }
+          if (!msg.msg) return { output: r.initiate(), have: [], need: [] };
+          const res = r.reconcile(msg.msg);
+          if (msg.session && res.output === null) sessions.delete(msg.session);
+          return { output: res.output, have: res.have.map((h) => h.slice()), need: res.need.map((h) => h.slice()) };
+        }
+        case "index.listGroups": {
+          const out: string[] = [];
+          const lo = new Uint8Array([KS.group]);
+          for await (const [k] of kv!.range({ gte: lo, lt: prefixEnd(lo) })) out.push(toHex(k.subarray(1)));
+          return out;
+        }
         case "index.stats":
           return { ...stats, checkpoint, groups: groups.size };
       }

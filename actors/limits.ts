@@ -45,6 +45,24 @@ export const LIMITS = {
   stage_shutdown_ms: 5_000,
   /** Live subscribers per node. */
   subscribers_max: 1024,
+  /** Bytes of one sync WebSocket frame. */
+  sync_frame_bytes_max: 1024 * 1024,
+  /** Events a sync peer may send before we grant more (its credit window). */
+  sync_credit_events: 2048,
+  /** Events queued for a sync peer that grants no credit; past this it is cut off. */
+  sync_peer_queue_events_max: 20_000,
+  /** Ids in one `want` frame. */
+  sync_want_ids_max: 4096,
+  /** Sync sessions (WebSocket peers) at once. */
+  sync_sessions_max: 256,
+  /** Protocol violations a peer may make before it is cut off. */
+  sync_strikes_max: 3,
+  /** A sync peer that completes no handshake within this is cut off. */
+  sync_handshake_ms: 10_000,
+  /** Outgoing peer connections kept (the `--peer` list and DHT-found members). */
+  peers_max: 8,
+  /** Longest wait between reconnection attempts to a peer. */
+  peer_backoff_max_ms: 30_000,
 } as const;
 
 /** The limits in force on a node: the defaults with any overrides. */
