@@ -19,11 +19,14 @@ import {
   checkManifestEvent,
   decodeEvent,
   KIND_MANIFEST,
+  KIND_MEMBERSHIP,
+  POLICY_CLOSED,
   type StoredEvent,
   verifyEvent,
 } from "../storage/event.ts";
 import { toHex } from "../storage/ed25519.ts";
 import { toWire, XfError } from "../storage/errors.ts";
+import { GroupState } from "../storage/membership.ts";
 
 /** Messages the decode stage takes. */
 export type DecodeMsg = { type: "decode.batch"; batch: EventBatch };
@@ -113,7 +116,8 @@ export function decodeStage(): Stage<DecodeConfig> {
     }
     // Signatures, verified in parallel (WebCrypto spreads them over threads).
     const valid = await Promise.all(decoded.map((d) => verifyEvent(d.ev)));
-    const accepted: BatchItem[] = [];
+    const passed: { it: BatchItem; ev: StoredEvent }[] = [];
+    const newGroups = new Map<string, GroupState>();
     decoded.forEach((d, i) => {
       try {
         if (!valid[i]) {
@@ -122,7 +126,10 @@ export function decodeStage(): Stage<DecodeConfig> {
         const gid = toHex(d.ev.group);
         if (d.ev.kind === KIND_MANIFEST) {
           const m = checkManifestEvent(d.ev);
-          if (!groups.has(gid)) remember(gid, { owner: toHex(d.ev.author), policy: m.policy });
+          if (!groups.has(gid)) {
+            remember(gid, { owner: toHex(d.ev.author), policy: m.policy });
+            newGroups.set(gid, new GroupState(d.ev.author, m.policy));
+          }
         } else if (!groups.has(gid)) {
           if (lookupError) throw lookupError;
           throw new XfError(
@@ -130,11 +137,55 @@ export function decodeStage(): Stage<DecodeConfig> {
             `Cannot accept event: this node does not hold the manifest of group "${gid}"`,
           );
         }
-        accepted.push(d.it);
+        passed.push(d);
       } catch (e) {
         reject(d.it, e);
       }
     });
+    // Write authorization: membership events in any group, every event of a closed group. Groups
+    // created in this batch are judged here; the others by the index, which holds their state.
+    const needsAuth = (ev: StoredEvent) =>
+      ev.kind !== KIND_MANIFEST &&
+      (ev.kind === KIND_MEMBERSHIP || groups.get(toHex(ev.group))?.policy === POLICY_CLOSED);
+    const remote = passed.filter((d) => needsAuth(d.ev) && !newGroups.has(toHex(d.ev.group)));
+    let verdicts: ({ ok: true } | { ok: false; code: string; message: string })[] = [];
+    if (remote.length) {
+      try {
+        verdicts = await ctx.ask("index", {
+          type: "index.authorize",
+          items: remote.map((d) => ({
+            gid: toHex(d.ev.group),
+            author: d.ev.author,
+            ts: d.ev.ts,
+            kind: d.ev.kind,
+            id: d.ev.id,
+            payload: d.ev.payload,
+          })),
+        });
+      } catch (e) {
+        verdicts = remote.map(() => ({ ok: false, code: toWire(e).code, message: toWire(e).message }));
+      }
+    }
+    const verdictOf = new Map(remote.map((d, i) => [d, verdicts[i]!]));
+    const accepted: BatchItem[] = [];
+    for (const d of passed) {
+      let v = verdictOf.get(d) ?? { ok: true as const };
+      const local = newGroups.get(toHex(d.ev.group));
+      if (local && needsAuth(d.ev)) {
+        if (d.ev.kind === KIND_MEMBERSHIP) {
+          v = local.judgeMembership(d.ev);
+          if (v.ok) local.apply([d.ev]);
+        } else if (!local.canWrite(d.ev.author, d.ev.ts)) {
+          v = {
+            ok: false,
+            code: "FORBIDDEN",
+            message: `Cannot accept event: author "${toHex(d.ev.author)}" is not a member`,
+          };
+        }
+      }
+      if (v.ok) accepted.push(d.it);
+      else reject(d.it, new XfError(v.code as never, v.message));
+    }
     if (results.length) {
       ctx.emit("root", { type: "pipeline.results", items: results });
       const ids = new Uint8Array(rejectedIds.length * 32);

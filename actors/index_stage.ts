@@ -20,7 +20,15 @@ import type { GroupInfo } from "./decode.ts";
 import { type Kv, MemoryKv, openRocks } from "../storage/kv.ts";
 import { eventKey, groupKey, KS, metaKey, prefixEnd, timeKey, timeKeyFloor, u64be } from "../storage/keys.ts";
 import { Reconciler } from "../net/negentropy.ts";
-import { checkManifestEvent, decodeEvent, KIND_MANIFEST, type StoredEvent } from "../storage/event.ts";
+import { VectorStorage } from "../net/negentropy_storage.ts";
+
+const EMPTY_SET = (() => {
+  const v = new VectorStorage();
+  v.seal();
+  return v;
+})();
+import { checkManifestEvent, decodeEvent, KIND_MANIFEST, KIND_MEMBERSHIP, type StoredEvent } from "../storage/event.ts";
+import { GroupState, type GroupStateJSON } from "../storage/membership.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { fromHex, toHex } from "../storage/ed25519.ts";
 import { XfError } from "../storage/errors.ts";
@@ -68,7 +76,19 @@ export type IndexCall =
     frameSizeLimit?: number;
   }
   | { type: "index.listGroups" }
+  | { type: "index.access"; gid: string; key: string }
+  | { type: "index.authorize"; items: AuthorizeItem[] }
   | { type: "index.stats" };
+
+/** One event decode wants authorized against its group's membership. */
+export interface AuthorizeItem {
+  gid: string;
+  author: Uint8Array;
+  ts: number;
+  kind: number;
+  id: Uint8Array;
+  payload: Uint8Array;
+}
 
 /** Open initiator sessions the index keeps (oldest dropped past this). */
 export const RECONCILE_SESSIONS_MAX = 256;
@@ -79,6 +99,7 @@ export const RECONCILE_SESSION_IDLE_MS = 120_000;
 export const QUERY_SCAN_MAX = 10_000;
 
 const CHECKPOINT = metaKey("checkpoint");
+const membersKey = (gid: string) => metaKey(`members:${gid}`);
 
 /** A group as the index keeps it. */
 export interface GroupRecord extends GroupInfo {
@@ -109,6 +130,21 @@ export function indexStage(): Stage<IndexConfig> {
     for (const w of ready) w.resolve();
   };
   const sessions = new Map<string, { r: Reconciler; used: number }>();
+  const states = new Map<string, GroupState>();
+
+  /** A group's membership state (loaded once), or null for an unknown group. */
+  async function stateOf(gid: string): Promise<GroupState | null> {
+    const hit = states.get(gid);
+    if (hit) return hit;
+    const g = await group(gid);
+    if (!g) return null;
+    const raw = await kv!.get(membersKey(gid));
+    const st = raw
+      ? GroupState.fromJSON(JSON.parse(new TextDecoder().decode(raw)) as GroupStateJSON)
+      : new GroupState(fromHex(g.owner)!, g.policy);
+    states.set(gid, st);
+    return st;
+  }
   const stats = { batches: 0, stored: 0, duplicates: 0, corrupt: 0, batchEvents: 0 };
 
   async function group(gid: string): Promise<GroupRecord | null> {
@@ -157,6 +193,30 @@ export function indexStage(): Stage<IndexConfig> {
         }
       }
     }
+    // Membership events change their group's state, written in the same batch.
+    const changed = new Map<string, GroupState>();
+    for (const { ev } of fresh) {
+      if (ev.kind !== KIND_MEMBERSHIP) continue;
+      const gid = toHex(ev.group);
+      let st = changed.get(gid) ?? (await stateOf(gid));
+      if (!st) {
+        const rec = newGroups.find(([g]) => g === gid)?.[1];
+        if (!rec) continue; // no manifest: decode would not have let it through
+        st = new GroupState(fromHex(rec.owner)!, rec.policy);
+      }
+      // Copy before changing, so a failed write leaves the cached state as it was.
+      if (!changed.has(gid)) st = GroupState.fromJSON(st.toJSON());
+      try {
+        st.apply([ev]);
+      } catch {
+        stats.corrupt++;
+        continue;
+      }
+      changed.set(gid, st);
+    }
+    for (const [gid, st] of changed) {
+      ops.push({ type: "put", key: membersKey(gid), value: new TextEncoder().encode(JSON.stringify(st.toJSON())) });
+    }
     const merkle = await trees!.insert(fresh.map((f) => f.ev));
     for (const o of merkle.ops) ops.push(o as { type: "put"; key: Uint8Array; value: Uint8Array });
     const nextCheckpoint = Math.max(checkpoint, lastSeq);
@@ -171,6 +231,7 @@ export function indexStage(): Stage<IndexConfig> {
     checkpoint = nextCheckpoint;
     wake();
     for (const [g, rec] of newGroups) groups.set(g, rec);
+    for (const [g, st] of changed) states.set(g, st);
     stats.batches++;
     stats.batchEvents += items.length;
     stats.stored += fresh.length;
@@ -305,8 +366,10 @@ export function indexStage(): Stage<IndexConfig> {
           return (await kv!.getMany(keys)).map((v) => v ?? null);
         }
         case "index.reconcile": {
-          if (!(await group(msg.gid))) return null;
-          const tree = await trees!.tree(msg.gid);
+          // A group this node does not hold yet reconciles as the empty set (joining).
+          const known = await group(msg.gid);
+          if (!known && !msg.session) return null;
+          const tree = known ? await trees!.tree(msg.gid) : EMPTY_SET;
           const now = Date.now();
           for (const [k, v] of sessions) if (now - v.used > RECONCILE_SESSION_IDLE_MS) sessions.delete(k);
           const opts = msg.frameSizeLimit !== undefined ? { frameSizeLimit: msg.frameSizeLimit } : {};
@@ -329,6 +392,48 @@ export function indexStage(): Stage<IndexConfig> {
           const res = r.reconcile(msg.msg);
           if (msg.session && res.output === null) sessions.delete(msg.session);
           return { output: res.output, have: res.have.map((h) => h.slice()), need: res.need.map((h) => h.slice()) };
+        }
+        case "index.access": {
+          const st = await stateOf(msg.gid);
+          const key = fromHex(msg.key || "00".repeat(32));
+          // `exists` is for the node's own decisions; callers never show it to a reader who may not read.
+          if (!st || !key || key.length !== 32 || !st.canRead(key)) {
+            return { exists: !!st, readable: false, root: "", count: 0, policy: -1 };
+          }
+          const r = await trees!.root(msg.gid);
+          return { exists: true, readable: true, root: r.root, count: r.count, policy: st.policy };
+        }
+        case "index.authorize": {
+          // Judged in order: an earlier membership event of the same call counts for the later ones.
+          const working = new Map<string, GroupState>();
+          const out: ({ ok: true } | { ok: false; code: string; message: string })[] = [];
+          for (const it of msg.items) {
+            let st = working.get(it.gid) ?? (await stateOf(it.gid));
+            if (!st) {
+              out.push({ ok: false, code: "UNKNOWN_GROUP", message: `Group "${it.gid}" is not known to this node` });
+              continue;
+            }
+            if (it.kind === KIND_MEMBERSHIP) {
+              const j = st.judgeMembership(it);
+              if (!j.ok) {
+                out.push(j);
+                continue;
+              }
+              if (!working.has(it.gid)) st = GroupState.fromJSON(st.toJSON());
+              st.apply([it]);
+              working.set(it.gid, st);
+              out.push({ ok: true });
+            } else if (!st.canWrite(it.author, it.ts)) {
+              out.push({
+                ok: false,
+                code: "FORBIDDEN",
+                message: `Cannot accept event: author "${
+                  toHex(it.author)
+                }" is not a member of the group at ts "${it.ts}"`,
+              });
+            } else out.push({ ok: true });
+          }
+          return out;
         }
         case "index.listGroups": {
           const out: string[] = [];

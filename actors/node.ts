@@ -11,11 +11,17 @@ import type { EventResult } from "./batch.ts";
 import type { SubscriptionFilter } from "./advertise.ts";
 import type { EventQuery } from "./index_stage.ts";
 import { encodeEvent, type Event } from "../storage/event.ts";
-import { fromHex, toHex } from "../storage/ed25519.ts";
+import { fromHex, generateKeyPair, type KeyPair, toHex } from "../storage/ed25519.ts";
+import { NodeSync } from "../net/peers.ts";
 import { XfError } from "../storage/errors.ts";
 
 /** Options of {@linkcode openNode}. */
-export type NodeOptions = PipelineOptions;
+export type NodeOptions = PipelineOptions & {
+  /** The node's Ed25519 identity (peers and clients see its public key); a fresh one if absent. */
+  key?: KeyPair;
+  /** Groups this node serves beyond those it holds (synced from peers on start). */
+  groups?: string[];
+};
 
 /** Merkle root, count and depth of a group. */
 export interface MerkleRootInfo {
@@ -26,8 +32,23 @@ export interface MerkleRootInfo {
 
 /** A running node. */
 export class XfNode {
+  #sync: NodeSync | null = null;
+
   /** @internal */
-  constructor(readonly pipeline: Pipeline) {}
+  constructor(readonly pipeline: Pipeline, readonly key: KeyPair, private readonly extraGroups: string[] = []) {}
+
+  /** Peer sync: sessions, peers, progress events (`node.sync.events`). */
+  get sync(): NodeSync {
+    return this.#sync ??= new NodeSync(this, this.extraGroups);
+  }
+
+  /** Whether `key` (hex; "" for nobody) may read the group, with its root and count. */
+  access(
+    gid: string,
+    key: string,
+  ): Promise<{ exists: boolean; readable: boolean; root: string; count: number; policy: number }> {
+    return this.pipeline.index({ type: "index.access", gid, key });
+  }
 
   /** The node's limits in force. */
   get limits(): Pipeline["limits"] {
@@ -150,6 +171,19 @@ export class XfNode {
       metric("xf_wal_last_seq", "gauge", "Last WAL sequence number", [["", w.lastSeq]]);
       metric("xf_wal_checkpoint_seq", "gauge", "WAL sequence number the index holds", [["", w.checkpoint]]);
     } catch { /* stage down: its figures are missing from this scrape */ }
+    if (this.#sync) {
+      const sc = this.#sync.counters;
+      metric("xf_sync_sessions", "gauge", "Open sync sessions", [["", this.#sync.sessions.size]]);
+      metric("xf_sync_sessions_total", "counter", "Sync sessions opened", [["", sc.sessionsOpened]]);
+      metric("xf_sync_sessions_refused_total", "counter", "Sync sessions refused (limit)", [["", sc.sessionsRefused]]);
+      metric("xf_sync_events_received_total", "counter", "Events received from peers", [["", sc.eventsReceived]]);
+      metric("xf_sync_missing_events", "gauge", "Events known to be missing from peers (current syncs)", [[
+        "",
+        sc.missing,
+      ]]);
+      metric("xf_sync_received_events", "gauge", "Of those, received", [["", sc.received]]);
+      metric("xf_sync_remaining_events", "gauge", "Of those, still to come", [["", sc.progressRemaining]]);
+    }
     metric("xf_index_batch_events", "gauge", "Mean events per index batch", [[
       "",
       c.indexBatches ? c.walAppended / c.indexBatches : 0,
@@ -157,8 +191,9 @@ export class XfNode {
     return lines.join("\n") + "\n";
   }
 
-  /** Stop cleanly: in-flight writes finish, the WAL is synced, RocksDB is closed. */
+  /** Stop cleanly: peers are told, in-flight writes finish, the WAL is synced, RocksDB is closed. */
   close(): Promise<void> {
+    this.#sync?.close();
     return this.pipeline.stop();
   }
 }
@@ -204,7 +239,7 @@ export async function openNode(opts: NodeOptions): Promise<XfNode> {
     await p.stop().catch(() => {});
     throw e instanceof XfError ? e : new XfError("INTERNAL", `Cannot start node: ${(e as Error).message}`);
   }
-  return new XfNode(p);
+  return new XfNode(p, opts.key ?? await generateKeyPair(), opts.groups ?? []);
 }
 
 export { fromHex, toHex };

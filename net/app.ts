@@ -14,6 +14,7 @@ import { statusOf, XfError } from "../storage/errors.ts";
 import { encodeCbor } from "../storage/cbor.ts";
 import { decodeEvent } from "../storage/event.ts";
 import { fromHex, toHex } from "../storage/ed25519.ts";
+import { socketChannel } from "./peers.ts";
 
 /** Media type of CBOR bodies. */
 export const CBOR = "application/cbor";
@@ -79,6 +80,18 @@ function wantsCbor(accept: string | undefined): boolean {
 
 /** Build the app for a node. */
 export function createApp(node: XfNode) {
+  /** The key behind the request's bearer token, as hex ("" for none). */
+  const readerOf = (auth: string | undefined): string => {
+    const m = /^Bearer ([0-9a-f]{64})$/.exec(auth ?? "");
+    const key = m ? node.sync.auth.tokenKey(m[1]!) : null;
+    return key ? toHex(key) : "";
+  };
+  /** Throws UNKNOWN_GROUP unless the reader may see the group: a closed group looks absent to others. */
+  const mustRead = async (gid: Uint8Array, auth: string | undefined) => {
+    const a = await node.access(toHex(gid), readerOf(auth));
+    if (!a.readable) throw new XfError("UNKNOWN_GROUP", `Group "${toHex(gid)}" is not known to this node`);
+    return a;
+  };
   const app = new Hono()
     .get("/health", (c) => {
       const h = node.health();
@@ -94,6 +107,11 @@ export function createApp(node: XfNode) {
         throw new XfError("UNSUPPORTED_MEDIA_TYPE", `Cannot accept body of type "${type}": send ${CBOR}`);
       }
       const body = await readBody(c.req.raw, node.limits.http_body_bytes_max);
+      // A closed group takes writes only over a member's token (others cannot learn it exists).
+      const a = await node.access(toHex(gid), readerOf(c.req.header("authorization")));
+      if (a.exists && !a.readable) {
+        throw new XfError("UNKNOWN_GROUP", `Group "${toHex(gid)}" is not known to this node`);
+      }
       const single = body.length > 1 && body[0]! >> 5 === 4 && body[1]! >> 5 !== 4 && (body[0]! & 0x1f) !== 0;
       const results = await node.submit(gid, body);
       const view = (r: EventResult) => ({
@@ -131,6 +149,7 @@ export function createApp(node: XfNode) {
       if (limit < 1 || limit > node.limits.query_limit_max) {
         throw new XfError("BAD_QUERY", `Cannot use limit "${limit}": between 1 and ${node.limits.query_limit_max}`);
       }
+      await mustRead(gid, c.req.header("authorization"));
       const since = intParam(q.since, "since");
       const until = intParam(q.until, "until");
       const page = await node.query({
@@ -152,12 +171,17 @@ export function createApp(node: XfNode) {
     .get("/v1/events/:id", async (c) => {
       const id = hexParam(c.req.param("id"), "BAD_EVENT_ID", "event id");
       const bytes = await node.get(toHex(id));
-      if (!bytes) throw new XfError("NOT_FOUND", `Event "${toHex(id)}" is not stored on this node`);
+      const notFound = new XfError("NOT_FOUND", `Event "${toHex(id)}" is not stored on this node`);
+      if (!bytes) throw notFound;
+      await mustRead(bytes.subarray(4, 36), c.req.header("authorization")).catch(() => {
+        throw notFound; // an event of a closed group looks absent to non-members
+      });
       if (c.req.header("accept")?.includes("application/json")) return c.json(eventJson(bytes));
       return c.body(bytes.slice(), 200, { "content-type": CBOR });
     })
     .get("/v1/groups/:gid/merkle", async (c) => {
       const gid = hexParam(c.req.param("gid"), "BAD_GROUP_ID", "group id");
+      await mustRead(gid, c.req.header("authorization"));
       const info = await node.merkle(toHex(gid));
       if (!info) throw new XfError("UNKNOWN_GROUP", `Group "${toHex(gid)}" is not known to this node`);
       return c.json(info);
@@ -165,6 +189,7 @@ export function createApp(node: XfNode) {
     .get("/v1/groups/:gid/proof/:id", async (c) => {
       const gid = hexParam(c.req.param("gid"), "BAD_GROUP_ID", "group id");
       const id = hexParam(c.req.param("id"), "BAD_EVENT_ID", "event id");
+      await mustRead(gid, c.req.header("authorization"));
       const proof = await node.proof(toHex(gid), toHex(id));
       if (proof === null) {
         if (!(await node.merkle(toHex(gid)))) {
@@ -173,6 +198,57 @@ export function createApp(node: XfNode) {
         throw new XfError("NOT_FOUND", `Event "${toHex(id)}" is not in group "${toHex(gid)}"`);
       }
       return c.body(proof.slice(), 200, { "content-type": CBOR });
+    })
+    .get("/v1/groups/:gid/peers", async (c) => {
+      const gid = hexParam(c.req.param("gid"), "BAD_GROUP_ID", "group id");
+      await mustRead(gid, c.req.header("authorization"));
+      return c.json({ peers: node.sync.peersOf(toHex(gid)) });
+    })
+    .get("/v1/auth/challenge", (c) => {
+      const { challenge, expires } = node.sync.auth.challenge();
+      return c.json({ challenge: toHex(challenge), expires, node: toHex(node.key.publicKey) });
+    })
+    .post("/v1/auth/token", async (c) => {
+      const body = await readBody(c.req.raw, 4096);
+      let req: { key?: string; challenge?: string; sig?: string };
+      try {
+        req = JSON.parse(new TextDecoder().decode(body));
+      } catch {
+        throw new XfError("BAD_QUERY", "Cannot read token request: body is not JSON {key, challenge, sig}");
+      }
+      const key = fromHex(req.key ?? ""), challenge = fromHex(req.challenge ?? ""), sig = fromHex(req.sig ?? "");
+      if (!key || key.length !== 32 || !challenge || challenge.length !== 32 || !sig || sig.length !== 64) {
+        throw new XfError(
+          "BAD_QUERY",
+          "Cannot read token request: key (64 hex), challenge (64 hex) and sig (128 hex) are needed",
+        );
+      }
+      await node.sync.auth.check("http", challenge, key, sig);
+      return c.json(node.sync.auth.token(key));
+    })
+    .post("/v1/sync/once", async (c) => {
+      // One-shot sync with a peer (the CLI's `sync`): connect, reconcile, transfer, report.
+      const body = JSON.parse(new TextDecoder().decode(await readBody(c.req.raw, 64 * 1024)) || "{}");
+      const peer = String(body.peer ?? "");
+      if (!/^wss?:\/\/[^\s]+$/.test(peer)) {
+        throw new XfError("BAD_QUERY", `Cannot sync with "${peer}": expected ws://host:port`);
+      }
+      const groups = Array.isArray(body.groups) ? body.groups.map(String) : undefined;
+      const t0 = performance.now();
+      const s = await node.sync.connect(peer, groups);
+      const stats = { ...s.stats, ms: Math.round(performance.now() - t0), peer: s.peer };
+      s.close("one-shot sync done");
+      return c.json(stats);
+    })
+    .get("/v1/sync", (c) => {
+      if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
+        throw new XfError("BAD_QUERY", "GET /v1/sync is a WebSocket: send Upgrade: websocket");
+      }
+      const { socket, response } = Deno.upgradeWebSocket(c.req.raw, { idleTimeout: 60 });
+      const ch = socketChannel(socket);
+      const addr = c.req.header("x-forwarded-for") ?? "";
+      socket.onopen = () => node.sync.accept(ch, addr);
+      return response;
     });
 
   app.notFound((c) =>

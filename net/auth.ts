@@ -27,7 +27,12 @@ export const TOKENS_MAX = 10_000;
 export type AuthPurpose = "sync" | "http" | "dht";
 
 /** The bytes signed to answer a challenge. */
-export function authMessage(purpose: AuthPurpose, challenge: Uint8Array, signer: Uint8Array, verifier: Uint8Array): Uint8Array {
+export function authMessage(
+  purpose: AuthPurpose,
+  challenge: Uint8Array,
+  signer: Uint8Array,
+  verifier: Uint8Array,
+): Uint8Array {
   return encodeCbor(["xf-auth-v1", purpose, challenge, signer, verifier]);
 }
 
@@ -65,11 +70,16 @@ export class Authenticator {
     const hex = toHex(challenge);
     const expires = this.challenges.get(hex);
     if (expires === undefined) {
-      throw new XfError("CHALLENGE_REPLAYED", `Cannot accept proof: challenge "${hex.slice(0, 16)}…" is unknown or already used`);
+      throw new XfError(
+        "CHALLENGE_REPLAYED",
+        `Cannot accept proof: challenge "${hex.slice(0, 16)}…" is unknown or already used`,
+      );
     }
     this.challenges.delete(hex);
     if (this.now() > expires) throw new XfError("CHALLENGE_EXPIRED", "Cannot accept proof: the challenge expired");
-    if (signer.length !== 32 || !(await verify(signer, sig, authMessage(purpose, challenge, signer, this.key.publicKey)))) {
+    if (
+      signer.length !== 32 || !(await verify(signer, sig, authMessage(purpose, challenge, signer, this.key.publicKey)))
+    ) {
       throw new XfError("BAD_AUTH", "Cannot accept proof: the signature does not verify for that key");
     }
   }

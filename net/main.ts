@@ -7,6 +7,7 @@
  * xf keygen [--key FILE]
  * xf group create --name NAME [--closed] [--key FILE] [--node URL]
  * xf publish --group GID [--kind N] [--tag k=v]... (--text S | --file F) [--key FILE] [--node URL]
+ * xf sync --peer ws://HOST:PORT [--group GID]... [--node URL]   (one-shot sync of the node with a peer)
  * xf get ID [--node URL]
  * xf query --group GID [--since MS] [--until MS] [--kind N] [--author HEX] [--limit N] [--cursor C] [--node URL]
  * ```
@@ -98,6 +99,8 @@ async function runServe(f: Flags) {
   let node: Awaited<ReturnType<typeof openNode>> | null = null;
   node = await openNode({
     dataDir,
+    key,
+    groups,
     onFatal: (e) => {
       console.error(`fatal: ${e.message}`);
       Deno.exit(1);
@@ -108,6 +111,8 @@ async function runServe(f: Flags) {
   console.log(
     JSON.stringify({ node: toHex(key.publicKey), data: dataDir, groups, peers, recovery: node.pipeline.recovery }),
   );
+  // Stay connected to every bootstrap peer: sync each group both serve, then live events; reconnect on drops.
+  for (const p of peers) node.sync.dial(p);
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
@@ -171,6 +176,16 @@ async function main(args: string[]) {
       const res = await post(`${nodeUrl(f)}/v1/groups/${toHex(gid)}/events`, ev.bytes);
       return console.log(JSON.stringify(res));
     }
+    case "sync": {
+      const peer = list(f, "peer", "XF_PEER")[0];
+      if (!peer) throw new Error("sync needs --peer ws://host:port");
+      const groups = list(f, "group", "XF_GROUP");
+      const r = await fetch(`${nodeUrl(f)}/v1/sync/once`, {
+        method: "POST",
+        body: JSON.stringify({ peer, ...(groups.length ? { groups } : {}) }),
+      });
+      return console.log(JSON.stringify(await r.json()));
+    }
     case "get": {
       if (!sub) throw new Error("get needs an event id");
       const r = await fetch(`${nodeUrl(f)}/v1/events/${sub}`, { headers: { accept: "application/json" } });
@@ -190,7 +205,7 @@ async function main(args: string[]) {
       return console.log(JSON.stringify(await r.json()));
     }
     default:
-      console.error("usage: xf serve|keygen|group create|publish|get|query  (see net/main.ts)");
+      console.error("usage: xf serve|keygen|group create|publish|sync|get|query  (see net/main.ts)");
       Deno.exit(cmd ? 2 : 0);
   }
 }

@@ -38,10 +38,10 @@
  * @module
  */
 
-import { CborReader, compareBytes, encodeCbor } from "./cbor.ts";
+import { CborReader, encodeCbor } from "./cbor.ts";
 import { fromHex, toHex } from "./ed25519.ts";
 import { XfError } from "./errors.ts";
-import { equalBytes, POLICY_CLOSED, POLICY_OPEN } from "./event.ts";
+import { POLICY_CLOSED, POLICY_OPEN } from "./event.ts";
 
 /** Membership action: add a member. */
 export const ACTION_ADD = 0;
@@ -144,7 +144,7 @@ export function encodeMembership(m: Membership): Uint8Array {
   if (!(m.member instanceof Uint8Array) || m.member.length !== KEY_BYTES) {
     throw new XfError(
       "BAD_EVENT",
-      `Cannot encode membership payload: member is "${m.member?.length}" bytes, expected ${KEY_BYTES}`,
+      `Cannot encode membership payload: member is ${m.member?.length ?? "not"} bytes, expected ${KEY_BYTES}`,
     );
   }
   return encodeCbor([m.action, m.member]);
@@ -164,6 +164,15 @@ export function encodeMembership(m: Membership): Uint8Array {
  * ```
  */
 export function decodeMembership(payload: Uint8Array): Membership {
+  const m = readMembership(payload);
+  return { action: m.action, member: m.member.slice() };
+}
+
+/** The length of the one deterministic encoding: array head, action (< 24), bstr head (2), 32 bytes. */
+const PAYLOAD_BYTES = 1 + 1 + 2 + KEY_BYTES;
+
+/** {@linkcode decodeMembership} without the copy: `member` is a view into `payload`. */
+function readMembership(payload: Uint8Array): Membership {
   if (!(payload instanceof Uint8Array) || payload.length === 0) badPayload("no bytes");
   let action: number;
   let member: Uint8Array;
@@ -175,25 +184,25 @@ export function decodeMembership(payload: Uint8Array): Membership {
     if (r.peekMajor() !== 0) badPayload("action is not an unsigned integer");
     action = r.uint();
     if (r.peekMajor() !== 2) badPayload("member is not a byte string");
-    member = r.bytes().slice();
+    member = r.bytes();
     if (!r.done()) badPayload(`${payload.length - r.pos} bytes after the array`);
   } catch (e) {
     if (e instanceof XfError && e.code === "BAD_EVENT") throw e;
-    badPayload((e as Error).message, e);
+    badPayload((e as Error).message.replace(/^Cannot decode CBOR /, ""), e);
   }
   if (!isAction(action)) badPayload(`action "${action}" is not 0, 1, 2 or 3`);
   if (member.length !== KEY_BYTES) badPayload(`member is ${member.length} bytes, expected ${KEY_BYTES}`);
-  // The reader refuses long heads and indefinite lengths; re-encoding makes
-  // "one logical payload, one byte string" hold by construction.
-  if (!equalBytes(encodeCbor([action, member]), payload)) badPayload("not deterministic CBOR");
+  // The reader already refuses long heads, indefinite lengths and trailing
+  // bytes; a valid payload has exactly one encoding, of this length.
+  if (payload.length !== PAYLOAD_BYTES) badPayload("not deterministic CBOR");
   return { action, member };
 }
 
 /** One membership event in the log, decoded. */
 interface Entry {
   ts: number;
-  id: Uint8Array;
-  idHex: string;
+  /** Lower-case hex, whose string order is the bytes' lexicographic order. */
+  id: string;
   author: string;
   action: MembershipAction;
   member: string;
@@ -202,17 +211,18 @@ interface Entry {
 /** One change of one key's status, made by the event `(ts, id)`. */
 interface Change {
   ts: number;
-  id: Uint8Array;
+  id: string;
   member: boolean;
   admin: boolean;
 }
 
-function compareAt(aTs: number, aId: Uint8Array, bTs: number, bId: Uint8Array): number {
-  return aTs !== bTs ? (aTs < bTs ? -1 : 1) : compareBytes(aId, bId);
+/** `(ts, id)` order; ids are same-length lower-case hex, so string order is byte order. */
+function compareAt(aTs: number, aId: string, bTs: number, bId: string): number {
+  return aTs !== bTs ? (aTs < bTs ? -1 : 1) : aId < bId ? -1 : aId > bId ? 1 : 0;
 }
 
 /** First index in `xs` (sorted by `(ts, id)`) whose `(ts, id)` is not before the given one. */
-function lowerBound(xs: ReadonlyArray<{ ts: number; id: Uint8Array }>, ts: number, id: Uint8Array): number {
+function lowerBound(xs: ReadonlyArray<{ ts: number; id: string }>, ts: number, id: string): number {
   let lo = 0;
   let hi = xs.length;
   while (lo < hi) {
@@ -236,7 +246,8 @@ function upperBoundTs(xs: ReadonlyArray<{ ts: number }>, ts: number): number {
   return lo;
 }
 
-const NONE: Readonly<Change> = Object.freeze({ ts: -1, id: new Uint8Array(), member: false, admin: false });
+const NONE: Readonly<Change> = Object.freeze({ ts: -1, id: "", member: false, admin: false });
+const OWNER: Readonly<Change> = Object.freeze({ ts: -1, id: "", member: true, admin: true });
 
 /**
  * The membership state of one group: who is a member and who is an admin,
@@ -249,6 +260,8 @@ const NONE: Readonly<Change> = Object.freeze({ ts: -1, id: new Uint8Array(), mem
  *
  * Memory is bounded: at most `eventsMax` events, and at most one timeline
  * change per event. A query at a ts is a binary search in the key's timeline.
+ * An event that arrives after events later than it in `(ts, id)` order
+ * refolds the events after it, so deliver what sync brings as one batch.
  *
  * @example
  * ```ts
@@ -299,7 +312,10 @@ export class GroupState {
    */
   constructor(owner: Uint8Array, policy: number, options: GroupStateOptions = {}) {
     if (!(owner instanceof Uint8Array) || owner.length !== KEY_BYTES) {
-      throw new XfError("BAD_MANIFEST", `Cannot make group state: owner is "${owner?.length}" bytes, expected 32`);
+      throw new XfError(
+        "BAD_MANIFEST",
+        `Cannot make group state: owner is ${owner?.length ?? "not"} bytes, expected 32`,
+      );
     }
     if (policy !== POLICY_OPEN && policy !== POLICY_CLOSED) {
       throw new XfError("BAD_MANIFEST", `Cannot make group state: policy "${policy}" is not 0 or 1`);
@@ -333,8 +349,8 @@ export class GroupState {
     const seen = new Set<string>();
     for (const e of events) {
       const entry = toEntry(e);
-      if (this.#ids.has(entry.idHex) || seen.has(entry.idHex)) continue;
-      seen.add(entry.idHex);
+      if (this.#ids.has(entry.id) || seen.has(entry.id)) continue;
+      seen.add(entry.id);
       fresh.push(entry);
     }
     if (fresh.length === 0) return 0;
@@ -372,7 +388,7 @@ export class GroupState {
       }
       this.#truncate(first.ts, first.id);
     }
-    for (const x of fresh) this.#ids.add(x.idHex);
+    for (const x of fresh) this.#ids.add(x.id);
     for (let k = from; k < log.length; k++) this.#step(log[k]!);
     return fresh.length;
   }
@@ -393,14 +409,14 @@ export class GroupState {
       throw e;
     }
     const author = toHex(event.author);
-    if (author !== this.#ownerHex && !this.#before(author, event.ts, event.id).admin) {
+    if (author !== this.#ownerHex && !this.#before(author, event.ts, toHex(event.id)).admin) {
       return {
         ok: false,
         code: "FORBIDDEN",
         message: `Cannot apply membership event: signer "${author}" is not the owner or an admin at ts "${event.ts}"`,
       };
     }
-    if (equalBytes(m.member, this.owner) && (m.action === ACTION_REMOVE || m.action === ACTION_REVOKE_ADMIN)) {
+    if (toHex(m.member) === this.#ownerHex && (m.action === ACTION_REMOVE || m.action === ACTION_REVOKE_ADMIN)) {
       return {
         ok: false,
         code: "FORBIDDEN",
@@ -457,7 +473,7 @@ export class GroupState {
       v: 1,
       owner: this.#ownerHex,
       policy: this.policy,
-      events: this.#log.map((e) => ({ ts: e.ts, id: e.idHex, author: e.author, action: e.action, member: e.member })),
+      events: this.#log.map((e) => ({ ts: e.ts, id: e.id, author: e.author, action: e.action, member: e.member })),
     };
   }
 
@@ -495,8 +511,8 @@ export class GroupState {
   }
 
   /** Status of `key` (hex) just before the event `(ts, id)`. */
-  #before(key: string, ts: number, id: Uint8Array): Readonly<Change> {
-    if (key === this.#ownerHex) return { ts, id, member: true, admin: true };
+  #before(key: string, ts: number, id: string): Readonly<Change> {
+    if (key === this.#ownerHex) return OWNER;
     const tl = this.#timelines.get(key);
     if (!tl) return NONE;
     return tl[lowerBound(tl, ts, id) - 1] ?? NONE;
@@ -505,7 +521,7 @@ export class GroupState {
   /** Status of `key` after every event with ts at most `atTs` (all if undefined). */
   #at(key: Uint8Array, atTs: number | undefined): Readonly<Change> {
     const hex = toHex(key);
-    if (hex === this.#ownerHex) return { ts: -1, id: NONE.id, member: true, admin: true };
+    if (hex === this.#ownerHex) return OWNER;
     const tl = this.#timelines.get(hex);
     if (!tl) return NONE;
     if (atTs === undefined) return tl[tl.length - 1] ?? NONE;
@@ -522,7 +538,7 @@ export class GroupState {
   }
 
   /** Drop every timeline change at or after `(ts, id)`, before refolding from there. */
-  #truncate(ts: number, id: Uint8Array): void {
+  #truncate(ts: number, id: string): void {
     for (const [key, tl] of this.#timelines) {
       const last = tl[tl.length - 1]!;
       if (compareAt(last.ts, last.id, ts, id) < 0) continue;
@@ -568,12 +584,14 @@ function toEntry(e: MembershipEvent): Entry {
     throw new XfError("BAD_EVENT", `Cannot apply membership event: ts "${e.ts}" is not a non-negative integer`);
   }
   if (!(e.id instanceof Uint8Array) || e.id.length !== ID_BYTES) {
-    throw new XfError("BAD_EVENT", `Cannot apply membership event: id is "${e.id?.length}" bytes, expected 32`);
+    throw new XfError("BAD_EVENT", `Cannot apply membership event: id is ${e.id?.length ?? "not"} bytes, expected 32`);
   }
   if (!(e.author instanceof Uint8Array) || e.author.length !== KEY_BYTES) {
-    throw new XfError("BAD_EVENT", `Cannot apply membership event: author is "${e.author?.length}" bytes, expected 32`);
+    throw new XfError(
+      "BAD_EVENT",
+      `Cannot apply membership event: author is ${e.author?.length ?? "not"} bytes, expected 32`,
+    );
   }
-  const m = decodeMembership(e.payload);
-  const id = e.id.slice();
-  return { ts: e.ts, id, idHex: toHex(id), author: toHex(e.author), action: m.action, member: toHex(m.member) };
+  const m = readMembership(e.payload);
+  return { ts: e.ts, id: toHex(e.id), author: toHex(e.author), action: m.action, member: toHex(m.member) };
 }

@@ -1,0 +1,266 @@
+/**
+ * The node's side of peer sync: it answers `GET /v1/sync` sessions, keeps
+ * outgoing connections to its `--peer` list (reconnecting with backoff after
+ * a drop), knows which peers hold which groups (`GET /v1/groups/:gid/peers`),
+ * and publishes sync progress to `/metrics` and to library users.
+ *
+ * @module
+ */
+
+import type { XfNode } from "../actors/node.ts";
+import { fromHex, toHex } from "../storage/ed25519.ts";
+import { XfError } from "../storage/errors.ts";
+import { sha256 } from "@noble/hashes/sha2";
+import { Authenticator } from "./auth.ts";
+import { type FrameChannel, type SessionStats, type SyncHost, type SyncReport, SyncSession } from "./sync.ts";
+
+/** A peer as this node knows it, per group. */
+export interface PeerInfo {
+  /** Node id: SHA-256 of the peer's public key. */
+  nodeId: string;
+  key: string;
+  addr: string;
+  lastSeen: number;
+  syncedRoot: string;
+}
+
+/** Peers remembered per group (oldest forgotten past this). */
+export const PEERS_PER_GROUP_MAX = 1024;
+
+/** A WebSocket as a {@linkcode FrameChannel}. */
+export function socketChannel(ws: WebSocket): FrameChannel {
+  ws.binaryType = "arraybuffer";
+  const ch: FrameChannel = {
+    send: (f) => {
+      if (ws.readyState === WebSocket.OPEN) ws.send(f);
+    },
+    close: (reason) => {
+      try {
+        ws.close(1000, reason.slice(0, 120));
+      } catch { /* closed already */ }
+    },
+    onFrame: null,
+    onClose: null,
+  };
+  ws.onmessage = (ev) => {
+    const data = ev.data instanceof ArrayBuffer ? new Uint8Array(ev.data) : null;
+    if (data) ch.onFrame?.(data);
+    else ch.onFrame?.(new Uint8Array(0)); // text frames are not part of the protocol
+  };
+  ws.onclose = (ev) => ch.onClose?.(ev.reason || `closed (${ev.code})`);
+  ws.onerror = () => {};
+  return ch;
+}
+
+/** Two channels piped together in-process (tests, like hypercore's stream pairs). */
+export function channelPair(): [FrameChannel, FrameChannel] {
+  const mk = (): FrameChannel => ({ send: () => {}, close: () => {}, onFrame: null, onClose: null });
+  const a = mk(), b = mk();
+  let open = true;
+  a.send = (f) => open && queueMicrotask(() => b.onFrame?.(f.slice()));
+  b.send = (f) => open && queueMicrotask(() => a.onFrame?.(f.slice()));
+  const close = (reason: string) => {
+    if (!open) return;
+    open = false;
+    queueMicrotask(() => {
+      a.onClose?.(reason);
+      b.onClose?.(reason);
+    });
+  };
+  a.close = close;
+  b.close = close;
+  return [a, b];
+}
+
+/** Sync figures for /metrics. */
+export interface SyncCounters {
+  sessionsOpened: number;
+  sessionsRefused: number;
+  eventsReceived: number;
+  eventsSent: number;
+  missing: number;
+  received: number;
+  progressRemaining: number;
+}
+
+/** The node's sync side. */
+export class NodeSync implements SyncHost {
+  readonly auth: Authenticator;
+  readonly sessions = new Set<SyncSession>();
+  readonly peers = new Map<string, Map<string, PeerInfo>>();
+  readonly counters: SyncCounters = {
+    sessionsOpened: 0,
+    sessionsRefused: 0,
+    eventsReceived: 0,
+    eventsSent: 0,
+    missing: 0,
+    received: 0,
+    progressRemaining: 0,
+  };
+  /** Library users listen here: `progress`, `peer` and `closed` events (CustomEvent with the report as detail). */
+  readonly events = new EventTarget();
+  private dialers = new Map<string, { stop: boolean; session: SyncSession | null; attempts: number }>();
+  private progress = new Map<string, { missing: number; received: number }>();
+
+  constructor(readonly node: XfNode, readonly extraGroups: string[] = []) {
+    this.auth = new Authenticator(node.key);
+  }
+
+  get key() {
+    return this.node.key;
+  }
+  get limits() {
+    return this.node.limits;
+  }
+
+  async access(gid: string, peer: Uint8Array) {
+    const a = await this.node.access(gid, toHex(peer));
+    return { readable: a.readable, root: a.root, count: a.count };
+  }
+
+  reconcile(gid: string, session: string | null, msg: Uint8Array | null) {
+    return this.node.pipeline.index<{ output: Uint8Array | null; have: Uint8Array[]; need: Uint8Array[] } | null>({
+      type: "index.reconcile",
+      gid,
+      session,
+      msg,
+    });
+  }
+
+  async getMany(ids: Uint8Array[]) {
+    const flat = new Uint8Array(ids.length * 32);
+    ids.forEach((id, i) => flat.set(id, i * 32));
+    return await this.node.pipeline.index<(Uint8Array | null)[]>({ type: "index.getMany", ids: flat });
+  }
+
+  async submit(gid: string, events: Uint8Array[]) {
+    this.counters.eventsReceived += events.length;
+    return await this.node.publish(events, fromHex(gid)!);
+  }
+
+  subscribe(gid: string, cb: (events: Uint8Array[]) => void) {
+    return this.node.subscribe({ gid }, cb);
+  }
+
+  async groups(): Promise<string[]> {
+    const held = await this.node.pipeline.index<string[]>({ type: "index.listGroups" });
+    return [...new Set([...held, ...this.extraGroups])];
+  }
+
+  report(ev: SyncReport): void {
+    if (ev.type === "peer") {
+      let m = this.peers.get(ev.gid);
+      if (!m) this.peers.set(ev.gid, m = new Map());
+      if (m.size >= PEERS_PER_GROUP_MAX && !m.has(ev.node)) m.delete(m.keys().next().value!);
+      m.set(ev.node, {
+        nodeId: toHex(sha256(fromHex(ev.node)!)),
+        key: ev.node,
+        addr: ev.addr || m.get(ev.node)?.addr || "",
+        lastSeen: Date.now(),
+        syncedRoot: ev.root,
+      });
+    } else if (ev.type === "progress") {
+      this.progress.set(`${ev.gid}/${ev.node}`, { missing: ev.missing, received: ev.received });
+      let missing = 0, received = 0;
+      for (const p of this.progress.values()) {
+        missing += p.missing;
+        received += p.received;
+      }
+      this.counters.missing = missing;
+      this.counters.received = received;
+      this.counters.progressRemaining = Math.max(0, missing - received);
+      if (ev.done) this.progress.delete(`${ev.gid}/${ev.node}`);
+      const m = this.peers.get(ev.gid)?.get(ev.node);
+      if (m) m.lastSeen = Date.now();
+    } else if (ev.type === "closed") {
+      for (const s of this.sessions) if (s.state === "closed") this.sessions.delete(s);
+    }
+    this.events.dispatchEvent(new CustomEvent(ev.type, { detail: ev }));
+  }
+
+  /** The peers known for a group. */
+  peersOf(gid: string): PeerInfo[] {
+    return [...(this.peers.get(gid)?.values() ?? [])];
+  }
+
+  /** Serve one incoming connection. */
+  accept(ch: FrameChannel, addr = ""): SyncSession | null {
+    if (this.sessions.size >= this.limits.sync_sessions_max) {
+      this.counters.sessionsRefused++;
+      ch.close("OVERLOADED: too many sync sessions");
+      return null;
+    }
+    const s = new SyncSession(this, ch, "server", addr);
+    this.track(s);
+    return s;
+  }
+
+  private track(s: SyncSession) {
+    this.counters.sessionsOpened++;
+    this.sessions.add(s);
+  }
+
+  /** Connect to a peer once, sync the given groups (default: every group served), and return the session. */
+  async connect(url: string, groups?: string[]): Promise<SyncSession> {
+    const ws = new WebSocket(`${url.replace(/\/$/, "")}/v1/sync`);
+    const ch = socketChannel(ws);
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new XfError("TIMEOUT", `Cannot connect to "${url}" within 10 s`)), 10_000);
+      ws.onopen = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      ws.addEventListener("close", () => {
+        clearTimeout(timer);
+        reject(new XfError("STAGE_DOWN", `Cannot connect to "${url}"`));
+      });
+    });
+    const s = new SyncSession(this, ch, "client", url);
+    this.track(s);
+    if (!(await s.ready())) throw new XfError("BAD_AUTH", `Peer "${url}" refused the handshake: ${s.closeReason}`);
+    const list = groups ?? await this.groups();
+    await Promise.all(list.map((g) => s.sync(g)));
+    return s;
+  }
+
+  /** Keep a connection to `url` open: sync every group, stay for live events, reconnect with backoff. */
+  dial(url: string): void {
+    if (this.dialers.has(url)) return;
+    const d = { stop: false, session: null as SyncSession | null, attempts: 0 };
+    this.dialers.set(url, d);
+    const loop = async () => {
+      while (!d.stop) {
+        try {
+          d.session = await this.connect(url);
+          d.attempts = 0;
+          await new Promise<void>((resolve) => {
+            const check = () => (d.session?.state === "closed" || d.stop ? resolve() : setTimeout(check, 250));
+            check();
+          });
+        } catch { /* retried below */ }
+        if (d.stop) break;
+        d.attempts++;
+        const wait = Math.min(this.limits.peer_backoff_max_ms, 250 * 2 ** Math.min(d.attempts, 10)) *
+          (0.5 + Math.random() / 2);
+        await new Promise((r) => setTimeout(r, wait));
+      }
+    };
+    loop();
+  }
+
+  /** Stop dialing and close every session. */
+  close(): void {
+    for (const d of this.dialers.values()) {
+      d.stop = true;
+      d.session?.close("node stopping");
+    }
+    this.dialers.clear();
+    for (const s of this.sessions) s.close("node stopping");
+    this.sessions.clear();
+  }
+
+  /** Stats of every open session. */
+  sessionStats(): { peer: string; role: string; stats: SessionStats }[] {
+    return [...this.sessions].map((s) => ({ peer: s.peer, role: s.role, stats: s.stats }));
+  }
+}
