@@ -14,7 +14,22 @@ import { statusOf, XfError } from "../storage/errors.ts";
 import { encodeCbor } from "../storage/cbor.ts";
 import { decodeEvent } from "../storage/event.ts";
 import { fromHex, toHex } from "../storage/ed25519.ts";
-import { socketChannel } from "./peers.ts";
+import { upgradeWebSocket } from "@hono/hono/deno";
+import type { WSContext } from "@hono/hono/ws";
+import type { FrameChannel } from "./sync.ts";
+
+/** A Hono WebSocket context as a {@linkcode FrameChannel} (frames arrive through the route's onMessage). */
+function wsChannel(ws: WSContext): FrameChannel {
+  (ws.raw as WebSocket | undefined)?.binaryType !== undefined && ((ws.raw as WebSocket).binaryType = "arraybuffer");
+  return {
+    send: (f) => {
+      if (ws.readyState === 1) ws.send(f as Uint8Array<ArrayBuffer>);
+    },
+    close: (reason) => ws.close(1000, reason.slice(0, 120)),
+    onFrame: null,
+    onClose: null,
+  };
+}
 
 /** Media type of CBOR bodies. */
 export const CBOR = "application/cbor";
@@ -240,16 +255,28 @@ export function createApp(node: XfNode) {
       s.close("one-shot sync done");
       return c.json(stats);
     })
-    .get("/v1/sync", (c) => {
-      if (c.req.header("upgrade")?.toLowerCase() !== "websocket") {
-        throw new XfError("BAD_QUERY", "GET /v1/sync is a WebSocket: send Upgrade: websocket");
-      }
-      const { socket, response } = Deno.upgradeWebSocket(c.req.raw, { idleTimeout: 60 });
-      const ch = socketChannel(socket);
-      const addr = c.req.header("x-forwarded-for") ?? "";
-      socket.onopen = () => node.sync.accept(ch, addr);
-      return response;
-    });
+    .get(
+      "/v1/sync",
+      upgradeWebSocket((c) => {
+        let ch: FrameChannel | null = null;
+        const addr = c.req.header("x-forwarded-for") ?? "";
+        return {
+          onOpen(_ev, ws) {
+            ch = wsChannel(ws);
+            node.sync.accept(ch, addr);
+          },
+          onMessage(ev) {
+            const d = ev.data;
+            ch?.onFrame?.(
+              d instanceof ArrayBuffer ? new Uint8Array(d) : d instanceof Uint8Array ? d : new Uint8Array(0),
+            );
+          },
+          onClose(ev) {
+            ch?.onClose?.((ev as CloseEvent).reason || "closed");
+          },
+        };
+      }),
+    );
 
   app.notFound((c) =>
     c.json({ error: "NOT_FOUND", message: `No route for ${c.req.method} ${new URL(c.req.url).pathname}` }, 404)

@@ -410,7 +410,7 @@ export class SyncSession {
     if (!res) return this.strike("BAD_FRAME", `No reconciliation under way for group "${gid}"`, gid);
     await this.act(gid, res.have, res.need);
     if (res.output) this.send(frame("neg", { gid, msg: res.output }));
-    else await this.reconciled(gid);
+    else this.reconciled(gid);
   }
 
   private pendingWants = new Map<string, number>();
@@ -428,7 +428,7 @@ export class SyncSession {
     });
   }
 
-  private async reconciled(gid: string) {
+  private reconciled(gid: string) {
     // Done when every wanted event arrived; checked as events come in.
     if ((this.pendingWants.get(gid) ?? 0) <= 0) this.finish(gid);
     else this.reconcileDone.add(gid);
