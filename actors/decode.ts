@@ -94,7 +94,7 @@ export function decodeStage(): Stage<DecodeConfig> {
             `Cannot accept event: ts "${ev.ts}" is more than ${limits.event_future_ms} ms ahead of this node's clock`,
           );
         }
-        if (ev.kind !== KIND_MANIFEST && ev.kind < APP_KIND_MIN) {
+        if (ev.kind !== KIND_MANIFEST && ev.kind !== KIND_MEMBERSHIP && ev.kind < APP_KIND_MIN) {
           throw new XfError(
             "RESERVED_KIND",
             `Cannot accept event: kind "${ev.kind}" is reserved for the engine and not supported by this node`,

@@ -1,0 +1,357 @@
+// Every way in that should be closed, tried and refused with its code.
+import { assert, assertEquals, assertRejects } from "@std/assert";
+import { hexOf, makeEvents, tempNode, testGroup } from "./_helpers.ts";
+import { channelPair } from "../net/peers.ts";
+import { SyncSession } from "../net/sync.ts";
+import { answerChallenge, Authenticator, CHALLENGE_TTL_MS } from "../net/auth.ts";
+import { createApp } from "../net/app.ts";
+import { cborArrayOf, type XfNode } from "../actors/node.ts";
+import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
+import { generateKeyPair, type KeyPair, sign } from "../storage/ed25519.ts";
+import { createGroup, signEvent } from "../storage/event.ts";
+import { ACTION_ADD, ACTION_REMOVE, encodeMembership } from "../storage/membership.ts";
+import { XfError } from "../storage/errors.ts";
+
+/** A hand-driven peer talking to a node's server session. */
+function rawPeer(node: XfNode) {
+  const [mine, theirs] = channelPair();
+  const server = new SyncSession(node.sync, theirs, "server", "raw");
+  const frames: Map<string, unknown>[] = [];
+  let closedReason: string | null = null;
+  const waiters: (() => void)[] = [];
+  mine.onFrame = (f) => {
+    frames.push(decodeCbor(f) as Map<string, unknown>);
+    waiters.splice(0).forEach((w) => w());
+  };
+  mine.onClose = (r) => {
+    closedReason = r;
+    waiters.splice(0).forEach((w) => w());
+  };
+  const send = (t: string, fields: Record<string, unknown> = {}) =>
+    mine.send(encodeCbor(new Map<string, unknown>([["t", t], ...Object.entries(fields)]) as never));
+  const next = async (t: string, ms = 3000): Promise<Map<string, unknown>> => {
+    const end = Date.now() + ms;
+    while (Date.now() < end) {
+      const i = frames.findIndex((f) => f.get("t") === t);
+      if (i >= 0) return frames.splice(i, 1)[0]!;
+      if (closedReason !== null) throw new Error(`closed (${closedReason}) before a "${t}" frame`);
+      await new Promise<void>((r) => {
+        waiters.push(r);
+        setTimeout(r, 50);
+      });
+    }
+    throw new Error(`no "${t}" frame within ${ms} ms`);
+  };
+  const closed = async (ms = 3000) => {
+    const end = Date.now() + ms;
+    while (closedReason === null && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    return closedReason ?? "";
+  };
+  /** Complete hello and auth as `key` (optionally signing with another key). */
+  const handshake = async (key: KeyPair, signer: KeyPair = key, credit = 1000) => {
+    const hello = await next("hello");
+    send("hello", {
+      v: 1,
+      node: key.publicKey,
+      challenge: crypto.getRandomValues(new Uint8Array(32)),
+      frame: 1 << 20,
+      credit,
+    });
+    const sig = await sign(
+      signer,
+      encodeCbor(["xf-auth-v1", "sync", hello.get("challenge") as Uint8Array, key.publicKey, node.key.publicKey]),
+    );
+    send("auth", { sig });
+    await next("auth");
+    return hello;
+  };
+  return { send, next, closed, handshake, server, frames, mine };
+}
+
+async function closedGroup(node: XfNode) {
+  const owner = await generateKeyPair();
+  const member = await generateKeyPair();
+  const { gid, manifest } = await createGroup(owner, { name: "secret", policy: 1 });
+  const add = await signEvent(owner, {
+    group: gid,
+    ts: Date.now() - 100_000,
+    kind: 1,
+    tags: [],
+    payload: encodeMembership({ action: ACTION_ADD, member: member.publicKey }),
+  });
+  const res = await node.publish([manifest, add]);
+  assertEquals(res.map((r) => r.status), ["stored", "stored"]);
+  return { owner, member, gid, manifest };
+}
+
+Deno.test("Sync refuses a peer that skips auth: UNAUTHORIZED", async () => {
+  const t = await tempNode();
+  try {
+    const p = rawPeer(t.node);
+    await p.next("hello");
+    p.send("sub", { gid: "ab".repeat(32) });
+    const err = await p.next("error");
+    assertEquals(err.get("code"), "UNAUTHORIZED");
+    assert((await p.closed()).startsWith("UNAUTHORIZED"));
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("Sync refuses a proof signed by another key: BAD_AUTH", async () => {
+  const t = await tempNode();
+  try {
+    const p = rawPeer(t.node);
+    const claimed = await generateKeyPair(), actual = await generateKeyPair();
+    await p.handshake(claimed, actual).catch(() => {});
+    assert((await p.closed()).startsWith("BAD_AUTH"));
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("Sync refuses a replayed auth frame from an earlier session: BAD_AUTH", async () => {
+  const t = await tempNode();
+  try {
+    const me = await generateKeyPair();
+    const p1 = rawPeer(t.node);
+    const hello1 = await p1.handshake(me);
+    const oldSig = await answerChallenge(me, "sync", hello1.get("challenge") as Uint8Array, t.node.key.publicKey);
+    const p2 = rawPeer(t.node);
+    await p2.next("hello");
+    p2.send("hello", { v: 1, node: me.publicKey, challenge: new Uint8Array(32), frame: 1 << 20, credit: 10 });
+    p2.send("auth", { sig: oldSig });
+    assert((await p2.closed()).startsWith("BAD_AUTH"));
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("Authenticator refuses expired and replayed challenges", async () => {
+  let now = 1_000_000;
+  const server = await generateKeyPair(), client = await generateKeyPair();
+  const auth = new Authenticator(server, () => now);
+  const { challenge } = auth.challenge();
+  const sig = await answerChallenge(client, "http", challenge, server.publicKey);
+  now += CHALLENGE_TTL_MS + 1;
+  await assertRejects(() => auth.check("http", challenge, client.publicKey, sig), XfError, "expired");
+  const fresh = auth.challenge().challenge;
+  const sig2 = await answerChallenge(client, "http", fresh, server.publicKey);
+  await auth.check("http", fresh, client.publicKey, sig2);
+  const e = await assertRejects(() => auth.check("http", fresh, client.publicKey, sig2), XfError);
+  assertEquals((e as XfError).code, "CHALLENGE_REPLAYED");
+  const other = auth.challenge().challenge;
+  const wrongPurpose = await answerChallenge(client, "sync", other, server.publicKey);
+  assertEquals(
+    (await assertRejects(() => auth.check("http", other, client.publicKey, wrongPurpose), XfError) as XfError).code,
+    "BAD_AUTH",
+  );
+});
+
+Deno.test("A removed member's later events are rejected: FORBIDDEN", async () => {
+  const t = await tempNode();
+  try {
+    const { owner, member, gid } = await closedGroup(t.node);
+    const before = await signEvent(member, {
+      group: gid,
+      ts: Date.now() - 50_000,
+      kind: 16,
+      tags: [],
+      payload: new Uint8Array(),
+    });
+    assertEquals((await t.node.publish(before))[0]!.status, "stored");
+    const remove = await signEvent(owner, {
+      group: gid,
+      ts: Date.now() - 40_000,
+      kind: 1,
+      tags: [],
+      payload: encodeMembership({ action: ACTION_REMOVE, member: member.publicKey }),
+    });
+    assertEquals((await t.node.publish(remove))[0]!.status, "stored");
+    const after = await signEvent(member, {
+      group: gid,
+      ts: Date.now() - 30_000,
+      kind: 16,
+      tags: [],
+      payload: new Uint8Array(),
+    });
+    assertEquals((await t.node.publish(after))[0]!.code, "FORBIDDEN");
+    // A member cannot change membership; a stranger cannot write.
+    const stranger = await generateKeyPair();
+    const selfAdd = await signEvent(stranger, {
+      group: gid,
+      ts: Date.now(),
+      kind: 1,
+      tags: [],
+      payload: encodeMembership({ action: ACTION_ADD, member: stranger.publicKey }),
+    });
+    const post = await signEvent(stranger, {
+      group: gid,
+      ts: Date.now(),
+      kind: 16,
+      tags: [],
+      payload: new Uint8Array(),
+    });
+    assertEquals((await t.node.publish([selfAdd, post])).map((r) => r.code), ["FORBIDDEN", "FORBIDDEN"]);
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("A non-member cannot sync a closed group, nor learn it exists", async () => {
+  const t = await tempNode();
+  try {
+    const { gid, member } = await closedGroup(t.node);
+    const stranger = await generateKeyPair();
+    const p = rawPeer(t.node);
+    await p.handshake(stranger);
+    p.send("sub", { gid: hexOf(gid) });
+    const e1 = await p.next("error");
+    p.send("sub", { gid: "cd".repeat(32) });
+    const e2 = await p.next("error");
+    assertEquals([e1.get("code"), e2.get("code")], ["UNKNOWN_GROUP", "UNKNOWN_GROUP"]);
+    assertEquals(
+      String(e1.get("message")).replace(hexOf(gid), "X"),
+      String(e2.get("message")).replace("cd".repeat(32), "X"),
+    );
+    // A member may.
+    const q = rawPeer(t.node);
+    await q.handshake(member);
+    q.send("sub", { gid: hexOf(gid) });
+    assertEquals((await q.next("sub.ok")).get("gid"), hexOf(gid));
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("HTTP reads of a closed group need a member's token; others get the unknown-group answer", async () => {
+  const t = await tempNode();
+  const app = createApp(t.node);
+  try {
+    const { gid, member, manifest } = await closedGroup(t.node);
+    const g = hexOf(gid);
+    const paths = [
+      `/v1/groups/${g}/events`,
+      `/v1/groups/${g}/merkle`,
+      `/v1/groups/${g}/proof/${hexOf(manifest.id)}`,
+      `/v1/groups/${g}/peers`,
+    ];
+    const tokenFor = async (k: KeyPair) => {
+      const ch = await (await app.request("/v1/auth/challenge")).json();
+      const sig = await answerChallenge(
+        k,
+        "http",
+        Uint8Array.from(ch.challenge.match(/../g), (h: string) => parseInt(h, 16)),
+        t.node.key.publicKey,
+      );
+      const r = await app.request("/v1/auth/token", {
+        method: "POST",
+        body: JSON.stringify({ key: hexOf(k.publicKey), challenge: ch.challenge, sig: hexOf(sig) }),
+      });
+      return { status: r.status, body: await r.json() };
+    };
+    const stranger = await generateKeyPair();
+    const strangerToken = (await tokenFor(stranger)).body.token;
+    for (const path of paths) {
+      for (const headers of [{}, { authorization: `Bearer ${strangerToken}` }, { authorization: "Bearer nonsense" }]) {
+        const r = await app.request(path, { headers });
+        const body = await r.json();
+        assertEquals([r.status, body.error], [404, "UNKNOWN_GROUP"], path);
+      }
+    }
+    const ev = await app.request(`/v1/events/${hexOf(manifest.id)}`);
+    assertEquals([ev.status, (await ev.json()).error], [404, "NOT_FOUND"]);
+    // Writing without a member's token looks like an unknown group too.
+    const w = await app.request(`/v1/groups/${g}/events`, {
+      method: "POST",
+      body: manifest.bytes as BodyInit,
+      headers: { "content-type": "application/cbor" },
+    });
+    assertEquals([w.status, (await w.json()).error], [404, "UNKNOWN_GROUP"]);
+    const memberToken = (await tokenFor(member)).body.token;
+    for (const path of paths) {
+      const r = await app.request(path, { headers: { authorization: `Bearer ${memberToken}` } });
+      assertEquals(r.status, 200, path);
+      await r.body?.cancel();
+    }
+    // A token request with a replayed challenge or a wrong signature is refused.
+    const ch = await (await app.request("/v1/auth/challenge")).json();
+    const bad = await app.request("/v1/auth/token", {
+      method: "POST",
+      body: JSON.stringify({ key: hexOf(member.publicKey), challenge: ch.challenge, sig: "00".repeat(64) }),
+    });
+    assertEquals([bad.status, (await bad.json()).error], [401, "BAD_AUTH"]);
+    const again = await app.request("/v1/auth/token", {
+      method: "POST",
+      body: JSON.stringify({ key: hexOf(member.publicKey), challenge: ch.challenge, sig: "00".repeat(64) }),
+    });
+    assertEquals([again.status, (await again.json()).error], [401, "CHALLENGE_REPLAYED"]);
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("Sync refuses events for a group the peer did not subscribe to: NOT_SUBSCRIBED", async () => {
+  const t = await tempNode();
+  try {
+    const g = await testGroup();
+    await t.node.publish(g.manifest);
+    const [ev] = await makeEvents(g, 1);
+    const p = rawPeer(t.node);
+    await p.handshake(await generateKeyPair());
+    p.send("events", { gid: hexOf(g.gid), events: [ev!.bytes] });
+    assertEquals((await p.next("error")).get("code"), "NOT_SUBSCRIBED");
+    assertEquals(await t.node.get(hexOf(ev!.id)), null);
+    // Repeated violations cut the peer off.
+    p.send("events", { gid: hexOf(g.gid), events: [ev!.bytes] });
+    p.send("events", { gid: hexOf(g.gid), events: [ev!.bytes] });
+    assert((await p.closed()).startsWith("NOT_SUBSCRIBED"));
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("Sync cuts off oversized frames, garbage, and sends beyond credit", async () => {
+  const t = await tempNode({ limits: { sync_frame_bytes_max: 4096, sync_credit_events: 5 } });
+  try {
+    const p = rawPeer(t.node);
+    await p.handshake(await generateKeyPair());
+    p.mine.send(new Uint8Array(5000));
+    assert((await p.closed()).startsWith("FRAME_TOO_LARGE"));
+    const q = rawPeer(t.node);
+    await q.handshake(await generateKeyPair());
+    q.mine.send(new Uint8Array([0xff, 0x00, 0x13]));
+    assert((await q.closed()).startsWith("BAD_FRAME"));
+    const g = await testGroup();
+    await t.node.publish(g.manifest);
+    const r = rawPeer(t.node);
+    await r.handshake(await generateKeyPair());
+    r.send("sub", { gid: hexOf(g.gid) });
+    await r.next("sub.ok");
+    const evs = await makeEvents(g, 6);
+    r.send("events", { gid: hexOf(g.gid), events: evs.map((e) => e.bytes) });
+    assert((await r.closed()).startsWith("CREDIT_EXCEEDED"));
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("Sync cuts off a peer that never grants credit, and its memory stays bounded: PEER_TOO_SLOW", async () => {
+  const t = await tempNode({ limits: { sync_peer_queue_events_max: 50 } });
+  try {
+    const g = await testGroup();
+    await t.node.publish(g.manifest);
+    const p = rawPeer(t.node);
+    await p.handshake(await generateKeyPair(), undefined, 0); // grants no credit, ever
+    p.send("sub", { gid: hexOf(g.gid) });
+    await p.next("sub.ok");
+    const evs = await makeEvents(g, 80);
+    await t.node.publish(evs); // streamed live to the peer, which takes none
+    assert((await p.closed()).startsWith("PEER_TOO_SLOW"));
+    assertEquals(p.frames.filter((f) => f.get("t") === "events").length, 0);
+  } finally {
+    await t.done();
+  }
+});
+
+void cborArrayOf;
