@@ -68,7 +68,22 @@ export function decodeStage(): Stage<DecodeConfig> {
     groups.set(gid, info);
   }
 
+  /** Resolved when the batch before has been admitted. */
+  let turn: Promise<void> = Promise.resolve();
+
   async function batch(b: EventBatch, ctx: StageContext) {
+    // Take a turn now, in arrival order; it is used after the signatures are verified.
+    const prev = turn;
+    let done!: () => void;
+    turn = new Promise<void>((r) => (done = r));
+    try {
+      await decodeAndAdmit(b, prev, ctx);
+    } finally {
+      done();
+    }
+  }
+
+  async function decodeAndAdmit(b: EventBatch, prev: Promise<void>, ctx: StageContext) {
     const results: EventResult[] = [];
     const rejectedIds: Uint8Array[] = [];
     const reject = (it: BatchItem, e: unknown) => {
@@ -87,7 +102,7 @@ export function decodeStage(): Stage<DecodeConfig> {
     const horizon = now() + limits.event_future_ms;
     for (const it of unpackBatch(b)) {
       try {
-        const ev = decodeEvent(it.bytes, limits);
+        const ev = decodeEvent(it.bytes, limits, it.id);
         if (ev.ts > horizon) {
           throw new XfError(
             "TS_IN_FUTURE",
@@ -105,6 +120,22 @@ export function decodeStage(): Stage<DecodeConfig> {
         reject(it, e);
       }
     }
+    // Signatures, verified in parallel (WebCrypto spreads them over threads); two batches may be here at once.
+    const valid = await Promise.all(decoded.map((d) => verifyEvent(d.ev)));
+    // From here on batches go one at a time, in arrival order: a manifest admits its group for the
+    // batches after it, membership changes count for later events, and the WAL sees arrival order.
+    await prev;
+    await admit(decoded, valid, results, rejectedIds, reject, ctx);
+  }
+
+  async function admit(
+    decoded: { it: BatchItem; ev: StoredEvent }[],
+    valid: boolean[],
+    results: EventResult[],
+    rejectedIds: Uint8Array[],
+    reject: (it: BatchItem, e: unknown) => void,
+    ctx: StageContext,
+  ) {
     // Groups: manifests in this batch introduce their group; others must be known.
     const needed = new Set<string>();
     for (const d of decoded) if (d.ev.kind !== KIND_MANIFEST) needed.add(toHex(d.ev.group));
@@ -114,8 +145,6 @@ export function decodeStage(): Stage<DecodeConfig> {
     } catch (e) {
       lookupError = e;
     }
-    // Signatures, verified in parallel (WebCrypto spreads them over threads).
-    const valid = await Promise.all(decoded.map((d) => verifyEvent(d.ev)));
     const passed: { it: BatchItem; ev: StoredEvent }[] = [];
     const newGroups = new Map<string, GroupState>();
     decoded.forEach((d, i) => {
@@ -196,6 +225,8 @@ export function decodeStage(): Stage<DecodeConfig> {
   }
 
   return {
+    // Two batches at once: one decodes while the other's signatures are verified.
+    concurrency: 2,
     start(config) {
       limits = config.limits;
       if (config.now) now = config.now;

@@ -27,7 +27,14 @@ const EMPTY_SET = (() => {
   v.seal();
   return v;
 })();
-import { checkManifestEvent, decodeEvent, KIND_MANIFEST, KIND_MEMBERSHIP, type StoredEvent } from "../storage/event.ts";
+import {
+  APP_KIND_MIN,
+  checkManifestEvent,
+  decodeEvent,
+  KIND_MANIFEST,
+  KIND_MEMBERSHIP,
+  type StoredEvent,
+} from "../storage/event.ts";
 import { GroupState, type GroupStateJSON } from "../storage/membership.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { fromHex, toHex } from "../storage/ed25519.ts";
@@ -115,6 +122,45 @@ function decodeGroup(b: Uint8Array): GroupRecord {
   return { owner, policy, name, manifest };
 }
 
+const ZERO_ID = new Uint8Array(32);
+const NO_BYTES = new Uint8Array(0);
+
+/**
+ * The fields the index needs from a live event that decode already checked:
+ * group, author, ts, kind. Null for engine kinds (decoded in full) or an
+ * unexpected shape.
+ */
+function peekEvent(bytes: Uint8Array, id: Uint8Array): StoredEvent | null {
+  if (bytes[0] !== 0x88 || bytes[1] !== 1 || bytes[2] !== 0x58 || bytes[3] !== 0x20) return null;
+  if (bytes[36] !== 0x58 || bytes[37] !== 0x20) return null;
+  let p = 70;
+  const uint = (): number => {
+    const b = bytes[p++]!;
+    if (b >> 5 !== 0) return -1;
+    const info = b & 0x1f;
+    if (info < 24) return info;
+    const size = info === 24 ? 1 : info === 25 ? 2 : info === 26 ? 4 : info === 27 ? 8 : 0;
+    if (!size) return -1;
+    let v = 0;
+    for (let i = 0; i < size; i++) v = v * 256 + bytes[p++]!;
+    return v;
+  };
+  const ts = uint();
+  const kind = uint();
+  if (ts < 0 || kind < APP_KIND_MIN) return null;
+  return {
+    group: bytes.subarray(4, 36),
+    author: bytes.subarray(38, 70),
+    ts,
+    kind,
+    tags: [],
+    payload: NO_BYTES,
+    sig: NO_BYTES,
+    bytes,
+    id,
+  };
+}
+
 /** The index stage's logic. */
 export function indexStage(): Stage<IndexConfig> {
   let kv: Kv | null = null;
@@ -157,19 +203,61 @@ export function indexStage(): Stage<IndexConfig> {
     return rec;
   }
 
-  async function put(b: EventBatch, replay: boolean, ctx: StageContext) {
-    const items = unpackBatch(b);
+  /** Batches waiting for the next RocksDB write (index group commit). */
+  let waiting: { b: EventBatch; replay: boolean; resolve(): void; reject(e: unknown): void }[] = [];
+  let flushing = false;
+
+  /** Queue a batch; resolves once the write that holds it is on disk. */
+  function enqueue(b: EventBatch, replay: boolean, ctx: StageContext): Promise<void> {
+    const done = new Promise<void>((resolve, reject) => waiting.push({ b, replay, resolve, reject }));
+    if (!flushing) flushLoop(ctx);
+    return done;
+  }
+
+  async function flushLoop(ctx: StageContext) {
+    flushing = true;
+    while (waiting.length) {
+      let n = 0;
+      let k = 0;
+      while (k < waiting.length && (k === 0 || n + waiting[k]!.b.ends.length <= limits.index_batch_events_max)) {
+        n += waiting[k]!.b.ends.length;
+        k++;
+      }
+      const take = waiting.slice(0, k);
+      waiting = waiting.slice(k);
+      try {
+        await put(take, ctx);
+        for (const t of take) t.resolve();
+      } catch (e) {
+        for (const t of take) t.reject(e);
+      }
+    }
+    flushing = false;
+  }
+
+  async function put(batches: { b: EventBatch; replay: boolean }[], ctx: StageContext) {
+    const items: BatchItem[] = [];
+    let replayN = 0;
+    for (const { b, replay } of batches) {
+      const list = unpackBatch(b);
+      if (replay) replayN += list.length;
+      for (const it of list) items.push(replay ? { ...it, id: ZERO_ID } : it);
+    }
     const events: { it: BatchItem; ev: StoredEvent; hex: string }[] = [];
     const seen = new Set<string>();
     let lastSeq = 0;
     for (const it of items) {
       if (it.seq > lastSeq) lastSeq = it.seq;
-      let ev: StoredEvent;
-      try {
-        ev = decodeEvent(it.bytes, { ...limits, event_bytes_max: Math.max(limits.event_bytes_max, it.bytes.length) });
-      } catch {
-        stats.corrupt++; // a WAL record that is not an event is never indexed
-        continue;
+      // Live events passed decode: read the few fields the index needs. Replayed WAL records and
+      // engine kinds (manifests, membership) get the full strict decode.
+      let ev = it.id === ZERO_ID ? null : peekEvent(it.bytes, it.id);
+      if (!ev) {
+        try {
+          ev = decodeEvent(it.bytes, { ...limits, event_bytes_max: Math.max(limits.event_bytes_max, it.bytes.length) });
+        } catch {
+          stats.corrupt++; // a WAL record that is not an event is never indexed
+          continue;
+        }
       }
       const hex = toHex(ev.id);
       if (seen.has(hex)) continue;
@@ -243,8 +331,8 @@ export function indexStage(): Stage<IndexConfig> {
     };
     ctx.emit("root", {
       type: "index.indexed",
-      n: items.length,
-      replay,
+      n: items.length - replayN,
+      replayN,
       lastSeq: checkpoint,
       stored: ids(fresh),
       duplicates: ids(events.filter((_, i) => existing[i] !== undefined)),
@@ -312,6 +400,8 @@ export function indexStage(): Stage<IndexConfig> {
   }
 
   return {
+    // Several batches at once: they are written together (one synced RocksDB batch).
+    concurrency: LIMITS.stage_mailbox_batches_max,
     async start(config) {
       limits = config.limits;
       if (config.dir) await Deno.mkdir(config.dir, { recursive: true });
@@ -322,7 +412,7 @@ export function indexStage(): Stage<IndexConfig> {
     },
     async data(raw, ctx) {
       const msg = raw as IndexMsg;
-      if (msg.type === "index.put") return await put(msg.batch, msg.replay ?? false, ctx);
+      if (msg.type === "index.put") return await enqueue(msg.batch, msg.replay ?? false, ctx);
       throw new XfError("INTERNAL", `Index cannot handle message "${(msg as { type: string }).type}"`);
     },
     async call(raw) {

@@ -33,6 +33,8 @@ export const LIMITS = {
   ingest_recent_ids_max: 100_000,
   /** Records one WAL group commit writes before its fdatasync. */
   wal_commit_records_max: 8192,
+  /** Events one RocksDB index write holds (batches waiting are written together). */
+  index_batch_events_max: 4096,
   /** Bytes of one WAL segment file before a new one starts. */
   wal_segment_bytes_max: 64 * 1024 * 1024,
   /** Every request that waits for a reply gives up after this. */
@@ -63,6 +65,22 @@ export const LIMITS = {
   peers_max: 8,
   /** Longest wait between reconnection attempts to a peer. */
   peer_backoff_max_ms: 30_000,
+  /** Bytes of one DHT WebSocket frame. */
+  dht_frame_bytes_max: 64 * 1024,
+  /** DHT requests one peer may make per second (a token bucket this deep); past it, RATE_LIMITED. */
+  dht_requests_per_sec_max: 50,
+  /** A DHT request unanswered for this long fails with TIMEOUT; also the DHT handshake's time. */
+  dht_request_timeout_ms: 5_000,
+  /** DHT requests one session has queued or in flight. */
+  dht_inflight_max: 64,
+  /** DHT sessions (WebSocket peers, both directions) at once. */
+  dht_sessions_max: 256,
+  /** Announcements in one find-peers or find-providers answer. */
+  dht_answer_records_max: 100,
+  /** Longest pause between two discovery rounds of a group. */
+  dht_discover_ms: 30_000,
+  /** Re-announce and refresh buckets this often (announcements live 20 minutes). */
+  dht_refresh_ms: 600_000,
 } as const;
 
 /** The limits in force on a node: the defaults with any overrides. */

@@ -13,6 +13,7 @@ import type { EventQuery } from "./index_stage.ts";
 import { encodeEvent, type Event } from "../storage/event.ts";
 import { fromHex, generateKeyPair, type KeyPair, toHex } from "../storage/ed25519.ts";
 import { NodeSync } from "../net/peers.ts";
+import { DhtService } from "../net/dht/service.ts";
 import { XfError } from "../storage/errors.ts";
 
 /** Options of {@linkcode openNode}. */
@@ -33,6 +34,9 @@ export interface MerkleRootInfo {
 /** A running node. */
 export class XfNode {
   #sync: NodeSync | null = null;
+  #dht: DhtService | null = null;
+  /** Where peers reach this node, `ws://host:port` ("" until it listens); announced in the DHT. */
+  publicUrl = "";
 
   /** @internal */
   constructor(readonly pipeline: Pipeline, readonly key: KeyPair, private readonly extraGroups: string[] = []) {}
@@ -40,6 +44,11 @@ export class XfNode {
   /** Peer sync: sessions, peers, progress events (`node.sync.events`). */
   get sync(): NodeSync {
     return this.#sync ??= new NodeSync(this, this.extraGroups);
+  }
+
+  /** The per-group DHT: routing tables, announcements, lookups, discovery (`node.dht.join(gid, bootstrap)`). */
+  get dht(): DhtService {
+    return this.#dht ??= new DhtService(this);
   }
 
   /** Whether `key` (hex; "" for nobody) may read the group, with its root and count. */
@@ -184,6 +193,7 @@ export class XfNode {
       metric("xf_sync_received_events", "gauge", "Of those, received", [["", sc.received]]);
       metric("xf_sync_remaining_events", "gauge", "Of those, still to come", [["", sc.progressRemaining]]);
     }
+    if (this.#dht) lines.push(...(await this.#dht.metrics()));
     metric("xf_index_batch_events", "gauge", "Mean events per index batch", [[
       "",
       c.indexBatches ? c.walAppended / c.indexBatches : 0,
@@ -192,9 +202,10 @@ export class XfNode {
   }
 
   /** Stop cleanly: peers are told, in-flight writes finish, the WAL is synced, RocksDB is closed. */
-  close(): Promise<void> {
+  async close(): Promise<void> {
+    await this.#dht?.close();
     this.#sync?.close();
-    return this.pipeline.stop();
+    return await this.pipeline.stop();
   }
 }
 

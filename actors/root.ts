@@ -322,15 +322,14 @@ export class Pipeline {
     }
   }
 
-  private indexed(m: { n: number; replay: boolean; lastSeq: number; stored: Uint8Array; duplicates: Uint8Array }) {
+  private indexed(m: { n: number; replayN: number; lastSeq: number; stored: Uint8Array; duplicates: Uint8Array }) {
     this.counters.indexBatches++;
     this.counters.indexed += m.stored.length / 32;
-    if (m.replay) {
-      this.replayWaiting -= m.n;
+    if (m.replayN) {
+      this.replayWaiting -= m.replayN;
       if (this.replayWaiting <= 0) this.replayDone?.();
-    } else {
-      this.ackedNotIndexed = Math.max(0, this.ackedNotIndexed - m.n);
     }
+    this.ackedNotIndexed = Math.max(0, this.ackedNotIndexed - m.n);
     const ids = new Uint8Array(m.stored.length + m.duplicates.length);
     ids.set(m.stored);
     ids.set(m.duplicates, m.stored.length);

@@ -29,6 +29,7 @@
  * @module
  */
 
+import { sha256 } from "@noble/hashes/sha2";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { fromHex, type KeyPair, toHex } from "../storage/ed25519.ts";
 import { type ErrorCode, toWire, XfError } from "../storage/errors.ts";
@@ -38,6 +39,9 @@ import { answerChallenge, type Authenticator } from "./auth.ts";
 
 /** Events held per session to try again once their manifest or membership arrives. */
 export const RETRY_EVENTS_MAX = 10_000;
+
+/** Ids remembered per session as received from the peer, so they are not echoed back. */
+export const ECHO_IDS_MAX = 100_000;
 
 /** Protocol version spoken here. */
 export const SYNC_VERSION = 1;
@@ -478,7 +482,11 @@ export class SyncSession {
     this.enqueue(gid, events, false);
   }
 
+  /** Ids the peer sent us: they are not streamed back to it. */
+  private fromPeer = new Set<string>();
+
   private enqueue(gid: string, events: Uint8Array[], live: boolean) {
+    if (live && this.fromPeer.size) events = events.filter((e) => !this.fromPeer.has(toHex(sha256(e))));
     if (this.state === "closed" || events.length === 0) return;
     this.queue.push({ gid, events, live });
     this.queued += events.length;
@@ -533,6 +541,10 @@ export class SyncSession {
       return this.strike("NOT_SUBSCRIBED", `Events for group "${gid}" without a subscription`, gid);
     }
     this.stats.eventsReceived += events.length;
+    for (const e of events) {
+      this.fromPeer.add(toHex(sha256(e)));
+      if (this.fromPeer.size > ECHO_IDS_MAX) this.fromPeer.delete(this.fromPeer.values().next().value!);
+    }
     let results: EventResult[] = [];
     if (events.length) {
       try {
@@ -552,7 +564,8 @@ export class SyncSession {
     for (const r of waiting) {
       if (this.retry.length < RETRY_EVENTS_MAX) this.retry.push({ gid, bytes: events[r.idx]! });
     }
-    if (stored && this.retry.length > waiting.length) await this.retryWaiting(gid);
+    // Something new was stored (a manifest or membership may be among it): try the waiting ones again.
+    if (stored && this.retry.length > 0) await this.retryWaiting(gid);
     let rejected = 0;
     for (const r of results) {
       if (r.status === "rejected") rejected++;

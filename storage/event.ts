@@ -58,6 +58,8 @@ export interface Event extends UnsignedEvent {
 export interface StoredEvent extends Event {
   id: Uint8Array;
   bytes: Uint8Array;
+  /** The signed bytes, when the event was decoded from its encoding. */
+  signed?: Uint8Array;
 }
 
 /** The limits the decoder checks (a subset of {@linkcode LIMITS}). */
@@ -102,8 +104,8 @@ export async function signEvent(key: KeyPair, e: Omit<UnsignedEvent, "author">):
 }
 
 /** True when the event's signature is valid for its author. */
-export function verifyEvent(e: Event): Promise<boolean> {
-  return verify(e.author, e.sig, signingBytes(e));
+export function verifyEvent(e: Event & { signed?: Uint8Array }): Promise<boolean> {
+  return verify(e.author, e.sig, e.signed ?? signingBytes(e));
 }
 
 function bad(message: string): never {
@@ -115,9 +117,10 @@ function bad(message: string): never {
  * types and the size limits. The signature is not checked here.
  *
  * Throws {@linkcode XfError} with code `EMPTY_BODY`, `BAD_CBOR`,
- * `NOT_DETERMINISTIC`, `BAD_EVENT` or `EVENT_TOO_LARGE`.
+ * `NOT_DETERMINISTIC`, `BAD_EVENT` or `EVENT_TOO_LARGE`. Pass `id` when the
+ * caller already hashed the bytes.
  */
-export function decodeEvent(bytes: Uint8Array, limits: EventLimits = LIMITS): StoredEvent {
+export function decodeEvent(bytes: Uint8Array, limits: EventLimits = LIMITS, id?: Uint8Array): StoredEvent {
   if (bytes.length === 0) throw new XfError("EMPTY_BODY", "Cannot decode event: no bytes");
   if (bytes.length > limits.event_bytes_max) {
     throw new XfError(
@@ -157,9 +160,14 @@ export function decodeEvent(bytes: Uint8Array, limits: EventLimits = LIMITS): St
     tags.push(pair as Tag);
   }
   const payload = field(r, 2, "payload");
+  const sigStart = r.pos;
   const sig = field(r, 2, "sig", 64);
   if (!r.done()) throw new XfError("BAD_CBOR", `Cannot decode event: ${bytes.length - r.pos} bytes after the array`);
-  return { group, author, ts, kind, tags, payload, sig, bytes, id: eventId(bytes) };
+  // The bytes are deterministic, so the signed 7-element array is the same bytes with a 7-element head.
+  const signed = new Uint8Array(sigStart);
+  signed.set(bytes.subarray(0, sigStart));
+  signed[0] = 0x87;
+  return { group, author, ts, kind, tags, payload, sig, bytes, id: id ?? eventId(bytes), signed };
 }
 
 function field(r: CborReader, major: 0, name: string): number;

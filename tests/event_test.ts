@@ -132,3 +132,11 @@ Deno.test("skipItem() finds item ends without judging determinism", () => {
   assertEquals(skipItem(b, 0), b.length);
   assertEquals(code(() => skipItem(hex("8301"), 0)), "BAD_CBOR");
 });
+
+Deno.test("decodeEvent() gives the signed bytes without re-encoding, equal to signingBytes()", async () => {
+  const { signingBytes } = await import("../storage/event.ts");
+  for (const v of vectors.events) {
+    const e = decodeEvent(hex(v.bytes));
+    assertEquals(toHex(e.signed!), toHex(signingBytes(e)));
+  }
+});
