@@ -476,7 +476,9 @@ export function indexStage(): Stage<IndexConfig> {
               s.used = now;
             }
           } else {
-            r = new Reconciler(tree, opts);
+            // As a responder this node answers id lists with its own ids (the C++ reference's way), so the
+            // initiator learns the whole difference: it asks for what it lacks and sends what we lack.
+            r = new Reconciler(tree, { ...opts, idListReply: true });
           }
           if (!msg.msg) return { output: r.initiate(), have: [], need: [] };
           const res = r.reconcile(msg.msg);

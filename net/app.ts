@@ -276,6 +276,27 @@ export function createApp(node: XfNode) {
           },
         };
       }),
+    )
+    .get(
+      "/v1/dht",
+      upgradeWebSocket(() => {
+        let ch: FrameChannel | null = null;
+        return {
+          onOpen(_ev, ws) {
+            ch = wsChannel(ws);
+            node.dht.accept(ch);
+          },
+          onMessage(ev) {
+            const d = ev.data;
+            ch?.onFrame?.(
+              d instanceof ArrayBuffer ? new Uint8Array(d) : d instanceof Uint8Array ? d : new Uint8Array(0),
+            );
+          },
+          onClose(ev) {
+            ch?.onClose?.((ev as CloseEvent).reason || "closed");
+          },
+        };
+      }),
     );
 
   app.notFound((c) =>

@@ -113,6 +113,9 @@ async function runServe(f: Flags) {
   );
   // Stay connected to every bootstrap peer: sync each group both serve, then live events; reconnect on drops.
   for (const p of peers) node.sync.dial(p);
+  // Find each group's other members through its DHT, from the --peer list, and keep syncing with them.
+  node.publicUrl = served.url.replace(/^http/, "ws");
+  for (const g of groups) node.dht.join(g, peers);
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;

@@ -12,6 +12,7 @@ import { fromHex, toHex } from "../storage/ed25519.ts";
 import { XfError } from "../storage/errors.ts";
 import { sha256 } from "@noble/hashes/sha2";
 import { Authenticator } from "./auth.ts";
+import type { EventResult } from "../actors/batch.ts";
 import { type FrameChannel, type SessionStats, type SyncHost, type SyncReport, SyncSession } from "./sync.ts";
 
 /** A peer as this node knows it, per group. */
@@ -135,7 +136,15 @@ export class NodeSync implements SyncHost {
 
   async submit(gid: string, events: Uint8Array[]) {
     this.counters.eventsReceived += events.length;
-    return await this.node.publish(events, fromHex(gid)!);
+    // The pipeline takes at most http_batch_events_max events per request.
+    const max = this.limits.http_batch_events_max;
+    const parts: Promise<EventResult[]>[] = [];
+    for (let i = 0; i < events.length; i += max) parts.push(this.node.publish(events.slice(i, i + max), fromHex(gid)!));
+    const out: EventResult[] = [];
+    for (const [k, r] of (await Promise.all(parts)).entries()) {
+      for (const x of r) out.push({ ...x, idx: x.idx + k * max });
+    }
+    return out;
   }
 
   subscribe(gid: string, cb: (events: Uint8Array[]) => void) {

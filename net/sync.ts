@@ -16,6 +16,7 @@
  *    │ ◄──  neg {gid, msg}                      │   index, no scan
  *    │   … until the client's reconciler is done; meanwhile either side:
  *    │ want {gid, ids}  /  events {gid, events} │   what the other lacks
+ *    │ missing {gid, ids}                       │   asked for, but not held
  *    │ credit {n}                               │   receiver grants more events
  *    │ ◄──  events {gid, events, live: true}    │   new events, both ways
  *    │ bye {reason}  /  error {code, message}   │
@@ -285,6 +286,8 @@ export class SyncSession {
         );
       case "want":
         return await this.onWant(f);
+      case "missing":
+        return this.onMissing(f);
       case "events":
         return await this.onEvents(f);
       case "credit": {
@@ -417,7 +420,8 @@ export class SyncSession {
     else this.reconciled(gid);
   }
 
-  private pendingWants = new Map<string, number>();
+  /** Ids asked of the peer and not yet received, per group. */
+  private pendingWants = new Map<string, Set<string>>();
   private retry: { gid: string; bytes: Uint8Array }[] = [];
 
   private async retryWaiting(gid: string) {
@@ -434,10 +438,27 @@ export class SyncSession {
 
   private reconciled(gid: string) {
     // Done when every wanted event arrived; checked as events come in.
-    if ((this.pendingWants.get(gid) ?? 0) <= 0) this.finish(gid);
+    if ((this.pendingWants.get(gid)?.size ?? 0) === 0) this.finish(gid);
     else this.reconcileDone.add(gid);
   }
   private reconcileDone = new Set<string>();
+
+  private checkDone(gid: string) {
+    if ((this.pendingWants.get(gid)?.size ?? 0) === 0 && this.reconcileDone.has(gid)) {
+      this.reconcileDone.delete(gid);
+      this.finish(gid);
+    }
+  }
+
+  /** The peer does not hold some ids we asked for (gone since it listed them): stop waiting for them. */
+  private onMissing(f: Frame) {
+    const gid = field<string>(f, "gid", isGid, "64 hex digits");
+    const ids = field<Uint8Array[]>(f, "ids", (v) => Array.isArray(v) && v.every(isBytes(32)), "a list of ids");
+    const wanted = this.pendingWants.get(gid);
+    if (!wanted) return;
+    for (const id of ids) wanted.delete(toHex(id));
+    this.checkDone(gid);
+  }
 
   /** Send what the peer lacks; ask for what we lack. */
   private async act(gid: string, have: Uint8Array[], need: Uint8Array[]) {
@@ -445,7 +466,9 @@ export class SyncSession {
     this.progress.set(gid, p);
     if (need.length) {
       p.missing += need.length;
-      this.pendingWants.set(gid, (this.pendingWants.get(gid) ?? 0) + need.length);
+      const wanted = this.pendingWants.get(gid) ?? new Set<string>();
+      for (const id of need) wanted.add(toHex(id));
+      this.pendingWants.set(gid, wanted);
       for (let i = 0; i < need.length; i += this.host.limits.sync_want_ids_max) {
         this.send(frame("want", { gid, ids: need.slice(i, i + this.host.limits.sync_want_ids_max) }));
       }
@@ -465,21 +488,25 @@ export class SyncSession {
     if (!this.theirSubs.has(gid) && !this.ourSubs.has(gid)) {
       return this.strike("NOT_SUBSCRIBED", `want for group "${gid}" without a subscription`, gid);
     }
-    await this.sendEvents(gid, ids as Uint8Array[]);
+    await this.sendEvents(gid, ids as Uint8Array[], true);
   }
 
-  private async sendEvents(gid: string, ids: Uint8Array[]) {
+  private async sendEvents(gid: string, ids: Uint8Array[], answerMissing = false) {
     const gidBytes = fromHex(gid)!;
     const events: Uint8Array[] = [];
+    const missing: Uint8Array[] = [];
     for (let i = 0; i < ids.length; i += 512) {
-      for (const b of await this.host.getMany(ids.slice(i, i + 512))) {
+      const chunk = ids.slice(i, i + 512);
+      (await this.host.getMany(chunk)).forEach((b, j) => {
         // Only events of this group.
         if (b && b.length > 36 && equal32(b.subarray(4, 36), gidBytes)) events.push(b);
-      }
+        else missing.push(chunk[j]!);
+      });
     }
     // Manifests, then membership, then the rest: a joining peer can accept them in this order.
     events.sort((a, b) => engineKind(a) - engineKind(b));
     this.enqueue(gid, events, false);
+    if (answerMissing && missing.length) this.send(frame("missing", { gid, ids: missing }));
   }
 
   /** Ids the peer sent us: they are not streamed back to it. */
@@ -577,13 +604,10 @@ export class SyncSession {
       p.received += events.length;
       this.host.report({ type: "progress", gid, node: this.peer, ...p });
     }
-    if (!f.get("live")) {
-      const left = (this.pendingWants.get(gid) ?? 0) - events.length;
-      this.pendingWants.set(gid, left);
-      if (left <= 0 && this.reconcileDone.has(gid)) {
-        this.reconcileDone.delete(gid);
-        this.finish(gid);
-      }
+    const wanted = this.pendingWants.get(gid);
+    if (wanted) {
+      for (const e of events) wanted.delete(toHex(sha256(e)));
+      this.checkDone(gid);
     }
     this.granted += events.length;
     this.send(frame("credit", { n: events.length }));
