@@ -8,6 +8,7 @@
  * xf group create --name NAME [--closed] [--key FILE] [--node URL]
  * xf publish --group GID [--kind N] [--tag k=v]... (--text S | --file F) [--key FILE] [--node URL]
  * xf sync --peer ws://HOST:PORT [--group GID]... [--node URL]   (one-shot sync of the node with a peer)
+ * xf fsck [--data DIR] [--group GID]...   (node stopped: rebuild each group's Merkle tree and compare every page)
  * xf get ID [--node URL]
  * xf query --group GID [--since MS] [--until MS] [--kind N] [--author HEX] [--limit N] [--cursor C] [--node URL]
  * ```
@@ -189,6 +190,25 @@ async function main(args: string[]) {
       });
       return console.log(JSON.stringify(await r.json()));
     }
+    case "fsck": {
+      // Offline check (the node must be stopped): rebuild each group's tree from its events, compare every page.
+      const dataDir = flag(f, "data", "XF_DATA") ?? "./data";
+      const node = await openNode({ dataDir, workers: false });
+      let bad = 0;
+      try {
+        const groups = list(f, "group", "XF_GROUP");
+        const all = groups.length ? groups : await node.pipeline.index<string[]>({ type: "index.listGroups" });
+        for (const gid of all) {
+          const r = await node.fsck(gid);
+          if (!r?.ok) bad++;
+          console.log(JSON.stringify({ group: gid, ...(r ?? { ok: false, firstDifference: "unknown group" }) }));
+        }
+      } finally {
+        await node.close();
+      }
+      if (bad) Deno.exit(1);
+      return;
+    }
     case "get": {
       if (!sub) throw new Error("get needs an event id");
       const r = await fetch(`${nodeUrl(f)}/v1/events/${sub}`, { headers: { accept: "application/json" } });
@@ -208,7 +228,7 @@ async function main(args: string[]) {
       return console.log(JSON.stringify(await r.json()));
     }
     default:
-      console.error("usage: xf serve|keygen|group create|publish|sync|get|query  (see net/main.ts)");
+      console.error("usage: xf serve|keygen|group create|publish|sync|fsck|get|query  (see net/main.ts)");
       Deno.exit(cmd ? 2 : 0);
   }
 }
