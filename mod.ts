@@ -5,6 +5,7 @@
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { createGroup, generateKeyPair, openNode, signEvent, toHex } from "./mod.ts";
  *
  * const node = await openNode({ dataDir: await Deno.makeTempDir(), workers: false });
@@ -16,9 +17,9 @@
  *     group: gid, ts: Date.now(), kind: 16, tags: [], payload: new TextEncoder().encode("hello"),
  *   });
  *   const [result] = await node.publish(hello);
- *   console.assert(result!.status === "stored");
+ *   assert(result!.status === "stored");
  *   const page = await node.query({ gid: toHex(gid), limit: 10 });
- *   console.assert(page!.events.length === 2);
+ *   assert(page!.events.length === 2);
  * } finally {
  *   await node.close();
  * }

@@ -39,7 +39,7 @@ export class ChildRef {
   private nextCall = 1;
   private calls = new Map<
     number,
-    { resolve(v: unknown): void; reject(e: unknown): void; timer: ReturnType<typeof setTimeout> }
+    { msg: unknown; resolve(v: unknown): void; reject(e: unknown): void; timer: ReturnType<typeof setTimeout> }
   >();
   private waiters: { t: string; resolve(): void; reject(e: unknown): void }[] = [];
 
@@ -68,6 +68,8 @@ export class ChildRef {
     await this.waitFor("ready", timeoutMs, `Stage "${this.id}" did not start within ${timeoutMs} ms`);
     this.state = "up";
     for (const w of this.upWaiters.splice(0)) w();
+    // Requests that were in flight when the previous child crashed are asked again.
+    for (const [id, c] of this.calls) this.post({ t: "call", id, msg: c.msg });
     // Unfinished batches go first, in their original order.
     const again = [...this.inflight.values()];
     this.inflight.clear();
@@ -97,7 +99,7 @@ export class ChildRef {
         this.calls.delete(id);
         reject(new XfError("TIMEOUT", `Request to stage "${this.id}" timed out after ${timeoutMs} ms`));
       }, timeoutMs);
-      this.calls.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
+      this.calls.set(id, { msg, resolve: resolve as (v: unknown) => void, reject, timer });
       this.post({ t: "call", id, msg });
     });
   }
@@ -133,17 +135,23 @@ export class ChildRef {
     this.kill(new XfError("SHUTTING_DOWN", `Stage "${this.id}" stopped`));
   }
 
-  /** Terminate at once (after a crash, or when a stop times out). */
-  kill(reason: XfError): void {
+  /**
+   * Terminate at once (after a crash, or when a stop times out). Requests in
+   * flight fail, unless `keepCalls` (a crash the supervisor will restart
+   * from): then they are asked again of the new child, within their timeouts.
+   */
+  kill(reason: XfError, keepCalls = false): void {
     const s = this.spawned;
     this.spawned = null;
     this.state = "down";
     s?.terminate();
-    for (const c of this.calls.values()) {
-      clearTimeout(c.timer);
-      c.reject(new XfError("STAGE_DOWN", `Stage "${this.id}" went down: ${reason.message}`));
+    if (!keepCalls || this.closed) {
+      for (const c of this.calls.values()) {
+        clearTimeout(c.timer);
+        c.reject(new XfError("STAGE_DOWN", `Stage "${this.id}" went down: ${reason.message}`));
+      }
+      this.calls.clear();
     }
-    this.calls.clear();
     for (const w of this.waiters.splice(0)) w.reject(reason);
   }
 
@@ -223,7 +231,7 @@ export class ChildRef {
   crashed(error: XfError): void {
     if (this.state === "down") return;
     this.stats.crashes++;
-    this.kill(error);
+    this.kill(error, true);
     this.hooks.onCrash(this.id, error);
   }
 }

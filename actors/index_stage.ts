@@ -18,7 +18,7 @@ import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch
 import { LIMITS, type Limits } from "./limits.ts";
 import type { GroupInfo } from "./decode.ts";
 import { type Kv, MemoryKv, openRocks } from "../storage/kv.ts";
-import { eventKey, groupKey, KS, metaKey, prefixEnd, timeKey, timeKeyFloor, u64be } from "../storage/keys.ts";
+import { eventKey, groupKey, KS, metaKey, peerKey, prefixEnd, timeKey, timeKeyFloor, u64be } from "../storage/keys.ts";
 import { Reconciler } from "../net/negentropy.ts";
 import { VectorStorage } from "../net/negentropy_storage.ts";
 
@@ -83,6 +83,9 @@ export type IndexCall =
     frameSizeLimit?: number;
   }
   | { type: "index.listGroups" }
+  | { type: "index.admission"; gid: string }
+  | { type: "index.peers.load"; gid: string }
+  | { type: "index.peers.save"; gid: string; table: Uint8Array }
   | { type: "index.access"; gid: string; key: string }
   | { type: "index.authorize"; items: AuthorizeItem[] }
   | { type: "index.stats" };
@@ -123,6 +126,8 @@ function decodeGroup(b: Uint8Array): GroupRecord {
 }
 
 const ZERO_ID = new Uint8Array(32);
+/** The peers keyspace holds one record per group under this id: the DHT routing table (JSON). */
+const ROUTING_TABLE_ID = new Uint8Array(32);
 const NO_BYTES = new Uint8Array(0);
 
 /**
@@ -526,6 +531,25 @@ export function indexStage(): Stage<IndexConfig> {
             } else out.push({ ok: true });
           }
           return out;
+        }
+        case "index.peers.load": {
+          const g = fromHex(msg.gid);
+          if (!g || g.length !== 32) throw new XfError("BAD_GROUP_ID", `Cannot load peers of group "${msg.gid}"`);
+          return (await kv!.get(peerKey(g, ROUTING_TABLE_ID))) ?? null;
+        }
+        case "index.peers.save": {
+          const g = fromHex(msg.gid);
+          if (!g || g.length !== 32) throw new XfError("BAD_GROUP_ID", `Cannot save peers of group "${msg.gid}"`);
+          await kv!.batch([{ type: "put", key: peerKey(g, ROUTING_TABLE_ID), value: msg.table }], { sync: true });
+          return true;
+        }
+        case "index.admission": {
+          // What a peer needs first to accept a group's other events: its manifest, then its membership events.
+          const g = await group(msg.gid);
+          const st = await stateOf(msg.gid);
+          if (!g || !st) return [];
+          const ids = [g.manifest, ...st.toJSON().events.map((e) => e.id)].map((h) => eventKey(fromHex(h)!));
+          return (await kv!.getMany(ids)).filter((v): v is Uint8Array => v !== undefined);
         }
         case "index.listGroups": {
           const out: string[] = [];

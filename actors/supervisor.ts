@@ -91,7 +91,11 @@ export class Supervisor {
     if (this.stopped) return;
     const i = this.children.findIndex((c) => c.id === id);
     const spec = this.specs[i]!;
-    if (spec.restart === "temporary") return;
+    if (spec.restart === "temporary") {
+      this.children[i]!.closed = true;
+      this.children[i]!.kill(error); // not restarted: its requests fail now
+      return;
+    }
     const now = (this.opts.now ?? Date.now)();
     const period = this.opts.periodMs ?? LIMITS.restart_period_ms;
     this.restarts.push(now);

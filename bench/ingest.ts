@@ -75,7 +75,50 @@ export async function makeWorkload(n: number) {
   return { gid, manifest, events };
 }
 
-export async function startNodeProcess(dir: string) {
+/**
+ * Signed events packed straight into request bodies of `per` events each (CBOR arrays), so the load
+ * generator holds a few hundred buffers instead of a few hundred thousand objects (whose garbage
+ * collection would otherwise slow the client, not the node).
+ */
+export async function makeBodies(
+  gid: Uint8Array,
+  n: number,
+  per: number,
+  tsBase: number,
+): Promise<{ bodies: Uint8Array[]; events: number }> {
+  const authors = await Promise.all(Array.from({ length: 8 }, () => generateKeyPair()));
+  const bodies: Uint8Array[] = [];
+  for (let i = 0; i < n; i += per) {
+    const chunk = await Promise.all(
+      Array.from({ length: Math.min(per, n - i) }, (_, j) =>
+        signEvent(authors[(i + j) % authors.length]!, {
+          group: gid,
+          ts: tsBase + i + j,
+          kind: 16,
+          tags: [["n", String(i + j)]],
+          payload: new Uint8Array(200).fill((i + j) & 0xff),
+        })),
+    );
+    bodies.push(cborArrayOf(chunk.map((e) => e.bytes)));
+  }
+  return { bodies, events: n };
+}
+
+async function postBody(url: string, gid: Uint8Array, body: Uint8Array): Promise<{ status: number; stored: number }> {
+  const r = await fetch(`${url}/v1/groups/${toHex(gid)}/events`, {
+    method: "POST",
+    body: body as BodyInit,
+    headers: { "content-type": "application/cbor" },
+  });
+  if (r.status !== 200) {
+    await r.body?.cancel();
+    return { status: r.status, stored: 0 };
+  }
+  const { results } = await r.json();
+  return { status: 200, stored: results.filter((x: { status: string }) => x.status === "stored").length };
+}
+
+async function startNodeProcess(dir: string) {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", new URL("../net/main.ts", import.meta.url).pathname, "serve", "--data", dir, "--port", "0"],
     stdout: "piped",
@@ -97,75 +140,48 @@ export async function startNodeProcess(dir: string) {
   return { child, url, rssPeakMb };
 }
 
-async function postBatch(
-  url: string,
-  gid: Uint8Array,
-  batch: StoredEvent[],
-): Promise<{ status: number; stored: number }> {
-  const r = await fetch(`${url}/v1/groups/${toHex(gid)}/events`, {
-    method: "POST",
-    body: cborArrayOf(batch.map((e) => e.bytes)) as BodyInit,
-    headers: { "content-type": "application/cbor" },
-  });
-  if (r.status !== 200) {
-    await r.body?.cancel();
-    return { status: r.status, stored: 0 };
-  }
-  const { results } = await r.json();
-  const stored = results.filter((x: { status: string }) => x.status === "stored").length;
-  if (stored < batch.length && Deno.env.get("XF_BENCH_DEBUG")) {
-    console.error(results.find((x: { status: string }) => x.status !== "stored"));
-  }
-  return { status: 200, stored };
-}
-
-/** Closed-loop: W writers, each posting batches back to back. */
-export async function httpThroughput(url: string, gid: Uint8Array, events: StoredEvent[], writers = 4, batch = 500) {
+/** Closed loop: W writers, each posting bodies back to back; events stored per second. */
+export async function httpThroughput(url: string, gid: Uint8Array, bodies: Uint8Array[], writers = 4) {
   let next = 0;
   let stored = 0;
   const t = performance.now();
   await Promise.all(Array.from({ length: writers }, async () => {
-    while (next < events.length) {
-      const b = events.slice(next, next + batch);
-      next += batch;
-      stored += (await postBatch(url, gid, b)).stored;
-    }
+    while (next < bodies.length) stored += (await postBody(url, gid, bodies[next++]!)).stored;
   }));
   return stored / ((performance.now() - t) / 1000);
 }
 
-/** Open-loop: batches of `batch` events offered at `rate` events/s for `seconds`. */
+/** Open loop: bodies of `per` events offered at `rate` events/s for at most `seconds`. */
 async function openLoop(
   url: string,
   gid: Uint8Array,
-  events: StoredEvent[],
+  bodies: Uint8Array[],
+  per: number,
   rate: number,
   seconds: number,
-  batch = 20,
 ) {
   const latencies: number[] = [];
   let shed = 0, stored = 0, sent = 0, other = 0;
-  const interval = (batch / rate) * 1000;
+  const interval = (per / rate) * 1000;
   const start = performance.now();
   const inflight: Promise<void>[] = [];
   let i = 0;
-  while (performance.now() - start < seconds * 1000 && i < events.length) {
-    const due = start + (sent / batch) * interval;
+  while (performance.now() - start < seconds * 1000 && i < bodies.length) {
+    const due = start + i * interval;
     const wait = due - performance.now();
     if (wait > 1) await new Promise((r) => setTimeout(r, wait));
-    const b = events.slice(i, i + batch);
-    i += batch;
-    sent += batch;
+    const body = bodies[i++]!;
+    sent += per;
     const t0 = performance.now();
     inflight.push(
-      postBatch(url, gid, b).then((r) => {
+      postBody(url, gid, body).then((r) => {
         if (r.status === 200) {
           latencies.push(performance.now() - t0);
           stored += r.stored;
-        } else if (r.status === 503) shed += b.length;
-        else other += b.length;
+        } else if (r.status === 503) shed += per;
+        else other += per;
       }, () => {
-        other += b.length;
+        other += per;
       }),
     );
   }
@@ -179,11 +195,17 @@ async function openLoop(
 export async function benchIngest(): Promise<{ rows: Row[]; notes: string[] }> {
   const rows: Row[] = [];
   const notes: string[] = [];
-  console.error(`ingest: signing ${N * 4} events ...`);
-  const w = await makeWorkload(N * 4);
-  const httpEvents = w.events.slice(0, N);
-  const libEvents = w.events.slice(N, 2 * N);
-  const fresh = w.events.slice(2 * N);
+  const owner = await generateKeyPair();
+  const { gid, manifest } = await createGroup(owner, { name: "bench", policy: 0 });
+  const ts0 = Date.now() - 100_000_000;
+  console.error(`ingest: signing events ...`);
+  const http = await makeBodies(gid, N, 500, ts0);
+  const lib = await makeBodies(gid, N, 500, ts0 + N);
+  // Open-loop phases get fresh events sized after the measured rate (capped): half rate for 5 s, twice it for 4 s.
+  const halfMax = Math.min(15_000, N) * 5;
+  const half = await makeBodies(gid, halfMax, 20, ts0 + 2 * N);
+  const overMax = Math.min(40_000, 2 * N) * 4;
+  const overBodies = await makeBodies(gid, overMax, 100, ts0 + 2 * N + halfMax);
 
   // HTTP first, on a quiet machine: the node in its own process, as `deno task start` runs it.
   const dir = await Deno.makeTempDir({ prefix: "xf-bench-http-" });
@@ -191,21 +213,19 @@ export async function benchIngest(): Promise<{ rows: Row[]; notes: string[] }> {
   let httpRate = 0, p99 = 0, halfRate = 0, over: Awaited<ReturnType<typeof openLoop>> | null = null;
   let rssPeak = 0;
   try {
-    await postBatch(proc.url, w.gid, [w.manifest]);
-    httpRate = await httpThroughput(proc.url, w.gid, httpEvents);
+    await postBody(proc.url, gid, cborArrayOf([manifest.bytes]));
+    httpRate = await httpThroughput(proc.url, gid, http.bodies);
     halfRate = Math.round(httpRate / 2);
-    const halfEvents = fresh.splice(0, Math.round(halfRate * 5));
-    const half = await openLoop(proc.url, w.gid, halfEvents, halfRate, 5);
-    p99 = percentile(half.latencies, 0.99);
+    const h = await openLoop(proc.url, gid, half.bodies, 20, halfRate, 5);
+    p99 = percentile(h.latencies, 0.99);
     notes.push(
-      `ack latency at ${halfRate} ev/s offered (open loop, batches of 20, ${half.latencies.length} requests): p50 ${
-        percentile(half.latencies, 0.5).toFixed(1)
-      } ms, p90 ${percentile(half.latencies, 0.9).toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, p99.9 ${
-        percentile(half.latencies, 0.999).toFixed(1)
-      } ms, max ${(half.latencies.at(-1) ?? 0).toFixed(1)} ms`,
+      `ack latency at ${halfRate} ev/s offered (open loop, batches of 20, ${h.latencies.length} requests): p50 ${
+        percentile(h.latencies, 0.5).toFixed(1)
+      } ms, p90 ${percentile(h.latencies, 0.9).toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, p99.9 ${
+        percentile(h.latencies, 0.999).toFixed(1)
+      } ms, max ${(h.latencies.at(-1) ?? 0).toFixed(1)} ms`,
     );
-    // Twice the measured rate, with events the node has not seen.
-    over = await openLoop(proc.url, w.gid, fresh, httpRate * 2, 4, 100);
+    over = await openLoop(proc.url, gid, overBodies.bodies, 100, httpRate * 2, 4);
     rssPeak = await proc.rssPeakMb();
   } finally {
     proc.child.kill("SIGTERM");
@@ -216,22 +236,18 @@ export async function benchIngest(): Promise<{ rows: Row[]; notes: string[] }> {
   // Library API, stages in Workers (the service's own layout).
   const libDir = await Deno.makeTempDir({ prefix: "xf-bench-lib-" });
   const node = await openNode({ dataDir: libDir });
-  await node.publish(w.manifest);
+  await node.publish(manifest);
   let next = 0;
   const t0 = performance.now();
   await Promise.all(Array.from({ length: 4 }, async () => {
-    while (next < libEvents.length) {
-      const b = libEvents.slice(next, next + 500);
-      next += 500;
-      await node.publish(b);
-    }
+    while (next < lib.bodies.length) await node.submit(gid, lib.bodies[next++]!);
   }));
-  const libRate = libEvents.length / ((performance.now() - t0) / 1000);
+  const libRate = N / ((performance.now() - t0) / 1000);
   await node.close();
   await Deno.remove(libDir, { recursive: true });
 
   const verify = verifyRate();
-  const rocks = await rocksPutRate(w.events.slice(0, 50_000));
+  const rocks = await rocksPutRate((await makeWorkload(20_000)).events);
   const hyper = await hypercoreRate();
   rows.push(
     {

@@ -42,10 +42,11 @@ export const BOUNDARY_DIVISOR = 80;
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { boundaryThreshold } from "./chunker.ts";
- * console.assert(boundaryThreshold(128) === 0);
- * console.assert(boundaryThreshold(384) === 53687091);
- * console.assert(boundaryThreshold(512) === 2 ** 32);
+ * assert(boundaryThreshold(128) === 0);
+ * assert(boundaryThreshold(384) === 53687091);
+ * assert(boundaryThreshold(512) === 2 ** 32);
  * ```
  */
 export function boundaryThreshold(size: number): number {

@@ -25,8 +25,9 @@ export const FINGERPRINT_BYTES = 16;
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { negentropyVarint } from "./fingerprint.ts";
- * console.assert(negentropyVarint(300).join() === "130,44");
+ * assert(negentropyVarint(300).join() === "130,44");
  * ```
  */
 export function negentropyVarint(n: number): Uint8Array {
@@ -47,9 +48,10 @@ export function negentropyVarint(n: number): Uint8Array {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { fingerprintOf } from "./fingerprint.ts";
  * const fp = fingerprintOf(new Uint8Array(32), 0);
- * console.assert(fp.length === 16);
+ * assert(fp.length === 16);
  * ```
  */
 export function fingerprintOf(sum: Uint8Array | Uint32Array, count: number): Uint8Array {

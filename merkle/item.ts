@@ -43,10 +43,11 @@ export interface Bound {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { compareItems } from "./item.ts";
  * const a = { ts: 1, id: new Uint8Array(32) };
  * const b = { ts: 1, id: new Uint8Array(32).fill(1) };
- * console.assert(compareItems(a, b) < 0);
+ * assert(compareItems(a, b) < 0);
  * ```
  */
 export function compareItems(a: Item, b: Bound): number {
@@ -59,9 +60,10 @@ export function compareItems(a: Item, b: Bound): number {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { itemKey } from "./item.ts";
  * const key = itemKey({ ts: 258, id: new Uint8Array(32) });
- * console.assert(key.length === 40 && key[6] === 1 && key[7] === 2);
+ * assert(key.length === 40 && key[6] === 1 && key[7] === 2);
  * ```
  */
 export function itemKey(item: Item): Uint8Array {

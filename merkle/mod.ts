@@ -84,6 +84,7 @@
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { MerkleTree, verifyProof } from "./mod.ts";
  * const pages = new Map<string, Uint8Array>();
  * const hex = (h: Uint8Array) => Array.from(h, (b) => b.toString(16).padStart(2, "0")).join("");
@@ -92,7 +93,7 @@
  * const { root, put, del } = tree.insert([item]);
  * for (const [k, v] of put) pages.set(k, v);
  * for (const k of del) pages.delete(k);
- * console.assert(verifyProof(tree.prove(item)!, item.id, root.hash));
+ * assert(verifyProof(tree.prove(item)!, item.id, root.hash));
  * ```
  *
  * @module

@@ -36,10 +36,11 @@ export interface NegentropyStorage {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { MerkleTree } from "./tree.ts";
  * import { negentropyStorage } from "./negentropy.ts";
  * const storage = negentropyStorage(new MerkleTree({ get: () => undefined }, null));
- * console.assert(storage.size() === 0 && storage.fingerprint(0, 0).length === 16);
+ * assert(storage.size() === 0 && storage.fingerprint(0, 0).length === 16);
  * ```
  */
 export function negentropyStorage(tree: MerkleTree): NegentropyStorage {

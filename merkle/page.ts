@@ -129,9 +129,10 @@ export class Page {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { binaryRoot } from "./page.ts";
  * const one = new Uint8Array(32).fill(7);
- * console.assert(binaryRoot(one)[0] === 7);
+ * assert(binaryRoot(one)[0] === 7);
  * ```
  */
 export function binaryRoot(nodes: Uint8Array): Uint8Array {
@@ -185,8 +186,9 @@ export function wrapPageHash(level: number, n: number, root: Uint8Array): Uint8A
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { pageHash } from "./page.ts";
- * console.assert(pageHash(0, new Uint8Array(64)).length === 32);
+ * assert(pageHash(0, new Uint8Array(64)).length === 32);
  * ```
  */
 export function pageHash(level: number, nodes: Uint8Array): Uint8Array {
@@ -198,9 +200,10 @@ export function pageHash(level: number, nodes: Uint8Array): Uint8Array {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { decodePage, encodePage, Page } from "./page.ts";
  * const page = new Page({ level: 0, nodes: new Uint8Array(32), firstTs: Float64Array.of(5), firstIds: null, counts: null, sums: null });
- * console.assert(decodePage(encodePage(page)).firstTs[0] === 5);
+ * assert(decodePage(encodePage(page)).firstTs[0] === 5);
  * ```
  */
 export function encodePage(page: Page): Uint8Array {

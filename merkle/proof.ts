@@ -52,9 +52,10 @@ export function siblingCount(index: number, count: number): number {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { encodeProof } from "./proof.ts";
  * const proof = encodeProof([{ index: 0, count: 1, siblings: [] }]);
- * console.assert(proof.length === 6);
+ * assert(proof.length === 6);
  * ```
  */
 export function encodeProof(steps: readonly ProofStep[]): Uint8Array {
@@ -86,12 +87,13 @@ export function encodeProof(steps: readonly ProofStep[]): Uint8Array {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { MerkleTree } from "./tree.ts";
  * import { verifyProof } from "./proof.ts";
  * const id = new Uint8Array(32).fill(9);
  * const { root, put } = MerkleTree.build([{ ts: 1, id }]);
  * const tree = new MerkleTree({ get: (h) => put.get(Array.from(h, (b) => b.toString(16).padStart(2, "0")).join("")) }, root);
- * console.assert(verifyProof(tree.prove({ ts: 1, id })!, id, root.hash));
+ * assert(verifyProof(tree.prove({ ts: 1, id })!, id, root.hash));
  * ```
  */
 export function verifyProof(proof: Uint8Array, eventId: Uint8Array, root: Uint8Array): boolean {

@@ -93,6 +93,7 @@ interface Located {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { MerkleTree, type PageStore } from "./tree.ts";
  * const pages = new Map<string, Uint8Array>();
  * const hex = (h: Uint8Array) => Array.from(h, (b) => b.toString(16).padStart(2, "0")).join("");
@@ -102,7 +103,7 @@ interface Located {
  * const { put, del } = tree.insert([{ ts: 10, id }]);
  * for (const [k, v] of put) pages.set(k, v);
  * for (const k of del) pages.delete(k);
- * console.assert(tree.size() === 1 && tree.has({ ts: 10, id }));
+ * assert(tree.size() === 1 && tree.has({ ts: 10, id }));
  * ```
  */
 export class MerkleTree {
@@ -138,9 +139,10 @@ export class MerkleTree {
    *
    * @example
    * ```ts
+   * import { assert } from "@std/assert";
    * import { MerkleTree } from "./tree.ts";
    * const { root, put } = MerkleTree.build([{ ts: 1, id: new Uint8Array(32) }]);
-   * console.assert(root.count === 1 && root.depth === 1 && put.size === 1);
+   * assert(root.count === 1 && root.depth === 1 && put.size === 1);
    * ```
    */
   static build(sortedItems: readonly Item[]): PageWrites {
@@ -164,10 +166,11 @@ export class MerkleTree {
    *
    * @example
    * ```ts
+   * import { assert } from "@std/assert";
    * import { MerkleTree } from "./tree.ts";
    * const tree = new MerkleTree({ get: () => undefined }, null);
    * tree.insert([{ ts: 7, id: new Uint8Array(32) }]);
-   * console.assert(tree.getItem(0).ts === 7);
+   * assert(tree.getItem(0).ts === 7);
    * ```
    */
   getItem(i: number): Item {
@@ -184,11 +187,12 @@ export class MerkleTree {
    *
    * @example
    * ```ts
+   * import { assert } from "@std/assert";
    * import { MerkleTree } from "./tree.ts";
    * const tree = new MerkleTree({ get: () => undefined }, null);
    * tree.insert([{ ts: 5, id: new Uint8Array(32) }, { ts: 9, id: new Uint8Array(32) }]);
-   * console.assert(tree.findLowerBound({ ts: 6, id: new Uint8Array(0) }) === 1);
-   * console.assert(tree.findLowerBound(0, 1, { ts: 10, id: new Uint8Array(0) }) === 1);
+   * assert(tree.findLowerBound({ ts: 6, id: new Uint8Array(0) }) === 1);
+   * assert(tree.findLowerBound(0, 1, { ts: 10, id: new Uint8Array(0) }) === 1);
    * ```
    */
   findLowerBound(bound: Bound): number;
@@ -285,10 +289,11 @@ export class MerkleTree {
    *
    * @example
    * ```ts
+   * import { assert } from "@std/assert";
    * import { MerkleTree } from "./tree.ts";
    * const tree = new MerkleTree({ get: () => undefined }, null);
    * const w = tree.insert([{ ts: 2, id: new Uint8Array(32).fill(2) }, { ts: 1, id: new Uint8Array(32) }]);
-   * console.assert(w.root.count === 2 && w.put.size === 1 && w.del.length === 0);
+   * assert(w.root.count === 2 && w.put.size === 1 && w.del.length === 0);
    * ```
    */
   insert(items: readonly Item[]): PageWrites {

@@ -195,6 +195,7 @@ function keyOf(id: Uint8Array): string {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { Reconciler } from "./negentropy.ts";
  * import { VectorStorage } from "./negentropy_storage.ts";
  * const a = new VectorStorage(), b = new VectorStorage();
@@ -211,7 +212,7 @@ function keyOf(id: Uint8Array): string {
  *   need.push(...r.need);
  *   msg = r.output;
  * }
- * console.assert(need.length === 1 && need[0]![0] === 2);
+ * assert(need.length === 1 && need[0]![0] === 2);
  * ```
  */
 export class Reconciler {

@@ -68,10 +68,11 @@ export interface NegentropyStorage {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { compareItems } from "./negentropy_storage.ts";
  * const a = { ts: 5, id: new Uint8Array([1, 2]) };
  * const b = { ts: 5, id: new Uint8Array([1]) };
- * console.assert(compareItems(b, a) < 0);
+ * assert(compareItems(b, a) < 0);
  * ```
  */
 export function compareItems(a: NegentropyItem, b: NegentropyItem): number {
@@ -91,8 +92,9 @@ export function compareItems(a: NegentropyItem, b: NegentropyItem): number {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { encodeVarint } from "./negentropy_storage.ts";
- * console.assert(encodeVarint(300).join() === "130,44");
+ * assert(encodeVarint(300).join() === "130,44");
  * ```
  */
 export function encodeVarint(n: number): Uint8Array {
@@ -123,10 +125,11 @@ const TWO_32 = 2 ** 32;
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { IdSum } from "./negentropy_storage.ts";
  * const s = new IdSum();
  * s.add(new Uint8Array(32).fill(1));
- * console.assert(s.fingerprint(1).length === 16);
+ * assert(s.fingerprint(1).length === 16);
  * ```
  */
 export class IdSum {
@@ -210,12 +213,13 @@ const SUM_CHUNK_ITEMS_MAX = 2 ** 20;
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { VectorStorage } from "./negentropy_storage.ts";
  * const s = new VectorStorage();
  * s.insert(2, new Uint8Array(32).fill(7));
  * s.insert(1, new Uint8Array(32).fill(9));
  * s.seal();
- * console.assert(s.size() === 2 && s.getItem(0).ts === 1);
+ * assert(s.size() === 2 && s.getItem(0).ts === 1);
  * ```
  */
 export class VectorStorage implements NegentropyStorage {

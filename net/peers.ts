@@ -134,6 +134,10 @@ export class NodeSync implements SyncHost {
     return await this.node.pipeline.index<(Uint8Array | null)[]>({ type: "index.getMany", ids: flat });
   }
 
+  admission(gid: string): Promise<Uint8Array[]> {
+    return this.node.pipeline.index<Uint8Array[]>({ type: "index.admission", gid });
+  }
+
   async submit(gid: string, events: Uint8Array[]) {
     this.counters.eventsReceived += events.length;
     // The pipeline takes at most http_batch_events_max events per request.

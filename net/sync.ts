@@ -68,6 +68,8 @@ export interface SyncHost {
     msg: Uint8Array | null,
   ): Promise<{ output: Uint8Array | null; have: Uint8Array[]; need: Uint8Array[] } | null>;
   getMany(ids: Uint8Array[]): Promise<(Uint8Array | null)[]>;
+  /** The group's manifest and membership events, in `(ts, id)` order. */
+  admission(gid: string): Promise<Uint8Array[]>;
   submit(gid: string, events: Uint8Array[]): Promise<EventResult[]>;
   subscribe(gid: string, cb: (events: Uint8Array[]) => void): Promise<() => Promise<void>>;
   /** Groups this node serves (a client subscribes to each). */
@@ -381,6 +383,8 @@ export class SyncSession {
     }
     this.host.report({ type: "peer", gid, node: this.peer, addr: this.addr, root: a.root });
     this.send(frame("sub.ok", { gid, root: a.root, count: a.count }));
+    // The manifest and membership events go first, so a joining peer can admit everything after them.
+    this.enqueue(gid, await this.host.admission(gid), false);
   }
 
   private async onSubOk(f: Frame) {
@@ -612,9 +616,8 @@ export class SyncSession {
     this.granted += events.length;
     this.send(frame("credit", { n: events.length }));
     // A peer that sends mostly garbage is cut off.
-    const bad = results.filter((r) =>
-      r.status === "rejected" && r.code !== "OVERLOADED" && r.code !== "STAGE_DOWN" && r.code !== "TIMEOUT"
-    );
+    const notYet = new Set(["OVERLOADED", "STAGE_DOWN", "TIMEOUT", "UNKNOWN_GROUP", "FORBIDDEN", "SHUTTING_DOWN"]);
+    const bad = results.filter((r) => r.status === "rejected" && !notYet.has(r.code ?? ""));
     if (bad.length > 0 && bad.length === events.length) {
       this.strike("BAD_FRAME", `All ${events.length} events of the batch were rejected, e.g. ${bad[0]!.code}`, gid);
     }

@@ -124,9 +124,10 @@ function write(w: Writer, v: CborValue, depth: number): void {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { encodeCbor } from "./cbor.ts";
  * const bytes = encodeCbor([1, new Uint8Array([0xaa]), "hi"]);
- * console.assert(bytes[0] === 0x83);
+ * assert(bytes[0] === 0x83);
  * ```
  */
 export function encodeCbor(v: CborValue): Uint8Array<ArrayBuffer> {
@@ -317,8 +318,9 @@ export class CborReader {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { decodeCbor, encodeCbor } from "./cbor.ts";
- * console.assert((decodeCbor(encodeCbor([1, 2])) as number[])[1] === 2);
+ * assert((decodeCbor(encodeCbor([1, 2])) as number[])[1] === 2);
  * ```
  */
 export function decodeCbor(bytes: Uint8Array): CborValue {

@@ -43,9 +43,10 @@ const PKCS8_PREFIX = new Uint8Array([
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { keyPairFromSeed } from "./ed25519.ts";
  * const kp = await keyPairFromSeed(new Uint8Array(32));
- * console.assert(kp.publicKey.length === 32);
+ * assert(kp.publicKey.length === 32);
  * ```
  */
 export async function keyPairFromSeed(seed: Uint8Array): Promise<KeyPair> {

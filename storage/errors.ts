@@ -73,9 +73,10 @@ export class XfError extends Error {
    *
    * @example
    * ```ts
+   * import { assert } from "@std/assert";
    * import { XfError } from "./errors.ts";
    * const e = new XfError("BAD_CBOR", "Cannot decode event: truncated at byte 3");
-   * console.assert(e.code === "BAD_CBOR");
+   * assert(e.code === "BAD_CBOR");
    * ```
    */
   constructor(code: ErrorCode, message: string, options?: ErrorOptions) {

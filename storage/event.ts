@@ -89,11 +89,12 @@ export function eventId(bytes: Uint8Array): Uint8Array {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { generateKeyPair } from "./ed25519.ts";
  * import { signEvent, verifyEvent } from "./event.ts";
  * const kp = await generateKeyPair();
  * const e = await signEvent(kp, { group: new Uint8Array(32), ts: 1, kind: 16, tags: [], payload: new Uint8Array() });
- * console.assert(await verifyEvent(e));
+ * assert(await verifyEvent(e));
  * ```
  */
 export async function signEvent(key: KeyPair, e: Omit<UnsignedEvent, "author">): Promise<StoredEvent> {
@@ -230,11 +231,12 @@ export function groupIdOf(owner: Uint8Array, nonce: Uint8Array): Uint8Array {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { generateKeyPair } from "./ed25519.ts";
  * import { createGroup } from "./event.ts";
  * const owner = await generateKeyPair();
  * const { gid, manifest } = await createGroup(owner, { name: "friends", policy: 0 });
- * console.assert(gid.length === 32 && manifest.kind === 0);
+ * assert(gid.length === 32 && manifest.kind === 0);
  * ```
  */
 export async function createGroup(

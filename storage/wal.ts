@@ -46,13 +46,14 @@
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { describe, Wal } from "./wal.ts";
  * const dir = await Deno.makeTempDir();
  * try {
  *   const { wal, recovery } = await Wal.open(dir, { checkpointSeq: 0n });
  *   console.log(describe(recovery));
  *   const { firstSeq } = await wal.append([new TextEncoder().encode("hello")]);
- *   console.assert(firstSeq === 1n);
+ *   assert(firstSeq === 1n);
  *   await wal.close();
  * } finally {
  *   await Deno.remove(dir, { recursive: true });
@@ -105,8 +106,9 @@ function makeCrcTable(): Uint32Array {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { crc32c } from "./wal.ts";
- * console.assert(crc32c(new TextEncoder().encode("123456789")) === 0xe3069283);
+ * assert(crc32c(new TextEncoder().encode("123456789")) === 0xe3069283);
  * ```
  */
 export function crc32c(bytes: Uint8Array, crc = 0): number {
@@ -294,12 +296,13 @@ export interface WalStats {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { describe } from "./wal.ts";
  * const s = describe({
  *   segments: 1, records: 3, firstSeq: 1n, lastSeq: 3n, replayable: 3,
  *   tornTail: null, skipped: [],
  * });
- * console.assert(s.startsWith("Recovered 3 records"));
+ * assert(s.startsWith("Recovered 3 records"));
  * ```
  */
 export function describe(report: RecoveryReport): string {
@@ -508,12 +511,13 @@ interface Chunk {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { Wal } from "./wal.ts";
  * const dir = await Deno.makeTempDir();
  * try {
  *   const { wal } = await Wal.open(dir, { checkpointSeq: 0n });
  *   await wal.append([new Uint8Array([1]), new Uint8Array([2])]);
- *   for await (const batch of wal.replay(0n)) console.assert(batch.length === 2);
+ *   for await (const batch of wal.replay(0n)) assert(batch.length === 2);
  *   await wal.close();
  * } finally {
  *   await Deno.remove(dir, { recursive: true });
@@ -567,11 +571,12 @@ export class Wal {
    *
    * @example
    * ```ts
+   * import { assert } from "@std/assert";
    * import { Wal } from "./wal.ts";
    * const dir = await Deno.makeTempDir();
    * try {
    *   const { wal, recovery } = await Wal.open(dir, { checkpointSeq: 0n });
-   *   console.assert(recovery.records === 0 && recovery.tornTail === null);
+   *   assert(recovery.records === 0 && recovery.tornTail === null);
    *   await wal.close();
    * } finally {
    *   await Deno.remove(dir, { recursive: true });
@@ -825,12 +830,13 @@ export class Wal {
    *
    * @example
    * ```ts
+   * import { assert } from "@std/assert";
    * import { Wal } from "./wal.ts";
    * const dir = await Deno.makeTempDir();
    * try {
    *   const { wal } = await Wal.open(dir, { checkpointSeq: 0n });
    *   const r = await wal.append([new Uint8Array([1]), new Uint8Array([2])]);
-   *   console.assert(r.firstSeq === 1n && r.lastSeq === 2n);
+   *   assert(r.firstSeq === 1n && r.lastSeq === 2n);
    *   await wal.close();
    * } finally {
    *   await Deno.remove(dir, { recursive: true });
@@ -895,6 +901,7 @@ export class Wal {
    *
    * @example
    * ```ts
+   * import { assert } from "@std/assert";
    * import { Wal } from "./wal.ts";
    * const dir = await Deno.makeTempDir();
    * try {
@@ -902,7 +909,7 @@ export class Wal {
    *   await wal.append([new Uint8Array([1]), new Uint8Array([2])]);
    *   const seqs: bigint[] = [];
    *   for await (const batch of wal.replay(1n)) seqs.push(...batch.map((r) => r.seq));
-   *   console.assert(seqs.length === 1 && seqs[0] === 2n);
+   *   assert(seqs.length === 1 && seqs[0] === 2n);
    *   await wal.close();
    * } finally {
    *   await Deno.remove(dir, { recursive: true });
@@ -970,13 +977,14 @@ export class Wal {
    *
    * @example
    * ```ts
+   * import { assert } from "@std/assert";
    * import { Wal } from "./wal.ts";
    * const dir = await Deno.makeTempDir();
    * try {
    *   const { wal } = await Wal.open(dir, { checkpointSeq: 0n, segmentBytesMax: 32 });
    *   await wal.append([new Uint8Array(8)]);
    *   await wal.append([new Uint8Array(8)]);
-   *   console.assert((await wal.checkpoint(1n)) === 1);
+   *   assert((await wal.checkpoint(1n)) === 1);
    *   await wal.close();
    * } finally {
    *   await Deno.remove(dir, { recursive: true });
@@ -1024,12 +1032,13 @@ export class Wal {
    *
    * @example
    * ```ts
+   * import { assert } from "@std/assert";
    * import { Wal } from "./wal.ts";
    * const dir = await Deno.makeTempDir();
    * try {
    *   const { wal } = await Wal.open(dir, { checkpointSeq: 0n });
    *   await wal.append([new Uint8Array([1])]);
-   *   console.assert(wal.stats().syncs === 1 && wal.stats().lastSeq === 1n);
+   *   assert(wal.stats().syncs === 1 && wal.stats().lastSeq === 1n);
    *   await wal.close();
    * } finally {
    *   await Deno.remove(dir, { recursive: true });
@@ -1053,13 +1062,14 @@ export class Wal {
    *
    * @example
    * ```ts
+   * import { assert } from "@std/assert";
    * import { Wal } from "./wal.ts";
    * const dir = await Deno.makeTempDir();
    * try {
    *   const { wal } = await Wal.open(dir, { checkpointSeq: 0n });
    *   const pending = wal.append([new Uint8Array([1])]);
    *   await wal.close();
-   *   console.assert((await pending).lastSeq === 1n);
+   *   assert((await pending).lastSeq === 1n);
    * } finally {
    *   await Deno.remove(dir, { recursive: true });
    * }

@@ -15,6 +15,7 @@
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { Lookup } from "./lookup.ts";
  * import { nodeIdOf } from "./routing.ts";
  * const key = (n: number) => new Uint8Array(32).fill(n);
@@ -24,7 +25,7 @@
  * const [req] = lookup.next();
  * lookup.onResponse(req!.to.id, [contact(2)]);
  * for (const r of lookup.next()) lookup.onTimeout(r.to.id);
- * console.assert(lookup.done() && lookup.result().length === 1);
+ * assert(lookup.done() && lookup.result().length === 1);
  * ```
  *
  * @module

@@ -6,13 +6,14 @@
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { Lookup, nodeIdOf, RoutingTable } from "./mod.ts";
  * const key = (n: number) => new Uint8Array(32).fill(n);
  * const table = new RoutingTable(nodeIdOf(key(0)));
  * table.insert({ id: nodeIdOf(key(1)), key: key(1), addr: "ws://peer", lastSeen: 0 });
  * const lookup = new Lookup(table.self);
  * lookup.start(nodeIdOf(key(2)), table.closest(nodeIdOf(key(2))));
- * console.assert(lookup.next().length === 1);
+ * assert(lookup.next().length === 1);
  * ```
  *
  * @module

@@ -109,9 +109,10 @@ const decoder = new TextDecoder("utf-8", { fatal: true });
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { generateKeyPair } from "./records.ts";
  * const { publicKey } = await generateKeyPair();
- * console.assert(publicKey.length === 32);
+ * assert(publicKey.length === 32);
  * ```
  */
 export async function generateKeyPair(): Promise<KeyPair> {
@@ -125,10 +126,11 @@ export async function generateKeyPair(): Promise<KeyPair> {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { exportPrivateKey, generateKeyPair, importPrivateKey } from "./records.ts";
  * const { privateKey } = await generateKeyPair();
  * const again = await importPrivateKey(await exportPrivateKey(privateKey));
- * console.assert(again.type === "private");
+ * assert(again.type === "private");
  * ```
  */
 export function importPrivateKey(key: Uint8Array | JsonWebKey): Promise<CryptoKey> {
@@ -141,9 +143,10 @@ export function importPrivateKey(key: Uint8Array | JsonWebKey): Promise<CryptoKe
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { exportPrivateKey, generateKeyPair } from "./records.ts";
  * const { privateKey } = await generateKeyPair();
- * console.assert((await exportPrivateKey(privateKey)).length > 32);
+ * assert((await exportPrivateKey(privateKey)).length > 32);
  * ```
  */
 export async function exportPrivateKey(key: CryptoKey): Promise<Uint8Array> {
@@ -178,10 +181,11 @@ function shapeError(r: UnsignedRecord): RecordCode | null {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { encodeRecordBody } from "./records.ts";
  * const z = new Uint8Array(32);
  * const bytes = encodeRecordBody({ group: z, nodeKey: z, addr: "ws://a", root: z, count: 0, ts: 1, expires: 2 });
- * console.assert(bytes.length === 18 + 96 + 24 + 2 + 6);
+ * assert(bytes.length === 18 + 96 + 24 + 2 + 6);
  * ```
  */
 export function encodeRecordBody(r: UnsignedRecord): Uint8Array {
@@ -212,11 +216,12 @@ export function encodeRecordBody(r: UnsignedRecord): Uint8Array {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { decodeRecord, encodeRecord, generateKeyPair, signRecord } from "./records.ts";
  * const { publicKey, privateKey } = await generateKeyPair();
  * const z = new Uint8Array(32);
  * const r = await signRecord({ group: z, nodeKey: publicKey, addr: "ws://a", root: z, count: 0, ts: 1, expires: 2 }, privateKey);
- * console.assert(decodeRecord(encodeRecord(r))?.addr === "ws://a");
+ * assert(decodeRecord(encodeRecord(r))?.addr === "ws://a");
  * ```
  */
 export function encodeRecord(r: AnnounceRecord): Uint8Array {
@@ -236,8 +241,9 @@ export function encodeRecord(r: AnnounceRecord): Uint8Array {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { decodeRecord } from "./records.ts";
- * console.assert(decodeRecord(new Uint8Array(3)) === null);
+ * assert(decodeRecord(new Uint8Array(3)) === null);
  * ```
  */
 export function decodeRecord(bytes: Uint8Array): AnnounceRecord | null {
@@ -277,11 +283,12 @@ export function decodeRecord(bytes: Uint8Array): AnnounceRecord | null {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { generateKeyPair, signRecord, verifyRecord } from "./records.ts";
  * const { publicKey, privateKey } = await generateKeyPair();
  * const z = new Uint8Array(32);
  * const r = await signRecord({ group: z, nodeKey: publicKey, addr: "ws://a", root: z, count: 0, ts: 1, expires: 2 }, privateKey);
- * console.assert(await verifyRecord(r));
+ * assert(await verifyRecord(r));
  * ```
  */
 export async function signRecord(fields: UnsignedRecord, privateKey: CryptoKey): Promise<AnnounceRecord> {
@@ -318,11 +325,12 @@ export interface AnnounceFields {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { announce, ANNOUNCE_TTL_MS, generateKeyPair } from "./records.ts";
  * const { publicKey, privateKey } = await generateKeyPair();
  * const z = new Uint8Array(32);
  * const r = await announce({ group: z, nodeKey: publicKey, addr: "ws://a", root: z, count: 0 }, privateKey, 1000);
- * console.assert(r.expires === 1000 + ANNOUNCE_TTL_MS);
+ * assert(r.expires === 1000 + ANNOUNCE_TTL_MS);
  * ```
  */
 export function announce(fields: AnnounceFields, privateKey: CryptoKey, now: number): Promise<AnnounceRecord> {
@@ -335,11 +343,12 @@ export function announce(fields: AnnounceFields, privateKey: CryptoKey, now: num
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { generateKeyPair, signRecord, verifyRecord } from "./records.ts";
  * const { publicKey, privateKey } = await generateKeyPair();
  * const z = new Uint8Array(32);
  * const r = await signRecord({ group: z, nodeKey: publicKey, addr: "ws://a", root: z, count: 0, ts: 1, expires: 2 }, privateKey);
- * console.assert(!(await verifyRecord({ ...r, count: 1 })));
+ * assert(!(await verifyRecord({ ...r, count: 1 })));
  * ```
  */
 export async function verifyRecord(r: AnnounceRecord): Promise<boolean> {
@@ -380,12 +389,13 @@ function cheapCheck(r: AnnounceRecord, now: number, options: CheckOptions): Reco
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { announce, checkRecord, generateKeyPair } from "./records.ts";
  * const { publicKey, privateKey } = await generateKeyPair();
  * const z = new Uint8Array(32);
  * const r = await announce({ group: z, nodeKey: publicKey, addr: "ws://a", root: z, count: 0 }, privateKey, 0);
- * console.assert((await checkRecord(r, 0)) === null);
- * console.assert((await checkRecord(r, r.expires)) === "EXPIRED");
+ * assert((await checkRecord(r, 0)) === null);
+ * assert((await checkRecord(r, r.expires)) === "EXPIRED");
  * ```
  */
 export async function checkRecord(
@@ -414,13 +424,14 @@ export interface StoreOptions {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { announce, AnnouncementStore, generateKeyPair } from "./records.ts";
  * const { publicKey, privateKey } = await generateKeyPair();
  * const group = new Uint8Array(32).fill(7);
  * const r = await announce({ group, nodeKey: publicKey, addr: "ws://a", root: new Uint8Array(32), count: 3 }, privateKey, 0);
  * const store = new AnnouncementStore();
- * console.assert((await store.put(r, 0, { sender: publicKey })).ok);
- * console.assert(store.get(group, 1).length === 1);
+ * assert((await store.put(r, 0, { sender: publicKey })).ok);
+ * assert(store.get(group, 1).length === 1);
  * ```
  */
 export class AnnouncementStore {

@@ -110,8 +110,9 @@ export interface RoutingTableJSON {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { nodeIdOf } from "./routing.ts";
- * console.assert(nodeIdOf(new Uint8Array(32)).length === 32);
+ * assert(nodeIdOf(new Uint8Array(32)).length === 32);
  * ```
  */
 export function nodeIdOf(publicKey: Uint8Array): Uint8Array {
@@ -123,8 +124,9 @@ export function nodeIdOf(publicKey: Uint8Array): Uint8Array {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { xorDistance } from "./routing.ts";
- * console.assert(xorDistance(new Uint8Array([6]), new Uint8Array([3]))[0] === 5);
+ * assert(xorDistance(new Uint8Array([6]), new Uint8Array([3]))[0] === 5);
  * ```
  */
 export function xorDistance(a: Uint8Array, b: Uint8Array): Uint8Array {
@@ -142,9 +144,10 @@ export function xorDistance(a: Uint8Array, b: Uint8Array): Uint8Array {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { compareDistance } from "./routing.ts";
  * const t = new Uint8Array([0]);
- * console.assert(compareDistance(t, new Uint8Array([1]), new Uint8Array([2])) < 0);
+ * assert(compareDistance(t, new Uint8Array([1]), new Uint8Array([2])) < 0);
  * ```
  */
 export function compareDistance(target: Uint8Array, a: Uint8Array, b: Uint8Array): number {
@@ -161,8 +164,9 @@ export function compareDistance(target: Uint8Array, a: Uint8Array, b: Uint8Array
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { commonPrefixLength } from "./routing.ts";
- * console.assert(commonPrefixLength(new Uint8Array([0b1010_0000]), new Uint8Array([0b1011_0000])) === 3);
+ * assert(commonPrefixLength(new Uint8Array([0b1010_0000]), new Uint8Array([0b1011_0000])) === 3);
  * ```
  */
 export function commonPrefixLength(a: Uint8Array, b: Uint8Array): number {
@@ -179,8 +183,9 @@ export function commonPrefixLength(a: Uint8Array, b: Uint8Array): number {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { bytesEqual } from "./routing.ts";
- * console.assert(bytesEqual(new Uint8Array([1, 2]), new Uint8Array([1, 2])));
+ * assert(bytesEqual(new Uint8Array([1, 2]), new Uint8Array([1, 2])));
  * ```
  */
 export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
@@ -194,8 +199,9 @@ export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { toHex } from "./routing.ts";
- * console.assert(toHex(new Uint8Array([0, 255])) === "00ff");
+ * assert(toHex(new Uint8Array([0, 255])) === "00ff");
  * ```
  */
 export function toHex(bytes: Uint8Array): string {
@@ -209,9 +215,10 @@ export function toHex(bytes: Uint8Array): string {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { fromHex } from "./routing.ts";
- * console.assert(fromHex("00ff")?.[1] === 255);
- * console.assert(fromHex("xyz") === null);
+ * assert(fromHex("00ff")?.[1] === 255);
+ * assert(fromHex("xyz") === null);
  * ```
  */
 export function fromHex(hex: string): Uint8Array | null {
@@ -262,14 +269,15 @@ const encoder = new TextEncoder();
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { nodeIdOf, RoutingTable } from "./routing.ts";
  * const key = (n: number) => new Uint8Array(32).fill(n);
  * const table = new RoutingTable(nodeIdOf(key(0)));
  * for (let n = 1; n <= 5; n++) {
  *   table.insert({ id: nodeIdOf(key(n)), key: key(n), addr: `sim:${n}`, lastSeen: n });
  * }
- * console.assert(table.size() === 5);
- * console.assert(table.closest(nodeIdOf(key(3)), 1)[0]?.addr === "sim:3");
+ * assert(table.size() === 5);
+ * assert(table.closest(nodeIdOf(key(3)), 1)[0]?.addr === "sim:3");
  * ```
  */
 export class RoutingTable {
@@ -495,12 +503,13 @@ export class RoutingTable {
    *
    * @example
    * ```ts
+   * import { assert } from "@std/assert";
    * import { nodeIdOf, RoutingTable } from "./routing.ts";
    * const key = (n: number) => new Uint8Array(32).fill(n);
    * const t = new RoutingTable(nodeIdOf(key(0)));
    * t.insert({ id: nodeIdOf(key(1)), key: key(1), addr: "sim:1", lastSeen: 1 });
    * const back = RoutingTable.fromJSON(JSON.parse(JSON.stringify(t)));
-   * console.assert(back.size() === 1);
+   * assert(back.size() === 1);
    * ```
    */
   static fromJSON(json: unknown, options: RoutingTableOptions = {}): RoutingTable {

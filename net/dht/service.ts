@@ -1,6 +1,6 @@
 /**
  * The node's DHT side: it answers `GET /v1/dht` sessions, keeps one Kademlia
- * routing table per group (persisted as JSON under `<dataDir>/dht/`), runs
+ * routing table per group (persisted in RocksDB's peers keyspace through the index actor), runs
  * iterative lookups over real connections, stores and serves signed
  * announcements, and runs {@linkcode Discovery} for the groups it joins.
  *
@@ -48,8 +48,6 @@ export interface DhtCounters {
 
 /** Options of a {@linkcode DhtService}. */
 export interface DhtServiceOptions {
-  /** Where routing tables are saved; default `<dataDir>/dht`. */
-  dir?: string;
   /** The clock, ms since the epoch. */
   now?: () => number;
 }
@@ -87,8 +85,6 @@ export class DhtService implements DhtHost {
     lookups: 0,
     announcesSent: 0,
   };
-  /** Where routing tables are saved. */
-  readonly dir: string;
   readonly sessions: Set<DhtSession> = new Set();
   #now: () => number;
   #groups = new Map<string, Promise<GroupDht>>();
@@ -101,7 +97,6 @@ export class DhtService implements DhtHost {
   constructor(readonly node: XfNode, options: DhtServiceOptions = {}) {
     this.auth = new Authenticator(node.key);
     this.selfId = nodeIdOf(node.key.publicKey);
-    this.dir = options.dir ?? `${node.pipeline.opts.dataDir}/dht`;
     this.#now = options.now ?? Date.now;
   }
 
@@ -271,15 +266,15 @@ export class DhtService implements DhtHost {
     if (!gid || gid.length !== 32) throw new XfError("BAD_GROUP_ID", `Cannot use group id "${hex.slice(0, 80)}"`);
     let table = new RoutingTable(this.selfId);
     try {
-      const loaded = RoutingTable.fromJSON(JSON.parse(await Deno.readTextFile(this.#path(hex))));
-      // A table saved under another identity is of no use.
-      if (bytesEqual(loaded.self, this.selfId)) table = loaded;
+      // The index actor owns RocksDB: the table lives in its peers keyspace.
+      const saved = await this.node.pipeline.index<Uint8Array | null>({ type: "index.peers.load", gid: hex });
+      if (saved) {
+        const loaded = RoutingTable.fromJSON(JSON.parse(new TextDecoder().decode(saved)));
+        // A table saved under another identity is of no use.
+        if (bytesEqual(loaded.self, this.selfId)) table = loaded;
+      }
     } catch { /* none yet, or unreadable: start empty */ }
     return { gid, hex, table, saveTimer: undefined, saving: Promise.resolve() };
-  }
-
-  #path(hex: string): string {
-    return `${this.dir}/${hex}.json`;
   }
 
   #touch(g: GroupDht): void {
@@ -290,17 +285,14 @@ export class DhtService implements DhtHost {
     }, DHT_SAVE_DELAY_MS);
   }
 
-  /** Write the table atomically: a temp file, then rename over the old one. */
+  /** Save the table in RocksDB (the index actor's peers keyspace, one synced write). */
   #save(g: GroupDht): Promise<void> {
     g.saving = g.saving.then(async () => {
-      const path = this.#path(g.hex);
-      const tmp = `${path}.tmp`;
       try {
-        await Deno.mkdir(this.dir, { recursive: true });
-        await Deno.writeTextFile(tmp, JSON.stringify(g.table.toJSON()));
-        await Deno.rename(tmp, path);
+        const table = new TextEncoder().encode(JSON.stringify(g.table.toJSON()));
+        await this.node.pipeline.index({ type: "index.peers.save", gid: g.hex, table });
       } catch (e) {
-        console.error(`Cannot save DHT routing table "${path}": ${(e as Error).message}`);
+        console.error(`Cannot save the DHT routing table of group "${g.hex}": ${(e as Error).message}`);
       }
     });
     return g.saving;

@@ -12,12 +12,13 @@
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { DhtSim } from "./sim.ts";
  * const sim = new DhtSim({ seed: 1 });
  * sim.grow(50);
  * const [a, b] = [sim.node(3), sim.node(40)];
  * const out = sim.lookup(a, b.id);
- * console.assert(out.result.some((c) => c.addr === b.addr));
+ * assert(out.result.some((c) => c.addr === b.addr));
  * ```
  *
  * @module
@@ -34,8 +35,9 @@ import { bytesEqual, commonPrefixLength, compareDistance, type Contact, RoutingT
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { Rng } from "./sim.ts";
- * console.assert(new Rng(7).next() === new Rng(7).next());
+ * assert(new Rng(7).next() === new Rng(7).next());
  * ```
  */
 export class Rng {
@@ -570,8 +572,9 @@ export function contactOf(node: SimNode, now: number): Contact {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { percentile } from "./sim.ts";
- * console.assert(percentile([1, 2, 3, 4], 50) === 2);
+ * assert(percentile([1, 2, 3, 4], 50) === 2);
  * ```
  */
 export function percentile(xs: readonly number[], p: number): number {
@@ -633,9 +636,10 @@ export interface BuiltNetwork {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { buildNetwork } from "./sim.ts";
  * const { sim } = buildNetwork({ seed: 1, nodes: 30 });
- * console.assert(sim.alive().length === 30);
+ * assert(sim.alive().length === 30);
  * ```
  */
 export function buildNetwork(options: NetworkOptions): BuiltNetwork {
@@ -653,10 +657,11 @@ export function buildNetwork(options: NetworkOptions): BuiltNetwork {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { buildNetwork, runLookups } from "./sim.ts";
  * const { sim } = buildNetwork({ seed: 1, nodes: 60 });
  * const b = runLookups(sim, { lookups: 10, churnFraction: 0.2 });
- * console.assert(b.left === 12 && b.found === 10);
+ * assert(b.left === 12 && b.found === 10);
  * ```
  */
 export function runLookups(sim: DhtSim, options: LookupBatchOptions): LookupBatch {
@@ -726,9 +731,10 @@ export interface ScenarioReport extends LookupBatch {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { runScenario } from "./sim.ts";
  * const r = runScenario({ seed: 1, nodes: 60, lookups: 10 });
- * console.assert(r.found === 10);
+ * assert(r.found === 10);
  * ```
  */
 export function runScenario(options: ScenarioOptions): ScenarioReport {
@@ -751,8 +757,9 @@ export function runScenario(options: ScenarioOptions): ScenarioReport {
  *
  * @example
  * ```ts
+ * import { assert } from "@std/assert";
  * import { timeToFullView } from "./sim.ts";
- * console.assert(timeToFullView({ seed: 1 }, 5) < 2000);
+ * assert(timeToFullView({ seed: 1 }, 5) < 2000);
  * ```
  */
 export function timeToFullView(options: SimOptions, groupSize: number, limitMs = 600_000): number {
