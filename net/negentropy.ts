@@ -203,7 +203,8 @@ function keyOf(id: Uint8Array): string {
  * b.insert(2, new Uint8Array(32).fill(2));
  * a.seal();
  * b.seal();
- * const client = new Reconciler(a), server = new Reconciler(b);
+ * // The server answers id lists with its own ids, so the client learns the whole difference.
+ * const client = new Reconciler(a), server = new Reconciler(b, { idListReply: true });
  * let msg: Uint8Array | null = client.initiate();
  * const need: Uint8Array[] = [];
  * while (msg !== null) {
