@@ -25,6 +25,9 @@ interface GroupTree {
 
 const rootKey = (gid: string) => metaKey(`root:${gid}`);
 
+/** Decoded Merkle pages kept per group (about 2,600 for a million events). */
+export const DECODED_PAGES_MAX = 65_536;
+
 /** The Merkle trees of every group, loaded on first use. */
 export class GroupTrees {
   private groups = new Map<string, GroupTree>();
@@ -47,7 +50,8 @@ export class GroupTrees {
       root = { hash, count, depth };
     }
     const store = { get: (h: Uint8Array) => pages.get(toHex(h)) };
-    const gt: GroupTree = { pages, root, tree: new MerkleTree(store, root) };
+    // The page bytes are all in memory already; keep every decoded page too (a decode re-hashes the page).
+    const gt: GroupTree = { pages, root, tree: new MerkleTree(store, root, { cachePages: DECODED_PAGES_MAX }) };
     this.groups.set(gid, gt);
     return gt;
   }

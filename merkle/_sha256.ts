@@ -153,3 +153,34 @@ export function hashInner(src: Uint8Array, lOff: number, rOff: number, out: Uint
     out[o + 3] = v & 0xff;
   }
 }
+
+/**
+ * SHA-256 of a message of at most 55 bytes (one block), written to
+ * `out[0..32]`: the fingerprint hot path (a 32-byte sum and a varint).
+ */
+export function sha256Short(input: Uint8Array, out: Uint8Array = new Uint8Array(32)): Uint8Array {
+  const n = input.length;
+  if (n > 55) throw new RangeError(`sha256Short takes at most 55 bytes, got '${n}'`);
+  msg.set(input, 0);
+  msg[n] = 0x80;
+  msg.fill(0, n + 1, 56);
+  const bits = n * 8;
+  msg[56] = 0;
+  msg[57] = 0;
+  msg[58] = 0;
+  msg[59] = 0;
+  msg[60] = 0;
+  msg[61] = 0;
+  msg[62] = bits >>> 8;
+  msg[63] = bits & 0xff;
+  H.set(IV);
+  compress(0);
+  for (let i = 0; i < 8; i++) {
+    const v = H[i]!;
+    out[i * 4] = v >>> 24;
+    out[i * 4 + 1] = (v >>> 16) & 0xff;
+    out[i * 4 + 2] = (v >>> 8) & 0xff;
+    out[i * 4 + 3] = v & 0xff;
+  }
+  return out;
+}

@@ -13,7 +13,7 @@
  * @module
  */
 
-import { sha256 } from "@noble/hashes/sha2";
+import { sha256Short } from "./_sha256.ts";
 import { sumToBytes } from "./_sum.ts";
 
 /** Bytes in a fingerprint. */
@@ -63,5 +63,5 @@ export function fingerprintOf(sum: Uint8Array | Uint32Array, count: number): Uin
   const input = new Uint8Array(32 + varint.length);
   input.set(sumBytes);
   input.set(varint, 32);
-  return sha256(input).subarray(0, FINGERPRINT_BYTES);
+  return sha256Short(input).subarray(0, FINGERPRINT_BYTES);
 }

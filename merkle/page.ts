@@ -112,6 +112,24 @@ export class Page {
     }
   }
 
+  #leafPrefix: Uint32Array | undefined;
+  /** Decoded children, linked by a tree whose cache holds all its pages (pages are content-addressed). */
+  kids: (Page | undefined)[] | undefined;
+
+  /**
+   * At level 0: id sums of the first `i` items, `i` in `0..size`, 8 limbs
+   * each (computed on first use, then kept with the page).
+   */
+  leafPrefixSums(): Uint32Array {
+    if (this.#leafPrefix) return this.#leafPrefix;
+    const ps = new Uint32Array((this.size + 1) * 8);
+    for (let i = 0; i < this.size; i++) {
+      ps.copyWithin((i + 1) * 8, i * 8, i * 8 + 8);
+      sumAddBytes(ps.subarray((i + 1) * 8, (i + 2) * 8), this.nodes, i * ID);
+    }
+    return (this.#leafPrefix = ps);
+  }
+
   /** The page hash (computed once). */
   hash(): Uint8Array {
     return (this.#hash ??= pageHash(this.level, this.nodes));

@@ -14,7 +14,7 @@ import type { Bound, Item } from "./item.ts";
 import { compareItems } from "./item.ts";
 import { binarySiblings, decodePage, encodePage, type Page } from "./page.ts";
 import { encodeProof, type ProofStep } from "./proof.ts";
-import { sumAdd, sumAddBytes, sumEqualsBytes, sumSub, sumSubBytes } from "./_sum.ts";
+import { sumAdd, sumEqualsBytes, sumSub } from "./_sum.ts";
 import { assertItem, bytesEqualAt, compareKeyAt, corruption, ID, toHex } from "./_util.ts";
 import { XfError } from "../storage/errors.ts";
 
@@ -57,6 +57,9 @@ export interface MerkleTreeOptions {
   /** Most decoded pages kept in memory (least recently used go first). */
   cachePages?: number;
 }
+
+/** Caches at least this large link decoded children to their parents (see `#child`). */
+export const LINK_CHILDREN_CACHE_MIN = 4096;
 
 /** Default of {@linkcode MerkleTreeOptions.cachePages}: about 16 MiB of leaf pages. */
 export const CACHE_PAGES_DEFAULT = 1024;
@@ -232,10 +235,19 @@ export class MerkleTree {
    */
   fingerprint(begin: number, end: number): Uint8Array {
     this.#assertRange(begin, end);
-    const acc = this.#prefixSum(end);
-    sumSub(acc, this.#prefixSum(begin));
+    // Negentropy asks for consecutive buckets: the previous end is often this begin.
+    const from = this.#memo && this.#memo.root === this.#root && this.#memo.r === begin
+      ? this.#memo.sum
+      : this.#prefixSum(begin);
+    const to = this.#prefixSum(end);
+    this.#memo = { root: this.#root, r: end, sum: to };
+    const acc = to.slice();
+    sumSub(acc, from);
     return fingerprintOf(acc, end - begin);
   }
+
+  /** The last prefix sum computed, for the tree state it was computed on. */
+  #memo: { root: RootInfo; r: number; sum: Uint32Array } | null = null;
 
   /**
    * Call `cb` with each item of ranks `begin..end` (end exclusive) and its
@@ -549,14 +561,24 @@ export class MerkleTree {
   }
 
   #rootPage(): Page {
+    if (this.#rootCache?.root === this.#root) return this.#rootCache.page;
     const page = this.#load(this.#root.hash, 0);
     checkRootPage(page, this.#root, toHex(this.#root.hash));
+    this.#rootCache = { root: this.#root, page };
     return page;
   }
 
+  /** The root page, checked, for the root it was read for. */
+  #rootCache: { root: RootInfo; page: Page } | null = null;
+
   #child(parent: Page, j: number): Page {
+    const linked = parent.kids?.[j];
+    if (linked) return linked;
     const child = this.#load(parent.nodes, j * ID);
     checkChild(parent, j, child, toHex(parent.nodes, j * ID, ID));
+    // With a cache big enough to hold a whole tree, keep the checked child with its parent: later walks
+    // skip the lookup (a page is named by its hash, so the link can never go stale).
+    if (this.#cacheMax >= LINK_CHILDREN_CACHE_MIN) (parent.kids ??= [])[j] = child;
     return child;
   }
 
@@ -602,13 +624,7 @@ export class MerkleTree {
       base += page.prefixCounts![j]!;
       page = this.#child(page, j);
     }
-    const k = r - base;
-    if (k * 2 <= page.size) {
-      for (let i = 0; i < k; i++) sumAddBytes(acc, page.nodes, i * ID);
-    } else {
-      sumAdd(acc, page.idSum);
-      for (let i = k; i < page.size; i++) sumSubBytes(acc, page.nodes, i * ID);
-    }
+    sumAdd(acc, page.leafPrefixSums(), (r - base) * 8);
     return acc;
   }
 

@@ -243,7 +243,13 @@ export function createApp(node: XfNode) {
     })
     .post("/v1/sync/once", async (c) => {
       // One-shot sync with a peer (the CLI's `sync`): connect, reconcile, transfer, report.
-      const body = JSON.parse(new TextDecoder().decode(await readBody(c.req.raw, 64 * 1024)) || "{}");
+      let body: { peer?: unknown; groups?: unknown };
+      try {
+        body = JSON.parse(new TextDecoder().decode(await readBody(c.req.raw, 64 * 1024)) || "{}");
+      } catch (e) {
+        if (e instanceof XfError) throw e;
+        throw new XfError("BAD_QUERY", "Cannot read sync request: body is not JSON {peer, groups?}");
+      }
       const peer = String(body.peer ?? "");
       if (!/^wss?:\/\/[^\s]+$/.test(peer)) {
         throw new XfError("BAD_QUERY", `Cannot sync with "${peer}": expected ws://host:port`);

@@ -153,3 +153,14 @@ Deno.test("nostr-tools Negentropy reconciles a Merkle tree against a vector", ()
   assertEquals(have.sort(), onlyTree.map((i) => toHex(i.id)).sort());
   assertEquals(need.sort(), onlyVector.map((i) => toHex(i.id)).sort());
 });
+
+Deno.test("sha256Short() equals SHA-256 for every length from 0 to 55 bytes", async () => {
+  const { sha256Short } = await import("../merkle/_sha256.ts");
+  const { sha256 } = await import("@noble/hashes/sha2");
+  for (let n = 0; n <= 55; n++) {
+    const input = crypto.getRandomValues(new Uint8Array(n));
+    const a = Array.from(sha256Short(input)).join(",");
+    const b = Array.from(sha256(input)).join(",");
+    if (a !== b) throw new Error(`sha256Short differs at length ${n}`);
+  }
+});
