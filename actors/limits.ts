@@ -24,7 +24,7 @@ export const LIMITS = {
   /** Events answered by one query page. */
   query_limit_max: 1000,
   /** Events admitted to the pipeline and not yet acknowledged; past this, 503. */
-  pipeline_inflight_events_max: 50_000,
+  pipeline_inflight_events_max: 10_000,
   /** Events in one message between stages. */
   stage_batch_events_max: 512,
   /** Batches a stage may hold in its mailbox (its credit window). */

@@ -242,7 +242,18 @@ export class Pipeline {
   private flushOutbox() {
     this.flushScheduled = false;
     const subs = this.outbox.splice(0);
-    if (subs.length) this.supervisor.child("ingest").send({ type: "ingest.submit", subs });
+    if (!subs.length) return;
+    // Adaptive batching: while ingest is busy, its waiting message takes the new requests too, so
+    // under load the stages see few large batches; when idle, a request goes at once.
+    const ingest = this.supervisor.child("ingest");
+    const last = ingest.queue.at(-1) as { type: string; subs: Submission[]; bytes?: number } | undefined;
+    const bytes = subs.reduce((n, s) => n + s.body.length, 0);
+    if (last?.type === "ingest.submit" && (last.bytes ?? 0) + bytes <= this.limits.http_body_bytes_max) {
+      last.subs.push(...subs);
+      last.bytes = (last.bytes ?? 0) + bytes;
+      return;
+    }
+    ingest.send({ type: "ingest.submit", subs, bytes });
   }
 
   private timeout(req: number) {

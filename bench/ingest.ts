@@ -14,6 +14,9 @@ import { eventKey } from "../storage/keys.ts";
 import { percentile, type Row, toHex } from "./_table.ts";
 
 const N = Number(Deno.env.get("XF_BENCH_EVENTS") ?? 60_000);
+/** The V8 flags `deno task start` runs the node with (see deno.json). */
+const V8_FLAGS = (JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url))).tasks.start as string)
+  .split(" ").filter((a) => a.startsWith("--v8-flags"));
 
 /** Ed25519 verifications per second on one core (node:crypto, synchronous). */
 function verifyRate(): number {
@@ -118,9 +121,19 @@ async function postBody(url: string, gid: Uint8Array, body: Uint8Array): Promise
   return { status: 200, stored: results.filter((x: { status: string }) => x.status === "stored").length };
 }
 
-async function startNodeProcess(dir: string) {
+export async function startNodeProcess(dir: string) {
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL("../net/main.ts", import.meta.url).pathname, "serve", "--data", dir, "--port", "0"],
+    args: [
+      "run",
+      "-A",
+      ...V8_FLAGS,
+      new URL("../net/main.ts", import.meta.url).pathname,
+      "serve",
+      "--data",
+      dir,
+      "--port",
+      "0",
+    ],
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
@@ -146,7 +159,11 @@ export async function httpThroughput(url: string, gid: Uint8Array, bodies: Uint8
   let stored = 0;
   const t = performance.now();
   await Promise.all(Array.from({ length: writers }, async () => {
-    while (next < bodies.length) stored += (await postBody(url, gid, bodies[next++]!)).stored;
+    while (next < bodies.length) {
+      // Not `stored += await …`: that reads `stored` before the await and loses the other writers' counts.
+      const r = await postBody(url, gid, bodies[next++]!);
+      stored += r.stored;
+    }
   }));
   return stored / ((performance.now() - t) / 1000);
 }

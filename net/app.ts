@@ -117,6 +117,11 @@ export function createApp(node: XfNode) {
     })
     .post("/v1/groups/:gid/events", async (c) => {
       const gid = hexParam(c.req.param("gid"), "BAD_GROUP_ID", "group id");
+      // Shed before reading the body: under overload a refused request costs neither memory nor parsing.
+      if (node.pipeline.inflight() >= node.limits.pipeline_inflight_events_max) {
+        node.pipeline.counters.overloaded++;
+        throw new XfError("OVERLOADED", `Cannot accept more events now: ${node.pipeline.inflight()} in flight`);
+      }
       const type = c.req.header("content-type") ?? CBOR;
       if (!type.startsWith(CBOR) && !type.startsWith("application/octet-stream")) {
         throw new XfError("UNSUPPORTED_MEDIA_TYPE", `Cannot accept body of type "${type}": send ${CBOR}`);
