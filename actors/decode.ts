@@ -27,6 +27,7 @@ import {
 import { toHex } from "../storage/ed25519.ts";
 import { toWire, XfError } from "../storage/errors.ts";
 import { GroupState } from "../storage/membership.ts";
+import type { AuthorizeItem } from "./index_stage.ts";
 
 /** Messages the decode stage takes. */
 export type DecodeMsg = { type: "decode.batch"; batch: EventBatch };
@@ -43,6 +44,9 @@ export interface DecodeConfig {
   /** Injected clock (ms). */
   now?: () => number;
 }
+
+/** Recent membership events decode sends with each authorization request, per group. */
+export const DECODE_PENDING_MEMBERSHIP_MAX = 256;
 
 /** Groups whose manifest decode remembers. */
 export const DECODE_GROUPS_MAX = 100_000;
@@ -61,6 +65,17 @@ export function decodeStage(): Stage<DecodeConfig> {
       const info = infos[i];
       if (info) remember(g, info);
     });
+  }
+
+  /** Membership events admitted lately, per group (bounded), sent along with authorization requests. */
+  const recentMembership = new Map<string, AuthorizeItem[]>();
+  function rememberMembership(ev: StoredEvent) {
+    const gid = toHex(ev.group);
+    const list = recentMembership.get(gid) ?? [];
+    list.push({ gid, author: ev.author, ts: ev.ts, kind: ev.kind, id: ev.id, payload: ev.payload });
+    if (list.length > DECODE_PENDING_MEMBERSHIP_MAX) list.shift();
+    recentMembership.set(gid, list);
+    if (recentMembership.size > DECODE_GROUPS_MAX) recentMembership.delete(recentMembership.keys().next().value!);
   }
 
   function remember(gid: string, info: GroupInfo) {
@@ -182,6 +197,8 @@ export function decodeStage(): Stage<DecodeConfig> {
       try {
         verdicts = await ctx.ask("index", {
           type: "index.authorize",
+          // Membership events admitted here lately may not be indexed yet: the index counts them too.
+          pending: [...new Set(remote.map((d) => toHex(d.ev.group)))].flatMap((g) => recentMembership.get(g) ?? []),
           items: remote.map((d) => ({
             gid: toHex(d.ev.group),
             author: d.ev.author,
@@ -212,8 +229,10 @@ export function decodeStage(): Stage<DecodeConfig> {
           };
         }
       }
-      if (v.ok) accepted.push(d.it);
-      else reject(d.it, new XfError(v.code as never, v.message));
+      if (v.ok) {
+        accepted.push(d.it);
+        if (d.ev.kind === KIND_MEMBERSHIP) rememberMembership(d.ev);
+      } else reject(d.it, new XfError(v.code as never, v.message));
     }
     if (results.length) {
       ctx.emit("root", { type: "pipeline.results", items: results });

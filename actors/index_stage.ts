@@ -87,7 +87,7 @@ export type IndexCall =
   | { type: "index.peers.load"; gid: string }
   | { type: "index.peers.save"; gid: string; table: Uint8Array }
   | { type: "index.access"; gid: string; key: string }
-  | { type: "index.authorize"; items: AuthorizeItem[] }
+  | { type: "index.authorize"; items: AuthorizeItem[]; pending?: AuthorizeItem[] }
   | { type: "index.stats" };
 
 /** One event decode wants authorized against its group's membership. */
@@ -503,6 +503,16 @@ export function indexStage(): Stage<IndexConfig> {
         case "index.authorize": {
           // Judged in order: an earlier membership event of the same call counts for the later ones.
           const working = new Map<string, GroupState>();
+          // Membership events decode admitted that may not be indexed yet count as held.
+          for (const p of msg.pending ?? []) {
+            const base = working.get(p.gid) ?? (await stateOf(p.gid));
+            if (!base) continue;
+            const st = working.has(p.gid) ? base : GroupState.fromJSON(base.toJSON());
+            try {
+              st.apply([p]);
+            } catch { /* a malformed one cannot have passed decode; ignore */ }
+            working.set(p.gid, st);
+          }
           const out: ({ ok: true } | { ok: false; code: string; message: string })[] = [];
           for (const it of msg.items) {
             let st = working.get(it.gid) ?? (await stateOf(it.gid));

@@ -138,7 +138,12 @@ export class Pipeline {
         intensityMax: this.limits.restart_intensity_max,
         periodMs: this.limits.restart_period_ms,
         onEmit: (from, to, msg) => this.route(from, to, msg),
-        onAsk: (_from, to, msg, t) => this.supervisor.child(to).call(msg, t),
+        onAsk: (_from, to, msg, t) => {
+          // Authorization reads membership: let the index first hold every event acknowledged so far.
+          const m = msg as { type?: string };
+          const ask = m.type === "index.authorize" ? { ...m, after: this.ackedSeq } : msg;
+          return this.supervisor.child(to).call(ask, t);
+        },
         onRestart: (ids) => this.restarted(ids as StageName[]),
         onEscalate: (e) => this.fatal(e),
       },
