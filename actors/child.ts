@@ -262,5 +262,3 @@ export function inProcessSpawner(serve: (endpoint: Endpoint) => void): () => Spa
     };
   };
 }
-
-export { toWire };

@@ -9,7 +9,7 @@ import { packBatch } from "../actors/batch.ts";
 import { LIMITS } from "../actors/limits.ts";
 import type { StageContext } from "../actors/runtime.ts";
 import { MerkleTree, verifyProof } from "../merkle/mod.ts";
-import { encodeEvent, eventId, KIND_MANIFEST } from "../storage/event.ts";
+import { encodeEvent, eventId } from "../storage/event.ts";
 import { generateKeyPair } from "../storage/ed25519.ts";
 import { createGroup } from "../storage/event.ts";
 import { openRocks } from "../storage/kv.ts";
@@ -247,6 +247,5 @@ export async function benchMerkle(): Promise<{ rows: Row[]; notes: string[] }> {
     } B each, the time index, the Merkle pages, uncompacted)`,
     `fingerprints of 20 random ranges equal nostr-tools' for the same items: ${same}`,
   );
-  void KIND_MANIFEST;
   return { rows, notes };
 }

@@ -18,6 +18,28 @@ import { upgradeWebSocket } from "@hono/hono/deno";
 import type { WSContext } from "@hono/hono/ws";
 import type { FrameChannel } from "./sync.ts";
 
+/** A WebSocket route whose binary frames feed a {@linkcode FrameChannel} handed to `accept` on open. */
+function frameRoute(accept: (ch: FrameChannel, addr: string) => void) {
+  return upgradeWebSocket((c) => {
+    let ch: FrameChannel | null = null;
+    // Read the request now: once upgraded it is closed.
+    const addr = c.req.header("x-forwarded-for") ?? "";
+    return {
+      onOpen(_ev, ws) {
+        ch = wsChannel(ws);
+        accept(ch, addr);
+      },
+      onMessage(ev) {
+        const d = ev.data;
+        ch?.onFrame?.(d instanceof ArrayBuffer ? new Uint8Array(d) : d instanceof Uint8Array ? d : new Uint8Array(0));
+      },
+      onClose(ev) {
+        ch?.onClose?.((ev as CloseEvent).reason || "closed");
+      },
+    };
+  });
+}
+
 /** A Hono WebSocket context as a {@linkcode FrameChannel} (frames arrive through the route's onMessage). */
 function wsChannel(ws: WSContext): FrameChannel {
   (ws.raw as WebSocket | undefined)?.binaryType !== undefined && ((ws.raw as WebSocket).binaryType = "arraybuffer");
@@ -266,49 +288,8 @@ export function createApp(node: XfNode) {
       s.close("one-shot sync done");
       return c.json(stats);
     })
-    .get(
-      "/v1/sync",
-      upgradeWebSocket((c) => {
-        let ch: FrameChannel | null = null;
-        const addr = c.req.header("x-forwarded-for") ?? "";
-        return {
-          onOpen(_ev, ws) {
-            ch = wsChannel(ws);
-            node.sync.accept(ch, addr);
-          },
-          onMessage(ev) {
-            const d = ev.data;
-            ch?.onFrame?.(
-              d instanceof ArrayBuffer ? new Uint8Array(d) : d instanceof Uint8Array ? d : new Uint8Array(0),
-            );
-          },
-          onClose(ev) {
-            ch?.onClose?.((ev as CloseEvent).reason || "closed");
-          },
-        };
-      }),
-    )
-    .get(
-      "/v1/dht",
-      upgradeWebSocket(() => {
-        let ch: FrameChannel | null = null;
-        return {
-          onOpen(_ev, ws) {
-            ch = wsChannel(ws);
-            node.dht.accept(ch);
-          },
-          onMessage(ev) {
-            const d = ev.data;
-            ch?.onFrame?.(
-              d instanceof ArrayBuffer ? new Uint8Array(d) : d instanceof Uint8Array ? d : new Uint8Array(0),
-            );
-          },
-          onClose(ev) {
-            ch?.onClose?.((ev as CloseEvent).reason || "closed");
-          },
-        };
-      }),
-    );
+    .get("/v1/sync", frameRoute((ch, addr) => node.sync.accept(ch, addr)))
+    .get("/v1/dht", frameRoute((ch) => node.dht.accept(ch)));
 
   app.notFound((c) =>
     c.json({ error: "NOT_FOUND", message: `No route for ${c.req.method} ${new URL(c.req.url).pathname}` }, 404)

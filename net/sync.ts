@@ -637,5 +637,3 @@ function engineKind(ev: Uint8Array): number {
   const k = ev[p]!;
   return k < 16 ? k : 16;
 }
-
-export { toHex };

@@ -2,7 +2,6 @@ import { assert, assertEquals, assertRejects } from "@std/assert";
 import { hexOf, makeEvents, tempNode, testGroup } from "./_helpers.ts";
 import { openNode } from "../actors/node.ts";
 import { signEvent } from "../storage/event.ts";
-import { generateKeyPair } from "../storage/ed25519.ts";
 import type { XfError } from "../storage/errors.ts";
 
 Deno.test("XfNode.publish() stores, answers duplicates, and serves queries in (ts, id) order", async () => {
@@ -190,5 +189,4 @@ Deno.test("XfNode refuses to publish after close", async () => {
   const g = await testGroup();
   await t.done();
   await assertRejects(() => t.node.publish(g.manifest), Error, "stopped");
-  void generateKeyPair;
 });

@@ -5,7 +5,7 @@ import { channelPair } from "../net/peers.ts";
 import { SyncSession } from "../net/sync.ts";
 import { answerChallenge, Authenticator, CHALLENGE_TTL_MS } from "../net/auth.ts";
 import { createApp } from "../net/app.ts";
-import { cborArrayOf, type XfNode } from "../actors/node.ts";
+import type { XfNode } from "../actors/node.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { generateKeyPair, type KeyPair, sign } from "../storage/ed25519.ts";
 import { createGroup, signEvent } from "../storage/event.ts";
@@ -353,5 +353,3 @@ Deno.test("Sync cuts off a peer that never grants credit, and its memory stays b
     await t.done();
   }
 });
-
-void cborArrayOf;
