@@ -3,6 +3,7 @@ import { openNode, type XfNode } from "../actors/node.ts";
 import type { PipelineOptions } from "../actors/root.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { createGroup, signEvent, type StoredEvent } from "../storage/event.ts";
+import { XfError } from "../storage/errors.ts";
 
 /** A node on a fresh temp dir; `done()` closes it and removes the dir. */
 export async function tempNode(
@@ -58,4 +59,25 @@ export async function makeEvents(
 
 export function hexOf(b: Uint8Array): string {
   return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+/** Wait until `cond` holds, polling; throws after `ms`. */
+export async function until(cond: () => Promise<boolean> | boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    if (await cond()) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error("condition not met in time");
+}
+
+/** The stable code of the XfError `fn` throws (fails if it throws nothing or something else). */
+export function code(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof XfError) return e.code;
+    throw e;
+  }
+  throw new Error("expected an XfError");
 }

@@ -12,7 +12,7 @@ import { generateKeyPair, type KeyPair, toHex } from "../storage/ed25519.ts";
 import { XfError } from "../storage/errors.ts";
 import { createGroup, POLICY_CLOSED, signEvent } from "../storage/event.ts";
 import { ACTION_ADD, encodeMembership } from "../storage/membership.ts";
-import { hexOf, makeEvents, testGroup } from "./_helpers.ts";
+import { hexOf, makeEvents, testGroup, until } from "./_helpers.ts";
 
 interface Served {
   node: XfNode;
@@ -45,15 +45,6 @@ async function servedNode(opts: { key?: KeyPair; limits?: Partial<Limits>; dir?:
       if (!keep) await Deno.remove(dir, { recursive: true }).catch(() => {});
     },
   };
-}
-
-async function until(cond: () => Promise<boolean> | boolean, ms = 5000) {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await cond()) return;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error("condition not met in time");
 }
 
 async function codeOf(p: Promise<unknown>): Promise<string> {

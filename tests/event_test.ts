@@ -1,21 +1,11 @@
+import { code } from "./_helpers.ts";
 import { assert, assertEquals } from "@std/assert";
 import { decodeEvent, encodeEvent, eventId, groupIdOf, signEvent, verifyEvent } from "../storage/event.ts";
 import { fromHex, keyPairFromSeed, toHex } from "../storage/ed25519.ts";
 import { decodeCbor, encodeCbor, skipItem } from "../storage/cbor.ts";
-import { XfError } from "../storage/errors.ts";
 
 const vectors = JSON.parse(await Deno.readTextFile(new URL("./fixtures/events_v1.json", import.meta.url)));
 const hex = (s: string) => fromHex(s)!;
-
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof XfError) return e.code;
-    throw e;
-  }
-  throw new Error("expected an XfError");
-}
 
 Deno.test("decodeEvent() reads every committed v1 vector and its id", async () => {
   for (const v of vectors.events) {

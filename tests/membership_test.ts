@@ -1,3 +1,4 @@
+import { code } from "./_helpers.ts";
 import { assert, assertEquals, assertFalse, assertThrows } from "@std/assert";
 import { sha256 } from "@noble/hashes/sha2";
 import { compareBytes, encodeCbor } from "../storage/cbor.ts";
@@ -28,16 +29,6 @@ let counter = 0;
 function ev(author: Uint8Array, ts: number, action: MembershipAction, member: Uint8Array, idByte?: number) {
   const id = idByte === undefined ? sha256(encodeCbor([ts, author, action, member, counter++])) : key(idByte);
   return { ts, id, author, payload: encodeMembership({ action, member }) };
-}
-
-function code(fn: () => unknown): string {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof XfError) return e.code;
-    throw e;
-  }
-  throw new Error("expected an XfError");
 }
 
 /** A seeded PRNG (mulberry32), so a failing shuffle can be replayed. */

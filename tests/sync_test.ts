@@ -1,7 +1,7 @@
 import { assert, assertEquals } from "@std/assert";
 import { nip77 } from "nostr-tools";
 import { sha256 } from "@noble/hashes/sha2";
-import { hexOf, makeEvents, tempNode, testGroup } from "./_helpers.ts";
+import { hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { channelPair } from "../net/peers.ts";
 import { SyncSession } from "../net/sync.ts";
 import { serve } from "../net/server.ts";
@@ -33,15 +33,6 @@ function link(a: XfNode, b: XfNode) {
   const server = new SyncSession(b.sync, cb, "server", "in-process");
   const client = new SyncSession(a.sync, ca, "client", "in-process");
   return { client, server };
-}
-
-async function until(cond: () => Promise<boolean> | boolean, ms = 5000) {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (await cond()) return;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  throw new Error("condition not met in time");
 }
 
 Deno.test("SyncSession brings two nodes to the same events and Merkle root", async () => {
