@@ -31,7 +31,7 @@
  */
 
 import { sha256 } from "@noble/hashes/sha2";
-import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
+import { decodeFrame, encodeFrame, field, type Frame, isBytes, isUint } from "./frames.ts";
 import { fromHex, type KeyPair, toHex } from "../storage/ed25519.ts";
 import { type ErrorCode, toWire, XfError } from "../storage/errors.ts";
 import type { Limits } from "../actors/limits.ts";
@@ -97,21 +97,8 @@ export interface SessionStats {
   eventsRejected: number;
 }
 
-type Frame = Map<string, unknown>;
+const frame = encodeFrame;
 
-function frame(t: string, fields: Record<string, unknown> = {}): Uint8Array {
-  const m = new Map<string, unknown>([["t", t]]);
-  for (const [k, v] of Object.entries(fields)) if (v !== undefined) m.set(k, v);
-  return encodeCbor(m as never);
-}
-
-function field<T>(f: Frame, name: string, check: (v: unknown) => boolean, what: string): T {
-  const v = f.get(name);
-  if (!check(v)) throw new XfError("BAD_FRAME", `Frame "${f.get("t")}" needs ${name} as ${what}`);
-  return v as T;
-}
-const isBytes = (n?: number) => (v: unknown) => v instanceof Uint8Array && (n === undefined || v.length === n);
-const isUint = (v: unknown) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
 const isGid = (v: unknown) => typeof v === "string" && /^[0-9a-f]{64}$/.test(v);
 
 /** One end of a sync connection. */
@@ -235,21 +222,12 @@ export class SyncSession {
     if (this.state === "closed") return;
     this.stats.framesIn++;
     this.stats.bytesIn += bytes.length;
-    if (bytes.length > this.host.limits.sync_frame_bytes_max) {
-      return this.fail(
-        "FRAME_TOO_LARGE",
-        `Frame of ${bytes.length} bytes is over the limit ${this.host.limits.sync_frame_bytes_max}`,
-      );
-    }
     let f: Frame;
     try {
-      const v = decodeCbor(bytes);
-      if (!(v instanceof Map) || typeof v.get("t") !== "string") {
-        throw new XfError("BAD_FRAME", "Frame is not a CBOR map with a type");
-      }
-      f = v as Frame;
+      f = decodeFrame(bytes, this.host.limits.sync_frame_bytes_max, "Frame");
     } catch (e) {
-      return this.fail("BAD_FRAME", `Cannot decode frame: ${(e as Error).message}`);
+      const w = toWire(e);
+      return this.fail(w.code, w.message);
     }
     // Frames are handled one after another, in arrival order.
     this.work = this.work.then(() => this.handle(f)).catch((e) => {

@@ -37,12 +37,13 @@
  * @module
  */
 
-import { type CborValue, decodeCbor, encodeCbor } from "../../storage/cbor.ts";
+import type { CborValue } from "../../storage/cbor.ts";
 import { type KeyPair, toHex } from "../../storage/ed25519.ts";
 import { ERROR_STATUS, type ErrorCode, toWire, XfError } from "../../storage/errors.ts";
 import type { Limits } from "../../actors/limits.ts";
 import { answerChallenge, type Authenticator } from "../auth.ts";
 import type { FrameChannel } from "../sync.ts";
+import { decodeFrame, encodeFrame, field, type Frame, isBytes, isUint } from "../frames.ts";
 
 /** Protocol version spoken here. */
 export const DHT_VERSION = 1;
@@ -54,7 +55,7 @@ export const DHT_OPS = ["ping", "find_node", "announce", "find_peers", "find_pro
 export type DhtOp = typeof DHT_OPS[number];
 
 /** A decoded frame: a CBOR map with a string `t`. */
-export type DhtFrame = Map<string, unknown>;
+export type DhtFrame = Frame;
 
 /** An authenticated peer as a request handler sees it. */
 export interface DhtPeer {
@@ -90,23 +91,9 @@ export interface DhtSessionStats {
   refused: number;
 }
 
-function frame(t: string, fields: Record<string, CborValue | undefined> = {}): Uint8Array {
-  const m = new Map<string, CborValue>([["t", t]]);
-  for (const [k, v] of Object.entries(fields)) if (v !== undefined) m.set(k, v);
-  return encodeCbor(m);
-}
+const frame = encodeFrame;
 
-/** A field of a frame, checked; throws `BAD_FRAME` naming it. */
-export function field<T>(f: DhtFrame, name: string, check: (v: unknown) => boolean, what: string): T {
-  const v = f.get(name);
-  if (!check(v)) throw new XfError("BAD_FRAME", `DHT frame "${String(f.get("t"))}" needs ${name} as ${what}`);
-  return v as T;
-}
-
-/** A checker for byte strings (of length `n`, if given). */
-export const isBytes = (n?: number) => (v: unknown): boolean =>
-  v instanceof Uint8Array && (n === undefined || v.length === n);
-const isUint = (v: unknown) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+export { field, isBytes };
 
 function codeOf(code: unknown): ErrorCode {
   return typeof code === "string" && code in ERROR_STATUS ? code as ErrorCode : "INTERNAL";
@@ -252,19 +239,12 @@ export class DhtSession {
     if (this.state === "closed") return;
     this.stats.framesIn++;
     this.stats.bytesIn += bytes.length;
-    const max = this.host.limits.dht_frame_bytes_max;
-    if (bytes.length > max) {
-      return this.#fail("FRAME_TOO_LARGE", `DHT frame of ${bytes.length} bytes is over the limit ${max}`);
-    }
     let f: DhtFrame;
     try {
-      const v = decodeCbor(bytes);
-      if (!(v instanceof Map) || typeof v.get("t") !== "string") {
-        throw new XfError("BAD_FRAME", "DHT frame is not a CBOR map with a type");
-      }
-      f = v as DhtFrame;
+      f = decodeFrame(bytes, this.host.limits.dht_frame_bytes_max, "DHT frame") as DhtFrame;
     } catch (e) {
-      return this.#fail("BAD_FRAME", `Cannot decode DHT frame: ${(e as Error).message}`);
+      const w = toWire(e);
+      return this.#fail(w.code, w.message);
     }
     const t = f.get("t") as string;
     if (t === "res") return this.#onRes(f);
