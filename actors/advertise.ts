@@ -14,6 +14,7 @@ import type { Stage } from "./runtime.ts";
 import { type EventBatch, unpackBatch } from "./batch.ts";
 import { LIMITS, type Limits } from "./limits.ts";
 import { toHex } from "../storage/ed25519.ts";
+import { peekEvent } from "../storage/event.ts";
 import { XfError } from "../storage/errors.ts";
 
 /** A live subscription's filter. */
@@ -37,22 +38,6 @@ export interface AdvertiseConfig {
   limits: Limits;
 }
 
-/** Reads the kind of a v1 event without a full decode (after group, author, ts). */
-function kindOf(bytes: Uint8Array): number {
-  // [0x88, 0x01, 0x58 0x20 group(32), 0x58 0x20 author(32), ts, kind, ...]
-  let p = 2 + 34 + 34;
-  const skipUint = () => {
-    const info = bytes[p]! & 0x1f;
-    const size = info < 24 ? 0 : info === 24 ? 1 : info === 25 ? 2 : info === 26 ? 4 : 8;
-    let v = info < 24 ? info : 0;
-    for (let i = 0; i < size; i++) v = v * 256 + bytes[p + 1 + i]!;
-    p += 1 + size;
-    return v;
-  };
-  skipUint();
-  return skipUint();
-}
-
 /** The advertise stage's logic. */
 export function advertiseStage(): Stage<AdvertiseConfig> {
   let limits: Limits = { ...LIMITS };
@@ -70,7 +55,7 @@ export function advertiseStage(): Stage<AdvertiseConfig> {
       }
       if (subs.size === 0) return;
       const items = unpackBatch(msg.batch);
-      const meta = items.map((it) => ({ gid: toHex(it.bytes.subarray(4, 36)), kind: kindOf(it.bytes) }));
+      const meta = items.map((it) => ({ gid: toHex(it.bytes.subarray(4, 36)), kind: peekEvent(it.bytes)?.kind ?? -1 }));
       const matches: { sub: number; idxs: number[] }[] = [];
       for (const [sub, f] of subs) {
         const idxs: number[] = [];

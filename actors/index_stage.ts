@@ -33,6 +33,7 @@ import {
   decodeEvent,
   KIND_MANIFEST,
   KIND_MEMBERSHIP,
+  peekEvent,
   type StoredEvent,
 } from "../storage/event.ts";
 import { GroupState, type GroupStateJSON } from "../storage/membership.ts";
@@ -135,29 +136,14 @@ const NO_BYTES = new Uint8Array(0);
  * group, author, ts, kind. Null for engine kinds (decoded in full) or an
  * unexpected shape.
  */
-function peekEvent(bytes: Uint8Array, id: Uint8Array): StoredEvent | null {
-  if (bytes[0] !== 0x88 || bytes[1] !== 1 || bytes[2] !== 0x58 || bytes[3] !== 0x20) return null;
-  if (bytes[36] !== 0x58 || bytes[37] !== 0x20) return null;
-  let p = 70;
-  const uint = (): number => {
-    const b = bytes[p++]!;
-    if (b >> 5 !== 0) return -1;
-    const info = b & 0x1f;
-    if (info < 24) return info;
-    const size = info === 24 ? 1 : info === 25 ? 2 : info === 26 ? 4 : info === 27 ? 8 : 0;
-    if (!size) return -1;
-    let v = 0;
-    for (let i = 0; i < size; i++) v = v * 256 + bytes[p++]!;
-    return v;
-  };
-  const ts = uint();
-  const kind = uint();
-  if (ts < 0 || kind < APP_KIND_MIN) return null;
+function liveEvent(bytes: Uint8Array, id: Uint8Array): StoredEvent | null {
+  const head = peekEvent(bytes);
+  if (!head || head.kind < APP_KIND_MIN) return null;
   return {
     group: bytes.subarray(4, 36),
     author: bytes.subarray(38, 70),
-    ts,
-    kind,
+    ts: head.ts,
+    kind: head.kind,
     tags: [],
     payload: NO_BYTES,
     sig: NO_BYTES,
@@ -255,7 +241,7 @@ export function indexStage(): Stage<IndexConfig> {
       if (it.seq > lastSeq) lastSeq = it.seq;
       // Live events passed decode: read the few fields the index needs. Replayed WAL records and
       // engine kinds (manifests, membership) get the full strict decode.
-      let ev = it.id === ZERO_ID ? null : peekEvent(it.bytes, it.id);
+      let ev = it.id === ZERO_ID ? null : liveEvent(it.bytes, it.id);
       if (!ev) {
         try {
           ev = decodeEvent(it.bytes, { ...limits, event_bytes_max: Math.max(limits.event_bytes_max, it.bytes.length) });

@@ -19,7 +19,6 @@ import { XfError } from "../storage/errors.ts";
 
 interface GroupTree {
   pages: Map<string, Uint8Array>;
-  root: RootInfo | null;
   tree: MerkleTree;
 }
 
@@ -51,7 +50,7 @@ export class GroupTrees {
     }
     const store = { get: (h: Uint8Array) => pages.get(toHex(h)) };
     // The page bytes are all in memory already; keep every decoded page too (a decode re-hashes the page).
-    const gt: GroupTree = { pages, root, tree: new MerkleTree(store, root, { cachePages: DECODED_PAGES_MAX }) };
+    const gt: GroupTree = { pages, tree: new MerkleTree(store, root, { cachePages: DECODED_PAGES_MAX }) };
     this.groups.set(gid, gt);
     return gt;
   }
@@ -81,7 +80,6 @@ export class GroupTrees {
       commits.push(() => {
         for (const [h, bytes] of res.put) gt.pages.set(h, bytes);
         for (const h of res.del) gt.pages.delete(h);
-        gt.root = res.root; // the tree itself moved to the new root in insert()
       });
     }
     return { ops, commit: () => commits.forEach((c) => c()) };
@@ -105,10 +103,10 @@ export class GroupTrees {
   }
 
   /** Inclusion proof of an event (hex id), or null when the group does not hold it. */
-  async prove(gid: string, idHex: string, kv: Kv = this.kv): Promise<Uint8Array | null> {
+  async prove(gid: string, idHex: string): Promise<Uint8Array | null> {
     const id = fromHex(idHex);
     if (!id || id.length !== 32) throw new XfError("BAD_EVENT_ID", `Cannot prove event "${idHex}": not 64 hex digits`);
-    const bytes = await kv.get(eventKey(id));
+    const bytes = await this.kv.get(eventKey(id));
     if (!bytes) return null;
     const ev = decodeEvent(bytes, { event_bytes_max: bytes.length, event_tags_max: 1 << 20, tag_bytes_max: 1 << 20 });
     if (toHex(ev.group) !== gid) return null;

@@ -138,8 +138,10 @@ export function walFlushStage(): Stage<WalConfig> {
           checkpointed = seq;
           return { deleted: await wal!.checkpoint(seq) };
         }
-        case "wal.stats":
-          return { ...wal!.stats(), lastSeq: Number(wal!.stats().lastSeq), checkpoint: Number(checkpointed) };
+        case "wal.stats": {
+          const st = wal!.stats();
+          return { ...st, lastSeq: Number(st.lastSeq), checkpoint: Number(checkpointed) };
+        }
       }
       throw new XfError("INTERNAL", `wal-flush cannot answer "${(msg as { type: string }).type}"`);
     },

@@ -31,6 +31,7 @@
  */
 
 import { sha256 } from "@noble/hashes/sha2";
+import { peekEvent } from "../storage/event.ts";
 import { decodeFrame, encodeFrame, field, type Frame, isBytes, isUint } from "./frames.ts";
 import { fromHex, type KeyPair, toHex } from "../storage/ed25519.ts";
 import { type ErrorCode, toWire, XfError } from "../storage/errors.ts";
@@ -609,9 +610,5 @@ function equal32(a: Uint8Array, b: Uint8Array): boolean {
 
 /** An event's kind if it is an engine kind (< 16), else 16: for ordering a transfer. */
 function engineKind(ev: Uint8Array): number {
-  let p = 2 + 34 + 34; // after [0x88, 1, group, author]
-  const info = ev[p]! & 0x1f;
-  p += info < 24 ? 1 : info === 24 ? 2 : info === 25 ? 3 : info === 26 ? 5 : 9;
-  const k = ev[p]!;
-  return k < 16 ? k : 16;
+  return Math.min(peekEvent(ev)?.kind ?? 16, 16);
 }

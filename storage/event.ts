@@ -192,6 +192,43 @@ function field(r: CborReader, major: 0 | 2, name: string, len?: number): number 
   return b;
 }
 
+/**
+ * The `ts` and `kind` of event bytes without decoding them, or null when
+ * the bytes do not start like a v1 event. For events already checked by
+ * {@linkcode decodeEvent} (actors route them as bytes).
+ *
+ * @example
+ * ```ts
+ * import { assert } from "@std/assert";
+ * import { encodeEvent, peekEvent } from "./event.ts";
+ * const bytes = encodeEvent({
+ *   group: new Uint8Array(32), author: new Uint8Array(32), ts: 300, kind: 17, tags: [],
+ *   payload: new Uint8Array(), sig: new Uint8Array(64),
+ * });
+ * assert(peekEvent(bytes)?.ts === 300 && peekEvent(bytes)?.kind === 17);
+ * ```
+ */
+export function peekEvent(bytes: Uint8Array): { ts: number; kind: number } | null {
+  // [0x88, 0x01, 0x58 0x20 group(32), 0x58 0x20 author(32), ts, kind, ...]
+  if (bytes[0] !== 0x88 || bytes[1] !== 1 || bytes[2] !== 0x58 || bytes[3] !== 0x20) return null;
+  if (bytes[36] !== 0x58 || bytes[37] !== 0x20) return null;
+  let p = 70;
+  const uint = (): number => {
+    const b = bytes[p++];
+    if (b === undefined || b >> 5 !== 0) return -1;
+    const info = b & 0x1f;
+    if (info < 24) return info;
+    const size = info === 24 ? 1 : info === 25 ? 2 : info === 26 ? 4 : info === 27 ? 8 : 0;
+    if (!size || p + size > bytes.length) return -1;
+    let v = 0;
+    for (let i = 0; i < size; i++) v = v * 256 + bytes[p++]!;
+    return v;
+  };
+  const ts = uint();
+  const kind = uint();
+  return ts < 0 || kind < 0 ? null : { ts, kind };
+}
+
 /** A group manifest's payload. */
 export interface Manifest {
   nonce: Uint8Array;
