@@ -73,7 +73,7 @@ export type IndexCall =
   | { type: "index.merkle"; gid: string }
   | { type: "index.proof"; gid: string; id: string }
   | { type: "index.fsck"; gid: string }
-  | { type: "index.getMany"; ids: Uint8Array }
+  | { type: "index.getMany"; ids: Uint8Array; bytesMax?: number }
   | {
     type: "index.reconcile";
     gid: string;
@@ -444,7 +444,18 @@ export function indexStage(): Stage<IndexConfig> {
         case "index.getMany": {
           const keys: Uint8Array[] = [];
           for (let i = 0; i < msg.ids.length; i += 32) keys.push(eventKey(msg.ids.subarray(i, i + 32)));
-          return (await kv!.getMany(keys)).map((v) => v ?? null);
+          if (msg.bytesMax === undefined) return (await kv!.getMany(keys)).map((v) => v ?? null);
+          // Bounded in bytes: answers a prefix of the ids, stopping once bytesMax is passed.
+          const out: (Uint8Array | null)[] = [];
+          let bytes = 0;
+          for (let i = 0; i < keys.length && bytes < msg.bytesMax; i += 64) {
+            for (const v of await kv!.getMany(keys.slice(i, i + 64))) {
+              if (bytes >= msg.bytesMax) break;
+              out.push(v ?? null);
+              bytes += v?.length ?? 0;
+            }
+          }
+          return out;
         }
         case "index.reconcile": {
           // A group this node does not hold yet reconciles as the empty set (joining).

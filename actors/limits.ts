@@ -49,10 +49,28 @@ export const LIMITS = {
   subscribers_max: 1024,
   /** Bytes of one sync WebSocket frame. */
   sync_frame_bytes_max: 1024 * 1024,
-  /** Events a sync peer may send before we grant more (its credit window). */
+  /** Events a sync peer may send before we grant more (its credit window, in events). */
   sync_credit_events: 2048,
-  /** Events queued for a sync peer that grants no credit; past this it is cut off. */
-  sync_peer_queue_events_max: 20_000,
+  /** Bytes of events a sync peer may send before we grant more (its credit window, in bytes). */
+  sync_credit_bytes_max: 4 * 1024 * 1024,
+  /** Bytes of events queued for one sync peer; past this it is cut off (PEER_TOO_SLOW). */
+  sync_peer_queue_bytes_max: 8 * 1024 * 1024,
+  /** Bytes of events queued for all sync peers together; the peer that would pass it is cut off. */
+  sync_memory_bytes_max: 96 * 1024 * 1024,
+  /** Event ids a peer asked for (want) or reconciliation found it lacks, queued and not yet sent. */
+  sync_want_queue_ids_max: 65_536,
+  /** Bytes received from a sync peer and not yet handled; past this it is cut off (RATE_LIMITED). */
+  sync_inbound_bytes_max: 8 * 1024 * 1024,
+  /** Bytes a sync socket may hold unsent before we stop sending to it. */
+  sync_socket_buffer_bytes_max: 1024 * 1024,
+  /** A peer that has made no progress (read, granted credit) this long while we have data for it is cut off. */
+  sync_stall_ms: 15_000,
+  /** An authenticated sync session subscribed to nothing in either direction is closed after this. */
+  sync_idle_ms: 60_000,
+  /** Groups one sync session may subscribe to (separate from the node-wide subscribers_max). */
+  sync_session_groups_max: 64,
+  /** Sync sessions from one remote address at once. */
+  sync_sessions_per_addr_max: 16,
   /** Ids in one `want` frame. */
   sync_want_ids_max: 4096,
   /** Sync sessions (WebSocket peers) at once. */
@@ -75,6 +93,10 @@ export const LIMITS = {
   dht_inflight_max: 64,
   /** DHT sessions (WebSocket peers, both directions) at once. */
   dht_sessions_max: 256,
+  /** DHT sessions from one remote address at once. */
+  dht_sessions_per_addr_max: 16,
+  /** An incoming DHT session that makes no request this long is closed. */
+  dht_idle_ms: 120_000,
   /** Announcements in one find-peers or find-providers answer. */
   dht_answer_records_max: 100,
   /** Longest pause between two discovery rounds of a group. */

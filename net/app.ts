@@ -50,6 +50,7 @@ function wsChannel(ws: WSContext): FrameChannel {
     close: (reason) => ws.close(1000, reason.slice(0, 120)),
     onFrame: null,
     onClose: null,
+    buffered: () => (ws.raw as WebSocket | undefined)?.bufferedAmount ?? 0,
   };
 }
 
@@ -289,7 +290,7 @@ export function createApp(node: XfNode) {
       return c.json(stats);
     })
     .get("/v1/sync", frameRoute((ch, addr) => node.sync.accept(ch, addr)))
-    .get("/v1/dht", frameRoute((ch) => node.dht.accept(ch)));
+    .get("/v1/dht", frameRoute((ch, addr) => node.dht.accept(ch, addr)));
 
   app.notFound((c) =>
     c.json({ error: "NOT_FOUND", message: `No route for ${c.req.method} ${new URL(c.req.url).pathname}` }, 404)

@@ -12,8 +12,16 @@ import { fromHex, toHex } from "../storage/ed25519.ts";
 import { XfError } from "../storage/errors.ts";
 import { sha256 } from "@noble/hashes/sha2";
 import { Authenticator } from "./auth.ts";
+import { encodeFrame } from "./frames.ts";
 import type { EventResult } from "../actors/batch.ts";
-import { type FrameChannel, type SessionStats, type SyncHost, type SyncReport, SyncSession } from "./sync.ts";
+import {
+  ByteBudget,
+  type FrameChannel,
+  type SessionStats,
+  type SyncHost,
+  type SyncReport,
+  SyncSession,
+} from "./sync.ts";
 
 /** A peer as this node knows it, per group. */
 export interface PeerInfo {
@@ -42,6 +50,7 @@ export function socketChannel(ws: WebSocket): FrameChannel {
     },
     onFrame: null,
     onClose: null,
+    buffered: () => ws.bufferedAmount,
   };
   ws.onmessage = (ev) => {
     const data = ev.data instanceof ArrayBuffer ? new Uint8Array(ev.data) : null;
@@ -86,7 +95,10 @@ export interface SyncCounters {
 
 /** The node's sync side. */
 export class NodeSync implements SyncHost {
+  /** HTTP challenges and bearer tokens (peer sessions prove themselves in their handshake instead). */
   readonly auth: Authenticator;
+  /** Outbound bytes queued for all peers together (`sync_memory_bytes_max`). */
+  readonly memory: ByteBudget;
   readonly sessions = new Set<SyncSession>();
   readonly peers = new Map<string, Map<string, PeerInfo>>();
   readonly counters: SyncCounters = {
@@ -105,6 +117,7 @@ export class NodeSync implements SyncHost {
 
   constructor(readonly node: XfNode, readonly extraGroups: string[] = []) {
     this.auth = new Authenticator(node.key);
+    this.memory = new ByteBudget(node.limits.sync_memory_bytes_max);
   }
 
   get key() {
@@ -116,7 +129,7 @@ export class NodeSync implements SyncHost {
 
   async access(gid: string, peer: Uint8Array) {
     const a = await this.node.access(gid, toHex(peer));
-    return { readable: a.readable, root: a.root, count: a.count };
+    return { exists: a.exists, readable: a.readable, root: a.root, count: a.count };
   }
 
   reconcile(gid: string, session: string | null, msg: Uint8Array | null) {
@@ -128,10 +141,14 @@ export class NodeSync implements SyncHost {
     });
   }
 
-  async getMany(ids: Uint8Array[]) {
+  async getMany(ids: Uint8Array[], bytesMax?: number) {
     const flat = new Uint8Array(ids.length * 32);
     ids.forEach((id, i) => flat.set(id, i * 32));
-    return await this.node.pipeline.index<(Uint8Array | null)[]>({ type: "index.getMany", ids: flat });
+    return await this.node.pipeline.index<(Uint8Array | null)[]>({
+      type: "index.getMany",
+      ids: flat,
+      ...(bytesMax !== undefined ? { bytesMax } : {}),
+    });
   }
 
   admission(gid: string): Promise<Uint8Array[]> {
@@ -196,11 +213,16 @@ export class NodeSync implements SyncHost {
     return [...(this.peers.get(gid)?.values() ?? [])];
   }
 
-  /** Serve one incoming connection. */
+  /** Serve one incoming connection from remote address `addr` (its host, as the socket reports it). */
   accept(ch: FrameChannel, addr = ""): SyncSession | null {
-    if (this.sessions.size >= this.limits.sync_sessions_max) {
+    const fromAddr = [...this.sessions].filter((s) => s.role === "server" && s.addr === addr).length;
+    if (this.sessions.size >= this.limits.sync_sessions_max || fromAddr >= this.limits.sync_sessions_per_addr_max) {
       this.counters.sessionsRefused++;
-      ch.close("OVERLOADED: too many sync sessions");
+      const why = fromAddr >= this.limits.sync_sessions_per_addr_max
+        ? `${fromAddr} sync sessions from this address`
+        : "too many sync sessions";
+      ch.send(encodeFrame("error", { code: "OVERLOADED", message: `Cannot accept a session: ${why}` }));
+      ch.close(`OVERLOADED: ${why}`);
       return null;
     }
     const s = new SyncSession(this, ch, "server", addr);
@@ -215,22 +237,33 @@ export class NodeSync implements SyncHost {
 
   /** Connect to a peer once, sync the given groups (default: every group served), and return the session. */
   async connect(url: string, groups?: string[]): Promise<SyncSession> {
-    const ws = new WebSocket(`${url.replace(/\/$/, "")}/v1/sync`);
+    let ws: WebSocket;
+    try {
+      ws = new WebSocket(`${url.replace(/\/$/, "")}/v1/sync`);
+    } catch (e) {
+      throw new XfError("BAD_QUERY", `Cannot connect to "${url}": ${(e as Error).message}`);
+    }
     const ch = socketChannel(ws);
     await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new XfError("TIMEOUT", `Cannot connect to "${url}" within 10 s`)), 10_000);
+      const timer = setTimeout(() => {
+        ws.close();
+        reject(new XfError("PEER_UNREACHABLE", `Cannot connect to "${url}" within 10 s`));
+      }, 10_000);
       ws.onopen = () => {
         clearTimeout(timer);
         resolve();
       };
       ws.addEventListener("close", () => {
         clearTimeout(timer);
-        reject(new XfError("STAGE_DOWN", `Cannot connect to "${url}"`));
+        reject(new XfError("PEER_UNREACHABLE", `Cannot connect to "${url}"`));
       });
     });
     const s = new SyncSession(this, ch, "client", url);
     this.track(s);
-    if (!(await s.ready())) throw new XfError("BAD_AUTH", `Peer "${url}" refused the handshake: ${s.closeReason}`);
+    if (!(await s.ready())) {
+      const code = /^(TIMEOUT|OVERLOADED)/.test(s.closeReason) ? s.closeReason.split(":")[0] as "TIMEOUT" : "BAD_AUTH";
+      throw new XfError(code, `Peer "${url}" refused the handshake: ${s.closeReason}`);
+    }
     const list = groups ?? await this.groups();
     await Promise.all(list.map((g) => s.sync(g)));
     return s;

@@ -1,31 +1,44 @@
 /**
- * The peer sync protocol (`GET /v1/sync`, WebSocket, CBOR frames, version 1).
- * One {@linkcode SyncSession} runs each end of a connection; it is written
- * against a {@linkcode FrameChannel} so two sessions can be piped together
- * in-process in tests, and against a {@linkcode SyncHost} (the node).
+ * The peer sync protocol (`GET /v1/sync`, WebSocket, CBOR frames inside an
+ * encrypted session, `net/secure.ts`). One {@linkcode SyncSession} runs each
+ * end of a connection; it is written against a {@linkcode FrameChannel} so
+ * two sessions can be piped together in-process in tests, and against a
+ * {@linkcode SyncHost} (the node).
  *
  * ```
- *  client (connects)                          server
- *    │ hello {v, node, challenge, limits}  ──►  │
- *    │ ◄──  hello {v, node, challenge, limits}  │
- *    │ auth {sig over server's challenge}  ──►  │   both sides check the other's
- *    │ ◄──  auth {sig over client's challenge}  │   proof before anything else
- *    │ sub {gid}                           ──►  │   member of a closed group?
+ *  client (dials, initiator)                  server (responder)
+ *    │ hs1 / hs2 / hs3 (net/secure.ts)     ◄─►  │   X25519 + Ed25519 over the transcript;
+ *    │   info: {frame, credit, creditBytes}     │   then every frame is AEAD-encrypted
+ *    │ sub {gid}                           ──►  │   may the peer read it here?
  *    │ ◄──  sub.ok {gid, root, count}           │   (else error UNKNOWN_GROUP)
  *    │ neg {gid, msg}  (negentropy v1)     ──►  │   answered from the Merkle
  *    │ ◄──  neg {gid, msg}                      │   index, no scan
  *    │   … until the client's reconciler is done; meanwhile either side:
  *    │ want {gid, ids}  /  events {gid, events} │   what the other lacks
  *    │ missing {gid, ids}                       │   asked for, but not held
- *    │ credit {n}                               │   receiver grants more events
+ *    │ credit {n, b}                            │   receiver grants more events and bytes
  *    │ ◄──  events {gid, events, live: true}    │   new events, both ways
  *    │ bye {reason}  /  error {code, message}   │
  * ```
  *
- * Every frame is bounded (`sync_frame_bytes_max`); a peer may send at most
- * the events it was granted (`credit`), and events queued for a peer that
- * grants none are bounded (`sync_peer_queue_events_max`). A peer that breaks
- * a rule is sent `error` with a code and cut off.
+ * **The side that asked drives.** Per group a session keeps an explicit
+ * state: ours (we sent `sub`: asked → open) and theirs (the peer's `sub`,
+ * accepted). A `sub.ok` for a group we did not ask, a `neg` reply when none
+ * of ours is outstanding, or a `missing` for ids we never wanted answers
+ * nothing we sent: `UNSOLICITED`, and the session ends. Every frame that
+ * names a group is checked against the proven peer's right to that group at
+ * that moment; when the group's membership changes the right is checked
+ * again, and a peer that lost it loses the group's session at once (queued
+ * events of it are dropped, nothing more is sent).
+ *
+ * **Bounded in bytes.** Frames are at most `sync_frame_bytes_max`; a peer
+ * may send at most the events and bytes it was granted (`credit`); what we
+ * owe a peer is kept as ids until it has credit and its socket has room
+ * (`sync_socket_buffer_bytes_max`), so a peer that never reads costs ids,
+ * not events; queued event bytes are bounded per peer
+ * (`sync_peer_queue_bytes_max`) and node-wide (`sync_memory_bytes_max`); a
+ * peer that makes no progress for `sync_stall_ms` while we have data for it
+ * is cut off (`PEER_TOO_SLOW`).
  *
  * @module
  */
@@ -37,7 +50,9 @@ import { fromHex, type KeyPair, toHex } from "../storage/ed25519.ts";
 import { type ErrorCode, toWire, XfError } from "../storage/errors.ts";
 import type { Limits } from "../actors/limits.ts";
 import type { EventResult } from "../actors/batch.ts";
-import { answerChallenge, type Authenticator } from "./auth.ts";
+import { type FrameChannel, SecureChannel } from "./secure.ts";
+
+export type { FrameChannel } from "./secure.ts";
 
 /** Events held per session to try again once their manifest or membership arrives. */
 export const RETRY_EVENTS_MAX = 10_000;
@@ -45,30 +60,46 @@ export const RETRY_EVENTS_MAX = 10_000;
 /** Ids remembered per session as received from the peer, so they are not echoed back. */
 export const ECHO_IDS_MAX = 100_000;
 
-/** Protocol version spoken here. */
-export const SYNC_VERSION = 1;
+/** Protocol version of the frames inside the session. */
+export const SYNC_VERSION = 2;
 
-/** A bidirectional channel of binary frames (a WebSocket, or a test pipe). */
-export interface FrameChannel {
-  send(frame: Uint8Array): void;
-  close(reason: string): void;
-  onFrame: ((frame: Uint8Array) => void) | null;
-  onClose: ((reason: string) => void) | null;
+/** Ids fetched from the index at once to answer a peer. */
+export const FETCH_IDS_MAX = 512;
+
+/** How often a session checks for stalls and idleness. */
+export const SYNC_TICK_MS = 1_000;
+
+/** A byte budget shared by every session of a node (`sync_memory_bytes_max`). */
+export class ByteBudget {
+  used = 0;
+  constructor(readonly max: number) {}
+  /** Take `n` bytes if they fit. */
+  take(n: number): boolean {
+    if (this.used + n > this.max) return false;
+    this.used += n;
+    return true;
+  }
+  /** Give `n` bytes back. */
+  give(n: number): void {
+    this.used = Math.max(0, this.used - n);
+  }
 }
 
 /** What a session needs from its node. */
 export interface SyncHost {
   key: KeyPair;
-  auth: Authenticator;
   limits: Limits;
+  /** Outbound bytes queued by all sessions together. */
+  memory: ByteBudget;
   /** Whether the group exists here and `peer` may read it. */
-  access(gid: string, peer: Uint8Array): Promise<{ readable: boolean; root: string; count: number }>;
+  access(gid: string, peer: Uint8Array): Promise<{ exists: boolean; readable: boolean; root: string; count: number }>;
   reconcile(
     gid: string,
     session: string | null,
     msg: Uint8Array | null,
   ): Promise<{ output: Uint8Array | null; have: Uint8Array[]; need: Uint8Array[] } | null>;
-  getMany(ids: Uint8Array[]): Promise<(Uint8Array | null)[]>;
+  /** Events by id, in order; a prefix of the ids once `bytesMax` is passed. */
+  getMany(ids: Uint8Array[], bytesMax?: number): Promise<(Uint8Array | null)[]>;
   /** The group's manifest and membership events, in `(ts, id)` order. */
   admission(gid: string): Promise<Uint8Array[]>;
   submit(gid: string, events: Uint8Array[]): Promise<EventResult[]>;
@@ -101,6 +132,27 @@ export interface SessionStats {
 const frame = encodeFrame;
 
 const isGid = (v: unknown) => typeof v === "string" && /^[0-9a-f]{64}$/.test(v);
+const isIdList = (max: number) => (v: unknown) => Array.isArray(v) && v.length <= max && v.every(isBytes(32));
+
+/** Our subscription at the peer (we asked). */
+interface OurSub {
+  state: "asked" | "open";
+  /** We sent a `neg` and wait for the peer's reply. */
+  negOutstanding: boolean;
+  /** Our reconciler finished; done once every wanted event arrived. */
+  reconciled: boolean;
+  unsub: (() => Promise<void>) | null;
+}
+
+/** The peer's subscription here (it asked, we accepted). */
+interface TheirSub {
+  unsub: (() => Promise<void>) | null;
+}
+
+/** Something owed to the peer: event bytes ready to send, or ids to fetch when it has room. */
+type Owed =
+  | { gid: string; kind: "events"; events: Uint8Array[]; bytes: number; live: boolean }
+  | { gid: string; kind: "ids"; ids: Uint8Array[]; answerMissing: boolean };
 
 /** One end of a sync connection. */
 export class SyncSession {
@@ -119,48 +171,63 @@ export class SyncSession {
   peerKey: Uint8Array | null = null;
   state: "hello" | "ready" | "closed" = "hello";
   closeReason = "";
+  /** The encrypted channel under the session. */
+  readonly secure: SecureChannel;
 
-  private myChallenge: Uint8Array | null = null;
-  private peerAuthed = false;
-  private sentAuth = false;
   private strikes = 0;
-  /** Groups the peer subscribed to here (we push to it and accept its events). */
-  private theirSubs = new Map<string, () => Promise<void>>();
-  /** Groups we subscribed to at the peer (accepted by it). */
-  private ourSubs = new Map<string, () => Promise<void>>();
-  /** Credit: events we may still send, and events we granted and not yet received. */
+  private ours = new Map<string, OurSub>();
+  private theirs = new Map<string, TheirSub>();
+  /** The peer's right to each group, as last checked (dropped when the group's membership changes). */
+  private rights = new Map<string, Promise<boolean>>();
+  /** Groups whose right is being checked again: nothing of them is sent meanwhile. */
+  private held = new Set<string>();
+  /** What the peer granted us: events and bytes we may still send, and its window. */
   private sendCredit = 0;
+  private sendCreditBytes = 0;
+  private window = { events: 0, bytes: 0, frame: 0 };
+  /** What we granted the peer and not yet received. */
   private granted: number;
-  private queue: { gid: string; events: Uint8Array[]; live: boolean }[] = [];
-  private queued = 0;
+  private grantedBytes: number;
+  private owed: Owed[] = [];
+  private owedBytes = 0;
+  private owedIds = 0;
+  private fetching = false;
+  private inboundBytes = 0;
+  private lastProgress = Date.now();
+  private lastActive = Date.now();
+  private ticker: ReturnType<typeof setInterval> | undefined;
+  private retryTimer: ReturnType<typeof setTimeout> | undefined;
   private progress = new Map<string, { missing: number; received: number; sent: number; done: boolean }>();
   private readyWaiters: ((ok: boolean) => void)[] = [];
   private doneWaiters = new Map<string, (() => void)[]>();
-  private handshakeTimer: ReturnType<typeof setTimeout>;
   private work: Promise<void> = Promise.resolve();
   private sessionId = toHex(crypto.getRandomValues(new Uint8Array(8)));
+  /** Ids asked of the peer and not yet received, per group. */
+  private pendingWants = new Map<string, Set<string>>();
+  private retry: { gid: string; bytes: Uint8Array }[] = [];
+  /** Ids the peer sent us: they are not streamed back to it. */
+  private fromPeer = new Set<string>();
 
   constructor(
     private readonly host: SyncHost,
-    private readonly ch: FrameChannel,
+    ch: FrameChannel,
     readonly role: "client" | "server",
     readonly addr: string = "",
   ) {
-    this.granted = host.limits.sync_credit_events;
-    ch.onFrame = (f) => this.onFrame(f);
-    ch.onClose = (reason) => this.closed(reason || "connection closed");
-    this.handshakeTimer = setTimeout(
-      () => this.fail("AUTH_REQUIRED" as ErrorCode, `No hello and auth within ${host.limits.sync_handshake_ms} ms`),
-      host.limits.sync_handshake_ms,
-    );
-    this.myChallenge = host.auth.challenge().challenge;
-    this.send(frame("hello", {
-      v: SYNC_VERSION,
-      node: host.key.publicKey,
-      challenge: this.myChallenge,
-      frame: host.limits.sync_frame_bytes_max,
-      credit: this.granted,
-    }));
+    const l = host.limits;
+    this.granted = l.sync_credit_events;
+    this.grantedBytes = l.sync_credit_bytes_max;
+    this.secure = new SecureChannel(ch, {
+      key: host.key,
+      purpose: "sync",
+      role: role === "client" ? "initiator" : "responder",
+      info: { v: SYNC_VERSION, frame: l.sync_frame_bytes_max, credit: this.granted, creditBytes: this.grantedBytes },
+      frameMax: l.sync_frame_bytes_max,
+      handshakeMs: l.sync_handshake_ms,
+    });
+    this.secure.onFrame = (f) => this.onFrame(f);
+    this.secure.onClose = (reason) => this.closed(reason || "connection closed");
+    this.secure.ready.then((proof) => this.onProven(proof.key, proof.info), () => {});
   }
 
   /** Resolves when both sides proved who they are (false if the session closed first). */
@@ -175,25 +242,65 @@ export class SyncSession {
     return this.peerKey ? toHex(this.peerKey) : "";
   }
 
+  /** Groups subscribed in either direction. */
+  get groupCount(): number {
+    return new Set([...this.ours.keys(), ...this.theirs.keys()]).size;
+  }
+
+  /** Event bytes queued for the peer (counted in the node-wide budget). */
+  get queuedBytes(): number {
+    return this.owedBytes;
+  }
+
+  private onProven(key: Uint8Array, info: Map<string, unknown>) {
+    if (this.state !== "hello") return;
+    const num = (k: string, max: number) => {
+      const v = info.get(k);
+      if (!isUint(v)) throw new XfError("BAD_FRAME", `Handshake info needs ${k} as a count`);
+      return Math.min(v as number, max);
+    };
+    const l = this.host.limits;
+    try {
+      if (info.get("v") !== SYNC_VERSION) {
+        throw new XfError("BAD_FRAME", `Sync frames version "${String(info.get("v"))}" is not supported`);
+      }
+      this.window = {
+        events: num("credit", l.sync_credit_events),
+        bytes: num("creditBytes", l.sync_credit_bytes_max),
+        frame: Math.max(4096, num("frame", l.sync_frame_bytes_max)),
+      };
+    } catch (e) {
+      const w = toWire(e);
+      return this.fail(w.code, w.message);
+    }
+    this.sendCredit = this.window.events;
+    this.sendCreditBytes = this.window.bytes;
+    this.peerKey = key;
+    this.state = "ready";
+    this.lastActive = this.lastProgress = Date.now();
+    this.ticker = setInterval(() => this.tick(), SYNC_TICK_MS);
+    for (const w of this.readyWaiters.splice(0)) w(true);
+  }
+
   private send(bytes: Uint8Array) {
     if (this.state === "closed") return;
     this.stats.framesOut++;
     this.stats.bytesOut += bytes.length;
-    this.ch.send(bytes);
+    this.secure.send(bytes);
   }
 
   /** Close with a reason (sends `bye`). */
   close(reason = "bye"): void {
     if (this.state === "closed") return;
     this.send(frame("bye", { reason }));
-    this.ch.close(reason);
+    this.secure.close(reason);
     this.closed(reason);
   }
 
-  private fail(code: ErrorCode | string, message: string) {
+  private fail(code: ErrorCode, message: string) {
     if (this.state === "closed") return;
-    this.send(frame("error", { code, message }));
-    this.ch.close(`${code}: ${message}`);
+    this.stats.framesOut++;
+    this.secure.fail(code, message);
     this.closed(`${code}: ${message}`);
   }
 
@@ -208,21 +315,49 @@ export class SyncSession {
     if (this.state === "closed") return;
     this.state = "closed";
     this.closeReason = reason;
-    clearTimeout(this.handshakeTimer);
+    clearInterval(this.ticker);
+    clearTimeout(this.retryTimer);
     for (const w of this.readyWaiters.splice(0)) w(false);
     for (const ws of this.doneWaiters.values()) for (const w of ws) w();
     this.doneWaiters.clear();
-    for (const unsub of [...this.theirSubs.values(), ...this.ourSubs.values()]) unsub().catch(() => {});
-    this.theirSubs.clear();
-    this.ourSubs.clear();
-    this.queue = [];
+    for (const s of [...this.theirs.values(), ...this.ours.values()]) s.unsub?.().catch(() => {});
+    this.theirs.clear();
+    this.ours.clear();
+    this.dropOwed(() => true);
+    this.retry = [];
+    this.fromPeer.clear();
+    this.pendingWants.clear();
     this.host.report({ type: "closed", node: this.peer, reason });
+  }
+
+  /** Stalls and idleness, once a second. */
+  private tick() {
+    if (this.state !== "ready") return;
+    const now = Date.now();
+    const l = this.host.limits;
+    const waiting = this.owed.length > 0 || this.secure.buffered() > 0;
+    if (waiting && now - this.lastProgress > l.sync_stall_ms) {
+      return this.fail(
+        "PEER_TOO_SLOW",
+        `Peer made no progress for ${l.sync_stall_ms} ms with ${this.owedIds} ids and ${this.owedBytes} bytes owed`,
+      );
+    }
+    if (waiting) this.pump();
+    if (this.groupCount > 0 || waiting) this.lastActive = now;
+    else if (now - this.lastActive > l.sync_idle_ms) this.close(`idle: no subscription for ${l.sync_idle_ms} ms`);
   }
 
   private onFrame(bytes: Uint8Array) {
     if (this.state === "closed") return;
     this.stats.framesIn++;
     this.stats.bytesIn += bytes.length;
+    this.inboundBytes += bytes.length;
+    if (this.inboundBytes > this.host.limits.sync_inbound_bytes_max) {
+      return this.fail(
+        "RATE_LIMITED",
+        `Peer sent ${this.inboundBytes} bytes not yet handled (limit ${this.host.limits.sync_inbound_bytes_max})`,
+      );
+    }
     let f: Frame;
     try {
       f = decodeFrame(bytes, this.host.limits.sync_frame_bytes_max, "Frame");
@@ -234,7 +369,7 @@ export class SyncSession {
     this.work = this.work.then(() => this.handle(f)).catch((e) => {
       const w = toWire(e);
       this.fail(w.code === "INTERNAL" ? "BAD_FRAME" : w.code, w.message);
-    });
+    }).finally(() => this.inboundBytes -= bytes.length);
   }
 
   private async handle(f: Frame) {
@@ -246,15 +381,16 @@ export class SyncSession {
       if (typeof gid === "string") {
         // A refused subscription or a refused event batch: not fatal to the session.
         this.host.report({ type: "progress", gid, node: this.peer, missing: 0, received: 0, sent: 0, done: true });
+        const o = this.ours.get(gid);
+        if (o && o.state === "asked") this.ours.delete(gid);
         this.finish(gid);
         return;
       }
       return this.closed(`peer error ${code}: ${String(f.get("message") ?? "")}`);
     }
     if (t === "bye") return this.closed(`peer said bye: ${String(f.get("reason") ?? "")}`);
-    if (t === "hello") return await this.onHello(f);
-    if (t === "auth") return await this.onAuth(f);
-    if (this.state !== "ready") return this.fail("UNAUTHORIZED", `Frame "${t}" before hello and auth`);
+    if (this.state !== "ready") return this.fail("UNAUTHORIZED", `Frame "${t}" before the handshake completed`);
+    this.lastActive = Date.now();
     switch (t) {
       case "sub":
         return await this.onSub(field<string>(f, "gid", isGid, "64 hex digits"));
@@ -271,68 +407,114 @@ export class SyncSession {
         return this.onMissing(f);
       case "events":
         return await this.onEvents(f);
-      case "credit": {
-        const n = field<number>(f, "n", isUint, "a count");
-        this.sendCredit += n;
-        return this.pump();
-      }
+      case "credit":
+        return this.onCredit(f);
       default:
         return this.strike("BAD_FRAME", `Unknown frame type "${t}"`);
     }
   }
 
-  private async onHello(f: Frame) {
-    if (this.peerKey) return this.fail("BAD_FRAME", "Second hello");
-    const v = field<number>(f, "v", isUint, "a version");
-    if (v !== SYNC_VERSION) {
-      return this.fail("BAD_FRAME", `Protocol version "${v}" is not supported (this node speaks ${SYNC_VERSION})`);
+  // ---- rights ----
+
+  /**
+   * May the peer have this group's events from us now? Members of a closed
+   * group, anyone for an open one; a group we do not hold has nothing to leak.
+   */
+  private right(gid: string): Promise<boolean> {
+    let r = this.rights.get(gid);
+    if (!r) {
+      r = this.host.access(gid, this.peerKey!).then((a) => a.readable || !a.exists, () => false);
+      this.rights.set(gid, r);
     }
-    const node = field<Uint8Array>(f, "node", isBytes(32), "32 bytes");
-    const challenge = field<Uint8Array>(f, "challenge", isBytes(32), "32 bytes");
-    this.sendCredit = Math.min(
-      field<number>(f, "credit", isUint, "a count"),
-      this.host.limits.sync_peer_queue_events_max,
-    );
-    this.peerKey = node.slice();
-    const sig = await answerChallenge(this.host.key, "sync", challenge, node);
-    this.send(frame("auth", { sig }));
-    this.sentAuth = true;
-    this.maybeReady();
+    return r;
   }
 
-  private async onAuth(f: Frame) {
-    if (!this.peerKey || !this.myChallenge) return this.fail("UNAUTHORIZED", "auth before hello");
-    const sig = field<Uint8Array>(f, "sig", isBytes(64), "64 bytes");
-    const challenge = this.myChallenge;
-    this.myChallenge = null;
-    try {
-      await this.host.auth.check("sync", challenge, this.peerKey, sig);
-    } catch (e) {
-      const w = toWire(e);
-      return this.fail(w.code, w.message);
-    }
-    this.peerAuthed = true;
-    this.maybeReady();
+  /** The group's manifest or membership changed: hold its traffic and check the peer's right again. */
+  private recheck(gid: string) {
+    this.rights.delete(gid);
+    this.held.add(gid);
+    this.right(gid).then((ok) => {
+      if (this.state === "closed") return;
+      if (!this.rights.has(gid)) return; // checked again meanwhile; that check decides
+      this.held.delete(gid);
+      if (ok) this.pump();
+      else this.revoke(gid);
+    });
   }
 
-  private maybeReady() {
-    if (this.state !== "hello" || !this.peerAuthed || !this.sentAuth) return;
-    this.state = "ready";
-    clearTimeout(this.handshakeTimer);
-    for (const w of this.readyWaiters.splice(0)) w(true);
+  /** The peer lost its right to a group: end the group's session at once; nothing more of it is sent. */
+  private revoke(gid: string) {
+    const o = this.ours.get(gid), th = this.theirs.get(gid);
+    o?.unsub?.().catch(() => {});
+    th?.unsub?.().catch(() => {});
+    this.ours.delete(gid);
+    this.theirs.delete(gid);
+    this.pendingWants.delete(gid);
+    this.retry = this.retry.filter((r) => r.gid !== gid);
+    this.dropOwed((x) => x.gid === gid);
+    this.send(frame("error", { code: "UNKNOWN_GROUP", message: `Group "${gid}" is not known to this node`, gid }));
+    this.finish(gid);
+  }
+
+  /** Live events of a subscribed group: engine events (manifest, membership) make us check the right again. */
+  private onLive(gid: string, events: Uint8Array[]) {
+    if (this.state === "closed") return;
+    if (events.some((e) => (peekEvent(e)?.kind ?? 16) < 16)) this.recheck(gid);
+    this.enqueue(gid, events, true);
+  }
+
+  // ---- subscriptions ----
+
+  private async onSub(gid: string) {
+    const a = await this.host.access(gid, this.peerKey!);
+    if (!a.readable) {
+      // The same answer for a group that does not exist and one the peer may not see.
+      this.send(frame("error", { code: "UNKNOWN_GROUP", message: `Group "${gid}" is not known to this node`, gid }));
+      return;
+    }
+    if (!this.theirs.has(gid)) {
+      if (!this.ours.has(gid) && this.groupCount >= this.host.limits.sync_session_groups_max) {
+        return this.strike(
+          "OVERLOADED",
+          `A session may subscribe to ${this.host.limits.sync_session_groups_max} groups at most`,
+          gid,
+        );
+      }
+      const sub: TheirSub = { unsub: null };
+      this.theirs.set(gid, sub);
+      this.rights.set(gid, Promise.resolve(true));
+      try {
+        const unsub = await this.host.subscribe(gid, (events) => this.onLive(gid, events));
+        if (this.theirs.get(gid) === sub && this.state !== "closed") sub.unsub = unsub;
+        else return void unsub().catch(() => {});
+      } catch (e) {
+        this.theirs.delete(gid);
+        const w = toWire(e);
+        this.send(frame("error", { code: w.code, message: w.message, gid }));
+        return;
+      }
+    }
+    this.host.report({ type: "peer", gid, node: this.peer, addr: this.addr, root: a.root });
+    this.send(frame("sub.ok", { gid, root: a.root, count: a.count }));
+    // The manifest and membership events go first, so a joining peer can admit everything after them.
+    this.enqueue(gid, await this.host.admission(gid), false);
   }
 
   /**
    * Subscribe to a group at the peer and reconcile it; resolves when the
-   * reconciliation and the transfer it started are done (or refused).
+   * reconciliation and the transfer it started are done (or refused). A
+   * closed group is offered only to a peer that proved it is a member here.
    */
   async sync(gid: string): Promise<void> {
     if (!(await this.ready())) throw new XfError("STAGE_DOWN", `Session closed: ${this.closeReason}`);
+    if (!(await this.right(gid))) return; // the peer may not have it: we do not even name it
+    if (this.ours.has(gid)) return;
     const done = new Promise<void>((r) => {
       const list = this.doneWaiters.get(gid) ?? [];
       list.push(r);
       this.doneWaiters.set(gid, list);
     });
+    this.ours.set(gid, { state: "asked", negOutstanding: false, reconciled: false, unsub: null });
     this.progress.set(gid, { missing: 0, received: 0, sent: 0, done: false });
     this.send(frame("sub", { gid }));
     return await done;
@@ -348,64 +530,56 @@ export class SyncSession {
     this.doneWaiters.delete(gid);
   }
 
-  private async onSub(gid: string) {
-    const peer = this.peerKey!;
-    const a = await this.host.access(gid, peer);
-    if (!a.readable) {
-      // The same answer for a group that does not exist and one the peer may not see.
-      this.send(frame("error", { code: "UNKNOWN_GROUP", message: `Group "${gid}" is not known to this node`, gid }));
-      return;
-    }
-    if (!this.theirSubs.has(gid)) {
-      const unsub = await this.host.subscribe(gid, (events) => this.enqueue(gid, events, true));
-      this.theirSubs.set(gid, unsub);
-    }
-    this.host.report({ type: "peer", gid, node: this.peer, addr: this.addr, root: a.root });
-    this.send(frame("sub.ok", { gid, root: a.root, count: a.count }));
-    // The manifest and membership events go first, so a joining peer can admit everything after them.
-    this.enqueue(gid, await this.host.admission(gid), false);
-  }
-
   private async onSubOk(f: Frame) {
     const gid = field<string>(f, "gid", isGid, "64 hex digits");
-    const root = String(f.get("root") ?? "");
+    const o = this.ours.get(gid);
+    if (!o || o.state !== "asked") {
+      return this.fail("UNSOLICITED", `sub.ok for group "${gid}" that this session did not ask for`);
+    }
+    o.state = "open";
+    const root = String(f.get("root") ?? "").slice(0, 64);
     this.host.report({ type: "peer", gid, node: this.peer, addr: this.addr, root });
     // The group may be new here (joining): what arrives makes it known.
-    if (!this.ourSubs.has(gid)) {
-      const unsub = await this.host.subscribe(gid, (events) => this.enqueue(gid, events, true)).catch(
-        () => async () => {},
-      );
-      this.ourSubs.set(gid, unsub);
-    }
+    try {
+      const unsub = await this.host.subscribe(gid, (events) => this.onLive(gid, events));
+      if (this.ours.get(gid) === o && this.state !== "closed") o.unsub = unsub;
+      else unsub().catch(() => {});
+    } catch { /* no live stream to the peer; reconciliation still runs */ }
     const res = await this.host.reconcile(gid, this.sessionId + gid, null);
-    if (!res) return this.finish(gid);
+    if (!res || this.ours.get(gid) !== o) return this.finish(gid);
     this.stats.negRounds++;
+    o.negOutstanding = true;
     this.send(frame("neg", { gid, msg: res.output! }));
   }
 
   private async onNeg(gid: string, msg: Uint8Array) {
-    const theirs = this.theirSubs.has(gid);
-    const ours = this.ourSubs.has(gid);
-    if (!theirs && !ours) return this.strike("NOT_SUBSCRIBED", `neg for group "${gid}" without a subscription`, gid);
-    this.stats.negRounds++;
-    if (this.role === "server" || theirs && !ours) {
-      const res = await this.host.reconcile(gid, null, msg);
-      if (!res) return this.strike("UNKNOWN_GROUP" as ErrorCode, `Group "${gid}" is not known to this node`, gid);
-      await this.act(gid, res.have, res.need);
-      this.send(frame("neg", { gid, msg: res.output ?? new Uint8Array([0x61]) }));
+    const o = this.ours.get(gid);
+    if (o?.negOutstanding) {
+      // A reply to our reconciliation.
+      o.negOutstanding = false;
+      this.stats.negRounds++;
+      const res = await this.host.reconcile(gid, this.sessionId + gid, msg);
+      if (!res) return this.fail("UNSOLICITED", `No reconciliation under way for group "${gid}"`);
+      if (this.ours.get(gid) !== o) return;
+      this.act(gid, res.have, res.need);
+      if (res.output) {
+        o.negOutstanding = true;
+        this.send(frame("neg", { gid, msg: res.output }));
+      } else this.reconciled(gid);
       return;
     }
-    // Client side: our initiator session continues.
-    const res = await this.host.reconcile(gid, this.sessionId + gid, msg);
-    if (!res) return this.strike("BAD_FRAME", `No reconciliation under way for group "${gid}"`, gid);
-    await this.act(gid, res.have, res.need);
-    if (res.output) this.send(frame("neg", { gid, msg: res.output }));
-    else this.reconciled(gid);
+    if (!this.theirs.has(gid)) {
+      return this.fail("UNSOLICITED", `neg for group "${gid}" that answers nothing this session sent`);
+    }
+    if (!(await this.right(gid))) return;
+    // The peer reconciles with us: we answer as the responder.
+    this.stats.negRounds++;
+    const res = await this.host.reconcile(gid, null, msg);
+    if (!res) return this.strike("UNKNOWN_GROUP", `Group "${gid}" is not known to this node`, gid);
+    if (!this.theirs.has(gid)) return;
+    this.act(gid, res.have, res.need);
+    this.send(frame("neg", { gid, msg: res.output ?? new Uint8Array([0x61]) }));
   }
-
-  /** Ids asked of the peer and not yet received, per group. */
-  private pendingWants = new Map<string, Set<string>>();
-  private retry: { gid: string; bytes: Uint8Array }[] = [];
 
   private async retryWaiting(gid: string) {
     const mine = this.retry.filter((r) => r.gid === gid);
@@ -420,15 +594,15 @@ export class SyncSession {
   }
 
   private reconciled(gid: string) {
-    // Done when every wanted event arrived; checked as events come in.
-    if ((this.pendingWants.get(gid)?.size ?? 0) === 0) this.finish(gid);
-    else this.reconcileDone.add(gid);
+    const o = this.ours.get(gid);
+    if (o) o.reconciled = true;
+    this.checkDone(gid);
   }
-  private reconcileDone = new Set<string>();
 
   private checkDone(gid: string) {
-    if ((this.pendingWants.get(gid)?.size ?? 0) === 0 && this.reconcileDone.has(gid)) {
-      this.reconcileDone.delete(gid);
+    const o = this.ours.get(gid);
+    if ((this.pendingWants.get(gid)?.size ?? 0) === 0 && o?.reconciled) {
+      o.reconciled = false;
       this.finish(gid);
     }
   }
@@ -436,15 +610,18 @@ export class SyncSession {
   /** The peer does not hold some ids we asked for (gone since it listed them): stop waiting for them. */
   private onMissing(f: Frame) {
     const gid = field<string>(f, "gid", isGid, "64 hex digits");
-    const ids = field<Uint8Array[]>(f, "ids", (v) => Array.isArray(v) && v.every(isBytes(32)), "a list of ids");
+    const ids = field<Uint8Array[]>(f, "ids", isIdList(this.host.limits.sync_want_ids_max), "a list of ids");
     const wanted = this.pendingWants.get(gid);
-    if (!wanted) return;
-    for (const id of ids) wanted.delete(toHex(id));
+    let known = 0;
+    for (const id of ids) if (wanted?.delete(toHex(id))) known++;
+    if (known < ids.length) {
+      return this.fail("UNSOLICITED", `missing for ${ids.length - known} ids of group "${gid}" never asked for`);
+    }
     this.checkDone(gid);
   }
 
-  /** Send what the peer lacks; ask for what we lack. */
-  private async act(gid: string, have: Uint8Array[], need: Uint8Array[]) {
+  /** Send what the peer lacks (as ids, fetched when it has room); ask for what we lack. */
+  private act(gid: string, have: Uint8Array[], need: Uint8Array[]) {
     const p = this.progress.get(gid) ?? { missing: 0, received: 0, sent: 0, done: false };
     this.progress.set(gid, p);
     if (need.length) {
@@ -457,80 +634,183 @@ export class SyncSession {
       }
       this.host.report({ type: "progress", gid, node: this.peer, ...p });
     }
-    if (have.length) await this.sendEvents(gid, have);
+    if (have.length) this.owe(gid, have);
   }
 
   private async onWant(f: Frame) {
     const gid = field<string>(f, "gid", isGid, "64 hex digits");
-    const ids = field<unknown[]>(
-      f,
-      "ids",
-      (v) => Array.isArray(v) && v.length <= this.host.limits.sync_want_ids_max && v.every(isBytes(32)),
-      "a list of ids",
-    );
-    if (!this.theirSubs.has(gid) && !this.ourSubs.has(gid)) {
+    const ids = field<Uint8Array[]>(f, "ids", isIdList(this.host.limits.sync_want_ids_max), "a list of ids");
+    if (!this.theirs.has(gid) && this.ours.get(gid)?.state !== "open") {
       return this.strike("NOT_SUBSCRIBED", `want for group "${gid}" without a subscription`, gid);
     }
-    await this.sendEvents(gid, ids as Uint8Array[], true);
+    if (!(await this.right(gid))) return;
+    this.owe(gid, ids, true);
   }
 
-  private async sendEvents(gid: string, ids: Uint8Array[], answerMissing = false) {
-    const gidBytes = fromHex(gid)!;
-    const events: Uint8Array[] = [];
-    const missing: Uint8Array[] = [];
-    for (let i = 0; i < ids.length; i += 512) {
-      const chunk = ids.slice(i, i + 512);
-      (await this.host.getMany(chunk)).forEach((b, j) => {
-        // Only events of this group.
-        if (b && b.length > 36 && equal32(b.subarray(4, 36), gidBytes)) events.push(b);
-        else missing.push(chunk[j]!);
-      });
+  /** Ids we owe the peer: kept as ids until it has credit and room. */
+  private owe(gid: string, ids: Uint8Array[], answerMissing = false) {
+    if (this.state === "closed" || ids.length === 0) return;
+    this.owedIds += ids.length;
+    if (this.owedIds > this.host.limits.sync_want_queue_ids_max) {
+      return this.fail(
+        "PEER_TOO_SLOW",
+        `Peer is owed ${this.owedIds} events it has not taken (limit ${this.host.limits.sync_want_queue_ids_max})`,
+      );
     }
-    // Manifests, then membership, then the rest: a joining peer can accept them in this order.
-    events.sort((a, b) => engineKind(a) - engineKind(b));
-    this.enqueue(gid, events, false);
-    if (answerMissing && missing.length) this.send(frame("missing", { gid, ids: missing }));
-  }
-
-  /** Ids the peer sent us: they are not streamed back to it. */
-  private fromPeer = new Set<string>();
-
-  private enqueue(gid: string, events: Uint8Array[], live: boolean) {
-    if (live && this.fromPeer.size) events = events.filter((e) => !this.fromPeer.has(toHex(sha256(e))));
-    if (this.state === "closed" || events.length === 0) return;
-    this.queue.push({ gid, events, live });
-    this.queued += events.length;
-    if (this.queued > this.host.limits.sync_peer_queue_events_max) {
-      return this.fail("PEER_TOO_SLOW", `Peer granted no credit while ${this.queued} events waited for it`);
-    }
+    // Ids the peer asked for (want) that we do not hold are answered with `missing`.
+    this.owed.push({ gid, kind: "ids", ids: ids.map((id) => id.slice()), answerMissing });
     this.pump();
   }
 
+  /** Queue events for the peer, bounded in bytes per session and node-wide. */
+  private enqueue(gid: string, events: Uint8Array[], live: boolean) {
+    if (live && this.fromPeer.size) events = events.filter((e) => !this.fromPeer.has(toHex(sha256(e))));
+    if (this.state === "closed" || events.length === 0) return;
+    let bytes = 0;
+    for (const e of events) bytes += e.length;
+    const l = this.host.limits;
+    if (this.owedBytes + bytes > l.sync_peer_queue_bytes_max) {
+      return this.fail(
+        "PEER_TOO_SLOW",
+        `Peer has not taken ${this.owedBytes + bytes} bytes of events (limit ${l.sync_peer_queue_bytes_max})`,
+      );
+    }
+    if (!this.host.memory.take(bytes)) {
+      return this.fail(
+        "PEER_TOO_SLOW",
+        `The node's sync memory (${l.sync_memory_bytes_max} bytes) is used up by peers that do not read`,
+      );
+    }
+    this.owedBytes += bytes;
+    this.owed.push({ gid, kind: "events", events, bytes, live });
+    this.pump();
+  }
+
+  /** Drop owed items (closed session, or a group revoked). */
+  private dropOwed(which: (o: Owed) => boolean) {
+    const keep: Owed[] = [];
+    for (const o of this.owed) {
+      if (!which(o)) keep.push(o);
+      else if (o.kind === "events") {
+        this.owedBytes -= o.bytes;
+        this.host.memory.give(o.bytes);
+      } else this.owedIds -= o.ids.length;
+    }
+    this.owed = keep;
+  }
+
+  private onCredit(f: Frame) {
+    const n = field<number>(f, "n", isUint, "a count");
+    const b = field<number>(f, "b", isUint, "a byte count");
+    if (this.sendCredit + n > this.window.events || this.sendCreditBytes + b > this.window.bytes) {
+      // A grant past the window it announced: the peer lies about what it received. Capped, and a strike.
+      this.sendCredit = this.window.events;
+      this.sendCreditBytes = this.window.bytes;
+      this.strike("BAD_FRAME", `credit of ${n} events and ${b} bytes is past the window the peer announced`);
+    } else {
+      this.sendCredit += n;
+      this.sendCreditBytes += b;
+    }
+    this.lastProgress = Date.now();
+    this.pump();
+  }
+
+  /** Send what is owed while the peer has credit and its socket has room. */
   private pump() {
-    const max = this.host.limits.sync_frame_bytes_max - 1024;
-    while (this.state === "ready" && this.sendCredit > 0 && this.queue.length) {
-      const head = this.queue[0]!;
-      const out: Uint8Array[] = [];
-      let bytes = 0;
-      while (head.events.length && out.length < this.sendCredit && bytes + head.events[0]!.length + 8 <= max) {
-        const e = head.events.shift()!;
-        bytes += e.length + 8;
-        out.push(e);
+    const l = this.host.limits;
+    const budget = this.window.frame - 1024;
+    while (this.state === "ready" && this.sendCredit > 0 && this.owed.length) {
+      if (this.secure.buffered() > l.sync_socket_buffer_bytes_max) {
+        // The socket holds what the peer has not read: try again shortly; the ticker cuts a peer that never reads.
+        if (this.retryTimer === undefined) {
+          this.retryTimer = setTimeout(() => {
+            this.retryTimer = undefined;
+            this.pump();
+          }, 20);
+        }
+        return;
       }
-      if (out.length === 0 && head.events.length) {
-        // A single event larger than the frame budget cannot be sent; drop it from the queue.
+      const i = this.owed.findIndex((o) => !this.held.has(o.gid));
+      if (i < 0) return;
+      const head = this.owed[i]!;
+      if (head.kind === "ids") {
+        this.fetch(i);
+        return;
+      }
+      const first = head.events[0]!;
+      if (first.length + 8 > budget || first.length > this.window.bytes) {
+        // An event larger than the peer's frame or window: it can never take it; drop it.
         head.events.shift();
-        this.queued--;
+        head.bytes -= first.length;
+        this.owedBytes -= first.length;
+        this.host.memory.give(first.length);
+        if (!head.events.length) this.owed.splice(i, 1);
         continue;
       }
-      if (!head.events.length) this.queue.shift();
-      this.queued -= out.length;
+      if (first.length > this.sendCreditBytes) return; // wait for the peer to grant bytes
+      const out: Uint8Array[] = [];
+      let evBytes = 0;
+      while (head.events.length && out.length < this.sendCredit) {
+        const e = head.events[0]!;
+        if (evBytes + e.length > this.sendCreditBytes || evBytes + e.length + 8 * (out.length + 1) > budget) break;
+        head.events.shift();
+        out.push(e);
+        evBytes += e.length;
+      }
+      head.bytes -= evBytes;
+      this.owedBytes -= evBytes;
+      this.host.memory.give(evBytes);
+      if (!head.events.length) this.owed.splice(i, 1);
       this.sendCredit -= out.length;
+      this.sendCreditBytes = Math.max(0, this.sendCreditBytes - evBytes);
       this.stats.eventsSent += out.length;
+      this.lastProgress = Date.now();
       const p = this.progress.get(head.gid);
       if (p) p.sent += out.length;
       this.send(frame("events", { gid: head.gid, events: out, live: head.live || undefined }));
     }
+  }
+
+  /** Fetch owed ids from the index, at most what the peer may take and our queue may hold. */
+  private fetch(i: number) {
+    if (this.fetching) return;
+    const head = this.owed[i] as Extract<Owed, { kind: "ids" }>;
+    const l = this.host.limits;
+    const room = Math.min(l.sync_peer_queue_bytes_max - this.owedBytes, this.sendCreditBytes);
+    if (room <= 0) return;
+    const take = head.ids.splice(0, Math.min(FETCH_IDS_MAX, Math.max(1, this.sendCredit)));
+    const answerMissing = head.answerMissing;
+    if (!head.ids.length) this.owed.splice(i, 1);
+    this.fetching = true;
+    const gid = head.gid;
+    this.host.getMany(take, room).then((found) => {
+      this.fetching = false;
+      if (this.state === "closed") return;
+      // Not answered (past the byte bound): owed again, first.
+      const rest = take.slice(found.length);
+      this.owedIds -= found.length;
+      if (rest.length) {
+        this.owed.unshift({ gid, kind: "ids", ids: rest, answerMissing });
+      }
+      if (!this.theirs.has(gid) && !this.ours.has(gid)) return this.pump(); // revoked meanwhile
+      const gidBytes = fromHex(gid)!;
+      const events: Uint8Array[] = [];
+      const missing: Uint8Array[] = [];
+      found.forEach((b, j) => {
+        // Only events of this group.
+        if (b && b.length > 36 && equal32(b.subarray(4, 36), gidBytes)) events.push(b);
+        else missing.push(take[j]!);
+      });
+      // Manifests, then membership, then the rest: a joining peer can accept them in this order.
+      events.sort((a, b) => engineKind(a) - engineKind(b));
+      if (answerMissing && missing.length) this.send(frame("missing", { gid, ids: missing }));
+      if (events.length) this.enqueue(gid, events, false);
+      else this.pump();
+    }, (e) => {
+      this.fetching = false;
+      const w = toWire(e);
+      this.fail(w.code, `Cannot read events for the peer: ${w.message}`);
+    });
   }
 
   private async onEvents(f: Frame) {
@@ -541,13 +821,23 @@ export class SyncSession {
       (v) => Array.isArray(v) && v.every(isBytes()),
       "a list of byte strings",
     );
+    let bytes = 0;
+    for (const e of events) bytes += e.length;
     this.granted -= events.length;
-    if (this.granted < 0) {
-      return this.fail("CREDIT_EXCEEDED", `Peer sent ${-this.granted} events more than the credit it was granted`);
+    this.grantedBytes -= bytes;
+    if (this.granted < 0 || this.grantedBytes < 0) {
+      return this.fail(
+        "CREDIT_EXCEEDED",
+        `Peer sent ${Math.max(0, -this.granted)} events and ${Math.max(0, -this.grantedBytes)} bytes past its credit`,
+      );
     }
-    if (!this.theirSubs.has(gid) && !this.ourSubs.has(gid)) {
+    const giveBack = () => {
       this.granted += events.length;
-      this.send(frame("credit", { n: events.length }));
+      this.grantedBytes += bytes;
+      this.send(frame("credit", { n: events.length, b: bytes }));
+    };
+    if (!this.theirs.has(gid) && this.ours.get(gid)?.state !== "open") {
+      giveBack();
       return this.strike("NOT_SUBSCRIBED", `Events for group "${gid}" without a subscription`, gid);
     }
     this.stats.eventsReceived += events.length;
@@ -566,6 +856,7 @@ export class SyncSession {
         results = events.map((_, idx) => ({ req: 0, idx, status: "rejected", code: w.code }));
       }
     }
+    if (this.state === "closed") return;
     // Events that arrived before the manifest or membership event that admits them are tried again.
     const waiting = results.filter((r) =>
       r.status === "rejected" && (r.code === "UNKNOWN_GROUP" || r.code === "FORBIDDEN")
@@ -592,8 +883,7 @@ export class SyncSession {
       for (const e of events) wanted.delete(toHex(sha256(e)));
       this.checkDone(gid);
     }
-    this.granted += events.length;
-    this.send(frame("credit", { n: events.length }));
+    giveBack();
     // A peer that sends mostly garbage is cut off.
     const notYet = new Set(["OVERLOADED", "STAGE_DOWN", "TIMEOUT", "UNKNOWN_GROUP", "FORBIDDEN", "SHUTTING_DOWN"]);
     const bad = results.filter((r) => r.status === "rejected" && !notYet.has(r.code ?? ""));

@@ -40,6 +40,7 @@ export const ERROR_STATUS = {
   FRAME_TOO_LARGE: 413,
   CREDIT_EXCEEDED: 429,
   NOT_SUBSCRIBED: 400,
+  UNSOLICITED: 400,
   PEER_TOO_SLOW: 503,
   RATE_LIMITED: 429,
   BAD_RECORD: 400,
@@ -53,6 +54,7 @@ export const ERROR_STATUS = {
   // Operating errors (5xx): the node could not do it now.
   OVERLOADED: 503,
   TIMEOUT: 504,
+  PEER_UNREACHABLE: 502,
   STAGE_DOWN: 503,
   SHUTTING_DOWN: 503,
   WAL_CORRUPTION: 500,

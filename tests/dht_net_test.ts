@@ -4,7 +4,8 @@ import { openNode, type XfNode } from "../actors/node.ts";
 import type { Limits } from "../actors/limits.ts";
 import { serve } from "../net/server.ts";
 import { channelPair } from "../net/peers.ts";
-import { Authenticator } from "../net/auth.ts";
+import { HANDSHAKE_BYTES_MAX } from "../net/secure.ts";
+import { socketPeer } from "./_peer.ts";
 import { type DhtHost, DhtSession } from "../net/dht/rpc.ts";
 import { announce, ANNOUNCE_TTL_MS, encodeRecord, signRecord } from "../net/dht/records.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
@@ -237,25 +238,36 @@ async function rawDht(url: string) {
 Deno.test("An oversized DHT frame is refused with FRAME_TOO_LARGE and a garbage one with BAD_FRAME", async () => {
   const a = await servedNode();
   try {
+    // Before the handshake: the first message must be a small hs1.
     for (
       const [bytes, code] of [
-        [new Uint8Array(a.node.limits.dht_frame_bytes_max + 1), "FRAME_TOO_LARGE"],
+        [new Uint8Array(HANDSHAKE_BYTES_MAX + 1), "FRAME_TOO_LARGE"],
         [new Uint8Array([0xff, 0x00, 0x13]), "BAD_FRAME"],
       ] as const
     ) {
       const raw = await rawDht(a.url);
-      await until(() => raw.frames.length >= 1); // the server's hello
       raw.ws.send(bytes);
       await raw.closed;
       const err = raw.frames.find((f) => f.get("t") === "error");
       assertEquals(err?.get("code"), code);
     }
-    // A request before hello and auth is not answered either.
+    // A request in clear instead of a handshake is not answered.
     const raw = await rawDht(a.url);
     raw.ws.send(encodeCbor(new Map<string, string | number>([["t", "req"], ["id", 1], ["op", "ping"]])));
     await raw.closed;
-    assertEquals(raw.frames.find((f) => f.get("t") === "error")?.get("code"), "UNAUTHORIZED");
+    assertEquals(raw.frames.find((f) => f.get("t") === "error")?.get("code"), "BAD_FRAME");
     assertEquals(raw.frames.some((f) => f.get("t") === "res"), false);
+    // After the handshake: an oversized frame and a garbage frame end the session with their codes.
+    const me = await generateKeyPair();
+    const info = { v: 1, addr: "", frame: 65536 };
+    const big = await socketPeer(a.url, "/v1/dht", me, "dht", info);
+    await big.sec.ready;
+    big.sec.send(new Uint8Array(a.node.limits.dht_frame_bytes_max + 1));
+    assertEquals(await big.endCode(), "FRAME_TOO_LARGE");
+    const junk = await socketPeer(a.url, "/v1/dht", me, "dht", info);
+    await junk.sec.ready;
+    junk.sec.send(new Uint8Array([0xff, 0x00, 0x13]));
+    assertEquals(await junk.endCode(), "BAD_FRAME");
   } finally {
     await a.done();
   }
@@ -291,7 +303,6 @@ Deno.test("A DHT request that gets no answer fails with TIMEOUT", async () => {
   const limits = (await import("../actors/limits.ts")).limitsWith({});
   const host = (k: KeyPair, handle: DhtHost["handle"]): DhtHost => ({
     key: k,
-    auth: new Authenticator(k),
     limits,
     addr: () => "",
     admit: () => true,
@@ -303,6 +314,7 @@ Deno.test("A DHT request that gets no answer fails with TIMEOUT", async () => {
   const client = new DhtSession(host(key, () => Promise.resolve({})), c1, "client");
   try {
     assert(await client.ready());
+    await until(() => silent.peer !== "");
     assertEquals(silent.peer, toHex(key.publicKey));
     await assertRejects(() => client.request("ping", {}, 100), XfError, "unanswered after 100 ms");
     assertEquals(client.inflight, 0);

@@ -1,8 +1,8 @@
 // Every way in that should be closed, tried and refused with its code.
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import { hexOf, makeEvents, tempNode, testGroup } from "./_helpers.ts";
+import { hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { channelPair } from "../net/peers.ts";
-import { SyncSession } from "../net/sync.ts";
+import { handPeer, pipedPeer, SYNC_INFO } from "./_peer.ts";
 import { answerChallenge, Authenticator, CHALLENGE_TTL_MS } from "../net/auth.ts";
 import { createApp } from "../net/app.ts";
 import type { XfNode } from "../actors/node.ts";
@@ -12,60 +12,9 @@ import { createGroup, signEvent } from "../storage/event.ts";
 import { ACTION_ADD, ACTION_REMOVE, encodeMembership } from "../storage/membership.ts";
 import { XfError } from "../storage/errors.ts";
 
-/** A hand-driven peer talking to a node's server session. */
-function rawPeer(node: XfNode) {
-  const [mine, theirs] = channelPair();
-  const server = new SyncSession(node.sync, theirs, "server", "raw");
-  const frames: Map<string, unknown>[] = [];
-  let closedReason: string | null = null;
-  const waiters: (() => void)[] = [];
-  mine.onFrame = (f) => {
-    frames.push(decodeCbor(f) as Map<string, unknown>);
-    waiters.splice(0).forEach((w) => w());
-  };
-  mine.onClose = (r) => {
-    closedReason = r;
-    waiters.splice(0).forEach((w) => w());
-  };
-  const send = (t: string, fields: Record<string, unknown> = {}) =>
-    mine.send(encodeCbor(new Map<string, unknown>([["t", t], ...Object.entries(fields)]) as never));
-  const next = async (t: string, ms = 3000): Promise<Map<string, unknown>> => {
-    const end = Date.now() + ms;
-    while (Date.now() < end) {
-      const i = frames.findIndex((f) => f.get("t") === t);
-      if (i >= 0) return frames.splice(i, 1)[0]!;
-      if (closedReason !== null) throw new Error(`closed (${closedReason}) before a "${t}" frame`);
-      await new Promise<void>((r) => {
-        waiters.push(r);
-        setTimeout(r, 50);
-      });
-    }
-    throw new Error(`no "${t}" frame within ${ms} ms`);
-  };
-  const closed = async (ms = 3000) => {
-    const end = Date.now() + ms;
-    while (closedReason === null && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
-    return closedReason ?? "";
-  };
-  /** Complete hello and auth as `key` (optionally signing with another key). */
-  const handshake = async (key: KeyPair, signer: KeyPair = key, credit = 1000) => {
-    const hello = await next("hello");
-    send("hello", {
-      v: 1,
-      node: key.publicKey,
-      challenge: crypto.getRandomValues(new Uint8Array(32)),
-      frame: 1 << 20,
-      credit,
-    });
-    const sig = await sign(
-      signer,
-      encodeCbor(["xf-auth-v1", "sync", hello.get("challenge") as Uint8Array, key.publicKey, node.key.publicKey]),
-    );
-    send("auth", { sig });
-    await next("auth");
-    return hello;
-  };
-  return { send, next, closed, handshake, server, frames, mine };
+/** A hand-driven peer talking to a node's server session: the real handshake as `key`, then any frames. */
+function rawPeer(node: XfNode, key: KeyPair, info: Record<string, unknown> = SYNC_INFO) {
+  return pipedPeer((ch) => node.sync.accept(ch, "raw"), key, "sync", info);
 }
 
 async function closedGroup(node: XfNode) {
@@ -84,44 +33,62 @@ async function closedGroup(node: XfNode) {
   return { owner, member, gid, manifest };
 }
 
-Deno.test("Sync refuses a peer that skips auth: UNAUTHORIZED", async () => {
+Deno.test("Sync refuses a peer that skips the handshake: frames in clear are BAD_FRAME", async () => {
   const t = await tempNode();
   try {
-    const p = rawPeer(t.node);
-    await p.next("hello");
-    p.send("sub", { gid: "ab".repeat(32) });
-    const err = await p.next("error");
-    assertEquals(err.get("code"), "UNAUTHORIZED");
-    assert((await p.closed()).startsWith("UNAUTHORIZED"));
+    const [mine, theirs] = channelPair();
+    t.node.sync.accept(theirs, "raw");
+    const got: Map<string, unknown>[] = [];
+    let closed = "";
+    mine.onFrame = (f) => got.push(decodeCbor(f) as Map<string, unknown>);
+    mine.onClose = (r) => closed = r;
+    mine.send(encodeCbor(new Map([["t", "sub"], ["gid", "ab".repeat(32)]])));
+    await until(() => closed !== "");
+    assertEquals(got.map((f) => f.get("code")), ["BAD_FRAME"]);
   } finally {
     await t.done();
   }
 });
 
-Deno.test("Sync refuses a proof signed by another key: BAD_AUTH", async () => {
+Deno.test("Sync refuses a proof signed by another key than the one it claims: BAD_AUTH", async () => {
   const t = await tempNode();
   try {
-    const p = rawPeer(t.node);
     const claimed = await generateKeyPair(), actual = await generateKeyPair();
-    await p.handshake(claimed, actual).catch(() => {});
-    assert((await p.closed()).startsWith("BAD_AUTH"));
+    const p = rawPeer(t.node, { ...actual, publicKey: claimed.publicKey });
+    await p.sec.ready.catch(() => {});
+    assertEquals(await p.endCode(), "BAD_AUTH");
+    assertEquals(t.node.sync.sessionStats().filter((s) => s.peer === hexOf(claimed.publicKey)), []);
   } finally {
     await t.done();
   }
 });
 
-Deno.test("Sync refuses a replayed auth frame from an earlier session: BAD_AUTH", async () => {
+Deno.test("Sync refuses a handshake replayed byte for byte from an earlier session: BAD_AUTH", async () => {
   const t = await tempNode();
   try {
     const me = await generateKeyPair();
-    const p1 = rawPeer(t.node);
-    const hello1 = await p1.handshake(me);
-    const oldSig = await answerChallenge(me, "sync", hello1.get("challenge") as Uint8Array, t.node.key.publicKey);
-    const p2 = rawPeer(t.node);
-    await p2.next("hello");
-    p2.send("hello", { v: 1, node: me.publicKey, challenge: new Uint8Array(32), frame: 1 << 20, credit: 10 });
-    p2.send("auth", { sig: oldSig });
-    assert((await p2.closed()).startsWith("BAD_AUTH"));
+    // Record what a real peer sends.
+    const [mine, theirs] = channelPair();
+    const sent: Uint8Array[] = [];
+    const send = mine.send;
+    mine.send = (f) => (sent.push(f.slice()), send(f));
+    t.node.sync.accept(theirs, "raw");
+    const p = handPeer(mine, me, "sync", SYNC_INFO);
+    await p.sec.ready;
+    assertEquals(sent.length, 2); // hs1, hs3
+    // Replay both messages to a fresh session.
+    const [m2, t2] = channelPair();
+    const got: Map<string, unknown>[] = [];
+    let closed = "";
+    m2.onFrame = (f) => got.push(decodeCbor(f) as Map<string, unknown>);
+    m2.onClose = (r) => closed = r;
+    t.node.sync.accept(t2, "raw");
+    m2.send(sent[0]!);
+    await until(() => got.length >= 1); // the node answers hs1 with a fresh ephemeral key
+    assertEquals(got[0]!.get("t"), "hs2");
+    m2.send(sent[1]!);
+    await until(() => closed !== "");
+    assertEquals(got.find((f) => f.get("t") === "error")?.get("code"), "BAD_AUTH");
   } finally {
     await t.done();
   }
@@ -134,7 +101,8 @@ Deno.test("Authenticator refuses expired and replayed challenges", async () => {
   const { challenge } = auth.challenge();
   const sig = await answerChallenge(client, "http", challenge, server.publicKey);
   now += CHALLENGE_TTL_MS + 1;
-  await assertRejects(() => auth.check("http", challenge, client.publicKey, sig), XfError, "expired");
+  const expired = await assertRejects(() => auth.check("http", challenge, client.publicKey, sig), XfError);
+  assertEquals((expired as XfError).code, "CHALLENGE_EXPIRED");
   const fresh = auth.challenge().challenge;
   const sig2 = await answerChallenge(client, "http", fresh, server.publicKey);
   await auth.check("http", fresh, client.publicKey, sig2);
@@ -203,8 +171,7 @@ Deno.test("A non-member cannot sync a closed group, nor learn it exists", async 
   try {
     const { gid, member } = await closedGroup(t.node);
     const stranger = await generateKeyPair();
-    const p = rawPeer(t.node);
-    await p.handshake(stranger);
+    const p = rawPeer(t.node, stranger);
     p.send("sub", { gid: hexOf(gid) });
     const e1 = await p.next("error");
     p.send("sub", { gid: "cd".repeat(32) });
@@ -215,8 +182,8 @@ Deno.test("A non-member cannot sync a closed group, nor learn it exists", async 
       String(e2.get("message")).replace("cd".repeat(32), "X"),
     );
     // A member may.
-    const q = rawPeer(t.node);
-    await q.handshake(member);
+    const q = rawPeer(t.node, member);
+    await q.sec.ready;
     q.send("sub", { gid: hexOf(gid) });
     assertEquals((await q.next("sub.ok")).get("gid"), hexOf(gid));
   } finally {
@@ -297,8 +264,8 @@ Deno.test("Sync refuses events for a group the peer did not subscribe to: NOT_SU
     const g = await testGroup();
     await t.node.publish(g.manifest);
     const [ev] = await makeEvents(g, 1);
-    const p = rawPeer(t.node);
-    await p.handshake(await generateKeyPair());
+    const p = rawPeer(t.node, await generateKeyPair());
+    await p.sec.ready;
     p.send("events", { gid: hexOf(g.gid), events: [ev!.bytes] });
     assertEquals((await p.next("error")).get("code"), "NOT_SUBSCRIBED");
     assertEquals(await t.node.get(hexOf(ev!.id)), null);
@@ -314,41 +281,40 @@ Deno.test("Sync refuses events for a group the peer did not subscribe to: NOT_SU
 Deno.test("Sync cuts off oversized frames, garbage, and sends beyond credit", async () => {
   const t = await tempNode({ limits: { sync_frame_bytes_max: 4096, sync_credit_events: 5 } });
   try {
-    const p = rawPeer(t.node);
-    await p.handshake(await generateKeyPair());
-    p.mine.send(new Uint8Array(5000));
-    assert((await p.closed()).startsWith("FRAME_TOO_LARGE"));
-    const q = rawPeer(t.node);
-    await q.handshake(await generateKeyPair());
-    q.mine.send(new Uint8Array([0xff, 0x00, 0x13]));
-    assert((await q.closed()).startsWith("BAD_FRAME"));
+    const p = rawPeer(t.node, await generateKeyPair());
+    await p.sec.ready;
+    p.sec.send(new Uint8Array(5000));
+    assertEquals(await p.endCode(), "FRAME_TOO_LARGE");
+    const q = rawPeer(t.node, await generateKeyPair());
+    await q.sec.ready;
+    q.sec.send(new Uint8Array([0xff, 0x00, 0x13]));
+    assertEquals(await q.endCode(), "BAD_FRAME");
     const g = await testGroup();
     await t.node.publish(g.manifest);
-    const r = rawPeer(t.node);
-    await r.handshake(await generateKeyPair());
+    const r = rawPeer(t.node, await generateKeyPair());
     r.send("sub", { gid: hexOf(g.gid) });
     await r.next("sub.ok");
     const evs = await makeEvents(g, 6);
     r.send("events", { gid: hexOf(g.gid), events: evs.map((e) => e.bytes) });
-    assert((await r.closed()).startsWith("CREDIT_EXCEEDED"));
+    assertEquals(await r.endCode(), "CREDIT_EXCEEDED");
   } finally {
     await t.done();
   }
 });
 
 Deno.test("Sync cuts off a peer that never grants credit, and its memory stays bounded: PEER_TOO_SLOW", async () => {
-  const t = await tempNode({ limits: { sync_peer_queue_events_max: 50 } });
+  const t = await tempNode({ limits: { sync_peer_queue_bytes_max: 4000 } });
   try {
     const g = await testGroup();
     await t.node.publish(g.manifest);
-    const p = rawPeer(t.node);
-    await p.handshake(await generateKeyPair(), undefined, 0); // grants no credit, ever
+    const p = rawPeer(t.node, await generateKeyPair(), { ...SYNC_INFO, credit: 0 }); // grants no credit, ever
     p.send("sub", { gid: hexOf(g.gid) });
     await p.next("sub.ok");
     const evs = await makeEvents(g, 80);
     await t.node.publish(evs); // streamed live to the peer, which takes none
-    assert((await p.closed()).startsWith("PEER_TOO_SLOW"));
+    assertEquals(await p.endCode(), "PEER_TOO_SLOW");
     assertEquals(p.frames.filter((f) => f.get("t") === "events").length, 0);
+    assertEquals(t.node.sync.memory.used, 0); // what it held is given back
   } finally {
     await t.done();
   }

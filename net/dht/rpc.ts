@@ -5,11 +5,9 @@
  * {@linkcode DhtHost} (the node's DHT service, which answers requests).
  *
  * ```
- *  client (connects)                               server
- *    │ hello {v, node, challenge, addr, frame}  ──►  │
- *    │ ◄──  hello {v, node, challenge, addr, frame}  │
- *    │ auth {sig over server's challenge}       ──►  │   both sides check the other's
- *    │ ◄──  auth {sig over client's challenge}       │   proof (purpose "dht") first
+ *  client (connects, initiator)                    server (responder)
+ *    │ hs1 / hs2 / hs3 (net/secure.ts)          ◄─►  │   purpose "dht"; info {v, addr, frame}
+ *    │   then every frame AEAD-encrypted              │   signed into the handshake
  *    │ req {id, op, …}                          ──►  │   ping | find_node | announce |
  *    │ ◄──  res {id, …}  or  res {id, error, message}│   find_peers | find_providers
  *    │ bye {reason}  /  error {code, message}        │   (fatal)
@@ -41,8 +39,7 @@ import type { CborValue } from "../../storage/cbor.ts";
 import { type KeyPair, toHex } from "../../storage/ed25519.ts";
 import { ERROR_STATUS, type ErrorCode, toWire, XfError } from "../../storage/errors.ts";
 import type { Limits } from "../../actors/limits.ts";
-import { answerChallenge, type Authenticator } from "../auth.ts";
-import type { FrameChannel } from "../sync.ts";
+import { type FrameChannel, SecureChannel } from "../secure.ts";
 import { decodeFrame, encodeFrame, field, type Frame, isBytes, isUint } from "../frames.ts";
 
 /** Protocol version spoken here. */
@@ -63,17 +60,18 @@ export interface DhtPeer {
   key: Uint8Array;
   /** The address it says it listens on ("" if none). */
   addr: string;
+  /** The remote network address of its connection ("" if unknown). */
+  remote?: string;
 }
 
 /** What a session needs from its node. */
 export interface DhtHost {
   key: KeyPair;
-  auth: Authenticator;
   limits: Limits;
   /** Our own listening address for the hello ("" if none). */
   addr(): string;
-  /** Whether `peer` may make one more request now (the rate limit). */
-  admit(peer: Uint8Array): boolean;
+  /** Whether `peer`, connected from `remote`, may make one more request now (the rate limits). */
+  admit(peer: Uint8Array, remote?: string): boolean;
   /** Answer one request; throws an {@linkcode XfError} to refuse it. */
   handle(peer: DhtPeer, op: DhtOp, req: DhtFrame): Promise<Record<string, CborValue | undefined>>;
   /** The session ended. */
@@ -125,11 +123,8 @@ export class DhtSession {
   /** When the session last sent or answered a request (ms). */
   lastUsed: number = Date.now();
 
-  #myChallenge: Uint8Array | null;
-  #peerAuthed = false;
-  #sentAuth = false;
+  #secure: SecureChannel;
   #readyWaiters: ((ok: boolean) => void)[] = [];
-  #handshakeTimer: ReturnType<typeof setTimeout>;
   #pending = new Map<number, Pending>();
   #nextId = 1;
   /** Requests from the peer queued or being answered. */
@@ -138,21 +133,23 @@ export class DhtSession {
 
   constructor(
     private readonly host: DhtHost,
-    private readonly ch: FrameChannel,
+    ch: FrameChannel,
     readonly role: "client" | "server",
+    /** The remote network address of the connection ("" if unknown). */
+    readonly remote: string = "",
   ) {
-    ch.onFrame = (f) => this.#onFrame(f);
-    ch.onClose = (reason) => this.#closed(reason || "connection closed");
-    const ms = host.limits.dht_request_timeout_ms;
-    this.#handshakeTimer = setTimeout(() => this.#fail("UNAUTHORIZED", `No DHT hello and auth within ${ms} ms`), ms);
-    this.#myChallenge = host.auth.challenge().challenge;
-    this.#send(frame("hello", {
-      v: DHT_VERSION,
-      node: host.key.publicKey,
-      challenge: this.#myChallenge,
-      addr: host.addr(),
-      frame: host.limits.dht_frame_bytes_max,
-    }));
+    const l = host.limits;
+    this.#secure = new SecureChannel(ch, {
+      key: host.key,
+      purpose: "dht",
+      role: role === "client" ? "initiator" : "responder",
+      info: { v: DHT_VERSION, addr: host.addr(), frame: l.dht_frame_bytes_max },
+      frameMax: l.dht_frame_bytes_max,
+      handshakeMs: l.dht_request_timeout_ms,
+    });
+    this.#secure.onFrame = (f) => this.#onFrame(f);
+    this.#secure.onClose = (reason) => this.#closed(reason || "connection closed");
+    this.#secure.ready.then((p) => this.#onProven(p.key, p.info), () => {});
   }
 
   /** Resolves when both sides proved who they are (false if the session closed first). */
@@ -203,7 +200,7 @@ export class DhtSession {
   close(reason = "bye"): void {
     if (this.state === "closed") return;
     this.#send(frame("bye", { reason }));
-    this.ch.close(reason);
+    this.#secure.close(reason);
     this.#closed(reason);
   }
 
@@ -211,13 +208,13 @@ export class DhtSession {
     if (this.state === "closed") return;
     this.stats.framesOut++;
     this.stats.bytesOut += bytes.length;
-    this.ch.send(bytes);
+    this.#secure.send(bytes);
   }
 
   #fail(code: ErrorCode, message: string): void {
     if (this.state === "closed") return;
-    this.#send(frame("error", { code, message }));
-    this.ch.close(`${code}: ${message}`);
+    this.stats.framesOut++;
+    this.#secure.fail(code, message);
     this.#closed(`${code}: ${message}`);
   }
 
@@ -225,7 +222,6 @@ export class DhtSession {
     if (this.state === "closed") return;
     this.state = "closed";
     this.closeReason = reason;
-    clearTimeout(this.#handshakeTimer);
     for (const w of this.#readyWaiters.splice(0)) w(false);
     for (const p of this.#pending.values()) {
       clearTimeout(p.timer);
@@ -253,7 +249,7 @@ export class DhtSession {
       const id = f.get("id");
       if (!isUint(id)) return this.#fail("BAD_FRAME", 'DHT frame "req" needs id as a request id');
       this.stats.requestsIn++;
-      if (this.peerKey && !this.host.admit(this.peerKey)) {
+      if (this.peerKey && !this.host.admit(this.peerKey, this.remote)) {
         this.stats.refused++;
         return this.#send(frame("res", {
           id: id as number,
@@ -297,10 +293,6 @@ export class DhtSession {
         return this.#closed(`peer error ${String(f.get("code") ?? "")}: ${String(f.get("message") ?? "")}`);
       case "bye":
         return this.#closed(`peer said bye: ${String(f.get("reason") ?? "")}`);
-      case "hello":
-        return await this.#onHello(f);
-      case "auth":
-        return await this.#onAuth(f);
       case "req":
         try {
           if (this.state !== "ready") return this.#fail("UNAUTHORIZED", "DHT request before hello and auth");
@@ -313,45 +305,23 @@ export class DhtSession {
     }
   }
 
-  async #onHello(f: DhtFrame): Promise<void> {
-    if (this.peerKey) return this.#fail("BAD_FRAME", "Second DHT hello");
-    const v = field<number>(f, "v", isUint, "a version");
+  #onProven(key: Uint8Array, info: Map<string, unknown>): void {
+    if (this.state !== "hello") return;
+    const v = info.get("v");
     if (v !== DHT_VERSION) {
-      return this.#fail("BAD_FRAME", `DHT protocol version "${v}" is not supported (this node speaks ${DHT_VERSION})`);
+      return this.#fail(
+        "BAD_FRAME",
+        `DHT protocol version "${String(v)}" is not supported (this node speaks ${DHT_VERSION})`,
+      );
     }
-    const node = field<Uint8Array>(f, "node", isBytes(32), "32 bytes");
-    const challenge = field<Uint8Array>(f, "challenge", isBytes(32), "32 bytes");
-    const addr = f.get("addr") ?? "";
+    const addr = info.get("addr") ?? "";
     if (typeof addr !== "string" || addr.length > 256 || (addr !== "" && !/^wss?:\/\/\S+$/.test(addr))) {
-      return this.#fail("BAD_FRAME", 'DHT frame "hello" needs addr as "" or a ws:// address');
+      return this.#fail("BAD_FRAME", 'DHT handshake needs addr as "" or a ws:// address');
     }
-    this.peerKey = node.slice();
+    this.peerKey = key;
     this.peerAddr = addr.replace(/\/+$/, "");
-    const sig = await answerChallenge(this.host.key, "dht", challenge, node);
-    this.#send(frame("auth", { sig }));
-    this.#sentAuth = true;
-    this.#maybeReady();
-  }
-
-  async #onAuth(f: DhtFrame): Promise<void> {
-    if (!this.peerKey || !this.#myChallenge) return this.#fail("UNAUTHORIZED", "DHT auth before hello");
-    const sig = field<Uint8Array>(f, "sig", isBytes(64), "64 bytes");
-    const challenge = this.#myChallenge;
-    this.#myChallenge = null;
-    try {
-      await this.host.auth.check("dht", challenge, this.peerKey, sig);
-    } catch (e) {
-      const w = toWire(e);
-      return this.#fail(w.code, w.message);
-    }
-    this.#peerAuthed = true;
-    this.#maybeReady();
-  }
-
-  #maybeReady(): void {
-    if (this.state !== "hello" || !this.#peerAuthed || !this.#sentAuth) return;
     this.state = "ready";
-    clearTimeout(this.#handshakeTimer);
+    this.lastUsed = Date.now();
     for (const w of this.#readyWaiters.splice(0)) w(true);
   }
 
@@ -364,7 +334,7 @@ export class DhtSession {
       if (typeof op !== "string" || !(DHT_OPS as readonly string[]).includes(op)) {
         throw new XfError("BAD_FRAME", `Unknown DHT request "${String(op).slice(0, 40)}"`);
       }
-      answer = await this.host.handle({ key: this.peerKey!, addr: this.peerAddr }, op as DhtOp, f);
+      answer = await this.host.handle({ key: this.peerKey!, addr: this.peerAddr, remote: this.remote }, op as DhtOp, f);
     } catch (e) {
       this.stats.refused++;
       const w = toWire(e);

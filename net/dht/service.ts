@@ -15,9 +15,8 @@ import type { XfNode } from "../../actors/node.ts";
 import type { CborValue } from "../../storage/cbor.ts";
 import { fromHex, toHex } from "../../storage/ed25519.ts";
 import { XfError } from "../../storage/errors.ts";
-import { Authenticator } from "../auth.ts";
 import { socketChannel } from "../peers.ts";
-import type { FrameChannel } from "../sync.ts";
+import type { FrameChannel } from "../secure.ts";
 import { ID_BITS, K_BUCKET, RESPONSE_CONTACTS_MAX } from "./limits.ts";
 import { Lookup } from "./lookup.ts";
 import { announce, AnnouncementStore, type AnnounceRecord, decodeRecord, encodeRecord } from "./records.ts";
@@ -70,7 +69,6 @@ function normalize(url: string): string {
 
 /** The node's DHT: sessions, per-group routing tables, announcements, lookups, discovery. */
 export class DhtService implements DhtHost {
-  readonly auth: Authenticator;
   /** This node's id: SHA-256 of its public key. */
   readonly selfId: Uint8Array;
   /** Announcements held, of every group. */
@@ -95,7 +93,6 @@ export class DhtService implements DhtHost {
   #closed = false;
 
   constructor(readonly node: XfNode, options: DhtServiceOptions = {}) {
-    this.auth = new Authenticator(node.key);
     this.selfId = nodeIdOf(node.key.publicKey);
     this.#now = options.now ?? Date.now;
   }
@@ -113,16 +110,21 @@ export class DhtService implements DhtHost {
 
   // ---- serving ----
 
-  /** Serve one incoming connection; null (and closed) past `dht_sessions_max`. */
-  accept(ch: FrameChannel): DhtSession | null {
-    if (this.#closed || this.sessions.size >= this.limits.dht_sessions_max) {
+  /** Serve one incoming connection from remote address `remote`; null (and closed) past the session limits. */
+  accept(ch: FrameChannel, remote = ""): DhtSession | null {
+    const fromAddr = [...this.sessions].filter((s) => s.role === "server" && s.remote === remote).length;
+    if (
+      this.#closed || this.sessions.size >= this.limits.dht_sessions_max ||
+      fromAddr >= this.limits.dht_sessions_per_addr_max
+    ) {
       this.counters.sessionsRefused++;
       ch.close("OVERLOADED: too many DHT sessions");
       return null;
     }
-    const s = new DhtSession(this, ch, "server");
+    const s = new DhtSession(this, ch, "server", remote);
     this.counters.sessionsOpened++;
     this.sessions.add(s);
+    this.#sweeper ??= setInterval(() => this.#sweep(), DHT_IDLE_MS / 2);
     return s;
   }
 
@@ -341,7 +343,7 @@ export class DhtService implements DhtHost {
       });
       ws.addEventListener("close", () => {
         clearTimeout(timer);
-        reject(new XfError("STAGE_DOWN", `Cannot connect to "${url}"`));
+        reject(new XfError("PEER_UNREACHABLE", `Cannot connect to "${url}"`));
       });
     });
     const s = new DhtSession(this, ch, "client");
@@ -359,7 +361,9 @@ export class DhtService implements DhtHost {
   #sweep(): void {
     const now = Date.now();
     for (const s of this.sessions) {
+      // Ours close when unused; theirs when the peer asks nothing for dht_idle_ms (a held slot is not free).
       if (s.role === "client" && s.inflight === 0 && now - s.lastUsed > DHT_IDLE_MS) s.close("idle");
+      if (s.role === "server" && now - s.lastUsed > this.limits.dht_idle_ms) s.close("idle");
     }
   }
 
