@@ -98,10 +98,19 @@ async function runServe(f: Flags) {
   const groups = list(f, "group", "XF_GROUP");
   const peers = list(f, "peer", "XF_PEER");
   let node: Awaited<ReturnType<typeof openNode>> | null = null;
+  // Limit overrides as JSON, e.g. XF_LIMITS='{"sync_stall_ms":5000}' (names as in the README's limits table).
+  const limitsJson = flag(f, "limits", "XF_LIMITS");
+  let limits: Record<string, number> = {};
+  try {
+    limits = limitsJson ? JSON.parse(limitsJson) : {};
+  } catch {
+    throw new Error(`Cannot read limits "${limitsJson}": not JSON like {"sync_stall_ms":5000}`);
+  }
   node = await openNode({
     dataDir,
     key,
     groups,
+    limits,
     onFatal: (e) => {
       console.error(`fatal: ${e.message}`);
       Deno.exit(1);
