@@ -63,6 +63,8 @@ export interface DhtPeer {
   key: Uint8Array;
   /** The address it says it listens on ("" if none). */
   addr: string;
+  /** The network address the request came from (the socket's remote IP); "" or absent when unknown. */
+  remote?: string;
 }
 
 /** What a session needs from its node. */
