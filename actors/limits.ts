@@ -87,6 +87,8 @@ export const LIMITS = {
   dht_frame_bytes_max: 64 * 1024,
   /** DHT requests one peer may make per second (a token bucket this deep); past it, RATE_LIMITED. */
   dht_requests_per_sec_max: 50,
+  /** DHT requests one remote network address (an IPv6 /64) may make per second, over all its keys; past it, RATE_LIMITED. */
+  dht_requests_per_addr_per_sec_max: 200,
   /** A DHT request unanswered for this long fails with TIMEOUT; also the DHT handshake's time. */
   dht_request_timeout_ms: 5_000,
   /** DHT requests one session has queued or in flight. */
@@ -99,6 +101,8 @@ export const LIMITS = {
   dht_idle_ms: 120_000,
   /** Announcements in one find-peers or find-providers answer. */
   dht_answer_records_max: 100,
+  /** Announcements one remote network address (an IPv6 /64) may have stored per group; past it, ADDR_FULL. */
+  dht_records_per_addr_max: 4,
   /** Longest pause between two discovery rounds of a group. */
   dht_discover_ms: 30_000,
   /** Re-announce and refresh buckets this often (announcements live 20 minutes). */

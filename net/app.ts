@@ -23,7 +23,8 @@ function frameRoute(accept: (ch: FrameChannel, addr: string) => void) {
   return upgradeWebSocket((c) => {
     let ch: FrameChannel | null = null;
     // Read the request now: once upgraded it is closed.
-    const addr = c.req.header("x-forwarded-for") ?? "";
+    // The socket's remote address (never a header a client can write); "" in-process.
+    const addr = (c.env as { remoteAddr?: { hostname?: string } } | undefined)?.remoteAddr?.hostname ?? "";
     return {
       onOpen(_ev, ws) {
         ch = wsChannel(ws);

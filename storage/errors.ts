@@ -50,6 +50,7 @@ export const ERROR_STATUS = {
   TTL_TOO_LONG: 400,
   STALE: 409,
   GROUP_FULL: 507,
+  ADDR_FULL: 429,
   TOO_MANY_GROUPS: 507,
   // Operating errors (5xx): the node could not do it now.
   OVERLOADED: 503,

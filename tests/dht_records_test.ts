@@ -120,7 +120,9 @@ Deno.test("AnnouncementStore drops expired records and is bounded per group", as
   const members = await Promise.all([1, 2, 3, 4].map((i) => member(`ws://10.0.0.${i}:7878`)));
   for (const [i, m] of members.slice(0, 3).entries()) {
     assert((await store.put(await m.rec(NOW + i * 1000), NOW + i * 1000)).ok);
+    store.verify(m.publicKey, `ws://10.0.0.${i + 1}:7878`);
   }
+  // Every record is verified: the newcomer finds no room.
   assertEquals(await store.put(await members[3]!.rec(NOW + 3000), NOW + 3000), { ok: false, code: "GROUP_FULL" });
   // Once the first has expired, there is room again.
   const later = NOW + ANNOUNCE_TTL_MS + 500;
@@ -129,6 +131,42 @@ Deno.test("AnnouncementStore drops expired records and is bounded per group", as
   assertEquals(store.prune(NOW + 10 * ANNOUNCE_TTL_MS), 3);
   assertEquals(store.size(), 0);
   assertEquals(store.groupCount(), 0);
+});
+
+Deno.test("AnnouncementStore: in a full group a newcomer replaces the youngest unverified record only", async () => {
+  const store = new AnnouncementStore({ perGroupMax: 3 });
+  const ms = await Promise.all([1, 2, 3, 4, 5].map((i) => member(`ws://10.0.0.${i}:7878`)));
+  const put = async (i: number, at: number) => (await store.put(await ms[i]!.rec(at), at)).ok;
+  assert(await put(0, NOW));
+  assert(await put(1, NOW + 1));
+  assert(await put(2, NOW + 2));
+  store.verify(ms[1]!.publicKey, "ws://10.0.0.2:7878/");
+  assert(await put(3, NOW + 3)); // replaces 2, the youngest unverified
+  assert(await put(4, NOW + 4)); // replaces 3
+  const held = (at: number) => store.ranked(group, at).map((r) => r.addr);
+  assertEquals(held(NOW + 5), ["ws://10.0.0.2:7878", "ws://10.0.0.1:7878", "ws://10.0.0.5:7878"]);
+  assertEquals(store.info(group, ms[1]!.publicKey)?.verified, true);
+  assertEquals(store.info(group, ms[0]!.publicKey)?.firstSeen, NOW);
+  // A refresh keeps when the node was first seen; get() still lists the newest first.
+  assert(await put(0, NOW + 6));
+  assertEquals(store.info(group, ms[0]!.publicKey)?.firstSeen, NOW);
+  assertEquals(store.get(group, NOW + 7)[0]?.addr, "ws://10.0.0.1:7878");
+  assertEquals(held(NOW + 7)[1], "ws://10.0.0.1:7878");
+});
+
+Deno.test("AnnouncementStore caps the records announced from one network address: ADDR_FULL", async () => {
+  const store = new AnnouncementStore({ perAddrMax: 2 });
+  const ms = await Promise.all([1, 2, 3, 4].map((i) => member(`ws://10.0.0.${i}:7878`)));
+  const put = async (i: number, remote: string) => (await store.put(await ms[i]!.rec(NOW), NOW, { remote })).ok || "no";
+  assertEquals([await put(0, "2001:db8::1"), await put(1, "2001:db8::2")], [true, true]);
+  assertEquals(await store.put(await ms[2]!.rec(NOW), NOW, { remote: "2001:db8::3" }), {
+    ok: false,
+    code: "ADDR_FULL",
+  });
+  assertEquals(await put(2, "2001:db8:0:1::3"), true); // another /64
+  // A node's own refresh from the same address is no newcomer; relayed records (no remote) are not counted.
+  assertEquals((await store.put(await ms[0]!.rec(NOW + 1), NOW + 1, { remote: "2001:db8::1" })).ok, true);
+  assertEquals((await store.put(await ms[3]!.rec(NOW), NOW)).ok, true);
 });
 
 Deno.test("AnnouncementStore is bounded in groups", async () => {

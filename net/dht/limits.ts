@@ -64,3 +64,9 @@ export const RECORDS_PER_GROUP_MAX = 1024;
 
 /** Groups one announcement store keeps records for. */
 export const RECORD_GROUPS_MAX = 1024;
+
+/**
+ * Node keys whose address the announcement store remembers as verified (it
+ * answered a request of ours there); the least recently verified are forgotten.
+ */
+export const VERIFIED_NODES_MAX = 4096;

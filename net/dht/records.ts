@@ -20,6 +20,10 @@
  * A record on the wire or on disk is those bytes followed by the 64-byte
  * signature ({@linkcode encodeRecord}).
  *
+ * An announced address must pass {@linkcode checkPeerAddress}: a `ws://` or
+ * `wss://` host and port, nothing that points inside the host's network
+ * stack or at a cloud metadata service.
+ *
  * @module
  */
 
@@ -33,6 +37,8 @@ import {
   RECORDS_PER_GROUP_MAX,
 } from "./limits.ts";
 import { bytesEqual, toHex } from "./routing.ts";
+import { LIMITS } from "../../actors/limits.ts";
+import { VERIFIED_NODES_MAX } from "./limits.ts";
 
 export { ANNOUNCE_FUTURE_MS, ANNOUNCE_TTL_MS, RECORD_GROUPS_MAX, RECORDS_PER_GROUP_MAX } from "./limits.ts";
 
@@ -61,7 +67,8 @@ export type UnsignedRecord = Omit<AnnounceRecord, "sig">;
 
 /**
  * Why a record was refused, as a stable code:
- * - `BAD_RECORD`: wrong field sizes, non-integer numbers, `expires` before `ts`, address too long
+ * - `BAD_RECORD`: wrong field sizes, non-integer numbers, `expires` before `ts`, an address
+ *   {@linkcode checkPeerAddress} refuses
  * - `UNSIGNED`: no signature (missing, not 64 bytes, or all zeros)
  * - `BAD_SIGNATURE`: the signature does not verify against `nodeKey`
  * - `NOT_SIGNER`: sent by a peer other than `nodeKey` (one node cannot announce for another)
@@ -69,7 +76,8 @@ export type UnsignedRecord = Omit<AnnounceRecord, "sig">;
  * - `TTL_TOO_LONG`: `expires` is more than {@linkcode ANNOUNCE_TTL_MS} after `ts`
  * - `TS_IN_FUTURE`: `ts` is more than {@linkcode ANNOUNCE_FUTURE_MS} ahead of now
  * - `STALE`: the store holds a record of the same node at least as new
- * - `GROUP_FULL`: the group already has {@linkcode RECORDS_PER_GROUP_MAX} live records
+ * - `GROUP_FULL`: the group already has {@linkcode RECORDS_PER_GROUP_MAX} live records, all verified
+ * - `ADDR_FULL`: the group already has `dht_records_per_addr_max` records announced from the sender's network address
  * - `TOO_MANY_GROUPS`: the store already holds {@linkcode RECORD_GROUPS_MAX} groups
  */
 export type RecordCode =
@@ -82,6 +90,7 @@ export type RecordCode =
   | "TS_IN_FUTURE"
   | "STALE"
   | "GROUP_FULL"
+  | "ADDR_FULL"
   | "TOO_MANY_GROUPS";
 
 /** What {@linkcode AnnouncementStore.put} did. */
@@ -361,6 +370,140 @@ export async function verifyRecord(r: AnnounceRecord): Promise<boolean> {
   }
 }
 
+/** Host names of cloud metadata services (lower case, no trailing dot). */
+const METADATA_HOSTS: ReadonlySet<string> = new Set([
+  "metadata",
+  "metadata.google.internal",
+  "metadata.goog",
+  "instance-data",
+  "instance-data.ec2.internal",
+]);
+
+/** Why an IPv4 address, as its 4 bytes, cannot be announced; null if it can. Loopback and private ranges can. */
+function ipv4Problem(b: readonly number[]): string | null {
+  const [a = 0, x = 0] = b;
+  if (a === 0) return "it is unspecified (0.0.0.0/8)";
+  if (a === 169 && x === 254) return "it is link-local (169.254.0.0/16, where cloud metadata services answer)";
+  if (a >= 224 && a <= 239) return "it is multicast (224.0.0.0/4)";
+  if (a >= 240) return "it is reserved or broadcast (240.0.0.0/4)";
+  if (b.join(".") === "100.100.100.200") return "it is a cloud metadata address";
+  return null;
+}
+
+/** The 8 16-bit words of an IPv6 address in hex notation (as the URL parser writes it), or null. */
+function ipv6Words(s: string): number[] | null {
+  const halves = s.split("::");
+  if (halves.length > 2) return null;
+  const words = (h: string) =>
+    h === "" ? [] : h.split(":").map((w) => /^[0-9a-f]{1,4}$/i.test(w) ? parseInt(w, 16) : NaN);
+  const head = words(halves[0]!), tail = halves.length === 2 ? words(halves[1]!) : [];
+  const fill = 8 - head.length - tail.length;
+  if (halves.length === 2 ? fill < 1 : fill !== 0) return null;
+  const out = [...head, ...new Array<number>(halves.length === 2 ? fill : 0).fill(0), ...tail];
+  return out.some(Number.isNaN) ? null : out;
+}
+
+/** Why an IPv6 address, as its 8 words, cannot be announced; null if it can. */
+function ipv6Problem(w: readonly number[]): string | null {
+  const v4 = (hi: number, lo: number) => [hi >> 8, hi & 255, lo >> 8, lo & 255];
+  const zeros = (from: number, to: number) => w.slice(from, to).every((x) => x === 0);
+  if (zeros(0, 8)) return "it is unspecified (::)";
+  if ((w[0]! & 0xffc0) === 0xfe80) return "it is link-local (fe80::/10)";
+  if ((w[0]! & 0xff00) === 0xff00) return "it is multicast (ff00::/8)";
+  if (w.join(":") === [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254].join(":")) return "it is a cloud metadata address";
+  // IPv4 inside IPv6 (mapped ::ffff:0:0/96, NAT64 64:ff9b::/96, compatible ::/96 except ::1) follows the IPv4 rules.
+  const mapped = zeros(0, 5) && w[5] === 0xffff;
+  const nat64 = w[0] === 0x64 && w[1] === 0xff9b && zeros(2, 6);
+  const compatible = zeros(0, 6) && !(w[6] === 0 && w[7] === 1);
+  return mapped || nat64 || compatible ? ipv4Problem(v4(w[6]!, w[7]!)) : null;
+}
+
+/**
+ * Why `url` cannot be announced as a node's address, or null if it can. An
+ * announceable address is a `ws://` or `wss://` URL with a host and an
+ * optional port, no path (or a bare "/"), query, fragment or credentials, in
+ * the canonical form the WHATWG URL parser writes (so `ws://2852039166` or
+ * `ws://HOST:80` are refused rather than read two ways), at most
+ * {@linkcode ADDR_BYTES_MAX} bytes. Its host may not be unspecified
+ * (`0.0.0.0/8`, `::`), link-local (`169.254.0.0/16`, `fe80::/10`),
+ * multicast, broadcast or reserved (`224.0.0.0/3`, `ff00::/8`), or a cloud
+ * metadata service (`169.254.169.254`, `fd00:ec2::254`, `100.100.100.200`,
+ * `metadata`, `metadata.google.internal`, …), also when written as IPv4
+ * inside IPv6; port 0 is refused. Loopback and private addresses are
+ * allowed. Names are not resolved: a name that resolves to a refused
+ * address passes.
+ *
+ * @example
+ * ```ts
+ * import { assert } from "@std/assert";
+ * import { checkPeerAddress } from "./records.ts";
+ * assert(checkPeerAddress("ws://127.0.0.1:7878") === null);
+ * assert(checkPeerAddress("wss://node.example.org") === null);
+ * assert(checkPeerAddress("http://169.254.169.254/latest") !== null);
+ * assert(checkPeerAddress("ws://0.0.0.0:7878") !== null);
+ * ```
+ */
+export function checkPeerAddress(url: string): string | null {
+  if (typeof url !== "string" || url === "") return "it is empty";
+  const bytes = encoder.encode(url).length;
+  if (bytes > ADDR_BYTES_MAX) return `it is ${bytes} bytes, over ${ADDR_BYTES_MAX}`;
+  if (!/^wss?:\/\/[^/?#@\s\\]+\/?$/i.test(url)) {
+    return "it is not a ws:// or wss:// address of a host and port, with no path, query or credentials";
+  }
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    return "it does not parse as a URL";
+  }
+  const canonical = u.href.replace(/\/$/, "");
+  if (url.replace(/\/$/, "") !== canonical) return `it is not in canonical form ("${canonical}")`;
+  if (u.port === "0") return "its port is 0";
+  const host = u.hostname;
+  if (host.startsWith("[")) {
+    const w = ipv6Words(host.slice(1, -1));
+    return w ? ipv6Problem(w) : "its IPv6 host does not parse";
+  }
+  const v4 = /^(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(host);
+  if (v4) return ipv4Problem(v4.slice(1).map(Number));
+  if (METADATA_HOSTS.has(host.replace(/\.$/, ""))) return "it names a cloud metadata service";
+  return null;
+}
+
+/**
+ * The bucket a request's remote network address counts in, for the
+ * per-address caps: an IPv4 address as is, an IPv6 address by its /64
+ * (one host usually holds a whole /64; IPv4-mapped ones as IPv4), and an
+ * unknown one ("" or absent) as the one shared bucket `"?"`.
+ *
+ * @example
+ * ```ts
+ * import { assert } from "@std/assert";
+ * import { remoteBucket } from "./records.ts";
+ * assert(remoteBucket("2001:db8:1:2::7") === remoteBucket("[2001:db8:1:2:ffff::1]"));
+ * assert(remoteBucket("::ffff:10.0.0.1") === "10.0.0.1");
+ * assert(remoteBucket(undefined) === "?");
+ * ```
+ */
+export function remoteBucket(remote: string | undefined): string {
+  if (!remote) return "?";
+  const s = remote.replace(/^\[|\]$/g, "").replace(/%.*$/, "").toLowerCase();
+  if (!s.includes(":")) return s.slice(0, 64);
+  const dotted = /^(.*:)(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(s);
+  const w = ipv6Words(
+    dotted
+      ? `${dotted[1]}${((+dotted[2]! << 8) | +dotted[3]!).toString(16)}:${
+        ((+dotted[4]! << 8) | +dotted[5]!).toString(16)
+      }`
+      : s,
+  );
+  if (!w) return s.slice(0, 64);
+  if (w.slice(0, 5).every((x) => x === 0) && w[5] === 0xffff) {
+    return [w[6]! >> 8, w[6]! & 255, w[7]! >> 8, w[7]! & 255].join(".");
+  }
+  return `${w.slice(0, 4).map((x) => x.toString(16)).join(":")}::/64`;
+}
+
 /** Options of {@linkcode checkRecord} and {@linkcode AnnouncementStore.put}. */
 export interface CheckOptions {
   /**
@@ -374,7 +517,7 @@ export interface CheckOptions {
 function cheapCheck(r: AnnounceRecord, now: number, options: CheckOptions): RecordCode | null {
   const bad = shapeError(r);
   if (bad) return bad;
-  if (encoder.encode(r.addr).length > ADDR_BYTES_MAX) return "BAD_RECORD";
+  if (checkPeerAddress(r.addr) !== null) return "BAD_RECORD";
   if (!(r.sig instanceof Uint8Array) || r.sig.length !== SIG_BYTES || r.sig.every((b) => b === 0)) return "UNSIGNED";
   if (options.sender !== undefined && !bytesEqual(options.sender, r.nodeKey)) return "NOT_SIGNER";
   if (r.expires <= now) return "EXPIRED";
@@ -414,13 +557,59 @@ export interface StoreOptions {
   perGroupMax?: number;
   /** Groups at most; default {@linkcode RECORD_GROUPS_MAX}. */
   groupsMax?: number;
+  /** Records per group announced from one remote network address at most; default `dht_records_per_addr_max`. */
+  perAddrMax?: number;
 }
+
+/** Options of {@linkcode AnnouncementStore.put}. */
+export interface PutOptions extends CheckOptions {
+  /**
+   * The network address an announce request came from (its socket's remote
+   * IP; "" when unknown). Records announced from one address (see
+   * {@linkcode remoteBucket}) are capped per group. Leave it out for records
+   * relayed in find-peers answers and for our own.
+   */
+  remote?: string;
+  /** The node is known to answer at `r.addr` (our own record, say); else {@linkcode AnnouncementStore.verify} decides. */
+  verified?: boolean;
+}
+
+/** What the store knows of a held record besides the record. */
+export interface HeldInfo {
+  /** When the store began to hold records of this node for this group, without a lapse (ms). */
+  firstSeen: number;
+  /** Whether the node answered a request of ours at the record's address. */
+  verified: boolean;
+  /** The {@linkcode remoteBucket} the record was announced from; "" if relayed or our own. */
+  remote: string;
+}
+
+interface Held extends HeldInfo {
+  r: AnnounceRecord;
+  /** Order of arrival, breaking ties of `firstSeen`. */
+  seq: number;
+}
+
+const trimSlash = (url: string) => url.replace(/\/+$/, "");
+
+/** Long-lived verified records first: verified, then held longest, then arrived first. */
+const trustOrder = (a: Held, b: Held) =>
+  Number(b.verified) - Number(a.verified) || a.firstSeen - b.firstSeen || a.seq - b.seq;
 
 /**
  * The newest valid announcement per (group, node), in memory. Expired
  * records are dropped as they are met and by {@linkcode AnnouncementStore.prune}.
- * A full group refuses newcomers (`GROUP_FULL`) rather than evicting live
- * records, so a flood of fresh keys cannot push members out.
+ *
+ * Like a Kademlia bucket, the store prefers long-lived contacts that
+ * answered us over newcomers, so a crowd of fresh keys cannot push members
+ * out. A record is *verified* when its node answered a request of ours at
+ * the record's address ({@linkcode AnnouncementStore.verify}). A group that
+ * is full takes a newcomer only in place of an expired record or of the
+ * youngest unverified one; verified records are never evicted, and when
+ * every record is verified the newcomer is refused (`GROUP_FULL`). Records
+ * announced from one remote network address are capped per group
+ * (`ADDR_FULL`). {@linkcode AnnouncementStore.ranked} lists verified and
+ * long-lived records first.
  *
  * @example
  * ```ts
@@ -430,8 +619,10 @@ export interface StoreOptions {
  * const group = new Uint8Array(32).fill(7);
  * const r = await announce({ group, nodeKey: publicKey, addr: "ws://a", root: new Uint8Array(32), count: 3 }, privateKey, 0);
  * const store = new AnnouncementStore();
- * assert((await store.put(r, 0, { sender: publicKey })).ok);
+ * assert((await store.put(r, 0, { sender: publicKey, remote: "10.0.0.1" })).ok);
  * assert(store.get(group, 1).length === 1);
+ * store.verify(publicKey, "ws://a");
+ * assert(store.info(group, publicKey)?.verified);
  * ```
  */
 export class AnnouncementStore {
@@ -439,14 +630,26 @@ export class AnnouncementStore {
   readonly perGroupMax: number;
   /** Groups at most. */
   readonly groupsMax: number;
-  #groups = new Map<string, Map<string, AnnounceRecord>>();
+  /** Records per group announced from one remote address at most. */
+  readonly perAddrMax: number;
+  #groups = new Map<string, Map<string, Held>>();
+  /** Node key (hex) → the address it answered us at, least recently verified first. */
+  #verified = new Map<string, string>();
   #size = 0;
+  #seq = 0;
 
   /** An empty store. */
   constructor(options: StoreOptions = {}) {
     this.perGroupMax = options.perGroupMax ?? RECORDS_PER_GROUP_MAX;
     this.groupsMax = options.groupsMax ?? RECORD_GROUPS_MAX;
-    for (const [name, v] of [["perGroupMax", this.perGroupMax], ["groupsMax", this.groupsMax]] as const) {
+    this.perAddrMax = options.perAddrMax ?? LIMITS.dht_records_per_addr_max;
+    for (
+      const [name, v] of [
+        ["perGroupMax", this.perGroupMax],
+        ["groupsMax", this.groupsMax],
+        ["perAddrMax", this.perAddrMax],
+      ] as const
+    ) {
       if (!Number.isSafeInteger(v) || v < 1) {
         throw new RangeError(`Cannot make announcement store: ${name} "${v}" is not a positive integer`);
       }
@@ -464,50 +667,90 @@ export class AnnouncementStore {
   }
 
   /**
-   * Keep `r` if it is valid at `now` and newer than the node's record held
-   * for the group. `sender`, if given, must be `r.nodeKey`.
+   * Keep `r` if it is valid at `now`, newer than the node's record held for
+   * the group, and there is room (see the class doc). `sender`, if given,
+   * must be `r.nodeKey`.
    */
-  async put(r: AnnounceRecord, now: number, options: CheckOptions = {}): Promise<PutResult> {
-    const early = cheapCheck(r, now, options) ?? this.#admit(r, now);
+  async put(r: AnnounceRecord, now: number, options: PutOptions = {}): Promise<PutResult> {
+    const remote = options.remote === undefined ? "" : remoteBucket(options.remote);
+    const early = cheapCheck(r, now, options) ?? this.#admit(r, now, remote).code;
     if (early) return { ok: false, code: early };
     if (!(await verifyRecord(r))) return { ok: false, code: "BAD_SIGNATURE" };
     // The store may have changed while the signature was checked.
-    const late = this.#admit(r, now);
-    if (late) return { ok: false, code: late };
+    const late = this.#admit(r, now, remote);
+    if (late.code) return { ok: false, code: late.code };
     const g = toHex(r.group);
     let recs = this.#groups.get(g);
     if (!recs) {
       recs = new Map();
       this.#groups.set(g, recs);
     }
+    if (late.evict !== undefined) {
+      recs.delete(late.evict);
+      this.#size--;
+    }
     const n = toHex(r.nodeKey);
-    const replaced = recs.has(n);
+    const held = recs.get(n);
+    const replaced = held !== undefined;
     if (!replaced) this.#size++;
+    const addr = trimSlash(r.addr);
+    const lapsed = !held || held.r.expires <= now;
     recs.set(n, {
-      group: r.group.slice(),
-      nodeKey: r.nodeKey.slice(),
-      addr: r.addr,
-      root: r.root.slice(),
-      count: r.count,
-      ts: r.ts,
-      expires: r.expires,
-      sig: r.sig.slice(),
+      r: {
+        group: r.group.slice(),
+        nodeKey: r.nodeKey.slice(),
+        addr: r.addr,
+        root: r.root.slice(),
+        count: r.count,
+        ts: r.ts,
+        expires: r.expires,
+        sig: r.sig.slice(),
+      },
+      firstSeen: lapsed ? now : held.firstSeen,
+      verified: options.verified === true || this.#verified.get(n) === addr ||
+        (!lapsed && held.verified && trimSlash(held.r.addr) === addr),
+      remote: remote || (held?.remote ?? ""),
+      seq: ++this.#seq,
     });
     return { ok: true, replaced };
   }
 
+  /**
+   * The node `nodeKey` answered a request of ours at `addr` (it proved its
+   * key there): its records with that address, held now or later, are
+   * verified. The store remembers the last {@linkcode VERIFIED_NODES_MAX} nodes.
+   */
+  verify(nodeKey: Uint8Array, addr: string): void {
+    const n = toHex(nodeKey), a = trimSlash(addr);
+    this.#verified.delete(n);
+    if (this.#verified.size >= VERIFIED_NODES_MAX) this.#verified.delete(this.#verified.keys().next().value!);
+    this.#verified.set(n, a);
+    for (const recs of this.#groups.values()) {
+      const h = recs.get(n);
+      if (h && trimSlash(h.r.addr) === a) h.verified = true;
+    }
+  }
+
   /** The live records of a group at `now`, newest first. */
   get(group: Uint8Array, now: number): AnnounceRecord[] {
-    const recs = this.#groups.get(toHex(group));
-    if (!recs) return [];
-    this.#pruneGroup(toHex(group), recs, now);
-    return [...recs.values()].sort((a, b) => b.ts - a.ts).map((r) => ({ ...r }));
+    return this.#live(group, now).sort((a, b) => b.r.ts - a.r.ts).map((h) => ({ ...h.r }));
+  }
+
+  /** The live records of a group at `now`, verified first, then those held longest. */
+  ranked(group: Uint8Array, now: number): AnnounceRecord[] {
+    return this.#live(group, now).sort(trustOrder).map((h) => ({ ...h.r }));
   }
 
   /** The live record of one node in a group at `now`, if held. */
   getOne(group: Uint8Array, nodeKey: Uint8Array, now: number): AnnounceRecord | undefined {
-    const r = this.#groups.get(toHex(group))?.get(toHex(nodeKey));
-    return r && r.expires > now ? { ...r } : undefined;
+    const h = this.#groups.get(toHex(group))?.get(toHex(nodeKey));
+    return h && h.r.expires > now ? { ...h.r } : undefined;
+  }
+
+  /** What the store knows of a node's record in a group, if it holds one. */
+  info(group: Uint8Array, nodeKey: Uint8Array): HeldInfo | undefined {
+    const h = this.#groups.get(toHex(group))?.get(toHex(nodeKey));
+    return h && { firstSeen: h.firstSeen, verified: h.verified, remote: h.remote };
   }
 
   /** Drop every record expired at `now`; returns how many were dropped. */
@@ -517,27 +760,46 @@ export class AnnouncementStore {
     return before - this.#size;
   }
 
-  /** Whether the store has room for `r` and holds nothing newer from its node. */
-  #admit(r: AnnounceRecord, now: number): RecordCode | null {
+  #live(group: Uint8Array, now: number): Held[] {
+    const g = toHex(group);
+    const recs = this.#groups.get(g);
+    if (!recs) return [];
+    this.#pruneGroup(g, recs, now);
+    return [...recs.values()];
+  }
+
+  /**
+   * Whether the store has room for `r` announced from `remote` and holds
+   * nothing newer from its node; `evict` names the record `r` would replace.
+   */
+  #admit(r: AnnounceRecord, now: number, remote: string): { code?: RecordCode; evict?: string } {
     const g = toHex(r.group);
     const recs = this.#groups.get(g);
     if (!recs) {
-      if (this.#groups.size < this.groupsMax) return null;
+      if (this.#groups.size < this.groupsMax) return {};
       this.prune(now);
-      return this.#groups.size < this.groupsMax ? null : "TOO_MANY_GROUPS";
+      return this.#groups.size < this.groupsMax ? {} : { code: "TOO_MANY_GROUPS" };
     }
-    const held = recs.get(toHex(r.nodeKey));
-    if (held && held.expires > now) return held.ts >= r.ts ? "STALE" : null;
-    if (recs.size >= this.perGroupMax) {
-      this.#pruneGroup(g, recs, now);
-      if (recs.size >= this.perGroupMax) return "GROUP_FULL";
+    const n = toHex(r.nodeKey);
+    const held = recs.get(n);
+    if (held && held.r.expires > now && held.r.ts >= r.ts) return { code: "STALE" };
+    if (remote) {
+      let from = 0;
+      for (const [k, h] of recs) if (k !== n && h.remote === remote && h.r.expires > now) from++;
+      if (from >= this.perAddrMax) return { code: "ADDR_FULL" };
     }
-    return null;
+    if (held || recs.size < this.perGroupMax) return {};
+    this.#pruneGroup(g, recs, now);
+    if (recs.size < this.perGroupMax) return {};
+    // Full of live records: the youngest unverified one makes room; verified ones never do.
+    let victim: [string, Held] | undefined;
+    for (const e of recs) if (!e[1].verified && (!victim || trustOrder(e[1], victim[1]) > 0)) victim = e;
+    return victim ? { evict: victim[0] } : { code: "GROUP_FULL" };
   }
 
-  #pruneGroup(g: string, recs: Map<string, AnnounceRecord>, now: number): void {
-    for (const [n, r] of recs) {
-      if (r.expires <= now) {
+  #pruneGroup(g: string, recs: Map<string, Held>, now: number): void {
+    for (const [n, h] of recs) {
+      if (h.r.expires <= now) {
         recs.delete(n);
         this.#size--;
       }

@@ -60,7 +60,7 @@ export interface DhtPeer {
   key: Uint8Array;
   /** The address it says it listens on ("" if none). */
   addr: string;
-  /** The remote network address of its connection ("" if unknown). */
+  /** The network address the request came from (the socket's remote IP); "" or absent when unknown. */
   remote?: string;
 }
 

@@ -19,13 +19,23 @@ import { socketChannel } from "../peers.ts";
 import type { FrameChannel } from "../secure.ts";
 import { ID_BITS, K_BUCKET, RESPONSE_CONTACTS_MAX } from "./limits.ts";
 import { Lookup } from "./lookup.ts";
-import { announce, AnnouncementStore, type AnnounceRecord, decodeRecord, encodeRecord } from "./records.ts";
+import {
+  announce,
+  AnnouncementStore,
+  type AnnounceRecord,
+  checkPeerAddress,
+  decodeRecord,
+  encodeRecord,
+  remoteBucket,
+} from "./records.ts";
 import { bytesEqual, type Contact, nodeIdOf, RoutingTable } from "./routing.ts";
 import { type DhtFrame, type DhtHost, type DhtOp, type DhtPeer, DhtSession, field, isBytes } from "./rpc.ts";
 import { Discovery } from "./discovery.ts";
 
 /** Peers whose request rate is tracked at once (least recently seen forgotten past this). */
 export const RATE_PEERS_MAX = 4096;
+/** Remote network addresses whose request rate is tracked at once (least recently seen forgotten past this). */
+export const RATE_ADDRS_MAX = 4096;
 /** An outgoing DHT session unused this long is closed. */
 export const DHT_IDLE_MS = 60_000;
 /** A routing table change is written to disk at most this long after it happens. */
@@ -72,7 +82,7 @@ export class DhtService implements DhtHost {
   /** This node's id: SHA-256 of its public key. */
   readonly selfId: Uint8Array;
   /** Announcements held, of every group. */
-  readonly store: AnnouncementStore = new AnnouncementStore();
+  readonly store: AnnouncementStore;
   readonly counters: DhtCounters = {
     sessionsOpened: 0,
     sessionsRefused: 0,
@@ -88,6 +98,9 @@ export class DhtService implements DhtHost {
   #groups = new Map<string, Promise<GroupDht>>();
   #outgoing = new Map<string, Promise<DhtSession>>();
   #rates = new Map<string, { tokens: number; at: number }>();
+  #addrRates = new Map<string, { tokens: number; at: number }>();
+  /** Our own address that failed {@linkcode checkPeerAddress}, once said. */
+  #unannounceable = "";
   #discoveries = new Map<string, Discovery>();
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #closed = false;
@@ -95,6 +108,7 @@ export class DhtService implements DhtHost {
   constructor(readonly node: XfNode, options: DhtServiceOptions = {}) {
     this.selfId = nodeIdOf(node.key.publicKey);
     this.#now = options.now ?? Date.now;
+    this.store = new AnnouncementStore({ perAddrMax: node.limits.dht_records_per_addr_max });
   }
 
   get key(): XfNode["key"] {
@@ -128,27 +142,54 @@ export class DhtService implements DhtHost {
     return s;
   }
 
-  /** @internal A token bucket per peer key: `dht_requests_per_sec_max` deep, refilled at that rate. */
-  admit(peer: Uint8Array): boolean {
+  /**
+   * @internal The rate limit: one token bucket per peer key
+   * (`dht_requests_per_sec_max` deep, refilled at that rate) and, when the
+   * request's remote network address is known, one per address
+   * (`dht_requests_per_addr_per_sec_max`; an IPv6 /64 counts as one
+   * address), so fresh keys from one host share its budget. A request
+   * takes a token from both or from neither.
+   */
+  admit(peer: Uint8Array, remote?: string): boolean {
     this.counters.requestsIn++;
-    const rate = this.limits.dht_requests_per_sec_max;
-    const hex = toHex(peer);
     const now = this.#now();
-    let b = this.#rates.get(hex);
-    if (b) this.#rates.delete(hex);
-    else {
-      if (this.#rates.size >= RATE_PEERS_MAX) this.#rates.delete(this.#rates.keys().next().value!);
-      b = { tokens: rate, at: now };
-    }
-    this.#rates.set(hex, b);
-    b.tokens = Math.min(rate, b.tokens + ((now - b.at) / 1000) * rate);
-    b.at = now;
-    if (b.tokens < 1) {
+    const byKey = this.#bucket(this.#rates, toHex(peer), RATE_PEERS_MAX, this.limits.dht_requests_per_sec_max, now);
+    const byAddr = remote
+      ? this.#bucket(
+        this.#addrRates,
+        remoteBucket(remote),
+        RATE_ADDRS_MAX,
+        this.limits.dht_requests_per_addr_per_sec_max,
+        now,
+      )
+      : undefined;
+    if (byKey.tokens < 1 || (byAddr && byAddr.tokens < 1)) {
       this.counters.rateLimited++;
       return false;
     }
-    b.tokens--;
+    byKey.tokens--;
+    if (byAddr) byAddr.tokens--;
     return true;
+  }
+
+  /** The refilled token bucket of `id`, made most recently used; the least recently used is forgotten past `max`. */
+  #bucket(
+    rates: Map<string, { tokens: number; at: number }>,
+    id: string,
+    max: number,
+    rate: number,
+    now: number,
+  ): { tokens: number; at: number } {
+    let b = rates.get(id);
+    if (b) rates.delete(id);
+    else {
+      if (rates.size >= max) rates.delete(rates.keys().next().value!);
+      b = { tokens: rate, at: now };
+    }
+    rates.set(id, b);
+    b.tokens = Math.min(rate, b.tokens + (Math.max(0, now - b.at) / 1000) * rate);
+    b.at = now;
+    return b;
   }
 
   /** @internal */
@@ -183,7 +224,7 @@ export class DhtService implements DhtHost {
         if (!r) throw new XfError("BAD_RECORD", "Cannot accept announcement: the record does not parse");
         // Membership first: a non-member learns nothing about a closed group, not even that a record is bad.
         const g = await this.#member(r.group, peer.key);
-        const res = await this.store.put(r, now, { sender: peer.key });
+        const res = await this.store.put(r, now, { sender: peer.key, remote: peer.remote ?? "" });
         if (!res.ok) {
           throw new XfError(
             res.code,
@@ -197,7 +238,8 @@ export class DhtService implements DhtHost {
       case "find_peers": {
         const g = await this.#member(field<Uint8Array>(f, "gid", isGid, "32 bytes"), peer.key);
         this.#heard(g, peer);
-        const recs = this.store.get(g.gid, now).slice(0, this.limits.dht_answer_records_max);
+        // Verified and long-lived members first: a crowd of fresh keys cannot crowd them out of the answer.
+        const recs = this.store.ranked(g.gid, now).slice(0, this.limits.dht_answer_records_max);
         return { records: recs.map(encodeRecord) };
       }
       case "find_providers": {
@@ -207,9 +249,11 @@ export class DhtService implements DhtHost {
           throw new XfError("BAD_FRAME", 'DHT frame "req" needs root as 32 bytes');
         }
         this.#heard(g, peer);
-        const recs = this.store.get(g.gid, now)
+        // Verified members first, most events first among them; then the rest, likewise.
+        const verified = (r: AnnounceRecord) => Number(this.store.info(g.gid, r.nodeKey)?.verified ?? false);
+        const recs = this.store.ranked(g.gid, now)
           .filter((r) => root ? bytesEqual(r.root, root as Uint8Array) : r.count > 0)
-          .sort((a, b) => b.count - a.count)
+          .sort((a, b) => verified(b) - verified(a) || b.count - a.count)
           .slice(0, this.limits.dht_answer_records_max);
         return { records: recs.map(encodeRecord) };
       }
@@ -224,9 +268,9 @@ export class DhtService implements DhtHost {
     return await this.group(hex);
   }
 
-  /** A member that told us its address made a request: it goes into the table. */
+  /** A member that told us an announceable address made a request: it goes into the table. */
   #heard(g: GroupDht, peer: DhtPeer): void {
-    if (!peer.addr || peer.addr === this.addr()) return;
+    if (!peer.addr || peer.addr === this.addr() || checkPeerAddress(peer.addr) !== null) return;
     this.#insert(g, { id: nodeIdOf(peer.key), key: peer.key, addr: peer.addr, lastSeen: this.#now() });
   }
 
@@ -382,7 +426,10 @@ export class DhtService implements DhtHost {
       throw new XfError("BAD_AUTH", `Node at "${url}" is not the node "${toHex(key).slice(0, 16)}…"`);
     }
     this.counters.requestsOut++;
-    return { peer: s.peerKey!, res: await s.request(op, fields) };
+    const res = await s.request(op, fields);
+    // It answered at this address with its proven key: its announcements with this address are verified.
+    this.store.verify(s.peerKey!, normalize(url));
+    return { peer: s.peerKey!, res };
   }
 
   /** Ping the node at `url`; resolves with its key (checked against `key` if given). */
@@ -399,6 +446,8 @@ export class DhtService implements DhtHost {
     if (Array.isArray(raw)) {
       for (const x of raw.slice(0, RESPONSE_CONTACTS_MAX)) {
         if (!Array.isArray(x) || !isBytes(32)(x[0]) || typeof x[1] !== "string") continue;
+        // A contact we would dial at a metadata, link-local or unspecified address is dropped.
+        if (checkPeerAddress(x[1]) !== null) continue;
         const k = x[0] as Uint8Array;
         contacts.push({ id: nodeIdOf(k), key: k, addr: normalize(x[1]), lastSeen: now });
       }
@@ -474,11 +523,21 @@ export class DhtService implements DhtHost {
   /**
    * Sign this node's announcement for a group (its address, Merkle root and
    * count) and store it at the k members closest to the group id, and here.
-   * Null if the node has no address yet. Returns how many accepted it.
+   * Null if the node has no address yet, or one that peers would refuse
+   * ({@linkcode checkPeerAddress}, e.g. `ws://0.0.0.0:PORT` when listening
+   * on every interface; said once). Returns how many accepted it.
    */
   async announce(gid: string): Promise<{ record: AnnounceRecord; stored: number } | null> {
     const addr = this.addr();
     if (!addr) return null;
+    const why = checkPeerAddress(addr);
+    if (why !== null) {
+      if (this.#unannounceable !== addr) {
+        this.#unannounceable = addr;
+        console.warn(`Cannot announce this node in the DHT at "${addr}": ${why}; set a public address peers can dial`);
+      }
+      return null;
+    }
     const g = await this.group(gid);
     const m = await this.node.merkle(gid);
     const root = (m && fromHex(m.root)) || new Uint8Array(32);
@@ -494,7 +553,7 @@ export class DhtService implements DhtHost {
       this.key.privateKey,
       now,
     );
-    await this.store.put(record, now, { sender: this.key.publicKey });
+    await this.store.put(record, now, { sender: this.key.publicKey, verified: true });
     const closest = await this.lookup(gid, g.gid);
     const bytes = encodeRecord(record);
     const sent = await Promise.allSettled(
