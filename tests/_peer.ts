@@ -60,7 +60,7 @@ export function handPeer(raw: FrameChannel, key: KeyPair, purpose: SessionPurpos
   const endCode = async (ms = 3000) => {
     const reason = await closed(ms);
     const err = frames.find((f) => f.get("t") === "error" && f.get("gid") === undefined);
-    return String(err?.get("code") ?? reason.split(":")[0]);
+    return String(err?.get("code") ?? reason.replace(/^peer error /, "").split(":")[0]);
   };
   return { sec, send, next, closed, endCode, frames, raw };
 }
