@@ -53,6 +53,7 @@ export const ERROR_STATUS = {
   // Operating errors (5xx): the node could not do it now.
   OVERLOADED: 503,
   TIMEOUT: 504,
+  PEER_UNREACHABLE: 502,
   STAGE_DOWN: 503,
   SHUTTING_DOWN: 503,
   WAL_CORRUPTION: 500,
