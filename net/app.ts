@@ -402,7 +402,9 @@ export function createApp(node: XfNode, options: AppOptions = {}) {
       s.close("one-shot sync done");
       return c.json(stats);
     })
-    .get("/v1/sync", frameRoute(remoteAddr, (ch, addr) => node.sync.accept(ch, addr)))
+    // `addr` is the socket's host, not a URL to dial back: sync's `accept(ch, addr)` still records its `addr` as the
+    // peer's dialable address (over the one the DHT announced), so it gets none until it keeps the two apart.
+    .get("/v1/sync", frameRoute(remoteAddr, (ch, _addr) => node.sync.accept(ch)))
     .get("/v1/dht", frameRoute(remoteAddr, (ch) => node.dht.accept(ch)));
 
   app.notFound((c) =>
