@@ -21,6 +21,8 @@ export const LIMITS = {
   http_body_bytes_max: 4 * 1024 * 1024,
   /** Events in one HTTP POST (a CBOR array of events). */
   http_batch_events_max: 1000,
+  /** HTTP auth challenges one remote address may hold pending; past it, RATE_LIMITED. */
+  http_challenges_per_addr_max: 64,
   /** Events answered by one query page. */
   query_limit_max: 1000,
   /** Events admitted to the pipeline and not yet acknowledged; past this, 503. */

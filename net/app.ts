@@ -7,24 +7,32 @@
  * @module
  */
 
-import { Hono } from "@hono/hono";
+import { type Context, Hono } from "@hono/hono";
 import type { XfNode } from "../actors/node.ts";
 import type { EventResult } from "../actors/batch.ts";
+import type { Limits } from "../actors/limits.ts";
+import { splitBody } from "../actors/ingest.ts";
 import { statusOf, XfError } from "../storage/errors.ts";
 import { encodeCbor } from "../storage/cbor.ts";
-import { decodeEvent } from "../storage/event.ts";
+import {
+  checkManifestEvent,
+  decodeEvent,
+  equalBytes,
+  KIND_MANIFEST,
+  peekEvent,
+  verifyEvent,
+} from "../storage/event.ts";
 import { fromHex, toHex } from "../storage/ed25519.ts";
 import { upgradeWebSocket } from "@hono/hono/deno";
 import type { WSContext } from "@hono/hono/ws";
 import type { FrameChannel } from "./sync.ts";
 
 /** A WebSocket route whose binary frames feed a {@linkcode FrameChannel} handed to `accept` on open. */
-function frameRoute(accept: (ch: FrameChannel, addr: string) => void) {
+function frameRoute(remoteAddr: (c: Context) => string, accept: (ch: FrameChannel, addr: string) => void) {
   return upgradeWebSocket((c) => {
     let ch: FrameChannel | null = null;
-    // Read the request now: once upgraded it is closed.
-    // The socket's remote address (never a header a client can write); "" in-process.
-    const addr = (c.env as { remoteAddr?: { hostname?: string } } | undefined)?.remoteAddr?.hostname ?? "";
+    // Read the address now: once upgraded the request is closed. The socket's, never a header's.
+    const addr = remoteAddr(c);
     return {
       onOpen(_ev, ws) {
         ch = wsChannel(ws);
@@ -114,11 +122,111 @@ export function eventJson(bytes: Uint8Array) {
 }
 
 function wantsCbor(accept: string | undefined): boolean {
-  return !!accept && accept.includes(CBOR);
+  return !!accept && accept.toLowerCase().includes(CBOR);
 }
 
-/** Build the app for a node. */
-export function createApp(node: XfNode) {
+/** The media type of a `Content-Type` value: lower case, without parameters. */
+function mediaType(header: string): string {
+  return header.split(";", 1)[0]!.trim().toLowerCase();
+}
+
+/** A JSON object body; anything else (not JSON, `null`, an array, a number, a string) is `BAD_QUERY`. */
+function jsonObject(body: Uint8Array, what: string): Record<string, unknown> {
+  let v: unknown;
+  try {
+    v = JSON.parse(new TextDecoder().decode(body));
+  } catch {
+    v = undefined;
+  }
+  if (typeof v !== "object" || v === null || Array.isArray(v)) {
+    throw new XfError("BAD_QUERY", `Cannot read ${what}: body is not a JSON object`);
+  }
+  return v as Record<string, unknown>;
+}
+
+/** Whether a socket address is on loopback (127.0.0.0/8, `::1`, or 127.x mapped into IPv6). */
+export function isLoopback(addr: string): boolean {
+  return /^(::ffff:)?127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/i.test(addr) || addr === "::1";
+}
+
+/** Equal strings, compared in time that depends only on `secret`'s length. */
+function sameSecret(given: string, secret: string): boolean {
+  const a = new TextEncoder().encode(given), b = new TextEncoder().encode(secret);
+  let d = a.length ^ b.length;
+  for (let i = 0; i < b.length; i++) d |= (a[i] ?? 0) ^ b[i]!;
+  return d === 0;
+}
+
+/**
+ * Whether a body carries the group's own manifest: a kind-0 event of `gid`
+ * whose id follows from its owner and nonce, signed by that owner. Only
+ * this creates a group a node does not hold. Never throws.
+ */
+async function carriesOwnManifest(body: Uint8Array, gid: Uint8Array, limits: Limits): Promise<boolean> {
+  let parts: Uint8Array[];
+  try {
+    parts = splitBody(body, limits);
+  } catch {
+    return false;
+  }
+  for (const part of parts) {
+    if (peekEvent(part)?.kind !== KIND_MANIFEST || !equalBytes(part.subarray(4, 36), gid)) continue;
+    try {
+      const e = decodeEvent(part, limits);
+      checkManifestEvent(e);
+      if (await verifyEvent(e)) return true;
+    } catch { /* not a valid manifest: it creates nothing */ }
+  }
+  return false;
+}
+
+/** The caller's socket address as Deno.serve reports it (Hono's `c.env`); "" when there is none. */
+function socketAddr(c: Context): string {
+  const info = c.env as { remoteAddr?: { hostname?: unknown } } | undefined;
+  const host = info?.remoteAddr?.hostname;
+  return typeof host === "string" ? host : "";
+}
+
+/** Options of {@linkcode createApp}. */
+export interface AppOptions {
+  /**
+   * The caller's address (default: the socket's, from Deno.serve's handler
+   * info; "" in-process, which counts as remote). Headers such as
+   * `X-Forwarded-For` are never read.
+   */
+  remoteAddr?: (c: Context) => string;
+  /** A bearer token that opens operator routes (`/v1/sync/once`) to a remote caller; none by default. */
+  operatorToken?: string;
+}
+
+/**
+ * Build the app for a node.
+ *
+ * @example
+ * ```ts
+ * import { assert } from "@std/assert";
+ * import { openNode } from "../actors/node.ts";
+ * import { createApp } from "./app.ts";
+ * const dir = await Deno.makeTempDir();
+ * const node = await openNode({ dataDir: dir, workers: false });
+ * const app = createApp(node, { operatorToken: "a long random secret" });
+ * assert((await app.request("/health")).status === 200);
+ * await node.close();
+ * await Deno.remove(dir, { recursive: true });
+ * ```
+ */
+export function createApp(node: XfNode, options: AppOptions = {}) {
+  const remoteAddr = options.remoteAddr ?? socketAddr;
+  const operatorToken = options.operatorToken ?? "";
+  /** Throws FORBIDDEN unless the caller is on loopback or presents the operator token. */
+  const mustBeOperator = (c: Context) => {
+    if (isLoopback(remoteAddr(c))) return;
+    const m = /^Bearer (.+)$/.exec(c.req.header("authorization") ?? "");
+    if (operatorToken && m && sameSecret(m[1]!, operatorToken)) return;
+    throw new XfError("FORBIDDEN", "Cannot run a sync for this caller: only the node's operator may");
+  };
+  const unknownGroup = (gid: Uint8Array) =>
+    new XfError("UNKNOWN_GROUP", `Group "${toHex(gid)}" is not known to this node`);
   /** The key behind the request's bearer token, as hex ("" for none). */
   const readerOf = (auth: string | undefined): string => {
     const m = /^Bearer ([0-9a-f]{64})$/.exec(auth ?? "");
@@ -128,7 +236,7 @@ export function createApp(node: XfNode) {
   /** Throws UNKNOWN_GROUP unless the reader may see the group: a closed group looks absent to others. */
   const mustRead = async (gid: Uint8Array, auth: string | undefined) => {
     const a = await node.access(toHex(gid), readerOf(auth));
-    if (!a.readable) throw new XfError("UNKNOWN_GROUP", `Group "${toHex(gid)}" is not known to this node`);
+    if (!a.readable) throw unknownGroup(gid);
     return a;
   };
   const app = new Hono()
@@ -147,14 +255,18 @@ export function createApp(node: XfNode) {
         throw new XfError("OVERLOADED", `Cannot accept more events now: ${node.pipeline.inflight()} in flight`);
       }
       const type = c.req.header("content-type") ?? CBOR;
-      if (!type.startsWith(CBOR) && !type.startsWith("application/octet-stream")) {
-        throw new XfError("UNSUPPORTED_MEDIA_TYPE", `Cannot accept body of type "${type}": send ${CBOR}`);
+      const media = mediaType(type);
+      if (media !== CBOR && media !== "application/octet-stream") {
+        throw new XfError("UNSUPPORTED_MEDIA_TYPE", `Cannot accept body of type "${type.slice(0, 100)}": send ${CBOR}`);
       }
       const body = await readBody(c.req.raw, node.limits.http_body_bytes_max);
-      // A closed group takes writes only over a member's token (others cannot learn it exists).
+      // One answer for "not yours" and "not here": a group the caller cannot see (a closed one without a
+      // member's token, or one the node does not hold) answers UNKNOWN_GROUP whatever the body, after the
+      // same work either way; only a group the node does not hold can be created, by its own manifest.
       const a = await node.access(toHex(gid), readerOf(c.req.header("authorization")));
-      if (a.exists && !a.readable) {
-        throw new XfError("UNKNOWN_GROUP", `Group "${toHex(gid)}" is not known to this node`);
+      if (!a.readable) {
+        const creates = await carriesOwnManifest(body, gid, node.limits);
+        if (a.exists || !creates) throw unknownGroup(gid);
       }
       const single = body.length > 1 && body[0]! >> 5 === 4 && body[1]! >> 5 !== 4 && (body[0]! & 0x1f) !== 0;
       const results = await node.submit(gid, body);
@@ -186,6 +298,10 @@ export function createApp(node: XfNode) {
       if (cursor !== undefined && !/^[0-9a-f]{80}$/.test(cursor)) {
         throw new XfError("BAD_QUERY", `Cannot use cursor "${cursor.slice(0, 100)}": expected 80 hex digits`);
       }
+      // A cursor's first 8 bytes are a time; past 2^53 - 1 no event has it (and it would wrap to 0 in the index).
+      if (cursor !== undefined && BigInt(`0x${cursor.slice(0, 16)}`) > BigInt(Number.MAX_SAFE_INTEGER)) {
+        throw new XfError("BAD_QUERY", `Cannot use cursor "${cursor}": its time is past ${Number.MAX_SAFE_INTEGER}`);
+      }
       const kinds = c.req.queries("kind")?.map((k) => intParam(k, "kind")!) ?? [];
       const authors = c.req.queries("author") ?? [];
       for (const a of authors) hexParam(a, "BAD_QUERY" as never, "author");
@@ -205,7 +321,7 @@ export function createApp(node: XfNode) {
         ...(until !== undefined ? { until } : {}),
         ...(cursor !== undefined ? { cursor } : {}),
       });
-      if (!page) throw new XfError("UNKNOWN_GROUP", `Group "${toHex(gid)}" is not known to this node`);
+      if (!page) throw unknownGroup(gid);
       if (wantsCbor(c.req.header("accept"))) {
         const m = new Map<string, Uint8Array[] | string | null>([["events", page.events], ["cursor", page.cursor]]);
         return c.body(encodeCbor(m as never), 200, { "content-type": CBOR });
@@ -215,11 +331,10 @@ export function createApp(node: XfNode) {
     .get("/v1/events/:id", async (c) => {
       const id = hexParam(c.req.param("id"), "BAD_EVENT_ID", "event id");
       const bytes = await node.get(toHex(id));
-      const notFound = new XfError("NOT_FOUND", `Event "${toHex(id)}" is not stored on this node`);
-      if (!bytes) throw notFound;
-      await mustRead(bytes.subarray(4, 36), c.req.header("authorization")).catch(() => {
-        throw notFound; // an event of a closed group looks absent to non-members
-      });
+      // An event of a closed group looks absent to non-members, after the same work: an absent event's
+      // access check asks about a group the node does not hold (the event id stands in for a group id).
+      const a = await node.access(toHex(bytes ? bytes.subarray(4, 36) : id), readerOf(c.req.header("authorization")));
+      if (!bytes || !a.readable) throw new XfError("NOT_FOUND", `Event "${toHex(id)}" is not stored on this node`);
       if (c.req.header("accept")?.includes("application/json")) return c.json(eventJson(bytes));
       return c.body(bytes.slice(), 200, { "content-type": CBOR });
     })
@@ -227,7 +342,7 @@ export function createApp(node: XfNode) {
       const gid = hexParam(c.req.param("gid"), "BAD_GROUP_ID", "group id");
       await mustRead(gid, c.req.header("authorization"));
       const info = await node.merkle(toHex(gid));
-      if (!info) throw new XfError("UNKNOWN_GROUP", `Group "${toHex(gid)}" is not known to this node`);
+      if (!info) throw unknownGroup(gid);
       return c.json(info);
     })
     .get("/v1/groups/:gid/proof/:id", async (c) => {
@@ -237,7 +352,7 @@ export function createApp(node: XfNode) {
       const proof = await node.proof(toHex(gid), toHex(id));
       if (proof === null) {
         if (!(await node.merkle(toHex(gid)))) {
-          throw new XfError("UNKNOWN_GROUP", `Group "${toHex(gid)}" is not known to this node`);
+          throw unknownGroup(gid);
         }
         throw new XfError("NOT_FOUND", `Event "${toHex(id)}" is not in group "${toHex(gid)}"`);
       }
@@ -249,18 +364,15 @@ export function createApp(node: XfNode) {
       return c.json({ peers: node.sync.peersOf(toHex(gid)) });
     })
     .get("/v1/auth/challenge", (c) => {
-      const { challenge, expires } = node.sync.auth.challenge();
+      const { challenge, expires } = node.sync.auth.challenge(remoteAddr(c), {
+        perAddrMax: node.limits.http_challenges_per_addr_max,
+      });
       return c.json({ challenge: toHex(challenge), expires, node: toHex(node.key.publicKey) });
     })
     .post("/v1/auth/token", async (c) => {
-      const body = await readBody(c.req.raw, 4096);
-      let req: { key?: string; challenge?: string; sig?: string };
-      try {
-        req = JSON.parse(new TextDecoder().decode(body));
-      } catch {
-        throw new XfError("BAD_QUERY", "Cannot read token request: body is not JSON {key, challenge, sig}");
-      }
-      const key = fromHex(req.key ?? ""), challenge = fromHex(req.challenge ?? ""), sig = fromHex(req.sig ?? "");
+      const req = jsonObject(await readBody(c.req.raw, 4096), "token request {key, challenge, sig}");
+      const hex = (v: unknown) => (typeof v === "string" ? fromHex(v) : null);
+      const key = hex(req.key), challenge = hex(req.challenge), sig = hex(req.sig);
       if (!key || key.length !== 32 || !challenge || challenge.length !== 32 || !sig || sig.length !== 64) {
         throw new XfError(
           "BAD_QUERY",
@@ -271,27 +383,29 @@ export function createApp(node: XfNode) {
       return c.json(node.sync.auth.token(key));
     })
     .post("/v1/sync/once", async (c) => {
-      // One-shot sync with a peer (the CLI's `sync`): connect, reconcile, transfer, report.
-      let body: { peer?: unknown; groups?: unknown };
-      try {
-        body = JSON.parse(new TextDecoder().decode(await readBody(c.req.raw, 64 * 1024)) || "{}");
-      } catch (e) {
-        if (e instanceof XfError) throw e;
-        throw new XfError("BAD_QUERY", "Cannot read sync request: body is not JSON {peer, groups?}");
-      }
+      // One-shot sync with a peer (the CLI's `sync`): connect, reconcile, transfer, report. It makes the node
+      // dial out, so only its operator may ask: on loopback, or with the operator token.
+      mustBeOperator(c);
+      const body = jsonObject(await readBody(c.req.raw, 64 * 1024), "sync request {peer, groups?}");
       const peer = String(body.peer ?? "");
       if (!/^wss?:\/\/[^\s]+$/.test(peer)) {
         throw new XfError("BAD_QUERY", `Cannot sync with "${peer}": expected ws://host:port`);
       }
       const groups = Array.isArray(body.groups) ? body.groups.map(String) : undefined;
       const t0 = performance.now();
-      const s = await node.sync.connect(peer, groups);
+      const s = await node.sync.connect(peer, groups).catch((e) => {
+        if (e instanceof XfError && e.message.startsWith("Cannot connect to")) {
+          throw new XfError("PEER_UNREACHABLE", e.message, { cause: e });
+        }
+        throw e;
+      });
       const stats = { ...s.stats, ms: Math.round(performance.now() - t0), peer: s.peer };
       s.close("one-shot sync done");
       return c.json(stats);
     })
-    .get("/v1/sync", frameRoute((ch, addr) => node.sync.accept(ch, addr)))
-    .get("/v1/dht", frameRoute((ch, addr) => node.dht.accept(ch, addr)));
+    // `remote` is the socket's host (for per-address limits), not a URL to dial back.
+    .get("/v1/sync", frameRoute(remoteAddr, (ch, remote) => node.sync.accept(ch, remote)))
+    .get("/v1/dht", frameRoute(remoteAddr, (ch, remote) => node.dht.accept(ch, remote)));
 
   app.notFound((c) =>
     c.json({ error: "NOT_FOUND", message: `No route for ${c.req.method} ${new URL(c.req.url).pathname}` }, 404)

@@ -3,11 +3,11 @@
  * other commands are a client for people, printing JSON:
  *
  * ```
- * xf serve [--data DIR] [--host H] [--port N] [--key FILE] [--group GID]... [--peer URL]...
+ * xf serve [--data DIR] [--host H] [--port N] [--key FILE] [--group GID]... [--peer URL]... [--operator-token T]
  * xf keygen [--key FILE]
  * xf group create --name NAME [--closed] [--key FILE] [--node URL]
  * xf publish --group GID [--kind N] [--tag k=v]... (--text S | --file F) [--key FILE] [--node URL]
- * xf sync --peer ws://HOST:PORT [--group GID]... [--node URL]   (one-shot sync of the node with a peer)
+ * xf sync --peer ws://HOST:PORT [--group GID]... [--node URL] [--operator-token T]   (one-shot sync of the node with a peer)
  * xf fsck [--data DIR] [--group GID]...   (node stopped: rebuild each group's Merkle tree and compare every page)
  * xf get ID [--node URL]
  * xf query --group GID [--since MS] [--until MS] [--kind N] [--author HEX] [--limit N] [--cursor C] [--node URL]
@@ -15,7 +15,8 @@
  *
  * Every flag of `serve` is also an environment variable `XF_*`
  * (`XF_DATA`, `XF_HOST`, `XF_PORT`, `XF_KEY`, `XF_GROUP`, `XF_PEER`, comma
- * separated for the repeatable ones).
+ * separated for the repeatable ones; `XF_OPERATOR_TOKEN`). Without an
+ * operator token, operator routes (`/v1/sync/once`) answer loopback only.
  *
  * @module
  */
@@ -116,7 +117,8 @@ async function runServe(f: Flags) {
       Deno.exit(1);
     },
   });
-  const served = await serve(node, { host, port });
+  const operatorToken = flag(f, "operator-token", "XF_OPERATOR_TOKEN");
+  const served = await serve(node, { host, port, ...(operatorToken ? { operatorToken } : {}) });
   console.log(`listening on ${served.url}`);
   console.log(
     JSON.stringify({ node: toHex(key.publicKey), data: dataDir, groups, peers, recovery: node.pipeline.recovery }),
@@ -193,9 +195,11 @@ async function main(args: string[]) {
       const peer = list(f, "peer", "XF_PEER")[0];
       if (!peer) throw new Error("sync needs --peer ws://host:port");
       const groups = list(f, "group", "XF_GROUP");
+      const operatorToken = flag(f, "operator-token", "XF_OPERATOR_TOKEN");
       const r = await fetch(`${nodeUrl(f)}/v1/sync/once`, {
         method: "POST",
         body: JSON.stringify({ peer, ...(groups.length ? { groups } : {}) }),
+        headers: operatorToken ? { authorization: `Bearer ${operatorToken}` } : {},
       });
       return console.log(JSON.stringify(await r.json()));
     }

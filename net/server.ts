@@ -5,7 +5,7 @@
  * @module
  */
 
-import { createApp } from "./app.ts";
+import { type AppOptions, createApp } from "./app.ts";
 import type { XfNode } from "../actors/node.ts";
 
 /** A listening server. */
@@ -17,9 +17,16 @@ export interface Served {
   shutdown(): Promise<void>;
 }
 
-/** Serve a node's HTTP surface on host:port (port 0 picks a free one). */
-export function serve(node: XfNode, options: { host: string; port: number }): Promise<Served> {
-  const app = createApp(node);
+/**
+ * Serve a node's HTTP surface on host:port (port 0 picks a free one). The
+ * app sees each caller's socket address (Deno.serve's handler info is
+ * Hono's `c.env`); `operatorToken` opens operator routes to remote callers.
+ */
+export function serve(
+  node: XfNode,
+  options: { host: string; port: number } & Pick<AppOptions, "operatorToken">,
+): Promise<Served> {
+  const app = createApp(node, options.operatorToken ? { operatorToken: options.operatorToken } : {});
   return new Promise((resolve) => {
     const server = Deno.serve({
       hostname: options.host,

@@ -152,7 +152,13 @@ Deno.test("A relay between two member nodes can neither read their session nor p
     await member.node.sync.connect(relayUrl, [g.hex]).catch((e) => refused = e.code);
     assertEquals(refused, "BAD_AUTH");
     // And an attacker that dials the victim itself, claiming the member's key, cannot sign for it.
-    const p = await socketPeer(victim.url, "/v1/sync", { ...attackerKey, publicKey: sKey.publicKey }, "sync", SYNC_INFO);
+    const p = await socketPeer(
+      victim.url,
+      "/v1/sync",
+      { ...attackerKey, publicKey: sKey.publicKey },
+      "sync",
+      SYNC_INFO,
+    );
     assertEquals(await p.endCode(), "BAD_AUTH");
     assertEquals(p.frames.filter((f) => f.get("t") === "events"), []);
   } finally {
@@ -293,7 +299,13 @@ Deno.test("A removed member's event backdated to before its removal is judged by
       tags: [],
       payload: new Uint8Array([1]),
     });
-    const late = await signEvent(mKey, { group: g.gid, ts: Date.now(), kind: 16, tags: [], payload: new Uint8Array([2]) });
+    const late = await signEvent(mKey, {
+      group: g.gid,
+      ts: Date.now(),
+      kind: 16,
+      tags: [],
+      payload: new Uint8Array([2]),
+    });
     assertEquals((await a.node.publish([backdated, late])).map((r) => r.code ?? r.status), ["stored", "FORBIDDEN"]);
     // Node b gets the backdated event before the removal: the same verdicts.
     const held = (await a.node.query({ gid: g.hex, limit: 100 }))!.events.map((e) => e.slice());
@@ -425,6 +437,6 @@ Deno.test("A credit grant past the window the peer announced is a violation, and
 Deno.test("makeEvents is used by the memory tests' data", async () => {
   // Guards the helper the memory tests (tests/memory_test.ts, deno task test:memory) build their data with.
   const g = await createGroup(await generateKeyPair(), { name: "m", policy: 0 });
-  const evs = await makeEvents({ owner: (await generateKeyPair()), gid: g.gid, manifest: g.manifest }, 2);
+  const evs = await makeEvents({ owner: await generateKeyPair(), gid: g.gid, manifest: g.manifest }, 2);
   assertEquals(evs.length, 2);
 });
