@@ -213,9 +213,9 @@ export class NodeSync implements SyncHost {
     return [...(this.peers.get(gid)?.values() ?? [])];
   }
 
-  /** Serve one incoming connection from remote address `addr` (its host, as the socket reports it). */
-  accept(ch: FrameChannel, addr = ""): SyncSession | null {
-    const fromAddr = [...this.sessions].filter((s) => s.role === "server" && s.addr === addr).length;
+  /** Serve one incoming connection from `remote` (the socket's remote host, for per-address limits). */
+  accept(ch: FrameChannel, remote = ""): SyncSession | null {
+    const fromAddr = [...this.sessions].filter((s) => s.role === "server" && s.remote === remote).length;
     if (this.sessions.size >= this.limits.sync_sessions_max || fromAddr >= this.limits.sync_sessions_per_addr_max) {
       this.counters.sessionsRefused++;
       const why = fromAddr >= this.limits.sync_sessions_per_addr_max
@@ -225,7 +225,7 @@ export class NodeSync implements SyncHost {
       ch.close(`OVERLOADED: ${why}`);
       return null;
     }
-    const s = new SyncSession(this, ch, "server", addr);
+    const s = new SyncSession(this, ch, "server", "", remote);
     this.track(s);
     return s;
   }

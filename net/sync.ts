@@ -212,7 +212,10 @@ export class SyncSession {
     private readonly host: SyncHost,
     ch: FrameChannel,
     readonly role: "client" | "server",
+    /** Where the peer can be dialed (the URL we dialed; "" for a session it opened). */
     readonly addr: string = "",
+    /** The remote network address of the connection, for per-address limits ("" if unknown). */
+    readonly remote: string = "",
   ) {
     const l = host.limits;
     this.granted = l.sync_credit_events;

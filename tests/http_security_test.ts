@@ -112,7 +112,7 @@ Deno.test("serve() takes the caller's address from the socket, never from X-Forw
       });
       assertEquals([far.status, (await far.json()).error], [403, "FORBIDDEN"]);
     } else console.warn("no non-loopback IPv4 interface: the remote half of this test is skipped");
-    // The sync route never hands a header's address to the session (it would be listed, and dialed, as the peer's).
+    // The sync route hands the session the socket's address (for per-address limits), never a header's.
     const seen: string[] = [];
     Object.assign(t.node.sync, {
       accept: (ch: FrameChannel, addr?: string) => {
@@ -140,7 +140,7 @@ Deno.test("serve() takes the caller's address from the socket, never from X-Forw
       assert(n && new TextDecoder().decode(buf.subarray(0, n)).startsWith("HTTP/1.1 101"));
       const end = Date.now() + 3000;
       while (!seen.length && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
-      assertEquals(seen, [""]);
+      assertEquals(seen, ["127.0.0.1"]);
     } finally {
       conn.close();
     }

@@ -7,7 +7,7 @@ import { answerChallenge, Authenticator, CHALLENGE_TTL_MS } from "../net/auth.ts
 import { createApp } from "../net/app.ts";
 import type { XfNode } from "../actors/node.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
-import { generateKeyPair, type KeyPair, sign } from "../storage/ed25519.ts";
+import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { createGroup, signEvent } from "../storage/event.ts";
 import { ACTION_ADD, ACTION_REMOVE, encodeMembership } from "../storage/membership.ts";
 import { XfError } from "../storage/errors.ts";
