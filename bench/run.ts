@@ -1,9 +1,9 @@
 // `deno task bench [section ...]`: runs the benchmarks and prints markdown
 // tables, each figure beside the limit or peer it is compared with, measured
-// in the same run, as a ratio (≥ 1 is good). Sections: ingest, merkle, sync, dht.
+// in the same run, as a ratio (≥ 1 is good). Sections: ingest, merkle, sync, session, dht.
 import { table } from "./_table.ts";
 
-const sections = Deno.args.length ? Deno.args : ["ingest", "merkle", "sync", "dht"];
+const sections = Deno.args.length ? Deno.args : ["ingest", "merkle", "sync", "session", "dht"];
 const cpu = (await Deno.readTextFile("/proc/cpuinfo").catch(() => "")).match(/model name\s*:\s*(.*)/)?.[1] ??
   "unknown CPU";
 console.log(`## Run of ${new Date().toISOString()}\n`);
@@ -20,6 +20,7 @@ for (const s of sections) {
     if (s === "ingest") out = await (await import("./ingest.ts")).benchIngest();
     else if (s === "merkle") out = await (await import("./merkle.ts")).benchMerkle();
     else if (s === "sync") out = await (await import("./sync.ts")).benchSync();
+    else if (s === "session") out = await (await import("./session.ts")).benchSession();
     else if (s === "dht") out = await (await import("./dht.ts")).benchDht();
     else throw new Error(`unknown section "${s}"`);
   } catch (e) {

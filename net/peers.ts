@@ -141,12 +141,10 @@ export class NodeSync implements SyncHost {
     });
   }
 
-  async getMany(ids: Uint8Array[], bytesMax?: number) {
-    const flat = new Uint8Array(ids.length * 32);
-    ids.forEach((id, i) => flat.set(id, i * 32));
+  async getMany(ids: Uint8Array, bytesMax?: number) {
     return await this.node.pipeline.index<(Uint8Array | null)[]>({
       type: "index.getMany",
-      ids: flat,
+      ids: ids.slice(),
       ...(bytesMax !== undefined ? { bytesMax } : {}),
     });
   }

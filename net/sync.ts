@@ -64,7 +64,10 @@ export const ECHO_IDS_MAX = 100_000;
 export const SYNC_VERSION = 2;
 
 /** Ids fetched from the index at once to answer a peer. */
-export const FETCH_IDS_MAX = 512;
+export const FETCH_IDS_MAX = 2048;
+
+/** Bytes of events a session fetches ahead of the peer's credit (within `sync_peer_queue_bytes_max`). */
+export const PREFETCH_BYTES = 1024 * 1024;
 
 /** How often a session checks for stalls and idleness. */
 export const SYNC_TICK_MS = 1_000;
@@ -98,8 +101,8 @@ export interface SyncHost {
     session: string | null,
     msg: Uint8Array | null,
   ): Promise<{ output: Uint8Array | null; have: Uint8Array[]; need: Uint8Array[] } | null>;
-  /** Events by id, in order; a prefix of the ids once `bytesMax` is passed. */
-  getMany(ids: Uint8Array[], bytesMax?: number): Promise<(Uint8Array | null)[]>;
+  /** Events by id (`ids`: n × 32 bytes), in order; a prefix of the ids once `bytesMax` is passed. */
+  getMany(ids: Uint8Array, bytesMax?: number): Promise<(Uint8Array | null)[]>;
   /** The group's manifest and membership events, in `(ts, id)` order. */
   admission(gid: string): Promise<Uint8Array[]>;
   submit(gid: string, events: Uint8Array[]): Promise<EventResult[]>;
@@ -152,7 +155,7 @@ interface TheirSub {
 /** Something owed to the peer: event bytes ready to send, or ids to fetch when it has room. */
 type Owed =
   | { gid: string; kind: "events"; events: Uint8Array[]; bytes: number; live: boolean }
-  | { gid: string; kind: "ids"; ids: Uint8Array[]; answerMissing: boolean };
+  | { gid: string; kind: "ids"; ids: Uint8Array; at: number; answerMissing: boolean };
 
 /** One end of a sync connection. */
 export class SyncSession {
@@ -660,13 +663,15 @@ export class SyncSession {
         `Peer is owed ${this.owedIds} events it has not taken (limit ${this.host.limits.sync_want_queue_ids_max})`,
       );
     }
-    // Ids the peer asked for (want) that we do not hold are answered with `missing`.
-    this.owed.push({ gid, kind: "ids", ids: ids.map((id) => id.slice()), answerMissing });
+    // Kept as one flat copy (32 bytes an id). Ids the peer asked for (want) that we do not hold get `missing`.
+    const flat = new Uint8Array(ids.length * 32);
+    ids.forEach((id, k) => flat.set(id, k * 32));
+    this.owed.push({ gid, kind: "ids", ids: flat, at: 0, answerMissing });
     this.pump();
   }
 
   /** Queue events for the peer, bounded in bytes per session and node-wide. */
-  private enqueue(gid: string, events: Uint8Array[], live: boolean) {
+  private enqueue(gid: string, events: Uint8Array[], live: boolean, at?: Owed) {
     if (live && this.fromPeer.size) events = events.filter((e) => !this.fromPeer.has(toHex(sha256(e))));
     if (this.state === "closed" || events.length === 0) return;
     let bytes = 0;
@@ -685,7 +690,11 @@ export class SyncSession {
       );
     }
     this.owedBytes += bytes;
-    this.owed.push({ gid, kind: "events", events, bytes, live });
+    // Events fetched for owed ids take the ids' place in the queue, so what was owed first goes first.
+    const k = at ? this.owed.indexOf(at) : -1;
+    const item: Owed = { gid, kind: "events", events, bytes, live };
+    if (k >= 0) this.owed.splice(k, 0, item);
+    else this.owed.push(item);
     this.pump();
   }
 
@@ -697,7 +706,7 @@ export class SyncSession {
       else if (o.kind === "events") {
         this.owedBytes -= o.bytes;
         this.host.memory.give(o.bytes);
-      } else this.owedIds -= o.ids.length;
+      } else this.owedIds -= (o.ids.length - o.at) / 32;
     }
     this.owed = keep;
   }
@@ -718,11 +727,32 @@ export class SyncSession {
     this.pump();
   }
 
-  /** Send what is owed while the peer has credit and its socket has room. */
+  /**
+   * Send what is owed while the peer has credit and its socket has room; fetch owed ids ahead, at most
+   * {@linkcode PREFETCH_BYTES} of events, so a grant of credit is answered at once.
+   */
   private pump() {
     const l = this.host.limits;
     const budget = this.window.frame - 1024;
-    while (this.state === "ready" && this.sendCredit > 0 && this.owed.length) {
+    let i = 0;
+    while (this.state === "ready" && i < this.owed.length) {
+      const head = this.owed[i]!;
+      if (this.held.has(head.gid)) {
+        i++;
+        continue;
+      }
+      if (head.kind === "ids") {
+        if (head.at >= head.ids.length) {
+          if (!this.fetching) this.owed.splice(i, 1);
+          else i++;
+          continue;
+        }
+        // Fetch ahead; while a fetch is under way or the prefetch is full, later items (live events) may go first.
+        this.fetch(head);
+        i++;
+        continue;
+      }
+      if (this.sendCredit <= 0) return;
       if (this.secure.buffered() > l.sync_socket_buffer_bytes_max) {
         // The socket holds what the peer has not read: try again shortly; the ticker cuts a peer that never reads.
         if (this.retryTimer === undefined) {
@@ -733,37 +763,36 @@ export class SyncSession {
         }
         return;
       }
-      const i = this.owed.findIndex((o) => !this.held.has(o.gid));
-      if (i < 0) return;
-      const head = this.owed[i]!;
-      if (head.kind === "ids") {
-        this.fetch(i);
-        return;
-      }
       const first = head.events[0]!;
       if (first.length + 8 > budget || first.length > this.window.bytes) {
         // An event larger than the peer's frame or window: it can never take it; drop it.
-        head.events.shift();
-        head.bytes -= first.length;
-        this.owedBytes -= first.length;
-        this.host.memory.give(first.length);
-        if (!head.events.length) this.owed.splice(i, 1);
+        this.take(head, 1, first.length, i);
         continue;
       }
       if (first.length > this.sendCreditBytes) return; // wait for the peer to grant bytes
+      // One frame takes events from this item and the loaded items right after it of the same group and kind.
       const out: Uint8Array[] = [];
       let evBytes = 0;
-      while (head.events.length && out.length < this.sendCredit) {
-        const e = head.events[0]!;
-        if (evBytes + e.length > this.sendCreditBytes || evBytes + e.length + 8 * (out.length + 1) > budget) break;
-        head.events.shift();
-        out.push(e);
-        evBytes += e.length;
+      let j = i;
+      fill: while (j < this.owed.length) {
+        const it = this.owed[j]!;
+        if (it.kind !== "events" || it.gid !== head.gid || it.live !== head.live) break;
+        let n = 0, bytes = 0;
+        while (n < it.events.length && out.length < this.sendCredit) {
+          const e = it.events[n]!;
+          if (evBytes + e.length > this.sendCreditBytes || evBytes + e.length + 8 * (out.length + 1) > budget) {
+            this.take(it, n, bytes, j);
+            break fill;
+          }
+          out.push(e);
+          n++;
+          bytes += e.length;
+          evBytes += e.length;
+        }
+        const emptied = n === it.events.length;
+        this.take(it, n, bytes, j);
+        if (!emptied) break;
       }
-      head.bytes -= evBytes;
-      this.owedBytes -= evBytes;
-      this.host.memory.give(evBytes);
-      if (!head.events.length) this.owed.splice(i, 1);
       this.sendCredit -= out.length;
       this.sendCreditBytes = Math.max(0, this.sendCreditBytes - evBytes);
       this.stats.eventsSent += out.length;
@@ -774,40 +803,45 @@ export class SyncSession {
     }
   }
 
-  /** Fetch owed ids from the index, at most what the peer may take and our queue may hold. */
-  private fetch(i: number) {
+  /** Remove the first `n` events (`bytes` of them) of the owed item at index `i`. */
+  private take(head: Extract<Owed, { kind: "events" }>, n: number, bytes: number, i: number) {
+    head.events.splice(0, n);
+    head.bytes -= bytes;
+    this.owedBytes -= bytes;
+    this.host.memory.give(bytes);
+    if (!head.events.length) this.owed.splice(i, 1);
+  }
+
+  /** Fetch owed ids from the index: at most what the peer may take and what prefetching may hold. */
+  private fetch(head: Extract<Owed, { kind: "ids" }>) {
     if (this.fetching) return;
-    const head = this.owed[i] as Extract<Owed, { kind: "ids" }>;
     const l = this.host.limits;
-    const room = Math.min(l.sync_peer_queue_bytes_max - this.owedBytes, this.sendCreditBytes);
+    const room = Math.min(l.sync_peer_queue_bytes_max, PREFETCH_BYTES) - this.owedBytes;
     if (room <= 0) return;
-    const take = head.ids.splice(0, Math.min(FETCH_IDS_MAX, Math.max(1, this.sendCredit)));
-    const answerMissing = head.answerMissing;
-    if (!head.ids.length) this.owed.splice(i, 1);
+    const n = Math.min(FETCH_IDS_MAX, Math.max(64, this.window.events), (head.ids.length - head.at) / 32);
+    const take = head.ids.subarray(head.at, head.at + n * 32);
+    head.at += n * 32;
     this.fetching = true;
     const gid = head.gid;
     this.host.getMany(take, room).then((found) => {
       this.fetching = false;
       if (this.state === "closed") return;
-      // Not answered (past the byte bound): owed again, first.
-      const rest = take.slice(found.length);
       this.owedIds -= found.length;
-      if (rest.length) {
-        this.owed.unshift({ gid, kind: "ids", ids: rest, answerMissing });
-      }
-      if (!this.theirs.has(gid) && !this.ours.has(gid)) return this.pump(); // revoked meanwhile
+      // Not answered (past the byte bound): owed again, first.
+      if (found.length < n) head.at -= (n - found.length) * 32;
+      if (!this.owed.includes(head)) return this.pump(); // revoked meanwhile
       const gidBytes = fromHex(gid)!;
       const events: Uint8Array[] = [];
       const missing: Uint8Array[] = [];
       found.forEach((b, j) => {
         // Only events of this group.
         if (b && b.length > 36 && equal32(b.subarray(4, 36), gidBytes)) events.push(b);
-        else missing.push(take[j]!);
+        else missing.push(take.slice(j * 32, j * 32 + 32));
       });
       // Manifests, then membership, then the rest: a joining peer can accept them in this order.
       events.sort((a, b) => engineKind(a) - engineKind(b));
-      if (answerMissing && missing.length) this.send(frame("missing", { gid, ids: missing }));
-      if (events.length) this.enqueue(gid, events, false);
+      if (head.answerMissing && missing.length) this.send(frame("missing", { gid, ids: missing }));
+      if (events.length) this.enqueue(gid, events, false, head);
       else this.pump();
     }, (e) => {
       this.fetching = false;

@@ -58,11 +58,19 @@ async function startNode(limits: Record<string, number>) {
   const url = /listening on (http:\/\/\S+)/.exec(out)?.[1];
   if (!url) throw new Error(`unexpected first line: ${out}`);
   (async () => {
-    while (!(await reader.read()).done) { /* drain */ }
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      if (/fatal|error/i.test(value)) console.error(`node: ${value.trim()}`);
+    }
   })();
+  // /proc needs --allow-all in Deno 2 (the test task grants less): ask ps. An RSS that cannot be read fails the test.
   const rss = async () => {
-    const status = await Deno.readTextFile(`/proc/${child.pid}/status`).catch(() => "");
-    return Number(/VmRSS:\s+(\d+) kB/.exec(status)?.[1] ?? "0") * 1024;
+    const out = await new Deno.Command("ps", { args: ["-o", "rss=", "-p", String(child.pid)], stdout: "piped" })
+      .output();
+    const kb = Number(new TextDecoder().decode(out.stdout).trim());
+    if (!out.success || !(kb > 0)) throw new Error(`Cannot read the RSS of node process ${child.pid}`);
+    return kb * 1024;
   };
   return {
     url,
