@@ -440,3 +440,55 @@ Deno.test("makeEvents is used by the memory tests' data", async () => {
   const evs = await makeEvents({ owner: await generateKeyPair(), gid: g.gid, manifest: g.manifest }, 2);
   assertEquals(evs.length, 2);
 });
+
+Deno.test("A removed member's bearer token stops reading the closed group at once", async () => {
+  const mKey = await generateKeyPair();
+  const victim = await served();
+  try {
+    const g = await closedGroupWith(victim.node, [mKey.publicKey], 1);
+    const ch = await (await fetch(`${victim.url}/v1/auth/challenge`)).json();
+    const { answerChallenge } = await import("../net/auth.ts");
+    const { fromHex } = await import("../storage/ed25519.ts");
+    const sig = await answerChallenge(mKey, "http", fromHex(ch.challenge)!, victim.node.key.publicKey);
+    const tok = await (await fetch(`${victim.url}/v1/auth/token`, {
+      method: "POST",
+      body: JSON.stringify({ key: hexOf(mKey.publicKey), challenge: ch.challenge, sig: hexOf(sig) }),
+    })).json();
+    const read = () =>
+      fetch(`${victim.url}/v1/groups/${g.hex}/events`, { headers: { authorization: `Bearer ${tok.token}` } });
+    const before = await read();
+    assertEquals(before.status, 200);
+    await before.body?.cancel();
+    await victim.node.publish(
+      await signEvent(g.owner, {
+        group: g.gid,
+        ts: Date.now(),
+        kind: 1,
+        tags: [],
+        payload: encodeMembership({ action: ACTION_REMOVE, member: mKey.publicKey }),
+      }),
+    );
+    const after = await read();
+    assertEquals([after.status, (await after.json()).error], [404, "UNKNOWN_GROUP"]);
+  } finally {
+    await victim.done();
+  }
+});
+
+Deno.test("DHT sessions: a claimed key must sign, and a sync handshake is refused on the DHT route", async () => {
+  const victim = await served();
+  try {
+    const claimed = await generateKeyPair(), actual = await generateKeyPair();
+    const info = { v: 1, addr: "", frame: 65536 };
+    const forged = await socketPeer(victim.url, "/v1/dht", { ...actual, publicKey: claimed.publicKey }, "dht", info);
+    assertEquals(await forged.endCode(), "BAD_AUTH");
+    const wrong = await socketPeer(victim.url, "/v1/dht", actual, "sync", SYNC_INFO);
+    assertEquals(await wrong.endCode(), "BAD_FRAME");
+    const right = await socketPeer(victim.url, "/v1/dht", actual, "dht", info);
+    right.send("req", { id: 1, op: "ping" });
+    assertEquals((await right.next("res")).get("id"), 1);
+    right.sec.close("done");
+  } finally {
+    await victim.done();
+  }
+});
