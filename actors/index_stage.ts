@@ -18,7 +18,19 @@ import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch
 import { LIMITS, type Limits } from "./limits.ts";
 import type { GroupInfo } from "./decode.ts";
 import { type Kv, MemoryKv, openRocks } from "../storage/kv.ts";
-import { eventKey, groupKey, KS, metaKey, peerKey, prefixEnd, timeKey, timeKeyFloor, u64be } from "../storage/keys.ts";
+import {
+  arrivalKey,
+  arrivalPrefix,
+  eventKey,
+  groupKey,
+  KS,
+  metaKey,
+  peerKey,
+  prefixEnd,
+  timeKey,
+  timeKeyFloor,
+  u64be,
+} from "../storage/keys.ts";
 import { Reconciler } from "../net/negentropy.ts";
 import { VectorStorage } from "../net/negentropy_storage.ts";
 
@@ -58,6 +70,33 @@ export interface EventQuery {
   authors?: string[];
   limit: number;
   cursor?: string;
+  /** Leave out events indexed after this arrival seq (a stream's snapshot). */
+  maxSeq?: number;
+}
+
+/** Groups described in one `index.groupInfo` answer. */
+export const GROUP_INFO_MAX = 1000;
+
+/** What `GET /v1/groups` and `GET /v1/groups/:gid/members` show of a group. */
+export interface GroupInfoView {
+  id: string;
+  name: string;
+  policy: number;
+  owner: string;
+  count: number;
+  root: string;
+  members: { key: string; role: "owner" | "admin" | "member" }[];
+}
+
+/** A page of a group's events in arrival order (streams resume by arrival seq). */
+export interface ArrivalQuery {
+  gid: string;
+  /** Events indexed after this arrival seq. */
+  after: number;
+  limit: number;
+  since?: number;
+  kinds?: number[];
+  authors?: string[];
 }
 
 /** Messages the index stage takes. */
@@ -69,6 +108,9 @@ export type IndexCall =
   | { type: "index.groups"; gids: string[] }
   | { type: "index.get"; id: string }
   | { type: "index.query"; query: EventQuery }
+  | { type: "index.arrivals"; query: ArrivalQuery }
+  | { type: "index.lastArrival"; gid: string }
+  | { type: "index.groupInfo"; gids: string[]; key: string }
   | { type: "index.checkpoint" }
   | { type: "index.merkle"; gid: string }
   | { type: "index.proof"; gid: string; id: string }
@@ -259,9 +301,10 @@ export function indexStage(): Stage<IndexConfig> {
     const fresh = events.filter((_, i) => existing[i] === undefined);
     const ops: { type: "put"; key: Uint8Array; value: Uint8Array }[] = [];
     const newGroups: [string, GroupRecord][] = [];
-    for (const { ev, hex } of fresh) {
+    for (const { ev, hex, it } of fresh) {
       ops.push({ type: "put", key: eventKey(ev.id), value: ev.bytes });
-      ops.push({ type: "put", key: timeKey(ev.group, ev.ts, ev.id), value: new Uint8Array(0) });
+      ops.push({ type: "put", key: timeKey(ev.group, ev.ts, ev.id), value: u64be(it.seq) });
+      ops.push({ type: "put", key: arrivalKey(ev.group, it.seq), value: ev.id });
       if (ev.kind === KIND_MANIFEST) {
         const gid = toHex(ev.group);
         if (!(await group(gid)) && !newGroups.some(([g]) => g === gid)) {
@@ -336,7 +379,7 @@ export function indexStage(): Stage<IndexConfig> {
     }
   }
 
-  async function query(q: EventQuery): Promise<{ events: Uint8Array[]; cursor: string | null }> {
+  async function query(q: EventQuery): Promise<{ events: Uint8Array[]; cursor: string | null; seqs: number[] }> {
     const gid = fromHex(q.gid)!;
     const limit = Math.min(q.limit, limits.query_limit_max);
     const lower = q.cursor ? { gt: timeKeyFromCursor(gid, q.cursor) } : { gte: timeKeyFloor(gid, q.since ?? 0) };
@@ -345,10 +388,12 @@ export function indexStage(): Stage<IndexConfig> {
       : { lt: prefixEnd(timeKeyFloor(gid, 0).subarray(0, 33)) };
     const filtered = (q.kinds?.length ?? 0) > 0 || (q.authors?.length ?? 0) > 0;
     const out: Uint8Array[] = [];
+    const seqs: number[] = [];
     let scanned = 0;
     let lastKey: Uint8Array | null = null;
     let more = false;
     let keys: Uint8Array[] = [];
+    let keySeqs: number[] = [];
     // Fetch and filter 256 keys at a time; stop at `limit` matches or the scan bound.
     const drain = async () => {
       const values = await kv!.getMany(keys.map((k) => eventKey(k.subarray(41, 73))));
@@ -360,27 +405,89 @@ export function indexStage(): Stage<IndexConfig> {
         const v = values[j];
         lastKey = keys[j]!;
         if (!v) continue;
+        // Indexed after the stream's snapshot: the stream sends it live instead.
+        if (q.maxSeq !== undefined && keySeqs[j]! > q.maxSeq) continue;
         if (filtered) {
           const ev = decodeEvent(v, { ...limits, event_bytes_max: v.length });
           if (q.kinds?.length && !q.kinds.includes(ev.kind)) continue;
           if (q.authors?.length && !q.authors.includes(toHex(ev.author))) continue;
         }
         out.push(v);
+        seqs.push(keySeqs[j]!);
       }
       keys = [];
+      keySeqs = [];
     };
-    for await (const [k] of kv!.range({ ...lower, ...upper })) {
+    for await (const [k, v] of kv!.range({ ...lower, ...upper })) {
       if (out.length >= limit || scanned >= QUERY_SCAN_MAX) {
         more = true;
         break;
       }
       keys.push(k.slice());
+      // Entries written before the arrival index existed have no seq (0).
+      keySeqs.push(v.length === 8 ? Number(new DataView(v.buffer, v.byteOffset, 8).getBigUint64(0)) : 0);
       scanned++;
       if (keys.length === 256 || (!filtered && out.length + keys.length >= limit)) await drain();
     }
     if (keys.length) await drain();
     const lk = lastKey as Uint8Array | null;
-    return { events: out, cursor: more && lk ? toHex(lk.subarray(33, 73)) : null };
+    return { events: out, cursor: more && lk ? toHex(lk.subarray(33, 73)) : null, seqs };
+  }
+
+  /** A group's events in the order this node indexed them, after arrival seq `after`. */
+  async function arrivals(
+    q: ArrivalQuery,
+  ): Promise<{ events: Uint8Array[]; seqs: number[]; last: number; more: boolean }> {
+    const gid = fromHex(q.gid)!;
+    const limit = Math.min(q.limit, limits.query_limit_max);
+    const ids: Uint8Array[] = [];
+    const idSeqs: number[] = [];
+    let last = q.after;
+    let more = false;
+    for await (
+      const [k, v] of kv!.range({
+        gt: arrivalKey(gid, q.after),
+        lt: prefixEnd(arrivalPrefix(gid)),
+        limit: QUERY_SCAN_MAX,
+      })
+    ) {
+      if (ids.length >= QUERY_SCAN_MAX) break;
+      ids.push(v.slice());
+      idSeqs.push(Number(new DataView(k.buffer, k.byteOffset + 33, 8).getBigUint64(0)));
+    }
+    const values = await kv!.getMany(ids.map((id) => eventKey(id)));
+    const events: Uint8Array[] = [];
+    const seqs: number[] = [];
+    for (let j = 0; j < values.length; j++) {
+      if (events.length >= limit) {
+        more = true;
+        break;
+      }
+      last = idSeqs[j]!;
+      const b = values[j];
+      if (!b) continue;
+      if (q.since !== undefined || q.kinds?.length || q.authors?.length) {
+        const ev = decodeEvent(b, { ...limits, event_bytes_max: b.length });
+        if (q.since !== undefined && ev.ts < q.since) continue;
+        if (q.kinds?.length && !q.kinds.includes(ev.kind)) continue;
+        if (q.authors?.length && !q.authors.includes(toHex(ev.author))) continue;
+      }
+      events.push(b);
+      seqs.push(idSeqs[j]!);
+    }
+    if (ids.length >= QUERY_SCAN_MAX) more = true;
+    return { events, seqs, last, more };
+  }
+
+  /** The highest arrival seq of a group (0 if none). */
+  async function lastArrival(gidHex: string): Promise<number> {
+    const gid = fromHex(gidHex)!;
+    for await (
+      const [k] of kv!.range({ gte: arrivalPrefix(gid), lt: prefixEnd(arrivalPrefix(gid)), reverse: true, limit: 1 })
+    ) {
+      return Number(new DataView(k.buffer, k.byteOffset + 33, 8).getBigUint64(0));
+    }
+    return 0;
   }
 
   function timeKeyFromCursor(gid: Uint8Array, cursor: string): Uint8Array {
@@ -430,6 +537,40 @@ export function indexStage(): Stage<IndexConfig> {
         case "index.query":
           if (!(await group(msg.query.gid))) return null;
           return await query(msg.query);
+        case "index.arrivals":
+          if (!(await group(msg.query.gid))) return null;
+          return await arrivals(msg.query);
+        case "index.lastArrival":
+          return await lastArrival(msg.gid);
+        case "index.groupInfo": {
+          // Name, policy, count, root and roles of the groups `key` may read (others are left out).
+          const key = fromHex(msg.key || "00".repeat(32));
+          const out: GroupInfoView[] = [];
+          for (const gid of msg.gids.slice(0, GROUP_INFO_MAX)) {
+            const g = await group(gid);
+            const st = await stateOf(gid);
+            if (!g || !st || !key || key.length !== 32 || !st.canRead(key)) continue;
+            const r = await trees!.root(gid);
+            const admins = new Set(st.admins());
+            const members = [
+              { key: g.owner, role: "owner" as const },
+              ...[...new Set([...st.admins(), ...st.members()])].filter((k) => k !== g.owner).sort().map((k) => ({
+                key: k,
+                role: admins.has(k) ? "admin" as const : "member" as const,
+              })),
+            ];
+            out.push({
+              id: gid,
+              name: g.name,
+              policy: g.policy,
+              owner: g.owner,
+              count: r.count,
+              root: r.root,
+              members,
+            });
+          }
+          return out;
+        }
         case "index.checkpoint":
           return checkpoint;
         case "index.merkle":

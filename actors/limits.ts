@@ -47,8 +47,14 @@ export const LIMITS = {
   restart_period_ms: 10_000,
   /** How long a stage may take to stop cleanly before it is terminated. */
   stage_shutdown_ms: 5_000,
-  /** Live subscribers per node. */
+  /** Live subscribers per node (sync sessions and stream hubs; streams of one group share one). */
   subscribers_max: 1024,
+  /** Client streams (`GET /v1/groups/:gid/stream`, SSE or WebSocket) at once. */
+  streams_max: 2048,
+  /** Bytes a client stream may fall behind (queued, unsent) before it is cut off with PEER_TOO_SLOW. */
+  stream_lag_bytes_max: 4 * 1024 * 1024,
+  /** A stream sends a heartbeat at least this often. */
+  stream_heartbeat_ms: 10_000,
   /** Bytes of one sync WebSocket frame. */
   sync_frame_bytes_max: 1024 * 1024,
   /** Events a sync peer may send before we grant more (its credit window, in events). */

@@ -9,7 +9,7 @@
 import { Pipeline, type PipelineOptions, STAGES } from "./root.ts";
 import type { EventResult } from "./batch.ts";
 import type { SubscriptionFilter } from "./advertise.ts";
-import type { EventQuery } from "./index_stage.ts";
+import type { ArrivalQuery, EventQuery } from "./index_stage.ts";
 import { encodeEvent, type Event } from "../storage/event.ts";
 import { fromHex, generateKeyPair, type KeyPair, toHex } from "../storage/ed25519.ts";
 import { NodeSync } from "../net/peers.ts";
@@ -85,8 +85,20 @@ export class XfNode {
   }
 
   /** A page of a group's events in `(ts, id)` order; null if the group is unknown. */
-  query(q: EventQuery): Promise<{ events: Uint8Array[]; cursor: string | null } | null> {
+  query(q: EventQuery): Promise<{ events: Uint8Array[]; cursor: string | null; seqs: number[] } | null> {
     return this.pipeline.index({ type: "index.query", query: q });
+  }
+
+  /** A page of a group's events in the order this node indexed them, after arrival seq `q.after`. */
+  arrivals(
+    q: ArrivalQuery,
+  ): Promise<{ events: Uint8Array[]; seqs: number[]; last: number; more: boolean } | null> {
+    return this.pipeline.index({ type: "index.arrivals", query: q });
+  }
+
+  /** The highest arrival seq of a group's events on this node (0 if none). */
+  lastArrival(gid: string): Promise<number> {
+    return this.pipeline.index({ type: "index.lastArrival", gid });
   }
 
   /** Merkle root of a group; null if the group is unknown. */
@@ -104,8 +116,14 @@ export class XfNode {
     return this.pipeline.index({ type: "index.fsck", gid });
   }
 
-  /** Receive events as they are indexed; returns the unsubscribe function. */
-  subscribe(filter: SubscriptionFilter, cb: (events: Uint8Array[]) => void): Promise<() => Promise<void>> {
+  /**
+   * Receive events as they are indexed, with the arrival seq each was indexed under (what a stream resumes
+   * from); returns the unsubscribe function.
+   */
+  subscribe(
+    filter: SubscriptionFilter,
+    cb: (events: Uint8Array[], seqs: number[]) => void,
+  ): Promise<() => Promise<void>> {
     return this.pipeline.subscribe(filter, cb);
   }
 

@@ -116,7 +116,10 @@ export class Pipeline {
   private ackedSeq = 0;
   private replayWaiting = 0;
   private replayDone: (() => void) | null = null;
-  private subscribers = new Map<number, { filter: SubscriptionFilter; cb: (events: Uint8Array[]) => void }>();
+  private subscribers = new Map<
+    number,
+    { filter: SubscriptionFilter; cb: (events: Uint8Array[], seqs: number[]) => void }
+  >();
   private lastCheckpoint = 0;
   private checkpointTimer: ReturnType<typeof setTimeout> | null = null;
   private startedOnce = new Set<StageName>();
@@ -365,7 +368,7 @@ export class Pipeline {
       const s = this.subscribers.get(sub);
       if (!s) continue;
       try {
-        s.cb(idxs.map((i) => items[i]!.bytes.slice()));
+        s.cb(idxs.map((i) => items[i]!.bytes.slice()), idxs.map((i) => items[i]!.seq));
       } catch (e) {
         console.error(`Subscriber ${sub} threw: ${(e as Error).message}`);
       }
@@ -378,7 +381,10 @@ export class Pipeline {
   }
 
   /** Subscribe to events as they are indexed; returns the unsubscribe function. */
-  async subscribe(filter: SubscriptionFilter, cb: (events: Uint8Array[]) => void): Promise<() => Promise<void>> {
+  async subscribe(
+    filter: SubscriptionFilter,
+    cb: (events: Uint8Array[], seqs: number[]) => void,
+  ): Promise<() => Promise<void>> {
     const sub = this.nextSub++;
     await this.supervisor.child("advertise").call({ type: "advertise.subscribe", sub, filter });
     this.subscribers.set(sub, { filter, cb });

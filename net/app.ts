@@ -12,7 +12,7 @@ import type { XfNode } from "../actors/node.ts";
 import type { EventResult } from "../actors/batch.ts";
 import type { Limits } from "../actors/limits.ts";
 import { splitBody } from "../actors/ingest.ts";
-import { statusOf, XfError } from "../storage/errors.ts";
+import { statusOf, toWire, XfError } from "../storage/errors.ts";
 import { encodeCbor } from "../storage/cbor.ts";
 import {
   checkManifestEvent,
@@ -24,7 +24,10 @@ import {
 } from "../storage/event.ts";
 import { fromHex, toHex } from "../storage/ed25519.ts";
 import { upgradeWebSocket } from "@hono/hono/deno";
-import type { WSContext } from "@hono/hono/ws";
+import { cors } from "@hono/hono/cors";
+import type { GroupInfoView } from "../actors/index_stage.ts";
+import { parseStreamQuery, runStream, sseSink, StreamHub, type StreamOptions, type StreamSink } from "./stream.ts";
+import type { WSContext, WSEvents } from "@hono/hono/ws";
 import type { FrameChannel } from "./sync.ts";
 
 /** A WebSocket route whose binary frames feed a {@linkcode FrameChannel} handed to `accept` on open. */
@@ -197,6 +200,91 @@ export interface AppOptions {
   remoteAddr?: (c: Context) => string;
   /** A bearer token that opens operator routes (`/v1/sync/once`) to a remote caller; none by default. */
   operatorToken?: string;
+  /** Origins CORS allows (`--cors-origin`); any origin when empty (auth is a bearer token, never a cookie). */
+  corsOrigins?: string[];
+}
+
+/**
+ * A stream over WebSocket: event bytes as binary frames, control records as JSON text frames
+ * (`{type: "ready" | "cursor" | "result" | "error", …}`); binary frames from the client are events to
+ * publish, each answered by a `result` in order.
+ */
+function wsStream(opts: Omit<StreamOptions, "hub"> & { hub: StreamOptions["hub"] }): WSEvents {
+  const stop = new AbortController();
+  let raw: WebSocket | undefined;
+  let inbound = 0;
+  let chain: Promise<void> = Promise.resolve();
+  const node = opts.node;
+  const text = (o: object) => raw?.readyState === 1 && raw.send(JSON.stringify(o));
+  let sinkClose = () => {};
+  return {
+    onOpen(_ev, ws) {
+      raw = ws.raw as WebSocket;
+      raw.binaryType = "arraybuffer";
+      let batchCursor: string | null = null;
+      let flushQueued = false;
+      const sink: StreamSink = {
+        event(bytes, cursor) {
+          if (raw?.readyState !== 1) return;
+          raw.send(bytes as Uint8Array<ArrayBuffer>);
+          // The resume cursor follows each burst of events (one text frame per burst, not per event).
+          batchCursor = cursor;
+          if (!flushQueued) {
+            flushQueued = true;
+            queueMicrotask(() => {
+              flushQueued = false;
+              if (batchCursor) text({ type: "cursor", cursor: batchCursor });
+              batchCursor = null;
+            });
+          }
+        },
+        ready: (cursor) => text({ type: "ready", cursor }),
+        heartbeat: () => text({ type: "hb" }),
+        error: (code, message) => text({ type: "error", error: code, message }),
+        lag: () => raw?.bufferedAmount ?? 0,
+        close: () => sinkClose(),
+      };
+      sinkClose = () => {
+        try {
+          ws.close(1000, "stream ended");
+        } catch { /* closed */ }
+      };
+      opts.hub.open++;
+      runStream({ ...opts, signal: stop.signal }, sink).finally(() => opts.hub.open--);
+    },
+    onMessage(ev, ws) {
+      const d = ev.data;
+      if (!(d instanceof ArrayBuffer)) {
+        text({ type: "error", error: "BAD_FRAME", message: "Send events as binary frames" });
+        return ws.close(1003, "BAD_FRAME");
+      }
+      inbound += d.byteLength;
+      if (inbound > node.limits.http_body_bytes_max) {
+        text({ type: "error", error: "RATE_LIMITED", message: "Too many bytes published and not yet answered" });
+        return ws.close(1008, "RATE_LIMITED");
+      }
+      const bytes = new Uint8Array(d);
+      chain = chain.then(async () => {
+        let r: EventResult;
+        try {
+          [r] = (await node.submit(fromHex(opts.gid)!, bytes)) as [EventResult];
+        } catch (e) {
+          const w = toWire(e);
+          r = { req: 0, idx: 0, status: "rejected", code: w.code, message: w.message };
+        }
+        inbound -= bytes.length;
+        text({
+          type: "result",
+          status: r.status,
+          ...(r.id ? { id: r.id } : {}),
+          ...(r.code ? { code: r.code, message: r.message } : {}),
+        });
+      });
+    },
+    onClose() {
+      stop.abort();
+    },
+  };
 }
 
 /**
@@ -239,7 +327,84 @@ export function createApp(node: XfNode, options: AppOptions = {}) {
     if (!a.readable) throw unknownGroup(gid);
     return a;
   };
+  const hub = new StreamHub(node);
+  const corsOrigins = options.corsOrigins ?? [];
+  /** The reader of a stream: `Authorization: Bearer` or `?token=` (EventSource cannot set headers). */
+  const streamReader = (c: Context): { key: string; expires?: number } => {
+    const m = /^Bearer ([0-9a-f]{64})$/.exec(c.req.header("authorization") ?? "");
+    const token = m?.[1] ?? c.req.query("token") ?? "";
+    const info = /^[0-9a-f]{64}$/.test(token) ? node.sync.auth.tokenInfo(token) : null;
+    return info ? { key: toHex(info.key), expires: info.expires } : { key: "" };
+  };
   const app = new Hono()
+    .use(
+      "*",
+      cors({
+        origin: corsOrigins.length ? corsOrigins : "*",
+        allowMethods: ["GET", "POST", "OPTIONS"],
+        allowHeaders: ["Authorization", "Content-Type", "Accept", "Last-Event-ID"],
+        exposeHeaders: ["Retry-After"],
+        maxAge: 600,
+      }),
+    )
+    .get("/v1/groups", async (c) => {
+      const gids = await node.pipeline.index<string[]>({ type: "index.listGroups" });
+      const info = await node.pipeline.index<GroupInfoView[]>({
+        type: "index.groupInfo",
+        gids,
+        key: readerOf(c.req.header("authorization")),
+      });
+      return c.json({
+        groups: info.map((g) => ({ id: g.id, name: g.name, policy: g.policy, count: g.count, root: g.root })),
+      });
+    })
+    .get("/v1/groups/:gid/members", async (c) => {
+      const gid = hexParam(c.req.param("gid"), "BAD_GROUP_ID", "group id");
+      const [g] = await node.pipeline.index<GroupInfoView[]>({
+        type: "index.groupInfo",
+        gids: [toHex(gid)],
+        key: readerOf(c.req.header("authorization")),
+      });
+      if (!g) throw unknownGroup(gid);
+      return c.json({ owner: g.owner, members: g.members });
+    })
+    .get("/v1/groups/:gid/stream", async (c, next) => {
+      const gid = hexParam(c.req.param("gid"), "BAD_GROUP_ID", "group id");
+      const query = parseStreamQuery({
+        ...(c.req.query("since") !== undefined ? { since: c.req.query("since")! } : {}),
+        ...(c.req.query("cursor") !== undefined ? { cursor: c.req.query("cursor")! } : {}),
+        kinds: c.req.queries("kind") ?? [],
+        authors: c.req.queries("author") ?? [],
+      }, c.req.header("last-event-id"));
+      const reader = streamReader(c);
+      const a = await node.access(toHex(gid), reader.key);
+      if (!a.readable) throw unknownGroup(gid);
+      if (hub.open >= node.limits.streams_max) {
+        throw new XfError("OVERLOADED", `Cannot open a stream: ${hub.open} are open (streams_max)`);
+      }
+      const opts = {
+        node,
+        hub,
+        gid: toHex(gid),
+        query,
+        reader: reader.key,
+        ...(reader.expires !== undefined ? { expires: reader.expires } : {}),
+      };
+      if ((c.req.header("upgrade") ?? "").toLowerCase() === "websocket") {
+        return await upgradeWebSocket(() => wsStream(opts))(c, next) as Response;
+      }
+      const stop = new AbortController();
+      const { sink, body } = sseSink(() => stop.abort());
+      hub.open++;
+      runStream({ ...opts, signal: stop.signal }, sink).finally(() => hub.open--);
+      return new Response(body, {
+        headers: {
+          "content-type": "text/event-stream",
+          "cache-control": "no-cache",
+          "x-accel-buffering": "no",
+        },
+      });
+    })
     .get("/health", (c) => {
       const h = node.health();
       return c.json(h, h.ready ? 200 : 503);

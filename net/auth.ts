@@ -159,12 +159,17 @@ export class Authenticator {
 
   /** The key a bearer token stands for, or null if it is unknown or expired. */
   tokenKey(token: string): Uint8Array | null {
+    return this.tokenInfo(token)?.key ?? null;
+  }
+
+  /** The key a bearer token stands for and when it expires, or null if it is unknown or expired. */
+  tokenInfo(token: string): { key: Uint8Array; expires: number } | null {
     const t = this.tokens.get(token);
     if (!t) return null;
     if (this.now() > t.expires) {
       this.tokens.delete(token);
       return null;
     }
-    return t.key;
+    return t;
   }
 }

@@ -4,6 +4,7 @@
  *
  * ```
  * xf serve [--data DIR] [--host H] [--port N] [--key FILE] [--group GID]... [--peer URL]... [--operator-token T]
+ *          [--cors-origin ORIGIN]... [--limits JSON]
  * xf keygen [--key FILE]
  * xf group create --name NAME [--closed] [--key FILE] [--node URL]
  * xf publish --group GID [--kind N] [--tag k=v]... (--text S | --file F) [--key FILE] [--node URL]
@@ -118,7 +119,8 @@ async function runServe(f: Flags) {
     },
   });
   const operatorToken = flag(f, "operator-token", "XF_OPERATOR_TOKEN");
-  const served = await serve(node, { host, port, ...(operatorToken ? { operatorToken } : {}) });
+  const corsOrigins = list(f, "cors-origin", "XF_CORS_ORIGIN");
+  const served = await serve(node, { host, port, corsOrigins, ...(operatorToken ? { operatorToken } : {}) });
   console.log(`listening on ${served.url}`);
   console.log(
     JSON.stringify({ node: toHex(key.publicKey), data: dataDir, groups, peers, recovery: node.pipeline.recovery }),

@@ -24,9 +24,12 @@ export interface Served {
  */
 export function serve(
   node: XfNode,
-  options: { host: string; port: number } & Pick<AppOptions, "operatorToken">,
+  options: { host: string; port: number } & Pick<AppOptions, "operatorToken" | "corsOrigins">,
 ): Promise<Served> {
-  const app = createApp(node, options.operatorToken ? { operatorToken: options.operatorToken } : {});
+  const app = createApp(node, {
+    ...(options.operatorToken ? { operatorToken: options.operatorToken } : {}),
+    ...(options.corsOrigins?.length ? { corsOrigins: options.corsOrigins } : {}),
+  });
   return new Promise((resolve) => {
     const server = Deno.serve({
       hostname: options.host,

@@ -773,7 +773,7 @@ export class SyncSession {
       // One frame takes events from this item and the loaded items right after it of the same group and kind.
       const out: Uint8Array[] = [];
       let evBytes = 0;
-      let j = i;
+      const j = i;
       fill: while (j < this.owed.length) {
         const it = this.owed[j]!;
         if (it.kind !== "events" || it.gid !== head.gid || it.live !== head.live) break;

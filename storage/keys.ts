@@ -6,7 +6,8 @@
  * | prefix | key                        | value                          |
  * |--------|----------------------------|--------------------------------|
  * | `e`    | id(32)                     | event bytes                    |
- * | `t`    | gid(32) ts(8) id(32)       | empty (per-group time index)   |
+ * | `t`    | gid(32) ts(8) id(32)       | arrival seq(8) (time index)    |
+ * | `a`    | gid(32) seq(8)             | id(32) (arrival index)         |
  * | `g`    | gid(32)                    | group record (CBOR)            |
  * | `m`    | gid(32) page hash(32)      | Merkle page                    |
  * | `x`    | name (ASCII)               | node metadata (checkpoint …)   |
@@ -16,7 +17,15 @@
  */
 
 /** Keyspace prefixes. */
-export const KS = { event: 0x65, time: 0x74, group: 0x67, merkle: 0x6d, meta: 0x78, peer: 0x70 } as const;
+export const KS = {
+  event: 0x65,
+  time: 0x74,
+  arrival: 0x61,
+  group: 0x67,
+  merkle: 0x6d,
+  meta: 0x78,
+  peer: 0x70,
+} as const;
 
 function concat(prefix: number, ...parts: Uint8Array[]): Uint8Array {
   let n = 1;
@@ -44,6 +53,13 @@ export const eventKey = (id: Uint8Array): Uint8Array => concat(KS.event, id);
 export const timeKey = (gid: Uint8Array, ts: number, id: Uint8Array): Uint8Array => concat(KS.time, gid, u64be(ts), id);
 /** Lowest time-index key of a group at `ts`. */
 export const timeKeyFloor = (gid: Uint8Array, ts: number): Uint8Array => concat(KS.time, gid, u64be(ts));
+/**
+ * Key in a group's arrival index: the WAL sequence number under which this node first indexed the event, so
+ * a stream can resume exactly where it left off, whatever the events' timestamps.
+ */
+export const arrivalKey = (gid: Uint8Array, seq: number): Uint8Array => concat(KS.arrival, gid, u64be(seq));
+/** Lowest arrival-index key of a group. */
+export const arrivalPrefix = (gid: Uint8Array): Uint8Array => concat(KS.arrival, gid);
 /** Key of a group record. */
 export const groupKey = (gid: Uint8Array): Uint8Array => concat(KS.group, gid);
 /** Key of a Merkle page. */
