@@ -53,3 +53,14 @@ export {
 export { fromHex, generateKeyPair, type KeyPair, keyPairFromSeed, toHex } from "./storage/ed25519.ts";
 export { type ErrorCode, XfError } from "./storage/errors.ts";
 export { verifyProof } from "./merkle/mod.ts";
+export { serve, type Served } from "./net/server.ts";
+export type { PeerInfo, SyncCounters } from "./net/peers.ts";
+export type { SessionStats, SyncReport } from "./net/sync.ts";
+export {
+  ACTION_ADD,
+  ACTION_MAKE_ADMIN,
+  ACTION_REMOVE,
+  ACTION_REVOKE_ADMIN,
+  encodeMembership,
+  type Membership,
+} from "./storage/membership.ts";

@@ -51,6 +51,14 @@ export class XfNode {
     return this.#dht ??= new DhtService(this);
   }
 
+  /**
+   * Resolves once `gid` has been synced with a peer (dialed with `node.sync.dial(url)` or found through the DHT)
+   * and is held here: await it before the first post to a group that is joining.
+   */
+  whenSynced(gid: string, timeoutMs?: number): Promise<void> {
+    return this.sync.whenSynced(gid, timeoutMs);
+  }
+
   /** Whether `key` (hex; "" for nobody) may read the group, with its root and count. */
   access(
     gid: string,

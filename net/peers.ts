@@ -112,7 +112,12 @@ export class NodeSync implements SyncHost {
   };
   /** Library users listen here: `progress`, `peer` and `closed` events (CustomEvent with the report as detail). */
   readonly events = new EventTarget();
-  private dialers = new Map<string, { stop: boolean; session: SyncSession | null; attempts: number }>();
+  private dialers = new Map<
+    string,
+    { stop: boolean; session: SyncSession | null; attempts: number; first: Promise<void> }
+  >();
+  /** Groups that completed a sync with at least one peer. */
+  private synced = new Set<string>();
   private progress = new Map<string, { missing: number; received: number }>();
 
   constructor(readonly node: XfNode, readonly extraGroups: string[] = []) {
@@ -197,7 +202,10 @@ export class NodeSync implements SyncHost {
       this.counters.missing = missing;
       this.counters.received = received;
       this.counters.progressRemaining = Math.max(0, missing - received);
-      if (ev.done) this.progress.delete(`${ev.gid}/${ev.node}`);
+      if (ev.done) {
+        this.progress.delete(`${ev.gid}/${ev.node}`);
+        if (this.synced.size < 100_000) this.synced.add(ev.gid);
+      }
       const m = this.peers.get(ev.gid)?.get(ev.node);
       if (m) m.lastSeen = Date.now();
     } else if (ev.type === "closed") {
@@ -267,16 +275,23 @@ export class NodeSync implements SyncHost {
     return s;
   }
 
-  /** Keep a connection to `url` open: sync every group, stay for live events, reconnect with backoff. */
-  dial(url: string): void {
-    if (this.dialers.has(url)) return;
-    const d = { stop: false, session: null as SyncSession | null, attempts: 0 };
+  /**
+   * Keep a connection to `url` open: sync every group, stay for live events, reconnect with backoff.
+   * Resolves once the first connection has reconciled every group (and keeps dialing after that).
+   */
+  dial(url: string): Promise<void> {
+    const existing = this.dialers.get(url);
+    if (existing) return existing.first;
+    let firstDone!: () => void;
+    const first = new Promise<void>((r) => firstDone = r);
+    const d = { stop: false, session: null as SyncSession | null, attempts: 0, first };
     this.dialers.set(url, d);
     const loop = async () => {
       while (!d.stop) {
         try {
           d.session = await this.connect(url);
           d.attempts = 0;
+          firstDone();
           await new Promise<void>((resolve) => {
             const check = () => (d.session?.state === "closed" || d.stop ? resolve() : setTimeout(check, 250));
             check();
@@ -288,8 +303,37 @@ export class NodeSync implements SyncHost {
           (0.5 + Math.random() / 2);
         await new Promise((r) => setTimeout(r, wait));
       }
+      firstDone();
     };
     loop();
+    return first;
+  }
+
+  /**
+   * Resolves once a sync of `gid` with some peer has completed (reconciled, and every event it lacked received),
+   * or at once if one already has; rejects with `TIMEOUT` after `timeoutMs`.
+   */
+  async whenSynced(gid: string, timeoutMs = 30_000): Promise<void> {
+    // A refused subscription also ends a sync: only one after which the group is held here counts.
+    const held = async () => this.synced.has(gid) && (await this.node.merkle(gid)) !== null;
+    if (await held()) return;
+    return await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.events.removeEventListener("progress", on);
+        reject(new XfError("TIMEOUT", `Group "${gid}" did not finish syncing with any peer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const on = (e: Event) => {
+        const r = (e as CustomEvent<SyncReport>).detail;
+        if (r.type !== "progress" || r.gid !== gid || !r.done) return;
+        held().then((ok) => {
+          if (!ok) return;
+          clearTimeout(timer);
+          this.events.removeEventListener("progress", on);
+          resolve();
+        });
+      };
+      this.events.addEventListener("progress", on);
+    });
   }
 
   /** Stop dialing and close every session. */

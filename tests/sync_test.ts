@@ -228,3 +228,25 @@ Deno.test("nostr-tools' Negentropy reconciles against a running node's index sta
     await t.done();
   }
 });
+
+Deno.test("node.sync.dial() resolves after the first sync, and whenSynced(gid) lets a joining node post at once", async () => {
+  const g = await testGroup();
+  const gid = hexOf(g.gid);
+  const a = await tempNode(), b = await tempNode({ groups: [gid] } as never);
+  const s = await serve(a.node, { host: "127.0.0.1", port: 0 });
+  try {
+    await a.node.publish([g.manifest, ...await makeEvents(g, 20)]);
+    const waiting = b.node.whenSynced(gid, 10_000);
+    await b.node.sync.dial(s.url.replace("http", "ws"));
+    await waiting;
+    assertEquals((await b.node.merkle(gid))?.count, 21);
+    const [post] = await makeEvents(g, 1, Date.now());
+    assertEquals((await b.node.publish(post!))[0]!.status, "stored");
+    await b.node.whenSynced(gid); // already synced: at once
+  } finally {
+    b.node.sync.close();
+    await s.shutdown();
+    await b.done();
+    await a.done();
+  }
+});
