@@ -373,6 +373,9 @@ export function eventView(bytes: Uint8Array) {
   };
 }
 
+/** SSE records of live events, by the event's bytes (shared by every stream of a group). */
+const recordCache = new WeakMap<Uint8Array, { cursor: string; record: Uint8Array }>();
+
 /**
  * An SSE sink over a byte stream: `event: event`, `event: ready`, `event: error`, `: hb`. Its lag is the bytes
  * queued in the body that the client has not read; `onCancel` runs when the client goes away.
@@ -390,18 +393,41 @@ export function sseSink(onCancel: () => void): { sink: StreamSink; body: Readabl
       onCancel();
     },
   }, { highWaterMark: 0, size: (c) => c.byteLength });
-  const put = (s: string) => {
-    if (closed) return;
-    ctrl.enqueue(te.encode(s));
+  // Records written in one turn of the event loop go out as one chunk.
+  let parts: Uint8Array[] = [];
+  const flush = () => {
+    if (closed || !parts.length) return void (parts = []);
+    const n = parts.reduce((a, p) => a + p.length, 0);
+    const out = parts.length === 1 ? parts[0]! : new Uint8Array(n);
+    if (parts.length > 1) {
+      let o = 0;
+      for (const p of parts) out.set(p, o), o += p.length;
+    }
+    parts = [];
+    ctrl.enqueue(out);
   };
+  const putBytes = (b: Uint8Array) => {
+    if (closed) return;
+    if (!parts.length) queueMicrotask(flush);
+    parts.push(b);
+  };
+  const put = (s: string) => putBytes(te.encode(s));
   const sink: StreamSink = {
-    event: (bytes, cursor) => put(`event: event\nid: ${cursor}\ndata: ${JSON.stringify(eventView(bytes))}\n\n`),
+    event: (bytes, cursor) => {
+      // A live event goes to every stream of its group with the same cursor: its record is made once.
+      const hit = recordCache.get(bytes);
+      if (hit && hit.cursor === cursor) return putBytes(hit.record);
+      const record = te.encode(`event: event\nid: ${cursor}\ndata: ${JSON.stringify(eventView(bytes))}\n\n`);
+      recordCache.set(bytes, { cursor, record });
+      putBytes(record);
+    },
     ready: (cursor) => put(`event: ready\ndata: ${JSON.stringify({ cursor })}\n\n`),
     heartbeat: () => put(`: hb\n\n`),
     error: (code, message) => put(`event: error\ndata: ${JSON.stringify({ error: code, message })}\n\n`),
     lag: () => (closed ? 0 : Math.max(0, -(ctrl.desiredSize ?? 0))),
     close: () => {
       if (closed) return;
+      flush();
       closed = true;
       try {
         ctrl.close();
