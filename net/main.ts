@@ -33,7 +33,7 @@ export interface Flags {
   [k: string]: string[] | string | boolean | undefined;
 }
 
-const REPEATABLE = new Set(["group", "peer", "tag", "kind", "author"]);
+const REPEATABLE = new Set(["group", "peer", "tag", "kind", "author", "cors-origin"]);
 const BOOLEAN = new Set(["closed", "help"]);
 
 /** Parse `--flag value`, `--flag=value` and bare words. */
