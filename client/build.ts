@@ -72,7 +72,7 @@ export async function buildClient(options: { outfile?: string; minify?: boolean 
     await esbuild.stop();
   }
   const text = await Deno.readTextFile(outfile);
-  if (/\bDeno\./.test(text)) throw new Error(`Cannot ship ${outfile}: it refers to the Deno namespace`);
+  if (/\bDeno\.\w/.test(text)) throw new Error(`Cannot ship ${outfile}: it refers to the Deno namespace`);
   return { path: outfile, bytes: text.length };
 }
 

@@ -419,12 +419,17 @@ export class XfClient {
     return { gid: toHex(gid), manifest: fromStored(manifest), result };
   }
 
-  async #membership(gid: string | Uint8Array, action: MembershipAction, member: string | Uint8Array, ts?: number) {
+  async #membership(
+    gid: string | Uint8Array,
+    action: MembershipAction,
+    member: string | Uint8Array,
+    ts?: number,
+  ): Promise<Sent> {
     const m = typeof member === "string" ? fromHex(member) : member;
     if (!m || m.length !== 32) {
       throw new TypeError(`Cannot use member key "${String(member).slice(0, 80)}": expected 64 hex digits`);
     }
-    return this.send(gid, {
+    return await this.send(gid, {
       kind: 1,
       payload: encodeMembership({ action, member: m }),
       ...(ts !== undefined ? { ts } : {}),
