@@ -1,0 +1,82 @@
+/**
+ * Bundle the client (`client/mod.ts`) as one minified ES module,
+ * `dist/xaeroflux-client.js`, with esbuild. Bare specifiers are resolved
+ * through `deno.json`'s import map to the exact npm versions Deno put under
+ * `node_modules/.deno/` (falling back to `node_modules/`).
+ *
+ * Run: `deno task build`.
+ *
+ * @module
+ */
+
+import * as esbuild from "esbuild";
+
+/** Where the bundle goes by default. */
+export const BUNDLE_PATH = "dist/xaeroflux-client.js";
+
+const root = new URL("..", import.meta.url).pathname;
+
+/** `npm:` import-map targets as [prefix, package name, version]. */
+function npmEntries(): Array<{ key: string; name: string; version: string; sub: string }> {
+  const map = JSON.parse(Deno.readTextFileSync(`${root}deno.json`)).imports as Record<string, string>;
+  const out = [];
+  for (const [key, target] of Object.entries(map)) {
+    const m = /^npm:\/?((?:@[^/@]+\/)?[^/@]+)@([^/]+)(\/.*)?$/.exec(target);
+    if (m) out.push({ key, name: m[1]!, version: m[2]!, sub: m[3] ?? "" });
+  }
+  // Longest key first, so "@hono/hono/" wins over "@hono/hono".
+  return out.sort((a, b) => b.key.length - a.key.length);
+}
+
+const importMap: esbuild.Plugin = {
+  name: "deno-import-map",
+  setup(build) {
+    const entries = npmEntries();
+    build.onResolve({ filter: /^[^./]/ }, async (args) => {
+      if (args.pluginData === "mapped") return undefined;
+      const e = entries.find((x) => x.key.endsWith("/") ? args.path.startsWith(x.key) : args.path === x.key);
+      if (!e) return undefined;
+      const rest = e.key.endsWith("/") ? args.path.slice(e.key.length) : "";
+      const spec = `${e.name}${e.sub}${e.sub.endsWith("/") || !rest ? "" : "/"}${rest}`.replace(/\/$/, "");
+      const pinned = `${root}node_modules/.deno/${e.name.replace("/", "+")}@${e.version}/node_modules`;
+      let resolveDir = `${root}node_modules`;
+      try {
+        Deno.statSync(pinned);
+        resolveDir = pinned;
+      } catch { /* not installed pinned: the top-level link */ }
+      const r = await build.resolve(spec, { kind: args.kind, resolveDir, pluginData: "mapped" });
+      return r.errors.length ? { errors: r.errors } : { path: r.path };
+    });
+  },
+};
+
+/** Build the bundle; answers its path and size in bytes. */
+export async function buildClient(options: { outfile?: string; minify?: boolean } = {}): Promise<
+  { path: string; bytes: number }
+> {
+  const outfile = options.outfile ?? `${root}${BUNDLE_PATH}`;
+  try {
+    await esbuild.build({
+      entryPoints: [`${root}client/mod.ts`],
+      bundle: true,
+      format: "esm",
+      platform: "browser",
+      target: "es2022",
+      minify: options.minify ?? true,
+      outfile,
+      plugins: [importMap],
+      logLevel: "warning",
+      legalComments: "none",
+    });
+  } finally {
+    await esbuild.stop();
+  }
+  const text = await Deno.readTextFile(outfile);
+  if (/\bDeno\.\w/.test(text)) throw new Error(`Cannot ship ${outfile}: it refers to the Deno namespace`);
+  return { path: outfile, bytes: text.length };
+}
+
+if (import.meta.main) {
+  const { path, bytes } = await buildClient();
+  console.log(`${path}: ${bytes.toLocaleString("en-US")} bytes`);
+}

@@ -1,0 +1,613 @@
+/**
+ * `XfClient`: an app's connection to one Xaeroflux node over HTTP, with web
+ * APIs only (`fetch`, `WebSocket`, WebCrypto), so it runs unchanged in
+ * browsers and Deno. Events are signed here with the caller's key; reads of
+ * closed groups use a bearer token the client fetches with the same key
+ * (challenge and answer) and refreshes before it expires.
+ *
+ * @module
+ */
+
+import { createGroup as makeGroup, eventId as eventIdOf, POLICY_CLOSED, POLICY_OPEN } from "../storage/event.ts";
+import { fromHex, type KeyPair, toHex } from "../storage/ed25519.ts";
+import { decodeCbor } from "../storage/cbor.ts";
+import { ERROR_STATUS, type ErrorCode } from "../storage/errors.ts";
+import {
+  ACTION_ADD,
+  ACTION_MAKE_ADMIN,
+  ACTION_REMOVE,
+  ACTION_REVOKE_ADMIN,
+  encodeMembership,
+  type MembershipAction,
+} from "../storage/membership.ts";
+import { verifyProof } from "../merkle/proof.ts";
+import { answerChallenge, CHALLENGE_TTL_MS } from "../net/auth.ts";
+import { type ClientErrorCode, XfClientError } from "./errors.ts";
+import { cborArrayOf, type ClientEvent, type EventDraft, fromStored, groupHex, readEvent, signEvent } from "./event.ts";
+import { type PublishResult, startSubscription, type SubscribeOptions, type Subscription } from "./subscribe.ts";
+
+/** Events in one POST (the node's `http_batch_events_max`); bigger batches are split. */
+export const PUBLISH_BATCH_EVENTS_MAX = 1000;
+/** Bytes of one POST body (the node's `http_body_bytes_max`); bigger batches are split. */
+export const PUBLISH_BODY_BYTES_MAX = 4 * 1024 * 1024;
+/** A token with less than this left is refreshed before use. */
+export const TOKEN_REFRESH_MS = 60_000;
+
+/** When the client sends a bearer token. */
+export type AuthMode = "auto" | "always" | "never";
+
+/** Options of {@linkcode XfClient}. */
+export interface ClientOptions {
+  /** The caller's identity: signs events and proves membership for closed groups. */
+  key?: KeyPair;
+  /**
+   * `"auto"` (default): send a token once one is held, and fetch one when a
+   * read answers 401 or 404 (a closed group looks absent without it);
+   * `"always"`: fetch one before the first request; `"never"`.
+   */
+  auth?: AuthMode;
+  /** Milliseconds a request may take (default 10,000). */
+  timeoutMs?: number;
+  /** Verify the signature of every event read (ids are always checked against the bytes). Default false. */
+  verify?: boolean;
+  /** Replaces the global `fetch` (tests, instrumentation). */
+  fetch?: typeof fetch;
+  /** Replaces the global `WebSocket`. */
+  WebSocket?: typeof WebSocket;
+  /** The clock used for token expiry (default `Date.now`). */
+  now?: () => number;
+}
+
+/** Filters of {@linkcode XfClient.query}. */
+export interface QueryFilter {
+  /** Events with `ts ≥ since` (ms). */
+  since?: number;
+  /** Events with `ts ≤ until` (ms). */
+  until?: number;
+  kind?: number[];
+  /** Authors' public keys, hex. */
+  author?: string[];
+  /** Events per page (1..1000, default the node's 100); the iterator still walks every page. */
+  limit?: number;
+  /** Start after this cursor. */
+  cursor?: string;
+  /** Verify signatures (default: the client's `verify`). */
+  verify?: boolean;
+  signal?: AbortSignal;
+}
+
+/** One page of a query. */
+export interface QueryPage {
+  events: ClientEvent[];
+  /** Pass back as `cursor` for the next page; null on the last one. */
+  cursor: string | null;
+}
+
+/** A group's Merkle root. */
+export interface MerkleInfo {
+  /** Root hash, hex (64 zeros for no events). */
+  root: string;
+  count: number;
+  depth: number;
+}
+
+/** A group as `groups()` lists it. */
+export interface GroupInfo {
+  id: string;
+  name: string;
+  policy: "open" | "closed";
+  count: number;
+  root: string;
+}
+
+/** A member's role. */
+export type Role = "owner" | "admin" | "member";
+
+/** A group's members. */
+export interface Members {
+  /** The owner's public key, hex. */
+  owner: string;
+  members: Array<{ key: string; role: Role }>;
+}
+
+/** What `createGroup` returns. */
+export interface CreatedGroup {
+  gid: string;
+  manifest: ClientEvent;
+  result: PublishResult;
+}
+
+/** A signed event with the node's answer. */
+export interface Sent {
+  event: ClientEvent;
+  result: PublishResult;
+}
+
+/** A bearer token and when the client stops using it (its own clock). */
+export interface Token {
+  token: string;
+  /** Local time (`now()`) the token expires. */
+  expiresAt: number;
+}
+
+type Publishable = Uint8Array | { bytes: Uint8Array };
+
+interface Answer {
+  status: number;
+  headers: Headers;
+  body: Uint8Array;
+}
+
+interface RequestInit2 {
+  method?: string;
+  body?: Uint8Array;
+  headers?: Record<string, string>;
+  /** `"read"`: use a held token, fetch one on 401/404; `"need"`: always fetch one; `"none"`. */
+  auth?: "read" | "need" | "none";
+  signal?: AbortSignal;
+}
+
+function policyOf(p: unknown): "open" | "closed" {
+  return p === POLICY_CLOSED || p === "closed" ? "closed" : "open";
+}
+
+/**
+ * A client of one node.
+ *
+ * @example
+ * ```ts ignore
+ * import { XfClient, generateKeyPair, textPayload } from "./mod.ts";
+ * const me = await generateKeyPair();
+ * const xf = new XfClient("http://127.0.0.1:7878", { key: me });
+ * const { gid } = await xf.createGroup({ name: "friends", policy: "open" });
+ * await xf.send(gid, { kind: 16, payload: textPayload("hello") });
+ * for await (const e of xf.query(gid, { kind: [16] })) console.log(e.id, e.ts);
+ * const sub = xf.subscribe(gid, { onEvent: (e) => console.log("live", e.id) });
+ * sub.close();
+ * ```
+ */
+export class XfClient {
+  /** `http(s)://host:port`, without a trailing slash. */
+  readonly url: string;
+  /** The caller's key, if any. */
+  readonly key: KeyPair | null;
+  readonly #auth: AuthMode;
+  readonly #timeoutMs: number;
+  readonly #verify: boolean;
+  readonly #fetch: typeof fetch;
+  readonly #ws: typeof WebSocket;
+  readonly #now: () => number;
+  #token: Token | null = null;
+  #tokenPending: Promise<Token> | null = null;
+
+  /** A client of the node at `url` (`http://host:port`). */
+  constructor(url: string, options: ClientOptions = {}) {
+    if (!/^https?:\/\/[^\s/]+/.test(url)) {
+      throw new TypeError(`Cannot use node URL "${url}": expected http(s)://host:port`);
+    }
+    this.url = url.replace(/\/+$/, "");
+    this.key = options.key ?? null;
+    this.#auth = options.auth ?? "auto";
+    this.#timeoutMs = options.timeoutMs ?? 10_000;
+    this.#verify = options.verify ?? false;
+    this.#fetch = options.fetch ?? ((input, init) => fetch(input, init));
+    this.#ws = options.WebSocket ?? globalThis.WebSocket;
+    this.#now = options.now ?? Date.now;
+  }
+
+  // ---- tokens ----
+
+  /**
+   * A valid bearer token for the client's key: the held one while more than
+   * {@linkcode TOKEN_REFRESH_MS} is left, else a new one (challenge, signed
+   * answer). `refresh` forces a new one. Throws `UNAUTHORIZED` without a key.
+   */
+  async token(options: { refresh?: boolean } = {}): Promise<Token> {
+    if (!this.key) throw new XfClientError("UNAUTHORIZED", "Cannot fetch a token: the client has no key");
+    const held = this.#token;
+    if (!options.refresh && held && held.expiresAt - this.#now() >= TOKEN_REFRESH_MS) return held;
+    this.#tokenPending ??= this.#fetchToken().finally(() => (this.#tokenPending = null));
+    return await this.#tokenPending;
+  }
+
+  async #fetchToken(): Promise<Token> {
+    const key = this.key!;
+    const t0 = this.#now();
+    const c = this.#json<{ challenge?: unknown; expires?: unknown; node?: unknown }>(
+      await this.#request("/v1/auth/challenge", { auth: "none" }),
+    );
+    const challenge = typeof c.challenge === "string" ? fromHex(c.challenge) : null;
+    const node = typeof c.node === "string" ? fromHex(c.node) : null;
+    if (!challenge || challenge.length !== 32 || !node || node.length !== 32 || typeof c.expires !== "number") {
+      throw new XfClientError("BAD_RESPONSE", "Cannot read challenge: expected {challenge, expires, node}");
+    }
+    const sig = await answerChallenge(key, "http", challenge, node);
+    const t = this.#json<{ token?: unknown; expires?: unknown }>(
+      await this.#request("/v1/auth/token", {
+        method: "POST",
+        auth: "none",
+        headers: { "content-type": "application/json" },
+        body: new TextEncoder().encode(
+          JSON.stringify({ key: toHex(key.publicKey), challenge: toHex(challenge), sig: toHex(sig) }),
+        ),
+      }),
+    );
+    if (typeof t.token !== "string" || typeof t.expires !== "number") {
+      throw new XfClientError("BAD_RESPONSE", "Cannot read token: expected {token, expires}");
+    }
+    // The token's lifetime by the node's clock (the challenge was issued at expires - TTL), on ours.
+    const ttl = t.expires - (c.expires - CHALLENGE_TTL_MS);
+    const token = { token: t.token, expiresAt: t0 + (Number.isFinite(ttl) && ttl > 0 ? ttl : 0) };
+    this.#token = token;
+    return token;
+  }
+
+  // ---- requests ----
+
+  async #send(path: string, init: RequestInit2, token: string | null): Promise<Answer> {
+    const url = this.url + path;
+    const headers: Record<string, string> = { ...init.headers };
+    if (token) headers.authorization = `Bearer ${token}`;
+    const ctl = new AbortController();
+    const timer = setTimeout(
+      () => ctl.abort(new XfClientError("NETWORK", `Cannot reach ${url}: no answer in ${this.#timeoutMs} ms`)),
+      this.#timeoutMs,
+    );
+    const stop = () => ctl.abort(init.signal?.reason);
+    init.signal?.addEventListener("abort", stop, { once: true });
+    try {
+      const res = await this.#fetch(url, {
+        method: init.method ?? "GET",
+        headers,
+        ...(init.body ? { body: init.body as Uint8Array<ArrayBuffer> } : {}),
+        signal: ctl.signal,
+      });
+      return { status: res.status, headers: res.headers, body: new Uint8Array(await res.arrayBuffer()) };
+    } catch (e) {
+      if (e instanceof XfClientError) throw e;
+      const reason = ctl.signal.reason;
+      if (reason instanceof XfClientError) throw reason;
+      throw new XfClientError("NETWORK", `Cannot reach ${url}: ${(e as Error).message}`, 0, { cause: e });
+    } finally {
+      clearTimeout(timer);
+      init.signal?.removeEventListener("abort", stop);
+    }
+  }
+
+  /** A request with the auth policy applied; throws {@linkcode XfClientError} for any non-2xx answer. */
+  async #request(path: string, init: RequestInit2 = {}): Promise<Answer> {
+    const want = init.auth ?? "read";
+    const canAuth = this.key !== null && this.#auth !== "never" && want !== "none";
+    let fresh = false;
+    let token: string | null = null;
+    if (canAuth) {
+      const held = this.#token;
+      if (want === "need" || this.#auth === "always" || held) {
+        fresh = !held || held.expiresAt - this.#now() < TOKEN_REFRESH_MS;
+        token = (await this.token()).token;
+      }
+    }
+    let a = await this.#send(path, init, token);
+    if (canAuth && !fresh && (a.status === 401 || a.status === 404)) {
+      // A closed group looks absent (404) without a member's token, and a token the node forgot answers 401.
+      token = (await this.token({ refresh: true })).token;
+      a = await this.#send(path, init, token);
+    }
+    if (a.status < 200 || a.status > 299) throw this.#errorOf(a.status, a.body);
+    return a;
+  }
+
+  #errorOf(status: number, body: Uint8Array): XfClientError {
+    try {
+      const j = JSON.parse(new TextDecoder().decode(body)) as { error?: unknown; message?: unknown };
+      if (typeof j.error === "string" && /^[A-Z][A-Z_]*$/.test(j.error)) {
+        return new XfClientError(j.error as ClientErrorCode, String(j.message ?? j.error), status);
+      }
+    } catch { /* not JSON: below */ }
+    return new XfClientError(
+      "BAD_RESPONSE",
+      `Cannot use the node's answer: status ${status} without an error code`,
+      status,
+    );
+  }
+
+  #json<T>(a: Answer): T {
+    try {
+      const v = JSON.parse(new TextDecoder().decode(a.body));
+      if (typeof v !== "object" || v === null) throw new Error("not an object");
+      return v as T;
+    } catch (e) {
+      throw new XfClientError("BAD_RESPONSE", `Cannot read the node's answer: ${(e as Error).message}`, a.status);
+    }
+  }
+
+  #needKey(what: string): KeyPair {
+    if (!this.key) throw new TypeError(`Cannot ${what}: the client has no key`);
+    return this.key;
+  }
+
+  // ---- writing ----
+
+  /** Sign an event of group `gid` with the client's key. */
+  sign(gid: string | Uint8Array, draft: EventDraft): Promise<ClientEvent> {
+    return signEvent(this.#needKey("sign an event"), gid, draft);
+  }
+
+  /**
+   * Publish events of group `gid`: one (answer: its result) or many (answer:
+   * one result per event, in order; batches over 1,000 events or 4 MiB go
+   * in several POSTs). A rejected event is a result with its `code`, not a
+   * throw; a request the node refuses as a whole (`UNKNOWN_GROUP`,
+   * `OVERLOADED` …) or that gets no answer throws {@linkcode XfClientError}.
+   */
+  publish(gid: string | Uint8Array, event: Publishable): Promise<PublishResult>;
+  publish(gid: string | Uint8Array, events: readonly Publishable[]): Promise<PublishResult[]>;
+  async publish(
+    gid: string | Uint8Array,
+    events: Publishable | readonly Publishable[],
+  ): Promise<PublishResult | PublishResult[]> {
+    const one = !Array.isArray(events);
+    const list = (one ? [events as Publishable] : events as readonly Publishable[]).map((e) =>
+      e instanceof Uint8Array ? e : e.bytes
+    );
+    const g = groupHex(gid);
+    const out: PublishResult[] = [];
+    for (let i = 0; i < list.length;) {
+      let j = i, bytes = 9;
+      while (
+        j < list.length && j - i < PUBLISH_BATCH_EVENTS_MAX &&
+        (j === i || bytes + list[j]!.length <= PUBLISH_BODY_BYTES_MAX)
+      ) {
+        bytes += list[j]!.length;
+        j++;
+      }
+      out.push(...await this.#publishBatch(g, list.slice(i, j)));
+      i = j;
+    }
+    return one ? out[0]! : out;
+  }
+
+  async #publishBatch(gid: string, events: Uint8Array[]): Promise<PublishResult[]> {
+    // Always an array, even of one: the node answers per event ({results}), so a rejection is a result.
+    const a = await this.#request(`/v1/groups/${gid}/events`, {
+      method: "POST",
+      headers: { "content-type": "application/cbor", accept: "application/json" },
+      body: cborArrayOf(events),
+    });
+    const r = this.#json<{ results?: unknown }>(a).results;
+    if (!Array.isArray(r) || r.length !== events.length) {
+      throw new XfClientError(
+        "BAD_RESPONSE",
+        `Cannot read publish answer: expected ${events.length} results`,
+        a.status,
+      );
+    }
+    return r.map((x: Record<string, unknown>, i) => {
+      const status = x.status;
+      if (status !== "stored" && status !== "duplicate" && status !== "rejected") {
+        throw new XfClientError("BAD_RESPONSE", `Cannot read publish answer: status "${String(status)}"`, a.status);
+      }
+      const res: PublishResult = { status, id: typeof x.id === "string" ? x.id : idOf(events[i]!) };
+      if (typeof x.code === "string") res.code = x.code as ErrorCode;
+      if (typeof x.message === "string") res.message = x.message;
+      return res;
+    });
+  }
+
+  /** Sign an event and publish it; throws {@linkcode XfClientError} with the code when it is rejected. */
+  async send(gid: string | Uint8Array, draft: EventDraft): Promise<Sent> {
+    const event = await this.sign(gid, draft);
+    const result = await this.publish(gid, event);
+    throwIfRejected(result);
+    return { event, result };
+  }
+
+  /**
+   * Create a group owned by the client's key and publish its manifest.
+   * Throws {@linkcode XfClientError} when the node rejects it.
+   */
+  async createGroup(options: { name: string; policy: "open" | "closed" | 0 | 1; ts?: number }): Promise<CreatedGroup> {
+    const key = this.#needKey("create a group");
+    const policy = options.policy === "closed" || options.policy === POLICY_CLOSED ? POLICY_CLOSED : POLICY_OPEN;
+    const { gid, manifest } = await makeGroup(key, {
+      name: options.name,
+      policy,
+      ...(options.ts !== undefined ? { ts: options.ts } : {}),
+    });
+    const result = await this.publish(gid, manifest);
+    throwIfRejected(result);
+    return { gid: toHex(gid), manifest: fromStored(manifest), result };
+  }
+
+  async #membership(
+    gid: string | Uint8Array,
+    action: MembershipAction,
+    member: string | Uint8Array,
+    ts?: number,
+  ): Promise<Sent> {
+    const m = typeof member === "string" ? fromHex(member) : member;
+    if (!m || m.length !== 32) {
+      throw new TypeError(`Cannot use member key "${String(member).slice(0, 80)}": expected 64 hex digits`);
+    }
+    return await this.send(gid, {
+      kind: 1,
+      payload: encodeMembership({ action, member: m }),
+      ...(ts !== undefined ? { ts } : {}),
+    });
+  }
+
+  /** Add a member (the client's key must be the owner or an admin). */
+  addMember(gid: string | Uint8Array, member: string | Uint8Array, options: { ts?: number } = {}): Promise<Sent> {
+    return this.#membership(gid, ACTION_ADD, member, options.ts);
+  }
+
+  /** Remove a member. */
+  removeMember(gid: string | Uint8Array, member: string | Uint8Array, options: { ts?: number } = {}): Promise<Sent> {
+    return this.#membership(gid, ACTION_REMOVE, member, options.ts);
+  }
+
+  /** Make a member an admin. */
+  makeAdmin(gid: string | Uint8Array, member: string | Uint8Array, options: { ts?: number } = {}): Promise<Sent> {
+    return this.#membership(gid, ACTION_MAKE_ADMIN, member, options.ts);
+  }
+
+  /** Take a member's admin role away. */
+  revokeAdmin(gid: string | Uint8Array, member: string | Uint8Array, options: { ts?: number } = {}): Promise<Sent> {
+    return this.#membership(gid, ACTION_REVOKE_ADMIN, member, options.ts);
+  }
+
+  // ---- reading ----
+
+  /** One page of a group's events in `(ts, id)` order (CBOR: exact bytes, ids checked). */
+  async queryPage(gid: string | Uint8Array, filter: QueryFilter = {}): Promise<QueryPage> {
+    const g = groupHex(gid);
+    const p = new URLSearchParams();
+    if (filter.since !== undefined) p.set("since", String(filter.since));
+    if (filter.until !== undefined) p.set("until", String(filter.until));
+    for (const k of filter.kind ?? []) p.append("kind", String(k));
+    for (const a of filter.author ?? []) p.append("author", a);
+    if (filter.limit !== undefined) p.set("limit", String(filter.limit));
+    if (filter.cursor) p.set("cursor", filter.cursor);
+    const qs = p.toString();
+    const a = await this.#request(`/v1/groups/${g}/events${qs ? `?${qs}` : ""}`, {
+      headers: { accept: "application/cbor" },
+      ...(filter.signal ? { signal: filter.signal } : {}),
+    });
+    let events: unknown, cursor: unknown;
+    try {
+      const m = decodeCbor(a.body);
+      if (!(m instanceof Map)) throw new Error("not a map");
+      events = m.get("events");
+      cursor = m.get("cursor");
+    } catch (e) {
+      throw new XfClientError("BAD_RESPONSE", `Cannot read query answer: ${(e as Error).message}`, a.status);
+    }
+    if (!Array.isArray(events) || !(cursor === null || typeof cursor === "string")) {
+      throw new XfClientError("BAD_RESPONSE", "Cannot read query answer: expected {events, cursor}", a.status);
+    }
+    const verify = filter.verify ?? this.#verify;
+    const out: ClientEvent[] = [];
+    for (const b of events) {
+      if (!(b instanceof Uint8Array)) {
+        throw new XfClientError("BAD_RESPONSE", "Cannot read query answer: an event is not bytes");
+      }
+      out.push(await readEvent(b, { group: g, verify }));
+    }
+    return { events: out, cursor };
+  }
+
+  /**
+   * Every event of a group matching `filter`, in `(ts, id)` order, page by
+   * page (following `cursor` until the node says there is no more).
+   */
+  async *query(gid: string | Uint8Array, filter: QueryFilter = {}): AsyncGenerator<ClientEvent> {
+    let cursor: string | null = filter.cursor ?? null;
+    do {
+      const page: QueryPage = await this.queryPage(gid, { ...filter, ...(cursor ? { cursor } : {}) });
+      yield* page.events;
+      cursor = page.cursor;
+    } while (cursor);
+  }
+
+  /** One event by id (exact bytes; the id is checked). Throws `NOT_FOUND`. */
+  async event(id: string): Promise<ClientEvent> {
+    if (!/^[0-9a-f]{64}$/.test(id)) {
+      throw new TypeError(`Cannot use event id "${id.slice(0, 80)}": expected 64 hex digits`);
+    }
+    const a = await this.#request(`/v1/events/${id}`, { headers: { accept: "application/cbor" } });
+    const e = await readEvent(a.body, { verify: this.#verify });
+    if (e.id !== id) throw new XfClientError("BAD_RESPONSE", `Cannot accept event: asked for "${id}", got "${e.id}"`);
+    return e;
+  }
+
+  /** Groups the caller may see (with a key, closed groups it is a member of too). */
+  async groups(): Promise<GroupInfo[]> {
+    const a = await this.#request("/v1/groups", { auth: this.key && this.#auth !== "never" ? "need" : "none" });
+    const g = this.#json<{ groups?: unknown }>(a).groups;
+    if (!Array.isArray(g)) throw new XfClientError("BAD_RESPONSE", "Cannot read groups: expected {groups}", a.status);
+    return g.map((x: Record<string, unknown>) => ({
+      id: String(x.id),
+      name: String(x.name ?? ""),
+      policy: policyOf(x.policy),
+      count: Number(x.count ?? 0),
+      root: String(x.root ?? ""),
+    }));
+  }
+
+  /** A group's owner, admins and members. */
+  async members(gid: string | Uint8Array): Promise<Members> {
+    const a = await this.#request(`/v1/groups/${groupHex(gid)}/members`);
+    const j = this.#json<{ owner?: unknown; members?: unknown }>(a);
+    if (typeof j.owner !== "string" || !Array.isArray(j.members)) {
+      throw new XfClientError("BAD_RESPONSE", "Cannot read members: expected {owner, members}", a.status);
+    }
+    return {
+      owner: j.owner,
+      members: j.members.map((m: Record<string, unknown>) => ({ key: String(m.key), role: String(m.role) as Role })),
+    };
+  }
+
+  /** A group's Merkle root, event count and tree depth. */
+  async merkle(gid: string | Uint8Array): Promise<MerkleInfo> {
+    const a = await this.#request(`/v1/groups/${groupHex(gid)}/merkle`);
+    const j = this.#json<Partial<MerkleInfo>>(a);
+    if (typeof j.root !== "string" || typeof j.count !== "number" || typeof j.depth !== "number") {
+      throw new XfClientError("BAD_RESPONSE", "Cannot read Merkle info: expected {root, count, depth}", a.status);
+    }
+    return { root: j.root, count: j.count, depth: j.depth };
+  }
+
+  /** The inclusion proof of event `id` in group `gid` (CBOR bytes; check with `verifyProof`). */
+  async proof(gid: string | Uint8Array, id: string): Promise<Uint8Array> {
+    return (await this.#request(`/v1/groups/${groupHex(gid)}/proof/${id}`, { headers: { accept: "application/cbor" } }))
+      .body;
+  }
+
+  /**
+   * Whether event `id` is in the group's current Merkle tree: proof and
+   * root fetched, then `verifyProof`. Asked twice if the root moved between.
+   */
+  async verifyInclusion(gid: string | Uint8Array, id: string): Promise<boolean> {
+    for (let i = 0; i < 2; i++) {
+      const proof = await this.proof(gid, id);
+      const { root } = await this.merkle(gid);
+      const r = fromHex(root), e = fromHex(id);
+      if (r && e && verifyProof(proof, e, r)) return true;
+    }
+    return false;
+  }
+
+  /** Subscribe to a group's events: backfill, then live; reconnects and resumes (see `SubscribeOptions`). */
+  subscribe(gid: string | Uint8Array, options: SubscribeOptions): Subscription {
+    const g = groupHex(gid);
+    return startSubscription(
+      {
+        baseUrl: this.url,
+        fetch: this.#fetch,
+        WebSocket: this.#ws,
+        hasKey: this.key !== null && this.#auth !== "never",
+        verify: this.#verify,
+        timeoutMs: this.#timeoutMs,
+        token: async (refresh) => (await this.token({ refresh })).token,
+        publish: (gid, bytes) => this.publish(gid, bytes),
+        errorOf: (status, body) => this.#errorOf(status, body),
+      },
+      g,
+      options,
+    );
+  }
+}
+
+function idOf(bytes: Uint8Array): string {
+  return toHex(eventIdOf(bytes));
+}
+
+function throwIfRejected(r: PublishResult): void {
+  if (r.status !== "rejected") return;
+  const code = r.code ?? "INTERNAL";
+  throw new XfClientError(
+    code,
+    r.message ?? `Event "${r.id}" was rejected`,
+    (ERROR_STATUS as Record<string, number>)[code] ?? 0,
+  );
+}

@@ -1,0 +1,89 @@
+/**
+ * The Xaeroflux client: what an app that is not a node (a browser tab, a
+ * script) uses to talk to a node. Web APIs only (`fetch`, `WebSocket`,
+ * WebCrypto), so the same code runs in browsers and Deno; `deno task build`
+ * bundles it as `dist/xaeroflux-client.js`.
+ *
+ * Keys, event encoding and signing, membership payloads and proof checking
+ * are the node's own pure modules, re-exported here.
+ *
+ * @example
+ * ```ts
+ * import { assert } from "@std/assert";
+ * import { generateKeyPair, readText, signEvent, textPayload } from "./mod.ts";
+ * const me = await generateKeyPair();
+ * const e = await signEvent(me, "00".repeat(32), { kind: 16, payload: textPayload("hello") });
+ * assert(readText(e.payload) === "hello" && e.author.length === 64);
+ * ```
+ *
+ * @module
+ */
+
+export {
+  type AuthMode,
+  type ClientOptions,
+  type CreatedGroup,
+  type GroupInfo,
+  type Members,
+  type MerkleInfo,
+  PUBLISH_BATCH_EVENTS_MAX,
+  PUBLISH_BODY_BYTES_MAX,
+  type QueryFilter,
+  type QueryPage,
+  type Role,
+  type Sent,
+  type Token,
+  TOKEN_REFRESH_MS,
+  XfClient,
+} from "./client.ts";
+export { type PublishResult, type SubscribeOptions, type Subscription, type Transport } from "./subscribe.ts";
+export { asClientError, type ClientErrorCode, XfClientError } from "./errors.ts";
+export {
+  cborArrayOf,
+  type ClientEvent,
+  eventCursor,
+  type EventDraft,
+  eventFromJson,
+  type EventJson,
+  fromStored,
+  groupBytes,
+  groupHex,
+  readEvent,
+  signEvent,
+  type Tag,
+} from "./event.ts";
+export {
+  type Ed25519Jwk,
+  exportJwk,
+  exportSeedHex,
+  fromBase64Url,
+  fromHex,
+  generateKeyPair,
+  type KeyPair,
+  keyPairFromHex,
+  keyPairFromJwk,
+  keyPairFromSeed,
+  toBase64Url,
+  toHex,
+} from "./keys.ts";
+export { bytesPayload, jsonPayload, readJson, readText, textPayload } from "./payload.ts";
+export { readSse, type SseMessage } from "./sse.ts";
+export { verifyProof } from "../merkle/proof.ts";
+export { type ErrorCode } from "../storage/errors.ts";
+export {
+  ACTION_ADD,
+  ACTION_MAKE_ADMIN,
+  ACTION_REMOVE,
+  ACTION_REVOKE_ADMIN,
+  decodeMembership,
+  encodeMembership,
+  type Membership,
+} from "../storage/membership.ts";
+export {
+  APP_KIND_MIN,
+  KIND_MANIFEST,
+  KIND_MEMBERSHIP,
+  KIND_TOMBSTONE,
+  POLICY_CLOSED,
+  POLICY_OPEN,
+} from "../storage/event.ts";
