@@ -37,7 +37,10 @@ export interface ClientEvent {
   sig: string;
   /** The exact bytes (deterministic CBOR), as stored and sent. */
   bytes: Uint8Array;
-  /** The resume cursor after this event: 16 hex of `ts` (u64 BE) then the id. */
+  /**
+   * The resume cursor after this event: the node's own (SSE `id:`) when it gave one, else 16 hex of `ts`
+   * then the id (the query route's cursor).
+   */
   cursor: string;
 }
 

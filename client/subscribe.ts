@@ -129,18 +129,23 @@ export function startSubscription(host: StreamHost, gid: string, options: Subscr
     return s ? `?${s}` : "";
   };
 
-  async function deliver(ev: ClientEvent): Promise<void> {
+  /** Stream cursors are the node's opaque positions (`a…` arrival order, `t….…` inside a backfill). */
+  const isCursor = (c: unknown): c is string => typeof c === "string" && /^[0-9a-z.]{1,200}$/.test(c);
+
+  async function deliver(ev: ClientEvent, at?: string): Promise<void> {
     if (stopped) return;
+    // The node's cursor for this event (SSE `id:`), when it gave one: the position to resume after.
+    if (isCursor(at)) ev.cursor = at;
     if (!seen.has(ev.id)) {
       await options.onEvent(ev);
       seen.set(ev.id, true);
       if (seen.size > dedupeMax) seen.delete(seen.keys().next().value!);
     }
-    cursor = ev.cursor;
+    if (isCursor(at)) cursor = at;
   }
 
   function onReady(c: unknown) {
-    if (typeof c === "string" && /^[0-9a-f]{80}$/.test(c)) cursor = c;
+    if (isCursor(c)) cursor = c;
     progressed = true;
     options.onReady?.(cursor);
     markReady();
@@ -150,9 +155,9 @@ export function startSubscription(host: StreamHost, gid: string, options: Subscr
   class AppError {
     constructor(readonly error: unknown) {}
   }
-  const deliverGuarded = async (ev: ClientEvent) => {
+  const deliverGuarded = async (ev: ClientEvent, at?: string) => {
     try {
-      await deliver(ev);
+      await deliver(ev, at);
     } catch (e) {
       throw new AppError(e);
     }
@@ -187,7 +192,10 @@ export function startSubscription(host: StreamHost, gid: string, options: Subscr
       try {
         for await (const m of readSse(res.body, activity)) {
           if (m.event === "event") {
-            await deliverGuarded(await eventFromJson(JSON.parse(m.data) as EventJson, { group: gid, verify }));
+            await deliverGuarded(
+              await eventFromJson(JSON.parse(m.data) as EventJson, { group: gid, verify }),
+              m.lastEventId,
+            );
           } else if (m.event === "ready") {
             onReady((JSON.parse(m.data) as { cursor?: unknown }).cursor);
           } else if (m.event === "error") {
@@ -245,7 +253,12 @@ export function startSubscription(host: StreamHost, gid: string, options: Subscr
           return fail(new XfClientError("BAD_RESPONSE", "Cannot read stream frame: not JSON"));
         }
         if (d.type === "ready") chain = chain.then(() => onReady(d.cursor));
-        else if (d.type === "result") {
+        else if (d.type === "cursor") {
+          // After a burst of binary frames: where to resume once they are delivered.
+          chain = chain.then(() => {
+            if (isCursor(d.cursor)) cursor = d.cursor;
+          });
+        } else if (d.type === "result") {
           const p = pending.shift();
           const r: PublishResult = { status: d.status as PublishResult["status"], id: String(d.id ?? p?.id ?? "") };
           if (typeof d.code === "string") r.code = d.code as ErrorCode;
