@@ -7,6 +7,10 @@
  *          [--cors-origin ORIGIN]... [--limits JSON]
  * xf keygen [--key FILE]
  * xf group create --name NAME [--closed] [--key FILE] [--node URL]
+ * xf group add|remove|admin|unadmin --group GID --member KEY [--key FILE] [--node URL]
+ * xf groups [--key FILE] [--node URL]          (open groups, and closed ones --key is a member of)
+ * xf members --group GID [--key FILE] [--node URL]
+ * xf tail --group GID [--since MS] [--cursor C] [--kind N]... [--transport sse|ws] [--key FILE] [--node URL]
  * xf publish --group GID [--kind N] [--tag k=v]... (--text S | --file F) [--key FILE] [--node URL]
  * xf sync --peer ws://HOST:PORT [--group GID]... [--node URL] [--operator-token T]   (one-shot sync of the node with a peer)
  * xf fsck [--data DIR] [--group GID]...   (node stopped: rebuild each group's Merkle tree and compare every page)
@@ -25,7 +29,8 @@
 import { openNode } from "../actors/node.ts";
 import { serve } from "./server.ts";
 import { fromHex, generateKeyPair, type KeyPair, keyPairFromSeed, toHex } from "../storage/ed25519.ts";
-import { createGroup, POLICY_CLOSED, POLICY_OPEN, signEvent, type Tag } from "../storage/event.ts";
+import type { Tag } from "../storage/event.ts";
+import { type ClientEvent, XfClient, XfClientError } from "../client/mod.ts";
 
 /** Parsed command-line flags: repeatable flags collect into arrays. */
 export interface Flags {
@@ -148,19 +153,55 @@ function nodeUrl(f: Flags): string {
   return (flag(f, "node", "XF_NODE") ?? "http://127.0.0.1:7878").replace(/\/$/, "");
 }
 
-async function post(url: string, body: Uint8Array): Promise<unknown> {
-  const r = await fetch(url, {
-    method: "POST",
-    body: body as BodyInit,
-    headers: { "content-type": "application/cbor" },
-  });
-  return await r.json();
+/** A client of the node at `--node`, signing (and fetching tokens for closed groups) with `key`, if given. */
+function clientFor(f: Flags, key?: KeyPair): XfClient {
+  return new XfClient(nodeUrl(f), key ? { key } : {});
 }
+
+/** The `--group` flag as 64 hex digits; throws a usage error naming the command. */
+function groupFlag(f: Flags, cmd: string): string {
+  const gid = list(f, "group", "XF_GROUP")[0] ?? "";
+  if (!/^[0-9a-f]{64}$/.test(gid)) throw new UsageError(`${cmd} needs --group GID (64 hex digits)`);
+  return gid;
+}
+
+/** An event as a person reads it: text payloads as text, times as ISO dates. */
+function show(e: ClientEvent) {
+  const text = (() => {
+    try {
+      return new TextDecoder("utf-8", { fatal: true }).decode(e.payload);
+    } catch {
+      return null;
+    }
+  })();
+  return {
+    id: e.id,
+    author: e.author,
+    ts: e.ts,
+    time: new Date(e.ts).toISOString(),
+    kind: e.kind,
+    tags: e.tags,
+    ...(text !== null ? { text } : { payload: toHex(e.payload) }),
+  };
+}
+
+/** A mistake in how the command was called (exit code 2). */
+class UsageError extends Error {}
+
+const MEMBERSHIP_VERBS = {
+  add: "addMember",
+  remove: "removeMember",
+  admin: "makeAdmin",
+  unadmin: "revokeAdmin",
+} as const;
 
 async function main(args: string[]) {
   const f = parseFlags(args);
   const [cmd, sub] = f._;
   const keyFile = flag(f, "key", "XF_KEY") ?? "./data/node.key";
+  const signer = () => loadOrCreateKey(keyFile);
+  /** The key for reads: only when --key (or XF_KEY) names one, so reads of open groups need none. */
+  const reader = async () => (flag(f, "key", "XF_KEY") ? await signer() : undefined);
   switch (cmd) {
     case "serve":
       return await runServe(f);
@@ -169,17 +210,32 @@ async function main(args: string[]) {
       return console.log(JSON.stringify({ key: keyFile, publicKey: toHex(kp.publicKey) }));
     }
     case "group": {
-      if (sub !== "create") throw new Error(`Unknown command "group ${sub ?? ""}": try "group create"`);
-      const name = flag(f, "name") ?? "unnamed";
-      const kp = await loadOrCreateKey(keyFile);
-      const { gid, manifest } = await createGroup(kp, { name, policy: f.closed ? POLICY_CLOSED : POLICY_OPEN });
-      const res = await post(`${nodeUrl(f)}/v1/groups/${toHex(gid)}/events`, manifest.bytes);
-      return console.log(JSON.stringify({ group: toHex(gid), manifest: toHex(manifest.id), result: res }));
+      if (sub === "create") {
+        const name = flag(f, "name") ?? "unnamed";
+        const xf = clientFor(f, await signer());
+        const g = await xf.createGroup({ name, policy: f.closed ? "closed" : "open" });
+        return console.log(JSON.stringify({ group: g.gid, manifest: g.manifest.id, result: g.result }));
+      }
+      if (sub && sub in MEMBERSHIP_VERBS) {
+        const gid = groupFlag(f, `group ${sub}`);
+        const member = flag(f, "member") ?? "";
+        if (!/^[0-9a-f]{64}$/.test(member)) throw new UsageError(`group ${sub} needs --member KEY (64 hex digits)`);
+        const xf = clientFor(f, await signer());
+        const verb = MEMBERSHIP_VERBS[sub as keyof typeof MEMBERSHIP_VERBS];
+        const r = await xf[verb](gid, member);
+        return console.log(JSON.stringify({ group: gid, member, action: sub, id: r.event.id, result: r.result }));
+      }
+      throw new UsageError(`Unknown command "group ${sub ?? ""}": try group create|add|remove|admin|unadmin`);
+    }
+    case "groups":
+      return console.log(JSON.stringify({ groups: await clientFor(f, await reader()).groups() }));
+    case "members": {
+      const gid = groupFlag(f, "members");
+      return console.log(JSON.stringify(await clientFor(f, await reader()).members(gid)));
     }
     case "publish": {
-      const gid = fromHex(String(list(f, "group", "XF_GROUP")[0] ?? ""));
-      if (!gid || gid.length !== 32) throw new Error("publish needs --group GID (64 hex digits)");
-      const kp = await loadOrCreateKey(keyFile);
+      const gid = groupFlag(f, "publish");
+      const kp = await signer();
       const text = flag(f, "text");
       const file = flag(f, "file");
       const payload = text !== undefined
@@ -188,10 +244,38 @@ async function main(args: string[]) {
         ? await Deno.readFile(file)
         : new Uint8Array();
       const tags = ((f.tag as string[] | undefined) ?? []).map((t) => t.split(/=(.*)/s, 2) as Tag);
-      const kind = Number((f.kind as string[] | undefined)?.[0] ?? 16);
-      const ev = await signEvent(kp, { group: gid, ts: Date.now(), kind, tags, payload });
-      const res = await post(`${nodeUrl(f)}/v1/groups/${toHex(gid)}/events`, ev.bytes);
-      return console.log(JSON.stringify(res));
+      const kindText = (f.kind as string[] | undefined)?.[0] ?? "16";
+      if (!/^\d{1,9}$/.test(kindText)) {
+        throw new UsageError(`Cannot use --kind "${kindText}": not a non-negative integer`);
+      }
+      const xf = clientFor(f, kp);
+      const ev = await xf.sign(gid, { kind: Number(kindText), tags, payload });
+      const r = await xf.publish(gid, ev);
+      console.log(JSON.stringify(r));
+      if (r.status === "rejected") Deno.exit(1);
+      return;
+    }
+    case "tail": {
+      // Follows the group's stream: backfill from --since (or --cursor), then live; one JSON line per event.
+      const gid = groupFlag(f, "tail");
+      const xf = clientFor(f, await reader());
+      const since = flag(f, "since");
+      const cursor = flag(f, "cursor");
+      const transport = flag(f, "transport") === "ws" ? "ws" : "sse";
+      const s = xf.subscribe(gid, {
+        transport,
+        ...(since !== undefined ? { since: Number(since) } : {}),
+        ...(cursor ? { cursor } : {}),
+        kind: ((f.kind as string[] | undefined) ?? []).map(Number),
+        author: (f.author as string[] | undefined) ?? [],
+        onEvent: (e) => console.log(JSON.stringify({ ...show(e), cursor: e.cursor })),
+        onReady: (c) => console.error(JSON.stringify({ ready: true, cursor: c })),
+        onError: (e) => console.error(JSON.stringify({ error: e.code, message: e.message })),
+      });
+      Deno.addSignalListener("SIGINT", () => s.close());
+      const err = await s.closed;
+      if (err) throw err;
+      return;
     }
     case "sync": {
       const peer = list(f, "peer", "XF_PEER")[0];
@@ -225,32 +309,45 @@ async function main(args: string[]) {
       return;
     }
     case "get": {
-      if (!sub) throw new Error("get needs an event id");
-      const r = await fetch(`${nodeUrl(f)}/v1/events/${sub}`, { headers: { accept: "application/json" } });
-      return console.log(JSON.stringify(await r.json()));
+      if (!sub) throw new UsageError("get needs an event id");
+      return console.log(JSON.stringify(show(await clientFor(f, await reader()).event(sub))));
     }
     case "query": {
-      const gid = list(f, "group", "XF_GROUP")[0];
-      if (!gid) throw new Error("query needs --group GID");
-      const p = new URLSearchParams();
-      for (const k of ["since", "until", "limit", "cursor"]) {
+      const gid = groupFlag(f, "query");
+      const num = (k: string) => {
         const v = flag(f, k);
-        if (v !== undefined) p.set(k, v);
-      }
-      for (const k of (f.kind as string[] | undefined) ?? []) p.append("kind", k);
-      for (const a of (f.author as string[] | undefined) ?? []) p.append("author", a);
-      const r = await fetch(`${nodeUrl(f)}/v1/groups/${gid}/events?${p}`);
-      return console.log(JSON.stringify(await r.json()));
+        if (v !== undefined && !/^\d{1,16}$/.test(v)) throw new UsageError(`Cannot use --${k} "${v}": not a number`);
+        return v === undefined ? undefined : Number(v);
+      };
+      const since = num("since"), until = num("until"), limit = num("limit");
+      const cursor = flag(f, "cursor");
+      const page = await clientFor(f, await reader()).queryPage(gid, {
+        ...(since !== undefined ? { since } : {}),
+        ...(until !== undefined ? { until } : {}),
+        ...(limit !== undefined ? { limit } : {}),
+        ...(cursor ? { cursor } : {}),
+        kind: ((f.kind as string[] | undefined) ?? []).map(Number),
+        author: (f.author as string[] | undefined) ?? [],
+      });
+      return console.log(JSON.stringify({ events: page.events.map(show), cursor: page.cursor }));
     }
     default:
-      console.error("usage: xf serve|keygen|group create|publish|sync|fsck|get|query  (see net/main.ts)");
+      console.error(
+        "usage: xf serve|keygen|group create|group add|group remove|group admin|group unadmin|groups|members|" +
+          "publish|tail|sync|fsck|get|query  (see net/main.ts)",
+      );
       Deno.exit(cmd ? 2 : 0);
   }
 }
 
 if (import.meta.main) {
   main(Deno.args).catch((e) => {
+    if (e instanceof XfClientError) {
+      // The node (or the network) said no: its stable code, for scripts.
+      console.error(JSON.stringify({ error: e.code, status: e.status, message: e.message }));
+      Deno.exit(1);
+    }
     console.error(`error: ${(e as Error).message}`);
-    Deno.exit(1);
+    Deno.exit(e instanceof UsageError ? 2 : 1);
   });
 }
