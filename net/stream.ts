@@ -117,6 +117,8 @@ export function parseStreamQuery(
 /** Where a stream's records go (SSE or WebSocket). */
 export interface StreamSink {
   event(bytes: Uint8Array, cursor: string): void;
+  /** Several events' records, already encoded for this kind of sink and shared with other streams (SSE). */
+  chunk?(records: Uint8Array): void;
   ready(cursor: string | null): void;
   heartbeat(): void;
   /** End the stream with an error record. */
@@ -126,11 +128,57 @@ export interface StreamSink {
   close(): void;
 }
 
-type Listener = (events: Uint8Array[], seqs: number[]) => void;
+/**
+ * A batch of a group's live events as the hub hands it to every stream of the group: what every stream
+ * needs of it (kinds, the SSE records) is computed once, not once per stream.
+ */
+export class LiveBatch {
+  #kinds: number[] | undefined;
+  #sse: Uint8Array | undefined;
+  constructor(readonly events: Uint8Array[], readonly seqs: number[]) {}
+  /** Each event's kind (-1 if unreadable). */
+  get kinds(): number[] {
+    return this.#kinds ??= this.events.map((b) => peekEvent(b)?.kind ?? -1);
+  }
+  /** Whether a manifest or membership event is among them (readers' rights may have changed). */
+  get engine(): boolean {
+    return this.kinds.some((k) => k >= 0 && k < 16);
+  }
+  /** Every event's SSE record with its arrival cursor, as one chunk shared by all SSE streams. */
+  sse(): Uint8Array {
+    if (!this.#sse) {
+      const parts = this.events.map((b, i) => sseRecord(b, arrivalCursor(this.seqs[i]!)));
+      const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+      let o = 0;
+      for (const p of parts) out.set(p, o), o += p.length;
+      this.#sse = out;
+    }
+    return this.#sse;
+  }
+}
 
-/** One node subscription per group, shared by that group's streams. */
+type Listener = (batch: LiveBatch) => void;
+
+/** Live events of a group are gathered this long (or up to STREAM_BATCH_EVENTS_MAX) and go out together. */
+export const STREAM_COALESCE_MS = 20;
+/** Live events gathered into one batch at most. */
+export const STREAM_BATCH_EVENTS_MAX = 1000;
+
+interface HubGroup {
+  listeners: Set<Listener>;
+  unsub: Promise<() => Promise<void>>;
+  events: Uint8Array[];
+  seqs: number[];
+  timer: ReturnType<typeof setTimeout> | undefined;
+}
+
+/**
+ * One node subscription per group, shared by that group's streams. Live events are gathered for
+ * {@linkcode STREAM_COALESCE_MS} and handed out as one {@linkcode LiveBatch}, so a thousand streams cost a
+ * thousand writes per batch, not per event.
+ */
 export class StreamHub {
-  #groups = new Map<string, { listeners: Set<Listener>; unsub: Promise<() => Promise<void>> }>();
+  #groups = new Map<string, HubGroup>();
   /** Streams open now. */
   open = 0;
 
@@ -140,23 +188,38 @@ export class StreamHub {
   async join(gid: string, l: Listener): Promise<() => void> {
     let g = this.#groups.get(gid);
     if (!g) {
-      const listeners = new Set<Listener>();
-      const unsub = this.node.subscribe({ gid }, (events, seqs) => {
-        for (const x of listeners) x(events, seqs);
+      const fresh: HubGroup = { listeners: new Set(), unsub: null!, events: [], seqs: [], timer: undefined };
+      fresh.unsub = this.node.subscribe({ gid }, (events, seqs) => {
+        fresh.events.push(...events);
+        fresh.seqs.push(...seqs);
+        if (fresh.events.length >= STREAM_BATCH_EVENTS_MAX) this.#flush(fresh);
+        else fresh.timer ??= setTimeout(() => this.#flush(fresh), STREAM_COALESCE_MS);
       });
-      g = { listeners, unsub };
+      g = fresh;
       this.#groups.set(gid, g);
-      unsub.catch(() => this.#groups.get(gid) === g && this.#groups.delete(gid));
+      g.unsub.catch(() => this.#groups.get(gid) === fresh && this.#groups.delete(gid));
     }
     g.listeners.add(l);
     await g.unsub;
+    const mine = g;
     return () => {
-      g!.listeners.delete(l);
-      if (g!.listeners.size === 0 && this.#groups.get(gid) === g) {
+      mine.listeners.delete(l);
+      if (mine.listeners.size === 0 && this.#groups.get(gid) === mine) {
         this.#groups.delete(gid);
-        g!.unsub.then((u) => u()).catch(() => {});
+        clearTimeout(mine.timer);
+        mine.unsub.then((u) => u()).catch(() => {});
       }
     };
+  }
+
+  #flush(g: HubGroup): void {
+    clearTimeout(g.timer);
+    g.timer = undefined;
+    if (!g.events.length) return;
+    const batch = new LiveBatch(g.events, g.seqs);
+    g.events = [];
+    g.seqs = [];
+    for (const l of g.listeners) l(batch);
   }
 }
 
@@ -248,11 +311,20 @@ export async function runStream(o: StreamOptions, sink: StreamSink): Promise<voi
       if (!a.readable) end("UNKNOWN_GROUP", `Group "${gid}" is not known to this node`);
     }, () => checking = false);
   };
-  const live = (events: Uint8Array[], seqs: number[]) => {
+  const filtered = query.kinds.length > 0 || query.authors.length > 0;
+  const live = (batch: LiveBatch) => {
     if (done) return;
+    if (batch.engine) recheck(); // manifest or membership: may the reader still read?
+    const { events, seqs } = batch;
+    if (!pending && !filtered && seqs[0]! > sent && sink.chunk) {
+      // The common case: every event, all new to this stream: the batch's shared SSE chunk.
+      sent = seqs.at(-1)!;
+      sink.chunk(batch.sse());
+      lagging();
+      return;
+    }
     for (let i = 0; i < events.length; i++) {
       const b = events[i]!, seq = seqs[i]!;
-      if ((peekEvent(b)?.kind ?? 16) < 16) recheck(); // manifest or membership: may the reader still read?
       if (!matches(b)) continue;
       if (pending) {
         pending.push({ bytes: b, seq });
@@ -373,15 +445,18 @@ export function eventView(bytes: Uint8Array) {
   };
 }
 
-/** SSE records of live events, by the event's bytes (shared by every stream of a group). */
-const recordCache = new WeakMap<Uint8Array, { cursor: string; record: Uint8Array }>();
+const te = new TextEncoder();
+
+/** One event's SSE record. */
+export function sseRecord(bytes: Uint8Array, cursor: string): Uint8Array {
+  return te.encode(`event: event\nid: ${cursor}\ndata: ${JSON.stringify(eventView(bytes))}\n\n`);
+}
 
 /**
  * An SSE sink over a byte stream: `event: event`, `event: ready`, `event: error`, `: hb`. Its lag is the bytes
  * queued in the body that the client has not read; `onCancel` runs when the client goes away.
  */
 export function sseSink(onCancel: () => void): { sink: StreamSink; body: ReadableStream<Uint8Array> } {
-  const te = new TextEncoder();
   let ctrl!: ReadableStreamDefaultController<Uint8Array>;
   let closed = false;
   const body = new ReadableStream<Uint8Array>({
@@ -413,13 +488,11 @@ export function sseSink(onCancel: () => void): { sink: StreamSink; body: Readabl
   };
   const put = (s: string) => putBytes(te.encode(s));
   const sink: StreamSink = {
-    event: (bytes, cursor) => {
-      // A live event goes to every stream of its group with the same cursor: its record is made once.
-      const hit = recordCache.get(bytes);
-      if (hit && hit.cursor === cursor) return putBytes(hit.record);
-      const record = te.encode(`event: event\nid: ${cursor}\ndata: ${JSON.stringify(eventView(bytes))}\n\n`);
-      recordCache.set(bytes, { cursor, record });
-      putBytes(record);
+    event: (bytes, cursor) => putBytes(sseRecord(bytes, cursor)),
+    chunk: (records) => {
+      // Shared with the group's other streams: enqueued as it is, never copied or changed.
+      flush();
+      if (!closed) ctrl.enqueue(records);
     },
     ready: (cursor) => put(`event: ready\ndata: ${JSON.stringify({ cursor })}\n\n`),
     heartbeat: () => put(`: hb\n\n`),
