@@ -98,7 +98,7 @@ function entryOf(ev) {
 }
 
 function timeOf(ts) {
-  return new Date(ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  return new Date(ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
 }
 
 class MessageList {
@@ -186,6 +186,7 @@ function showChat(client, gid) {
   $("link").href = link;
   $("link").textContent = link;
   $("copy-link").addEventListener("click", () => copy(link, "Link copied"));
+  $("new-group").href = `${location.pathname}${location.search}`;
   if (state.name) $("group-name").textContent = `· ${state.name}`;
 
   /** Name, policy and my role, from the node; shows "Add member" to the owner and admins of a closed group. */
