@@ -16,7 +16,7 @@
  * @module
  */
 
-import { configure, getLogger, type Logger, type LogLevel, type LogRecord, reset } from "@logtape/logtape";
+import { configure, getConfig, getLogger, type Logger, type LogLevel, type LogRecord, reset } from "@logtape/logtape";
 
 export { getLogger, type Logger };
 
@@ -116,11 +116,9 @@ export function loggingOptions(format: string | undefined, level: string | undef
   return { format: parseLogFormat(format), level: parseLogLevel(level) };
 }
 
-let configured = false;
-
-/** Whether {@linkcode configureLogging} is in force. */
+/** Whether logging is configured (by {@linkcode configureLogging}, or by the app through LogTape). */
 export function loggingConfigured(): boolean {
-  return configured;
+  return getConfig() !== null;
 }
 
 /**
@@ -151,13 +149,11 @@ export async function configureLogging(opts: LoggingOptions = {}): Promise<void>
       { category: ["logtape", "meta"], lowestLevel: "warning", sinks: ["xf"] },
     ],
   });
-  configured = true;
 }
 
 /** Back to silence (tests; a program that wants its stderr back). */
 export async function resetLogging(): Promise<void> {
   await reset();
-  configured = false;
 }
 
 /** The first 8 hex digits of a key or id, for log lines. */
