@@ -54,6 +54,8 @@ export { fromHex, generateKeyPair, type KeyPair, keyPairFromSeed, toHex } from "
 export { type ErrorCode, XfError } from "./storage/errors.ts";
 export { verifyProof } from "./merkle/mod.ts";
 export { serve, type Served } from "./net/server.ts";
+export { configureLogging, getLogger, type LoggingOptions, resetLogging } from "./actors/log.ts";
+export { type NodeLoggingOptions, startNodeLogging } from "./actors/node_log.ts";
 export type { PeerInfo, SyncCounters } from "./net/peers.ts";
 export type { SessionStats, SyncReport } from "./net/sync.ts";
 export {

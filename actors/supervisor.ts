@@ -12,6 +12,7 @@
 import { ChildRef, type Spawned } from "./child.ts";
 import { XfError } from "../storage/errors.ts";
 import { LIMITS } from "./limits.ts";
+import { log } from "./log.ts";
 
 /** How a child is restarted. */
 export type Restart = "permanent" | "transient" | "temporary";
@@ -101,6 +102,12 @@ export class Supervisor {
     this.restarts.push(now);
     while (this.restarts.length && this.restarts[0]! <= now - period) this.restarts.shift();
     if (this.restarts.length > (this.opts.intensityMax ?? LIMITS.restart_intensity_max)) {
+      log.pipeline.error("restart intensity exceeded: stopping every stage", {
+        stage: id,
+        restarts: this.restarts.length,
+        periodMs: period,
+        error: `${error.code}: ${error.message}`,
+      });
       this.stopped = true;
       for (const c of this.children) c.closed = true;
       this.stopAll().finally(() => this.opts.onEscalate(error));
@@ -121,6 +128,12 @@ export class Supervisor {
         await c.start(this.specs[j]!.config());
       }
       this.restartCount++;
+      log.pipeline.warn("stage restarted", {
+        stage: id,
+        restarted: this.children.slice(from, to + 1).map((c) => c.id).join(","),
+        error: `${error.code}: ${error.message}`,
+        restarts: this.restartCount,
+      });
       this.opts.onRestart?.(this.children.slice(from, to + 1).map((c) => c.id), error);
     }).catch((e) => {
       this.stopped = true;

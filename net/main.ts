@@ -31,6 +31,8 @@ import { serve } from "./server.ts";
 import { fromHex, generateKeyPair, type KeyPair, keyPairFromSeed, toHex } from "../storage/ed25519.ts";
 import type { Tag } from "../storage/event.ts";
 import { type ClientEvent, XfClient, XfClientError } from "../client/mod.ts";
+import { configureLogging, loggingOptions } from "../actors/log.ts";
+import { startNodeLogging } from "../actors/node_log.ts";
 
 /** Parsed command-line flags: repeatable flags collect into arrays. */
 export interface Flags {
@@ -113,6 +115,8 @@ async function runServe(f: Flags) {
   } catch {
     throw new Error(`Cannot read limits "${limitsJson}": not JSON like {"sync_stall_ms":5000}`);
   }
+  // Logs on stderr: --log-format text|json, --log-level debug|info|warning|error (XF_LOG_FORMAT, XF_LOG_LEVEL).
+  await configureLogging(loggingOptions(flag(f, "log-format", "XF_LOG_FORMAT"), flag(f, "log-level", "XF_LOG_LEVEL")));
   node = await openNode({
     dataDir,
     key,
@@ -127,6 +131,7 @@ async function runServe(f: Flags) {
   const corsOrigins = list(f, "cors-origin", "XF_CORS_ORIGIN");
   const served = await serve(node, { host, port, corsOrigins, ...(operatorToken ? { operatorToken } : {}) });
   console.log(`listening on ${served.url}`);
+  const stopLogs = startNodeLogging(node, { dataDir, url: served.url });
   console.log(
     JSON.stringify({ node: toHex(key.publicKey), data: dataDir, groups, peers, recovery: node.pipeline.recovery }),
   );
@@ -142,6 +147,7 @@ async function runServe(f: Flags) {
     console.log(`${signal}: stopping`);
     await served.shutdown();
     await node!.close();
+    stopLogs();
     console.log("stopped");
     Deno.exit(0);
   };

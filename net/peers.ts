@@ -14,6 +14,7 @@ import { sha256 } from "@noble/hashes/sha2";
 import { Authenticator } from "./auth.ts";
 import { encodeFrame } from "./frames.ts";
 import type { EventResult } from "../actors/batch.ts";
+import { log, short } from "../actors/log.ts";
 import {
   ByteBudget,
   type FrameChannel,
@@ -93,6 +94,24 @@ export interface SyncCounters {
   progressRemaining: number;
 }
 
+/** A closed session's line: who, why, and what moved. */
+function logLost(s: SyncSession, opened = Date.now()) {
+  const summary = {
+    node: short(s.peer),
+    addr: s.addr || s.remote || "-",
+    reason: s.closeReason,
+    received: s.stats.eventsReceived,
+    stored: s.stats.eventsStored,
+    rejected: s.stats.eventsRejected,
+    sent: s.stats.eventsSent,
+    bytesIn: s.stats.bytesIn,
+    bytesOut: s.stats.bytesOut,
+    durationMs: Date.now() - opened,
+  };
+  if (s.peer) log.sync.info("peer lost", summary);
+  else log.sync.debug("sync session closed before the handshake", summary);
+}
+
 /** The node's sync side. */
 export class NodeSync implements SyncHost {
   /** HTTP challenges and bearer tokens (peer sessions prove themselves in their handshake instead). */
@@ -119,6 +138,8 @@ export class NodeSync implements SyncHost {
   /** Groups that completed a sync with at least one peer. */
   private synced = new Set<string>();
   private progress = new Map<string, { missing: number; received: number }>();
+  /** When each session opened, for its summary line. */
+  private opened = new WeakMap<SyncSession, number>();
 
   constructor(readonly node: XfNode, readonly extraGroups: string[] = []) {
     this.auth = new Authenticator(node.key);
@@ -209,7 +230,11 @@ export class NodeSync implements SyncHost {
       const m = this.peers.get(ev.gid)?.get(ev.node);
       if (m) m.lastSeen = Date.now();
     } else if (ev.type === "closed") {
-      for (const s of this.sessions) if (s.state === "closed") this.sessions.delete(s);
+      for (const s of this.sessions) {
+        if (s.state !== "closed") continue;
+        this.sessions.delete(s);
+        logLost(s, this.opened.get(s));
+      }
     }
     this.events.dispatchEvent(new CustomEvent(ev.type, { detail: ev }));
   }
@@ -239,6 +264,10 @@ export class NodeSync implements SyncHost {
   private track(s: SyncSession) {
     this.counters.sessionsOpened++;
     this.sessions.add(s);
+    this.opened.set(s, Date.now());
+    s.ready().then((ok) => {
+      if (ok) log.sync.info("peer connected", { node: short(s.peer), addr: s.addr || s.remote || "-", role: s.role });
+    });
   }
 
   /** Connect to a peer once, sync the given groups (default: every group served), and return the session. */

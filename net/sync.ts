@@ -50,6 +50,7 @@ import { fromHex, type KeyPair, toHex } from "../storage/ed25519.ts";
 import { type ErrorCode, toWire, XfError } from "../storage/errors.ts";
 import type { Limits } from "../actors/limits.ts";
 import type { EventResult } from "../actors/batch.ts";
+import { log, short } from "../actors/log.ts";
 import { type FrameChannel, SecureChannel } from "./secure.ts";
 
 export type { FrameChannel } from "./secure.ts";
@@ -210,6 +211,8 @@ export class SyncSession {
   private retry: { gid: string; bytes: Uint8Array }[] = [];
   /** Ids the peer sent us: they are not streamed back to it. */
   private fromPeer = new Set<string>();
+  /** Per group this session syncs: when it started and the event bytes moved, for the summary line. */
+  private syncTimes = new Map<string, { start: number; bytesIn: number; bytesOut: number }>();
 
   constructor(
     private readonly host: SyncHost,
@@ -522,6 +525,7 @@ export class SyncSession {
     });
     this.ours.set(gid, { state: "asked", negOutstanding: false, reconciled: false, unsub: null });
     this.progress.set(gid, { missing: 0, received: 0, sent: 0, done: false });
+    this.syncTimes.set(gid, { start: Date.now(), bytesIn: 0, bytesOut: 0 });
     this.send(frame("sub", { gid }));
     return await done;
   }
@@ -531,6 +535,18 @@ export class SyncSession {
     if (p && !p.done) {
       p.done = true;
       this.host.report({ type: "progress", gid, node: this.peer, ...p });
+      const t = this.syncTimes.get(gid);
+      this.syncTimes.delete(gid);
+      log.sync.info("group synced", {
+        group: short(gid),
+        node: short(this.peer),
+        missing: p.missing,
+        received: p.received,
+        sent: p.sent,
+        bytesIn: t?.bytesIn ?? 0,
+        bytesOut: t?.bytesOut ?? 0,
+        durationMs: t ? Date.now() - t.start : 0,
+      });
     }
     for (const w of this.doneWaiters.get(gid) ?? []) w();
     this.doneWaiters.delete(gid);
@@ -799,6 +815,8 @@ export class SyncSession {
       this.lastProgress = Date.now();
       const p = this.progress.get(head.gid);
       if (p) p.sent += out.length;
+      const st = this.syncTimes.get(head.gid);
+      if (st) st.bytesOut += evBytes;
       this.send(frame("events", { gid: head.gid, events: out, live: head.live || undefined }));
     }
   }
@@ -878,6 +896,8 @@ export class SyncSession {
       return this.strike("NOT_SUBSCRIBED", `Events for group "${gid}" without a subscription`, gid);
     }
     this.stats.eventsReceived += events.length;
+    const st = this.syncTimes.get(gid);
+    if (st) st.bytesIn += bytes;
     for (const e of events) {
       this.fromPeer.add(toHex(sha256(e)));
       if (this.fromPeer.size > ECHO_IDS_MAX) this.fromPeer.delete(this.fromPeer.values().next().value!);

@@ -19,6 +19,7 @@ import { fromHex, toHex } from "../../storage/ed25519.ts";
 import type { SyncSession } from "../sync.ts";
 import type { AnnounceRecord } from "./records.ts";
 import type { DhtService } from "./service.ts";
+import { log, short } from "../../actors/log.ts";
 
 /** Failed connection attempts in a row after which a member counts as dead (until it announces anew). */
 export const CONNECT_ATTEMPTS_MAX = 3;
@@ -54,6 +55,8 @@ export class Discovery {
   #considering = false;
   /** Set while this discovery itself reports a member, so its own reports are not taken for a sync subscription. */
   #reporting = false;
+  /** Members found at the last logged round (-1 before the join). */
+  #members = -1;
 
   constructor(readonly dht: DhtService, readonly gid: string, readonly bootstrapUrls: string[]) {}
 
@@ -123,8 +126,9 @@ export class Discovery {
     const now = Date.now();
     const refreshDue = now - this.#lastRefresh >= dht.limits.dht_refresh_ms;
     const contacts = await dht.contacts(this.gid);
+    let answered = -1;
     if (refreshDue || contacts.length === 0) {
-      await dht.bootstrap(this.gid, this.bootstrapUrls);
+      answered = await dht.bootstrap(this.gid, this.bootstrapUrls);
       await dht.lookup(this.gid, dht.selfId);
       if (this.#stopped) return;
       if (refreshDue) {
@@ -142,7 +146,24 @@ export class Discovery {
       this.#announcedRoot = this.#root;
     }
     if (this.#stopped) return;
-    this.#consider(await dht.findPeers(this.gid));
+    const records = await dht.findPeers(this.gid);
+    const self = toHex(dht.key.publicKey);
+    const members = records.filter((r) => toHex(r.nodeKey) !== self).length;
+    if (answered >= 0 || members !== this.#members) {
+      const fields = {
+        group: short(this.gid),
+        bootstrap: this.bootstrapUrls.length,
+        ...(answered >= 0 ? { answered } : {}),
+        contacts: (await dht.contacts(this.gid)).length,
+        members,
+      };
+      // The join and every change in the members found are worth a line; a quiet refresh is not.
+      if (this.#members < 0) log.dht.info("dht joined", fields);
+      else if (members !== this.#members) log.dht.info("dht members changed", fields);
+      else log.dht.debug("dht refreshed", fields);
+      this.#members = members;
+    }
+    this.#consider(records);
   }
 
   /** List the members among the node's peers and keep connections to the best of them. */
