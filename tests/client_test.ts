@@ -3,7 +3,7 @@
 import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
 import { tempNode } from "./_helpers.ts";
 import { serve } from "../net/server.ts";
-import { createApp, eventJson as eventJsonView } from "../net/app.ts";
+import { createApp } from "../net/app.ts";
 import type { XfNode } from "../actors/node.ts";
 import {
   type ClientEvent,
