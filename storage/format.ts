@@ -69,7 +69,8 @@ export async function readDataFormat(dir: string): Promise<number | null> {
  * ```
  */
 export async function openDataDir(dir: string, current: number): Promise<DataDirReport> {
-  let found = await readDataFormat(dir);
+  const written = await readDataFormat(dir);
+  let found = written;
   if (found !== null && found > current) {
     throw new XfError(
       "DATA_FORMAT_TOO_NEW",
@@ -84,6 +85,6 @@ export async function openDataDir(dir: string, current: number): Promise<DataDir
   await Deno.mkdir(`${dir}/db`, { recursive: true });
   // Fails with a clear message when another process holds the directory; closed at once for the index stage.
   await (await openRocks(`${dir}/db`)).close();
-  if (found !== current) await Deno.writeTextFile(`${dir}/${FORMAT_FILE}`, `${current}\n`);
+  if (written !== current) await Deno.writeTextFile(`${dir}/${FORMAT_FILE}`, `${current}\n`);
   return { found: found === null ? null : found, format: current };
 }
