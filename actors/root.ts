@@ -26,6 +26,8 @@ import { walFlushStage } from "./wal_flush.ts";
 import { indexStage } from "./index_stage.ts";
 import { advertiseStage, type SubscriptionFilter } from "./advertise.ts";
 import { XfError } from "../storage/errors.ts";
+import { openDataDir } from "../storage/format.ts";
+import { DATA_FORMAT_VERSION } from "../version.ts";
 
 /** The pipeline's stages, in start order. */
 export const STAGES = ["ingest", "decode", "wal", "index", "advertise"] as const;
@@ -172,6 +174,8 @@ export class Pipeline {
 
   /** Start the stages, replay the WAL past the index's checkpoint, and get ready. */
   async start(): Promise<void> {
+    // Before any stage touches the WAL: refuse a newer format or a directory another process holds.
+    await openDataDir(this.opts.dataDir, DATA_FORMAT_VERSION);
     await this.supervisor.start();
     await this.replay();
     this.state = "ready";

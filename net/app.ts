@@ -29,6 +29,7 @@ import type { GroupInfoView } from "../actors/index_stage.ts";
 import { parseStreamQuery, runStream, sseSink, StreamHub, type StreamOptions, type StreamSink } from "./stream.ts";
 import type { WSContext, WSEvents } from "@hono/hono/ws";
 import type { FrameChannel } from "./sync.ts";
+import { VERSION } from "../version.ts";
 
 /** A WebSocket route whose binary frames feed a {@linkcode FrameChannel} handed to `accept` on open. */
 function frameRoute(remoteAddr: (c: Context) => string, accept: (ch: FrameChannel, addr: string) => void) {
@@ -407,7 +408,7 @@ export function createApp(node: XfNode, options: AppOptions = {}) {
     })
     .get("/health", (c) => {
       const h = node.health();
-      return c.json(h, h.ready ? 200 : 503);
+      return c.json({ ...h, version: VERSION }, h.ready ? 200 : 503);
     })
     .get("/metrics", async (c) => {
       return c.text(await node.metrics(), 200, { "content-type": "text/plain; version=0.0.4" });

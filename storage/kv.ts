@@ -57,6 +57,15 @@ export function openRocks(dir: string): Promise<Kv> {
   const db: RocksHandle = rocksdb(dir);
   return new Promise((resolve, reject) => {
     db.open({ createIfMissing: true }, (err: Error | null) => {
+      if (err && /lock/i.test(err.message) && /unavailable|hold|no locks/i.test(err.message)) {
+        const where = dir.replace(/\/db\/?$/, "");
+        return reject(
+          new XfError(
+            "STORAGE_ERROR",
+            `Cannot open data directory "${where}": another process holds it (${err.message})`,
+          ),
+        );
+      }
       if (err) return reject(storageError(`open RocksDB at "${dir}"`, err));
       resolve(new RocksKv(db));
     });

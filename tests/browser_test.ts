@@ -1,4 +1,3 @@
-/// <reference lib="dom" />
 // The chat example (examples/chat/) in real headless Chromium, driven with puppeteer-core, against a node on
 // 127.0.0.1 port 0: two browser contexts (two keys), an open group joined by link, live messages both ways, a
 // reload and a page left and reopened (resume by the stored cursor: each message once, none missed), and a closed
@@ -9,6 +8,19 @@ import { tempNode } from "./_helpers.ts";
 import { serve } from "../net/server.ts";
 import { buildClient } from "../client/build.ts";
 import { serveChat } from "../examples/chat/serve.ts";
+
+/**
+ * What the page callbacks (run in Chromium) use of the DOM. Deno's types have no DOM, and a `lib="dom"` reference
+ * here would change the globals of every file type-checked with this one.
+ */
+interface El {
+  textContent: string | null;
+  value: string;
+  href: string;
+  hidden: boolean;
+  dataset: Record<string, string | undefined>;
+}
+declare const document: { getElementById(id: string): El | null; querySelectorAll(selector: string): Iterable<El> };
 
 const CHROMIUM = "/usr/bin/chromium";
 /** The whole test, browser start and shutdown included. */
@@ -90,13 +102,13 @@ async function send(tab: Tab, text: string): Promise<void> {
 
 async function createGroup(tab: Tab, name: string, policy: "open" | "closed"): Promise<{ gid: string; link: string }> {
   await tab.page.waitForSelector("#setup:not([hidden])");
-  await tab.page.$eval("#group-name-input", (e) => (e as HTMLInputElement).value = "");
+  await tab.page.$eval("#group-name-input", (e) => (e as unknown as El).value = "");
   await tab.page.type("#group-name-input", name);
   await tab.page.select("#policy", policy);
   await tab.page.click("#create");
   await waitStatus(tab, "live");
-  const gid = await tab.page.$eval("#gid", (e) => (e as HTMLInputElement).value);
-  const link = await tab.page.$eval("#link", (e) => (e as HTMLAnchorElement).href);
+  const gid = await tab.page.$eval("#gid", (e) => (e as unknown as El).value);
+  const link = await tab.page.$eval("#link", (e) => (e as unknown as El).href);
   assert(/^[0-9a-f]{64}$/.test(gid), gid);
   assert(link.endsWith(`#gid=${gid}`) && link.includes("?node="), link);
   return { gid, link };
@@ -152,13 +164,13 @@ Deno.test({
           const a = await openTab(await browser.createBrowserContext(), chat.url);
           const b = await openTab(await browser.createBrowserContext(), chat.url);
           tabs.push(a, b);
-          const keyA = await a.page.$eval("#my-key", (e) => (e as HTMLInputElement).value);
-          const keyB = await b.page.$eval("#my-key", (e) => (e as HTMLInputElement).value);
+          const keyA = await a.page.$eval("#my-key", (e) => (e as unknown as El).value);
+          const keyB = await b.page.$eval("#my-key", (e) => (e as unknown as El).value);
           assert(/^[0-9a-f]{64}$/.test(keyA) && /^[0-9a-f]{64}$/.test(keyB) && keyA !== keyB);
 
           // Open group: A creates it, B joins by the link; messages both ways, live.
           const open = await createGroup(a, "friends", "open");
-          assert(await a.page.$eval("#add-form", (e) => (e as HTMLElement).hidden), "no Add member in an open group");
+          assert(await a.page.$eval("#add-form", (e) => (e as unknown as El).hidden), "no Add member in an open group");
           await goto(b, open.link);
           await waitStatus(b, "live");
           await send(a, "hello from A");
@@ -202,7 +214,7 @@ Deno.test({
           await a.page.waitForSelector("#add-form:not([hidden])");
           await goto(b, closed.link);
           await waitStatus(b, "no access");
-          await a.page.type("#member-key", await b.page.$eval("#my-key", (e) => (e as HTMLInputElement).value));
+          await a.page.type("#member-key", await b.page.$eval("#my-key", (e) => (e as unknown as El).value));
           await a.page.click("#add");
           await a.page.waitForFunction(() => document.getElementById("info")?.textContent?.startsWith("Added"), {
             polling: 50,
