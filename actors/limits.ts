@@ -25,6 +25,8 @@ export const LIMITS = {
   http_challenges_per_addr_max: 64,
   /** Events answered by one query page. */
   query_limit_max: 1000,
+  /** Events one page of a group export (`GET /v1/groups/:gid/export`) reads from the index before it is sent. */
+  export_page_events_max: 256,
   /** Events admitted to the pipeline and not yet acknowledged; past this, 503. */
   pipeline_inflight_events_max: 10_000,
   /** Events in one message between stages. */

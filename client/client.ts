@@ -8,7 +8,13 @@
  * @module
  */
 
-import { createGroup as makeGroup, eventId as eventIdOf, POLICY_CLOSED, POLICY_OPEN } from "../storage/event.ts";
+import {
+  createGroup as makeGroup,
+  eventId as eventIdOf,
+  peekEvent,
+  POLICY_CLOSED,
+  POLICY_OPEN,
+} from "../storage/event.ts";
 import { fromHex, type KeyPair, toHex } from "../storage/ed25519.ts";
 import { decodeCbor } from "../storage/cbor.ts";
 import { ERROR_STATUS, type ErrorCode } from "../storage/errors.ts";
@@ -25,6 +31,7 @@ import { answerChallenge, CHALLENGE_TTL_MS } from "../net/auth.ts";
 import { type ClientErrorCode, XfClientError } from "./errors.ts";
 import { cborArrayOf, type ClientEvent, type EventDraft, fromStored, groupHex, readEvent, signEvent } from "./event.ts";
 import { type PublishResult, startSubscription, type SubscribeOptions, type Subscription } from "./subscribe.ts";
+import { type ExportHeader, readExport } from "./export.ts";
 
 /** Events in one POST (the node's `http_batch_events_max`); bigger batches are split. */
 export const PUBLISH_BATCH_EVENTS_MAX = 1000;
@@ -32,6 +39,29 @@ export const PUBLISH_BATCH_EVENTS_MAX = 1000;
 export const PUBLISH_BODY_BYTES_MAX = 4 * 1024 * 1024;
 /** A token with less than this left is refreshed before use. */
 export const TOKEN_REFRESH_MS = 60_000;
+/** Times an import batch the node sheds (`OVERLOADED`, 503) is sent again before the import fails. */
+export const IMPORT_RETRIES_MAX = 5;
+/** Membership events sent with a manifest in one request (within one of the node's stage batches, 512). */
+export const IMPORT_HEAD_EVENTS_MAX = 256;
+/** Longest wait for a node to index an import's head (the group, its members) before the rest is sent. */
+export const IMPORT_SETTLE_MS_MAX = 10_000;
+
+/** Options of {@linkcode XfClient.exportGroup}. */
+export interface ExportOptions {
+  /** Called with the export's header (the group's root and count when it began) before the first event. */
+  onHeader?: (header: ExportHeader) => void;
+  /** Verify every event's signature too (default: the client's `verify`; ids and group are always checked). */
+  verify?: boolean;
+  signal?: AbortSignal;
+}
+
+/** What {@linkcode XfClient.importEvents} did: events stored, already held, and rejected by code. */
+export interface ImportCounts {
+  stored: number;
+  duplicate: number;
+  /** Rejected events by error code, e.g. `{ BAD_SIGNATURE: 1 }`. */
+  rejected: Record<string, number>;
+}
 
 /** When the client sends a bearer token. */
 export type AuthMode = "auto" | "always" | "never";
@@ -297,6 +327,51 @@ export class XfClient {
     return a;
   }
 
+  /**
+   * A GET whose body is read as it arrives (the timeout covers the answer's
+   * head; `signal` cancels the rest), with the same auth policy and errors as
+   * {@linkcode XfClient.#request}.
+   */
+  async #open(path: string, init: RequestInit2 = {}): Promise<Response> {
+    const send = async (token: string | null): Promise<Response> => {
+      const url = this.url + path;
+      const headers: Record<string, string> = { ...init.headers };
+      if (token) headers.authorization = `Bearer ${token}`;
+      const ctl = new AbortController();
+      const timer = setTimeout(
+        () => ctl.abort(new XfClientError("NETWORK", `Cannot reach ${url}: no answer in ${this.#timeoutMs} ms`)),
+        this.#timeoutMs,
+      );
+      const stop = () => ctl.abort(init.signal?.reason);
+      init.signal?.addEventListener("abort", stop, { once: true });
+      try {
+        return await this.#fetch(url, { method: "GET", headers, signal: ctl.signal });
+      } catch (e) {
+        if (e instanceof XfClientError) throw e;
+        const reason = ctl.signal.reason;
+        if (reason instanceof XfClientError) throw reason;
+        throw new XfClientError("NETWORK", `Cannot reach ${url}: ${(e as Error).message}`, 0, { cause: e });
+      } finally {
+        clearTimeout(timer);
+      }
+    };
+    const canAuth = this.key !== null && this.#auth !== "never" && init.auth !== "none";
+    const held = this.#token;
+    let fresh = false;
+    let token: string | null = null;
+    if (canAuth && (init.auth === "need" || this.#auth === "always" || held)) {
+      fresh = !held || held.expiresAt - this.#now() < TOKEN_REFRESH_MS;
+      token = (await this.token()).token;
+    }
+    let res = await send(token);
+    if (canAuth && !fresh && (res.status === 401 || res.status === 404)) {
+      await res.body?.cancel();
+      res = await send((await this.token({ refresh: true })).token);
+    }
+    if (!res.ok) throw this.#errorOf(res.status, new Uint8Array(await res.arrayBuffer()));
+    return res;
+  }
+
   #errorOf(status: number, body: Uint8Array): XfClientError {
     try {
       const j = JSON.parse(new TextDecoder().decode(body)) as { error?: unknown; message?: unknown };
@@ -507,6 +582,125 @@ export class XfClient {
       yield* page.events;
       cursor = page.cursor;
     } while (cursor);
+  }
+
+  /**
+   * Every event of group `gid` as its exact bytes, from the node's export
+   * (`GET /v1/groups/:gid/export`): the manifest, then membership events,
+   * then the rest in `(ts, id)` order; the order a node that has never seen
+   * the group can import them in. Read as the bytes arrive: each event is
+   * decoded (strict deterministic CBOR, so its id is SHA-256 of these bytes)
+   * and must be of `gid`, else {@linkcode XfClientError} `BAD_RESPONSE`.
+   * A closed group needs a member's key (without one it is `UNKNOWN_GROUP`,
+   * like a group the node does not hold).
+   */
+  async *exportGroup(gid: string | Uint8Array, options: ExportOptions = {}): AsyncGenerator<Uint8Array> {
+    const g = groupHex(gid);
+    const res = await this.#open(`/v1/groups/${g}/export`, {
+      headers: { accept: "application/cbor-seq" },
+      ...(options.signal ? { signal: options.signal } : {}),
+    });
+    const verify = options.verify ?? this.#verify;
+    let first = true;
+    try {
+      for await (const item of readExport(res.body ?? [])) {
+        if (item.type === "header") {
+          if (item.header.group !== g) {
+            throw new XfClientError("BAD_RESPONSE", `Cannot accept export: it is of group "${item.header.group}"`);
+          }
+          options.onHeader?.(item.header);
+        } else {
+          const e = await readEvent(item.bytes, { group: g, verify });
+          if (first && e.kind !== 0) {
+            throw new XfClientError("BAD_RESPONSE", "Cannot accept export: its first event is not the manifest");
+          }
+          first = false;
+          yield item.bytes;
+        }
+      }
+    } finally {
+      await res.body?.cancel().catch(() => {});
+    }
+  }
+
+  /**
+   * Publish events of group `gid` from an export (or any list), in order and
+   * in batches through the normal POST route, so the node checks every one
+   * again (signature, membership, limits). Rejected events are counted by
+   * code, not thrown; a request refused as a whole throws (a batch shed with
+   * `OVERLOADED` is sent again, up to {@linkcode IMPORT_RETRIES_MAX} times).
+   *
+   * A manifest goes in a request with the membership events right after it
+   * (at most {@linkcode IMPORT_HEAD_EVENTS_MAX}), which a node that does not
+   * hold the group judges together; the rest waits until the node has
+   * indexed them (at most {@linkcode IMPORT_SETTLE_MS_MAX}), so a member who
+   * is not the owner can import a closed group into a node that never held
+   * it, provided the head adds it.
+   */
+  async importEvents(
+    gid: string | Uint8Array,
+    events: AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  ): Promise<ImportCounts> {
+    const g = groupHex(gid);
+    const counts: ImportCounts = { stored: 0, duplicate: 0, rejected: {} };
+    let batch: Uint8Array[] = [];
+    let bytes = 9;
+    /** Events of the group the node holds once the head is indexed (-1: no head pending). */
+    let head = -1;
+    const flush = async () => {
+      if (batch.length === 0) return;
+      const send = batch;
+      batch = [];
+      bytes = 9;
+      for (let attempt = 0;; attempt++) {
+        try {
+          for (const r of await this.#publishBatch(g, send)) {
+            if (r.status === "rejected") {
+              const code = r.code ?? "INTERNAL";
+              counts.rejected[code] = (counts.rejected[code] ?? 0) + 1;
+            } else {
+              counts[r.status]++;
+              if (head >= 0) head++;
+            }
+          }
+          break;
+        } catch (e) {
+          if (!(e instanceof XfClientError && e.code === "OVERLOADED") || attempt >= IMPORT_RETRIES_MAX) throw e;
+          await new Promise((ok) => setTimeout(ok, 250 * 2 ** attempt));
+        }
+      }
+      if (head >= 0) {
+        await this.#indexed(g, head);
+        head = -1;
+      }
+    };
+    for await (const b of events) {
+      const kind = b[0] === 0x88 ? peekEvent(b)?.kind : undefined;
+      if (kind === 0) {
+        await flush();
+        head = 0;
+      } else if (head >= 0 && (kind !== 1 || batch.length >= IMPORT_HEAD_EVENTS_MAX)) {
+        await flush();
+      }
+      if (batch.length >= PUBLISH_BATCH_EVENTS_MAX || bytes + b.length > PUBLISH_BODY_BYTES_MAX) await flush();
+      batch.push(b);
+      bytes += b.length;
+    }
+    await flush();
+    return counts;
+  }
+
+  /** Resolves once the node shows group `gid` to this client with at least `count` events (or time is up). */
+  async #indexed(gid: string, count: number): Promise<void> {
+    const t0 = this.#now();
+    while (this.#now() - t0 < IMPORT_SETTLE_MS_MAX) {
+      try {
+        if ((await this.merkle(gid)).count >= count) return;
+      } catch (e) {
+        if (!(e instanceof XfClientError && e.code === "UNKNOWN_GROUP")) throw e;
+      }
+      await new Promise((ok) => setTimeout(ok, 20));
+    }
   }
 
   /** One event by id (exact bytes; the id is checked). Throws `NOT_FOUND`. */

@@ -23,7 +23,12 @@ export {
   type AuthMode,
   type ClientOptions,
   type CreatedGroup,
+  type ExportOptions,
   type GroupInfo,
+  IMPORT_HEAD_EVENTS_MAX,
+  IMPORT_RETRIES_MAX,
+  IMPORT_SETTLE_MS_MAX,
+  type ImportCounts,
   type Members,
   type MerkleInfo,
   PUBLISH_BATCH_EVENTS_MAX,
@@ -37,6 +42,14 @@ export {
   XfClient,
 } from "./client.ts";
 export { type PublishResult, type SubscribeOptions, type Subscription, type Transport } from "./subscribe.ts";
+export {
+  EXPORT_ITEM_BYTES_MAX,
+  type ExportHeader,
+  type ExportItem,
+  readExport,
+  readExportHeader,
+  splitCborSeq,
+} from "./export.ts";
 export { asClientError, type ClientErrorCode, XfClientError } from "./errors.ts";
 export {
   cborArrayOf,

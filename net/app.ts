@@ -30,6 +30,7 @@ import { parseStreamQuery, runStream, sseSink, StreamHub, type StreamOptions, ty
 import type { WSContext, WSEvents } from "@hono/hono/ws";
 import type { FrameChannel } from "./sync.ts";
 import { VERSION } from "../version.ts";
+import { CBOR_SEQ, exportStream } from "./export.ts";
 
 /** A WebSocket route whose binary frames feed a {@linkcode FrameChannel} handed to `accept` on open. */
 function frameRoute(remoteAddr: (c: Context) => string, accept: (ch: FrameChannel, addr: string) => void) {
@@ -510,6 +511,14 @@ export function createApp(node: XfNode, options: AppOptions = {}) {
       const info = await node.merkle(toHex(gid));
       if (!info) throw unknownGroup(gid);
       return c.json(info);
+    })
+    .get("/v1/groups/:gid/export", async (c) => {
+      // The whole group as a CBOR sequence (net/export.ts), read page by page as the caller takes it.
+      const gid = hexParam(c.req.param("gid"), "BAD_GROUP_ID", "group id");
+      await mustRead(gid, c.req.header("authorization"));
+      const body = await exportStream(node, toHex(gid));
+      if (!body) throw unknownGroup(gid);
+      return new Response(body, { headers: { "content-type": CBOR_SEQ, "cache-control": "no-store" } });
     })
     .get("/v1/groups/:gid/proof/:id", async (c) => {
       const gid = hexParam(c.req.param("gid"), "BAD_GROUP_ID", "group id");
