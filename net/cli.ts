@@ -224,6 +224,21 @@ export const COMMANDS: CommandSpec[] = [
     example: "xf sync --peer ws://127.0.0.1:7879 --node http://127.0.0.1:7878",
   },
   {
+    name: "export",
+    summary: "write a group's events to a file, a verifiable CBOR sequence (backup, move)",
+    usage: "--group GID --out FILE [--key FILE] [--node URL]",
+    flags: [GROUP, { name: "out", value: "FILE", help: "the file to write" }, KEY_READ, NODE],
+    example: "xf export --group GID --out friends.xfx --key me.key",
+  },
+  {
+    name: "import",
+    summary: "send a file written by export through the node's pipeline (every event checked again)",
+    args: ["FILE"],
+    usage: "FILE [--group GID] [--key FILE] [--node URL]",
+    flags: [{ ...GROUP, help: "the group the file must be of (default: the file's)" }, KEY_READ, NODE],
+    example: "xf import friends.xfx --node http://127.0.0.1:7879 --key me.key",
+  },
+  {
     name: "fsck",
     summary: "check a stopped node's data: rebuild each group's Merkle tree, compare every page",
     usage: "[--data DIR] [--group GID]...",

@@ -23,6 +23,7 @@ import { fromHex, generateKeyPair, type KeyPair, keyPairFromSeed, toHex } from "
 import type { Tag } from "../storage/event.ts";
 import { type ClientEvent, XfClient, XfClientError } from "../client/mod.ts";
 import { configureLogging, loggingOptions } from "../actors/log.ts";
+import { runExport, runImport } from "./cli_export.ts";
 import { startNodeLogging } from "../actors/node_log.ts";
 import { XfError } from "../storage/errors.ts";
 import { VERSION } from "../version.ts";
@@ -390,6 +391,21 @@ export async function main(args: string[]): Promise<void> {
       const id = f._[0];
       if (!id) throw new UsageError("get needs an event id: xf get ID", cmd);
       return console.log(JSON.stringify(show(await clientFor(f, await reader()).event(id), raw)));
+    }
+    case "export": {
+      const gid = groupFlag(f, cmd);
+      const out = flag(f, "out");
+      if (!out) throw new UsageError("export needs --out FILE", cmd);
+      await runExport({ node: nodeUrl(f), key: await reader(), group: gid, out });
+      return;
+    }
+    case "import": {
+      const file = f._[0];
+      if (!file) throw new UsageError("import needs a FILE written by xf export", cmd);
+      const group = list(f, "group", "XF_GROUP")[0];
+      const r = await runImport({ node: nodeUrl(f), key: await reader(), file, ...(group ? { group } : {}) });
+      if (!r.verified || Object.keys(r.rejected).length) Deno.exit(1);
+      return;
     }
     case "query": {
       const gid = groupFlag(f, cmd);

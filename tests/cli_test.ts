@@ -268,3 +268,31 @@ Deno.test("openNode() writes DATA/FORMAT on first start and upgrades a directory
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test("xf export and xf import move a group between nodes with the same root", async () => {
+  const a = await tempNode(), b = await tempNode();
+  const sa = await serve(a.node, { host: "127.0.0.1", port: 0 });
+  const sb = await serve(b.node, { host: "127.0.0.1", port: 0 });
+  const dir = await Deno.makeTempDir({ prefix: "xf-cli-" });
+  try {
+    await xf(["keygen", "--key", `${dir}/me.key`]);
+    const gid =
+      JSON.parse((await xf(["group", "create", "--name", "g", "--key", `${dir}/me.key`, "--node", sa.url])).out)
+        .group;
+    for (let i = 0; i < 3; i++) {
+      await xf(["publish", "--group", gid, "--text", `m${i}`, "--key", `${dir}/me.key`, "--node", sa.url]);
+    }
+    const ex = await xf(["export", "--group", gid, "--out", `${dir}/g.xfx`, "--node", sa.url]);
+    assertEquals(ex.code, 0, ex.err);
+    const im = await xf(["import", `${dir}/g.xfx`, "--node", sb.url]);
+    assertEquals([im.code, JSON.parse(im.out).verified], [0, true], im.err);
+    assertEquals((await b.node.merkle(gid))!.root, (await a.node.merkle(gid))!.root);
+    assertEquals((await xf(["import", "--node", sb.url])).code, 2);
+  } finally {
+    await sb.shutdown();
+    await sa.shutdown();
+    await b.done();
+    await a.done();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
