@@ -48,13 +48,28 @@ async function rocksPutRate(events: StoredEvent[]): Promise<number> {
   return rate;
 }
 
+/** hypercore, the peer figure's package: installed with npm on first use, for the benchmark only. */
+export const HYPERCORE = "hypercore@11.39.5";
+
 async function hypercoreRate(): Promise<number | null> {
   try {
+    // Bench-only: `deno task start` and `deno task test` never install it. It runs under Node from a cache dir.
+    const dir = `${Deno.env.get("XF_BENCH_CACHE") ?? "/tmp/xf-bench-cache"}/hypercore`;
+    await Deno.mkdir(dir, { recursive: true });
+    if (!(await Deno.stat(`${dir}/node_modules/hypercore`).catch(() => null))) {
+      const inst = await new Deno.Command("npm", {
+        args: ["install", "--no-save", "--no-audit", "--no-fund", "--prefix", dir, HYPERCORE],
+        stdout: "null",
+        stderr: "piped",
+      }).output();
+      if (!inst.success) return null;
+    }
+    await Deno.copyFile(new URL("./hypercore_append.mjs", import.meta.url), `${dir}/hypercore_append.mjs`);
     const out = await new Deno.Command("node", {
-      args: [new URL("./hypercore_append.mjs", import.meta.url).pathname, "50000", "500"],
+      args: [`${dir}/hypercore_append.mjs`, "50000", "500"],
       stdout: "piped",
       stderr: "piped",
-      cwd: new URL("..", import.meta.url).pathname,
+      cwd: dir,
     }).output();
     return JSON.parse(new TextDecoder().decode(out.stdout)).appendsPerSec;
   } catch {

@@ -3,7 +3,7 @@
 // the bare RocksDB writes of the same events; range-fingerprint latency beside
 // nostr-tools' vector storage computing the same fingerprint by scan; proof
 // size and verify time; bytes of index per event.
-import { nip77 } from "nostr-tools";
+import { nip77 } from "npm:nostr-tools@2.25.2";
 import { indexStage } from "../actors/index_stage.ts";
 import { packBatch } from "../actors/batch.ts";
 import { LIMITS } from "../actors/limits.ts";

@@ -3,7 +3,7 @@
 // negentropy reconciling the same two sets in the same run; and full catch-up
 // of a fresh node from a full one over loopback WebSocket, beside the node's
 // own ingest rate.
-import { nip77 } from "nostr-tools";
+import { nip77 } from "npm:nostr-tools@2.25.2";
 import { sha256 } from "@noble/hashes/sha2";
 import { MerkleTree } from "../merkle/mod.ts";
 import { Reconciler } from "../net/negentropy.ts";

@@ -9,7 +9,7 @@
  * @module
  */
 
-import * as esbuild from "esbuild";
+import * as esbuild from "npm:esbuild@0.28.2";
 
 /** Where the bundle goes by default. */
 export const BUNDLE_PATH = "dist/xaeroflux-client.js";

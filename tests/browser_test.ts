@@ -3,7 +3,7 @@
 // reload and a page left and reopened (resume by the stored cursor: each message once, none missed), and a closed
 // group the owner adds the other key to. Needs Chromium at /usr/bin/chromium: skipped without it, failed when CI=true.
 import { assert, assertEquals } from "@std/assert";
-import puppeteer, { type Browser, type BrowserContext, type Page } from "puppeteer-core";
+import puppeteer, { type Browser, type BrowserContext, type Page } from "npm:puppeteer-core@25.16.0";
 import { tempNode } from "./_helpers.ts";
 import { serve } from "../net/server.ts";
 import { buildClient } from "../client/build.ts";

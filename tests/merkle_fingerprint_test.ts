@@ -1,6 +1,6 @@
 import { assert, assertEquals, assertThrows } from "@std/assert";
 import { sha256 } from "@noble/hashes/sha2";
-import { nip77 } from "nostr-tools";
+import { nip77 } from "npm:nostr-tools@2.25.2";
 import {
   compareItems,
   fingerprintOf,

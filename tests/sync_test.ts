@@ -1,5 +1,5 @@
 import { assert, assertEquals } from "@std/assert";
-import { nip77 } from "nostr-tools";
+import { nip77 } from "npm:nostr-tools@2.25.2";
 import { sha256 } from "@noble/hashes/sha2";
 import { hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { channelPair } from "../net/peers.ts";
