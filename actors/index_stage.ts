@@ -74,6 +74,9 @@ export interface EventQuery {
   maxSeq?: number;
 }
 
+/** Group ids remembered as not held (so looking one up again costs no read). */
+export const ABSENT_GROUPS_MAX = 10_000;
+
 /** Groups described in one `index.groupInfo` answer. */
 export const GROUP_INFO_MAX = 1000;
 
@@ -201,6 +204,7 @@ export function indexStage(): Stage<IndexConfig> {
   let checkpoint = 0;
   let trees: GroupTrees | null = null;
   const groups = new Map<string, GroupRecord | null>();
+  const absentGroups = new Set<string>();
   let waiters: { seq: number; resolve(): void }[] = [];
   const caughtUp = (seq: number) => new Promise<void>((resolve) => waiters.push({ seq, resolve }));
   const wake = () => {
@@ -228,11 +232,19 @@ export function indexStage(): Stage<IndexConfig> {
 
   async function group(gid: string): Promise<GroupRecord | null> {
     if (groups.has(gid)) return groups.get(gid)!;
+    // Groups not held are remembered too (bounded): an unknown group costs what a held one does, so the time
+    // of an answer does not tell a closed group from one that does not exist. A manifest indexed later lands
+    // in `groups`, which is looked at first.
+    if (absentGroups.has(gid)) return null;
     const b = fromHex(gid);
     if (!b || b.length !== 32) return null;
     const v = await kv!.get(groupKey(b));
     const rec = v ? decodeGroup(v) : null;
     if (rec) groups.set(gid, rec);
+    else {
+      if (absentGroups.size >= ABSENT_GROUPS_MAX) absentGroups.delete(absentGroups.values().next().value!);
+      absentGroups.add(gid);
+    }
     return rec;
   }
 
@@ -352,7 +364,7 @@ export function indexStage(): Stage<IndexConfig> {
     merkle.commit();
     checkpoint = nextCheckpoint;
     wake();
-    for (const [g, rec] of newGroups) groups.set(g, rec);
+    for (const [g, rec] of newGroups) groups.set(g, rec), absentGroups.delete(g);
     for (const [g, st] of changed) states.set(g, st);
     stats.batches++;
     stats.batchEvents += items.length;

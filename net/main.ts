@@ -151,8 +151,23 @@ async function runServe(f: Flags) {
     if (e instanceof Deno.errors.AddrInUse) throw new Error(`Cannot listen on ${host}:${port}: port ${port} is in use`);
     throw e;
   }
+  // Signals are handled before anything is announced: a stop that comes at once is still clean.
+  let stopping = false;
+  let stopLogs = () => {};
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    console.log(`${signal}: stopping`);
+    await served.shutdown();
+    await node.close();
+    stopLogs();
+    console.log("stopped");
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
+  Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
   console.log(`listening on ${served.url}`);
-  const stopLogs = startNodeLogging(node, { dataDir, url: served.url });
+  stopLogs = startNodeLogging(node, { dataDir, url: served.url });
   // The address peers dial: --public-url, else the listening one unless it is 0.0.0.0 or ::.
   node.publicUrl = publicUrl ?? (UNSPECIFIED_HOSTS.has(host) ? "" : served.url.replace(/^http/, "ws"));
   if (!node.publicUrl) {
@@ -176,19 +191,6 @@ async function runServe(f: Flags) {
   for (const p of peers) node.sync.dial(p);
   // Find each group's other members through its DHT, from the --peer list, and keep syncing with them.
   for (const g of groups) node.dht.join(g, peers);
-  let stopping = false;
-  const stop = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    console.log(`${signal}: stopping`);
-    await served.shutdown();
-    await node.close();
-    stopLogs();
-    console.log("stopped");
-    Deno.exit(0);
-  };
-  Deno.addSignalListener("SIGINT", () => stop("SIGINT"));
-  Deno.addSignalListener("SIGTERM", () => stop("SIGTERM"));
 }
 
 function nodeUrl(f: Flags): string {
