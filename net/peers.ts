@@ -201,6 +201,10 @@ export class NodeSync implements SyncHost {
     return [...new Set([...held, ...this.extraGroups])];
   }
 
+  observeDelivery(seconds: number, n: number): void {
+    this.node.syncDeliverySeconds.observe(seconds, n);
+  }
+
   report(ev: SyncReport): void {
     if (ev.type === "peer") {
       let m = this.peers.get(ev.gid);
