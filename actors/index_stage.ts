@@ -134,7 +134,8 @@ export type IndexCall =
   | { type: "index.peers.save"; gid: string; table: Uint8Array }
   | { type: "index.access"; gid: string; key: string }
   | { type: "index.authorize"; items: AuthorizeItem[]; pending?: AuthorizeItem[] }
-  | { type: "index.stats" };
+  | { type: "index.stats" }
+  | { type: "index.totals" };
 
 /** One event decode wants authorized against its group's membership. */
 export interface AuthorizeItem {
@@ -716,6 +717,16 @@ export function indexStage(): Stage<IndexConfig> {
           const lo = new Uint8Array([KS.group]);
           for await (const [k] of kv!.range({ gte: lo, lt: prefixEnd(lo) })) out.push(toHex(k.subarray(1)));
           return out;
+        }
+        case "index.totals": {
+          // Groups held and events in them (the sum of their Merkle counts), for /metrics.
+          let n = 0, events = 0;
+          const lo = new Uint8Array([KS.group]);
+          for await (const [k] of kv!.range({ gte: lo, lt: prefixEnd(lo) })) {
+            n++;
+            events += await trees!.count(toHex(k.subarray(1)));
+          }
+          return { groups: n, events };
         }
         case "index.stats":
           return { ...stats, checkpoint, groups: groups.size };

@@ -57,6 +57,12 @@ export const LIMITS = {
   stream_lag_bytes_max: 4 * 1024 * 1024,
   /** A stream sends a heartbeat at least this often. */
   stream_heartbeat_ms: 10_000,
+  /** `/metrics` walks the data directory for `xf_data_bytes` at most this often (the figure is cached between). */
+  metrics_disk_walk_ms: 30_000,
+  /** Files and directories one walk of the data directory visits at most (`xf_data_bytes` counts those). */
+  metrics_disk_walk_entries_max: 100_000,
+  /** `/metrics` counts groups and events (`xf_groups`, `xf_events`) at most this often. */
+  metrics_totals_ms: 5_000,
   /** Bytes of one sync WebSocket frame. */
   sync_frame_bytes_max: 1024 * 1024,
   /** Events a sync peer may send before we grant more (its credit window, in events). */

@@ -97,6 +97,14 @@ export class GroupTrees {
     return { root: toHex(r.hash), count: r.count, depth: r.depth };
   }
 
+  /** A group's event count, from its stored root (no pages are loaded for a group not in use). */
+  async count(gid: string): Promise<number> {
+    const hit = this.groups.get(gid);
+    if (hit) return hit.tree.root().count;
+    const rb = await this.kv.get(rootKey(gid));
+    return rb ? (decodeCbor(rb) as [Uint8Array, number, number])[1] : 0;
+  }
+
   /** The tree itself, for range fingerprints (sync). */
   async tree(gid: string): Promise<MerkleTree> {
     return (await this.load(gid)).tree;

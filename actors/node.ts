@@ -15,6 +15,9 @@ import { fromHex, generateKeyPair, type KeyPair, toHex } from "../storage/ed2551
 import { NodeSync } from "../net/peers.ts";
 import { DhtService } from "../net/dht/service.ts";
 import { XfError } from "../storage/errors.ts";
+import { Histogram } from "./histogram.ts";
+import { VERSION } from "../version.ts";
+import { sha256 } from "@noble/hashes/sha2";
 
 /** Options of {@linkcode openNode}. */
 export type NodeOptions = PipelineOptions & {
@@ -37,6 +40,14 @@ export class XfNode {
   #dht: DhtService | null = null;
   /** Where peers reach this node, `ws://host:port` ("" until it listens); announced in the DHT. */
   publicUrl = "";
+  /** Per event stored from a peer's frame: seconds from the frame's arrival to stored. */
+  readonly syncDeliverySeconds: Histogram = new Histogram();
+  /** Per live batch written to a client stream: seconds from the hub receiving it (indexed) to the write. */
+  readonly streamDeliverySeconds: Histogram = new Histogram();
+  /** When the node opened (performance.now() ms). */
+  readonly #opened = performance.now();
+  #disk: { bytes: number; at: number; walking: Promise<number> | null } = { bytes: -1, at: 0, walking: null };
+  #totals: { groups: number; events: number; at: number } | null = null;
 
   /** @internal */
   constructor(readonly pipeline: Pipeline, readonly key: KeyPair, private readonly extraGroups: string[] = []) {}
@@ -135,12 +146,21 @@ export class XfNode {
     return this.pipeline.subscribe(filter, cb);
   }
 
-  /** Liveness and readiness of every stage. */
+  /** Seconds since the node opened. */
+  uptime(): number {
+    return (performance.now() - this.#opened) / 1000;
+  }
+
+  /** Liveness and readiness of every stage, and who this node is (key, node id, version, uptime). */
   health(): {
     status: string;
     ready: boolean;
     stages: Record<string, { state: string; mailbox: number; restarts: number }>;
     recovery: string;
+    key: string;
+    nodeId: string;
+    version: string;
+    uptime: number;
   } {
     const stages: Record<string, { state: string; mailbox: number; restarts: number }> = {};
     for (const s of STAGES) {
@@ -148,7 +168,42 @@ export class XfNode {
       stages[s] = { state: c.state, mailbox: c.depth(), restarts: c.stats.restarts };
     }
     const ready = this.pipeline.state === "ready" && Object.values(stages).every((s) => s.state === "up");
-    return { status: this.pipeline.state, ready, stages, recovery: this.pipeline.recovery };
+    return {
+      status: this.pipeline.state,
+      ready,
+      stages,
+      recovery: this.pipeline.recovery,
+      key: toHex(this.key.publicKey),
+      nodeId: toHex(sha256(this.key.publicKey)),
+      version: VERSION,
+      uptime: Math.round(this.uptime()),
+    };
+  }
+
+  /**
+   * Bytes under the data directory, walked at most every `metrics_disk_walk_ms` (the walk runs in the
+   * background meanwhile; only the first one is awaited).
+   */
+  async #dataBytes(): Promise<number> {
+    const d = this.#disk;
+    const stale = d.bytes < 0 || performance.now() - d.at >= this.limits.metrics_disk_walk_ms;
+    if (stale && !d.walking) {
+      d.walking = walkBytes(this.pipeline.opts.dataDir, this.limits.metrics_disk_walk_entries_max).then((n) => {
+        d.bytes = n;
+        d.at = performance.now();
+        return n;
+      }).finally(() => d.walking = null);
+    }
+    return d.bytes < 0 && d.walking ? await d.walking : d.bytes;
+  }
+
+  /** Groups held and events in them (sum of Merkle counts), counted at most every `metrics_totals_ms`. */
+  async #groupTotals(): Promise<{ groups: number; events: number }> {
+    const t = this.#totals;
+    if (t && performance.now() - t.at < this.limits.metrics_totals_ms) return t;
+    const r = await this.pipeline.index<{ groups: number; events: number }>({ type: "index.totals" });
+    this.#totals = { ...r, at: performance.now() };
+    return r;
   }
 
   /** Prometheus text exposition of the node's figures. */
@@ -160,6 +215,17 @@ export class XfNode {
       lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
       for (const [labels, v] of samples) lines.push(`${name}${labels} ${v}`);
     };
+    const histogram = (name: string, help: string, h: Histogram) => {
+      lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} histogram`, ...h.lines(name));
+    };
+    metric("xf_build_info", "gauge", "Version of this node and of Deno", [[
+      `{version="${VERSION}",deno="${Deno.version.deno}"}`,
+      1,
+    ]]);
+    metric("xf_uptime_seconds", "gauge", "Seconds since the node opened", [[
+      "",
+      Math.round(this.uptime() * 1000) / 1000,
+    ]]);
     const depths = p.depths();
     metric(
       "xf_mailbox_depth",
@@ -189,7 +255,36 @@ export class XfNode {
     );
     metric("xf_inflight_events", "gauge", "Events admitted and not yet indexed", [["", p.inflight()]]);
     metric("xf_events_indexed_total", "counter", "Events written to the index", [["", c.indexed]]);
-    metric("xf_index_batches_total", "counter", "RocksDB index batches", [["", c.indexBatches]]);
+    metric(
+      "xf_index_batches_total",
+      "counter",
+      "RocksDB index batches (mean events per batch: xf_events_indexed_total / xf_index_batches_total)",
+      [["", c.indexBatches]],
+    );
+    histogram(
+      "xf_ack_seconds",
+      "Per event acknowledged (stored or duplicate): seconds from its request's admission to its durable acknowledgement",
+      p.ackSeconds,
+    );
+    histogram(
+      "xf_sync_delivery_seconds",
+      "Per event stored from a peer's events frame: seconds from the frame's arrival to stored",
+      this.syncDeliverySeconds,
+    );
+    histogram(
+      "xf_stream_delivery_seconds",
+      "Per live batch written to a client stream: seconds from the stream hub receiving it (indexed) to the write",
+      this.streamDeliverySeconds,
+    );
+    try {
+      const t = await this.#groupTotals();
+      metric("xf_groups", "gauge", "Groups this node holds", [["", t.groups]]);
+      metric("xf_events", "gauge", "Events this node holds: the sum of its groups' Merkle counts", [["", t.events]]);
+    } catch { /* index down: missing from this scrape */ }
+    metric("xf_data_bytes", "gauge", "Bytes of files under the data directory (walked at most every 30 s)", [[
+      "",
+      Math.max(0, await this.#dataBytes()),
+    ]]);
     try {
       const w = await p.supervisor.child("wal").call<
         { syncs: number; records: number; bytes: number; lastSeq: number; checkpoint: number }
@@ -198,11 +293,12 @@ export class XfNode {
         1000,
       );
       metric("xf_wal_syncs_total", "counter", "WAL fdatasync calls (group commits)", [["", w.syncs]]);
-      metric("xf_wal_records_total", "counter", "WAL records appended", [["", w.records]]);
-      metric("xf_wal_batch_records", "gauge", "Mean records per WAL group commit", [[
-        "",
-        w.syncs ? w.records / w.syncs : 0,
-      ]]);
+      metric(
+        "xf_wal_records_total",
+        "counter",
+        "WAL records appended (mean records per group commit: xf_wal_records_total / xf_wal_syncs_total)",
+        [["", w.records]],
+      );
       metric("xf_wal_last_seq", "gauge", "Last WAL sequence number", [["", w.lastSeq]]);
       metric("xf_wal_checkpoint_seq", "gauge", "WAL sequence number the index holds", [["", w.checkpoint]]);
     } catch { /* stage down: its figures are missing from this scrape */ }
@@ -212,18 +308,17 @@ export class XfNode {
       metric("xf_sync_sessions_total", "counter", "Sync sessions opened", [["", sc.sessionsOpened]]);
       metric("xf_sync_sessions_refused_total", "counter", "Sync sessions refused (limit)", [["", sc.sessionsRefused]]);
       metric("xf_sync_events_received_total", "counter", "Events received from peers", [["", sc.eventsReceived]]);
-      metric("xf_sync_missing_events", "gauge", "Events known to be missing from peers (current syncs)", [[
+      metric("xf_sync_missing_events", "gauge", "Events found missing and asked of peers (current syncs)", [[
         "",
         sc.missing,
       ]]);
-      metric("xf_sync_received_events", "gauge", "Of those, received", [["", sc.received]]);
+      metric("xf_sync_received_events", "gauge", "Of those, received (never more than xf_sync_missing_events)", [[
+        "",
+        sc.received,
+      ]]);
       metric("xf_sync_remaining_events", "gauge", "Of those, still to come", [["", sc.progressRemaining]]);
     }
     if (this.#dht) lines.push(...(await this.#dht.metrics()));
-    metric("xf_index_batch_events", "gauge", "Mean events per index batch", [[
-      "",
-      c.indexBatches ? c.walAppended / c.indexBatches : 0,
-    ]]);
     return lines.join("\n") + "\n";
   }
 
@@ -233,6 +328,24 @@ export class XfNode {
     this.#sync?.close();
     return await this.pipeline.stop();
   }
+}
+
+/** Bytes of the files under `dir`, visiting at most `entriesMax` entries (symbolic links are not followed). */
+async function walkBytes(dir: string, entriesMax: number): Promise<number> {
+  let bytes = 0, seen = 0;
+  const stack = [dir];
+  while (stack.length && seen < entriesMax) {
+    const d = stack.pop()!;
+    try {
+      for await (const e of Deno.readDir(d)) {
+        if (++seen > entriesMax) break;
+        const path = `${d}/${e.name}`;
+        if (e.isDirectory) stack.push(path);
+        else if (e.isFile) bytes += await Deno.lstat(path).then((s) => s.size, () => 0);
+      }
+    } catch { /* gone meanwhile, or unreadable: not counted */ }
+  }
+  return bytes;
 }
 
 /** A CBOR array holding already-encoded items. */

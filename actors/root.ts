@@ -28,6 +28,7 @@ import { advertiseStage, type SubscriptionFilter } from "./advertise.ts";
 import { XfError } from "../storage/errors.ts";
 import { openDataDir } from "../storage/format.ts";
 import { DATA_FORMAT_VERSION } from "../version.ts";
+import { Histogram } from "./histogram.ts";
 
 /** The pipeline's stages, in start order. */
 export const STAGES = ["ingest", "decode", "wal", "index", "advertise"] as const;
@@ -69,6 +70,8 @@ interface OpenRequest {
   n: number | null;
   results: (EventResult | undefined)[];
   settled: number;
+  /** When the request was admitted (performance.now() ms), for `xf_ack_seconds`. */
+  admitted: number;
   resolve(r: EventResult[]): void;
   reject(e: XfError): void;
   timer: ReturnType<typeof setTimeout>;
@@ -104,6 +107,8 @@ export class Pipeline {
     indexBatches: 0,
     restarts: 0,
   };
+  /** Per event stored or duplicate: seconds from its request's admission to its acknowledgement. */
+  readonly ackSeconds: Histogram = new Histogram();
   state: "starting" | "ready" | "stopping" | "stopped" | "failed" = "starting";
   /** What recovery did at the last start. */
   recovery = "";
@@ -242,7 +247,15 @@ export class Pipeline {
     this.counters.requests++;
     return new Promise<EventResult[]>((resolve, reject) => {
       const timer = setTimeout(() => this.timeout(req), this.limits.request_timeout_ms);
-      this.requests.set(req, { n: null, results: [], settled: 0, resolve, reject, timer });
+      this.requests.set(req, {
+        n: null,
+        results: [],
+        settled: 0,
+        admitted: performance.now(),
+        resolve,
+        reject,
+        timer,
+      });
       this.outbox.push({ req, gid, body });
       if (!this.flushScheduled) {
         this.flushScheduled = true;
@@ -296,9 +309,11 @@ export class Pipeline {
       if (!r || r.results[it.idx]) continue; // answered already (a resend after a restart)
       r.results[it.idx] = it;
       r.settled++;
-      if (it.status === "stored") this.counters.stored++;
-      else if (it.status === "duplicate") this.counters.duplicates++;
-      else this.counters.rejected[it.code ?? "INTERNAL"] = (this.counters.rejected[it.code ?? "INTERNAL"] ?? 0) + 1;
+      if (it.status === "stored" || it.status === "duplicate") {
+        this.ackSeconds.observe((performance.now() - r.admitted) / 1000);
+        if (it.status === "stored") this.counters.stored++;
+        else this.counters.duplicates++;
+      } else this.counters.rejected[it.code ?? "INTERNAL"] = (this.counters.rejected[it.code ?? "INTERNAL"] ?? 0) + 1;
       this.maybeDone(it.req, r);
     }
   }

@@ -29,7 +29,6 @@ import type { GroupInfoView } from "../actors/index_stage.ts";
 import { parseStreamQuery, runStream, sseSink, StreamHub, type StreamOptions, type StreamSink } from "./stream.ts";
 import type { WSContext, WSEvents } from "@hono/hono/ws";
 import type { FrameChannel } from "./sync.ts";
-import { VERSION } from "../version.ts";
 import { CBOR_SEQ, exportStream } from "./export.ts";
 
 /** A WebSocket route whose binary frames feed a {@linkcode FrameChannel} handed to `accept` on open. */
@@ -66,6 +65,18 @@ function wsChannel(ws: WSContext): FrameChannel {
     onClose: null,
     buffered: () => (ws.raw as WebSocket | undefined)?.bufferedAmount ?? 0,
   };
+}
+
+/** The dashboard page (`GET /`, `net/dashboard.html`), read once on first use (a file or a URL beside this one). */
+let dashboardPage: Promise<string> | null = null;
+function dashboard(): Promise<string> {
+  return dashboardPage ??= fetch(new URL("./dashboard.html", import.meta.url)).then((r) => {
+    if (!r.ok) throw new XfError("INTERNAL", `Cannot read the dashboard page: HTTP ${r.status}`);
+    return r.text();
+  }).catch((e) => {
+    dashboardPage = null;
+    throw e instanceof XfError ? e : new XfError("INTERNAL", `Cannot read the dashboard page: ${(e as Error).message}`);
+  });
 }
 
 /** Media type of CBOR bodies. */
@@ -407,9 +418,14 @@ export function createApp(node: XfNode, options: AppOptions = {}) {
         },
       });
     })
+    .get("/", async (c) => {
+      // The dashboard: a static page that reads /health, /metrics, /v1/groups and the peers routes as any
+      // anonymous caller may (a token typed into it opens closed groups).
+      return c.html(await dashboard(), 200, { "cache-control": "no-cache" });
+    })
     .get("/health", (c) => {
       const h = node.health();
-      return c.json({ ...h, version: VERSION }, h.ready ? 200 : 503);
+      return c.json(h, h.ready ? 200 : 503);
     })
     .get("/metrics", async (c) => {
       return c.text(await node.metrics(), 200, { "content-type": "text/plain; version=0.0.4" });

@@ -201,6 +201,10 @@ export class NodeSync implements SyncHost {
     return [...new Set([...held, ...this.extraGroups])];
   }
 
+  observeDelivery(seconds: number, n: number): void {
+    this.node.syncDeliverySeconds.observe(seconds, n);
+  }
+
   report(ev: SyncReport): void {
     if (ev.type === "peer") {
       let m = this.peers.get(ev.gid);
@@ -229,6 +233,10 @@ export class NodeSync implements SyncHost {
       }
       const m = this.peers.get(ev.gid)?.get(ev.node);
       if (m) m.lastSeen = Date.now();
+      // A completed sync: what we hold now is what we reconciled to with this peer (its synced root).
+      if (m && ev.done && ev.missing === ev.received) {
+        this.node.merkle(ev.gid).then((r) => r && (m.syncedRoot = r.root), () => {});
+      }
     } else if (ev.type === "closed") {
       for (const s of this.sessions) {
         if (s.state !== "closed") continue;

@@ -135,7 +135,11 @@ export interface StreamSink {
 export class LiveBatch {
   #kinds: number[] | undefined;
   #sse: Uint8Array | undefined;
-  constructor(readonly events: Uint8Array[], readonly seqs: number[]) {}
+  /**
+   * @param received When the hub received the batch's first event (`performance.now()` ms), for
+   * `xf_stream_delivery_seconds`.
+   */
+  constructor(readonly events: Uint8Array[], readonly seqs: number[], readonly received = performance.now()) {}
   /** Each event's kind (-1 if unreadable). */
   get kinds(): number[] {
     return this.#kinds ??= this.events.map((b) => peekEvent(b)?.kind ?? -1);
@@ -169,6 +173,8 @@ interface HubGroup {
   unsub: Promise<() => Promise<void>>;
   events: Uint8Array[];
   seqs: number[];
+  /** When the first event of the batch being gathered arrived (performance.now() ms). */
+  since: number;
   timer: ReturnType<typeof setTimeout> | undefined;
 }
 
@@ -188,8 +194,16 @@ export class StreamHub {
   async join(gid: string, l: Listener): Promise<() => void> {
     let g = this.#groups.get(gid);
     if (!g) {
-      const fresh: HubGroup = { listeners: new Set(), unsub: null!, events: [], seqs: [], timer: undefined };
+      const fresh: HubGroup = {
+        listeners: new Set(),
+        unsub: null!,
+        events: [],
+        seqs: [],
+        since: 0,
+        timer: undefined,
+      };
       fresh.unsub = this.node.subscribe({ gid }, (events, seqs) => {
+        if (!fresh.events.length) fresh.since = performance.now();
         fresh.events.push(...events);
         fresh.seqs.push(...seqs);
         if (fresh.events.length >= STREAM_BATCH_EVENTS_MAX) this.#flush(fresh);
@@ -216,7 +230,7 @@ export class StreamHub {
     clearTimeout(g.timer);
     g.timer = undefined;
     if (!g.events.length) return;
-    const batch = new LiveBatch(g.events, g.seqs);
+    const batch = new LiveBatch(g.events, g.seqs, g.since);
     g.events = [];
     g.seqs = [];
     for (const l of g.listeners) l(batch);
@@ -312,6 +326,9 @@ export async function runStream(o: StreamOptions, sink: StreamSink): Promise<voi
     }, () => checking = false);
   };
   const filtered = query.kinds.length > 0 || query.authors.length > 0;
+  /** A live batch was written to this stream: time since the hub received it (`xf_stream_delivery_seconds`). */
+  const delivered = (batch: LiveBatch) =>
+    node.streamDeliverySeconds.observe((performance.now() - batch.received) / 1000);
   const live = (batch: LiveBatch) => {
     if (done) return;
     if (batch.engine) recheck(); // manifest or membership: may the reader still read?
@@ -320,9 +337,11 @@ export async function runStream(o: StreamOptions, sink: StreamSink): Promise<voi
       // The common case: every event, all new to this stream: the batch's shared SSE chunk.
       sent = seqs.at(-1)!;
       sink.chunk(batch.sse());
+      delivered(batch);
       lagging();
       return;
     }
+    let wrote = false;
     for (let i = 0; i < events.length; i++) {
       const b = events[i]!, seq = seqs[i]!;
       if (!matches(b)) continue;
@@ -335,9 +354,11 @@ export async function runStream(o: StreamOptions, sink: StreamSink): Promise<voi
       } else if (seq > sent) {
         sent = seq;
         sink.event(b, arrivalCursor(seq));
+        wrote = true;
         if (lagging()) return;
       }
     }
+    if (wrote) delivered(batch);
   };
   try {
     leave = await o.hub.join(gid, live);

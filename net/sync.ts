@@ -112,6 +112,8 @@ export interface SyncHost {
   groups(): Promise<string[]>;
   /** Progress and peer sightings, for /metrics, the peers route and library users. */
   report(ev: SyncReport): void;
+  /** `n` events of a peer's frame were stored `seconds` after the frame arrived (`xf_sync_delivery_seconds`). */
+  observeDelivery?(seconds: number, n: number): void;
 }
 
 /** What a session reports as it goes. */
@@ -367,6 +369,7 @@ export class SyncSession {
         `Peer sent ${this.inboundBytes} bytes not yet handled (limit ${this.host.limits.sync_inbound_bytes_max})`,
       );
     }
+    const arrived = performance.now();
     let f: Frame;
     try {
       f = decodeFrame(bytes, this.host.limits.sync_frame_bytes_max, "Frame");
@@ -375,13 +378,13 @@ export class SyncSession {
       return this.fail(w.code, w.message);
     }
     // Frames are handled one after another, in arrival order.
-    this.work = this.work.then(() => this.handle(f)).catch((e) => {
+    this.work = this.work.then(() => this.handle(f, arrived)).catch((e) => {
       const w = toWire(e);
       this.fail(w.code === "INTERNAL" ? "BAD_FRAME" : w.code, w.message);
     }).finally(() => this.inboundBytes -= bytes.length);
   }
 
-  private async handle(f: Frame) {
+  private async handle(f: Frame, arrived = performance.now()) {
     if (this.state === "closed") return;
     const t = f.get("t") as string;
     if (t === "error") {
@@ -415,7 +418,7 @@ export class SyncSession {
       case "missing":
         return this.onMissing(f);
       case "events":
-        return await this.onEvents(f);
+        return await this.onEvents(f, arrived);
       case "credit":
         return this.onCredit(f);
       default:
@@ -868,7 +871,7 @@ export class SyncSession {
     });
   }
 
-  private async onEvents(f: Frame) {
+  private async onEvents(f: Frame, arrived: number) {
     const gid = field<string>(f, "gid", isGid, "64 hex digits");
     const events = field<Uint8Array[]>(
       f,
@@ -924,22 +927,27 @@ export class SyncSession {
     }
     // Something new was stored (a manifest or membership may be among it): try the waiting ones again.
     if (stored && this.retry.length > 0) await this.retryWaiting(gid);
-    let rejected = 0;
+    let rejected = 0, storedNow = 0;
     for (const r of results) {
       if (r.status === "rejected") rejected++;
-      else this.stats.eventsStored++;
+      else if (r.status === "stored") storedNow++;
     }
+    this.stats.eventsStored += results.length - rejected;
     this.stats.eventsRejected += rejected;
+    this.host.observeDelivery?.((performance.now() - arrived) / 1000, storedNow);
+    // Progress counts only events this session asked for (found missing), so received never exceeds missing;
+    // events the peer pushes unasked (what it found we lack, live ones) are in the totals, not here.
+    const wanted = this.pendingWants.get(gid);
+    let hits = 0;
+    if (wanted) {
+      for (const e of events) if (wanted.delete(toHex(sha256(e)))) hits++;
+    }
     const p = this.progress.get(gid);
-    if (p && !f.get("live")) {
-      p.received += events.length;
+    if (p && hits) {
+      p.received += hits;
       this.host.report({ type: "progress", gid, node: this.peer, ...p });
     }
-    const wanted = this.pendingWants.get(gid);
-    if (wanted) {
-      for (const e of events) wanted.delete(toHex(sha256(e)));
-      this.checkDone(gid);
-    }
+    if (wanted) this.checkDone(gid);
     giveBack();
     // A peer that sends mostly garbage is cut off.
     const notYet = new Set(["OVERLOADED", "STAGE_DOWN", "TIMEOUT", "UNKNOWN_GROUP", "FORBIDDEN", "SHUTTING_DOWN"]);
