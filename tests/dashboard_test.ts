@@ -3,7 +3,7 @@
 // error and shows what the JSON routes answer (node id, version, stages, groups and counts, the peer). A screenshot
 // goes to test-output/dashboard.png. Needs Chromium at /usr/bin/chromium: skipped without it, failed when CI=true.
 import { assert, assertEquals } from "@std/assert";
-import puppeteer, { type Browser } from "puppeteer-core";
+import puppeteer, { type Browser } from "npm:puppeteer-core@25.16.0";
 import { hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { serve } from "../net/server.ts";
 
