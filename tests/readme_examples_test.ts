@@ -10,7 +10,6 @@
 // printed by the last `publish`. Not run: `deno task test` (this test is part of it).
 import { assert, assertEquals } from "@std/assert";
 // Test-only, so not in deno.json: `deno task start` installs only what a node runs (README).
-// deno-lint-ignore no-import-prefix
 import puppeteer, { type Browser } from "npm:puppeteer-core@25.16.0";
 
 const ROOT = new URL("..", import.meta.url).pathname;
