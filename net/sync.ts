@@ -445,9 +445,10 @@ export class SyncSession {
   private recheck(gid: string) {
     this.rights.delete(gid);
     this.held.add(gid);
-    this.right(gid).then((ok) => {
+    const check = this.right(gid);
+    check.then((ok) => {
       if (this.state === "closed") return;
-      if (!this.rights.has(gid)) return; // checked again meanwhile; that check decides
+      if (this.rights.get(gid) !== check) return; // checked again meanwhile: the later check decides
       this.held.delete(gid);
       if (ok) this.pump();
       else this.revoke(gid);
