@@ -71,6 +71,11 @@ export interface SecureOptions {
   frameMax: number;
   /** Time the peer has to complete the handshake. */
   handshakeMs: number;
+  /**
+   * Source of the handshake's randomness (the ephemeral X25519 secret, then the challenge), `n` bytes
+   * a call; default `crypto.getRandomValues`. Fixed only to make test vectors reproducible.
+   */
+  random?: (n: number) => Uint8Array;
 }
 
 /** The proven peer: its Ed25519 key and the info it signed. */
@@ -121,9 +126,9 @@ export class SecureChannel implements FrameChannel {
   #raw: FrameChannel;
   #o: SecureOptions;
   #state: "handshake" | "open" | "closed" = "handshake";
-  #eSecret = x25519.utils.randomPrivateKey();
+  #eSecret: Uint8Array;
   #ePublic: Uint8Array;
-  #challenge = crypto.getRandomValues(new Uint8Array(32));
+  #challenge: Uint8Array;
   #th: Uint8Array = new Uint8Array(0);
   #ss: Uint8Array | null = null;
   #hsIn: Uint8Array | null = null;
@@ -141,6 +146,9 @@ export class SecureChannel implements FrameChannel {
   constructor(raw: FrameChannel, options: SecureOptions) {
     this.#raw = raw;
     this.#o = options;
+    const random = options.random ?? ((n: number) => crypto.getRandomValues(new Uint8Array(n)));
+    this.#eSecret = random(32).slice();
+    this.#challenge = random(32).slice();
     this.#ePublic = x25519.getPublicKey(this.#eSecret);
     this.ready = new Promise<PeerProof>((res, rej) => {
       this.#resolve = res;
