@@ -14,7 +14,7 @@
  *   hs3 {box_i}                                   ──►                   box_i under k_hs_i
  *   then every frame: ChaCha20-Poly1305(k_dir, counter_dir, frame)
  *
- *  h1 = SHA-256(cbor(["xf-session", 2, p]) ‖ hs1)     ss = X25519(e_i, e_r)
+ *  h0 = SHA-256(cbor(["xf-session", 2, p]))  h1 = SHA-256(h0 ‖ hs1)  ss = X25519(e_i, e_r)
  *  h2 = SHA-256(h1 ‖ e_r ‖ c_r)                       k_hs_i ‖ k_hs_r = HKDF(ss, h2, "xf-session hs")
  *  box_r = [payload_r, Ed25519_r(cbor(["xf-session-v2", "responder", h2, payload_r]))]
  *  h3 = SHA-256(h2 ‖ box_r)

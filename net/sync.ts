@@ -316,7 +316,8 @@ export class SyncSession {
   }
 
   private strike(code: ErrorCode, message: string, gid?: string) {
-    this.send(frame("error", { code, message, gid }));
+    // Not fatal: the peer is told, and the session goes on until it has too many.
+    this.send(frame("error", { code, message, gid, strike: gid === undefined ? true : undefined }));
     if (++this.strikes >= this.host.limits.sync_strikes_max) {
       this.fail(code, `Too many protocol violations; last: ${message}`);
     }
@@ -325,6 +326,7 @@ export class SyncSession {
   private closed(reason: string) {
     if (this.state === "closed") return;
     this.state = "closed";
+    this.secure.close(reason); // the socket too, whoever ended the session
     this.closeReason = reason;
     clearInterval(this.ticker);
     clearTimeout(this.retryTimer);
@@ -398,6 +400,7 @@ export class SyncSession {
         this.finish(gid);
         return;
       }
+      if (f.get("strike") === true) return; // a strike against us: the peer goes on
       return this.closed(`peer error ${code}: ${String(f.get("message") ?? "")}`);
     }
     if (t === "bye") return this.closed(`peer said bye: ${String(f.get("reason") ?? "")}`);

@@ -17,6 +17,7 @@ import { fromHex, toHex } from "../../storage/ed25519.ts";
 import { XfError } from "../../storage/errors.ts";
 import { socketChannel } from "../peers.ts";
 import type { FrameChannel } from "../secure.ts";
+import { encodeFrame } from "../frames.ts";
 import { ID_BITS, K_BUCKET, RESPONSE_CONTACTS_MAX } from "./limits.ts";
 import { Lookup } from "./lookup.ts";
 import {
@@ -132,7 +133,11 @@ export class DhtService implements DhtHost {
       fromAddr >= this.limits.dht_sessions_per_addr_max
     ) {
       this.counters.sessionsRefused++;
-      ch.close("OVERLOADED: too many DHT sessions");
+      const why = fromAddr >= this.limits.dht_sessions_per_addr_max
+        ? `${fromAddr} DHT sessions from this address`
+        : "too many DHT sessions";
+      ch.send(encodeFrame("error", { code: "OVERLOADED", message: `Cannot accept a session: ${why}` }));
+      ch.close(`OVERLOADED: ${why}`);
       return null;
     }
     const s = new DhtSession(this, ch, "server", remote);
