@@ -637,7 +637,13 @@ export function indexStage(): Stage<IndexConfig> {
             r = new Reconciler(tree, { ...opts, idListReply: true });
           }
           if (!msg.msg) return { output: r.initiate(), have: [], need: [] };
-          const res = r.reconcile(msg.msg);
+          let res: ReturnType<Reconciler["reconcile"]>;
+          try {
+            res = r.reconcile(msg.msg);
+          } catch (e) {
+            if (msg.session) sessions.delete(msg.session); // a failed reconciliation does not resume
+            throw e;
+          }
           if (msg.session && res.output === null) sessions.delete(msg.session);
           return { output: res.output, have: res.have.map((h) => h.slice()), need: res.need.map((h) => h.slice()) };
         }

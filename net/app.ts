@@ -60,7 +60,7 @@ function wsChannel(ws: WSContext): FrameChannel {
     send: (f) => {
       if (ws.readyState === 1) ws.send(f as Uint8Array<ArrayBuffer>);
     },
-    close: (reason) => ws.close(1000, reason.slice(0, 120)),
+    close: (reason, code = 1000) => ws.close(code, reason.slice(0, 120)),
     onFrame: null,
     onClose: null,
     buffered: () => (ws.raw as WebSocket | undefined)?.bufferedAmount ?? 0,

@@ -127,7 +127,7 @@ class Writer {
 }
 
 function malformed(detail: string): XfError {
-  return new XfError("BAD_CBOR", `Cannot decode negentropy message: ${detail}`);
+  return new XfError("BAD_FRAME", `Cannot decode negentropy message: ${detail}`);
 }
 
 /** A cursor over an incoming message; every read is bounds-checked. */
@@ -267,7 +267,14 @@ export class Reconciler {
    * the version byte, on which the initiator completes).
    *
    * An id may be reported again in a later round when a frame size limit
-   * cut a round short. Throws `XfError` `BAD_CBOR` on a malformed message.
+   * cut a round short. Throws `XfError` `BAD_FRAME` on a malformed message
+   * (the detail names the byte offset of the offending field).
+   *
+   * A message of another protocol version (a first byte 0x60..0x6f other
+   * than {@linkcode PROTOCOL_VERSION}) is, as in the negentropy spec and the
+   * C++ reference, answered by a responder with the single byte of our
+   * version (and nothing learned); an initiator throws `XfError`
+   * `UNSUPPORTED_VERSION` instead, which ends that reconciliation.
    */
   reconcile(msg: Uint8Array): ReconcileResult {
     if (!(msg instanceof Uint8Array)) {
@@ -280,12 +287,22 @@ export class Reconciler {
     const r = new Reader(msg);
     const version = r.byte("protocol version");
     if (version !== PROTOCOL_VERSION) {
-      if (version >= 0x60 && version <= 0x6f) {
-        throw malformed(
-          `unsupported protocol version ${version - 0x60} (byte 0x${version.toString(16)})`,
+      if (version < 0x60 || version > 0x6f) {
+        throw malformed(`bad protocol version byte 0x${version.toString(16)} at byte 0`);
+      }
+      if (this.#initiator) {
+        throw new XfError(
+          "UNSUPPORTED_VERSION",
+          `Cannot reconcile: the peer answered with negentropy protocol version ${version - 0x60} (byte 0x${
+            version.toString(16)
+          }); this node speaks only version ${PROTOCOL_VERSION - 0x60}`,
         );
       }
-      throw malformed(`bad protocol version byte 0x${version.toString(16)}`);
+      // The spec's fallback: reply with only the version we support, so the initiator can retry in it.
+      const output = Uint8Array.of(PROTOCOL_VERSION);
+      this.stats.messages++;
+      this.stats.bytesOut += output.length;
+      return { output, have: [], need: [] };
     }
     this.#lastTsIn = 0;
     this.#lastTsOut = 0;
@@ -317,6 +334,7 @@ export class Reconciler {
       if (compareItems(bound, prevBound) <= 0) {
         throw malformed(`bound out of order at byte ${rangeStart}`);
       }
+      const modeAt = r.pos;
       const mode = r.varint("mode");
       const lower = prevIndex;
       let upper = storage.findLowerBound(prevIndex, size, bound);
@@ -332,10 +350,11 @@ export class Reconciler {
           this.#splitRange(lower, upper, bound, out);
         }
       } else if (mode === MODE_ID_LIST) {
+        const countAt = r.pos;
         const count = r.varint("id count");
         if (count * ID_BYTES > r.remaining) {
           throw malformed(
-            `id list of ${count} ids at byte ${rangeStart} exceeds the ${r.remaining} bytes left in the message`,
+            `id list of ${count} ids at byte ${countAt} exceeds the ${r.remaining} bytes left in the message`,
           );
         }
         const theirs = new Map<string, Uint8Array>();
@@ -374,7 +393,7 @@ export class Reconciler {
           for (const id of theirs.values()) need.push(id.slice());
         }
       } else {
-        throw malformed(`unknown mode ${mode} at byte ${rangeStart}`);
+        throw malformed(`unknown mode ${mode} at byte ${modeAt}`);
       }
 
       if (this.#exceeds(out.length)) {
@@ -472,10 +491,11 @@ export class Reconciler {
       }
     }
     this.#lastTsIn = ts;
+    const lenAt = r.pos;
     const len = r.varint("bound length");
     if (len > ID_BYTES) {
       throw malformed(
-        `bound id prefix of ${len} bytes at byte ${start} exceeds ${ID_BYTES}`,
+        `bound id prefix of ${len} bytes at byte ${lenAt} exceeds ${ID_BYTES}`,
       );
     }
     return { ts, id: r.bytes(len, "bound id") };

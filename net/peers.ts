@@ -44,9 +44,10 @@ export function socketChannel(ws: WebSocket): FrameChannel {
     send: (f) => {
       if (ws.readyState === WebSocket.OPEN) ws.send(f);
     },
-    close: (reason) => {
+    close: (reason, code = 1000) => {
       try {
-        ws.close(1000, reason.slice(0, 120));
+        // A browser-style client socket may only send 1000 or 3000..4999: 1002/1008 go as 4002/4008.
+        ws.close(code === 1000 || code >= 3000 ? code : 4000 + (code % 1000), reason.slice(0, 120));
       } catch { /* closed already */ }
     },
     onFrame: null,
@@ -261,7 +262,7 @@ export class NodeSync implements SyncHost {
         ? `${fromAddr} sync sessions from this address`
         : "too many sync sessions";
       ch.send(encodeFrame("error", { code: "OVERLOADED", message: `Cannot accept a session: ${why}` }));
-      ch.close(`OVERLOADED: ${why}`);
+      ch.close(`OVERLOADED: ${why}`, 1008);
       return null;
     }
     const s = new SyncSession(this, ch, "server", "", remote);

@@ -50,10 +50,32 @@ export const AEAD_TAG_BYTES = 16;
 /** What a session is for; a proof made for one is useless for the other. */
 export type SessionPurpose = "sync" | "dht";
 
+/** WebSocket close code of a normal end (`bye`, node stopping). */
+export const CLOSE_NORMAL = 1000;
+/** WebSocket close code of a protocol error (a frame that does not parse or breaks the protocol). */
+export const CLOSE_PROTOCOL_ERROR = 1002;
+/** WebSocket close code of a policy violation (limits, refusals, anything else that ends a session in error). */
+export const CLOSE_POLICY_VIOLATION = 1008;
+
+const PROTOCOL_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  "BAD_FRAME",
+  "BAD_CBOR",
+  "FRAME_TOO_LARGE",
+  "UNSOLICITED",
+  "NOT_SUBSCRIBED",
+  "UNSUPPORTED_VERSION",
+]);
+
+/** The WebSocket close code for a session ended by error `code`: 1002 (protocol error) or 1008 (policy). */
+export function closeCodeOf(code: ErrorCode): number {
+  return PROTOCOL_ERRORS.has(code) ? CLOSE_PROTOCOL_ERROR : CLOSE_POLICY_VIOLATION;
+}
+
 /** A bidirectional channel of binary frames (a WebSocket, or a test pipe). */
 export interface FrameChannel {
   send(frame: Uint8Array): void;
-  close(reason: string): void;
+  /** Close with a reason and a WebSocket close code (default {@linkcode CLOSE_NORMAL}). */
+  close(reason: string, code?: number): void;
   onFrame: ((frame: Uint8Array) => void) | null;
   onClose: ((reason: string) => void) | null;
   /** Bytes handed to `send` and not yet written to the socket (0 where unknown). */
@@ -207,7 +229,7 @@ export class SecureChannel implements FrameChannel {
     const err = encodeFrame("error", { code, message });
     if (this.#state === "open") this.send(err);
     else this.#rawSend(err);
-    this.#raw.close(`${code}: ${message}`.slice(0, 120));
+    this.#raw.close(`${code}: ${message}`.slice(0, 120), closeCodeOf(code));
     this.#closed(`${code}: ${message}`, new XfError(code, message));
   }
 

@@ -587,7 +587,16 @@ export class SyncSession {
       // A reply to our reconciliation.
       o.negOutstanding = false;
       this.stats.negRounds++;
-      const res = await this.host.reconcile(gid, this.sessionId + gid, msg);
+      let res: Awaited<ReturnType<SyncHost["reconcile"]>>;
+      try {
+        res = await this.host.reconcile(gid, this.sessionId + gid, msg);
+      } catch (e) {
+        if (!(e instanceof XfError && e.code === "UNSUPPORTED_VERSION")) throw e;
+        // The peer speaks another negentropy version: this group's reconciliation ends; the session stays.
+        log.sync.warn("reconciliation refused", { group: short(gid), node: short(this.peer), error: e.message });
+        if (this.ours.get(gid) === o) this.finish(gid);
+        return;
+      }
       if (!res) return this.fail("UNSOLICITED", `No reconciliation under way for group "${gid}"`);
       if (this.ours.get(gid) !== o) return;
       this.act(gid, res.have, res.need);

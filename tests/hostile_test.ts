@@ -492,3 +492,91 @@ Deno.test("DHT sessions: a claimed key must sign, and a sync handshake is refuse
     await victim.done();
   }
 });
+
+/** Resolves with the client socket's close event (code and reason as the node sent them). */
+function closeEventOf(ws: WebSocket): Promise<CloseEvent> {
+  return new Promise((resolve) => ws.addEventListener("close", (ev) => resolve(ev as CloseEvent)));
+}
+
+Deno.test("A neg of another negentropy version is answered with the bare byte 0x61, and the session stays", async () => {
+  const victim = await served();
+  try {
+    const mKey = await generateKeyPair();
+    const g = await closedGroupWith(victim.node, [mKey.publicKey], 3);
+    const p = await socketPeer(victim.url, "/v1/sync", mKey, "sync", SYNC_INFO);
+    p.send("sub", { gid: g.hex });
+    await p.next("sub.ok");
+    p.send("neg", { gid: g.hex, msg: new Uint8Array([0x62, 0x00, 0x01, 0x02]) });
+    assertEquals([...(await p.next("neg")).get("msg") as Uint8Array], [0x61]);
+    // Then v1 works on the same session.
+    const s = new VectorStorage();
+    s.seal();
+    p.send("neg", { gid: g.hex, msg: new Reconciler(s).initiate() });
+    assertEquals(((await p.next("neg")).get("msg") as Uint8Array)[0], 0x61);
+    assertEquals(p.frames.filter((f) => f.get("t") === "error"), []);
+    const closing = closeEventOf(p.ws);
+    p.sec.close("done");
+    assertEquals((await closing).code, 1000);
+  } finally {
+    await victim.done();
+  }
+});
+
+Deno.test("A malformed negentropy message ends the session with BAD_FRAME and WebSocket close code 1002", async () => {
+  const victim = await served();
+  try {
+    const mKey = await generateKeyPair();
+    const g = await closedGroupWith(victim.node, [mKey.publicKey], 3);
+    for (
+      const [msg, detail] of [
+        [[0x61, 0x00, 0x00, 0x03], "unknown mode 3 at byte 3"],
+        [[0x61, 0x80], "truncated varint (timestamp) at byte 1"],
+        [[0x61, 0x00, 0x00, 0x02, 0x05, 0x00], "id list of 5 ids at byte 4"],
+        [[0x61, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00], "range after the end bound at byte 4"],
+      ] as const
+    ) {
+      const p = await socketPeer(victim.url, "/v1/sync", mKey, "sync", SYNC_INFO);
+      const closing = closeEventOf(p.ws);
+      p.send("sub", { gid: g.hex });
+      await p.next("sub.ok");
+      p.send("neg", { gid: g.hex, msg: Uint8Array.from(msg) });
+      assertEquals(await p.endCode(), "BAD_FRAME");
+      const err = p.frames.find((f) => f.get("t") === "error")!;
+      assert(String(err.get("message")).includes(detail), String(err.get("message")));
+      const ev = await closing;
+      assertEquals(ev.code, 1002);
+      assert(ev.reason.startsWith("BAD_FRAME"), ev.reason);
+    }
+  } finally {
+    await victim.done();
+  }
+});
+
+Deno.test("Close codes: a frame that is not CBOR gets 1002, a policy violation 1008, a normal bye 1000", async () => {
+  const victim = await served(undefined, { sync_idle_ms: 1000 });
+  try {
+    const k = await generateKeyPair();
+    // Garbage inside the encrypted session.
+    const bad = await socketPeer(victim.url, "/v1/sync", k, "sync", SYNC_INFO);
+    const badClose = closeEventOf(bad.ws);
+    await bad.sec.ready;
+    bad.sec.send(new Uint8Array([0xff, 0x00]));
+    assert(["BAD_CBOR", "BAD_FRAME"].includes(await bad.endCode()));
+    assertEquals((await badClose).code, 1002);
+    // A frame before the handshake completed, in clear: refused as UNAUTHORIZED/BAD_FRAME and closed in error.
+    const ws = new WebSocket(victim.ws + "/v1/sync");
+    const wsClose = closeEventOf(ws);
+    await new Promise((r) => ws.onopen = r);
+    ws.send(encodeCbor(new Map([["t", "sub"]]) as never));
+    const ev = await wsClose;
+    assert(ev.code === 1002 || ev.code === 1008, `${ev.code} ${ev.reason}`);
+    // Idle: the node says bye and closes normally.
+    const idle = await socketPeer(victim.url, "/v1/sync", k, "sync", SYNC_INFO);
+    const idleClose = closeEventOf(idle.ws);
+    assert((await idle.closed(5000)).includes("idle"));
+    assertEquals(idle.frames.find((f) => f.get("t") === "bye")?.get("t"), "bye");
+    assertEquals((await idleClose).code, 1000);
+  } finally {
+    await victim.done();
+  }
+});

@@ -328,28 +328,34 @@ Deno.test("Reconciler counts messages, bytes and fingerprints", () => {
 function assertBad(msg: number[] | Uint8Array, text: string): void {
   const e = assertThrows(() => ours(makeItems(100, 71)).reconcile(Uint8Array.from(msg)));
   assertInstanceOf(e, XfError);
-  assertEquals(e.code, "BAD_CBOR");
+  assertEquals(e.code, "BAD_FRAME");
   assertStringIncludes(e.message, "Cannot decode negentropy message: ");
   assertStringIncludes(e.message, text);
 }
 
 Deno.test("Reconciler.reconcile() refuses malformed messages", () => {
-  assertBad([], "truncated protocol version");
-  assertBad([0x62], "unsupported protocol version 2");
-  assertBad([0x00, 0x00, 0x00, 0x00], "bad protocol version byte 0x0");
-  assertBad([0x61, 0x80], "truncated varint (timestamp)");
-  assertBad([0x61, 0x00, 0x00], "truncated varint (mode)");
+  assertBad([], "truncated protocol version at byte 0");
+  assertBad([0x00, 0x00, 0x00, 0x00], "bad protocol version byte 0x0 at byte 0");
+  assertBad([0x70], "bad protocol version byte 0x70 at byte 0");
+  assertBad([0x61, 0x80], "truncated varint (timestamp) at byte 1");
+  assertBad([0x61, 0x00, 0x00], "truncated varint (mode) at byte 3");
   assertBad(
     [0x61, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f, 0, 0],
     "exceeds 2^53",
   );
-  assertBad([0x61, 0x00, 0x00, 0x03], "unknown mode 3");
+  assertBad([0x61, 0x00, 0x00, 0x03], "unknown mode 3 at byte 3");
+  // The offsets are the offending field's, not the range's: a second range starts at byte 4 here.
+  assertBad([0x61, 0x02, 0x00, 0x00, 0x00, 0x00, 0x07], "unknown mode 7 at byte 6");
   assertBad(
     [0x61, 0x00, 0x21, ...new Uint8Array(33), 0x00],
-    "bound id prefix of 33 bytes",
+    "bound id prefix of 33 bytes at byte 2",
   );
-  assertBad([0x61, 0x00, 0x02, 0x01], "truncated bound id");
-  assertBad([0x61, 0x00, 0x00, 0x01, 1, 2, 3], "truncated fingerprint");
+  assertBad(
+    [0x61, 0x02, 0x00, 0x00, 0x03, 0x21, ...new Uint8Array(33), 0x00],
+    "bound id prefix of 33 bytes at byte 5",
+  );
+  assertBad([0x61, 0x00, 0x02, 0x01], "truncated bound id at byte 3");
+  assertBad([0x61, 0x00, 0x00, 0x01, 1, 2, 3], "truncated fingerprint at byte 4");
   assertBad([
     0x61,
     0x00,
@@ -357,10 +363,14 @@ Deno.test("Reconciler.reconcile() refuses malformed messages", () => {
     0x02,
     ...encodeVarint(1000),
     ...new Uint8Array(64),
-  ], "id list of 1000 ids");
+  ], "id list of 1000 ids at byte 4");
   assertBad(
     [0x61, 0x00, 0x00, 0x02, 0xff, 0xff, 0xff, 0x7f],
-    "id list of 268435455 ids",
+    "id list of 268435455 ids at byte 4",
+  );
+  assertBad(
+    [0x61, 0x02, 0x00, 0x00, 0x00, 0x00, 0x02, 0x05, ...new Uint8Array(64)],
+    "id list of 5 ids at byte 7 exceeds the 64 bytes left",
   );
   assertBad([0x61, 0x06, 0x00, 0x00, 0x01, 0x00, 0x00], "bound out of order");
   assertBad(
@@ -370,8 +380,33 @@ Deno.test("Reconciler.reconcile() refuses malformed messages", () => {
   assertBad([0x61, 0x01, 0x00, 0x00], "bound out of order"); // (0, "") is not above the start
   assertBad(
     [0x61, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00],
-    "range after the end bound",
-  );
+    "range after the end bound at byte 4",
+  ); // trailing bytes after the last range
+});
+
+Deno.test("Reconciler: a responder answers an unsupported protocol version with the bare version byte 0x61", () => {
+  for (const v of [0x60, 0x62, 0x6f]) {
+    const r = ours(makeItems(100, 71)).rec;
+    const res = r.reconcile(Uint8Array.from([v, 0x00, 0x00, 0x07, 0xff])); // the rest is another version's: not read
+    assertEquals([...res.output!], [0x61]);
+    assertEquals(res.have.length + res.need.length, 0);
+    assertEquals(r.stats.bytesOut, 1);
+  }
+  // Out of the version range (0x60..0x6f) it is not a negentropy message at all.
+  const e = assertThrows(() => ours(makeItems(10, 71)).rec.reconcile(Uint8Array.of(0x5f)), XfError);
+  assertEquals(e.code, "BAD_FRAME");
+});
+
+Deno.test("Reconciler: an initiator given another version's reply ends with UNSUPPORTED_VERSION", () => {
+  const r = ours(makeItems(100, 71)).rec;
+  r.initiate();
+  const e = assertThrows(() => r.reconcile(Uint8Array.of(0x62)), XfError);
+  assertEquals(e.code, "UNSUPPORTED_VERSION");
+  assertStringIncludes(e.message, "version 2 (byte 0x62)");
+  // The bare byte of our own version is the ordinary end: nothing left to reconcile.
+  const done = ours(makeItems(100, 71)).rec;
+  done.initiate();
+  assertEquals(done.reconcile(Uint8Array.of(0x61)).output, null);
 });
 
 Deno.test("Reconciler.reconcile() on mutated messages returns or throws XfError", () => {

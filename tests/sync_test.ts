@@ -250,3 +250,38 @@ Deno.test("node.sync.dial() resolves after the first sync, and whenSynced(gid) l
     await a.done();
   }
 });
+
+Deno.test("A peer that answers in another negentropy version ends that group's reconciliation, not the session", async () => {
+  const a = await tempNode(), b = await tempNode();
+  try {
+    const g = await testGroup();
+    const gid = hexOf(g.gid);
+    await a.node.publish([g.manifest, ...(await makeEvents(g, 5))]);
+    await b.node.publish([g.manifest, ...(await makeEvents(g, 5, Date.now() - 500_000))]);
+    // b's responder speaks only a "version 2": it answers every neg with the bare byte 0x62.
+    const real = b.node.sync;
+    const host = new Proxy(real, {
+      get(t, k) {
+        if (k === "reconcile") {
+          return (id: string, session: string | null, msg: Uint8Array | null) =>
+            session === null && msg
+              ? Promise.resolve({ output: Uint8Array.of(0x62), have: [], need: [] })
+              : t.reconcile(id, session, msg);
+        }
+        const v = Reflect.get(t, k, t);
+        return typeof v === "function" ? v.bind(t) : v;
+      },
+    });
+    const [ca, cb] = channelPair();
+    const server = new SyncSession(host, cb, "server", "in-process");
+    const client = new SyncSession(a.node.sync, ca, "client", "in-process");
+    await client.sync(gid); // resolves: the reconciliation ended
+    assertEquals(client.state, "ready");
+    assertEquals(server.state, "ready");
+    assertEquals((await allIds(a.node, gid)).length, 6, "nothing moved");
+    client.close();
+  } finally {
+    await a.done();
+    await b.done();
+  }
+});
