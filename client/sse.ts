@@ -47,7 +47,11 @@ export async function* readSse(
   body: ReadableStream<Uint8Array>,
   onActivity?: () => void,
 ): AsyncGenerator<SseMessage> {
-  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  // Decoded here rather than by TextDecoderStream: Deno's streaming decoder also drops a U+FEFF that
+  // starts the second chunk (found by tests/fuzz_test.ts); only the stream's first character may be a BOM.
+  const reader = body.getReader();
+  const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+  let first = true;
   /** The unterminated line so far, in pieces (joined once, when it ends: each character is scanned once). */
   let pending: string[] = [];
   let pendingChars = 0;
@@ -55,8 +59,13 @@ export async function* readSse(
   let skipLf = false;
   try {
     while (true) {
-      const { done, value: text } = await reader.read();
+      const { done, value: bytes } = await reader.read();
       if (done) return;
+      let text = decoder.decode(bytes, { stream: true });
+      if (first && text.length > 0) {
+        first = false;
+        if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+      }
       onActivity?.();
       let start = 0;
       for (let i = 0; i < text.length; i++) {

@@ -919,9 +919,11 @@ interface FuzzFixture {
   /** "ok" (decodes and re-encodes to the same bytes), "null", or an error code. */
   expect: string;
   finding: string;
+  /** Where a byte stream is cut into chunks (readSse). */
+  chunks?: number[];
 }
 
-const REPLAY: Record<string, (b: Uint8Array) => Promise<string>> = {
+const REPLAY: Record<string, (b: Uint8Array, fx: FuzzFixture) => Promise<string>> = {
   decodeCbor: (b) => result(() => (checkCbor(b), "ok")),
   skipItem: (b) => result(() => skipItem(b, 0) === b.length ? "ok" : "short"),
   decodeEvent: (b) => result(() => (checkEvent(b), decodeEvent(b), "ok")),
@@ -930,9 +932,9 @@ const REPLAY: Record<string, (b: Uint8Array) => Promise<string>> = {
       const r = dht.decodeRecord(b);
       return r === null ? "null" : same(dht.encodeRecord(r), b) ? "ok" : "not canonical";
     }),
-  readSse: async (b) => {
+  readSse: async (b, fx) => {
     try {
-      const got = await readAll(streamOf(b, []));
+      const got = await readAll(streamOf(b, fx.chunks ?? []));
       assertEquals(got, referenceSse(new TextDecoder().decode(b)));
       return "ok";
     } catch (e) {
@@ -957,7 +959,7 @@ Deno.test("fuzz fixtures replay with their expected outcome", async () => {
     const fx = JSON.parse(await Deno.readTextFile(new URL(f.name, dir))) as FuzzFixture;
     const run = REPLAY[fx.decoder];
     if (!run) throw new Error(`${f.name}: no replay for decoder "${fx.decoder}"`);
-    assertEquals(await run(unhex(fx.hex)), fx.expect, `${f.name}: ${fx.finding}`);
+    assertEquals(await run(unhex(fx.hex), fx), fx.expect, `${f.name}: ${fx.finding}`);
   }
 });
 
