@@ -7,6 +7,8 @@
  * @module
  */
 
+import { XfClientError } from "./errors.ts";
+
 /** One dispatched server-sent message. */
 export interface SseMessage {
   /** The `event` field; "message" when none. */
@@ -18,10 +20,15 @@ export interface SseMessage {
 
 /** Longest line the reader buffers (a bound against a stream with no newline). */
 export const SSE_LINE_BYTES_MAX = 1 << 20;
+/** Most `data` characters one message gathers (a bound against a stream with no blank line). */
+export const SSE_MESSAGE_BYTES_MAX = 1 << 20;
 
 /**
  * The messages of an event stream, in order. `onActivity` is called for
  * every chunk read (heartbeat comments included), for stall detection.
+ * Throws {@linkcode XfClientError} `BAD_RESPONSE` when a line is longer than
+ * {@linkcode SSE_LINE_BYTES_MAX} or a message's data than
+ * {@linkcode SSE_MESSAGE_BYTES_MAX}.
  *
  * @example
  * ```ts
@@ -40,19 +47,29 @@ export async function* readSse(
   body: ReadableStream<Uint8Array>,
   onActivity?: () => void,
 ): AsyncGenerator<SseMessage> {
-  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
-  let buf = "";
-  let event = "", data: string[] = [], lastEventId = "";
+  // Decoded here rather than by TextDecoderStream: Deno's streaming decoder also drops a U+FEFF that
+  // starts the second chunk (found by tests/fuzz_test.ts); only the stream's first character may be a BOM.
+  const reader = body.getReader();
+  const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
+  let first = true;
+  /** The unterminated line so far, in pieces (joined once, when it ends: each character is scanned once). */
+  let pending: string[] = [];
+  let pendingChars = 0;
+  let event = "", data: string[] = [], dataChars = 0, lastEventId = "";
   let skipLf = false;
   try {
     while (true) {
-      const { done, value } = await reader.read();
+      const { done, value: bytes } = await reader.read();
       if (done) return;
+      let text = decoder.decode(bytes, { stream: true });
+      if (first && text.length > 0) {
+        first = false;
+        if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
+      }
       onActivity?.();
-      buf += value;
       let start = 0;
-      for (let i = 0; i < buf.length; i++) {
-        const c = buf.charCodeAt(i);
+      for (let i = 0; i < text.length; i++) {
+        const c = text.charCodeAt(i);
         if (skipLf) {
           skipLf = false;
           if (c === 10) {
@@ -61,13 +78,19 @@ export async function* readSse(
           }
         }
         if (c !== 10 && c !== 13) continue;
-        const line = buf.slice(start, i);
+        let line = text.slice(start, i);
+        if (pending.length > 0) {
+          line = pending.join("") + line;
+          pending = [];
+          pendingChars = 0;
+        }
         start = i + 1;
         if (c === 13) skipLf = true;
         if (line === "") {
           if (data.length > 0) yield { event: event || "message", data: data.join("\n"), lastEventId };
           event = "";
           data = [];
+          dataChars = 0;
           continue;
         }
         if (line.startsWith(":")) continue;
@@ -76,12 +99,26 @@ export async function* readSse(
         let value = colon < 0 ? "" : line.slice(colon + 1);
         if (value.startsWith(" ")) value = value.slice(1);
         if (field === "event") event = value;
-        else if (field === "data") data.push(value);
-        else if (field === "id" && !value.includes("\0")) lastEventId = value;
+        else if (field === "data") {
+          dataChars += value.length + 1;
+          if (dataChars > SSE_MESSAGE_BYTES_MAX) {
+            throw new XfClientError(
+              "BAD_RESPONSE",
+              `Cannot read event stream: a message's data is longer than ${SSE_MESSAGE_BYTES_MAX} characters`,
+            );
+          }
+          data.push(value);
+        } else if (field === "id" && !value.includes("\0")) lastEventId = value;
       }
-      buf = buf.slice(start);
-      if (buf.length > SSE_LINE_BYTES_MAX) {
-        throw new Error(`Cannot read event stream: a line is longer than ${SSE_LINE_BYTES_MAX} characters`);
+      if (start < text.length) {
+        pending.push(text.slice(start));
+        pendingChars += text.length - start;
+        if (pendingChars > SSE_LINE_BYTES_MAX) {
+          throw new XfClientError(
+            "BAD_RESPONSE",
+            `Cannot read event stream: a line is longer than ${SSE_LINE_BYTES_MAX} characters`,
+          );
+        }
       }
     }
   } finally {

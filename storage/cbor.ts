@@ -34,7 +34,8 @@ export const CBOR_DEPTH_MAX = 16;
 export const CBOR_ITEMS_MAX = 100_000;
 
 const textEncoder = new TextEncoder();
-const textDecoder = new TextDecoder("utf-8", { fatal: true });
+// ignoreBOM: a leading U+FEFF is part of the string; stripping it would give one value two encodings.
+const textDecoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 class Writer {
   buf: Uint8Array<ArrayBuffer> = new Uint8Array(256);
@@ -261,7 +262,8 @@ export class CborReader {
       case 0:
         return h.arg;
       case 1:
-        return typeof h.arg === "bigint" ? -1n - h.arg : -1 - h.arg;
+        // -1 - (2^53 - 1) = -2^53 is not a safe integer: it is a bigint, as the encoder needs it.
+        return typeof h.arg === "bigint" || h.arg === Number.MAX_SAFE_INTEGER ? -1n - BigInt(h.arg) : -1 - h.arg;
       case 2:
       case 3:
         this.pos = start;
@@ -353,7 +355,8 @@ export function skipItem(buf: Uint8Array, pos: number, end: number = buf.length,
     if (p + size > end) fail("truncated (head argument)");
     let v = 0;
     for (let i = 0; i < size; i++) v = v * 256 + buf[p + i]!;
-    if (!Number.isSafeInteger(v)) fail("length over 2^53");
+    // An integer, tag or float may be past 2^53; only a length or count must fit.
+    if (!Number.isSafeInteger(v) && major >= 2 && major <= 5) fail("length over 2^53");
     arg = v;
     p += size;
   }

@@ -111,7 +111,8 @@ const DOMAIN = new TextEncoder().encode("xf-dht-announce-v1");
 const SIG_BYTES = 64;
 const HEAD_BYTES = DOMAIN.length + 3 * 32 + 3 * 8 + 2;
 const encoder = new TextEncoder();
-const decoder = new TextDecoder("utf-8", { fatal: true });
+/** `ignoreBOM`: a leading U+FEFF stays in `addr`, so a decoded record re-encodes to its bytes. */
+const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /**
  * A fresh Ed25519 identity.
