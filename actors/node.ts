@@ -10,6 +10,7 @@ import { Pipeline, type PipelineOptions, STAGES } from "./root.ts";
 import type { EventResult } from "./batch.ts";
 import type { SubscriptionFilter } from "./advertise.ts";
 import type { ArrivalQuery, EventQuery } from "./index_stage.ts";
+import type { FsckResult } from "./merkle_store.ts";
 import { encodeEvent, type Event } from "../storage/event.ts";
 import { fromHex, generateKeyPair, type KeyPair, toHex } from "../storage/ed25519.ts";
 import { NodeSync } from "../net/peers.ts";
@@ -130,9 +131,18 @@ export class XfNode {
     return this.pipeline.index({ type: "index.proof", gid, id });
   }
 
-  /** Rebuild a group's tree from its events and compare every page. */
-  fsck(gid: string): Promise<{ ok: boolean; count: number; firstDifference?: string } | null> {
-    return this.pipeline.index({ type: "index.fsck", gid });
+  /**
+   * Check a group: rebuild its tree from its time index and compare every page, and read and hash every event
+   * the tree or the index names; lists damaged or missing events (restorable from peers: their ids are known).
+   * Null if the group is unknown.
+   */
+  fsck(gid: string): Promise<FsckResult | null> {
+    return this.pipeline.index({ type: "index.fsck", gid }, this.pipeline.limits.request_timeout_ms * 30);
+  }
+
+  /** Read every key and value of the store once (each block's checksum is verified); the first failure. */
+  scan(): Promise<{ ok: boolean; keys: number; problem?: string }> {
+    return this.pipeline.index({ type: "index.scan" }, this.pipeline.limits.request_timeout_ms * 30);
   }
 
   /**

@@ -395,8 +395,8 @@ export class Pipeline {
   }
 
   /** Ask the index stage; it answers once it holds every event acknowledged so far. */
-  index<T>(msg: object): Promise<T> {
-    return this.supervisor.child("index").call<T>({ ...msg, after: this.ackedSeq });
+  index<T>(msg: object, timeoutMs?: number): Promise<T> {
+    return this.supervisor.child("index").call<T>({ ...msg, after: this.ackedSeq }, timeoutMs);
   }
 
   /** Subscribe to events as they are indexed; returns the unsubscribe function. */
