@@ -171,6 +171,7 @@ export class XfNode {
     nodeId: string;
     version: string;
     uptime: number;
+    storage: "ok" | "full";
   } {
     const stages: Record<string, { state: string; mailbox: number; restarts: number }> = {};
     for (const s of STAGES) {
@@ -187,6 +188,7 @@ export class XfNode {
       nodeId: toHex(sha256(this.key.publicKey)),
       version: VERSION,
       uptime: Math.round(this.uptime()),
+      storage: this.pipeline.storageFull ? "full" : "ok",
     };
   }
 
@@ -231,6 +233,10 @@ export class XfNode {
     metric("xf_build_info", "gauge", "Version of this node and of Deno", [[
       `{version="${VERSION}",deno="${Deno.version.deno}"}`,
       1,
+    ]]);
+    metric("xf_storage_full", "gauge", "1 while the disk is full and writes are refused with STORAGE_FULL", [[
+      "",
+      this.pipeline.storageFull ? 1 : 0,
     ]]);
     metric("xf_uptime_seconds", "gauge", "Seconds since the node opened", [[
       "",

@@ -198,3 +198,110 @@ Deno.test({
       )
     ),
 });
+
+const isRoot = Deno.uid?.() === 0;
+
+Deno.test({
+  ...TEST,
+  name: "A full disk (64 MiB tmpfs): writes refused with STORAGE_FULL, reads served, writes resume by themselves",
+  ignore: !isRoot,
+  fn: () =>
+    bounded(
+      (async () => {
+        const mnt = await Deno.makeTempDir({ prefix: "xf-full-" });
+        const mount = await new Deno.Command("mount", { args: ["-t", "tmpfs", "-o", "size=64m", "tmpfs", mnt] })
+          .output();
+        if (!mount.success) {
+          console.log(`skipped: cannot mount a tmpfs (${new TextDecoder().decode(mount.stderr).trim()})`);
+          await Deno.remove(mnt).catch(() => {});
+          return;
+        }
+        try {
+          const dir = `${mnt}/data`;
+          // Space the test gives back later.
+          await Deno.writeFile(`${mnt}/ballast`, new Uint8Array(12 << 20));
+          const g = await testGroup("full");
+          const gid = hexOf(g.gid);
+          const { signEvent } = await import("../storage/event.ts");
+          let ts = Date.now() - 10_000_000;
+          const big = async (n: number) => {
+            const out: StoredEvent[] = [];
+            for (let i = 0; i < n; i++) {
+              out.push(
+                await signEvent(g.owner, {
+                  group: g.gid,
+                  ts: ts++,
+                  kind: 16,
+                  tags: [],
+                  payload: crypto.getRandomValues(new Uint8Array(16_000)),
+                }),
+              );
+            }
+            return out;
+          };
+          const acked = new Map<string, Uint8Array>();
+          const node = await openNode({ dataDir: dir, workers: false, limits: { wal_segment_bytes_max: 4 << 20 } });
+          let closed = false;
+          try {
+            await publishAll(node, [g.manifest], acked);
+            let full = 0;
+            for (let round = 0; round < 120 && full < 3; round++) {
+              const batch = await big(50);
+              const res = await node.publish(batch.map((e) => e.bytes)).catch((e) => [
+                { status: "rejected", code: (e as { code?: string }).code },
+              ]);
+              res.forEach((r, i) => {
+                if (r.status === "stored" || r.status === "duplicate") acked.set(hexOf(batch[i]!.id), batch[i]!.bytes);
+              });
+              if (res.some((r) => r.code === "STORAGE_FULL")) full++;
+              else if (res.some((r) => r.status === "rejected")) {
+                throw new Error(`unexpected rejection: ${JSON.stringify(res.find((r) => r.status === "rejected"))}`);
+              }
+            }
+            assert(full > 0, "the disk never filled");
+            // Up, serving reads, showing the condition.
+            assertEquals(node.pipeline.state, "ready");
+            assertEquals(node.health().storage, "full");
+            assert((await node.metrics()).includes("xf_storage_full 1"));
+            for (const [id, bytes] of acked) assertEquals(hexOf((await node.get(id))!), hexOf(bytes));
+            // Space returns: writes are taken again without a restart.
+            await Deno.remove(`${mnt}/ballast`);
+            const deadline = Date.now() + 15_000;
+            let resumed = false;
+            while (Date.now() < deadline && !resumed) {
+              await new Promise((r) => setTimeout(r, 250));
+              const batch = await big(1);
+              const res = await node.publish(batch.map((e) => e.bytes)).catch(() => []);
+              if (res[0]?.status === "stored") {
+                acked.set(hexOf(batch[0]!.id), batch[0]!.bytes);
+                resumed = true;
+              }
+            }
+            assert(resumed, "writes did not resume after space returned");
+            assertEquals(node.health().storage, "ok");
+            await node.close();
+            closed = true;
+          } finally {
+            if (!closed) await node.close().catch(() => {});
+          }
+          // Nothing acknowledged lost.
+          const again = await openNode({ dataDir: dir, workers: false });
+          try {
+            for (const [id, bytes] of acked) assertEquals(hexOf((await again.get(id))!), hexOf(bytes), id);
+            const f = await again.fsck(gid);
+            assert(f?.ok, f?.firstDifference ?? JSON.stringify(f?.damaged.slice(0, 3)));
+          } finally {
+            await again.close();
+          }
+          console.log(`full disk: ${acked.size} acknowledged, all present`);
+        } finally {
+          await new Deno.Command("umount", { args: [mnt] }).output();
+          await Deno.remove(mnt, { recursive: true }).catch(() => {});
+        }
+      })(),
+      "full disk",
+      60_000,
+    ),
+});
+
+if (!isRoot) console.log("disk_faults_test: full-disk case skipped: not root (it mounts a tmpfs)");
