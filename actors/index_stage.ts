@@ -118,6 +118,7 @@ export type IndexCall =
   | { type: "index.merkle"; gid: string }
   | { type: "index.proof"; gid: string; id: string }
   | { type: "index.fsck"; gid: string }
+  | { type: "index.scan" }
   | { type: "index.getMany"; ids: Uint8Array; bytesMax?: number }
   | {
     type: "index.reconcile";
@@ -595,6 +596,26 @@ export function indexStage(): Stage<IndexConfig> {
         case "index.fsck":
           if (!(await group(msg.gid))) return null;
           return await trees!.fsck(msg.gid);
+        case "index.scan": {
+          // Read every key and value once (RocksDB verifies each block's checksum): fsck's store-wide pass.
+          let keys = 0;
+          let last: Uint8Array | null = null;
+          try {
+            for await (const [k] of kv!.range({})) {
+              keys++;
+              last = k.slice();
+            }
+            return { ok: true, keys };
+          } catch (e) {
+            return {
+              ok: false,
+              keys,
+              problem: `RocksDB unreadable after ${keys} keys (last key ${last ? toHex(last) : "none"}): ${
+                (e as Error).message
+              }`,
+            };
+          }
+        }
         case "index.getMany": {
           const keys: Uint8Array[] = [];
           for (let i = 0; i < msg.ids.length; i += 32) keys.push(eventKey(msg.ids.subarray(i, i + 32)));

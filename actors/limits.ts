@@ -41,6 +41,10 @@ export const LIMITS = {
   index_batch_events_max: 4096,
   /** Bytes of one WAL segment file before a new one starts. */
   wal_segment_bytes_max: 64 * 1024 * 1024,
+  /** Bytes of the reserve file kept in the data directory; deleted when the disk is full so a clean stop can proceed. */
+  storage_reserve_bytes: 4 * 1024 * 1024,
+  /** While the disk is full, free space is probed (by writing the reserve file again) this often. */
+  storage_full_probe_ms: 1000,
   /** Every request that waits for a reply gives up after this. */
   request_timeout_ms: 10_000,
   /** A stage restarted more than this many times ... */

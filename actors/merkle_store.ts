@@ -16,6 +16,7 @@ import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { fromHex, toHex } from "../storage/ed25519.ts";
 import { decodeEvent, type StoredEvent } from "../storage/event.ts";
 import { XfError } from "../storage/errors.ts";
+import { sha256 } from "@noble/hashes/sha2";
 
 interface GroupTree {
   pages: Map<string, Uint8Array>;
@@ -121,17 +122,135 @@ export class GroupTrees {
     return (await this.load(gid)).tree.prove({ ts: ev.ts, id });
   }
 
-  /** Rebuild a group's tree from its time index and compare page by page. */
-  async fsck(gid: string): Promise<{ ok: boolean; count: number; firstDifference?: string }> {
-    const gt = await this.load(gid);
+  /**
+   * Check a group in full, reading the store directly (not the cache): every Merkle page (its bytes hash to
+   * its key and the tree is the one its time index rebuilds), and every event the tree or the time index
+   * names (readable, its id the SHA-256 of its bytes, in this group). A read error is a finding, never a
+   * throw. An event whose id is known can be restored from a peer that holds it.
+   */
+  async fsck(gid: string): Promise<FsckResult> {
     const g = fromHex(gid)!;
+    const problems: string[] = [];
+    // Pages, read afresh.
+    const pages = new Map<string, Uint8Array>();
+    const prefix = merklePrefix(g);
+    try {
+      for await (const [k, v] of this.kv.range({ gte: prefix, lt: prefixEnd(prefix) })) {
+        pages.set(toHex(k.subarray(33)), v.slice());
+      }
+    } catch (e) {
+      problems.push(`Merkle pages unreadable after ${pages.size} pages: ${(e as Error).message}`);
+    }
+    let root: RootInfo | null = null;
+    try {
+      const rb = await this.kv.get(rootKey(gid));
+      if (rb) {
+        const [hash, count, depth] = decodeCbor(rb) as [Uint8Array, number, number];
+        root = { hash, count, depth };
+      }
+    } catch (e) {
+      problems.push(`Merkle root unreadable: ${(e as Error).message}`);
+    }
+    // The time index.
     const items: { ts: number; id: Uint8Array }[] = [];
     const lo = timeKeyFloor(g, 0).subarray(0, 33);
-    for await (const [k] of this.kv.range({ gte: lo, lt: prefixEnd(lo) })) {
-      const ts = Number(new DataView(k.buffer, k.byteOffset + 33, 8).getBigUint64(0));
-      items.push({ ts, id: k.slice(41, 73) });
+    try {
+      for await (const [k] of this.kv.range({ gte: lo, lt: prefixEnd(lo) })) {
+        const ts = Number(new DataView(k.buffer, k.byteOffset + 33, 8).getBigUint64(0));
+        items.push({ ts, id: k.slice(41, 73) });
+      }
+    } catch (e) {
+      problems.push(`time index unreadable after ${items.length} entries: ${(e as Error).message}`);
     }
-    const r = gt.tree.fsck(items);
-    return { ...r, count: items.length };
+    const tree = new MerkleTree({ get: (h: Uint8Array) => pages.get(toHex(h)) }, root, { cachePages: 0 });
+    let firstDifference: string | undefined;
+    try {
+      const r = tree.fsck(items);
+      if (!r.ok) firstDifference = r.firstDifference;
+    } catch (e) {
+      firstDifference = `Cannot compare the Merkle tree: ${(e as Error).message}`;
+    }
+    // Ids the Merkle tree knows (as far as its pages can be read), then the time index's.
+    const known = new Map<string, { ts: number; inTree: boolean }>();
+    try {
+      if (root && root.count > 0) {
+        tree.iterate(0, root.count, (it) => {
+          known.set(toHex(it.id), { ts: it.ts, inTree: true });
+        });
+      }
+    } catch (e) {
+      problems.push(`Merkle leaves unreadable after ${known.size} ids: ${(e as Error).message}`);
+    }
+    for (const it of items) {
+      const hex = toHex(it.id);
+      if (!known.has(hex)) known.set(hex, { ts: it.ts, inTree: false });
+    }
+    const damaged: DamagedEvent[] = [];
+    const ids = [...known.keys()];
+    for (let i = 0; i < ids.length; i += FSCK_READ_BATCH) {
+      const chunk = ids.slice(i, i + FSCK_READ_BATCH);
+      let values: (Uint8Array | undefined | Error)[];
+      try {
+        values = await this.kv.getMany(chunk.map((h) => eventKey(fromHex(h)!)));
+      } catch {
+        // One unreadable block fails the whole read: read one by one to say which.
+        values = [];
+        for (const h of chunk) values.push(await this.kv.get(eventKey(fromHex(h)!)).catch((e) => e as Error));
+      }
+      chunk.forEach((hex, j) => {
+        const v = values[j];
+        let problem = "";
+        if (v instanceof Error) problem = `unreadable: ${v.message}`;
+        else if (v === undefined) problem = "missing";
+        else if (toHex(sha256(v)) !== hex) problem = "bytes do not hash to its id";
+        else if (v.length < 36 || toHex(v.subarray(4, 36)) !== gid) problem = "not an event of this group";
+        if (problem) damaged.push({ id: hex, problem, restorable: true, inTree: known.get(hex)!.inTree });
+      });
+    }
+    const ok = !firstDifference && problems.length === 0 && damaged.length === 0;
+    return {
+      ok,
+      count: items.length,
+      ...(firstDifference ? { firstDifference } : {}),
+      pages: pages.size,
+      eventsChecked: ids.length,
+      damaged: damaged.slice(0, FSCK_DAMAGED_MAX),
+      damagedCount: damaged.length,
+      problems,
+    };
   }
+}
+
+/** Event reads per RocksDB `getMany` during fsck. */
+export const FSCK_READ_BATCH = 256;
+/** Damaged events listed in one fsck report (the count is always exact). */
+export const FSCK_DAMAGED_MAX = 10_000;
+
+/** An event fsck found damaged or missing. */
+export interface DamagedEvent {
+  /** Hex event id. */
+  id: string;
+  /** What is wrong: `missing`, `unreadable: …`, `bytes do not hash to its id`, `not an event of this group`. */
+  problem: string;
+  /** Its id is known, so a peer holding it can send it again (sync asks by id). */
+  restorable: boolean;
+  /** Whether the id came from the Merkle tree (else only from the time index). */
+  inTree: boolean;
+}
+
+/** What `fsck` found in one group. */
+export interface FsckResult {
+  ok: boolean;
+  /** Entries in the time index. */
+  count: number;
+  /** The first Merkle page that differs from the rebuilt tree (or cannot be read or verified). */
+  firstDifference?: string;
+  /** Merkle pages stored. */
+  pages: number;
+  /** Events read and hashed. */
+  eventsChecked: number;
+  damaged: DamagedEvent[];
+  damagedCount: number;
+  /** Keyspaces that could not be read in full. */
+  problems: string[];
 }

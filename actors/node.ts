@@ -10,6 +10,7 @@ import { Pipeline, type PipelineOptions, STAGES } from "./root.ts";
 import type { EventResult } from "./batch.ts";
 import type { SubscriptionFilter } from "./advertise.ts";
 import type { ArrivalQuery, EventQuery } from "./index_stage.ts";
+import type { FsckResult } from "./merkle_store.ts";
 import { encodeEvent, type Event } from "../storage/event.ts";
 import { fromHex, generateKeyPair, type KeyPair, toHex } from "../storage/ed25519.ts";
 import { NodeSync } from "../net/peers.ts";
@@ -130,9 +131,18 @@ export class XfNode {
     return this.pipeline.index({ type: "index.proof", gid, id });
   }
 
-  /** Rebuild a group's tree from its events and compare every page. */
-  fsck(gid: string): Promise<{ ok: boolean; count: number; firstDifference?: string } | null> {
-    return this.pipeline.index({ type: "index.fsck", gid });
+  /**
+   * Check a group: rebuild its tree from its time index and compare every page, and read and hash every event
+   * the tree or the index names; lists damaged or missing events (restorable from peers: their ids are known).
+   * Null if the group is unknown.
+   */
+  fsck(gid: string): Promise<FsckResult | null> {
+    return this.pipeline.index({ type: "index.fsck", gid }, this.pipeline.limits.request_timeout_ms * 30);
+  }
+
+  /** Read every key and value of the store once (each block's checksum is verified); the first failure. */
+  scan(): Promise<{ ok: boolean; keys: number; problem?: string }> {
+    return this.pipeline.index({ type: "index.scan" }, this.pipeline.limits.request_timeout_ms * 30);
   }
 
   /**
@@ -161,6 +171,7 @@ export class XfNode {
     nodeId: string;
     version: string;
     uptime: number;
+    storage: "ok" | "full";
   } {
     const stages: Record<string, { state: string; mailbox: number; restarts: number }> = {};
     for (const s of STAGES) {
@@ -177,6 +188,7 @@ export class XfNode {
       nodeId: toHex(sha256(this.key.publicKey)),
       version: VERSION,
       uptime: Math.round(this.uptime()),
+      storage: this.pipeline.storageFull ? "full" : "ok",
     };
   }
 
@@ -221,6 +233,10 @@ export class XfNode {
     metric("xf_build_info", "gauge", "Version of this node and of Deno", [[
       `{version="${VERSION}",deno="${Deno.version.deno}"}`,
       1,
+    ]]);
+    metric("xf_storage_full", "gauge", "1 while the disk is full and writes are refused with STORAGE_FULL", [[
+      "",
+      this.pipeline.storageFull ? 1 : 0,
     ]]);
     metric("xf_uptime_seconds", "gauge", "Seconds since the node opened", [[
       "",

@@ -112,6 +112,8 @@ export class Pipeline {
   state: "starting" | "ready" | "stopping" | "stopped" | "failed" = "starting";
   /** What recovery did at the last start. */
   recovery = "";
+  /** The disk is full: writes are refused with STORAGE_FULL (reads are served) until space returns. */
+  storageFull = false;
 
   private nextReq = 1;
   private nextSub = 1;
@@ -239,6 +241,9 @@ export class Pipeline {
         new XfError(this.state === "starting" ? "STAGE_DOWN" : "SHUTTING_DOWN", `Node is ${this.state}`),
       );
     }
+    if (this.storageFull) {
+      return Promise.reject(new XfError("STORAGE_FULL", "Cannot store events: the disk is full; retry later"));
+    }
     if (this.inflight() >= this.limits.pipeline_inflight_events_max) {
       this.counters.overloaded++;
       return Promise.reject(new XfError("OVERLOADED", `Cannot accept more events now: ${this.inflight()} in flight`));
@@ -355,6 +360,9 @@ export class Pipeline {
         return;
       case "index.indexed":
         return this.indexed(m as never);
+      case "wal.full":
+        this.storageFull = m.full as boolean;
+        return;
       case "advertise.deliver":
         return this.deliver(m.batch as EventBatch, m.matches as { sub: number; idxs: number[] }[]);
     }
@@ -395,8 +403,8 @@ export class Pipeline {
   }
 
   /** Ask the index stage; it answers once it holds every event acknowledged so far. */
-  index<T>(msg: object): Promise<T> {
-    return this.supervisor.child("index").call<T>({ ...msg, after: this.ackedSeq });
+  index<T>(msg: object, timeoutMs?: number): Promise<T> {
+    return this.supervisor.child("index").call<T>({ ...msg, after: this.ackedSeq }, timeoutMs);
   }
 
   /** Subscribe to events as they are indexed; returns the unsubscribe function. */

@@ -604,7 +604,7 @@ export function createApp(node: XfNode, options: AppOptions = {}) {
   app.onError((err, c) => {
     if (err instanceof XfError) {
       const status = statusOf(err.code);
-      if (status === 503) c.header("retry-after", "1");
+      if (status === 503 || err.code === "STORAGE_FULL") c.header("retry-after", "1");
       return c.json({ error: err.code, message: err.message }, status as never);
     }
     console.error(err);

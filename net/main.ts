@@ -369,19 +369,36 @@ export async function main(args: string[]): Promise<void> {
       return console.log(JSON.stringify(body));
     }
     case "fsck": {
-      // Offline check (the node must be stopped): rebuild each group's tree from its events, compare every page.
+      // Offline check (the node must be stopped): read every block of the store, rebuild each group's tree from
+      // its time index and compare every page, read and hash every event the tree or the index names.
       const dataDir = flag(f, "data", "XF_DATA") ?? "./data";
       const st = await Deno.stat(dataDir).catch(() => null);
       if (!st?.isDirectory) throw new UsageError(`Cannot check "${dataDir}": no such data directory`, cmd);
       const node = await openNode({ dataDir, workers: false });
       let bad = 0;
       try {
+        const scan = await node.scan();
+        if (!scan.ok) bad++;
+        console.log(JSON.stringify({ store: scan }));
         const groups = list(f, "group", "XF_GROUP");
         const all = groups.length ? groups : await node.pipeline.index<string[]>({ type: "index.listGroups" });
         for (const gid of all) {
           const r = await node.fsck(gid);
           if (!r?.ok) bad++;
-          console.log(JSON.stringify({ group: gid, ...(r ?? { ok: false, firstDifference: "unknown group" }) }));
+          if (!r) {
+            console.log(JSON.stringify({ group: gid, ok: false, firstDifference: "unknown group" }));
+            continue;
+          }
+          const restorable = r.damaged.filter((d) => d.restorable).length;
+          console.log(JSON.stringify({
+            group: gid,
+            ...r,
+            ...(r.damagedCount
+              ? {
+                summary: `${r.damagedCount} events damaged or missing; ${restorable} restorable from peers (ids known)`,
+              }
+              : {}),
+          }));
         }
       } finally {
         await node.close();

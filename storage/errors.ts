@@ -62,6 +62,7 @@ export const ERROR_STATUS = {
   WAL_CORRUPTION: 500,
   STORAGE_CORRUPTION: 500,
   STORAGE_ERROR: 500,
+  STORAGE_FULL: 507,
   DATA_FORMAT_TOO_NEW: 500,
   INTERNAL: 500,
 } as const;
@@ -96,6 +97,15 @@ export interface WireError {
   name: string;
   code: ErrorCode;
   message: string;
+}
+
+/** Whether an error (of any shape) says the disk is full: ENOSPC, "No space left on device", os error 28. */
+export function isDiskFull(e: unknown): boolean {
+  for (let x: unknown = e, i = 0; x && i < 4; x = (x as { cause?: unknown }).cause, i++) {
+    const m = `${(x as { code?: string }).code ?? ""} ${(x as Error).message ?? x}`;
+    if (/ENOSPC|No space left|os error 28|STORAGE_FULL/i.test(m)) return true;
+  }
+  return false;
 }
 
 /** The HTTP status for a code. */

@@ -38,6 +38,11 @@ export interface Kv {
   batch(ops: KvOp[], options?: { sync?: boolean }): Promise<void>;
   /** Entries in key order (or reverse) within the range. */
   range(range: KvRange): AsyncIterable<[Uint8Array, Uint8Array]>;
+  /**
+   * Flush what is in memory (RocksDB's memtable, covered until then only by RocksDB's own log) to table
+   * files, and compact the keys `[start, end]`; resolves once done. With a one-key range it is a flush.
+   */
+  compact(start: Uint8Array, end: Uint8Array): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -148,6 +153,16 @@ class RocksKv implements Kv {
     }
   }
 
+  compact(start: Uint8Array, end: Uint8Array): Promise<void> {
+    this.check();
+    return new Promise((resolve, reject) => {
+      this.db.compactRange(buf(start), buf(end), (err: Error | null) => {
+        if (err) return reject(storageError("flush RocksDB", err));
+        resolve();
+      });
+    });
+  }
+
   close(): Promise<void> {
     if (this.closed) return Promise.resolve();
     this.closed = true;
@@ -224,6 +239,11 @@ export class MemoryKv implements Kv {
       if (n++ >= limit) return;
       yield e;
     }
+  }
+
+  compact(): Promise<void> {
+    this.check();
+    return Promise.resolve();
   }
 
   close(): Promise<void> {

@@ -1,0 +1,307 @@
+// Disk faults: bytes flipped in the WAL, in RocksDB's `.log`, in an `.sst`, in a stored Merkle page, and a full
+// disk. Each case asserts that no acknowledged event is lost silently: it is read back byte for byte, or the node
+// refuses to start naming the damage, or `fsck` lists it (with whether a peer could restore it).
+import { assert, assertEquals } from "@std/assert";
+import { hexOf, makeEvents, testGroup } from "./_helpers.ts";
+import { openNode, type XfNode } from "../actors/node.ts";
+import { openRocks } from "../storage/kv.ts";
+import { KS } from "../storage/keys.ts";
+import type { StoredEvent } from "../storage/event.ts";
+
+const TEST = { sanitizeOps: false, sanitizeResources: false } as const;
+/** Every case ends within this (a slow disk fails the test rather than hanging it). */
+const CASE_MS = 45_000;
+
+function bounded<T>(p: Promise<T>, what: string, ms = CASE_MS): Promise<T> {
+  let t: ReturnType<typeof setTimeout>;
+  return Promise.race([
+    p.finally(() => clearTimeout(t)),
+    new Promise<never>((_, rej) => t = setTimeout(() => rej(new Error(`${what}: not done within ${ms} ms`)), ms)),
+  ]);
+}
+
+/** A data dir holding a group's manifest and `n` events, all acknowledged, after a clean stop. */
+async function filled(dir: string, n: number): Promise<{ gid: string; acked: Map<string, Uint8Array> }> {
+  const g = await testGroup("disk");
+  const events = await makeEvents(g, n);
+  const node = await openNode({ dataDir: dir, workers: false });
+  const acked = new Map<string, Uint8Array>();
+  try {
+    await publishAll(node, [g.manifest], acked);
+    for (let i = 0; i < events.length; i += 200) await publishAll(node, events.slice(i, i + 200), acked);
+  } finally {
+    await node.close();
+  }
+  assertEquals(acked.size, n + 1);
+  return { gid: hexOf(g.gid), acked };
+}
+
+async function publishAll(node: XfNode, events: StoredEvent[], acked: Map<string, Uint8Array>) {
+  const res = await node.publish(events.map((e) => e.bytes));
+  res.forEach((r, i) => {
+    if (r.status === "stored" || r.status === "duplicate") acked.set(hexOf(events[i]!.id), events[i]!.bytes);
+  });
+}
+
+/** Flush RocksDB's memtable to table files (a clean stop alone may leave it in RocksDB's log). */
+async function flushRocks(dir: string) {
+  const kv = await openRocks(`${dir}/db`);
+  try {
+    await kv.compact(new Uint8Array([0]), new Uint8Array(64).fill(0xff));
+  } finally {
+    await kv.close();
+  }
+}
+
+async function flipMiddle(path: string) {
+  const b = await Deno.readFile(path);
+  const at = b.length >> 1;
+  b[at] = b[at]! ^ 0x5a;
+  await Deno.writeFile(path, b);
+}
+
+async function largest(dir: string, ext: string): Promise<string | null> {
+  let best: { path: string; size: number } | null = null;
+  for await (const e of Deno.readDir(dir)) {
+    if (!e.isFile || !e.name.endsWith(ext)) continue;
+    const { size } = await Deno.stat(`${dir}/${e.name}`);
+    if (!best || size > best.size) best = { path: `${dir}/${e.name}`, size };
+  }
+  return best?.path ?? null;
+}
+
+/**
+ * Reopen and account for every acknowledged event: read back intact, or listed by fsck as damaged. Returns
+ * the ids lost (unreadable or missing), or the error the node refused to start with.
+ */
+async function account(dir: string, gid: string, acked: Map<string, Uint8Array>) {
+  let node: XfNode;
+  try {
+    node = await openNode({ dataDir: dir, workers: false });
+  } catch (e) {
+    return { refused: e as Error & { code?: string }, lost: [] as string[], fsck: null, scan: null };
+  }
+  try {
+    const lost: string[] = [];
+    for (const [id, bytes] of acked) {
+      const got = await node.get(id).catch(() => null);
+      if (!got) lost.push(id);
+      else assertEquals(hexOf(got), hexOf(bytes), `event ${id} read back with other bytes`);
+    }
+    const scan = await node.scan();
+    const fsck = await node.fsck(gid).catch((e) => {
+      throw new Error(`fsck threw instead of reporting: ${(e as Error).message}`);
+    });
+    if (!fsck) throw new Error("fsck: group unknown");
+    const listed = new Set(fsck.damaged.map((d) => d.id));
+    for (const id of lost) assert(listed.has(id), `event ${id} is lost and fsck does not list it`);
+    if (lost.length) assert(!fsck.ok, "fsck reports consistent with events lost");
+    return { refused: null, lost, fsck, scan };
+  } finally {
+    await node.close();
+  }
+}
+
+async function withDir(fn: (dir: string) => Promise<void>) {
+  const dir = await Deno.makeTempDir({ prefix: "xf-disk-" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+}
+
+Deno.test({
+  ...TEST,
+  name: "A byte flipped in the largest .sst: every acknowledged event reads back or fsck lists it, restorable",
+  fn: () =>
+    withDir((dir) =>
+      bounded(
+        (async () => {
+          const { gid, acked } = await filled(dir, 3000);
+          await flushRocks(dir);
+          const sst = await largest(`${dir}/db`, ".sst");
+          if (!sst) throw new Error("no .sst after a flush");
+          await flipMiddle(sst);
+          const r = await account(dir, gid, acked);
+          if (r.refused) {
+            assert(/STORAGE|Corrupt|sst/i.test(`${r.refused.code} ${r.refused.message}`), r.refused.message);
+            return;
+          }
+          // The flip is found: by fsck (every event read and hashed) or the store-wide scan.
+          assert(!r.fsck!.ok || !r.scan!.ok, "neither fsck nor the store-wide scan found a flipped .sst block");
+          for (const d of r.fsck!.damaged) assert(d.restorable, `event ${d.id} damaged and not restorable`);
+          console.log(
+            `sst flip: ${r.lost.length} events lost, fsck ok=${r.fsck!.ok} damaged=${r.fsck!.damagedCount}; ${
+              r.scan!.problem
+            }`,
+          );
+        })(),
+        "sst flip",
+      )
+    ),
+});
+
+Deno.test({
+  ...TEST,
+  name: "A Merkle page changed on disk: fsck reports the page, every event still reads back",
+  fn: () =>
+    withDir((dir) =>
+      bounded(
+        (async () => {
+          const { gid, acked } = await filled(dir, 500);
+          const kv = await openRocks(`${dir}/db`);
+          try {
+            const lo = new Uint8Array(33);
+            lo[0] = KS.merkle;
+            lo.set(Uint8Array.from(gid.match(/../g)!.map((h) => parseInt(h, 16))), 1);
+            const pages: [Uint8Array, Uint8Array][] = [];
+            for await (const [k, v] of kv.range({ gte: lo, limit: 1 })) pages.push([k.slice(), v.slice()]);
+            const [key, value] = pages[0] ?? [];
+            if (!key || !value || key[0] !== KS.merkle) throw new Error("no Merkle page stored");
+            value[value.length >> 1] = value[value.length >> 1]! ^ 0x01;
+            await kv.batch([{ type: "put", key, value }], { sync: true });
+          } finally {
+            await kv.close();
+          }
+          const r = await account(dir, gid, acked);
+          assert(!r.refused, r.refused?.message);
+          assertEquals(r.lost, []);
+          assert(!r.fsck!.ok, "fsck reports consistent over a changed Merkle page");
+          assert(/Merkle page/.test(r.fsck!.firstDifference ?? ""), r.fsck!.firstDifference);
+        })(),
+        "merkle page",
+      )
+    ),
+});
+
+Deno.test({
+  ...TEST,
+  name: "A byte flipped in the newest WAL segment after a clean stop: nothing acknowledged is lost silently",
+  fn: () =>
+    withDir((dir) =>
+      bounded(
+        (async () => {
+          const { gid, acked } = await filled(dir, 1000);
+          const seg = await largest(`${dir}/wal`, ".wal");
+          if (!seg) throw new Error("no WAL segment");
+          await flipMiddle(seg);
+          const r = await account(dir, gid, acked);
+          if (r.refused) {
+            assert(/WAL_CORRUPTION|STORAGE_CORRUPTION/.test(`${r.refused.code}`), r.refused.message);
+            return;
+          }
+          assertEquals(r.lost, [], "acknowledged events lost after a WAL flip");
+          assert(r.fsck!.ok, r.fsck!.firstDifference);
+        })(),
+        "wal flip",
+      )
+    ),
+});
+
+const isRoot = Deno.uid?.() === 0;
+
+Deno.test({
+  ...TEST,
+  name: "A full disk (64 MiB tmpfs): writes refused with STORAGE_FULL, reads served, writes resume by themselves",
+  ignore: !isRoot,
+  fn: () =>
+    bounded(
+      (async () => {
+        const mnt = await Deno.makeTempDir({ prefix: "xf-full-" });
+        const mount = await new Deno.Command("mount", { args: ["-t", "tmpfs", "-o", "size=64m", "tmpfs", mnt] })
+          .output();
+        if (!mount.success) {
+          console.log(`skipped: cannot mount a tmpfs (${new TextDecoder().decode(mount.stderr).trim()})`);
+          await Deno.remove(mnt).catch(() => {});
+          return;
+        }
+        try {
+          const dir = `${mnt}/data`;
+          // Space the test gives back later.
+          await Deno.writeFile(`${mnt}/ballast`, new Uint8Array(12 << 20));
+          const g = await testGroup("full");
+          const gid = hexOf(g.gid);
+          const { signEvent } = await import("../storage/event.ts");
+          let ts = Date.now() - 10_000_000;
+          const big = async (n: number) => {
+            const out: StoredEvent[] = [];
+            for (let i = 0; i < n; i++) {
+              out.push(
+                await signEvent(g.owner, {
+                  group: g.gid,
+                  ts: ts++,
+                  kind: 16,
+                  tags: [],
+                  payload: crypto.getRandomValues(new Uint8Array(16_000)),
+                }),
+              );
+            }
+            return out;
+          };
+          const acked = new Map<string, Uint8Array>();
+          const node = await openNode({ dataDir: dir, workers: false, limits: { wal_segment_bytes_max: 4 << 20 } });
+          let closed = false;
+          try {
+            await publishAll(node, [g.manifest], acked);
+            let full = 0;
+            for (let round = 0; round < 120 && full < 3; round++) {
+              const batch = await big(50);
+              const res = await node.publish(batch.map((e) => e.bytes)).catch((e) => [
+                { status: "rejected", code: (e as { code?: string }).code },
+              ]);
+              res.forEach((r, i) => {
+                if (r.status === "stored" || r.status === "duplicate") acked.set(hexOf(batch[i]!.id), batch[i]!.bytes);
+              });
+              if (res.some((r) => r.code === "STORAGE_FULL")) full++;
+              else if (res.some((r) => r.status === "rejected")) {
+                throw new Error(`unexpected rejection: ${JSON.stringify(res.find((r) => r.status === "rejected"))}`);
+              }
+            }
+            assert(full > 0, "the disk never filled");
+            // Up, serving reads, showing the condition.
+            assertEquals(node.pipeline.state, "ready");
+            assertEquals(node.health().storage, "full");
+            assert((await node.metrics()).includes("xf_storage_full 1"));
+            for (const [id, bytes] of acked) assertEquals(hexOf((await node.get(id))!), hexOf(bytes));
+            // Space returns: writes are taken again without a restart.
+            await Deno.remove(`${mnt}/ballast`);
+            const deadline = Date.now() + 15_000;
+            let resumed = false;
+            while (Date.now() < deadline && !resumed) {
+              await new Promise((r) => setTimeout(r, 250));
+              const batch = await big(1);
+              const res = await node.publish(batch.map((e) => e.bytes)).catch(() => []);
+              if (res[0]?.status === "stored") {
+                acked.set(hexOf(batch[0]!.id), batch[0]!.bytes);
+                resumed = true;
+              }
+            }
+            assert(resumed, "writes did not resume after space returned");
+            assertEquals(node.health().storage, "ok");
+            await node.close();
+            closed = true;
+          } finally {
+            if (!closed) await node.close().catch(() => {});
+          }
+          // Nothing acknowledged lost.
+          const again = await openNode({ dataDir: dir, workers: false });
+          try {
+            for (const [id, bytes] of acked) assertEquals(hexOf((await again.get(id))!), hexOf(bytes), id);
+            const f = await again.fsck(gid);
+            assert(f?.ok, f?.firstDifference ?? JSON.stringify(f?.damaged.slice(0, 3)));
+          } finally {
+            await again.close();
+          }
+          console.log(`full disk: ${acked.size} acknowledged, all present`);
+        } finally {
+          await new Deno.Command("umount", { args: [mnt] }).output();
+          await Deno.remove(mnt, { recursive: true }).catch(() => {});
+        }
+      })(),
+      "full disk",
+      60_000,
+    ),
+});
+
+if (!isRoot) console.log("disk_faults_test: full-disk case skipped: not root (it mounts a tmpfs)");
