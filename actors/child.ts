@@ -227,6 +227,18 @@ export class ChildRef {
     }
   }
 
+  /**
+   * Test only: end the child at once, as if its Worker thread died (no stop,
+   * no crash message, whatever it was doing is lost), and report it the way
+   * the Worker's error event does.
+   */
+  terminateAbruptly(): void {
+    const s = this.spawned;
+    if (!s) return;
+    s.terminate();
+    this.crashed(new XfError("INTERNAL", `Stage "${this.id}" was terminated abruptly`));
+  }
+
   /** The child died (crash message, or a Worker error event). */
   crashed(error: XfError): void {
     if (this.state === "down") return;

@@ -50,7 +50,9 @@ Deno.test({
     const gid = hexOf(g.gid);
     const pool = await makeEvents(g, ROUNDS * PER_ROUND);
     const acked = new Map<string, Uint8Array>();
+    /** Kills that landed while a write was outstanding (sent, not yet answered). */
     let killsDuringWrites = 0;
+    let replayedTotal = 0;
     try {
       for (let round = 0; round < ROUNDS; round++) {
         const { child, url } = await startChild(dir);
@@ -64,6 +66,8 @@ Deno.test({
           acked.set(hexOf(g.manifest.id), g.manifest.bytes);
         }
         let killed = false;
+        let inFlight = 0;
+        const ackedBefore = acked.size;
         let next = round * PER_ROUND;
         const end = next + PER_ROUND;
         const writer = async () => {
@@ -71,6 +75,7 @@ Deno.test({
             await new Promise((r) => setTimeout(r, 5 + Math.random() * 10));
             const batch = pool.slice(next, next + BATCH);
             next += BATCH;
+            inFlight++;
             try {
               const r = await fetch(`${url}/v1/groups/${gid}/events`, {
                 method: "POST",
@@ -89,16 +94,26 @@ Deno.test({
               });
             } catch {
               return; // the node died under us: this batch was never acknowledged
+            } finally {
+              inFlight--;
             }
           }
         };
         const writers = Array.from({ length: WRITERS }, writer);
+        // The stream must be flowing (a restarted node's first answers can be slow) before the random delay.
+        const flowEnd = Date.now() + 10_000;
+        while (acked.size === ackedBefore && Date.now() < flowEnd) await new Promise((r) => setTimeout(r, 1));
         await new Promise((r) => setTimeout(r, 50 + Math.random() * 400));
+        // Kill while a write is outstanding (writers pause between batches).
+        const waitEnd = Date.now() + 2000;
+        while (inFlight === 0 && Date.now() < waitEnd) await new Promise((r) => setTimeout(r, 1));
+        const midWrite = inFlight > 0;
         killed = true;
         child.kill("SIGKILL");
         await child.status;
         await Promise.all(writers);
-        killsDuringWrites++;
+        if (midWrite) killsDuringWrites++;
+        const ackedThisRound = acked.size - ackedBefore;
         // Reopen the data dir in-process: recovery must bring back every acknowledged event.
         const node = await openNode({ dataDir: dir, workers: false });
         try {
@@ -108,16 +123,26 @@ Deno.test({
             if (!bytes) throw new Error(`round ${round}: acknowledged event ${id} lost (${node.pipeline.recovery})`);
             assertEquals(hexOf(bytes), hexOf(acked.get(id)!));
           }
+          const replayed = Number(/Replayed (\d+) records/.exec(node.pipeline.recovery)?.[1] ?? NaN);
+          assert(Number.isInteger(replayed), `round ${round}: no replay count in "${node.pipeline.recovery}"`);
+          replayedTotal += replayed;
+          assert(ackedThisRound > 0, `round ${round}: no event acknowledged before the kill`);
+          assert(midWrite || replayed > 0, `round ${round}: the kill landed between writes and nothing was replayed`);
           const fsck = await node.fsck(gid);
           assert(fsck?.ok, `round ${round}: fsck found ${fsck?.firstDifference}`);
           console.log(
-            `round ${round + 1}/${ROUNDS}: ${acked.size} acknowledged, all present; ${node.pipeline.recovery}`,
+            `round ${
+              round + 1
+            }/${ROUNDS}: ${ackedThisRound} acknowledged this round (${acked.size} in all), all present; ` +
+              `killed ${midWrite ? "mid-write" : "between writes"}; ${node.pipeline.recovery}`,
           );
         } finally {
           await node.close();
         }
       }
-      assertEquals(killsDuringWrites, ROUNDS);
+      // Every kill is waited for until a write is outstanding; the counter says whether it was.
+      assertEquals(killsDuringWrites, ROUNDS, `only ${killsDuringWrites} of ${ROUNDS} kills landed mid-write`);
+      console.log(`${killsDuringWrites}/${ROUNDS} kills mid-write; ${replayedTotal} WAL records replayed in all`);
     } finally {
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }

@@ -1,8 +1,8 @@
 import { assert, assertEquals } from "@std/assert";
 import { Supervisor } from "../actors/supervisor.ts";
-import { inProcessSpawner, workerSpawner } from "../actors/child.ts";
+import { ChildRef, inProcessSpawner, workerSpawner } from "../actors/child.ts";
 import { serveStage, type Stage } from "../actors/runtime.ts";
-import type { XfError } from "../storage/errors.ts";
+import { XfError } from "../storage/errors.ts";
 import { LIMITS } from "../actors/limits.ts";
 
 /** Crash requests already carried out: a resent batch does not crash again (unless it is `always`). */
@@ -144,4 +144,55 @@ Deno.test("A real Worker child is supervised like an in-process one", async () =
   );
   await sup.stop();
   assertEquals(crashed, null);
+});
+
+/** One in-process child over a stage, outside any supervisor; crashes are recorded. */
+async function lone(stage: Stage) {
+  const crashes: XfError[] = [];
+  const ref = new ChildRef("lone", inProcessSpawner((ep) => serveStage(ep, () => stage)), {
+    onEmit: () => {},
+    onAsk: () => Promise.reject(new Error("no")),
+    onCrash: (_from, e) => crashes.push(e),
+  });
+  await ref.start({}, 2000);
+  return { ref, crashes };
+}
+
+const codeOfRejection = (p: Promise<unknown>) =>
+  p.then(() => "resolved", (e) => (e instanceof XfError ? e.code : `not an XfError: ${e}`));
+
+Deno.test("ChildRef.call() rejects with TIMEOUT when the child never answers", async () => {
+  const { ref } = await lone({ data() {}, call: () => new Promise(() => {}) });
+  assertEquals(await codeOfRejection(ref.call({ q: 1 }, 30)), "TIMEOUT");
+  ref.closed = true;
+  ref.kill(new XfError("SHUTTING_DOWN", "test over"));
+});
+
+Deno.test("ChildRef.call() rejects with STAGE_DOWN when the child is stopped, dies under a call, or does not come up", async () => {
+  const hang = { data() {}, call: () => new Promise(() => {}) };
+  const a = await lone(hang);
+  const pending = a.ref.call({ q: 1 }, 5000);
+  a.ref.kill(new XfError("INTERNAL", "gone")); // not a restart: calls in flight fail now
+  assertEquals(await codeOfRejection(pending), "STAGE_DOWN");
+  // Down and never restarted: the call waits for it within its timeout, then gives up.
+  assertEquals(await codeOfRejection(a.ref.call({ q: 2 }, 30)), "STAGE_DOWN");
+  const b = await lone(hang);
+  await b.ref.stop(100);
+  b.ref.closed = true;
+  assertEquals(await codeOfRejection(b.ref.call({ q: 3 }, 1000)), "STAGE_DOWN");
+});
+
+Deno.test("A stage that throws a plain Error crashes with INTERNAL, and a stage without call() answers INTERNAL", async () => {
+  const { ref, crashes } = await lone({
+    data() {
+      throw new Error("broken invariant");
+    },
+  });
+  assertEquals(await codeOfRejection(ref.call({ q: 1 }, 1000)), "INTERNAL");
+  ref.send({ n: 1 });
+  await until(() => crashes.length === 1);
+  assertEquals(crashes[0]!.code, "INTERNAL");
+  assert(crashes[0]!.message.includes("broken invariant"));
+  ref.closed = true;
+  ref.kill(new XfError("SHUTTING_DOWN", "test over"));
 });
