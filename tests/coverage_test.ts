@@ -25,7 +25,6 @@ const LIMITS_UNTESTED: Record<string, string> = {
   ingest_recent_ids_max: "the duplicate filter's eviction at 100,000 ids is not tested",
   wal_commit_records_max: "no test queues more records than one group commit takes",
   index_batch_events_max: "no test queues more events than one index write takes",
-  wal_segment_bytes_max: "wal tests pass segmentBytesMax directly, not this default",
   request_timeout_ms: "TIMEOUT is asserted with explicit timeouts, not through this limit",
   restart_intensity_max: "escalation is tested with intensityMax passed directly, not this default",
   restart_period_ms: "the restart window is tested with periodMs passed directly",

@@ -240,7 +240,12 @@ Deno.test({
             return out;
           };
           const acked = new Map<string, Uint8Array>();
-          const node = await openNode({ dataDir: dir, workers: false, limits: { wal_segment_bytes_max: 4 << 20 } });
+          // The reserve a clean stop needs, and how often a full node probes for space again (at their defaults).
+          const node = await openNode({
+            dataDir: dir,
+            workers: false,
+            limits: { wal_segment_bytes_max: 4 << 20, storage_reserve_bytes: 4 << 20, storage_full_probe_ms: 1000 },
+          });
           let closed = false;
           try {
             await publishAll(node, [g.manifest], acked);
