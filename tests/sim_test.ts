@@ -166,6 +166,8 @@ async function simulate(seed: number): Promise<void> {
   const nodes: XfNode[] = [];
   for (let i = 0; i < NODES; i++) nodes.push(await open(i));
   const links = new Set<Link>();
+  /** Every link made, to tally how sessions ended. */
+  const all: Link[] = [];
   const outsider = NODES - 1;
   try {
     const og = await createGroup(owner, { name: "open", policy: POLICY_OPEN, ts: Date.now() - 200_000 });
@@ -230,6 +232,7 @@ async function simulate(seed: number): Promise<void> {
       const client = new SyncSession(nodes[a]!.sync, pair.ends[0], "client", `node${a}`);
       const l: Link = { a, b, client, server, close: pair.close };
       links.add(l);
+      all.push(l);
       return l;
     };
 
@@ -237,11 +240,11 @@ async function simulate(seed: number): Promise<void> {
       for (const l of links) if (l.client.state === "closed" || l.server.state === "closed") cut(l, "ended");
       const r = rand();
       if (r < 0.35) {
-        // Publish 1-5 events at a random node holding the group, its clock skewed.
+        // Publish 1-20 events at a random node holding the group, its clock skewed.
         const at = Math.floor(rand() * NODES);
         const closed = rand() < 0.4;
         const gid = closed ? closedGid : openGid;
-        const n = 1 + Math.floor(rand() * 5);
+        const n = 1 + Math.floor(rand() * 20);
         const skew = Math.floor((rand() * 2 - 1) * SKEW_MS);
         note(`${step}: publish ${n} at node ${at} in ${closed ? "closed" : "open"}, skew ${skew} ms`);
         if (!(await holds(at, gid))) continue;
@@ -281,7 +284,7 @@ async function simulate(seed: number): Promise<void> {
         const a = Math.floor(rand() * NODES);
         const b = (a + 1 + Math.floor(rand() * (NODES - 1))) % NODES;
         const lossy = rand() < 0.6;
-        const faults = lossy ? { drop: 0.004, dup: 0.003, reorder: 0.003, close: 0.002, delayMs: 8 } : CLEAN;
+        const faults = lossy ? { drop: 0.02, dup: 0.01, reorder: 0.01, close: 0.005, delayMs: 8 } : CLEAN;
         note(`${step}: connect ${a}→${b}${lossy ? " lossy" : ""}`);
         const l = connect(a, b, faults);
         for (const g of gids) l.client.sync(g).catch(() => {});
@@ -372,6 +375,16 @@ async function simulate(seed: number): Promise<void> {
         if (f) assert(f.ok, `seed ${seed}: fsck of node ${i} failed for ${g}`);
       }
     }
+    const ends = new Map<string, number>();
+    for (const l of all) {
+      for (const s of [l.client, l.server]) {
+        const why = s.closeReason.split(":")[0]!.slice(0, 24);
+        ends.set(why, (ends.get(why) ?? 0) + 1);
+      }
+    }
+    console.log(
+      `sim seed ${seed}: ${all.length} links, session ends ${JSON.stringify(Object.fromEntries(ends))}`,
+    );
     console.log(
       `sim seed ${seed}: ${STEPS_MAX} steps, ${changes.length} membership changes, open ${openUnion.size} events, ` +
         `closed members [${ms}] ${closedRoots[0]?.count ?? 0} events, heal rounds ${round + 1}`,
