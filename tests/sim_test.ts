@@ -213,7 +213,10 @@ async function simulate(seed: number): Promise<void> {
       for (let i = 0; i < NODES; i++) {
         for (const [gid, ids] of acked[i]!) {
           for (const id of ids) {
-            assert((await nodes[i]!.get(id)) !== null, `seed ${seed}: node ${i} lost acknowledged ${id} (${why})`);
+            assert(
+              (await nodes[i]!.get(id)) !== null,
+              `seed ${seed}: node ${i} lost acknowledged ${id} of ${gid.slice(0, 8)} (${why})`,
+            );
           }
         }
       }
@@ -407,6 +410,7 @@ function eventIdHex(bytes: Uint8Array): string {
 
 const one = Deno.env.get("XF_SIM_SEED");
 const count = Number(Deno.env.get("XF_SIM_SEEDS") ?? 3);
+if (!Number.isInteger(count) || count < 1) throw new Error(`XF_SIM_SEEDS must be a positive count, not "${count}"`);
 const base = Number(Deno.env.get("XF_SIM_BASE") ?? Date.now() % 1_000_000);
 const seeds = one !== undefined ? [Number(one)] : Array.from({ length: count }, (_, i) => base + i);
 
