@@ -383,6 +383,10 @@ async function simulate(seed: number): Promise<void> {
       for (const s of [l.client, l.server]) {
         const why = s.closeReason.split(":")[0]!.slice(0, 24);
         ends.set(why, (ends.get(why) ?? 0) + 1);
+        // An end the simulation did not cause (and that the faults cannot explain) is worth reading in full.
+        if (/^[A-Z_]+:/.test(s.closeReason) && !s.closeReason.startsWith("BAD_FRAME")) {
+          console.log(`sim seed ${seed}: ${s.role} ${l.a}→${l.b} ended: ${s.closeReason}`);
+        }
       }
     }
     console.log(
