@@ -211,6 +211,8 @@ export class SyncSession {
   /** Ids asked of the peer and not yet received, per group. */
   private pendingWants = new Map<string, Set<string>>();
   private retry: { gid: string; bytes: Uint8Array }[] = [];
+  /** Groups revoked in this session: frames of them still in flight from the peer are ignored, not unsolicited. */
+  private revoked = new Set<string>();
   /** Ids the peer sent us: they are not streamed back to it. */
   private fromPeer = new Set<string>();
   /** Per group this session syncs: when it started and the event bytes moved, for the summary line. */
@@ -465,6 +467,7 @@ export class SyncSession {
     th?.unsub?.().catch(() => {});
     this.ours.delete(gid);
     this.theirs.delete(gid);
+    if (this.revoked.size < this.host.limits.sync_session_groups_max) this.revoked.add(gid);
     this.pendingWants.delete(gid);
     this.retry = this.retry.filter((r) => r.gid !== gid);
     this.dropOwed((x) => x.gid === gid);
@@ -563,6 +566,7 @@ export class SyncSession {
     const gid = field<string>(f, "gid", isGid, "64 hex digits");
     const o = this.ours.get(gid);
     if (!o || o.state !== "asked") {
+      if (this.revoked.has(gid)) return;
       return this.fail("UNSOLICITED", `sub.ok for group "${gid}" that this session did not ask for`);
     }
     o.state = "open";
@@ -607,6 +611,7 @@ export class SyncSession {
       return;
     }
     if (!this.theirs.has(gid)) {
+      if (this.revoked.has(gid)) return;
       return this.fail("UNSOLICITED", `neg for group "${gid}" that answers nothing this session sent`);
     }
     if (!(await this.right(gid))) return;
@@ -653,6 +658,7 @@ export class SyncSession {
     let known = 0;
     for (const id of ids) if (wanted?.delete(toHex(id))) known++;
     if (known < ids.length) {
+      if (this.revoked.has(gid)) return;
       return this.fail("UNSOLICITED", `missing for ${ids.length - known} ids of group "${gid}" never asked for`);
     }
     this.checkDone(gid);
