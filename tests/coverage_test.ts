@@ -37,7 +37,6 @@ const LIMITS_UNTESTED: Record<string, string> = {
   sync_inbound_bytes_max: "no sync test at the inbound byte bound",
   sync_want_ids_max: "no sync test at the want-ids bound",
   sync_sessions_max: "no test fills the sync session table",
-  sync_handshake_ms: "no test of a handshake that overruns its time",
   peers_max: "no test with more candidate peers than the bound",
   peer_backoff_max_ms: "the backoff ceiling is not tested",
   dht_request_timeout_ms: "the DHT request timeout is not tested by name",
