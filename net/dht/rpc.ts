@@ -222,6 +222,7 @@ export class DhtSession {
     if (this.state === "closed") return;
     this.state = "closed";
     this.closeReason = reason;
+    this.#secure.close(reason); // the socket too, whoever ended the session
     for (const w of this.#readyWaiters.splice(0)) w(false);
     for (const p of this.#pending.values()) {
       clearTimeout(p.timer);
