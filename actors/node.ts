@@ -16,6 +16,10 @@ import { fromHex, generateKeyPair, type KeyPair, toHex } from "../storage/ed2551
 import { NodeSync } from "../net/peers.ts";
 import { DhtService } from "../net/dht/service.ts";
 import { XfError } from "../storage/errors.ts";
+import { cborArrayOf } from "../storage/cbor.ts";
+
+/** The CBOR array of already-encoded items that a batch body is (one implementation, in storage/cbor.ts). */
+export { cborArrayOf };
 import { Histogram } from "./histogram.ts";
 import { VERSION } from "../version.ts";
 import { sha256 } from "@noble/hashes/sha2";
@@ -362,28 +366,6 @@ async function walkBytes(dir: string, entriesMax: number): Promise<number> {
     } catch { /* gone meanwhile, or unreadable: not counted */ }
   }
   return bytes;
-}
-
-/** A CBOR array holding already-encoded items. */
-export function cborArrayOf(items: Uint8Array[]): Uint8Array {
-  const n = items.length;
-  const head = n < 24
-    ? [0x80 | n]
-    : n < 0x100
-    ? [0x98, n]
-    : n < 0x10000
-    ? [0x99, n >> 8, n & 0xff]
-    : [0x9a, n >>> 24, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff];
-  let total = head.length;
-  for (const b of items) total += b.length;
-  const out = new Uint8Array(total);
-  out.set(head);
-  let o = head.length;
-  for (const b of items) {
-    out.set(b, o);
-    o += b.length;
-  }
-  return out;
 }
 
 /**

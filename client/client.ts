@@ -29,7 +29,8 @@ import {
 import { verifyProof } from "../merkle/proof.ts";
 import { answerChallenge, CHALLENGE_TTL_MS } from "../net/auth.ts";
 import { type ClientErrorCode, XfClientError } from "./errors.ts";
-import { cborArrayOf, type ClientEvent, type EventDraft, fromStored, groupHex, readEvent, signEvent } from "./event.ts";
+import { type ClientEvent, type EventDraft, fromStored, groupHex, readEvent, signEvent } from "./event.ts";
+import { cborArrayOf } from "../storage/cbor.ts";
 import { type PublishResult, startSubscription, type SubscribeOptions, type Subscription } from "./subscribe.ts";
 import { type ExportHeader, readExport } from "./export.ts";
 

@@ -51,8 +51,8 @@ export {
   splitCborSeq,
 } from "./export.ts";
 export { asClientError, type ClientErrorCode, XfClientError } from "./errors.ts";
+export { cborArrayOf } from "../storage/cbor.ts";
 export {
-  cborArrayOf,
   type ClientEvent,
   eventCursor,
   type EventDraft,

@@ -18,6 +18,7 @@ import {
   checkManifestEvent,
   decodeEvent,
   equalBytes,
+  eventJson,
   KIND_MANIFEST,
   peekEvent,
   verifyEvent,
@@ -122,20 +123,8 @@ function intParam(v: string | undefined, name: string): number | undefined {
   return Number(v);
 }
 
-/** JSON view of an event, for people. */
-export function eventJson(bytes: Uint8Array) {
-  const e = decodeEvent(bytes, { event_bytes_max: bytes.length, event_tags_max: 1 << 16, tag_bytes_max: 1 << 16 });
-  return {
-    id: toHex(e.id),
-    group: toHex(e.group),
-    author: toHex(e.author),
-    ts: e.ts,
-    kind: e.kind,
-    tags: e.tags,
-    payload: toHex(e.payload),
-    sig: toHex(e.sig),
-  };
-}
+/** JSON view of an event, for people (the query route, SSE records). */
+export { eventJson };
 
 function wantsCbor(accept: string | undefined): boolean {
   return !!accept && accept.toLowerCase().includes(CBOR);

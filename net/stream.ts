@@ -26,7 +26,7 @@
  */
 
 import type { XfNode } from "../actors/node.ts";
-import { decodeEvent, peekEvent } from "../storage/event.ts";
+import { decodeEvent, eventJson, peekEvent } from "../storage/event.ts";
 import { type ErrorCode, toWire, XfError } from "../storage/errors.ts";
 import { fromHex, toHex } from "../storage/ed25519.ts";
 
@@ -451,26 +451,11 @@ export async function runStream(o: StreamOptions, sink: StreamSink): Promise<voi
   return await finished;
 }
 
-/** An event's JSON view, as the query route shows it (hex fields). */
-export function eventView(bytes: Uint8Array) {
-  const e = decodeEvent(bytes, { event_bytes_max: bytes.length, event_tags_max: 1 << 16, tag_bytes_max: 1 << 16 });
-  return {
-    id: toHex(e.id),
-    group: toHex(e.group),
-    author: toHex(e.author),
-    ts: e.ts,
-    kind: e.kind,
-    tags: e.tags,
-    payload: toHex(e.payload),
-    sig: toHex(e.sig),
-  };
-}
-
 const te = new TextEncoder();
 
 /** One event's SSE record. */
 export function sseRecord(bytes: Uint8Array, cursor: string): Uint8Array {
-  return te.encode(`event: event\nid: ${cursor}\ndata: ${JSON.stringify(eventView(bytes))}\n\n`);
+  return te.encode(`event: event\nid: ${cursor}\ndata: ${JSON.stringify(eventJson(bytes))}\n\n`);
 }
 
 /**

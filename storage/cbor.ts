@@ -121,6 +121,38 @@ function write(w: Writer, v: CborValue, depth: number): void {
 }
 
 /**
+ * One CBOR array of already-encoded items: the array head, then the items'
+ * bytes as they are (a batch body for `POST /v1/groups/:gid/events`).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { cborArrayOf } from "./cbor.ts";
+ * assertEquals(cborArrayOf([new Uint8Array([1]), new Uint8Array([2])]), new Uint8Array([0x82, 1, 2]));
+ * ```
+ */
+export function cborArrayOf(items: readonly Uint8Array[]): Uint8Array {
+  const n = items.length;
+  const head = n < 24
+    ? [0x80 | n]
+    : n < 0x100
+    ? [0x98, n]
+    : n < 0x10000
+    ? [0x99, n >> 8, n & 0xff]
+    : [0x9a, (n >>> 24) & 0xff, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff];
+  let len = head.length;
+  for (const it of items) len += it.length;
+  const out = new Uint8Array(len);
+  out.set(head);
+  let o = head.length;
+  for (const it of items) {
+    out.set(it, o);
+    o += it.length;
+  }
+  return out;
+}
+
+/**
  * Encode a value as deterministic CBOR.
  *
  * @example

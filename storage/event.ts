@@ -15,7 +15,7 @@
 
 import { sha256 } from "@noble/hashes/sha2";
 import { CborReader, encodeCbor } from "./cbor.ts";
-import { type KeyPair, sign, verify } from "./ed25519.ts";
+import { type KeyPair, sign, toHex, verify } from "./ed25519.ts";
 import { XfError } from "./errors.ts";
 import { LIMITS } from "../actors/limits.ts";
 
@@ -308,4 +308,32 @@ export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
+}
+
+/**
+ * The JSON view of an event, for people: hex ids, keys, payload and signature (the query route and SSE records).
+ *
+ * @example
+ * ```ts
+ * import { assertEquals } from "@std/assert";
+ * import { eventJson, signEvent } from "./event.ts";
+ * import { generateKeyPair } from "./ed25519.ts";
+ * const e = await signEvent(await generateKeyPair(), {
+ *   group: new Uint8Array(32), ts: 1, kind: 16, tags: [], payload: new Uint8Array([0xab]),
+ * });
+ * assertEquals(eventJson(e.bytes).payload, "ab");
+ * ```
+ */
+export function eventJson(bytes: Uint8Array) {
+  const e = decodeEvent(bytes, { event_bytes_max: bytes.length, event_tags_max: 1 << 16, tag_bytes_max: 1 << 16 });
+  return {
+    id: toHex(e.id),
+    group: toHex(e.group),
+    author: toHex(e.author),
+    ts: e.ts,
+    kind: e.kind,
+    tags: e.tags,
+    payload: toHex(e.payload),
+    sig: toHex(e.sig),
+  };
 }

@@ -8,6 +8,7 @@ import { tempNode } from "./_helpers.ts";
 import { serve } from "../net/server.ts";
 import { buildClient } from "../client/build.ts";
 import { serveChat } from "../examples/chat/serve.ts";
+import { CHROMIUM, CHROMIUM_ARGS, hasChromium, inCi } from "./_chromium.ts";
 
 /**
  * What the page callbacks (run in Chromium) use of the DOM. Deno's types have no DOM, and a `lib="dom"` reference
@@ -22,30 +23,11 @@ interface El {
 }
 declare const document: { getElementById(id: string): El | null; querySelectorAll(selector: string): Iterable<El> };
 
-const CHROMIUM = "/usr/bin/chromium";
 /** The whole test, browser start and shutdown included. */
 const TEST_MS = 60_000;
 /** One wait in a page (a message to appear, the stream to be live). */
 const STEP_MS = 10_000;
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 
-const hasChromium = (() => {
-  try {
-    return Deno.statSync(CHROMIUM).isFile;
-  } catch {
-    return false;
-  }
-})();
-const inCi = Deno.env.get("CI") === "true";
 if (!hasChromium && !inCi) {
   console.warn(`browser_test: skipped, no Chromium at ${CHROMIUM} (apt-get install -y chromium)`);
 }

@@ -6,6 +6,7 @@ import { assert, assertEquals } from "@std/assert";
 import puppeteer, { type Browser } from "npm:puppeteer-core@25.16.0";
 import { hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { serve } from "../net/server.ts";
+import { CHROMIUM, CHROMIUM_ARGS, hasChromium, inCi } from "./_chromium.ts";
 
 /** What the page callbacks (run in Chromium) use of the DOM (no `lib="dom"` here, as in browser_test.ts). */
 interface El {
@@ -14,31 +15,12 @@ interface El {
 }
 declare const document: { querySelector(selector: string): El | null };
 
-const CHROMIUM = "/usr/bin/chromium";
 /** The whole test, browser start and shutdown included. */
 const TEST_MS = 60_000;
 /** One wait in the page. */
 const STEP_MS = 10_000;
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
 const SCREENSHOT = new URL("../test-output/dashboard.png", import.meta.url);
 
-const hasChromium = (() => {
-  try {
-    return Deno.statSync(CHROMIUM).isFile;
-  } catch {
-    return false;
-  }
-})();
-const inCi = Deno.env.get("CI") === "true";
 if (!hasChromium && !inCi) {
   console.warn(`dashboard_test: skipped, no Chromium at ${CHROMIUM} (apt-get install -y chromium)`);
 }

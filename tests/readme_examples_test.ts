@@ -11,6 +11,7 @@
 import { assert, assertEquals } from "@std/assert";
 // Test-only, so not in deno.json: `deno task start` installs only what a node runs (README).
 import puppeteer, { type Browser } from "npm:puppeteer-core@25.16.0";
+import { CHROMIUM, CHROMIUM_ARGS, hasChromium, inCi } from "./_chromium.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const DENO = Deno.execPath();
@@ -20,25 +21,6 @@ const CMD_MS = 60_000;
 const TEST_MS = 300_000;
 /** How long `xf tail` (which never ends by itself) is left to print. */
 const TAIL_MS = 5_000;
-const CHROMIUM = "/usr/bin/chromium";
-const CHROMIUM_ARGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-quic",
-  "--no-first-run",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-];
-const hasChromium = (() => {
-  try {
-    return Deno.statSync(CHROMIUM).isFile;
-  } catch {
-    return false;
-  }
-})();
-const inCi = Deno.env.get("CI") === "true";
 
 /** What the page callback (run in Chromium) uses of the DOM; Deno's types have none. */
 declare const document: { querySelectorAll(selector: string): Iterable<{ textContent: string | null }> };
