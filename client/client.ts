@@ -275,7 +275,17 @@ export class XfClient {
 
   // ---- requests ----
 
-  async #send(path: string, init: RequestInit2, token: string | null): Promise<Answer> {
+  /**
+   * One fetch of `path` with `token`, bounded by the client's timeout; `read` runs inside that bound. With
+   * `streaming`, the caller's `signal` keeps cancelling the answer's body after `read` returns.
+   */
+  async #fetchWith<T>(
+    path: string,
+    init: RequestInit2,
+    token: string | null,
+    read: (res: Response) => Promise<T>,
+    streaming = false,
+  ): Promise<T> {
     const url = this.url + path;
     const headers: Record<string, string> = { ...init.headers };
     if (token) headers.authorization = `Bearer ${token}`;
@@ -293,7 +303,7 @@ export class XfClient {
         ...(init.body ? { body: init.body as Uint8Array<ArrayBuffer> } : {}),
         signal: ctl.signal,
       });
-      return { status: res.status, headers: res.headers, body: new Uint8Array(await res.arrayBuffer()) };
+      return await read(res);
     } catch (e) {
       if (e instanceof XfClientError) throw e;
       const reason = ctl.signal.reason;
@@ -301,12 +311,20 @@ export class XfClient {
       throw new XfClientError("NETWORK", `Cannot reach ${url}: ${(e as Error).message}`, 0, { cause: e });
     } finally {
       clearTimeout(timer);
-      init.signal?.removeEventListener("abort", stop);
+      if (!streaming) init.signal?.removeEventListener("abort", stop);
     }
   }
 
-  /** A request with the auth policy applied; throws {@linkcode XfClientError} for any non-2xx answer. */
-  async #request(path: string, init: RequestInit2 = {}): Promise<Answer> {
+  /**
+   * The auth policy around `attempt`: a token when one is needed or held (refreshed when it is about to
+   * expire), and one retry with a fresh token when a held one met 401 or 404 (a closed group looks absent
+   * without a member's token; a token the node forgot answers 401). `discard` drops a refused answer.
+   */
+  async #authorized<T extends { status: number }>(
+    init: RequestInit2,
+    attempt: (token: string | null) => Promise<T>,
+    discard: (a: T) => Promise<void> = async () => {},
+  ): Promise<T> {
     const want = init.auth ?? "read";
     const canAuth = this.key !== null && this.#auth !== "never" && want !== "none";
     let fresh = false;
@@ -318,12 +336,22 @@ export class XfClient {
         token = (await this.token()).token;
       }
     }
-    let a = await this.#send(path, init, token);
+    let a = await attempt(token);
     if (canAuth && !fresh && (a.status === 401 || a.status === 404)) {
-      // A closed group looks absent (404) without a member's token, and a token the node forgot answers 401.
-      token = (await this.token({ refresh: true })).token;
-      a = await this.#send(path, init, token);
+      await discard(a);
+      a = await attempt((await this.token({ refresh: true })).token);
     }
+    return a;
+  }
+
+  /** A request with the auth policy applied; throws {@linkcode XfClientError} for any non-2xx answer. */
+  async #request(path: string, init: RequestInit2 = {}): Promise<Answer> {
+    const a = await this.#authorized(init, (token) =>
+      this.#fetchWith(path, init, token, async (res) => ({
+        status: res.status,
+        headers: res.headers,
+        body: new Uint8Array(await res.arrayBuffer()),
+      })));
     if (a.status < 200 || a.status > 299) throw this.#errorOf(a.status, a.body);
     return a;
   }
@@ -334,41 +362,11 @@ export class XfClient {
    * {@linkcode XfClient.#request}.
    */
   async #open(path: string, init: RequestInit2 = {}): Promise<Response> {
-    const send = async (token: string | null): Promise<Response> => {
-      const url = this.url + path;
-      const headers: Record<string, string> = { ...init.headers };
-      if (token) headers.authorization = `Bearer ${token}`;
-      const ctl = new AbortController();
-      const timer = setTimeout(
-        () => ctl.abort(new XfClientError("NETWORK", `Cannot reach ${url}: no answer in ${this.#timeoutMs} ms`)),
-        this.#timeoutMs,
-      );
-      const stop = () => ctl.abort(init.signal?.reason);
-      init.signal?.addEventListener("abort", stop, { once: true });
-      try {
-        return await this.#fetch(url, { method: "GET", headers, signal: ctl.signal });
-      } catch (e) {
-        if (e instanceof XfClientError) throw e;
-        const reason = ctl.signal.reason;
-        if (reason instanceof XfClientError) throw reason;
-        throw new XfClientError("NETWORK", `Cannot reach ${url}: ${(e as Error).message}`, 0, { cause: e });
-      } finally {
-        clearTimeout(timer);
-      }
-    };
-    const canAuth = this.key !== null && this.#auth !== "never" && init.auth !== "none";
-    const held = this.#token;
-    let fresh = false;
-    let token: string | null = null;
-    if (canAuth && (init.auth === "need" || this.#auth === "always" || held)) {
-      fresh = !held || held.expiresAt - this.#now() < TOKEN_REFRESH_MS;
-      token = (await this.token()).token;
-    }
-    let res = await send(token);
-    if (canAuth && !fresh && (res.status === 401 || res.status === 404)) {
-      await res.body?.cancel();
-      res = await send((await this.token({ refresh: true })).token);
-    }
+    const res = await this.#authorized(
+      init,
+      (token) => this.#fetchWith(path, { ...init, method: "GET" }, token, async (r) => r, true),
+      async (r) => void await r.body?.cancel(),
+    );
     if (!res.ok) throw this.#errorOf(res.status, new Uint8Array(await res.arrayBuffer()));
     return res;
   }
