@@ -4,6 +4,7 @@ import type { PipelineOptions } from "../actors/root.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { createGroup, signEvent, type StoredEvent } from "../storage/event.ts";
 import { XfError } from "../storage/errors.ts";
+import { ACTION_ADD, encodeMembership } from "../storage/membership.ts";
 
 /** A node on a fresh temp dir; `done()` closes it and removes the dir. */
 export async function tempNode(
@@ -80,4 +81,21 @@ export function code(fn: () => unknown): string {
     throw e;
   }
   throw new Error("expected an XfError");
+}
+
+/** A closed group on `node` with one member besides its owner (added 100 s ago). */
+export async function closedGroup(node: XfNode) {
+  const owner = await generateKeyPair();
+  const member = await generateKeyPair();
+  const { gid, manifest } = await createGroup(owner, { name: "secret", policy: 1 });
+  const add = await signEvent(owner, {
+    group: gid,
+    ts: Date.now() - 100_000,
+    kind: 1,
+    tags: [],
+    payload: encodeMembership({ action: ACTION_ADD, member: member.publicKey }),
+  });
+  const res = await node.publish([manifest, add]);
+  if (res.some((r) => r.status !== "stored")) throw new Error(`closedGroup: not stored: ${JSON.stringify(res)}`);
+  return { owner, member, gid, manifest, add };
 }

@@ -1,6 +1,6 @@
 // The HTTP surface's security rules, each tried and refused with its code.
 import { assert, assertEquals } from "@std/assert";
-import { hexOf, makeEvents, tempNode, testGroup } from "./_helpers.ts";
+import { closedGroup, hexOf, makeEvents, tempNode, testGroup } from "./_helpers.ts";
 import { createApp } from "../net/app.ts";
 import { serve } from "../net/server.ts";
 import { answerChallenge, Authenticator, CHALLENGE_TTL_MS } from "../net/auth.ts";
@@ -8,7 +8,7 @@ import { cborArrayOf, type XfNode } from "../actors/node.ts";
 import { LIMITS } from "../actors/limits.ts";
 import type { FrameChannel } from "../net/sync.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
-import { createGroup, signEvent } from "../storage/event.ts";
+import { signEvent } from "../storage/event.ts";
 import { ACTION_ADD, encodeMembership } from "../storage/membership.ts";
 import { XfError } from "../storage/errors.ts";
 
@@ -22,21 +22,6 @@ function deadPort(): number {
   const port = (l.addr as Deno.NetAddr).port;
   l.close();
   return port;
-}
-
-async function closedGroup(node: XfNode) {
-  const owner = await generateKeyPair();
-  const member = await generateKeyPair();
-  const { gid, manifest } = await createGroup(owner, { name: "secret", policy: 1 });
-  const add = await signEvent(owner, {
-    group: gid,
-    ts: Date.now() - 100_000,
-    kind: 1,
-    tags: [],
-    payload: encodeMembership({ action: ACTION_ADD, member: member.publicKey }),
-  });
-  assertEquals((await node.publish([manifest, add])).map((r) => r.status), ["stored", "stored"]);
-  return { owner, member, gid, manifest, add };
 }
 
 /** A bearer token for `key` through the app's challenge and token routes. */

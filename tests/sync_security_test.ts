@@ -1,6 +1,6 @@
 // Every way in that should be closed, tried and refused with its code.
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import { hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
+import { closedGroup, hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { channelPair } from "../net/peers.ts";
 import { handPeer, pipedPeer, SYNC_INFO } from "./_peer.ts";
 import { answerChallenge, Authenticator, CHALLENGE_TTL_MS } from "../net/auth.ts";
@@ -8,29 +8,13 @@ import { createApp } from "../net/app.ts";
 import type { XfNode } from "../actors/node.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
-import { createGroup, signEvent } from "../storage/event.ts";
+import { signEvent } from "../storage/event.ts";
 import { ACTION_ADD, ACTION_REMOVE, encodeMembership } from "../storage/membership.ts";
 import { XfError } from "../storage/errors.ts";
 
 /** A hand-driven peer talking to a node's server session: the real handshake as `key`, then any frames. */
 function rawPeer(node: XfNode, key: KeyPair, info: Record<string, unknown> = SYNC_INFO) {
   return pipedPeer((ch) => node.sync.accept(ch, "raw"), key, "sync", info);
-}
-
-async function closedGroup(node: XfNode) {
-  const owner = await generateKeyPair();
-  const member = await generateKeyPair();
-  const { gid, manifest } = await createGroup(owner, { name: "secret", policy: 1 });
-  const add = await signEvent(owner, {
-    group: gid,
-    ts: Date.now() - 100_000,
-    kind: 1,
-    tags: [],
-    payload: encodeMembership({ action: ACTION_ADD, member: member.publicKey }),
-  });
-  const res = await node.publish([manifest, add]);
-  assertEquals(res.map((r) => r.status), ["stored", "stored"]);
-  return { owner, member, gid, manifest };
 }
 
 Deno.test("Sync refuses a peer that skips the handshake: frames in clear are BAD_FRAME", async () => {
