@@ -32,7 +32,7 @@ export { type NodeOptions, openNode, XfNode } from "./actors/node.ts";
 export type { EventResult } from "./actors/batch.ts";
 export type { SubscriptionFilter } from "./actors/advertise.ts";
 export type { EventQuery } from "./actors/index_stage.ts";
-export { LIMITS, type Limits, limitsWith } from "./actors/limits.ts";
+export { LIMITS, type Limits, limitsWith } from "./core/limits.ts";
 export {
   APP_KIND_MIN,
   createGroup,
@@ -51,7 +51,7 @@ export {
   verifyEvent,
 } from "./storage/event.ts";
 export { fromHex, generateKeyPair, type KeyPair, keyPairFromSeed, toHex } from "./storage/ed25519.ts";
-export { type ErrorCode, XfError } from "./storage/errors.ts";
+export { type ErrorCode, XfError } from "./core/errors.ts";
 export { verifyProof } from "./merkle/mod.ts";
 export { serve, type Served } from "./net/server.ts";
 export { configureLogging, getLogger, type LoggingOptions, resetLogging } from "./actors/log.ts";

@@ -12,10 +12,10 @@
 
 import type { Stage } from "./runtime.ts";
 import { type EventBatch, unpackBatch } from "./batch.ts";
-import { LIMITS, type Limits } from "./limits.ts";
+import { LIMITS, type Limits } from "../core/limits.ts";
 import { toHex } from "../storage/ed25519.ts";
 import { peekEvent } from "../storage/event.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 
 /** A live subscription's filter. */
 export interface SubscriptionFilter {

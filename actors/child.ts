@@ -8,8 +8,8 @@
  */
 
 import type { Endpoint, FromChild, ToChild } from "./endpoint.ts";
-import { fromWire, toWire, XfError } from "../storage/errors.ts";
-import { LIMITS } from "./limits.ts";
+import { fromWire, toWire, XfError } from "../core/errors.ts";
+import { LIMITS } from "../core/limits.ts";
 
 /** A started child: its endpoint and how to stop it hard. */
 export interface Spawned {

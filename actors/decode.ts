@@ -13,7 +13,7 @@
 
 import type { Stage, StageContext } from "./runtime.ts";
 import { type BatchItem, type EventBatch, type EventResult, packBatch, unpackBatch } from "./batch.ts";
-import { LIMITS, type Limits } from "./limits.ts";
+import { LIMITS, type Limits } from "../core/limits.ts";
 import {
   APP_KIND_MIN,
   checkManifestEvent,
@@ -25,7 +25,7 @@ import {
   verifyEvent,
 } from "../storage/event.ts";
 import { toHex } from "../storage/ed25519.ts";
-import { toWire, XfError } from "../storage/errors.ts";
+import { toWire, XfError } from "../core/errors.ts";
 import { GroupState } from "../storage/membership.ts";
 import type { AuthorizeItem } from "./index_stage.ts";
 

@@ -15,7 +15,7 @@
 
 import type { Stage, StageContext } from "./runtime.ts";
 import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch.ts";
-import { LIMITS, type Limits } from "./limits.ts";
+import { LIMITS, type Limits } from "../core/limits.ts";
 import type { GroupInfo } from "./decode.ts";
 import { type Kv, MemoryKv, openRocks } from "../storage/kv.ts";
 import {
@@ -51,8 +51,8 @@ import {
 import { GroupState, type GroupStateJSON } from "../storage/membership.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { fromHex, toHex } from "../storage/ed25519.ts";
-import { XfError } from "../storage/errors.ts";
-import { GroupTrees } from "./merkle_store.ts";
+import { XfError } from "../core/errors.ts";
+import { GroupTrees } from "../storage/merkle_store.ts";
 
 /** Index's config. */
 export interface IndexConfig {

@@ -10,12 +10,12 @@ import { Pipeline, type PipelineOptions, STAGES } from "./root.ts";
 import type { EventResult } from "./batch.ts";
 import type { SubscriptionFilter } from "./advertise.ts";
 import type { ArrivalQuery, EventQuery } from "./index_stage.ts";
-import type { FsckResult } from "./merkle_store.ts";
+import type { FsckResult } from "../storage/merkle_store.ts";
 import { encodeEvent, type Event } from "../storage/event.ts";
 import { fromHex, generateKeyPair, type KeyPair, toHex } from "../storage/ed25519.ts";
 import { NodeSync } from "../net/peers.ts";
 import { DhtService } from "../net/dht/service.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 import { cborArrayOf } from "../storage/cbor.ts";
 
 /** The CBOR array of already-encoded items that a batch body is (one implementation, in storage/cbor.ts). */

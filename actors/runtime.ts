@@ -12,8 +12,8 @@
  */
 
 import type { Endpoint, FromChild, ToChild } from "./endpoint.ts";
-import { fromWire, toWire, XfError } from "../storage/errors.ts";
-import { LIMITS } from "./limits.ts";
+import { fromWire, toWire, XfError } from "../core/errors.ts";
+import { LIMITS } from "../core/limits.ts";
 
 /** What a stage can do besides computing: send and ask. */
 export interface StageContext {

@@ -10,8 +10,8 @@
  */
 
 import { ChildRef, type Spawned } from "./child.ts";
-import { XfError } from "../storage/errors.ts";
-import { LIMITS } from "./limits.ts";
+import { XfError } from "../core/errors.ts";
+import { LIMITS } from "../core/limits.ts";
 import { log } from "./log.ts";
 
 /** How a child is restarted. */

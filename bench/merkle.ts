@@ -6,7 +6,7 @@
 import { nip77 } from "npm:nostr-tools@2.25.2";
 import { indexStage } from "../actors/index_stage.ts";
 import { packBatch } from "../actors/batch.ts";
-import { LIMITS } from "../actors/limits.ts";
+import { LIMITS } from "../core/limits.ts";
 import type { StageContext } from "../actors/runtime.ts";
 import { MerkleTree, verifyProof } from "../merkle/mod.ts";
 import { encodeEvent, eventId } from "../storage/event.ts";

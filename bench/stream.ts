@@ -5,7 +5,7 @@
 // Env: XF_BENCH_STREAM_SUBS (1,000), XF_BENCH_STREAM_RATE (1,000 ev/s), XF_BENCH_STREAM_SECONDS (10).
 import { TextLineStream } from "@std/streams";
 import { cborArrayOf } from "../actors/node.ts";
-import { LIMITS } from "../actors/limits.ts";
+import { LIMITS } from "../core/limits.ts";
 import { generateKeyPair } from "../storage/ed25519.ts";
 import { createGroup, signEvent } from "../storage/event.ts";
 import { percentile, type Row, toHex } from "./_table.ts";

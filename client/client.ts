@@ -17,7 +17,7 @@ import {
 } from "../storage/event.ts";
 import { fromHex, type KeyPair, toHex } from "../storage/ed25519.ts";
 import { decodeCbor } from "../storage/cbor.ts";
-import { ERROR_STATUS, type ErrorCode } from "../storage/errors.ts";
+import { ERROR_STATUS, type ErrorCode } from "../core/errors.ts";
 import {
   ACTION_ADD,
   ACTION_MAKE_ADMIN,

@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { ErrorCode } from "../storage/errors.ts";
+import type { ErrorCode } from "../core/errors.ts";
 
 /** A code an {@linkcode XfClientError} carries: the node's, or one of the client's own. */
 export type ClientErrorCode = ErrorCode | "NETWORK" | "BAD_RESPONSE";

@@ -9,7 +9,7 @@
  */
 
 import { decodeCbor, skipItem } from "../storage/cbor.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 import { XfClientError } from "./errors.ts";
 
 /** Largest item of an export sequence (an event is at most 64 KiB on a node with default limits). */

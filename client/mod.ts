@@ -82,7 +82,7 @@ export {
 export { bytesPayload, jsonPayload, readJson, readText, textPayload } from "./payload.ts";
 export { readSse, type SseMessage } from "./sse.ts";
 export { verifyProof } from "../merkle/proof.ts";
-export { type ErrorCode } from "../storage/errors.ts";
+export { type ErrorCode } from "../core/errors.ts";
 export {
   ACTION_ADD,
   ACTION_MAKE_ADMIN,

@@ -10,7 +10,7 @@
  * @module
  */
 
-import { ERROR_STATUS, type ErrorCode } from "../storage/errors.ts";
+import { ERROR_STATUS, type ErrorCode } from "../core/errors.ts";
 import { asClientError, type ClientErrorCode, XfClientError } from "./errors.ts";
 import { type ClientEvent, eventFromJson, type EventJson, readEvent } from "./event.ts";
 import { readSse } from "./sse.ts";

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 import type { Bound, Item } from "./item.ts";
 
 /** Bytes in an event id and in every node of the tree. */

@@ -16,7 +16,7 @@ import { binarySiblings, decodePage, encodePage, type Page } from "./page.ts";
 import { encodeProof, type ProofStep } from "./proof.ts";
 import { sumAdd, sumEqualsBytes, sumSub } from "./_sum.ts";
 import { assertItem, bytesEqualAt, compareKeyAt, corruption, ID, toHex } from "./_util.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 
 /** Where the tree reads encoded pages, by page hash. */
 export interface PageStore {

@@ -10,9 +10,9 @@
 import { type Context, Hono } from "@hono/hono";
 import type { XfNode } from "../actors/node.ts";
 import type { EventResult } from "../actors/batch.ts";
-import type { Limits } from "../actors/limits.ts";
+import type { Limits } from "../core/limits.ts";
 import { splitBody } from "../actors/ingest.ts";
-import { statusOf, toWire, XfError } from "../storage/errors.ts";
+import { statusOf, toWire, XfError } from "../core/errors.ts";
 import { encodeCbor } from "../storage/cbor.ts";
 import {
   checkManifestEvent,

@@ -18,7 +18,7 @@
 
 import { encodeCbor } from "../storage/cbor.ts";
 import { type KeyPair, sign, toHex, verify } from "../storage/ed25519.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 
 /** How long a challenge may be answered. */
 export const CHALLENGE_TTL_MS = 30_000;

@@ -6,7 +6,7 @@
  */
 
 import { type CborValue, decodeCbor, encodeCbor } from "../storage/cbor.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 
 /** A decoded frame. */
 export type Frame = Map<string, unknown>;

@@ -25,7 +25,7 @@ import { type ClientEvent, XfClient, XfClientError } from "../client/mod.ts";
 import { configureLogging, loggingOptions } from "../actors/log.ts";
 import { runExport, runImport } from "./cli_export.ts";
 import { startNodeLogging } from "../actors/node_log.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 import { VERSION } from "../version.ts";
 import { commandHelp, type Flags, groupHelp, mainHelp, parseCommandLine, UsageError } from "./cli.ts";
 

@@ -12,7 +12,7 @@
  * @module
  */
 
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 import {
   compareItems,
   encodeVarint,

@@ -9,7 +9,7 @@
 
 import type { XfNode } from "../actors/node.ts";
 import { fromHex, toHex } from "../storage/ed25519.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 import { sha256 } from "@noble/hashes/sha2";
 import { Authenticator } from "./auth.ts";
 import { encodeFrame } from "./frames.ts";

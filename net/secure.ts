@@ -37,7 +37,7 @@ import { hkdf } from "@noble/hashes/hkdf";
 import { sha256 } from "@noble/hashes/sha2";
 import { type CborValue, decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { type KeyPair, sign, verify } from "../storage/ed25519.ts";
-import { type ErrorCode, toWire, XfError } from "../storage/errors.ts";
+import { type ErrorCode, toWire, XfError } from "../core/errors.ts";
 import { decodeFrame, encodeFrame, field, type Frame, isBytes, isUint } from "./frames.ts";
 
 /** Version of the session protocol (carried in `hs1`). */

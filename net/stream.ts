@@ -27,7 +27,7 @@
 
 import type { XfNode } from "../actors/node.ts";
 import { decodeEvent, eventJson, peekEvent } from "../storage/event.ts";
-import { type ErrorCode, toWire, XfError } from "../storage/errors.ts";
+import { type ErrorCode, toWire, XfError } from "../core/errors.ts";
 import { fromHex, toHex } from "../storage/ed25519.ts";
 
 /** Events read from the index per backfill page. */

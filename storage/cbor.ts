@@ -15,7 +15,7 @@
  * @module
  */
 
-import { XfError } from "./errors.ts";
+import { XfError } from "../core/errors.ts";
 
 /** A value this codec can encode. */
 export type CborValue =

@@ -16,8 +16,8 @@
 import { sha256 } from "@noble/hashes/sha2";
 import { CborReader, encodeCbor } from "./cbor.ts";
 import { type KeyPair, sign, toHex, verify } from "./ed25519.ts";
-import { XfError } from "./errors.ts";
-import { LIMITS } from "../actors/limits.ts";
+import { XfError } from "../core/errors.ts";
+import { LIMITS } from "../core/limits.ts";
 
 /** The event format version, the first element of every event. */
 export const EVENT_VERSION = 1;

@@ -16,7 +16,7 @@
  * @module
  */
 
-import { XfError } from "./errors.ts";
+import { XfError } from "../core/errors.ts";
 import { openRocks } from "./kv.ts";
 
 /** The name of the format file inside a data directory. */

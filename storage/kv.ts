@@ -15,7 +15,7 @@
 import rocksdb from "rocksdb";
 import { Buffer } from "node:buffer";
 import { compareBytes } from "./cbor.ts";
-import { XfError } from "./errors.ts";
+import { XfError } from "../core/errors.ts";
 
 /** One write of a batch. */
 export type KvOp = { type: "put"; key: Uint8Array; value: Uint8Array } | { type: "del"; key: Uint8Array };

@@ -40,7 +40,7 @@
 
 import { CborReader, encodeCbor } from "./cbor.ts";
 import { fromHex, toHex } from "./ed25519.ts";
-import { XfError } from "./errors.ts";
+import { XfError } from "../core/errors.ts";
 import { POLICY_CLOSED, POLICY_OPEN } from "./event.ts";
 
 /** Membership action: add a member. */

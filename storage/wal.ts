@@ -63,8 +63,8 @@
  * @module
  */
 
-import { LIMITS } from "../actors/limits.ts";
-import { XfError } from "./errors.ts";
+import { LIMITS } from "../core/limits.ts";
+import { XfError } from "../core/errors.ts";
 
 /** Bytes of a segment header: magic and first seq. */
 export const WAL_SEGMENT_HEADER_BYTES = 16;

@@ -3,7 +3,7 @@ import { openNode, type XfNode } from "../actors/node.ts";
 import type { PipelineOptions } from "../actors/root.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { createGroup, signEvent, type StoredEvent } from "../storage/event.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 import { ACTION_ADD, encodeMembership } from "../storage/membership.ts";
 
 /** A node on a fresh temp dir; `done()` closes it and removes the dir. */

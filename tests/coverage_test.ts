@@ -5,8 +5,8 @@
 // reason; an entry that becomes covered must be removed, so the lists only
 // shrink.
 import { assertEquals } from "@std/assert";
-import { LIMITS } from "../actors/limits.ts";
-import { ERROR_STATUS } from "../storage/errors.ts";
+import { LIMITS } from "../core/limits.ts";
+import { ERROR_STATUS } from "../core/errors.ts";
 
 /** Error codes no test produces yet, each with why. */
 const CODES_UNTESTED: Record<string, string> = {

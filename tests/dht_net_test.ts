@@ -1,7 +1,7 @@
 // The DHT over real sockets: RPC between in-process nodes on 127.0.0.1, refusals, persistence.
 import { assert, assertEquals, assertRejects } from "@std/assert";
 import { openNode, type XfNode } from "../actors/node.ts";
-import type { Limits } from "../actors/limits.ts";
+import type { Limits } from "../core/limits.ts";
 import { serve } from "../net/server.ts";
 import { channelPair } from "../net/peers.ts";
 import { HANDSHAKE_BYTES_MAX } from "../net/secure.ts";
@@ -10,7 +10,7 @@ import { type DhtHost, DhtSession } from "../net/dht/rpc.ts";
 import { announce, ANNOUNCE_TTL_MS, encodeRecord, signRecord } from "../net/dht/records.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { generateKeyPair, type KeyPair, toHex } from "../storage/ed25519.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 import { createGroup, POLICY_CLOSED, signEvent } from "../storage/event.ts";
 import { ACTION_ADD, encodeMembership } from "../storage/membership.ts";
 import { hexOf, makeEvents, testGroup, until } from "./_helpers.ts";
@@ -300,7 +300,7 @@ Deno.test("A flood of find_node requests from one peer is refused with RATE_LIMI
 
 Deno.test("A DHT request that gets no answer fails with TIMEOUT", async () => {
   const key = await generateKeyPair(), other = await generateKeyPair();
-  const limits = (await import("../actors/limits.ts")).limitsWith({});
+  const limits = (await import("../core/limits.ts")).limitsWith({});
   const host = (k: KeyPair, handle: DhtHost["handle"]): DhtHost => ({
     key: k,
     limits,

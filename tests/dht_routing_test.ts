@@ -11,7 +11,7 @@ import {
   RoutingTable,
 } from "../net/dht/routing.ts";
 import { Rng } from "../net/dht/sim.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 
 const rng = new Rng(0x5eed);
 

@@ -14,7 +14,7 @@ import {
   generateKeyPair,
   type KeyPair,
 } from "../net/dht/records.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 import { hexOf, tempNode, testGroup } from "./_helpers.ts";
 
 const FLOOD = 1_040;

@@ -15,7 +15,7 @@ import {
   XfClient,
   XfClientError,
 } from "../client/mod.ts";
-import type { Limits } from "../actors/limits.ts";
+import type { Limits } from "../core/limits.ts";
 import { createGroup, peekEvent, signEvent } from "../storage/event.ts";
 
 /** A node served on 127.0.0.1, port 0. */

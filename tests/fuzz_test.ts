@@ -18,7 +18,7 @@ import fc from "npm:fast-check@4.11.0";
 import { assert, assertEquals } from "@std/assert";
 import { sha256 } from "@noble/hashes/sha2";
 import { type CborValue, compareBytes, decodeCbor, encodeCbor, skipItem } from "../storage/cbor.ts";
-import { ERROR_STATUS, type ErrorCode, XfError } from "../storage/errors.ts";
+import { ERROR_STATUS, type ErrorCode, XfError } from "../core/errors.ts";
 import {
   createGroup,
   decodeEvent,

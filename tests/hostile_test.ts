@@ -11,7 +11,7 @@ import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { createGroup, signEvent } from "../storage/event.ts";
 import { ACTION_ADD, ACTION_REMOVE, encodeMembership } from "../storage/membership.ts";
 import type { XfNode } from "../actors/node.ts";
-import type { Limits } from "../actors/limits.ts";
+import type { Limits } from "../core/limits.ts";
 import { socketPeer, SYNC_INFO } from "./_peer.ts";
 
 /** A node served on 127.0.0.1:0 with a given identity. */

@@ -5,12 +5,12 @@ import { createApp } from "../net/app.ts";
 import { serve } from "../net/server.ts";
 import { answerChallenge, Authenticator, CHALLENGE_TTL_MS } from "../net/auth.ts";
 import { cborArrayOf, type XfNode } from "../actors/node.ts";
-import { LIMITS } from "../actors/limits.ts";
+import { LIMITS } from "../core/limits.ts";
 import type { FrameChannel } from "../net/sync.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { signEvent } from "../storage/event.ts";
 import { ACTION_ADD, encodeMembership } from "../storage/membership.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 
 const CBOR = { "content-type": "application/cbor" };
 /** Tests name the caller's address in this header; only the test app reads it. */

@@ -3,7 +3,7 @@ import { assert, assertEquals, assertFalse, assertThrows } from "@std/assert";
 import { sha256 } from "@noble/hashes/sha2";
 import { compareBytes, encodeCbor } from "../storage/cbor.ts";
 import { generateKeyPair, toHex } from "../storage/ed25519.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 import { KIND_MEMBERSHIP, POLICY_CLOSED, POLICY_OPEN, signEvent } from "../storage/event.ts";
 import {
   ACTION_ADD,

@@ -14,7 +14,7 @@ import {
 import { closesPage } from "../merkle/chunker.ts";
 import { hashInner } from "../merkle/_sha256.ts";
 import { prng, randomId, randomItems, sortedSet, toHex } from "../merkle/_testing.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 
 /** The tree root straight from the documented rules, with @noble/hashes only. */
 function referenceRoot(items: Item[]): string {

@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertNotEquals, assertThrows } from "@std/assert";
 import { decodePage, encodePage, type Item, MerkleTree, Page, PAGE_NODES_MIN, type PageWrites } from "../merkle/mod.ts";
 import { mapStore, prng, randomId, randomItems, shuffle, sortedSet, toHex } from "../merkle/_testing.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 
 /** Assert two page maps hold the same pages with the same bytes. */
 function assertSamePages(got: Map<string, Uint8Array>, want: Map<string, Uint8Array>, what: string): void {

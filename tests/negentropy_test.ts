@@ -4,7 +4,7 @@
 import { assert, assertEquals, assertInstanceOf, assertStringIncludes, assertThrows } from "@std/assert";
 import { bytesToHex, hexToBytes } from "@noble/hashes/utils";
 import { nip77 } from "npm:nostr-tools@2.25.2";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 import { PROTOCOL_VERSION, Reconciler, type ReconcilerOptions } from "../net/negentropy.ts";
 import { compareItems, encodeVarint, IdSum, VectorStorage } from "../net/negentropy_storage.ts";
 

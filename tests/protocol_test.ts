@@ -9,7 +9,7 @@ import { decodeFrame } from "../net/frames.ts";
 import { decodeRecord, encodeRecordBody, verifyRecord } from "../net/dht/records.ts";
 import { authMessage } from "../net/auth.ts";
 import { parseCursor, sseRecord } from "../net/stream.ts";
-import { LIMITS } from "../actors/limits.ts";
+import { LIMITS } from "../core/limits.ts";
 import { buildProtocolVectors, deriveSession, diag, nonce } from "./fixtures/make_protocol_vectors.ts";
 
 const fixture = JSON.parse(await Deno.readTextFile(new URL("./fixtures/protocol_v2.json", import.meta.url)));

@@ -1,6 +1,6 @@
 import { assert } from "@std/assert";
-import { LIMITS } from "../actors/limits.ts";
-import { ERROR_STATUS } from "../storage/errors.ts";
+import { LIMITS } from "../core/limits.ts";
+import { ERROR_STATUS } from "../core/errors.ts";
 
 const readme = await Deno.readTextFile(new URL("../README.md", import.meta.url));
 const row = (name: string, value: string) => new RegExp(`\\|\\s*\`${name}\`\\s*\\|\\s*${value}\\s*\\|`);

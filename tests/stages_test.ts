@@ -5,10 +5,10 @@ import { ingestStage, splitBody } from "../actors/ingest.ts";
 import { decodeStage } from "../actors/decode.ts";
 import { advertiseStage } from "../actors/advertise.ts";
 import { type EventBatch, type EventResult, packBatch, unpackBatch } from "../actors/batch.ts";
-import { LIMITS, type Limits } from "../actors/limits.ts";
+import { LIMITS, type Limits } from "../core/limits.ts";
 import { cborArrayOf } from "../actors/node.ts";
 import type { StageContext } from "../actors/runtime.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 import { toHex } from "../storage/ed25519.ts";
 
 function fakeCtx(answers: Record<string, (msg: unknown) => unknown> = {}) {

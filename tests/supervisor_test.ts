@@ -2,8 +2,8 @@ import { assert, assertEquals } from "@std/assert";
 import { Supervisor } from "../actors/supervisor.ts";
 import { ChildRef, inProcessSpawner, workerSpawner } from "../actors/child.ts";
 import { serveStage, type Stage } from "../actors/runtime.ts";
-import { XfError } from "../storage/errors.ts";
-import { LIMITS } from "../actors/limits.ts";
+import { XfError } from "../core/errors.ts";
+import { LIMITS } from "../core/limits.ts";
 
 /** Crash requests already carried out: a resent batch does not crash again (unless it is `always`). */
 const crashedOnce = new Set<string>();

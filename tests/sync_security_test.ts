@@ -10,7 +10,7 @@ import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { signEvent } from "../storage/event.ts";
 import { ACTION_ADD, ACTION_REMOVE, encodeMembership } from "../storage/membership.ts";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 
 /** A hand-driven peer talking to a node's server session: the real handshake as `key`, then any frames. */
 function rawPeer(node: XfNode, key: KeyPair, info: Record<string, unknown> = SYNC_INFO) {

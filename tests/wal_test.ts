@@ -1,5 +1,5 @@
 import { assertEquals, assertRejects } from "@std/assert";
-import { XfError } from "../storage/errors.ts";
+import { XfError } from "../core/errors.ts";
 import { crc32c, denoWalFs, describe, Wal, type WalFile, type WalFs } from "../storage/wal.ts";
 
 const HEADER = 16; // Segment header and record header are both 16 bytes.

@@ -37,7 +37,7 @@ import {
   RECORDS_PER_GROUP_MAX,
 } from "./limits.ts";
 import { bytesEqual, toHex } from "./routing.ts";
-import { LIMITS } from "../../actors/limits.ts";
+import { LIMITS } from "../../core/limits.ts";
 import { VERIFIED_NODES_MAX } from "./limits.ts";
 
 export { ANNOUNCE_FUTURE_MS, ANNOUNCE_TTL_MS, RECORD_GROUPS_MAX, RECORDS_PER_GROUP_MAX } from "./limits.ts";

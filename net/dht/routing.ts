@@ -16,7 +16,7 @@
  */
 
 import { sha256 } from "@noble/hashes/sha2";
-import { XfError } from "../../storage/errors.ts";
+import { XfError } from "../../core/errors.ts";
 import {
   ADDR_BYTES_MAX,
   ID_BITS,

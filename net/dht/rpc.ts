@@ -37,8 +37,8 @@
 
 import type { CborValue } from "../../storage/cbor.ts";
 import { type KeyPair, toHex } from "../../storage/ed25519.ts";
-import { ERROR_STATUS, type ErrorCode, toWire, XfError } from "../../storage/errors.ts";
-import type { Limits } from "../../actors/limits.ts";
+import { ERROR_STATUS, type ErrorCode, toWire, XfError } from "../../core/errors.ts";
+import type { Limits } from "../../core/limits.ts";
 import { type FrameChannel, SecureChannel } from "../secure.ts";
 import { decodeFrame, encodeFrame, field, type Frame, isBytes, isUint } from "../frames.ts";
 

@@ -14,7 +14,7 @@
 import type { XfNode } from "../../actors/node.ts";
 import type { CborValue } from "../../storage/cbor.ts";
 import { fromHex, toHex } from "../../storage/ed25519.ts";
-import { XfError } from "../../storage/errors.ts";
+import { XfError } from "../../core/errors.ts";
 import { socketChannel } from "../peers.ts";
 import type { FrameChannel } from "../secure.ts";
 import { encodeFrame } from "../frames.ts";

@@ -10,12 +10,12 @@
  */
 
 import { MerkleTree, type RootInfo } from "../merkle/mod.ts";
-import type { Kv, KvOp } from "../storage/kv.ts";
-import { eventKey, merkleKey, merklePrefix, metaKey, prefixEnd, timeKeyFloor } from "../storage/keys.ts";
-import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
-import { fromHex, toHex } from "../storage/ed25519.ts";
-import { decodeEvent, type StoredEvent } from "../storage/event.ts";
-import { XfError } from "../storage/errors.ts";
+import type { Kv, KvOp } from "./kv.ts";
+import { eventKey, merkleKey, merklePrefix, metaKey, prefixEnd, timeKeyFloor } from "./keys.ts";
+import { decodeCbor, encodeCbor } from "./cbor.ts";
+import { fromHex, toHex } from "./ed25519.ts";
+import { decodeEvent, type StoredEvent } from "./event.ts";
+import { XfError } from "../core/errors.ts";
 import { sha256 } from "@noble/hashes/sha2";
 
 interface GroupTree {
