@@ -50,7 +50,8 @@ export {
   type UnsignedEvent,
   verifyEvent,
 } from "./storage/event.ts";
-export { fromHex, generateKeyPair, type KeyPair, keyPairFromSeed, toHex } from "./storage/ed25519.ts";
+export { generateKeyPair, type KeyPair, keyPairFromSeed } from "./storage/ed25519.ts";
+export { fromHex, toHex } from "./core/bytes.ts";
 export { type ErrorCode, XfError } from "./core/errors.ts";
 export { verifyProof } from "./merkle/mod.ts";
 export { serve, type Served } from "./net/server.ts";

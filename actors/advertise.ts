@@ -10,10 +10,10 @@
  * @module
  */
 
+import { toHex } from "../core/bytes.ts";
 import type { Stage } from "./runtime.ts";
 import { type EventBatch, unpackBatch } from "./batch.ts";
 import { LIMITS, type Limits } from "../core/limits.ts";
-import { toHex } from "../storage/ed25519.ts";
 import { peekEvent } from "../storage/event.ts";
 import { XfError } from "../core/errors.ts";
 

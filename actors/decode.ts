@@ -11,6 +11,7 @@
  * @module
  */
 
+import { toHex } from "../core/bytes.ts";
 import type { Stage, StageContext } from "./runtime.ts";
 import { type BatchItem, type EventBatch, type EventResult, packBatch, unpackBatch } from "./batch.ts";
 import { LIMITS, type Limits } from "../core/limits.ts";
@@ -24,7 +25,6 @@ import {
   type StoredEvent,
   verifyEvent,
 } from "../storage/event.ts";
-import { toHex } from "../storage/ed25519.ts";
 import { toWire, XfError } from "../core/errors.ts";
 import { GroupState } from "../storage/membership.ts";
 import type { AuthorizeItem } from "./index_stage.ts";

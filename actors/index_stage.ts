@@ -13,6 +13,7 @@
  * @module
  */
 
+import { fromHex, toHex } from "../core/bytes.ts";
 import type { Stage, StageContext } from "./runtime.ts";
 import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch.ts";
 import { LIMITS, type Limits } from "../core/limits.ts";
@@ -50,7 +51,6 @@ import {
 } from "../storage/event.ts";
 import { GroupState, type GroupStateJSON } from "../storage/membership.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
-import { fromHex, toHex } from "../storage/ed25519.ts";
 import { XfError } from "../core/errors.ts";
 import { GroupTrees } from "../storage/merkle_store.ts";
 

@@ -12,12 +12,12 @@
  * @module
  */
 
+import { toHex } from "../core/bytes.ts";
 import { sha256 } from "@noble/hashes/sha2";
 import type { Stage, StageContext } from "./runtime.ts";
 import { type BatchItem, type EventResult, packBatch } from "./batch.ts";
 import { LIMITS, type Limits } from "../core/limits.ts";
 import { skipItem } from "../storage/cbor.ts";
-import { toHex } from "../storage/ed25519.ts";
 import { toWire, XfError } from "../core/errors.ts";
 
 /** One request's body, as the root hands it over. */

@@ -6,13 +6,14 @@
  * @module
  */
 
+import { fromHex, toHex } from "../core/bytes.ts";
 import { Pipeline, type PipelineOptions, STAGES } from "./root.ts";
 import type { EventResult } from "./batch.ts";
 import type { SubscriptionFilter } from "./advertise.ts";
 import type { ArrivalQuery, EventQuery } from "./index_stage.ts";
 import type { FsckResult } from "../storage/merkle_store.ts";
 import { encodeEvent, type Event } from "../storage/event.ts";
-import { fromHex, generateKeyPair, type KeyPair, toHex } from "../storage/ed25519.ts";
+import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { NodeSync } from "../net/peers.ts";
 import { DhtService } from "../net/dht/service.ts";
 import { XfError } from "../core/errors.ts";

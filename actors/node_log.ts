@@ -11,9 +11,9 @@
  * @module
  */
 
+import { toHex } from "../core/bytes.ts";
 import type { XfNode } from "./node.ts";
 import { log, loggingConfigured, short } from "./log.ts";
-import { toHex } from "../storage/ed25519.ts";
 
 /** Options of {@linkcode startNodeLogging}; the periods and thresholds are injectable for tests. */
 export interface NodeLoggingOptions {

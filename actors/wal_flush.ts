@@ -15,11 +15,11 @@
  * @module
  */
 
+import { toHex } from "../core/bytes.ts";
 import type { Stage, StageContext } from "./runtime.ts";
 import { type BatchItem, type EventBatch, type EventResult, packBatch, unpackBatch } from "./batch.ts";
 import { LIMITS, type Limits } from "../core/limits.ts";
 import { describe, type RecoveryReport, Wal } from "../storage/wal.ts";
-import { toHex } from "../storage/ed25519.ts";
 import { isDiskFull, XfError } from "../core/errors.ts";
 
 /** Messages the wal-flush stage takes. */

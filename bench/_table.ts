@@ -10,16 +10,8 @@ export interface Row {
   lowerIsBetter?: boolean;
 }
 
-/** The p-th percentile (0..1) of sorted numbers. */
-export function percentile(sorted: number[], p: number): number {
-  if (sorted.length === 0) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
-}
-
-/** Lower-case hex. */
-export function toHex(b: Uint8Array): string {
-  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-}
+/** Percentiles and hex: one copy, in core/bytes.ts. */
+export { percentile, toHex } from "../core/bytes.ts";
 
 function fmt(n: number): string {
   if (!Number.isFinite(n)) return String(n);

@@ -3,13 +3,13 @@
 // the first argument (this repository by default), so the same script measures an earlier commit's code path in
 // the same benchmark run. Prints one JSON line.
 import { makeWorkload } from "./ingest.ts";
+import { toHex } from "../core/bytes.ts";
 
 const root = Deno.args[0] ? new URL(`file://${Deno.args[0].replace(/\/$/, "")}/`) : new URL("../", import.meta.url);
 const n = Number(Deno.args[1] ?? 40_000);
 const { openNode } = await import(new URL("actors/node.ts", root).href);
 const { serve } = await import(new URL("net/server.ts", root).href);
 
-const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 const w = await makeWorkload(n);
 const full = await openNode({ dataDir: await Deno.makeTempDir({ prefix: "xf-bench-full-" }) });
 const t0 = performance.now();
@@ -19,7 +19,7 @@ const ingestRate = n / ((performance.now() - t0) / 1000);
 const served = await serve(full, { host: "127.0.0.1", port: 0 });
 const url = served.url.replace("http", "ws");
 const fresh = await openNode({ dataDir: await Deno.makeTempDir({ prefix: "xf-bench-fresh-" }) });
-const gid = hex(w.gid);
+const gid = toHex(w.gid);
 const t1 = performance.now();
 const s = await fresh.sync.connect(url, [gid]);
 while (((await fresh.merkle(gid))?.count ?? 0) < n + 1) await new Promise((r) => setTimeout(r, 10));

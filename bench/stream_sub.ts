@@ -5,6 +5,8 @@
 // a latency sample: now − the publish time `t=<ms since the epoch>` carried in the event's payload (hex in the JSON).
 // Stdout, one JSON line each: {"ready": n, "failed": m} once every stream is ready or failed; {"progress": received}
 // every 250 ms after that; on a "stop" line on stdin (or SIGTERM): {"received", "samples", "cut", "ended"}, then exit.
+
+import { fromHex } from "../core/bytes.ts";
 const [url, gid, nArg, sampleArg] = Deno.args;
 const N = Number(nArg), SAMPLE = Math.min(Number(sampleArg ?? 25), N);
 if (!url || !gid || !(N > 0)) throw new Error("usage: stream_sub.ts URL GID N SAMPLE");
@@ -73,9 +75,7 @@ function scanner(onReady: () => void) {
 }
 
 function hexText(h: string): string {
-  const b = new Uint8Array(h.length >> 1);
-  for (let i = 0; i < b.length; i++) b[i] = parseInt(h.slice(2 * i, 2 * i + 2), 16);
-  return new TextDecoder().decode(b);
+  return new TextDecoder().decode(fromHex(h) ?? new Uint8Array());
 }
 
 /** Full parser of one sampled stream: every record is decoded; event payloads give latency samples. */

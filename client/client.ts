@@ -8,6 +8,7 @@
  * @module
  */
 
+import { fromHex, toHex } from "../core/bytes.ts";
 import {
   createGroup as makeGroup,
   eventId as eventIdOf,
@@ -15,7 +16,7 @@ import {
   POLICY_CLOSED,
   POLICY_OPEN,
 } from "../storage/event.ts";
-import { fromHex, type KeyPair, toHex } from "../storage/ed25519.ts";
+import { type KeyPair } from "../storage/ed25519.ts";
 import { decodeCbor } from "../storage/cbor.ts";
 import { ERROR_STATUS, type ErrorCode } from "../core/errors.ts";
 import {

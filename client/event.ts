@@ -6,6 +6,7 @@
  * @module
  */
 
+import { fromHex, toHex } from "../core/bytes.ts";
 import {
   decodeEvent,
   encodeEvent,
@@ -15,7 +16,7 @@ import {
   type Tag,
   verifyEvent,
 } from "../storage/event.ts";
-import { fromHex, type KeyPair, toHex } from "../storage/ed25519.ts";
+import { type KeyPair } from "../storage/ed25519.ts";
 import { XfClientError } from "./errors.ts";
 
 export type { Tag };

@@ -6,7 +6,8 @@
  * @module
  */
 
-import { fromHex, generateKeyPair, type KeyPair, keyPairFromSeed, toHex } from "../storage/ed25519.ts";
+import { fromHex, toHex } from "../core/bytes.ts";
+import { generateKeyPair, type KeyPair, keyPairFromSeed } from "../storage/ed25519.ts";
 
 export { fromHex, generateKeyPair, type KeyPair, keyPairFromSeed, toHex };
 

@@ -10,12 +10,12 @@
  * @module
  */
 
+import { toHex } from "../core/bytes.ts";
 import { ERROR_STATUS, type ErrorCode } from "../core/errors.ts";
 import { asClientError, type ClientErrorCode, XfClientError } from "./errors.ts";
 import { type ClientEvent, eventFromJson, type EventJson, readEvent } from "./event.ts";
 import { readSse } from "./sse.ts";
 import { eventId } from "../storage/event.ts";
-import { toHex } from "../storage/ed25519.ts";
 
 /** How a subscription talks to the node. */
 export type Transport = "sse" | "ws";

@@ -5,22 +5,14 @@
  * @module
  */
 
+import { Prng, toHex } from "../core/bytes.ts";
 import type { Item } from "./item.ts";
 import { compareItems } from "./item.ts";
 import type { PageStore, PageWrites } from "./tree.ts";
-import { toHex } from "./_util.ts";
 
-/** A seeded 32-bit random source (mulberry32): `u32()` and `int(n)` in `0..n-1`. */
+/** A seeded 32-bit random source (core/bytes.ts's mulberry32): `u32()` and `int(n)` in `0..n-1`. */
 export function prng(seed: number): { u32(): number; int(n: number): number } {
-  let a = seed >>> 0;
-  const u32 = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  };
-  return { u32, int: (n: number) => Math.floor((u32() / 2 ** 32) * n) };
+  return new Prng(seed);
 }
 
 /** A random 32-byte id. */

@@ -56,15 +56,6 @@ export function copy32(dst: Uint8Array, dstOff: number, src: Uint8Array, srcOff:
   for (let i = 0; i < ID; i++) dst[dstOff + i] = src[srcOff + i]!;
 }
 
-const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
-
-/** Lower-case hex of `bytes[off..off+len]`. */
-export function toHex(bytes: Uint8Array, off = 0, len = bytes.length - off): string {
-  let s = "";
-  for (let i = off; i < off + len; i++) s += HEX[bytes[i]!];
-  return s;
-}
-
 /** Throw unless `item` has a 32-byte id and a non-negative safe-integer ts. */
 export function assertItem(item: Item, what: string): void {
   if (!(item?.id instanceof Uint8Array) || item.id.length !== ID) {

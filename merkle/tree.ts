@@ -8,6 +8,7 @@
  * @module
  */
 
+import { toHex, toHexAt } from "../core/bytes.ts";
 import { Chunker, Entries } from "./chunker.ts";
 import { fingerprintOf } from "./fingerprint.ts";
 import type { Bound, Item } from "./item.ts";
@@ -15,7 +16,7 @@ import { compareItems } from "./item.ts";
 import { binarySiblings, decodePage, encodePage, type Page } from "./page.ts";
 import { encodeProof, type ProofStep } from "./proof.ts";
 import { sumAdd, sumEqualsBytes, sumSub } from "./_sum.ts";
-import { assertItem, bytesEqualAt, compareKeyAt, corruption, ID, toHex } from "./_util.ts";
+import { assertItem, bytesEqualAt, compareKeyAt, corruption, ID } from "./_util.ts";
 import { XfError } from "../core/errors.ts";
 
 /** Where the tree reads encoded pages, by page hash. */
@@ -365,7 +366,7 @@ export class MerkleTree {
       }
       const only = next[0]!;
       if (next.length === 1 && only.start === 0 && only.end === N && out.length === 1) {
-        newRoot = made.get(toHex(out.nodes, 0, ID))!.page;
+        newRoot = made.get(toHexAt(out.nodes, 0, ID))!.page;
         // A level below the old root became a single page: drop every old
         // page above it.
         if (level < R) this.#collectAbove(level, gone);
@@ -525,7 +526,7 @@ export class MerkleTree {
     const walk = (page: Page, hex: string) => {
       gone.add(hex);
       if (page.level - 1 <= level) return;
-      for (let j = 0; j < page.size; j++) walk(this.#child(page, j), toHex(page.nodes, j * ID, ID));
+      for (let j = 0; j < page.size; j++) walk(this.#child(page, j), toHexAt(page.nodes, j * ID, ID));
     };
     walk(this.#rootPage(), toHex(this.#root.hash));
   }
@@ -547,7 +548,7 @@ export class MerkleTree {
 
   /** The page whose hash is `hashes[off..off+32]`, from the cache or the store. */
   #load(hashes: Uint8Array, off: number): Page {
-    const hex = toHex(hashes, off, ID);
+    const hex = toHexAt(hashes, off, ID);
     const hit = this.#cache.get(hex);
     if (hit !== undefined) {
       this.#cache.delete(hex);
@@ -575,7 +576,7 @@ export class MerkleTree {
     const linked = parent.kids?.[j];
     if (linked) return linked;
     const child = this.#load(parent.nodes, j * ID);
-    checkChild(parent, j, child, toHex(parent.nodes, j * ID, ID));
+    checkChild(parent, j, child, toHexAt(parent.nodes, j * ID, ID));
     // With a cache big enough to hold a whole tree, keep the checked child with its parent: later walks
     // skip the lookup (a page is named by its hash, so the link can never go stale).
     if (this.#cacheMax >= LINK_CHILDREN_CACHE_MIN) (parent.kids ??= [])[j] = child;
@@ -602,7 +603,7 @@ export class MerkleTree {
     while (page.level > level) {
       const j = childOfRank(page, rank - base);
       base += page.prefixCounts![j]!;
-      hex = toHex(page.nodes, j * ID, ID);
+      hex = toHexAt(page.nodes, j * ID, ID);
       page = this.#child(page, j);
     }
     return { page, hex, start: base };

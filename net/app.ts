@@ -7,6 +7,7 @@
  * @module
  */
 
+import { bytesEqual, fromHex, toHex } from "../core/bytes.ts";
 import { type Context, Hono } from "@hono/hono";
 import type { XfNode } from "../actors/node.ts";
 import type { EventResult } from "../actors/batch.ts";
@@ -14,16 +15,7 @@ import type { Limits } from "../core/limits.ts";
 import { splitBody } from "../actors/ingest.ts";
 import { statusOf, toWire, XfError } from "../core/errors.ts";
 import { encodeCbor } from "../storage/cbor.ts";
-import {
-  checkManifestEvent,
-  decodeEvent,
-  equalBytes,
-  eventJson,
-  KIND_MANIFEST,
-  peekEvent,
-  verifyEvent,
-} from "../storage/event.ts";
-import { fromHex, toHex } from "../storage/ed25519.ts";
+import { checkManifestEvent, decodeEvent, eventJson, KIND_MANIFEST, peekEvent, verifyEvent } from "../storage/event.ts";
 import { upgradeWebSocket } from "@hono/hono/deno";
 import { cors } from "@hono/hono/cors";
 import type { GroupInfoView } from "../actors/index_stage.ts";
@@ -175,7 +167,7 @@ async function carriesOwnManifest(body: Uint8Array, gid: Uint8Array, limits: Lim
     return false;
   }
   for (const part of parts) {
-    if (peekEvent(part)?.kind !== KIND_MANIFEST || !equalBytes(part.subarray(4, 36), gid)) continue;
+    if (peekEvent(part)?.kind !== KIND_MANIFEST || !bytesEqual(part.subarray(4, 36), gid)) continue;
     try {
       const e = decodeEvent(part, limits);
       checkManifestEvent(e);

@@ -16,8 +16,9 @@
  * @module
  */
 
+import { toHex } from "../core/bytes.ts";
 import { encodeCbor } from "../storage/cbor.ts";
-import { type KeyPair, sign, toHex, verify } from "../storage/ed25519.ts";
+import { type KeyPair, sign, verify } from "../storage/ed25519.ts";
 import { XfError } from "../core/errors.ts";
 
 /** How long a challenge may be answered. */

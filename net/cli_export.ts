@@ -22,8 +22,9 @@
  * @module
  */
 
+import { fromHex } from "../core/bytes.ts";
 import { encodeCbor } from "../storage/cbor.ts";
-import { fromHex, type KeyPair, keyPairFromSeed } from "../storage/ed25519.ts";
+import { type KeyPair, keyPairFromSeed } from "../storage/ed25519.ts";
 import { type ExportHeader, IMPORT_SETTLE_MS_MAX, readExport, toHex, XfClient, XfClientError } from "../client/mod.ts";
 
 /** Options of {@linkcode runExport}. */

@@ -17,9 +17,10 @@
  * @module
  */
 
+import { fromHex, toHex } from "../core/bytes.ts";
 import { openNode } from "../actors/node.ts";
 import { serve } from "./server.ts";
-import { fromHex, generateKeyPair, type KeyPair, keyPairFromSeed, toHex } from "../storage/ed25519.ts";
+import { generateKeyPair, type KeyPair, keyPairFromSeed } from "../storage/ed25519.ts";
 import type { Tag } from "../storage/event.ts";
 import { type ClientEvent, XfClient, XfClientError } from "../client/mod.ts";
 import { configureLogging, loggingOptions } from "../actors/log.ts";

@@ -12,6 +12,7 @@
  * @module
  */
 
+import { bytesEqual } from "../core/bytes.ts";
 import { XfError } from "../core/errors.ts";
 import {
   compareItems,
@@ -173,12 +174,6 @@ class Reader {
     this.pos += n;
     return out;
   }
-}
-
-function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 function keyOf(id: Uint8Array): string {
@@ -343,7 +338,7 @@ export class Reconciler {
         skipPending = true;
       } else if (mode === MODE_FINGERPRINT) {
         const theirs = r.bytes(FINGERPRINT_BYTES, "fingerprint");
-        if (equalBytes(theirs, this.#fingerprint(lower, upper))) {
+        if (bytesEqual(theirs, this.#fingerprint(lower, upper))) {
           skipPending = true;
         } else {
           flushSkip();

@@ -7,8 +7,8 @@
  * @module
  */
 
+import { fromHex, toHex } from "../core/bytes.ts";
 import type { XfNode } from "../actors/node.ts";
-import { fromHex, toHex } from "../storage/ed25519.ts";
 import { XfError } from "../core/errors.ts";
 import { sha256 } from "@noble/hashes/sha2";
 import { Authenticator } from "./auth.ts";

@@ -25,10 +25,10 @@
  * @module
  */
 
+import { fromHex, toHex } from "../core/bytes.ts";
 import type { XfNode } from "../actors/node.ts";
 import { decodeEvent, eventJson, peekEvent } from "../storage/event.ts";
 import { type ErrorCode, toWire, XfError } from "../core/errors.ts";
-import { fromHex, toHex } from "../storage/ed25519.ts";
 
 /** Events read from the index per backfill page. */
 export const STREAM_PAGE_EVENTS = 500;

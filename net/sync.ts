@@ -43,10 +43,11 @@
  * @module
  */
 
+import { bytesEqual, fromHex, toHex } from "../core/bytes.ts";
 import { sha256 } from "@noble/hashes/sha2";
 import { peekEvent } from "../storage/event.ts";
 import { decodeFrame, encodeFrame, field, type Frame, isBytes, isUint } from "./frames.ts";
-import { fromHex, type KeyPair, toHex } from "../storage/ed25519.ts";
+import { type KeyPair } from "../storage/ed25519.ts";
 import { type ErrorCode, toWire, XfError } from "../core/errors.ts";
 import type { Limits } from "../core/limits.ts";
 import type { EventResult } from "../actors/batch.ts";
@@ -875,7 +876,7 @@ export class SyncSession {
       const missing: Uint8Array[] = [];
       found.forEach((b, j) => {
         // Only events of this group.
-        if (b && b.length > 36 && equal32(b.subarray(4, 36), gidBytes)) events.push(b);
+        if (b && b.length > 36 && bytesEqual(b.subarray(4, 36), gidBytes)) events.push(b);
         else missing.push(take.slice(j * 32, j * 32 + 32));
       });
       // Manifests, then membership, then the rest: a joining peer can accept them in this order.
@@ -975,11 +976,6 @@ export class SyncSession {
       this.strike("BAD_FRAME", `All ${events.length} events of the batch were rejected, e.g. ${bad[0]!.code}`, gid);
     }
   }
-}
-
-function equal32(a: Uint8Array, b: Uint8Array): boolean {
-  for (let i = 0; i < 32; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 /** An event's kind if it is an engine kind (< 16), else 16: for ordering a transfer. */

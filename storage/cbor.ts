@@ -15,6 +15,7 @@
  * @module
  */
 
+import { compareBytes } from "../core/bytes.ts";
 import { XfError } from "../core/errors.ts";
 
 /** A value this codec can encode. */
@@ -167,16 +168,6 @@ export function encodeCbor(v: CborValue): Uint8Array<ArrayBuffer> {
   const w = new Writer();
   write(w, v, 0);
   return w.buf.slice(0, w.len);
-}
-
-/** Lexicographic order of two byte strings. */
-export function compareBytes(a: Uint8Array, b: Uint8Array): number {
-  const n = Math.min(a.length, b.length);
-  for (let i = 0; i < n; i++) {
-    const d = a[i]! - b[i]!;
-    if (d !== 0) return d;
-  }
-  return a.length - b.length;
 }
 
 /** A strict reader over one buffer; `pos` is the next byte to read. */

@@ -8,6 +8,8 @@
  * @module
  */
 
+import { toHex } from "../core/bytes.ts";
+
 /** Public keys whose imported CryptoKey is kept for reuse. */
 export const VERIFY_KEY_CACHE_MAX = 4096;
 
@@ -99,22 +101,6 @@ export async function verify(publicKey: Uint8Array, sig: Uint8Array, message: Ui
   } catch {
     return false; // a public key that is not a curve point
   }
-}
-
-/** Lower-case hex of bytes. */
-export function toHex(b: Uint8Array): string {
-  let s = "";
-  for (let i = 0; i < b.length; i++) s += HEX[b[i]!];
-  return s;
-}
-const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
-
-/** Bytes of a hex string, or null if it is not even-length lower/upper hex. */
-export function fromHex(s: string): Uint8Array | null {
-  if (s.length % 2 !== 0 || !/^[0-9a-fA-F]*$/.test(s)) return null;
-  const out = new Uint8Array(s.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(s.slice(2 * i, 2 * i + 2), 16);
-  return out;
 }
 
 function fromBase64Url(s: string): Uint8Array {

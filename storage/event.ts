@@ -13,9 +13,10 @@
  * @module
  */
 
+import { bytesEqual, toHex } from "../core/bytes.ts";
 import { sha256 } from "@noble/hashes/sha2";
 import { CborReader, encodeCbor } from "./cbor.ts";
-import { type KeyPair, sign, toHex, verify } from "./ed25519.ts";
+import { type KeyPair, sign, verify } from "./ed25519.ts";
 import { XfError } from "../core/errors.ts";
 import { LIMITS } from "../core/limits.ts";
 
@@ -297,17 +298,10 @@ export async function createGroup(
 export function checkManifestEvent(e: Event): Manifest {
   const m = decodeManifest(e.payload);
   const gid = groupIdOf(e.author, m.nonce);
-  if (!equalBytes(gid, e.group)) {
+  if (!bytesEqual(gid, e.group)) {
     throw new XfError("BAD_MANIFEST", "Cannot accept group manifest: group id does not follow from owner and nonce");
   }
   return m;
-}
-
-/** True when two byte strings are equal. */
-export function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 /**

@@ -16,6 +16,8 @@
  * @module
  */
 
+import { concatBytes } from "../core/bytes.ts";
+
 /** Keyspace prefixes. */
 export const KS = {
   event: 0x65,
@@ -28,16 +30,7 @@ export const KS = {
 } as const;
 
 function concat(prefix: number, ...parts: Uint8Array[]): Uint8Array {
-  let n = 1;
-  for (const p of parts) n += p.length;
-  const out = new Uint8Array(n);
-  out[0] = prefix;
-  let o = 1;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  return concatBytes(Uint8Array.of(prefix), ...parts);
 }
 
 /** 8-byte big-endian unsigned integer. */

@@ -12,9 +12,9 @@
  * @module
  */
 
+import { compareBytes } from "../core/bytes.ts";
 import rocksdb from "rocksdb";
 import { Buffer } from "node:buffer";
-import { compareBytes } from "./cbor.ts";
 import { XfError } from "../core/errors.ts";
 
 /** One write of a batch. */

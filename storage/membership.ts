@@ -38,8 +38,8 @@
  * @module
  */
 
+import { fromHex, toHex } from "../core/bytes.ts";
 import { CborReader, encodeCbor } from "./cbor.ts";
-import { fromHex, toHex } from "./ed25519.ts";
 import { XfError } from "../core/errors.ts";
 import { POLICY_CLOSED, POLICY_OPEN } from "./event.ts";
 

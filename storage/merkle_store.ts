@@ -9,11 +9,11 @@
  * @module
  */
 
+import { fromHex, toHex } from "../core/bytes.ts";
 import { MerkleTree, type RootInfo } from "../merkle/mod.ts";
 import type { Kv, KvOp } from "./kv.ts";
 import { eventKey, merkleKey, merklePrefix, metaKey, prefixEnd, timeKeyFloor } from "./keys.ts";
 import { decodeCbor, encodeCbor } from "./cbor.ts";
-import { fromHex, toHex } from "./ed25519.ts";
 import { decodeEvent, type StoredEvent } from "./event.ts";
 import { XfError } from "../core/errors.ts";
 import { sha256 } from "@noble/hashes/sha2";

@@ -58,10 +58,6 @@ export async function makeEvents(
   return out;
 }
 
-export function hexOf(b: Uint8Array): string {
-  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-}
-
 /** Wait until `cond` holds, polling; throws after `ms`. */
 export async function until(cond: () => Promise<boolean> | boolean, ms = 5000): Promise<void> {
   const end = Date.now() + ms;

@@ -3,8 +3,9 @@
 // Three nodes write their own events while links between them are cut and
 // restored at random (bounded rounds, in-process channels); one node restarts
 // mid-sync. At the end all three hold the union, with one Merkle root.
+import { Prng, toHex } from "../core/bytes.ts";
 import { assertEquals } from "@std/assert";
-import { hexOf, makeEvents, testGroup } from "./_helpers.ts";
+import { makeEvents, testGroup } from "./_helpers.ts";
 import { channelPair } from "../net/peers.ts";
 import { SyncSession } from "../net/sync.ts";
 import { openNode, type XfNode } from "../actors/node.ts";
@@ -13,31 +14,24 @@ import { generateKeyPair } from "../storage/ed25519.ts";
 
 const ROUNDS = 8;
 
-function rng(seed: number) {
-  return () => {
-    seed = (seed * 1664525 + 1013904223) >>> 0;
-    return seed / 2 ** 32;
-  };
-}
-
 async function count(node: XfNode, gid: string): Promise<number> {
   return (await node.merkle(gid))?.count ?? 0;
 }
 
 Deno.test("Three nodes with flaky links and a restart converge on one root and the union of events", async () => {
-  const rand = rng(42);
+  const rand = new Prng(42).float;
   const dirs = await Promise.all([0, 1, 2].map(() => Deno.makeTempDir({ prefix: "xf-conv-" })));
   const keys: KeyPair[] = await Promise.all([0, 1, 2].map(() => generateKeyPair()));
   const nodes: XfNode[] = await Promise.all(
     dirs.map((d, i) => openNode({ dataDir: d, workers: false, key: keys[i]! })),
   );
   const g = await testGroup("flaky");
-  const gid = hexOf(g.gid);
+  const gid = toHex(g.gid);
   const written = new Set<string>();
   const links = new Map<string, SyncSession>();
   try {
     await nodes[0]!.publish(g.manifest);
-    written.add(hexOf(g.manifest.id));
+    written.add(toHex(g.manifest.id));
     let ts = Date.now() - 10_000_000;
     for (let round = 0; round < ROUNDS; round++) {
       // Each node writes its own events (only those that hold the group can).
@@ -46,7 +40,7 @@ Deno.test("Three nodes with flaky links and a restart converge on one root and t
         const evs = await makeEvents(g, 5 + Math.floor(rand() * 20), ts);
         ts += 100;
         const res = await n.publish(evs);
-        res.forEach((r, i) => r.status !== "rejected" && written.add(hexOf(evs[i]!.id)));
+        res.forEach((r, i) => r.status !== "rejected" && written.add(toHex(evs[i]!.id)));
       }
       // Cut some links, open others.
       for (const [k, s] of links) {
@@ -95,7 +89,7 @@ Deno.test("Three nodes with flaky links and a restart converge on one root and t
     // No event is held twice: the time index count equals the distinct ids written.
     for (const n of nodes) {
       const page = await n.query({ gid, limit: 1000 });
-      assertEquals(new Set(page!.events.map(hexOf)).size, page!.events.length);
+      assertEquals(new Set(page!.events.map(toHex)).size, page!.events.length);
     }
   } finally {
     for (const n of nodes) await n.close().catch(() => {});

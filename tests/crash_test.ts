@@ -2,9 +2,10 @@
 // several writers and is killed with SIGKILL at random moments; after each
 // kill the data dir is reopened and every acknowledged event must be there,
 // byte for byte, with a consistent Merkle tree. Bounded: ROUNDS kills.
+import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import { TextLineStream } from "@std/streams";
-import { hexOf, makeEvents, testGroup } from "./_helpers.ts";
+import { makeEvents, testGroup } from "./_helpers.ts";
 import { cborArrayOf, openNode } from "../actors/node.ts";
 
 const ROUNDS = Number(Deno.env.get("XF_CRASH_ROUNDS") ?? 20);
@@ -47,7 +48,7 @@ Deno.test({
   async fn() {
     const dir = await Deno.makeTempDir({ prefix: "xf-crash-" });
     const g = await testGroup("crash");
-    const gid = hexOf(g.gid);
+    const gid = toHex(g.gid);
     const pool = await makeEvents(g, ROUNDS * PER_ROUND);
     const acked = new Map<string, Uint8Array>();
     /** Kills that landed while a write was outstanding (sent, not yet answered). */
@@ -63,7 +64,7 @@ Deno.test({
             headers: { "content-type": "application/cbor" },
           });
           assertEquals(r.status, 201);
-          acked.set(hexOf(g.manifest.id), g.manifest.bytes);
+          acked.set(toHex(g.manifest.id), g.manifest.bytes);
         }
         let killed = false;
         let inFlight = 0;
@@ -89,7 +90,7 @@ Deno.test({
               const { results } = await r.json();
               results.forEach((res: { status: string }, i: number) => {
                 if (res.status === "stored" || res.status === "duplicate") {
-                  acked.set(hexOf(batch[i]!.id), batch[i]!.bytes);
+                  acked.set(toHex(batch[i]!.id), batch[i]!.bytes);
                 }
               });
             } catch {
@@ -121,7 +122,7 @@ Deno.test({
           for (const id of ids) {
             const bytes = await node.get(id);
             if (!bytes) throw new Error(`round ${round}: acknowledged event ${id} lost (${node.pipeline.recovery})`);
-            assertEquals(hexOf(bytes), hexOf(acked.get(id)!));
+            assertEquals(toHex(bytes), toHex(acked.get(id)!));
           }
           const replayed = Number(/Replayed (\d+) records/.exec(node.pipeline.recovery)?.[1] ?? NaN);
           assert(Number.isInteger(replayed), `round ${round}: no replay count in "${node.pipeline.recovery}"`);

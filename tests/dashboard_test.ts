@@ -2,9 +2,10 @@
 // on 127.0.0.1 port 0 that holds a group and has synced it with a second node: the page renders with no console
 // error and shows what the JSON routes answer (node id, version, stages, groups and counts, the peer). A screenshot
 // goes to test-output/dashboard.png. Needs Chromium at /usr/bin/chromium: skipped without it, failed when CI=true.
+import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import puppeteer, { type Browser } from "npm:puppeteer-core@25.16.0";
-import { hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
+import { makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { serve } from "../net/server.ts";
 import { CHROMIUM, CHROMIUM_ARGS, hasChromium, inCi } from "./_chromium.ts";
 
@@ -57,7 +58,7 @@ Deno.test({
         (async () => {
           // Two groups on a, one synced with b (b holds events a lacks).
           const g = await testGroup("friends"), h = await testGroup("club board");
-          const gid = hexOf(g.gid);
+          const gid = toHex(g.gid);
           await a.node.publish([g.manifest, ...await makeEvents(g, 120)]);
           await a.node.publish([h.manifest, ...await makeEvents(h, 9)]);
           await b.node.publish([g.manifest, ...await makeEvents(g, 30, Date.now() - 5_000_000)]);

@@ -1,10 +1,11 @@
 // Five real node processes on 127.0.0.1, each told only the first one's address, find each other
 // through the group's DHT and sync: every node lists the other four as peers, and an event written
 // on any node reaches all.
+import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import { generateKeyPair } from "../storage/ed25519.ts";
 import { signEvent } from "../storage/event.ts";
-import { hexOf, testGroup } from "./_helpers.ts";
+import { testGroup } from "./_helpers.ts";
 
 const MAIN = new URL("../net/main.ts", import.meta.url).pathname;
 const NODES = 5;
@@ -83,7 +84,7 @@ Deno.test({
     const children: Child[] = [];
     try {
       const g = await testGroup("five");
-      const gid = hexOf(g.gid);
+      const gid = toHex(g.gid);
       const first = await startNode(["--group", gid]);
       children.push(first);
       const r = await fetch(`${first.url}/v1/groups/${gid}/events`, {
@@ -135,7 +136,7 @@ Deno.test({
       assertEquals(w.status, 201, await w.text());
       await until("the event reaches every node", async () => {
         for (const c of children) {
-          const res = await fetch(`${c.url}/v1/events/${hexOf(ev.id)}`);
+          const res = await fetch(`${c.url}/v1/events/${toHex(ev.id)}`);
           await res.body?.cancel();
           if (res.status !== 200) return false;
         }

@@ -1,4 +1,5 @@
 // The DHT over real sockets: RPC between in-process nodes on 127.0.0.1, refusals, persistence.
+import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals, assertRejects } from "@std/assert";
 import { openNode, type XfNode } from "../actors/node.ts";
 import type { Limits } from "../core/limits.ts";
@@ -9,11 +10,11 @@ import { socketPeer } from "./_peer.ts";
 import { type DhtHost, DhtSession } from "../net/dht/rpc.ts";
 import { announce, ANNOUNCE_TTL_MS, encodeRecord, signRecord } from "../net/dht/records.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
-import { generateKeyPair, type KeyPair, toHex } from "../storage/ed25519.ts";
+import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { XfError } from "../core/errors.ts";
 import { createGroup, POLICY_CLOSED, signEvent } from "../storage/event.ts";
 import { ACTION_ADD, encodeMembership } from "../storage/membership.ts";
-import { hexOf, makeEvents, testGroup, until } from "./_helpers.ts";
+import { makeEvents, testGroup, until } from "./_helpers.ts";
 
 interface Served {
   node: XfNode;
@@ -61,7 +62,7 @@ Deno.test("DHT RPC between two nodes over real sockets: bootstrap, lookup, annou
   const a = await servedNode(), b = await servedNode();
   try {
     const g = await testGroup();
-    const gid = hexOf(g.gid);
+    const gid = toHex(g.gid);
     await a.node.publish([g.manifest, ...await makeEvents(g, 10)]);
     await b.node.publish(g.manifest);
     assertEquals(await b.node.dht.ping(a.url), a.node.key.publicKey);
@@ -101,7 +102,7 @@ Deno.test("Discovery subscribes again once a member it found comes to hold the g
   const a = await servedNode(), b = await servedNode();
   try {
     const g = await testGroup();
-    const gid = hexOf(g.gid);
+    const gid = toHex(g.gid);
     await a.node.publish([g.manifest, ...await makeEvents(g, 10)]);
     a.node.dht.join(gid, []);
     b.node.dht.join(gid, [a.url]); // B does not hold the group: A's subscription at B is refused at first
@@ -125,7 +126,7 @@ Deno.test("A group's routing table is saved in RocksDB and reloaded on start", a
   let b = await servedNode({ key });
   try {
     const g = await testGroup();
-    const gid = hexOf(g.gid);
+    const gid = toHex(g.gid);
     await a.node.publish(g.manifest);
     assertEquals(await b.node.dht.bootstrap(gid, [a.url]), 1);
     await b.done(true);
@@ -143,7 +144,7 @@ Deno.test("announce refuses unsigned, forged, expired, too long-lived, malformed
   const a = await servedNode(), b = await servedNode();
   try {
     const g = await testGroup();
-    const gid = hexOf(g.gid);
+    const gid = toHex(g.gid);
     await a.node.publish(g.manifest);
     const now = Date.now();
     const fields = { group: g.gid, nodeKey: b.node.key.publicKey, addr: b.url, root: new Uint8Array(32), count: 0 };
@@ -183,7 +184,7 @@ Deno.test("A non-member's DHT requests about a closed group get the answer an un
       payload: encodeMembership({ action: ACTION_ADD, member: member.node.key.publicKey }),
     });
     await a.node.publish([manifest, add]);
-    await a.node.dht.announce(hexOf(gid));
+    await a.node.dht.announce(toHex(gid));
     const unknown = crypto.getRandomValues(new Uint8Array(32));
     const answer = async (node: XfNode, op: "find_node" | "find_peers" | "find_providers", g: Uint8Array) => {
       try {

@@ -1,6 +1,6 @@
+import { bytesEqual } from "../core/bytes.ts";
 import { assert, assertEquals, assertThrows } from "@std/assert";
 import {
-  bytesEqual,
   commonPrefixLength,
   compareDistance,
   type Contact,

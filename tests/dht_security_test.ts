@@ -1,6 +1,7 @@
 // The DHT against floods of fresh keys and against announced addresses that point inside the host or its cloud:
 // store policy, per-address caps and rate limits, the address check. In-process (DhtService.handle, the store), so
 // they do not depend on the session handshake; one test runs over real sockets on 127.0.0.1.
+import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import { openNode, type XfNode } from "../actors/node.ts";
 import { serve } from "../net/server.ts";
@@ -15,7 +16,7 @@ import {
   type KeyPair,
 } from "../net/dht/records.ts";
 import { XfError } from "../core/errors.ts";
-import { hexOf, tempNode, testGroup } from "./_helpers.ts";
+import { tempNode, testGroup } from "./_helpers.ts";
 
 const FLOOD = 1_040;
 const root = new Uint8Array(32);
@@ -46,7 +47,7 @@ async function groupNode() {
       "find_peers",
       new Map<string, unknown>([["gid", g.gid]]),
     );
-    return (res.records as Uint8Array[]).map((b) => hexOf(decodeRecord(b)!.nodeKey));
+    return (res.records as Uint8Array[]).map((b) => toHex(decodeRecord(b)!.nodeKey));
   };
   return { ...t, g, dht, ann, findPeers };
 }
@@ -145,7 +146,7 @@ Deno.test("1,040 fresh keys from one address neither fill a group's store nor pu
     assertEquals(await n.ann(member, mAddr, "127.0.0.1"), "ok");
     assertEquals(await n.ann(late, lAddr, "127.0.0.2"), "ok");
     const answer = await n.findPeers(member);
-    assertEquals(answer.slice(0, 2).sort(), [hexOf(member.publicKey), hexOf(late.publicKey)].sort());
+    assertEquals(answer.slice(0, 2).sort(), [toHex(member.publicKey), toHex(late.publicKey)].sort());
     assertEquals(answer.length, 2 + cap);
   } finally {
     await n.done();
@@ -174,7 +175,7 @@ Deno.test("1,040 fresh keys from distinct addresses cannot push a verified membe
     assertEquals(all.length, n.dht.store.perGroupMax);
     const answer = await n.findPeers(member);
     assertEquals(answer.length, n.node.limits.dht_answer_records_max);
-    assertEquals(answer.slice(0, 2).sort(), [hexOf(member.publicKey), hexOf(late.publicKey)].sort());
+    assertEquals(answer.slice(0, 2).sort(), [toHex(member.publicKey), toHex(late.publicKey)].sort());
   } finally {
     await n.done();
   }
@@ -212,7 +213,7 @@ Deno.test("A hello address that cannot be announced does not enter the routing t
     const req = new Map<string, unknown>([["gid", n.g.gid], ["target", n.g.gid]]);
     await n.dht.handle({ key: evil.publicKey, addr: "ws://169.254.169.254" }, "find_node", req);
     await n.dht.handle({ key: good.publicKey, addr: "ws://127.0.0.1:9003" }, "find_node", req);
-    assertEquals((await n.dht.contacts(hexOf(n.g.gid))).map((c) => c.addr), ["ws://127.0.0.1:9003"]);
+    assertEquals((await n.dht.contacts(toHex(n.g.gid))).map((c) => c.addr), ["ws://127.0.0.1:9003"]);
   } finally {
     await n.done();
   }
@@ -225,7 +226,7 @@ Deno.test("DhtService.announce() skips, and says so once, when the node's own ad
   console.warn = (...a: unknown[]) => said.push(a.join(" "));
   try {
     n.node.publicUrl = "ws://0.0.0.0:7878";
-    const gid = hexOf(n.g.gid);
+    const gid = toHex(n.g.gid);
     assertEquals(await n.dht.announce(gid), null);
     assertEquals(await n.dht.announce(gid), null);
     assertEquals(said.length, 1, said.join("\n"));

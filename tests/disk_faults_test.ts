@@ -1,8 +1,9 @@
 // Disk faults: bytes flipped in the WAL, in RocksDB's `.log`, in an `.sst`, in a stored Merkle page, and a full
 // disk. Each case asserts that no acknowledged event is lost silently: it is read back byte for byte, or the node
 // refuses to start naming the damage, or `fsck` lists it (with whether a peer could restore it).
+import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
-import { hexOf, makeEvents, testGroup } from "./_helpers.ts";
+import { makeEvents, testGroup } from "./_helpers.ts";
 import { openNode, type XfNode } from "../actors/node.ts";
 import { openRocks } from "../storage/kv.ts";
 import { KS } from "../storage/keys.ts";
@@ -33,13 +34,13 @@ async function filled(dir: string, n: number): Promise<{ gid: string; acked: Map
     await node.close();
   }
   assertEquals(acked.size, n + 1);
-  return { gid: hexOf(g.gid), acked };
+  return { gid: toHex(g.gid), acked };
 }
 
 async function publishAll(node: XfNode, events: StoredEvent[], acked: Map<string, Uint8Array>) {
   const res = await node.publish(events.map((e) => e.bytes));
   res.forEach((r, i) => {
-    if (r.status === "stored" || r.status === "duplicate") acked.set(hexOf(events[i]!.id), events[i]!.bytes);
+    if (r.status === "stored" || r.status === "duplicate") acked.set(toHex(events[i]!.id), events[i]!.bytes);
   });
 }
 
@@ -86,7 +87,7 @@ async function account(dir: string, gid: string, acked: Map<string, Uint8Array>)
     for (const [id, bytes] of acked) {
       const got = await node.get(id).catch(() => null);
       if (!got) lost.push(id);
-      else assertEquals(hexOf(got), hexOf(bytes), `event ${id} read back with other bytes`);
+      else assertEquals(toHex(got), toHex(bytes), `event ${id} read back with other bytes`);
     }
     const scan = await node.scan();
     const fsck = await node.fsck(gid).catch((e) => {
@@ -221,7 +222,7 @@ Deno.test({
           // Space the test gives back later.
           await Deno.writeFile(`${mnt}/ballast`, new Uint8Array(12 << 20));
           const g = await testGroup("full");
-          const gid = hexOf(g.gid);
+          const gid = toHex(g.gid);
           const { signEvent } = await import("../storage/event.ts");
           let ts = Date.now() - 10_000_000;
           const big = async (n: number) => {
@@ -256,7 +257,7 @@ Deno.test({
                 { status: "rejected", code: (e as { code?: string }).code },
               ]);
               res.forEach((r, i) => {
-                if (r.status === "stored" || r.status === "duplicate") acked.set(hexOf(batch[i]!.id), batch[i]!.bytes);
+                if (r.status === "stored" || r.status === "duplicate") acked.set(toHex(batch[i]!.id), batch[i]!.bytes);
               });
               if (res.some((r) => r.code === "STORAGE_FULL")) full++;
               else if (res.some((r) => r.status === "rejected")) {
@@ -268,7 +269,7 @@ Deno.test({
             assertEquals(node.pipeline.state, "ready");
             assertEquals(node.health().storage, "full");
             assert((await node.metrics()).includes("xf_storage_full 1"));
-            for (const [id, bytes] of acked) assertEquals(hexOf((await node.get(id))!), hexOf(bytes));
+            for (const [id, bytes] of acked) assertEquals(toHex((await node.get(id))!), toHex(bytes));
             // Space returns: writes are taken again without a restart.
             await Deno.remove(`${mnt}/ballast`);
             const deadline = Date.now() + 15_000;
@@ -278,7 +279,7 @@ Deno.test({
               const batch = await big(1);
               const res = await node.publish(batch.map((e) => e.bytes)).catch(() => []);
               if (res[0]?.status === "stored") {
-                acked.set(hexOf(batch[0]!.id), batch[0]!.bytes);
+                acked.set(toHex(batch[0]!.id), batch[0]!.bytes);
                 resumed = true;
               }
             }
@@ -292,7 +293,7 @@ Deno.test({
           // Nothing acknowledged lost.
           const again = await openNode({ dataDir: dir, workers: false });
           try {
-            for (const [id, bytes] of acked) assertEquals(hexOf((await again.get(id))!), hexOf(bytes), id);
+            for (const [id, bytes] of acked) assertEquals(toHex((await again.get(id))!), toHex(bytes), id);
             const f = await again.fsck(gid);
             assert(f?.ok, f?.firstDifference ?? JSON.stringify(f?.damaged.slice(0, 3)));
           } finally {

@@ -1,7 +1,8 @@
+import { fromHex, toHex } from "../core/bytes.ts";
 import { code } from "./_helpers.ts";
 import { assert, assertEquals } from "@std/assert";
 import { decodeEvent, encodeEvent, eventId, groupIdOf, signEvent, verifyEvent } from "../storage/event.ts";
-import { fromHex, keyPairFromSeed, toHex } from "../storage/ed25519.ts";
+import { keyPairFromSeed } from "../storage/ed25519.ts";
 import { decodeCbor, encodeCbor, skipItem } from "../storage/cbor.ts";
 
 const vectors = JSON.parse(await Deno.readTextFile(new URL("./fixtures/events_v1.json", import.meta.url)));

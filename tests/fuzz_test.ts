@@ -14,10 +14,11 @@
  * replayed by the last test of this file.
  */
 
+import { bytesEqual, concatBytes, fromHex, toHex } from "../core/bytes.ts";
 import fc from "npm:fast-check@4.11.0";
 import { assert, assertEquals } from "@std/assert";
 import { sha256 } from "@noble/hashes/sha2";
-import { type CborValue, compareBytes, decodeCbor, encodeCbor, skipItem } from "../storage/cbor.ts";
+import { type CborValue, decodeCbor, encodeCbor, skipItem } from "../storage/cbor.ts";
 import { ERROR_STATUS, type ErrorCode, XfError } from "../core/errors.ts";
 import {
   createGroup,
@@ -134,10 +135,6 @@ function outcome<T>(what: string, codes: readonly ErrorCode[], fn: () => T): Out
   });
 }
 
-const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-const unhex = (s: string) => new Uint8Array(s.match(/../g)?.map((h) => parseInt(h, 16)) ?? []);
-const same = (a: Uint8Array, b: Uint8Array) => compareBytes(a, b) === 0;
-
 // ---------------------------------------------------------------------------
 // Inputs: arbitrary bytes and mutations of real encodings
 
@@ -190,12 +187,12 @@ function mutate(base: Uint8Array, muts: readonly Mutation[]): Uint8Array {
         break;
       case "del": {
         const p = m.pos % (n + 1);
-        b = concat(b.subarray(0, p), b.subarray(p + m.len));
+        b = concatBytes(b.subarray(0, p), b.subarray(p + m.len));
         break;
       }
       case "ins": {
         const p = m.pos % (n + 1);
-        b = concat(b.subarray(0, p), m.bytes, b.subarray(p));
+        b = concatBytes(b.subarray(0, p), m.bytes, b.subarray(p));
         break;
       }
       case "dup": {
@@ -203,7 +200,7 @@ function mutate(base: Uint8Array, muts: readonly Mutation[]): Uint8Array {
         const s = m.start % n;
         const slice = b.slice(s, s + m.len);
         const at = m.at % (n + 1);
-        b = concat(b.subarray(0, at), slice, b.subarray(at));
+        b = concatBytes(b.subarray(0, at), slice, b.subarray(at));
         break;
       }
       case "head": {
@@ -220,13 +217,6 @@ function mutate(base: Uint8Array, muts: readonly Mutation[]): Uint8Array {
     if (b.length > INPUT_BYTES_MAX * 2) b = b.slice(0, INPUT_BYTES_MAX * 2);
   }
   return b;
-}
-
-function concat(...parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) out.set(p, at), at += p.length;
-  return out;
 }
 
 const bytesArb = fc.uint8Array({ maxLength: INPUT_BYTES_MAX });
@@ -314,7 +304,7 @@ function vector(items: number[]): VectorStorage {
 }
 const storeA = vector(Array.from({ length: 80 }, (_, i) => i));
 const storeB = vector(Array.from({ length: 80 }, (_, i) => i + 30));
-const idsA = new Set(Array.from({ length: 80 }, (_, i) => hex(nid(i))));
+const idsA = new Set(Array.from({ length: 80 }, (_, i) => toHex(nid(i))));
 const negInit = new Reconciler(storeB).initiate();
 const negPool = [
   negInit,
@@ -338,7 +328,7 @@ for (const addr of ["ws://a", "wss://node.example:4443/xf", "ws://[::1]:1", "ws:
 // Merkle proofs over a tree of several levels.
 const treeItems = Array.from({ length: 3000 }, (_, i) => ({ ts: i, id: nid(i) }));
 const built = MerkleTree.build(treeItems);
-const tree = new MerkleTree({ get: (h: Uint8Array) => built.put.get(hex(h)) }, built.root);
+const tree = new MerkleTree({ get: (h: Uint8Array) => built.put.get(toHex(h)) }, built.root);
 const rootHash = built.root.hash;
 const proofs = [0, 1, 2, 77, 1500, 2999].map((i) => ({ item: treeItems[i]!, proof: tree.prove(treeItems[i]!)! }));
 
@@ -352,7 +342,7 @@ function checkCbor(bytes: Uint8Array): void {
   if (o.ok) {
     // One logical value has exactly one encoding: it re-encodes to the same bytes.
     const again = outcome("encodeCbor", [], () => encodeCbor(o.value));
-    assert(again.ok && same(again.value, bytes), `decodeCbor(${hex(bytes)}) does not re-encode to its bytes`);
+    assert(again.ok && bytesEqual(again.value, bytes), `decodeCbor(${toHex(bytes)}) does not re-encode to its bytes`);
   }
 }
 
@@ -380,7 +370,7 @@ function hugeHead(major: number, arg: bigint, tail: Uint8Array): Uint8Array {
   const h = new Uint8Array(9);
   h[0] = (major << 5) | 27;
   new DataView(h.buffer).setBigUint64(1, arg);
-  return concat(h, tail);
+  return concatBytes(h, tail);
 }
 
 Deno.test("decodeCbor() and skipItem() refuse huge claimed lengths without allocating them", () => {
@@ -394,7 +384,7 @@ Deno.test("decodeCbor() and skipItem() refuse huge claimed lengths without alloc
       (major, arg, tail, nest) => {
         // Nest the huge item inside arrays or maps, so its head is not the first.
         let b = hugeHead(major, arg, tail);
-        for (let i = 0; i < nest; i++) b = concat(new Uint8Array([0x81]), b);
+        for (let i = 0; i < nest; i++) b = concatBytes(new Uint8Array([0x81]), b);
         const o = outcome("decodeCbor", CBOR_CODES, () => decodeCbor(b));
         assert(!o.ok, `decodeCbor accepted a head claiming ${arg}`);
         const s = outcome("skipItem", ["BAD_CBOR"], () => skipItem(b, 0));
@@ -417,7 +407,7 @@ Deno.test("skipItem() finds the end of any well-formed item, and the same end as
         assertEquals(outcome("skipItem", ["BAD_CBOR"], () => skipItem(b.subarray(0, s.value), 0)), s);
       }
       const d = outcome("decodeCbor", CBOR_CODES, () => decodeCbor(b));
-      if (d.ok) assert(s.ok && s.value === b.length, `decodeCbor accepts ${hex(b)} but skipItem gives ${s}`);
+      if (d.ok) assert(s.ok && s.value === b.length, `decodeCbor accepts ${toHex(b)} but skipItem gives ${s}`);
     }),
     params("skipItem"),
   );
@@ -432,9 +422,9 @@ function checkEvent(bytes: Uint8Array): void {
   const o = outcome("decodeEvent", EVENT_CODES, () => decodeEvent(bytes));
   if (!o.ok) return;
   const e = o.value;
-  assert(same(encodeEvent(e), bytes), `decodeEvent(${hex(bytes)}) does not re-encode to its bytes`);
-  assert(same(e.id, sha256(bytes)), "event id is not SHA-256 of its bytes");
-  assert(same(e.signed!, signingBytes(e)), "the signed bytes differ from signingBytes()");
+  assert(bytesEqual(encodeEvent(e), bytes), `decodeEvent(${toHex(bytes)}) does not re-encode to its bytes`);
+  assert(bytesEqual(e.id, sha256(bytes)), "event id is not SHA-256 of its bytes");
+  assert(bytesEqual(e.signed!, signingBytes(e)), "the signed bytes differ from signingBytes()");
   assertEquals(peekEvent(bytes), { ts: e.ts, kind: e.kind });
   assert(e.group.length === 32 && e.author.length === 32 && e.sig.length === 64);
   assert(Number.isSafeInteger(e.ts) && Number.isSafeInteger(e.kind));
@@ -449,7 +439,7 @@ Deno.test("decodeEvent() on mutated signed events decodes canonically or refuses
 });
 
 Deno.test("decodeEvent() refuses an event over the size limit before reading it", () => {
-  const big = concat(eventPool[0]!, new Uint8Array(64 * 1024));
+  const big = concatBytes(eventPool[0]!, new Uint8Array(64 * 1024));
   assertEquals(outcome("decodeEvent", EVENT_CODES, () => decodeEvent(big)), { ok: false, code: "EVENT_TOO_LARGE" });
 });
 
@@ -467,7 +457,9 @@ Deno.test("decodeManifest() decodes canonically or refuses with BAD_MANIFEST", (
   fc.assert(
     fc.property(inputOf(manifestPool), (b) => {
       const o = outcome("decodeManifest", ["BAD_MANIFEST"], () => decodeManifest(b));
-      if (o.ok) assert(same(encodeManifest(o.value), b), `decodeManifest(${hex(b)}) does not re-encode to its bytes`);
+      if (o.ok) {
+        assert(bytesEqual(encodeManifest(o.value), b), `decodeManifest(${toHex(b)}) does not re-encode to its bytes`);
+      }
     }),
     params("manifest"),
   );
@@ -477,7 +469,7 @@ Deno.test("decodeMembership() decodes canonically or refuses with BAD_EVENT", ()
   fc.assert(
     fc.property(inputOf(membershipPool), (b) => {
       const o = outcome("decodeMembership", ["BAD_EVENT"], () => decodeMembership(b));
-      if (o.ok) assert(same(encodeMembership(o.value), b), `decodeMembership(${hex(b)}) does not re-encode`);
+      if (o.ok) assert(bytesEqual(encodeMembership(o.value), b), `decodeMembership(${toHex(b)}) does not re-encode`);
     }),
     params("membership"),
   );
@@ -492,7 +484,10 @@ Deno.test("decodeFrame() decodes a canonical map with a text type or refuses wit
       const o = outcome("decodeFrame", ["BAD_FRAME", "FRAME_TOO_LARGE"], () => decodeFrame(b, max));
       if (o.ok) {
         assert(b.length <= max && typeof o.value.get("t") === "string");
-        assert(same(encodeCbor(o.value as Map<string, CborValue>), b), `decodeFrame(${hex(b)}) does not re-encode`);
+        assert(
+          bytesEqual(encodeCbor(o.value as Map<string, CborValue>), b),
+          `decodeFrame(${toHex(b)}) does not re-encode`,
+        );
       } else if (b.length > max) assertEquals(o.code, "FRAME_TOO_LARGE");
     }),
     params("frame"),
@@ -515,7 +510,7 @@ function checkReply(output: Uint8Array | null, limit: number): void {
 Deno.test("Reconciler.reconcile() as responder answers or refuses a peer's message with BAD_FRAME", () => {
   fc.assert(
     fc.property(
-      fc.oneof(inputOf(negPool), bytesArb.map((b) => concat(new Uint8Array([0x61]), b))),
+      fc.oneof(inputOf(negPool), bytesArb.map((b) => concatBytes(new Uint8Array([0x61]), b))),
       fc.boolean(),
       fc.constantFrom(0, 4096, 60_000),
       (msg, idListReply, frameSizeLimit) => {
@@ -523,7 +518,7 @@ Deno.test("Reconciler.reconcile() as responder answers or refuses a peer's messa
         const o = outcome("reconcile", ["BAD_FRAME"], () => r.reconcile(msg));
         if (!o.ok) return;
         checkReply(o.value.output, frameSizeLimit || Infinity);
-        for (const id of o.value.have) assert(idsA.has(hex(id)), "reported as have an id we do not hold");
+        for (const id of o.value.have) assert(idsA.has(toHex(id)), "reported as have an id we do not hold");
         for (const id of o.value.need) assert(id.length === 32);
       },
     ),
@@ -560,7 +555,7 @@ Deno.test("Reconciler.reconcile() refuses varints claiming huge counts without a
           : where === 2
           ? [[0x61], v, [0x00]]
           : [[0x61, 0x00, 0x00], v];
-        const msg = concat(...parts.map((p) => new Uint8Array(p)), tail);
+        const msg = concatBytes(...parts.map((p) => new Uint8Array(p)), tail);
         const o = outcome("reconcile", ["BAD_FRAME"], () => new Reconciler(storeA).reconcile(msg));
         if (where !== 2) assert(!o.ok, `a varint claiming ${count} was accepted`);
       },
@@ -584,7 +579,9 @@ Deno.test("decodeRecord() answers a canonical record or null, and never throws",
           throw new Error(`decodeRecord threw (its contract is null): ${e}`);
         }
       });
-      if (r !== null) assert(same(dht.encodeRecord(r), b), `decodeRecord(${hex(b)}) does not re-encode to its bytes`);
+      if (r !== null) {
+        assert(bytesEqual(dht.encodeRecord(r), b), `decodeRecord(${toHex(b)}) does not re-encode to its bytes`);
+      }
     }),
     params("record"),
   );
@@ -619,8 +616,8 @@ Deno.test("verifyProof() never throws, and holds for a changed proof only if it 
         });
         assert(typeof ok === "boolean");
         if (ok) {
-          assert(same(r, rootHash) && same(eventId, p.item.id), "a proof verified for another id or root");
-          assert(same(proof, p.proof), `a changed proof verified: ${hex(proof)}`);
+          assert(bytesEqual(r, rootHash) && bytesEqual(eventId, p.item.id), "a proof verified for another id or root");
+          assert(bytesEqual(proof, p.proof), `a changed proof verified: ${toHex(proof)}`);
         }
         if (!other && muts.length === 0 && id === null && root === null) assert(ok, "a real proof does not verify");
       },
@@ -680,7 +677,8 @@ function memFs(files: Map<string, Uint8Array>): WalFs {
     openFile: (path) => {
       const n = name(path);
       return Promise.resolve({
-        write: (data: Uint8Array) => Promise.resolve(void files.set(n, concat(files.get(n) ?? new Uint8Array(), data))),
+        write: (data: Uint8Array) =>
+          Promise.resolve(void files.set(n, concatBytes(files.get(n) ?? new Uint8Array(), data))),
         syncData: () => Promise.resolve(),
         close: () => {},
       });
@@ -724,7 +722,7 @@ Deno.test("Wal.open() on damaged segments recovers the acknowledged prefix or re
         // Never a silently wrong record: what is replayed is the originals from cp + 1 on, in order.
         result.forEach((r, i) => {
           assertEquals(r.seq, cp + 1n + BigInt(i), "replayed seqs are not contiguous from the checkpoint");
-          assert(same(r.payload, walRecords[Number(r.seq) - 1]!), `record ${r.seq} replayed with other bytes`);
+          assert(bytesEqual(r.payload, walRecords[Number(r.seq) - 1]!), `record ${r.seq} replayed with other bytes`);
         });
         // Every acknowledged record before the damage is kept; damage before the last segment loses nothing.
         const isLast = segIndex === walNames.length - 1;
@@ -806,7 +804,7 @@ Deno.test("readSse() parses any byte stream, however chunked, as EventSource doe
   const sseBytes = fc.oneof(
     sseText.map((s) => new TextEncoder().encode(s)),
     fc.tuple(sseText, fc.uint8Array({ maxLength: 4 }), sseText).map(([a, b, c]) =>
-      concat(new TextEncoder().encode(a), b, new TextEncoder().encode(c))
+      concatBytes(new TextEncoder().encode(a), b, new TextEncoder().encode(c))
     ),
   );
   await fc.assert(
@@ -930,7 +928,7 @@ const REPLAY: Record<string, (b: Uint8Array, fx: FuzzFixture) => Promise<string>
   decodeRecord: (b) =>
     result(() => {
       const r = dht.decodeRecord(b);
-      return r === null ? "null" : same(dht.encodeRecord(r), b) ? "ok" : "not canonical";
+      return r === null ? "null" : bytesEqual(dht.encodeRecord(r), b) ? "ok" : "not canonical";
     }),
   readSse: async (b, fx) => {
     try {
@@ -959,7 +957,7 @@ Deno.test("fuzz fixtures replay with their expected outcome", async () => {
     const fx = JSON.parse(await Deno.readTextFile(new URL(f.name, dir))) as FuzzFixture;
     const run = REPLAY[fx.decoder];
     if (!run) throw new Error(`${f.name}: no replay for decoder "${fx.decoder}"`);
-    assertEquals(await run(unhex(fx.hex), fx), fx.expect, `${f.name}: ${fx.finding}`);
+    assertEquals(await run(fromHex(fx.hex)!, fx), fx.expect, `${f.name}: ${fx.finding}`);
   }
 });
 

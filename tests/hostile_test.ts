@@ -1,6 +1,7 @@
 // Attacks on closed groups and on the node's peers, through real sockets against running nodes.
+import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
-import { hexOf, makeEvents, tempNode, until } from "./_helpers.ts";
+import { makeEvents, tempNode, until } from "./_helpers.ts";
 import { serve } from "../net/server.ts";
 import { socketChannel } from "../net/peers.ts";
 import { SecureChannel } from "../net/secure.ts";
@@ -62,7 +63,7 @@ async function closedGroupWith(node: XfNode, others: Uint8Array[], n = 5) {
   }
   const res = await node.publish([manifest, ...adds, ...secrets]);
   assert(res.every((r) => r.status === "stored"), JSON.stringify(res));
-  return { owner, gid, hex: hexOf(gid), manifest, secrets };
+  return { owner, gid, hex: toHex(gid), manifest, secrets };
 }
 
 const SECRET = new TextEncoder().encode("TOP-SECRET-");
@@ -219,7 +220,7 @@ Deno.test("A node asked to sync with a non-member's node offers it no closed gro
     await new Promise((r) => setTimeout(r, 300));
     s.close();
     assert(!asked.includes(g.hex), "the closed group was named to a non-member");
-    assert(asked.includes(hexOf(open.gid)), "the open group should be offered");
+    assert(asked.includes(toHex(open.gid)), "the open group should be offered");
     assertEquals(received.filter(containsSecret).length, 0);
   } finally {
     await evil.shutdown();
@@ -309,8 +310,8 @@ Deno.test("A removed member's event backdated to before its removal is judged by
     assertEquals((await a.node.publish([backdated, late])).map((r) => r.code ?? r.status), ["stored", "FORBIDDEN"]);
     // Node b gets the backdated event before the removal: the same verdicts.
     const held = (await a.node.query({ gid: g.hex, limit: 100 }))!.events.map((e) => e.slice());
-    const isRemove = (e: Uint8Array) => hexOf(e) === hexOf(remove.bytes);
-    const isManifest = (e: Uint8Array) => hexOf(e) === hexOf(g.manifest.bytes);
+    const isRemove = (e: Uint8Array) => toHex(e) === toHex(remove.bytes);
+    const isManifest = (e: Uint8Array) => toHex(e) === toHex(g.manifest.bytes);
     await b.node.publish(g.manifest);
     const first = await b.node.publish(held.filter((e) => !isRemove(e) && !isManifest(e)));
     assert(first.every((r) => r.status === "stored"), JSON.stringify(first));
@@ -402,7 +403,7 @@ Deno.test("A session's subscriptions are capped, apart from the node-wide subscr
     for (let i = 0; i < 3; i++) {
       const g = await createGroup(await generateKeyPair(), { name: `g${i}`, policy: 0 });
       await victim.node.publish(g.manifest);
-      gids.push(hexOf(g.gid));
+      gids.push(toHex(g.gid));
     }
     const p = await socketPeer(victim.url, "/v1/sync", await generateKeyPair(), "sync", SYNC_INFO);
     for (const gid of gids) p.send("sub", { gid });
@@ -448,11 +449,11 @@ Deno.test("A removed member's bearer token stops reading the closed group at onc
     const g = await closedGroupWith(victim.node, [mKey.publicKey], 1);
     const ch = await (await fetch(`${victim.url}/v1/auth/challenge`)).json();
     const { answerChallenge } = await import("../net/auth.ts");
-    const { fromHex } = await import("../storage/ed25519.ts");
+    const { fromHex } = await import("../core/bytes.ts");
     const sig = await answerChallenge(mKey, "http", fromHex(ch.challenge)!, victim.node.key.publicKey);
     const tok = await (await fetch(`${victim.url}/v1/auth/token`, {
       method: "POST",
-      body: JSON.stringify({ key: hexOf(mKey.publicKey), challenge: ch.challenge, sig: hexOf(sig) }),
+      body: JSON.stringify({ key: toHex(mKey.publicKey), challenge: ch.challenge, sig: toHex(sig) }),
     })).json();
     const read = () =>
       fetch(`${victim.url}/v1/groups/${g.hex}/events`, { headers: { authorization: `Bearer ${tok.token}` } });

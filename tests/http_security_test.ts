@@ -1,6 +1,7 @@
 // The HTTP surface's security rules, each tried and refused with its code.
+import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
-import { closedGroup, hexOf, makeEvents, tempNode, testGroup } from "./_helpers.ts";
+import { closedGroup, makeEvents, tempNode, testGroup } from "./_helpers.ts";
 import { createApp } from "../net/app.ts";
 import { serve } from "../net/server.ts";
 import { answerChallenge, Authenticator, CHALLENGE_TTL_MS } from "../net/auth.ts";
@@ -32,7 +33,7 @@ async function tokenFor(app: ReturnType<typeof createApp>, node: XfNode, key: Ke
   const r = await app.request("/v1/auth/token", {
     method: "POST",
     headers: { "x-test-addr": addr },
-    body: JSON.stringify({ key: hexOf(key.publicKey), challenge: ch.challenge, sig: hexOf(sig) }),
+    body: JSON.stringify({ key: toHex(key.publicKey), challenge: ch.challenge, sig: toHex(sig) }),
   });
   assertEquals(r.status, 200);
   return (await r.json()).token as string;
@@ -172,7 +173,7 @@ Deno.test("GET /v1/groups/:gid/events refuses a cursor whose time is past any ev
     const app = createApp(t.node);
     const g = await testGroup();
     await t.node.publish([g.manifest, ...(await makeEvents(g, 3))]);
-    const base = `/v1/groups/${hexOf(g.gid)}/events`;
+    const base = `/v1/groups/${toHex(g.gid)}/events`;
     for (const cursor of ["f".repeat(80), "ffffffffffffffff" + "0".repeat(64), "0020000000000000" + "0".repeat(64)]) {
       const r = await app.request(`${base}?cursor=${cursor}`);
       assertEquals([r.status, (await r.json()).error], [400, "BAD_QUERY"], cursor);
@@ -194,7 +195,7 @@ Deno.test("POST media types are matched case-insensitively and without their par
     const g = await testGroup();
     const [e1, e2] = await makeEvents(g, 2);
     const post = (body: Uint8Array, type: string) =>
-      app.request(`/v1/groups/${hexOf(g.gid)}/events`, {
+      app.request(`/v1/groups/${toHex(g.gid)}/events`, {
         method: "POST",
         body: body as BodyInit,
         headers: { "content-type": type },
@@ -264,22 +265,22 @@ Deno.test("POST to a closed group a caller cannot see answers exactly as for an 
     for (const headers of [{}, { authorization: `Bearer ${strangerToken}` }, { authorization: "Bearer nonsense" }]) {
       for (const [i, [name, body]] of closedBodies.entries()) {
         const ask = (gid: Uint8Array, b: Uint8Array) =>
-          app.request(`/v1/groups/${hexOf(gid)}/events`, {
+          app.request(`/v1/groups/${toHex(gid)}/events`, {
             method: "POST",
             body: b as BodyInit,
             headers: { ...CBOR, ...headers },
           });
-        const a = await answer(await ask(closed.gid, body), { GID: hexOf(closed.gid) });
-        const b = await answer(await ask(unknownGid, unknownBodies[i]![1]), { GID: hexOf(unknownGid) });
+        const a = await answer(await ask(closed.gid, body), { GID: toHex(closed.gid) });
+        const b = await answer(await ask(unknownGid, unknownBodies[i]![1]), { GID: toHex(unknownGid) });
         assertEquals(a, b, `${name} ${JSON.stringify(headers)}`);
       }
     }
     // Nothing of it was stored; the unknown group still does not exist.
-    assertEquals((await t.node.access(hexOf(closed.gid), hexOf(closed.member.publicKey))).count, 2);
-    assertEquals((await t.node.access(hexOf(unknownGid), "")).exists, false);
+    assertEquals((await t.node.access(toHex(closed.gid), toHex(closed.member.publicKey))).count, 2);
+    assertEquals((await t.node.access(toHex(unknownGid), "")).exists, false);
     // An unknown group is still created by posting its own manifest.
     const fresh = await testGroup("fresh", 1);
-    const made = await app.request(`/v1/groups/${hexOf(fresh.gid)}/events`, {
+    const made = await app.request(`/v1/groups/${toHex(fresh.gid)}/events`, {
       method: "POST",
       body: fresh.manifest.bytes as BodyInit,
       headers: CBOR,
@@ -288,7 +289,7 @@ Deno.test("POST to a closed group a caller cannot see answers exactly as for an 
     const [first] = await makeEvents(fresh, 1);
     const batch = await testGroup("batch", 0);
     const [batchEvent] = await makeEvents(batch, 1);
-    const both = await app.request(`/v1/groups/${hexOf(batch.gid)}/events`, {
+    const both = await app.request(`/v1/groups/${toHex(batch.gid)}/events`, {
       method: "POST",
       body: cborArrayOf([batch.manifest.bytes, batchEvent!.bytes]) as BodyInit,
       headers: CBOR,
@@ -296,7 +297,7 @@ Deno.test("POST to a closed group a caller cannot see answers exactly as for an 
     assertEquals((await both.json()).results.map((r: { status: string }) => r.status), ["stored", "stored"]);
     // And a member with a token still writes to its closed group.
     const ownerToken = await tokenFor(app, t.node, fresh.owner);
-    const w = await app.request(`/v1/groups/${hexOf(fresh.gid)}/events`, {
+    const w = await app.request(`/v1/groups/${toHex(fresh.gid)}/events`, {
       method: "POST",
       body: first!.bytes as BodyInit,
       headers: { ...CBOR, authorization: `Bearer ${ownerToken}` },
@@ -314,9 +315,9 @@ Deno.test("GET routes of a closed group a caller cannot see answer exactly as fo
     const closed = await closedGroup(t.node);
     const stranger = await generateKeyPair();
     const strangerToken = await tokenFor(app, t.node, stranger);
-    const unknownGid = hexOf((await testGroup("unknown", 1)).gid);
-    const gid = hexOf(closed.gid);
-    const held = hexOf(closed.add.id);
+    const unknownGid = toHex((await testGroup("unknown", 1)).gid);
+    const gid = toHex(closed.gid);
+    const held = toHex(closed.add.id);
     const absent = "ab".repeat(32);
     const paths = (g: string) => [
       `/v1/groups/${g}/events`,
@@ -366,7 +367,7 @@ Deno.test("A closed group a caller cannot see takes as long to refuse as an unkn
       return performance.now() - t0;
     };
     const post = (gid: Uint8Array, body: Uint8Array) => () =>
-      app.request(`/v1/groups/${hexOf(gid)}/events`, { method: "POST", body: body as BodyInit, headers: CBOR });
+      app.request(`/v1/groups/${toHex(gid)}/events`, { method: "POST", body: body as BodyInit, headers: CBOR });
     const cases: [string, () => Response | Promise<Response>, () => Response | Promise<Response>][] = [
       ["POST event", post(closed.gid, closedEvent!.bytes), post(unknown.gid, unknownEvent!.bytes)],
       [
@@ -376,13 +377,13 @@ Deno.test("A closed group a caller cannot see takes as long to refuse as an unkn
       ],
       [
         "GET events",
-        () => app.request(`/v1/groups/${hexOf(closed.gid)}/events`),
-        () => app.request(`/v1/groups/${hexOf(unknown.gid)}/events`),
+        () => app.request(`/v1/groups/${toHex(closed.gid)}/events`),
+        () => app.request(`/v1/groups/${toHex(unknown.gid)}/events`),
       ],
       [
         "GET event",
-        () => app.request(`/v1/events/${hexOf(closed.add.id)}`),
-        () => app.request(`/v1/events/${hexOf(unknownEvent!.id)}`),
+        () => app.request(`/v1/events/${toHex(closed.add.id)}`),
+        () => app.request(`/v1/events/${toHex(unknownEvent!.id)}`),
       ],
     ];
     const deadline = Date.now() + 20_000;
@@ -422,7 +423,7 @@ Deno.test("A flood of HTTP challenges from one address cannot evict an honest cl
     const r = await app.request("/v1/auth/token", {
       method: "POST",
       headers: { "x-test-addr": "192.0.2.1" },
-      body: JSON.stringify({ key: hexOf(honest.publicKey), challenge: ch.challenge, sig: hexOf(sig) }),
+      body: JSON.stringify({ key: toHex(honest.publicKey), challenge: ch.challenge, sig: toHex(sig) }),
     });
     assertEquals(r.status, 200);
     assert(typeof (await r.json()).token === "string");

@@ -1,5 +1,6 @@
+import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
-import { hexOf, makeEvents, tempNode, testGroup } from "./_helpers.ts";
+import { makeEvents, tempNode, testGroup } from "./_helpers.ts";
 import { createApp } from "../net/app.ts";
 import { cborArrayOf } from "../actors/node.ts";
 import { signEvent } from "../storage/event.ts";
@@ -12,7 +13,7 @@ async function setup(limits = {}) {
   const t = await tempNode({ limits });
   const app = createApp(t.node);
   const g = await testGroup();
-  const base = `/v1/groups/${hexOf(g.gid)}`;
+  const base = `/v1/groups/${toHex(g.gid)}`;
   const post = (body: Uint8Array, path = `${base}/events`, headers: Record<string, string> = CBOR) =>
     app.request(path, { method: "POST", body: body as BodyInit, headers });
   assertEquals((await post(g.manifest.bytes)).status, 201);
@@ -36,7 +37,7 @@ Deno.test("POST /v1/groups/:gid/events answers stored, duplicate and per-event r
     const { results } = await res.json();
     assertEquals(results.map((r: { status: string }) => r.status), ["stored", "rejected", "stored", "duplicate"]);
     assertEquals(results[1].code, "BAD_SIGNATURE");
-    assertEquals(results[0].id, hexOf(evs[0]!.id));
+    assertEquals(results[0].id, toHex(evs[0]!.id));
     const again = await post(evs[0]!.bytes);
     assertEquals([again.status, (await again.json()).status], [200, "duplicate"]);
   } finally {
@@ -61,7 +62,7 @@ Deno.test("POST /v1/groups/:gid/events refuses every bad input with its code and
     });
     const small =
       (await signEvent(g.owner, { group: g.gid, ts: 1000, kind: 16, tags: [], payload: new Uint8Array() })).bytes;
-    assertEquals(hexOf(small.subarray(70, 73)), "1903e8");
+    assertEquals(toHex(small.subarray(70, 73)), "1903e8");
     // The same ts written in 8 bytes instead of 2: valid CBOR, not deterministic.
     const longTs = new Uint8Array([
       ...small.subarray(0, 70),
@@ -94,7 +95,7 @@ Deno.test("POST /v1/groups/:gid/events refuses every bad input with its code and
     await expectError(await post(cborArrayOf(Array(11).fill(b))), 413, "BATCH_TOO_LARGE");
     await expectError(await post(future.bytes), 400, "TS_IN_FUTURE");
     await expectError(await post(foreign!.bytes), 400, "GROUP_MISMATCH");
-    await expectError(await post(foreign!.bytes, `/v1/groups/${hexOf(other.gid)}/events`), 404, "UNKNOWN_GROUP");
+    await expectError(await post(foreign!.bytes, `/v1/groups/${toHex(other.gid)}/events`), 404, "UNKNOWN_GROUP");
     await expectError(await post(b, `/v1/groups/xyz/events`), 400, "BAD_GROUP_ID");
     await expectError(
       await post(b, `${base}/events`, { "content-type": "application/json" }),
@@ -105,7 +106,7 @@ Deno.test("POST /v1/groups/:gid/events refuses every bad input with its code and
     await expectError(await app.request(`/v1/events/${"ab".repeat(32)}`), 404, "NOT_FOUND");
     await expectError(await app.request(`${base}/events?limit=abc`), 400, "BAD_QUERY");
     await expectError(await app.request(`${base}/events?cursor=zz`), 400, "BAD_QUERY");
-    await expectError(await app.request(`/v1/groups/${hexOf(other.gid)}/events`), 404, "UNKNOWN_GROUP");
+    await expectError(await app.request(`/v1/groups/${toHex(other.gid)}/events`), 404, "UNKNOWN_GROUP");
     // Nothing of the above was stored: the group holds its manifest only.
     const page = await (await app.request(`${base}/events`)).json();
     assertEquals(page.events.length, 1);
@@ -133,9 +134,9 @@ Deno.test("GET /v1/groups/:gid/events pages with cursor, filters, and offers JSO
     });
     assertEquals(res.headers.get("content-type"), "application/cbor");
     const m = decodeCbor(new Uint8Array(await res.arrayBuffer())) as Map<string, Uint8Array[]>;
-    assertEquals(m.get("events")!.map(hexOf), evs.slice(5, 10).map((e) => hexOf(e.bytes)));
-    const one = await app.request(`/v1/events/${hexOf(evs[0]!.id)}`);
-    assertEquals(hexOf(new Uint8Array(await one.arrayBuffer())), hexOf(evs[0]!.bytes));
+    assertEquals(m.get("events")!.map(toHex), evs.slice(5, 10).map((e) => toHex(e.bytes)));
+    const one = await app.request(`/v1/events/${toHex(evs[0]!.id)}`);
+    assertEquals(toHex(new Uint8Array(await one.arrayBuffer())), toHex(evs[0]!.bytes));
     const metrics = await (await app.request("/metrics")).text();
     assert(metrics.includes("xf_wal_syncs_total"));
     assert(metrics.includes('xf_events_out_total{status="stored"} 26'));

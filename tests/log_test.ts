@@ -1,5 +1,6 @@
+import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals, assertMatch, assertThrows } from "@std/assert";
-import { hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
+import { makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { serve } from "../net/server.ts";
 import { configureLogging, log, loggingOptions, redact, resetLogging } from "../actors/log.ts";
 import { startNodeLogging } from "../actors/node_log.ts";
@@ -27,7 +28,7 @@ Deno.test("Logs: two peers syncing log peer connected, a sync summary with count
   try {
     const lines = await capture({}, async () => {
       const g = await testGroup();
-      const gid = hexOf(g.gid);
+      const gid = toHex(g.gid);
       await a.node.publish([g.manifest, ...await makeEvents(g, 30)]);
       await b.node.publish([g.manifest, ...await makeEvents(g, 20, Date.now() - 300_000)]);
       const s = await a.node.sync.connect(sb.url.replace("http", "ws"), [gid]);

@@ -1,8 +1,10 @@
+import { Prng } from "../core/bytes.ts";
+import { compareBytes, toHex } from "../core/bytes.ts";
 import { code } from "./_helpers.ts";
 import { assert, assertEquals, assertFalse, assertThrows } from "@std/assert";
 import { sha256 } from "@noble/hashes/sha2";
-import { compareBytes, encodeCbor } from "../storage/cbor.ts";
-import { generateKeyPair, toHex } from "../storage/ed25519.ts";
+import { encodeCbor } from "../storage/cbor.ts";
+import { generateKeyPair } from "../storage/ed25519.ts";
 import { XfError } from "../core/errors.ts";
 import { KIND_MEMBERSHIP, POLICY_CLOSED, POLICY_OPEN, signEvent } from "../storage/event.ts";
 import {
@@ -29,16 +31,6 @@ let counter = 0;
 function ev(author: Uint8Array, ts: number, action: MembershipAction, member: Uint8Array, idByte?: number) {
   const id = idByte === undefined ? sha256(encodeCbor([ts, author, action, member, counter++])) : key(idByte);
   return { ts, id, author, payload: encodeMembership({ action, member }) };
-}
-
-/** A seeded PRNG (mulberry32), so a failing shuffle can be replayed. */
-function rng(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function shuffle<T>(xs: T[], rand: () => number): T[] {
@@ -266,7 +258,7 @@ Deno.test("GroupState gives the same state for 50 shuffles of the same events", 
   const grid = (s: GroupState) =>
     keys.map((k) => Array.from({ length: 45 }, (_, t) => [s.isMember(k, t), s.isAdmin(k, t), s.canWrite(k, t)]));
   const wantGrid = grid(inOrder);
-  const rand = rng(42);
+  const rand = new Prng(42).float;
   for (let round = 0; round < 50; round++) {
     const state = new GroupState(OWNER, POLICY_CLOSED);
     const order = shuffle(events, rand);
@@ -284,7 +276,7 @@ Deno.test("GroupState gives the same state for 50 shuffles of the same events", 
 });
 
 Deno.test("GroupState matches a naive refold at every ts for random event sets", () => {
-  const rand = rng(7);
+  const rand = new Prng(7).float;
   const pool = [OWNER, A, B, C, key(5)];
   for (let round = 0; round < 20; round++) {
     const events: MembershipEvent[] = [];

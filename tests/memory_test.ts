@@ -6,6 +6,7 @@
 // the default limits and more data (XF_MEMORY_FULL=1).
 import { assert, assertEquals } from "@std/assert";
 import { makeEvents, testGroup } from "./_helpers.ts";
+import { toHex } from "../core/bytes.ts";
 import { cborArrayOf } from "../actors/node.ts";
 import { generateKeyPair } from "../storage/ed25519.ts";
 import { signEvent, type StoredEvent } from "../storage/event.ts";
@@ -100,7 +101,7 @@ async function load(url: string) {
       }),
     );
   }
-  const gid = Array.from(g.gid, (b) => b.toString(16).padStart(2, "0")).join("");
+  const gid = toHex(g.gid);
   const post = async (items: Uint8Array[]) => {
     const r = await fetch(`${url}/v1/groups/${gid}/events`, {
       method: "POST",

@@ -1,7 +1,8 @@
 // /metrics as a scraper reads it: the exposition parses, histograms hold their invariants, and the figures agree
 // with each other and with the JSON routes (ack count, sync progress, events held, build info).
+import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
-import { hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
+import { makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { createApp } from "../net/app.ts";
 import { serve } from "../net/server.ts";
 import { Histogram } from "../actors/histogram.ts";
@@ -105,11 +106,11 @@ Deno.test("/metrics: histograms hold, ack count equals stored + duplicate events
     bad[bad.length - 1]! ^= 1;
     await t.node.publish(bad); // rejected: not acknowledged
     // A stream sees a live batch: one observation of xf_stream_delivery_seconds.
-    const res = await app.request(`/v1/groups/${hexOf(g1.gid)}/stream`, { headers: { accept: "text/event-stream" } });
+    const res = await app.request(`/v1/groups/${toHex(g1.gid)}/stream`, { headers: { accept: "text/event-stream" } });
     const reader = res.body!.getReader();
     let seen = "";
     const late = (await makeEvents(g1, 1, Date.now()))[0]!;
-    while (!seen.includes(hexOf(late.id))) {
+    while (!seen.includes(toHex(late.id))) {
       const { value: chunk } = await reader.read();
       seen += new TextDecoder().decode(chunk);
       if (seen.includes("event: ready") && !seen.includes("published")) {
@@ -152,7 +153,7 @@ Deno.test("/metrics: histograms hold, ack count equals stored + duplicate events
     // /health names the node for the dashboard.
     const h = await (await app.request("/health")).json();
     assertEquals(h.version, VERSION);
-    assertEquals(h.key, hexOf(t.node.key.publicKey));
+    assertEquals(h.key, toHex(t.node.key.publicKey));
     assert(/^[0-9a-f]{64}$/.test(h.nodeId) && h.nodeId !== h.key);
     assert(typeof h.uptime === "number");
   } finally {
@@ -166,7 +167,7 @@ Deno.test("/metrics: xf_sync_received_events never exceeds xf_sync_missing_event
   const sb = await serve(b.node, { host: "127.0.0.1", port: 0 });
   try {
     const g = await testGroup();
-    const gid = hexOf(g.gid);
+    const gid = toHex(g.gid);
     // Both sides hold events the other lacks: a receives what it asked for, and b pushes nothing unasked
     // into a's progress.
     await a.node.publish([g.manifest, ...await makeEvents(g, 300)]);

@@ -9,6 +9,7 @@
 //
 // XF_CONFORMANCE_CASES=N runs N cases (default 300, about 6 s); XF_CONFORMANCE_SEED picks the seed.
 
+import { Prng } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import { bytesToHex, hexToBytes } from "@noble/hashes/utils";
 import { nip77 } from "npm:nostr-tools@2.25.2";
@@ -22,18 +23,6 @@ const SEED = Number(Deno.env.get("XF_CONFORMANCE_SEED") ?? 0x6e6567);
 const ITEMS_MAX = 2000;
 const FRAME_MAX = 500_000;
 const ROUNDS_MAX = 500;
-
-/** Deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Item {
   ts: number;
@@ -192,7 +181,7 @@ function assertFrames(t: Transcript, initLimit: number, respLimit: number, label
 }
 
 Deno.test(`Negentropy conformance: ${CASES} random cases against the true difference and nostr-tools`, () => {
-  const r = rng(SEED);
+  const r = new Prng(SEED).float;
   let rounds = 0, multiRound = 0, differing = 0;
   for (let k = 0; k < CASES; k++) {
     const c = makeCase(r, k);
@@ -232,7 +221,7 @@ Deno.test(`Negentropy conformance: ${CASES} random cases against the true differ
 });
 
 Deno.test("Negentropy conformance: unlimited frames (0) on our side find the whole difference", () => {
-  const r = rng(SEED + 1);
+  const r = new Prng(SEED + 1).float;
   for (let k = 0; k < Math.max(10, CASES / 10); k++) {
     const c = makeCase(r, k);
     const t = run(ours(c.a, 0), ours(c.b, 0, true), `${c.name}, unlimited`);

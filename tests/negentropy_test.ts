@@ -1,6 +1,7 @@
 // Negentropy v1: our Reconciler against itself and against nostr-tools (the
 // reference peer), message bytes compared with nostr-tools' own run.
 
+import { Prng } from "../core/bytes.ts";
 import { assert, assertEquals, assertInstanceOf, assertStringIncludes, assertThrows } from "@std/assert";
 import { bytesToHex, hexToBytes } from "@noble/hashes/utils";
 import { nip77 } from "npm:nostr-tools@2.25.2";
@@ -15,25 +16,13 @@ interface Item {
   id: Uint8Array;
 }
 
-/** Deterministic PRNG (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /**
  * `n` distinct items. Timestamps collide often (span n/4), and one item in
  * eight shares a 1..20-byte id prefix with an earlier one, so minimal bounds
  * need id prefixes.
  */
 function makeItems(n: number, seed: number, tsBase = 0): Item[] {
-  const r = rng(seed);
+  const r = new Prng(seed).float;
   const span = Math.max(1, Math.floor(n / 4));
   const out: Item[] = [];
   for (let i = 0; i < n; i++) {
@@ -415,7 +404,7 @@ Deno.test("Reconciler.reconcile() on mutated messages returns or throws XfError"
   const storage = new VectorStorage();
   for (const x of c.b) storage.insert(x.ts, x.id);
   storage.seal();
-  const r = rng(82);
+  const r = new Prng(82).float;
   for (let i = 0; i < 5000; i++) {
     const base = hexToBytes(t.msgs[i % t.msgs.length]!);
     const m = r() < 0.3 ? base.slice(0, Math.floor(r() * base.length)) : base.slice();
@@ -456,7 +445,7 @@ Deno.test("VectorStorage agrees with nostr-tools' storage on fingerprints and lo
   }
   mine.seal();
   ref.seal();
-  const r = rng(92);
+  const r = new Prng(92).float;
   for (let i = 0; i < 300; i++) {
     const a = Math.floor(r() * 5001), b = Math.floor(r() * 5001);
     const [lo, hi] = a <= b ? [a, b] : [b, a];

@@ -1,5 +1,6 @@
+import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import { hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
+import { makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { openNode, type XfNode } from "../actors/node.ts";
 import { eventId, signEvent, type StoredEvent } from "../storage/event.ts";
 import type { XfError } from "../core/errors.ts";
@@ -13,21 +14,21 @@ Deno.test("XfNode.publish() stores, answers duplicates, and serves queries in (t
     const shuffled = [...evs].reverse();
     const res = await t.node.publish(shuffled);
     assertEquals(res.map((r) => r.status), shuffled.map(() => "stored"));
-    assertEquals(res.map((r) => r.id), shuffled.map((e) => hexOf(e.id)));
+    assertEquals(res.map((r) => r.id), shuffled.map((e) => toHex(e.id)));
     const again = await t.node.publish([evs[0]!, evs[0]!, evs[1]!]);
     assertEquals(again.map((r) => r.status), ["duplicate", "duplicate", "duplicate"]);
-    const page = await t.node.query({ gid: hexOf(g.gid), limit: 20 });
+    const page = await t.node.query({ gid: toHex(g.gid), limit: 20 });
     assertEquals(page!.events.length, 20);
-    const ordered = [g.manifest, ...evs].sort((a, b) => a.ts - b.ts || hexOf(a.id).localeCompare(hexOf(b.id)));
-    assertEquals(page!.events.map(hexOf), ordered.slice(0, 20).map((e) => hexOf(e.bytes)));
-    const rest = await t.node.query({ gid: hexOf(g.gid), limit: 100, cursor: page!.cursor! });
+    const ordered = [g.manifest, ...evs].sort((a, b) => a.ts - b.ts || toHex(a.id).localeCompare(toHex(b.id)));
+    assertEquals(page!.events.map(toHex), ordered.slice(0, 20).map((e) => toHex(e.bytes)));
+    const rest = await t.node.query({ gid: toHex(g.gid), limit: 100, cursor: page!.cursor! });
     assertEquals(rest!.events.length, 31);
     assertEquals(rest!.cursor, null);
-    const kind17 = await t.node.query({ gid: hexOf(g.gid), limit: 100, kinds: [17] });
+    const kind17 = await t.node.query({ gid: toHex(g.gid), limit: 100, kinds: [17] });
     assertEquals(kind17!.events.length, evs.filter((e) => e.kind === 17).length);
-    const window = await t.node.query({ gid: hexOf(g.gid), limit: 100, since: evs[10]!.ts, until: evs[19]!.ts });
+    const window = await t.node.query({ gid: toHex(g.gid), limit: 100, since: evs[10]!.ts, until: evs[19]!.ts });
     assertEquals(window!.events.length, 10);
-    assertEquals(hexOf((await t.node.get(hexOf(evs[3]!.id)))!), hexOf(evs[3]!.bytes));
+    assertEquals(toHex((await t.node.get(toHex(evs[3]!.id)))!), toHex(evs[3]!.bytes));
     assertEquals(await t.node.get("00".repeat(32)), null);
   } finally {
     await t.done();
@@ -56,7 +57,7 @@ Deno.test("XfNode.publish() rejects bad events with stable codes and stores none
     assertEquals(res.map((r) => r.code), ["BAD_SIGNATURE", "TS_IN_FUTURE", "UNKNOWN_GROUP", "RESERVED_KIND"]);
     const mismatch = await t.node.submit(other.gid, ok!.bytes);
     assertEquals(mismatch[0]!.code, "GROUP_MISMATCH");
-    const page = await t.node.query({ gid: hexOf(g.gid), limit: 100 });
+    const page = await t.node.query({ gid: toHex(g.gid), limit: 100 });
     assertEquals(page!.events.length, 1); // the manifest only
     assertEquals(t.node.health().ready, true);
   } finally {
@@ -72,13 +73,13 @@ Deno.test("XfNode keeps acknowledged events across a restart and replays nothing
     let node = await openNode({ dataDir: dir, workers: false });
     await node.publish(g.manifest);
     await node.publish(evs);
-    const root1 = await node.merkle(hexOf(g.gid));
+    const root1 = await node.merkle(toHex(g.gid));
     await node.close();
     node = await openNode({ dataDir: dir, workers: false });
-    const page = await node.query({ gid: hexOf(g.gid), limit: 1000 });
+    const page = await node.query({ gid: toHex(g.gid), limit: 1000 });
     assertEquals(page!.events.length, 201);
-    assertEquals(await node.merkle(hexOf(g.gid)), root1);
-    assertEquals((await node.fsck(hexOf(g.gid)))!.ok, true);
+    assertEquals(await node.merkle(toHex(g.gid)), root1);
+    assertEquals((await node.fsck(toHex(g.gid)))!.ok, true);
     await node.close();
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -92,19 +93,19 @@ for (const stage of ["ingest", "decode", "wal", "index", "advertise"] as const) 
       const g = await testGroup();
       await t.node.publish(g.manifest);
       const got: Uint8Array[] = [];
-      await t.node.subscribe({ gid: hexOf(g.gid) }, (evs) => got.push(...evs));
+      await t.node.subscribe({ gid: toHex(g.gid) }, (evs) => got.push(...evs));
       const evs = await makeEvents(g, 300);
       const results = [];
       for (let i = 0; i < 300; i += 30) results.push(...await t.node.publish(evs.slice(i, i + 30)));
       const stored = results.filter((r) => r.status === "stored" || r.status === "duplicate").map((r) => r.id);
-      const page = await t.node.query({ gid: hexOf(g.gid), limit: 1000 });
-      const held = new Set(page!.events.map((b) => hexOf(b)));
+      const page = await t.node.query({ gid: toHex(g.gid), limit: 1000 });
+      const held = new Set(page!.events.map((b) => toHex(b)));
       for (const e of evs) {
-        if (stored.includes(hexOf(e.id))) assert(held.has(hexOf(e.bytes)), "acknowledged event lost");
+        if (stored.includes(toHex(e.id))) assert(held.has(toHex(e.bytes)), "acknowledged event lost");
       }
       assertEquals(page!.events.length, held.size); // none twice
       assert(t.node.pipeline.supervisor.child(stage).stats.restarts >= 1);
-      assertEquals((await t.node.fsck(hexOf(g.gid)))!.ok, true);
+      assertEquals((await t.node.fsck(toHex(g.gid)))!.ok, true);
       assertEquals(t.node.health().ready, true);
     } finally {
       await t.done();
@@ -134,12 +135,12 @@ Deno.test("XfNode.subscribe() delivers indexed events matching its filter", asyn
     const g = await testGroup();
     await t.node.publish(g.manifest);
     const got: Uint8Array[] = [];
-    const stop = await t.node.subscribe({ gid: hexOf(g.gid), kinds: [16] }, (evs) => got.push(...evs));
+    const stop = await t.node.subscribe({ gid: toHex(g.gid), kinds: [16] }, (evs) => got.push(...evs));
     const evs = await makeEvents(g, 9);
     await t.node.publish(evs);
     const deadline = Date.now() + 5000;
     while (got.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-    assertEquals(got.map(hexOf).sort(), evs.filter((e) => e.kind === 16).map((e) => hexOf(e.bytes)).sort());
+    assertEquals(got.map(toHex).sort(), evs.filter((e) => e.kind === 16).map((e) => toHex(e.bytes)).sort());
     await stop();
   } finally {
     await t.done();
@@ -156,7 +157,7 @@ Deno.test("openNode() runs every stage in a real Worker", async () => {
     await t.node.subscribe({ kinds: [16, 17, 18] }, (e) => got.push(...e));
     const res = await t.node.publish(evs);
     assertEquals(res.filter((r) => r.status === "stored").length, 20);
-    const page = await t.node.query({ gid: hexOf(g.gid), limit: 100 });
+    const page = await t.node.query({ gid: toHex(g.gid), limit: 100 });
     assertEquals(page!.events.length, 21);
     const deadline = Date.now() + 5000;
     while (got.length < 20 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
@@ -176,7 +177,7 @@ Deno.test("openNode() in Workers restarts a crashed stage", async () => {
     await t.node.publish(g.manifest);
     const evs = await makeEvents(g, 60);
     for (let i = 0; i < 60; i += 20) await t.node.publish(evs.slice(i, i + 20));
-    const page = await t.node.query({ gid: hexOf(g.gid), limit: 100 });
+    const page = await t.node.query({ gid: toHex(g.gid), limit: 100 });
     assertEquals(page!.events.length, 61);
     assertEquals(t.node.pipeline.supervisor.child("decode").stats.restarts, 1);
   } finally {
@@ -209,12 +210,12 @@ async function allPages(node: XfNode, gid: string, limit = 37): Promise<Uint8Arr
 /** Each acknowledged id stored once and indexed once: Merkle count, paged time index and get() agree. */
 async function assertStoredOnce(node: XfNode, gid: string, acked: Map<string, Uint8Array>) {
   const events = await allPages(node, gid);
-  const ids = events.map((b) => hexOf(eventId(b)));
+  const ids = events.map((b) => toHex(eventId(b)));
   assertEquals(new Set(ids).size, ids.length, "an event is in the time index twice");
   assertEquals(ids.length, acked.size, "time index holds a different number of events than were acknowledged");
   for (const [id, bytes] of acked) {
     assert(ids.includes(id), `acknowledged event ${id} not indexed`);
-    assertEquals(hexOf((await node.get(id))!), hexOf(bytes));
+    assertEquals(toHex((await node.get(id))!), toHex(bytes));
   }
   assertEquals((await node.merkle(gid))!.count, acked.size, "Merkle count differs from distinct acknowledged ids");
   assertEquals((await node.fsck(gid))!.ok, true);
@@ -225,11 +226,11 @@ Deno.test("A crash between the WAL acknowledgement and the index write leaves ea
   const t = await tempNode({ faults: { index: { crashAtBatch: 4 } } });
   try {
     const g = await testGroup();
-    const gid = hexOf(g.gid);
+    const gid = toHex(g.gid);
     const acked = new Map<string, Uint8Array>();
     const note = (evs: StoredEvent[], res: { id?: string; status: string }[]) =>
       res.forEach((r, i) => {
-        assertEquals(r.id, hexOf(evs[i]!.id));
+        assertEquals(r.id, toHex(evs[i]!.id));
         if (r.status === "stored" || r.status === "duplicate") acked.set(r.id!, evs[i]!.bytes);
       });
     note([g.manifest], await t.node.publish(g.manifest));
@@ -264,7 +265,7 @@ for (const stage of ["decode", "wal", "index"] as const) {
     const t = await tempNode({ workers: true });
     try {
       const g = await testGroup();
-      const gid = hexOf(g.gid);
+      const gid = toHex(g.gid);
       const acked = new Map<string, Uint8Array>();
       const note = (evs: StoredEvent[], res: { id?: string; status: string }[]) =>
         res.forEach((r, i) => {

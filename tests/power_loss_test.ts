@@ -5,6 +5,7 @@
 // turns syncData into a no-op in PowerLossFs (not in the WAL), and the first
 // test then fails; the second runs that case on purpose and requires the
 // check to catch it.
+import { Prng, toHex } from "../core/bytes.ts";
 import { assert, assertEquals, assertRejects } from "@std/assert";
 import { Wal } from "../storage/wal.ts";
 import { PowerLossFs } from "./_power_loss_fs.ts";
@@ -12,20 +13,6 @@ import { PowerLossFs } from "./_power_loss_fs.ts";
 const ROUNDS = 20;
 const WRITERS = 4;
 const DIR = "/mem/wal";
-
-/** A small seeded PRNG, so a failure can be replayed. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 
 /**
  * Rounds of: recover, check every acknowledged record, append from several
@@ -41,7 +28,7 @@ async function powerLossRounds(fs: PowerLossFs, rand: () => number) {
     for (const [seq, payload] of acked) {
       const got = held.get(seq);
       if (!got) throw new Error(`round ${round}: acknowledged record ${seq} lost (${recovery.records} recovered)`);
-      assertEquals(hex(got), hex(payload), `round ${round}: acknowledged record ${seq} changed`);
+      assertEquals(toHex(got), toHex(payload), `round ${round}: acknowledged record ${seq} changed`);
     }
     if (round === ROUNDS) {
       await wal.close();
@@ -85,7 +72,7 @@ async function powerLossRounds(fs: PowerLossFs, rand: () => number) {
 }
 
 Deno.test("Wal keeps every acknowledged record through power losses that drop unsynced writes", async () => {
-  const rand = mulberry32(0x5eed);
+  const rand = new Prng(0x5eed).float;
   const fs = new PowerLossFs({ rand });
   const { acked } = await powerLossRounds(fs, rand);
   assert(acked > 100, `only ${acked} records acknowledged`);
@@ -93,7 +80,7 @@ Deno.test("Wal keeps every acknowledged record through power losses that drop un
 });
 
 Deno.test("The power-loss check catches a WAL that acknowledges without fdatasync", async () => {
-  const rand = mulberry32(0x5eed);
+  const rand = new Prng(0x5eed).float;
   const fs = new PowerLossFs({ rand, noSync: true });
   const e = await assertRejects(() => powerLossRounds(fs, rand));
   assert(/acknowledged record \d+ (lost|changed)|Cannot open WAL segment/.test((e as Error).message), String(e));

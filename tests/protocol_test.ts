@@ -1,10 +1,11 @@
 // The wire vectors of docs/PROTOCOL.md (tests/fixtures/protocol_v2.json): the implementation must produce them
 // byte for byte, and they must check out independently of it (transcript, keys, signatures, AEAD, CBOR fields).
+import { fromHex, toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import { x25519 } from "@noble/curves/ed25519";
 import { chacha20poly1305 } from "@noble/ciphers/chacha";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
-import { fromHex, toHex, verify } from "../storage/ed25519.ts";
+import { verify } from "../storage/ed25519.ts";
 import { decodeFrame } from "../net/frames.ts";
 import { decodeRecord, encodeRecordBody, verifyRecord } from "../net/dht/records.ts";
 import { authMessage } from "../net/auth.ts";

@@ -13,8 +13,8 @@
 // are used (neither is injected in this codebase yet), so a seed fixes the
 // sequence of steps and each link's fate per frame, but not how far a sync got
 // when the next step lands; waits are for quiescence, not fixed sleeps.
+import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
-import { hexOf } from "./_helpers.ts";
 import type { FrameChannel } from "../net/sync.ts";
 import { SyncSession } from "../net/sync.ts";
 import { openNode, type XfNode } from "../actors/node.ts";
@@ -172,7 +172,7 @@ async function simulate(seed: number): Promise<void> {
   try {
     const og = await createGroup(owner, { name: "open", policy: POLICY_OPEN, ts: Date.now() - 200_000 });
     const cg = await createGroup(owner, { name: "closed", policy: POLICY_CLOSED, ts: Date.now() - 200_000 });
-    const openGid = hexOf(og.gid), closedGid = hexOf(cg.gid);
+    const openGid = toHex(og.gid), closedGid = toHex(cg.gid);
     const gids = [openGid, closedGid];
     /** Per node and group: ids the node acknowledged as stored (published there, or held before a restart). */
     const acked = nodes.map(() => new Map<string, Set<string>>(gids.map((g) => [g, new Set<string>()])));
@@ -186,7 +186,7 @@ async function simulate(seed: number): Promise<void> {
       const res = await nodes[at]!.publish(bytes);
       res.forEach((r, i) => {
         if (r.status === "rejected") return;
-        const id = hexOf(evs[i]!.id);
+        const id = toHex(evs[i]!.id);
         acked[at]!.get(gid)!.add(id);
         if (gid === closedGid) closedIds.add(id);
       });
@@ -279,7 +279,7 @@ async function simulate(seed: number): Promise<void> {
         });
         const [res] = await publish(0, closedGid, [e], [encode(e)]);
         if (res!.status === "stored") {
-          changes.push({ ts: e.ts, id: hexOf(e.id), node: who, add });
+          changes.push({ ts: e.ts, id: toHex(e.id), node: who, add });
           members = finalMembers(initialMembers, changes);
         }
       } else if (r < 0.65) {
@@ -409,7 +409,7 @@ async function simulate(seed: number): Promise<void> {
 const encode = (e: StoredEvent): Uint8Array => e.bytes;
 
 function eventIdHex(bytes: Uint8Array): string {
-  return hexOf(eventId(bytes));
+  return toHex(eventId(bytes));
 }
 
 const one = Deno.env.get("XF_SIM_SEED");

@@ -1,4 +1,5 @@
 // Each stage's logic in-process, with a fake context: what it emits and asks for given what it takes.
+import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import { makeEvents, testGroup } from "./_helpers.ts";
 import { ingestStage, splitBody } from "../actors/ingest.ts";
@@ -9,7 +10,6 @@ import { LIMITS, type Limits } from "../core/limits.ts";
 import { cborArrayOf } from "../actors/node.ts";
 import type { StageContext } from "../actors/runtime.ts";
 import { XfError } from "../core/errors.ts";
-import { toHex } from "../storage/ed25519.ts";
 
 function fakeCtx(answers: Record<string, (msg: unknown) => unknown> = {}) {
   const out: { to: string; msg: Record<string, unknown> }[] = [];

@@ -1,10 +1,11 @@
 // The client surface: streams (SSE and WebSocket), groups and members, CORS.
+import { fromHex, toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
-import { hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
+import { makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { serve } from "../net/server.ts";
 import { createApp } from "../net/app.ts";
 import { answerChallenge } from "../net/auth.ts";
-import { fromHex, generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
+import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { createGroup, eventId, signEvent } from "../storage/event.ts";
 import { ACTION_ADD, ACTION_REMOVE, encodeMembership } from "../storage/membership.ts";
 import type { XfNode } from "../actors/node.ts";
@@ -82,7 +83,7 @@ async function openGroup(node: XfNode, n: number) {
   await node.publish(g.manifest);
   const evs = await makeEvents(g, n);
   if (n) await node.publish(evs);
-  return { g, gid: hexOf(g.gid), evs };
+  return { g, gid: toHex(g.gid), evs };
 }
 
 async function tokenFor(url: string, node: XfNode, key: KeyPair) {
@@ -90,7 +91,7 @@ async function tokenFor(url: string, node: XfNode, key: KeyPair) {
   const sig = await answerChallenge(key, "http", fromHex(ch.challenge)!, node.key.publicKey);
   const r = await fetch(`${url}/v1/auth/token`, {
     method: "POST",
-    body: JSON.stringify({ key: hexOf(key.publicKey), challenge: ch.challenge, sig: hexOf(sig) }),
+    body: JSON.stringify({ key: toHex(key.publicKey), challenge: ch.challenge, sig: toHex(sig) }),
   });
   return (await r.json()).token as string;
 }
@@ -112,8 +113,8 @@ Deno.test("Stream over SSE: backfill, ready, then live events, each once", async
     await until(() => st.events().length === 51);
     const ids = st.events();
     assertEquals(new Set(ids).size, 51);
-    assertEquals(ids.slice(32 - 1), more.map((e) => hexOf(e.id)));
-    assert(evs.every((e) => ids.includes(hexOf(e.id))));
+    assertEquals(ids.slice(32 - 1), more.map((e) => toHex(e.id)));
+    assert(evs.every((e) => ids.includes(toHex(e.id))));
     st.close();
   } finally {
     await s.done();
@@ -168,7 +169,7 @@ Deno.test("Stream filters as the query route; a bad filter is BAD_QUERY before a
     const { gid, evs } = await openGroup(s.node, 12);
     const st = await sse(`${s.url}/v1/groups/${gid}/stream?kind=16&since=${evs[3]!.ts}`);
     await until(() => st.recs.some((r) => r.event === "ready"));
-    const want = evs.filter((e) => e.kind === 16 && e.ts >= evs[3]!.ts).map((e) => hexOf(e.id));
+    const want = evs.filter((e) => e.kind === 16 && e.ts >= evs[3]!.ts).map((e) => toHex(e.id));
     assertEquals(st.events(), want);
     st.close();
     for (const q of ["kind=x", "since=-1", "author=zz", "cursor=nope", "since=99999999999999999999"]) {
@@ -253,7 +254,7 @@ Deno.test("A closed group's stream needs a member's token (header or query); exp
       payload: encodeMembership({ action: ACTION_ADD, member: member.publicKey }),
     });
     await s.node.publish([manifest, add]);
-    const g = hexOf(gid);
+    const g = toHex(gid);
     const unknown = "ab".repeat(32);
     for (const headers of [{}, { authorization: `Bearer ${await tokenFor(s.url, s.node, stranger)}` }]) {
       const r = await fetch(`${s.url}/v1/groups/${g}/stream`, { headers });
@@ -321,7 +322,7 @@ Deno.test("Stream over WebSocket: event bytes, ready and cursors; published even
     assertEquals(results.map((r) => r.status), ["stored", "rejected", "duplicate"]);
     assertEquals(results[1]!.code, "BAD_CBOR");
     await until(() => bins.length === 7);
-    assertEquals(hexOf(eventId(bins[6]!)), hexOf(ev!.id));
+    assertEquals(toHex(eventId(bins[6]!)), toHex(ev!.id));
     assert(texts.some((t) => t.type === "cursor" && String(t.cursor).startsWith("a")));
     ws.close();
   } finally {
@@ -349,16 +350,16 @@ Deno.test("GET /v1/groups lists what the caller may see; /members gives roles, c
     const mine = await (await fetch(`${s.url}/v1/groups`, { headers: { authorization: `Bearer ${tok}` } })).json();
     assertEquals(mine.groups.map((x: { name: string }) => x.name).sort(), ["back room", "town square"]);
     const c = mine.groups.find((x: { name: string }) => x.name === "back room");
-    assertEquals([c.id, c.policy, c.count], [hexOf(closed.gid), 1, 2]);
-    const m = await (await fetch(`${s.url}/v1/groups/${hexOf(closed.gid)}/members`, {
+    assertEquals([c.id, c.policy, c.count], [toHex(closed.gid), 1, 2]);
+    const m = await (await fetch(`${s.url}/v1/groups/${toHex(closed.gid)}/members`, {
       headers: { authorization: `Bearer ${tok}` },
     })).json();
-    assertEquals(m.owner, hexOf(owner.publicKey));
+    assertEquals(m.owner, toHex(owner.publicKey));
     assertEquals(
       m.members.map((x: { role: string }) => x.role).sort(),
       ["member", "owner"],
     );
-    const hidden = await fetch(`${s.url}/v1/groups/${hexOf(closed.gid)}/members`);
+    const hidden = await fetch(`${s.url}/v1/groups/${toHex(closed.gid)}/members`);
     assertEquals([hidden.status, (await hidden.json()).error], [404, "UNKNOWN_GROUP"]);
   } finally {
     await s.done();

@@ -1,6 +1,7 @@
 // Every way in that should be closed, tried and refused with its code.
+import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import { closedGroup, hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
+import { closedGroup, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { channelPair } from "../net/peers.ts";
 import { handPeer, pipedPeer, SYNC_INFO } from "./_peer.ts";
 import { answerChallenge, Authenticator, CHALLENGE_TTL_MS } from "../net/auth.ts";
@@ -41,7 +42,7 @@ Deno.test("Sync refuses a proof signed by another key than the one it claims: BA
     const p = rawPeer(t.node, { ...actual, publicKey: claimed.publicKey });
     await p.sec.ready.catch(() => {});
     assertEquals(await p.endCode(), "BAD_AUTH");
-    assertEquals(t.node.sync.sessionStats().filter((s) => s.peer === hexOf(claimed.publicKey)), []);
+    assertEquals(t.node.sync.sessionStats().filter((s) => s.peer === toHex(claimed.publicKey)), []);
   } finally {
     await t.done();
   }
@@ -156,20 +157,20 @@ Deno.test("A non-member cannot sync a closed group, nor learn it exists", async 
     const { gid, member } = await closedGroup(t.node);
     const stranger = await generateKeyPair();
     const p = rawPeer(t.node, stranger);
-    p.send("sub", { gid: hexOf(gid) });
+    p.send("sub", { gid: toHex(gid) });
     const e1 = await p.next("error");
     p.send("sub", { gid: "cd".repeat(32) });
     const e2 = await p.next("error");
     assertEquals([e1.get("code"), e2.get("code")], ["UNKNOWN_GROUP", "UNKNOWN_GROUP"]);
     assertEquals(
-      String(e1.get("message")).replace(hexOf(gid), "X"),
+      String(e1.get("message")).replace(toHex(gid), "X"),
       String(e2.get("message")).replace("cd".repeat(32), "X"),
     );
     // A member may.
     const q = rawPeer(t.node, member);
     await q.sec.ready;
-    q.send("sub", { gid: hexOf(gid) });
-    assertEquals((await q.next("sub.ok")).get("gid"), hexOf(gid));
+    q.send("sub", { gid: toHex(gid) });
+    assertEquals((await q.next("sub.ok")).get("gid"), toHex(gid));
   } finally {
     await t.done();
   }
@@ -180,11 +181,11 @@ Deno.test("HTTP reads of a closed group need a member's token; others get the un
   const app = createApp(t.node);
   try {
     const { gid, member, manifest } = await closedGroup(t.node);
-    const g = hexOf(gid);
+    const g = toHex(gid);
     const paths = [
       `/v1/groups/${g}/events`,
       `/v1/groups/${g}/merkle`,
-      `/v1/groups/${g}/proof/${hexOf(manifest.id)}`,
+      `/v1/groups/${g}/proof/${toHex(manifest.id)}`,
       `/v1/groups/${g}/peers`,
     ];
     const tokenFor = async (k: KeyPair) => {
@@ -197,7 +198,7 @@ Deno.test("HTTP reads of a closed group need a member's token; others get the un
       );
       const r = await app.request("/v1/auth/token", {
         method: "POST",
-        body: JSON.stringify({ key: hexOf(k.publicKey), challenge: ch.challenge, sig: hexOf(sig) }),
+        body: JSON.stringify({ key: toHex(k.publicKey), challenge: ch.challenge, sig: toHex(sig) }),
       });
       return { status: r.status, body: await r.json() };
     };
@@ -210,7 +211,7 @@ Deno.test("HTTP reads of a closed group need a member's token; others get the un
         assertEquals([r.status, body.error], [404, "UNKNOWN_GROUP"], path);
       }
     }
-    const ev = await app.request(`/v1/events/${hexOf(manifest.id)}`);
+    const ev = await app.request(`/v1/events/${toHex(manifest.id)}`);
     assertEquals([ev.status, (await ev.json()).error], [404, "NOT_FOUND"]);
     // Writing without a member's token looks like an unknown group too.
     const w = await app.request(`/v1/groups/${g}/events`, {
@@ -229,12 +230,12 @@ Deno.test("HTTP reads of a closed group need a member's token; others get the un
     const ch = await (await app.request("/v1/auth/challenge")).json();
     const bad = await app.request("/v1/auth/token", {
       method: "POST",
-      body: JSON.stringify({ key: hexOf(member.publicKey), challenge: ch.challenge, sig: "00".repeat(64) }),
+      body: JSON.stringify({ key: toHex(member.publicKey), challenge: ch.challenge, sig: "00".repeat(64) }),
     });
     assertEquals([bad.status, (await bad.json()).error], [401, "BAD_AUTH"]);
     const again = await app.request("/v1/auth/token", {
       method: "POST",
-      body: JSON.stringify({ key: hexOf(member.publicKey), challenge: ch.challenge, sig: "00".repeat(64) }),
+      body: JSON.stringify({ key: toHex(member.publicKey), challenge: ch.challenge, sig: "00".repeat(64) }),
     });
     assertEquals([again.status, (await again.json()).error], [401, "CHALLENGE_REPLAYED"]);
   } finally {
@@ -250,12 +251,12 @@ Deno.test("Sync refuses events for a group the peer did not subscribe to: NOT_SU
     const [ev] = await makeEvents(g, 1);
     const p = rawPeer(t.node, await generateKeyPair());
     await p.sec.ready;
-    p.send("events", { gid: hexOf(g.gid), events: [ev!.bytes] });
+    p.send("events", { gid: toHex(g.gid), events: [ev!.bytes] });
     assertEquals((await p.next("error")).get("code"), "NOT_SUBSCRIBED");
-    assertEquals(await t.node.get(hexOf(ev!.id)), null);
+    assertEquals(await t.node.get(toHex(ev!.id)), null);
     // Repeated violations cut the peer off.
-    p.send("events", { gid: hexOf(g.gid), events: [ev!.bytes] });
-    p.send("events", { gid: hexOf(g.gid), events: [ev!.bytes] });
+    p.send("events", { gid: toHex(g.gid), events: [ev!.bytes] });
+    p.send("events", { gid: toHex(g.gid), events: [ev!.bytes] });
     assert((await p.closed()).startsWith("NOT_SUBSCRIBED"));
   } finally {
     await t.done();
@@ -276,10 +277,10 @@ Deno.test("Sync cuts off oversized frames, garbage, and sends beyond credit", as
     const g = await testGroup();
     await t.node.publish(g.manifest);
     const r = rawPeer(t.node, await generateKeyPair());
-    r.send("sub", { gid: hexOf(g.gid) });
+    r.send("sub", { gid: toHex(g.gid) });
     await r.next("sub.ok");
     const evs = await makeEvents(g, 6);
-    r.send("events", { gid: hexOf(g.gid), events: evs.map((e) => e.bytes) });
+    r.send("events", { gid: toHex(g.gid), events: evs.map((e) => e.bytes) });
     assertEquals(await r.endCode(), "CREDIT_EXCEEDED");
   } finally {
     await t.done();
@@ -292,7 +293,7 @@ Deno.test("Sync cuts off a peer that never grants credit, and its memory stays b
     const g = await testGroup();
     await t.node.publish(g.manifest);
     const p = rawPeer(t.node, await generateKeyPair(), { ...SYNC_INFO, credit: 0 }); // grants no credit, ever
-    p.send("sub", { gid: hexOf(g.gid) });
+    p.send("sub", { gid: toHex(g.gid) });
     await p.next("sub.ok");
     const evs = await makeEvents(g, 80);
     await t.node.publish(evs); // streamed live to the peer, which takes none

@@ -1,7 +1,8 @@
+import { fromHex, toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import { nip77 } from "npm:nostr-tools@2.25.2";
 import { sha256 } from "@noble/hashes/sha2";
-import { hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
+import { makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { channelPair } from "../net/peers.ts";
 import { SyncSession } from "../net/sync.ts";
 import { serve } from "../net/server.ts";
@@ -21,7 +22,7 @@ async function allIds(node: XfNode, gid: string): Promise<string[]> {
       limit: 1000,
       ...(cursor ? { cursor } : {}),
     });
-    out.push(...page!.events.map(hexOf));
+    out.push(...page!.events.map(toHex));
     cursor = page!.cursor;
   } while (cursor);
   return out.sort();
@@ -39,7 +40,7 @@ Deno.test("SyncSession brings two nodes to the same events and Merkle root", asy
   const a = await tempNode(), b = await tempNode();
   try {
     const g = await testGroup();
-    const gid = hexOf(g.gid);
+    const gid = toHex(g.gid);
     const common = await makeEvents(g, 150);
     const onlyA = await makeEvents(g, 60, Date.now() - 500_000);
     const onlyB = await makeEvents(g, 40, Date.now() - 400_000);
@@ -54,10 +55,10 @@ Deno.test("SyncSession brings two nodes to the same events and Merkle root", asy
     // Live: a new event on either side streams to the other.
     const [live] = await makeEvents(g, 1, Date.now());
     await b.node.publish(live!);
-    await until(async () => (await a.node.get(hexOf(live!.id))) !== null);
+    await until(async () => (await a.node.get(toHex(live!.id))) !== null);
     const [back] = await makeEvents(g, 1, Date.now() + 1);
     await a.node.publish(back!);
-    await until(async () => (await b.node.get(hexOf(back!.id))) !== null);
+    await until(async () => (await b.node.get(toHex(back!.id))) !== null);
     client.close();
   } finally {
     await a.done();
@@ -69,7 +70,7 @@ Deno.test("A node that does not hold a group yet joins it through a peer (manife
   const a = await tempNode(), b = await tempNode();
   try {
     const g = await testGroup();
-    const gid = hexOf(g.gid);
+    const gid = toHex(g.gid);
     await b.node.publish([g.manifest, ...await makeEvents(g, 700)]);
     const { client } = link(a.node, b.node);
     const progress: number[] = [];
@@ -90,14 +91,14 @@ Deno.test("Two nodes sync over a real WebSocket on 127.0.0.1 and report peers", 
   const sb = await serve(b.node, { host: "127.0.0.1", port: 0 });
   try {
     const g = await testGroup();
-    const gid = hexOf(g.gid);
+    const gid = toHex(g.gid);
     await a.node.publish([g.manifest, ...await makeEvents(g, 30)]);
     await b.node.publish([g.manifest, ...await makeEvents(g, 20, Date.now() - 300_000)]);
     const s = await a.node.sync.connect(sb.url.replace("http", "ws"), [gid]);
     await until(async () => (await allIds(b.node, gid)).length === 51 && (await allIds(a.node, gid)).length === 51);
     const peers = await (await fetch(`${sb.url}/v1/groups/${gid}/peers`)).json();
     assertEquals(peers.peers.length, 1);
-    assertEquals(peers.peers[0].key, hexOf(a.node.key.publicKey));
+    assertEquals(peers.peers[0].key, toHex(a.node.key.publicKey));
     assert(a.node.sync.peersOf(gid)[0]!.syncedRoot.length === 64);
     s.close();
   } finally {
@@ -118,9 +119,9 @@ function items(n: number, seed: number) {
 }
 
 function treeOf(list: { ts: number; id: Uint8Array }[]) {
-  const sorted = [...list].sort((a, b) => a.ts - b.ts || hexOf(a.id).localeCompare(hexOf(b.id)));
+  const sorted = [...list].sort((a, b) => a.ts - b.ts || toHex(a.id).localeCompare(toHex(b.id)));
   const { root, put } = MerkleTree.build(sorted);
-  return new MerkleTree({ get: (h) => put.get(hexOf(h)) }, root, { cachePages: 4096 });
+  return new MerkleTree({ get: (h) => put.get(toHex(h)) }, root, { cachePages: 4096 });
 }
 
 /** Run an initiator against our Merkle-tree responder; returns the messages and the initiator's have/need. */
@@ -135,11 +136,11 @@ function reconcileAgainstTree(
   const have: string[] = [], need: string[] = [], respHave: string[] = [], respNeed: string[] = [];
   let msg = init.initiate();
   for (let round = 0; round < 100; round++) {
-    msgs.push(hexOf(msg));
+    msgs.push(toHex(msg));
     const r = new Reconciler(tree).reconcile(msg); // a responder is stateless between messages
-    respHave.push(...r.have.map(hexOf));
-    respNeed.push(...r.need.map(hexOf));
-    msgs.push(hexOf(r.output!));
+    respHave.push(...r.have.map(toHex));
+    respNeed.push(...r.need.map(toHex));
+    msgs.push(toHex(r.output!));
     const i = init.reconcile(r.output!);
     have.push(...i.have);
     need.push(...i.need);
@@ -160,16 +161,15 @@ for (const [n, dClient, dServer] of [[0, 0, 0], [1, 1, 0], [1000, 0, 10], [1000,
     const clientItems = [...common, ...clientOnly];
     // nostr-tools as the initiator (an implementation nobody here wrote).
     const vec = new NegentropyStorageVector();
-    for (const x of clientItems) vec.insert(x.ts, hexOf(x.id));
+    for (const x of clientItems) vec.insert(x.ts, toHex(x.id));
     vec.seal();
     const neg = new Negentropy(vec, 60_000);
-    const fromHexStr = (h: string) => Uint8Array.from(h.match(/../g) ?? [], (b) => parseInt(b, 16));
     const theirs = reconcileAgainstTree(tree, {
-      initiate: () => fromHexStr(neg.initiate()),
+      initiate: () => fromHex(neg.initiate())!,
       reconcile(m) {
         const have: string[] = [], need: string[] = [];
-        const out = neg.reconcile(hexOf(m), (id: string) => have.push(id), (id: string) => need.push(id));
-        return { output: out === null ? null : fromHexStr(out), have, need };
+        const out = neg.reconcile(toHex(m), (id: string) => have.push(id), (id: string) => need.push(id));
+        return { output: out === null ? null : fromHex(out)!, have, need };
       },
     });
     // Our own client over the same items.
@@ -181,14 +181,14 @@ for (const [n, dClient, dServer] of [[0, 0, 0], [1, 1, 0], [1000, 0, 10], [1000,
       initiate: () => rec.initiate(),
       reconcile(m) {
         const r = rec.reconcile(m);
-        return { output: r.output, have: r.have.map(hexOf), need: r.need.map(hexOf) };
+        return { output: r.output, have: r.have.map(toHex), need: r.need.map(toHex) };
       },
     });
     assertEquals(theirs.msgs, mine.msgs, "byte-for-byte the same messages");
     assertEquals([theirs.have, theirs.need], [mine.have, mine.need], "the same have/need as our own client");
     // Together both sides found exactly the differences.
-    assertEquals([...theirs.have, ...theirs.respNeed].sort(), clientOnly.map((x) => hexOf(x.id)).sort());
-    assertEquals([...theirs.need, ...theirs.respHave].sort(), serverOnly.map((x) => hexOf(x.id)).sort());
+    assertEquals([...theirs.have, ...theirs.respNeed].sort(), clientOnly.map((x) => toHex(x.id)).sort());
+    assertEquals([...theirs.need, ...theirs.respHave].sort(), serverOnly.map((x) => toHex(x.id)).sort());
   });
 }
 
@@ -196,16 +196,15 @@ Deno.test("nostr-tools' Negentropy reconciles against a running node's index sta
   const t = await tempNode();
   try {
     const g = await testGroup();
-    const gid = hexOf(g.gid);
+    const gid = toHex(g.gid);
     const evs = await makeEvents(g, 300, 2_000_000); // second-scale ts for nostr-tools' 32-bit varints
     await t.node.publish([g.manifest, ...evs.slice(0, 250)]);
     const clientSide = [...evs.slice(20, 300)];
     const vec = new NegentropyStorageVector();
-    for (const e of clientSide) vec.insert(e.ts, hexOf(e.id));
+    for (const e of clientSide) vec.insert(e.ts, toHex(e.id));
     vec.seal();
     const neg = new Negentropy(vec, 60_000);
-    const fromHexStr = (h: string) => Uint8Array.from(h.match(/../g) ?? [], (b) => parseInt(b, 16));
-    let msg: Uint8Array | null = fromHexStr(neg.initiate());
+    let msg: Uint8Array | null = fromHex(neg.initiate())!;
     const have: string[] = [], need: string[] = [];
     const respHave: string[] = [], respNeed: string[] = [];
     while (msg) {
@@ -215,13 +214,13 @@ Deno.test("nostr-tools' Negentropy reconciles against a running node's index sta
         session: null,
         msg,
       });
-      respHave.push(...r.have.map(hexOf));
-      respNeed.push(...r.need.map(hexOf));
-      const out = neg.reconcile(hexOf(r.output), (id: string) => have.push(id), (id: string) => need.push(id));
-      msg = out === null ? null : fromHexStr(out);
+      respHave.push(...r.have.map(toHex));
+      respNeed.push(...r.need.map(toHex));
+      const out = neg.reconcile(toHex(r.output), (id: string) => have.push(id), (id: string) => need.push(id));
+      msg = out === null ? null : fromHex(out)!;
     }
-    const wantHave = evs.slice(250, 300).map((e) => hexOf(e.id)).sort();
-    const wantNeed = [g.manifest, ...evs.slice(0, 20)].map((e) => hexOf(e.id)).sort();
+    const wantHave = evs.slice(250, 300).map((e) => toHex(e.id)).sort();
+    const wantNeed = [g.manifest, ...evs.slice(0, 20)].map((e) => toHex(e.id)).sort();
     assertEquals([...have, ...respNeed].sort(), wantHave);
     assertEquals([...need, ...respHave].sort(), wantNeed);
   } finally {
@@ -231,7 +230,7 @@ Deno.test("nostr-tools' Negentropy reconciles against a running node's index sta
 
 Deno.test("node.sync.dial() resolves after the first sync, and whenSynced(gid) lets a joining node post at once", async () => {
   const g = await testGroup();
-  const gid = hexOf(g.gid);
+  const gid = toHex(g.gid);
   const a = await tempNode(), b = await tempNode({ groups: [gid] } as never);
   const s = await serve(a.node, { host: "127.0.0.1", port: 0 });
   try {
@@ -255,7 +254,7 @@ Deno.test("A peer that answers in another negentropy version ends that group's r
   const a = await tempNode(), b = await tempNode();
   try {
     const g = await testGroup();
-    const gid = hexOf(g.gid);
+    const gid = toHex(g.gid);
     await a.node.publish([g.manifest, ...(await makeEvents(g, 5))]);
     await b.node.publish([g.manifest, ...(await makeEvents(g, 5, Date.now() - 500_000))]);
     // b's responder speaks only a "version 2": it answers every neg with the bare byte 0x62.

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { fromHex, toHex } from "../../storage/ed25519.ts";
+import { fromHex, toHex } from "../../core/bytes.ts";
 import type { SyncSession } from "../sync.ts";
 import type { AnnounceRecord } from "./records.ts";
 import type { DhtService } from "./service.ts";

@@ -31,6 +31,7 @@
  * @module
  */
 
+import { bytesEqual } from "../../core/bytes.ts";
 import {
   ADDR_BYTES_MAX,
   ALPHA,
@@ -42,7 +43,7 @@ import {
   LOOKUP_SHORTLIST_MAX,
   RESPONSE_CONTACTS_MAX,
 } from "./limits.ts";
-import { bytesEqual, compareDistance, type Contact } from "./routing.ts";
+import { compareDistance, type Contact } from "./routing.ts";
 
 export { LOOKUP_REQUESTS_MAX, LOOKUP_SHORTLIST_MAX, RESPONSE_CONTACTS_MAX } from "./limits.ts";
 

@@ -27,6 +27,7 @@
  * @module
  */
 
+import { bytesEqual, toHex } from "../../core/bytes.ts";
 import {
   ADDR_BYTES_MAX,
   ANNOUNCE_FUTURE_MS,
@@ -36,7 +37,6 @@ import {
   RECORD_GROUPS_MAX,
   RECORDS_PER_GROUP_MAX,
 } from "./limits.ts";
-import { bytesEqual, toHex } from "./routing.ts";
 import { LIMITS } from "../../core/limits.ts";
 import { VERIFIED_NODES_MAX } from "./limits.ts";
 

@@ -15,6 +15,7 @@
  * @module
  */
 
+import { bytesEqual, fromHex, toHex } from "../../core/bytes.ts";
 import { sha256 } from "@noble/hashes/sha2";
 import { XfError } from "../../core/errors.ts";
 import {
@@ -177,58 +178,6 @@ export function commonPrefixLength(a: Uint8Array, b: Uint8Array): number {
   }
   return n * 8;
 }
-
-/**
- * Whether two byte strings are equal.
- *
- * @example
- * ```ts
- * import { assert } from "@std/assert";
- * import { bytesEqual } from "./routing.ts";
- * assert(bytesEqual(new Uint8Array([1, 2]), new Uint8Array([1, 2])));
- * ```
- */
-export function bytesEqual(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
-/**
- * Lower-case hex of some bytes.
- *
- * @example
- * ```ts
- * import { assert } from "@std/assert";
- * import { toHex } from "./routing.ts";
- * assert(toHex(new Uint8Array([0, 255])) === "00ff");
- * ```
- */
-export function toHex(bytes: Uint8Array): string {
-  let s = "";
-  for (let i = 0; i < bytes.length; i++) s += HEX[bytes[i]!]!;
-  return s;
-}
-
-/**
- * Bytes of a hex string, or `null` if it is not hex of even length.
- *
- * @example
- * ```ts
- * import { assert } from "@std/assert";
- * import { fromHex } from "./routing.ts";
- * assert(fromHex("00ff")?.[1] === 255);
- * assert(fromHex("xyz") === null);
- * ```
- */
-export function fromHex(hex: string): Uint8Array | null {
-  if (hex.length % 2 !== 0 || !/^[0-9a-fA-F]*$/.test(hex)) return null;
-  const out = new Uint8Array(hex.length / 2);
-  for (let i = 0; i < out.length; i++) out[i] = parseInt(hex.slice(2 * i, 2 * i + 2), 16);
-  return out;
-}
-
-const HEX = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, "0"));
 
 /** A contact as held in a bucket: with its failures in a row. */
 interface Held extends Contact {

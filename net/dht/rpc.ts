@@ -35,8 +35,9 @@
  * @module
  */
 
+import { toHex } from "../../core/bytes.ts";
 import type { CborValue } from "../../storage/cbor.ts";
-import { type KeyPair, toHex } from "../../storage/ed25519.ts";
+import { type KeyPair } from "../../storage/ed25519.ts";
 import { ERROR_STATUS, type ErrorCode, toWire, XfError } from "../../core/errors.ts";
 import type { Limits } from "../../core/limits.ts";
 import { type FrameChannel, SecureChannel } from "../secure.ts";

@@ -11,9 +11,9 @@
  * @module
  */
 
+import { bytesEqual, fromHex, toHex } from "../../core/bytes.ts";
 import type { XfNode } from "../../actors/node.ts";
 import type { CborValue } from "../../storage/cbor.ts";
-import { fromHex, toHex } from "../../storage/ed25519.ts";
 import { XfError } from "../../core/errors.ts";
 import { socketChannel } from "../peers.ts";
 import type { FrameChannel } from "../secure.ts";
@@ -29,7 +29,7 @@ import {
   encodeRecord,
   remoteBucket,
 } from "./records.ts";
-import { bytesEqual, type Contact, nodeIdOf, RoutingTable } from "./routing.ts";
+import { type Contact, nodeIdOf, RoutingTable } from "./routing.ts";
 import { type DhtFrame, type DhtHost, type DhtOp, type DhtPeer, DhtSession, field, isBytes } from "./rpc.ts";
 import { Discovery } from "./discovery.ts";
 

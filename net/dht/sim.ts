@@ -24,10 +24,11 @@
  * @module
  */
 
+import { bytesEqual } from "../../core/bytes.ts";
 import { sha256 } from "@noble/hashes/sha2";
 import { ALPHA, JOIN_ATTEMPTS_MAX, K_BUCKET, LOOKUP_REQUESTS_MAX } from "./limits.ts";
 import { Lookup, type LookupStats } from "./lookup.ts";
-import { bytesEqual, commonPrefixLength, compareDistance, type Contact, RoutingTable } from "./routing.ts";
+import { commonPrefixLength, compareDistance, type Contact, RoutingTable } from "./routing.ts";
 
 /**
  * A small seeded PRNG (mulberry32): fast, 32-bit state, good enough for
