@@ -142,7 +142,7 @@ export function walFlushStage(): Stage<WalConfig> {
       await wal?.close().catch(() => {});
       const opened = await Wal.open(dir, {
         checkpointSeq: checkpointed,
-        segmentBytesMax: limits.wal_segment_bytes_max,
+        limits,
       });
       wal = opened.wal;
     })().finally(() => reopening = null);
@@ -204,7 +204,7 @@ export function walFlushStage(): Stage<WalConfig> {
       checkpointed = await readCheckpoint(dir);
       const opened = await Wal.open(dir, {
         checkpointSeq: checkpointed,
-        segmentBytesMax: limits.wal_segment_bytes_max,
+        limits,
       });
       wal = opened.wal;
       recovery = opened.recovery;

@@ -142,5 +142,12 @@ export function limitsWith(overrides: Partial<Limits> = {}): Limits {
     }
     (out as Record<string, number>)[k] = v;
   }
+  // The WAL stage appends one stage batch per call, and one call is one group commit at most.
+  if (out.wal_commit_records_max < out.stage_batch_events_max) {
+    throw new TypeError(
+      `Cannot set limit "wal_commit_records_max" to "${out.wal_commit_records_max}": ` +
+        `below stage_batch_events_max (${out.stage_batch_events_max}), a batch the WAL must take in one call`,
+    );
+  }
   return out;
 }

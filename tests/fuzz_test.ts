@@ -634,7 +634,7 @@ const walDir = await Deno.makeTempDir({ prefix: "xf_fuzz_wal_" });
 const walRecords: Uint8Array[] = [];
 const walFiles = new Map<string, Uint8Array>();
 try {
-  const { wal } = await Wal.open(walDir, { checkpointSeq: 0n, segmentBytesMax: 300 });
+  const { wal } = await Wal.open(walDir, { checkpointSeq: 0n, limits: { wal_segment_bytes_max: 300 } });
   for (let i = 0; i < 24; i++) {
     const batch = Array.from({ length: 1 + (i % 3) }, (_, j) => {
       const p = new Uint8Array((i * 13 + j * 7) % 90);

@@ -22,7 +22,7 @@ async function powerLossRounds(fs: PowerLossFs, rand: () => number) {
   const acked = new Map<bigint, Uint8Array>();
   let total = 0;
   for (let round = 0; round <= ROUNDS; round++) {
-    const { wal, recovery } = await Wal.open(DIR, { checkpointSeq: 0n, fs, segmentBytesMax: 2048 });
+    const { wal, recovery } = await Wal.open(DIR, { checkpointSeq: 0n, fs, limits: { wal_segment_bytes_max: 2048 } });
     const held = new Map<bigint, Uint8Array>();
     for await (const batch of wal.replay(0n)) for (const r of batch) held.set(r.seq, r.payload);
     for (const [seq, payload] of acked) {

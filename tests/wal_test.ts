@@ -47,7 +47,7 @@ async function fill(
   count: number,
   segmentBytesMax = FIVE_PER_SEGMENT,
 ): Promise<void> {
-  const { wal } = await Wal.open(dir, { checkpointSeq: 0n, segmentBytesMax });
+  const { wal } = await Wal.open(dir, { checkpointSeq: 0n, limits: { wal_segment_bytes_max: segmentBytesMax } });
   for (let i = 1; i <= count; i++) await wal.append([payload(i)]);
   await wal.close();
 }
@@ -76,7 +76,7 @@ Deno.test("Wal.replay() returns every record across segments after reopen", asyn
   await withDir(async (dir) => {
     const { wal, recovery } = await Wal.open(dir, {
       checkpointSeq: 0n,
-      segmentBytesMax: 4096,
+      limits: { wal_segment_bytes_max: 4096 },
     });
     assertEquals(recovery.records, 0);
     const sent: Uint8Array[] = [];
@@ -96,7 +96,7 @@ Deno.test("Wal.replay() returns every record across segments after reopen", asyn
 
     const again = await Wal.open(dir, {
       checkpointSeq: 0n,
-      segmentBytesMax: 4096,
+      limits: { wal_segment_bytes_max: 4096 },
     });
     try {
       assertEquals(again.recovery.records, 1200);
@@ -353,7 +353,7 @@ Deno.test("Wal.checkpoint() deletes only fully covered segments", async () => {
   await withDir(async (dir) => {
     const { wal } = await Wal.open(dir, {
       checkpointSeq: 0n,
-      segmentBytesMax: FIVE_PER_SEGMENT,
+      limits: { wal_segment_bytes_max: FIVE_PER_SEGMENT },
     });
     try {
       for (let i = 1; i <= 15; i++) await wal.append([payload(i)]);
@@ -380,7 +380,7 @@ Deno.test("Wal.checkpoint() deletes only fully covered segments", async () => {
     }
     const again = await Wal.open(dir, {
       checkpointSeq: 15n,
-      segmentBytesMax: FIVE_PER_SEGMENT,
+      limits: { wal_segment_bytes_max: FIVE_PER_SEGMENT },
     });
     try {
       assertEquals(again.recovery.replayable, 1);
@@ -462,5 +462,51 @@ Deno.test("Wal.append() rejects after close with SHUTTING_DOWN", async () => {
     assertEquals(await pending, { firstSeq: 1n, lastSeq: 1n });
     const e = await walError(wal.append([payload(2)]));
     assertEquals(e.code, "SHUTTING_DOWN");
+  });
+});
+
+Deno.test("Wal reads the configured wal_commit_records_max, not the default: group commits and the per-call bound", async () => {
+  await withDir(async (dir) => {
+    const { wal } = await Wal.open(dir, { checkpointSeq: 0n, limits: { wal_commit_records_max: 4 } });
+    try {
+      // Ten one-record appends queued in one tick: commits of 4, 4 and 2 records (the default would take one).
+      const results = await Promise.all(Array.from({ length: 10 }, (_, i) => wal.append([payload(i + 1)])));
+      assertEquals(results.map((r) => r.firstSeq), Array.from({ length: 10 }, (_, i) => BigInt(i + 1)));
+      assertEquals(wal.stats().syncs, 3);
+      // An append of exactly the bound is taken; one more record is refused.
+      assertEquals(await wal.append([payload(11), payload(12), payload(13), payload(14)]), {
+        firstSeq: 11n,
+        lastSeq: 14n,
+      });
+      const e = await walError(wal.append([payload(15), payload(16), payload(17), payload(18), payload(19)]));
+      assertEquals(e.code, "BATCH_TOO_LARGE");
+      assertEquals(e.message.includes("more than 4 in one call"), true);
+    } finally {
+      await wal.close();
+    }
+  });
+});
+
+Deno.test("Wal.replay() yields batches of the configured stage_batch_events_max", async () => {
+  await withDir(async (dir) => {
+    await fill(dir, 7);
+    const { wal } = await Wal.open(dir, { checkpointSeq: 0n, limits: { stage_batch_events_max: 3 } });
+    try {
+      const sizes: number[] = [];
+      for await (const batch of wal.replay(0n)) sizes.push(batch.length);
+      assertEquals(sizes, [3, 3, 1]);
+    } finally {
+      await wal.close();
+    }
+  });
+});
+
+Deno.test("Wal.open() refuses a limit that is not a positive integer", async () => {
+  await withDir(async (dir) => {
+    for (
+      const limits of [{ wal_commit_records_max: 0 }, { wal_segment_bytes_max: 1.5 }, { stage_batch_events_max: -1 }]
+    ) {
+      await assertRejects(() => Wal.open(dir, { checkpointSeq: 0n, limits }), TypeError, "is not a positive integer");
+    }
   });
 });
