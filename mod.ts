@@ -28,7 +28,7 @@
  * @module
  */
 
-export { type NodeOptions, openNode, XfNode } from "./actors/node.ts";
+export { type NodeOptions, openNode, XfNode } from "./node.ts";
 export type { EventResult } from "./actors/batch.ts";
 export type { SubscriptionFilter } from "./actors/advertise.ts";
 export type { EventQuery } from "./actors/index_stage.ts";

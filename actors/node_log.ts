@@ -12,7 +12,8 @@
  */
 
 import { toHex } from "../core/bytes.ts";
-import type { XfNode } from "./node.ts";
+import type { KeyPair } from "../storage/ed25519.ts";
+import type { Pipeline } from "./root.ts";
 import { log, loggingConfigured, short } from "./log.ts";
 
 /** Options of {@linkcode startNodeLogging}; the periods and thresholds are injectable for tests. */
@@ -55,6 +56,12 @@ function denoStatfs(): ((dir: string) => Promise<{ free: number; total: number }
   };
 }
 
+/** What node logging reads of a node (`XfNode` in `node.ts` is one): its key and its pipeline's counters. */
+export interface LoggedNode {
+  readonly key: KeyPair;
+  readonly pipeline: Pipeline;
+}
+
 /**
  * Log the node's start now, then its rejects, memory and disk pressure
  * periodically; returns the function that stops the timers and logs the
@@ -68,7 +75,7 @@ function denoStatfs(): ((dir: string) => Promise<{ free: number; total: number }
  * stopLogs();
  * ```
  */
-export function startNodeLogging(node: XfNode, opts: NodeLoggingOptions = {}): () => void {
+export function startNodeLogging(node: LoggedNode, opts: NodeLoggingOptions = {}): () => void {
   if (!loggingConfigured()) return () => {};
   const timers: ReturnType<typeof setInterval>[] = [];
   log.node.info("node started", {

@@ -7,8 +7,8 @@ import { toHex } from "../core/bytes.ts";
 
 const root = Deno.args[0] ? new URL(`file://${Deno.args[0].replace(/\/$/, "")}/`) : new URL("../", import.meta.url);
 const n = Number(Deno.args[1] ?? 40_000);
-const { openNode } = await import(new URL("actors/node.ts", root).href);
-const { serve } = await import(new URL("net/server.ts", root).href);
+// mod.ts: the library's entry, at the same path in every tree (the node moved from actors/node.ts to node.ts).
+const { openNode, serve } = await import(new URL("mod.ts", root).href);
 
 const w = await makeWorkload(n);
 const full = await openNode({ dataDir: await Deno.makeTempDir({ prefix: "xf-bench-full-" }) });

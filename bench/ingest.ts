@@ -6,7 +6,7 @@
 // hypercore's batched append (run under Node).
 import { createPrivateKey, createPublicKey, sign as nodeSign, verify as nodeVerify } from "node:crypto";
 import { TextLineStream } from "@std/streams";
-import { cborArrayOf, openNode } from "../actors/node.ts";
+import { cborArrayOf, openNode } from "../node.ts";
 import { generateKeyPair } from "../storage/ed25519.ts";
 import { createGroup, signEvent, type StoredEvent } from "../storage/event.ts";
 import { openRocks } from "../storage/kv.ts";

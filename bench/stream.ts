@@ -4,7 +4,7 @@
 // sampled stream), the achieved publish rate, and the node's peak RSS (`ps`, every 200 ms).
 // Env: XF_BENCH_STREAM_SUBS (1,000), XF_BENCH_STREAM_RATE (1,000 ev/s), XF_BENCH_STREAM_SECONDS (10).
 import { TextLineStream } from "@std/streams";
-import { cborArrayOf } from "../actors/node.ts";
+import { cborArrayOf } from "../node.ts";
 import { LIMITS } from "../core/limits.ts";
 import { generateKeyPair } from "../storage/ed25519.ts";
 import { createGroup, signEvent } from "../storage/event.ts";

@@ -9,7 +9,9 @@
 
 import { bytesEqual, fromHex, toHex } from "../core/bytes.ts";
 import { type Context, Hono } from "@hono/hono";
-import type { XfNode } from "../actors/node.ts";
+import type { NodeCore } from "./node_api.ts";
+import type { NodeSync } from "./peers.ts";
+import type { DhtService } from "./dht/service.ts";
 import type { EventResult } from "../actors/batch.ts";
 import type { Limits } from "../core/limits.ts";
 import { splitBody } from "../actors/ingest.ts";
@@ -23,6 +25,9 @@ import { parseStreamQuery, runStream, sseSink, StreamHub, type StreamOptions, ty
 import type { WSContext, WSEvents } from "@hono/hono/ws";
 import type { FrameChannel } from "./sync.ts";
 import { CBOR_SEQ, exportStream } from "./export.ts";
+
+/** The node as the HTTP app sees it: the calls `net/` makes of a node, its peer sync and its DHT. */
+export type AppNode = NodeCore & { readonly sync: NodeSync; readonly dht: DhtService };
 
 /** A WebSocket route whose binary frames feed a {@linkcode FrameChannel} handed to `accept` on open. */
 function frameRoute(remoteAddr: (c: Context) => string, accept: (ch: FrameChannel, addr: string) => void) {
@@ -287,7 +292,7 @@ function wsStream(opts: Omit<StreamOptions, "hub"> & { hub: StreamOptions["hub"]
  * @example
  * ```ts
  * import { assert } from "@std/assert";
- * import { openNode } from "../actors/node.ts";
+ * import { openNode } from "../node.ts";
  * import { createApp } from "./app.ts";
  * const dir = await Deno.makeTempDir();
  * const node = await openNode({ dataDir: dir, workers: false });
@@ -297,7 +302,7 @@ function wsStream(opts: Omit<StreamOptions, "hub"> & { hub: StreamOptions["hub"]
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
-export function createApp(node: XfNode, options: AppOptions = {}) {
+export function createApp(node: AppNode, options: AppOptions = {}) {
   const remoteAddr = options.remoteAddr ?? socketAddr;
   const operatorToken = options.operatorToken ?? "";
   /** Throws FORBIDDEN unless the caller is on loopback or presents the operator token. */

@@ -25,7 +25,7 @@
  * @module
  */
 
-import type { XfNode } from "../actors/node.ts";
+import type { NodeCore } from "./node_api.ts";
 import { encodeCbor } from "../storage/cbor.ts";
 import { KIND_MANIFEST, KIND_MEMBERSHIP, peekEvent } from "../storage/event.ts";
 
@@ -54,7 +54,7 @@ const SECTIONS: Section[] = [
  * @example
  * ```ts
  * import { assert } from "@std/assert";
- * import { openNode } from "../actors/node.ts";
+ * import { openNode } from "../node.ts";
  * import { exportStream } from "./export.ts";
  * const dir = await Deno.makeTempDir();
  * const node = await openNode({ dataDir: dir, workers: false });
@@ -63,7 +63,7 @@ const SECTIONS: Section[] = [
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
-export async function exportStream(node: XfNode, gid: string): Promise<ReadableStream<Uint8Array> | null> {
+export async function exportStream(node: NodeCore, gid: string): Promise<ReadableStream<Uint8Array> | null> {
   let info = await node.merkle(gid);
   if (!info) return null;
   // A consistent header: the last arrival seq did not move while the root was read.

@@ -18,7 +18,7 @@
  */
 
 import { fromHex, toHex } from "../core/bytes.ts";
-import { openNode } from "../actors/node.ts";
+import { openNode } from "../node.ts";
 import { serve } from "./server.ts";
 import { generateKeyPair, type KeyPair, keyPairFromSeed } from "../storage/ed25519.ts";
 import type { Tag } from "../storage/event.ts";

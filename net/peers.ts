@@ -8,7 +8,7 @@
  */
 
 import { fromHex, toHex } from "../core/bytes.ts";
-import type { XfNode } from "../actors/node.ts";
+import type { NodeCore } from "./node_api.ts";
 import { XfError } from "../core/errors.ts";
 import { sha256 } from "@noble/hashes/sha2";
 import { Authenticator } from "./auth.ts";
@@ -142,7 +142,7 @@ export class NodeSync implements SyncHost {
   /** When each session opened, for its summary line. */
   private opened = new WeakMap<SyncSession, number>();
 
-  constructor(readonly node: XfNode, readonly extraGroups: string[] = []) {
+  constructor(readonly node: NodeCore, readonly extraGroups: string[] = []) {
     this.auth = new Authenticator(node.key);
     this.memory = new ByteBudget(node.limits.sync_memory_bytes_max);
   }

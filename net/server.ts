@@ -5,8 +5,7 @@
  * @module
  */
 
-import { type AppOptions, createApp } from "./app.ts";
-import type { XfNode } from "../actors/node.ts";
+import { type AppNode, type AppOptions, createApp } from "./app.ts";
 
 /** A listening server. */
 export interface Served {
@@ -23,7 +22,7 @@ export interface Served {
  * Hono's `c.env`); `operatorToken` opens operator routes to remote callers.
  */
 export function serve(
-  node: XfNode,
+  node: AppNode,
   options: { host: string; port: number } & Pick<AppOptions, "operatorToken" | "corsOrigins">,
 ): Promise<Served> {
   const app = createApp(node, {

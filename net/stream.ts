@@ -26,7 +26,7 @@
  */
 
 import { fromHex, toHex } from "../core/bytes.ts";
-import type { XfNode } from "../actors/node.ts";
+import type { NodeCore } from "./node_api.ts";
 import { decodeEvent, eventJson, peekEvent } from "../storage/event.ts";
 import { type ErrorCode, toWire, XfError } from "../core/errors.ts";
 
@@ -188,7 +188,7 @@ export class StreamHub {
   /** Streams open now. */
   open = 0;
 
-  constructor(private readonly node: XfNode) {}
+  constructor(private readonly node: NodeCore) {}
 
   /** Listen to a group's indexed events; resolves once the subscription is in place. */
   async join(gid: string, l: Listener): Promise<() => void> {
@@ -239,7 +239,7 @@ export class StreamHub {
 
 /** Options of {@linkcode runStream}. */
 export interface StreamOptions {
-  node: XfNode;
+  node: NodeCore;
   hub: StreamHub;
   gid: string;
   query: StreamQuery;

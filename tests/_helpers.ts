@@ -1,5 +1,5 @@
 // Shared fixtures for tests: temp nodes, keys, groups and signed events.
-import { openNode, type XfNode } from "../actors/node.ts";
+import { openNode, type XfNode } from "../node.ts";
 import type { PipelineOptions } from "../actors/root.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { createGroup, signEvent, type StoredEvent } from "../storage/event.ts";

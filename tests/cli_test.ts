@@ -2,7 +2,7 @@
 import { assert, assertEquals, assertMatch } from "@std/assert";
 import { tempNode } from "./_helpers.ts";
 import { serve } from "../net/server.ts";
-import { openNode } from "../actors/node.ts";
+import { openNode } from "../node.ts";
 import { COMMANDS } from "../net/cli.ts";
 import { DATA_FORMAT_VERSION, VERSION } from "../version.ts";
 

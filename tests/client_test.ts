@@ -4,7 +4,7 @@ import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
 import { tempNode } from "./_helpers.ts";
 import { serve } from "../net/server.ts";
 import { createApp } from "../net/app.ts";
-import type { XfNode } from "../actors/node.ts";
+import type { XfNode } from "../node.ts";
 import {
   type ClientEvent,
   exportJwk,

@@ -8,7 +8,7 @@ import { assertEquals } from "@std/assert";
 import { makeEvents, testGroup } from "./_helpers.ts";
 import { channelPair } from "../net/peers.ts";
 import { SyncSession } from "../net/sync.ts";
-import { openNode, type XfNode } from "../actors/node.ts";
+import { openNode, type XfNode } from "../node.ts";
 import type { KeyPair } from "../storage/ed25519.ts";
 import { generateKeyPair } from "../storage/ed25519.ts";
 

@@ -6,7 +6,7 @@ import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import { TextLineStream } from "@std/streams";
 import { makeEvents, testGroup } from "./_helpers.ts";
-import { cborArrayOf, openNode } from "../actors/node.ts";
+import { cborArrayOf, openNode } from "../node.ts";
 
 const ROUNDS = Number(Deno.env.get("XF_CRASH_ROUNDS") ?? 20);
 const WRITERS = 4;

@@ -1,7 +1,7 @@
 // The DHT over real sockets: RPC between in-process nodes on 127.0.0.1, refusals, persistence.
 import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import { openNode, type XfNode } from "../actors/node.ts";
+import { openNode, type XfNode } from "../node.ts";
 import type { Limits } from "../core/limits.ts";
 import { serve } from "../net/server.ts";
 import { channelPair } from "../net/peers.ts";

@@ -3,7 +3,7 @@
 // they do not depend on the session handshake; one test runs over real sockets on 127.0.0.1.
 import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
-import { openNode, type XfNode } from "../actors/node.ts";
+import { openNode, type XfNode } from "../node.ts";
 import { serve } from "../net/server.ts";
 import type { DhtPeer } from "../net/dht/rpc.ts";
 import {

@@ -4,7 +4,7 @@
 import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import { makeEvents, testGroup } from "./_helpers.ts";
-import { openNode, type XfNode } from "../actors/node.ts";
+import { openNode, type XfNode } from "../node.ts";
 import { openRocks } from "../storage/kv.ts";
 import { KS } from "../storage/keys.ts";
 import type { StoredEvent } from "../storage/event.ts";

@@ -4,7 +4,7 @@ import { assert, assertEquals, assertRejects } from "@std/assert";
 import { tempNode } from "./_helpers.ts";
 import { serve } from "../net/server.ts";
 import { createApp } from "../net/app.ts";
-import type { XfNode } from "../actors/node.ts";
+import type { XfNode } from "../node.ts";
 import { runExport, runImport } from "../net/cli_export.ts";
 import {
   generateKeyPair,

@@ -11,7 +11,7 @@ import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { createGroup, signEvent } from "../storage/event.ts";
 import { ACTION_ADD, ACTION_REMOVE, encodeMembership } from "../storage/membership.ts";
-import type { XfNode } from "../actors/node.ts";
+import type { XfNode } from "../node.ts";
 import type { Limits } from "../core/limits.ts";
 import { socketPeer, SYNC_INFO } from "./_peer.ts";
 

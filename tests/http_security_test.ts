@@ -5,7 +5,7 @@ import { closedGroup, makeEvents, tempNode, testGroup } from "./_helpers.ts";
 import { createApp } from "../net/app.ts";
 import { serve } from "../net/server.ts";
 import { answerChallenge, Authenticator, CHALLENGE_TTL_MS } from "../net/auth.ts";
-import { cborArrayOf, type XfNode } from "../actors/node.ts";
+import { cborArrayOf, type XfNode } from "../node.ts";
 import { LIMITS } from "../core/limits.ts";
 import type { FrameChannel } from "../net/sync.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";

@@ -2,7 +2,7 @@ import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import { makeEvents, tempNode, testGroup } from "./_helpers.ts";
 import { createApp } from "../net/app.ts";
-import { cborArrayOf } from "../actors/node.ts";
+import { cborArrayOf } from "../node.ts";
 import { signEvent } from "../storage/event.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { serve } from "../net/server.ts";

@@ -7,7 +7,7 @@
 import { assert, assertEquals } from "@std/assert";
 import { makeEvents, testGroup } from "./_helpers.ts";
 import { toHex } from "../core/bytes.ts";
-import { cborArrayOf } from "../actors/node.ts";
+import { cborArrayOf } from "../node.ts";
 import { generateKeyPair } from "../storage/ed25519.ts";
 import { signEvent, type StoredEvent } from "../storage/event.ts";
 import { type F, SYNC_INFO, tcpPeer } from "./_peer.ts";

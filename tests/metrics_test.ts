@@ -6,7 +6,7 @@ import { makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { createApp } from "../net/app.ts";
 import { serve } from "../net/server.ts";
 import { Histogram } from "../actors/histogram.ts";
-import type { XfNode } from "../actors/node.ts";
+import type { XfNode } from "../node.ts";
 import { VERSION } from "../version.ts";
 
 interface Sample {

@@ -1,7 +1,7 @@
 import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals, assertRejects } from "@std/assert";
 import { makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
-import { openNode, type XfNode } from "../actors/node.ts";
+import { openNode, type XfNode } from "../node.ts";
 import { eventId, signEvent, type StoredEvent } from "../storage/event.ts";
 import type { XfError } from "../core/errors.ts";
 

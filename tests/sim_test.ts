@@ -17,7 +17,7 @@ import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import type { FrameChannel } from "../net/sync.ts";
 import { SyncSession } from "../net/sync.ts";
-import { openNode, type XfNode } from "../actors/node.ts";
+import { openNode, type XfNode } from "../node.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import {
   createGroup,

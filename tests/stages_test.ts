@@ -7,7 +7,7 @@ import { decodeStage } from "../actors/decode.ts";
 import { advertiseStage } from "../actors/advertise.ts";
 import { type EventBatch, type EventResult, packBatch, unpackBatch } from "../actors/batch.ts";
 import { LIMITS, type Limits } from "../core/limits.ts";
-import { cborArrayOf } from "../actors/node.ts";
+import { cborArrayOf } from "../node.ts";
 import type { StageContext } from "../actors/runtime.ts";
 import { XfError } from "../core/errors.ts";
 

@@ -8,7 +8,7 @@ import { answerChallenge } from "../net/auth.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { createGroup, eventId, signEvent } from "../storage/event.ts";
 import { ACTION_ADD, ACTION_REMOVE, encodeMembership } from "../storage/membership.ts";
-import type { XfNode } from "../actors/node.ts";
+import type { XfNode } from "../node.ts";
 import type { Limits } from "../core/limits.ts";
 
 async function served(limits: Partial<Limits> = {}) {

@@ -6,7 +6,7 @@ import { channelPair } from "../net/peers.ts";
 import { handPeer, pipedPeer, SYNC_INFO } from "./_peer.ts";
 import { answerChallenge, Authenticator, CHALLENGE_TTL_MS } from "../net/auth.ts";
 import { createApp } from "../net/app.ts";
-import type { XfNode } from "../actors/node.ts";
+import type { XfNode } from "../node.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { signEvent } from "../storage/event.ts";

@@ -9,7 +9,7 @@ import { serve } from "../net/server.ts";
 import { Reconciler } from "../net/negentropy.ts";
 import { VectorStorage } from "../net/negentropy_storage.ts";
 import { MerkleTree } from "../merkle/mod.ts";
-import type { XfNode } from "../actors/node.ts";
+import type { XfNode } from "../node.ts";
 
 const { Negentropy, NegentropyStorageVector } = nip77;
 

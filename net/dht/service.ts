@@ -12,7 +12,8 @@
  */
 
 import { bytesEqual, fromHex, toHex } from "../../core/bytes.ts";
-import type { XfNode } from "../../actors/node.ts";
+import type { NodeCore } from "../node_api.ts";
+import type { NodeSync } from "../peers.ts";
 import type { CborValue } from "../../storage/cbor.ts";
 import { XfError } from "../../core/errors.ts";
 import { socketChannel } from "../peers.ts";
@@ -32,6 +33,9 @@ import {
 import { type Contact, nodeIdOf, RoutingTable } from "./routing.ts";
 import { type DhtFrame, type DhtHost, type DhtOp, type DhtPeer, DhtSession, field, isBytes } from "./rpc.ts";
 import { Discovery } from "./discovery.ts";
+
+/** The node as the DHT sees it: the calls `net/` makes of a node, and its peer sync (discovery dials found members). */
+export type DhtNode = NodeCore & { readonly sync: NodeSync };
 
 /** Peers whose request rate is tracked at once (least recently seen forgotten past this). */
 export const RATE_PEERS_MAX = 4096;
@@ -106,16 +110,16 @@ export class DhtService implements DhtHost {
   #sweeper: ReturnType<typeof setInterval> | undefined;
   #closed = false;
 
-  constructor(readonly node: XfNode, options: DhtServiceOptions = {}) {
+  constructor(readonly node: DhtNode, options: DhtServiceOptions = {}) {
     this.selfId = nodeIdOf(node.key.publicKey);
     this.#now = options.now ?? Date.now;
     this.store = new AnnouncementStore({ perAddrMax: node.limits.dht_records_per_addr_max });
   }
 
-  get key(): XfNode["key"] {
+  get key(): DhtNode["key"] {
     return this.node.key;
   }
-  get limits(): XfNode["limits"] {
+  get limits(): DhtNode["limits"] {
     return this.node.limits;
   }
   /** Our address as peers should dial it ("" until the node listens). */

@@ -6,23 +6,25 @@
  * @module
  */
 
-import { fromHex, toHex } from "../core/bytes.ts";
-import { Pipeline, type PipelineOptions, STAGES } from "./root.ts";
-import type { EventResult } from "./batch.ts";
-import type { SubscriptionFilter } from "./advertise.ts";
-import type { ArrivalQuery, EventQuery } from "./index_stage.ts";
-import type { FsckResult } from "../storage/merkle_store.ts";
-import { encodeEvent, type Event } from "../storage/event.ts";
-import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
-import { NodeSync } from "../net/peers.ts";
-import { DhtService } from "../net/dht/service.ts";
-import { XfError } from "../core/errors.ts";
-import { cborArrayOf } from "../storage/cbor.ts";
+import { fromHex, toHex } from "./core/bytes.ts";
+import { Pipeline, type PipelineOptions, STAGES } from "./actors/root.ts";
+import type { EventResult } from "./actors/batch.ts";
+import type { SubscriptionFilter } from "./actors/advertise.ts";
+import type { ArrivalQuery, EventQuery } from "./actors/index_stage.ts";
+import type { FsckResult } from "./storage/merkle_store.ts";
+import { encodeEvent, type Event } from "./storage/event.ts";
+import { generateKeyPair, type KeyPair } from "./storage/ed25519.ts";
+import { NodeSync } from "./net/peers.ts";
+import type { MerkleRootInfo, NodeCore, NodeHealth } from "./net/node_api.ts";
+import type { AppNode } from "./net/app.ts";
+import { DhtService } from "./net/dht/service.ts";
+import { XfError } from "./core/errors.ts";
+import { cborArrayOf } from "./storage/cbor.ts";
 
 /** The CBOR array of already-encoded items that a batch body is (one implementation, in storage/cbor.ts). */
 export { cborArrayOf };
-import { Histogram } from "./histogram.ts";
-import { VERSION } from "../version.ts";
+import { Histogram } from "./actors/histogram.ts";
+import { VERSION } from "./version.ts";
 import { sha256 } from "@noble/hashes/sha2";
 
 /** Options of {@linkcode openNode}. */
@@ -33,15 +35,10 @@ export type NodeOptions = PipelineOptions & {
   groups?: string[];
 };
 
-/** Merkle root, count and depth of a group. */
-export interface MerkleRootInfo {
-  root: string;
-  count: number;
-  depth: number;
-}
+export type { MerkleRootInfo, NodeHealth };
 
 /** A running node. */
-export class XfNode {
+export class XfNode implements NodeCore, AppNode {
   #sync: NodeSync | null = null;
   #dht: DhtService | null = null;
   /** Where peers reach this node, `ws://host:port` ("" until it listens); announced in the DHT. */
@@ -167,17 +164,7 @@ export class XfNode {
   }
 
   /** Liveness and readiness of every stage, and who this node is (key, node id, version, uptime). */
-  health(): {
-    status: string;
-    ready: boolean;
-    stages: Record<string, { state: string; mailbox: number; restarts: number }>;
-    recovery: string;
-    key: string;
-    nodeId: string;
-    version: string;
-    uptime: number;
-    storage: "ok" | "full";
-  } {
+  health(): NodeHealth {
     const stages: Record<string, { state: string; mailbox: number; restarts: number }> = {};
     for (const s of STAGES) {
       const c = this.pipeline.supervisor.child(s);
@@ -375,7 +362,7 @@ async function walkBytes(dir: string, entriesMax: number): Promise<number> {
  *
  * @example
  * ```ts ignore
- * import { openNode } from "../mod.ts";
+ * import { openNode } from "./mod.ts";
  * const node = await openNode({ dataDir: await Deno.makeTempDir() });
  * await node.close();
  * ```
