@@ -26,6 +26,7 @@ export { cborArrayOf };
 import { Histogram } from "./actors/histogram.ts";
 import { VERSION } from "./version.ts";
 import { sha256 } from "@noble/hashes/sha2";
+import { FSCK_TIMEOUT_FACTOR_MAX, METRICS_STAGE_CALL_MS } from "./core/limits.ts";
 
 /** Options of {@linkcode openNode}. */
 export type NodeOptions = PipelineOptions & {
@@ -139,12 +140,18 @@ export class XfNode implements NodeCore, AppNode {
    * Null if the group is unknown.
    */
   fsck(gid: string): Promise<FsckResult | null> {
-    return this.pipeline.index({ type: "index.fsck", gid }, this.pipeline.limits.request_timeout_ms * 30);
+    return this.pipeline.index(
+      { type: "index.fsck", gid },
+      this.pipeline.limits.request_timeout_ms * FSCK_TIMEOUT_FACTOR_MAX,
+    );
   }
 
   /** Read every key and value of the store once (each block's checksum is verified); the first failure. */
   scan(): Promise<{ ok: boolean; keys: number; problem?: string }> {
-    return this.pipeline.index({ type: "index.scan" }, this.pipeline.limits.request_timeout_ms * 30);
+    return this.pipeline.index(
+      { type: "index.scan" },
+      this.pipeline.limits.request_timeout_ms * FSCK_TIMEOUT_FACTOR_MAX,
+    );
   }
 
   /**
@@ -298,7 +305,7 @@ export class XfNode implements NodeCore, AppNode {
         { syncs: number; records: number; bytes: number; lastSeq: number; checkpoint: number }
       >(
         { type: "wal.stats" },
-        1000,
+        METRICS_STAGE_CALL_MS,
       );
       metric("xf_wal_syncs_total", "counter", "WAL fdatasync calls (group commits)", [["", w.syncs]]);
       metric(

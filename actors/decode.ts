@@ -14,7 +14,7 @@
 import { toHex } from "../core/bytes.ts";
 import type { Stage, StageContext } from "./runtime.ts";
 import { type BatchItem, type EventBatch, type EventResult, packBatch, unpackBatch } from "./batch.ts";
-import { LIMITS, type Limits } from "../core/limits.ts";
+import { DECODE_GROUPS_MAX, DECODE_PENDING_MEMBERSHIP_MAX, LIMITS, type Limits } from "../core/limits.ts";
 import {
   APP_KIND_MIN,
   checkManifestEvent,
@@ -44,12 +44,6 @@ export interface DecodeConfig {
   /** Injected clock (ms). */
   now?: () => number;
 }
-
-/** Recent membership events decode sends with each authorization request, per group. */
-export const DECODE_PENDING_MEMBERSHIP_MAX = 256;
-
-/** Groups whose manifest decode remembers. */
-export const DECODE_GROUPS_MAX = 100_000;
 
 /** The decode stage's logic. */
 export function decodeStage(): Stage<DecodeConfig> {

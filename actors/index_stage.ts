@@ -16,7 +16,16 @@
 import { fromHex, toHex } from "../core/bytes.ts";
 import type { Stage, StageContext } from "./runtime.ts";
 import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch.ts";
-import { LIMITS, type Limits } from "../core/limits.ts";
+import {
+  ABSENT_GROUPS_MAX,
+  GROUP_INFO_MAX,
+  LIMITS,
+  type Limits,
+  QUERY_FETCH_KEYS_MAX,
+  QUERY_SCAN_MAX,
+  RECONCILE_SESSION_IDLE_MS,
+  RECONCILE_SESSIONS_MAX,
+} from "../core/limits.ts";
 import type { GroupInfo } from "./decode.ts";
 import { type Kv, MemoryKv, openRocks } from "../storage/kv.ts";
 import {
@@ -73,12 +82,6 @@ export interface EventQuery {
   /** Leave out events indexed after this arrival seq (a stream's snapshot). */
   maxSeq?: number;
 }
-
-/** Group ids remembered as not held (so looking one up again costs no read). */
-export const ABSENT_GROUPS_MAX = 10_000;
-
-/** Groups described in one `index.groupInfo` answer. */
-export const GROUP_INFO_MAX = 1000;
 
 /** What `GET /v1/groups` and `GET /v1/groups/:gid/members` show of a group. */
 export interface GroupInfoView {
@@ -147,14 +150,6 @@ export interface AuthorizeItem {
   id: Uint8Array;
   payload: Uint8Array;
 }
-
-/** Open initiator sessions the index keeps (oldest dropped past this). */
-export const RECONCILE_SESSIONS_MAX = 256;
-/** An initiator session idle this long is dropped. */
-export const RECONCILE_SESSION_IDLE_MS = 120_000;
-
-/** Time-index entries one query page may scan while filtering by kind or author. */
-export const QUERY_SCAN_MAX = 10_000;
 
 const CHECKPOINT = metaKey("checkpoint");
 const membersKey = (gid: string) => metaKey(`members:${gid}`);
@@ -408,7 +403,7 @@ export function indexStage(): Stage<IndexConfig> {
     let more = false;
     let keys: Uint8Array[] = [];
     let keySeqs: number[] = [];
-    // Fetch and filter 256 keys at a time; stop at `limit` matches or the scan bound.
+    // Fetch and filter QUERY_FETCH_KEYS_MAX keys at a time; stop at `limit` matches or the scan bound.
     const drain = async () => {
       const values = await kv!.getMany(keys.map((k) => eventKey(k.subarray(41, 73))));
       for (let j = 0; j < keys.length; j++) {
@@ -441,7 +436,7 @@ export function indexStage(): Stage<IndexConfig> {
       // Entries written before the arrival index existed have no seq (0).
       keySeqs.push(v.length === 8 ? Number(new DataView(v.buffer, v.byteOffset, 8).getBigUint64(0)) : 0);
       scanned++;
-      if (keys.length === 256 || (!filtered && out.length + keys.length >= limit)) await drain();
+      if (keys.length === QUERY_FETCH_KEYS_MAX || (!filtered && out.length + keys.length >= limit)) await drain();
     }
     if (keys.length) await drain();
     const lk = lastKey as Uint8Array | null;

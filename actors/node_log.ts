@@ -15,6 +15,14 @@ import { toHex } from "../core/bytes.ts";
 import type { KeyPair } from "../storage/ed25519.ts";
 import type { Pipeline } from "./root.ts";
 import { log, loggingConfigured, short } from "./log.ts";
+import {
+  DISK_FREE_BYTES_MIN,
+  DISK_FREE_RATIO_MIN,
+  LOG_DISK_EVERY_MS,
+  LOG_MEMORY_BUDGET_BYTES,
+  LOG_MEMORY_EVERY_MS,
+  LOG_REJECTS_EVERY_MS,
+} from "../core/limits.ts";
 
 /** Options of {@linkcode startNodeLogging}; the periods and thresholds are injectable for tests. */
 export interface NodeLoggingOptions {
@@ -38,9 +46,6 @@ export interface NodeLoggingOptions {
 
 /** Memory warning threshold: this share of the budget. */
 export const MEMORY_WARN_RATIO = 0.8;
-/** Disk warning thresholds: less free than this share, or than this many bytes. */
-export const DISK_FREE_RATIO_MIN = 0.05;
-export const DISK_FREE_BYTES_MIN = 1024 ** 3;
 
 const MiB = 1024 * 1024;
 
@@ -86,7 +91,7 @@ export function startNodeLogging(node: LoggedNode, opts: NodeLoggingOptions = {}
   });
 
   // Rejects: one line per period with the count of each code, from the pipeline's counters.
-  const rejectsEvery = opts.rejectsEveryMs ?? 10_000;
+  const rejectsEvery = opts.rejectsEveryMs ?? LOG_REJECTS_EVERY_MS;
   let seen = { ...node.pipeline.counters.rejected };
   const summariseRejects = () => {
     const now = node.pipeline.counters.rejected;
@@ -107,7 +112,7 @@ export function startNodeLogging(node: LoggedNode, opts: NodeLoggingOptions = {}
   timers.push(setInterval(summariseRejects, rejectsEvery));
 
   // Memory: a warning when RSS passes 80 % of the budget, an info line when it is back under.
-  const budget = opts.memoryBudgetBytes ?? 512 * MiB;
+  const budget = opts.memoryBudgetBytes ?? LOG_MEMORY_BUDGET_BYTES;
   const rss = opts.rss ??
     (typeof Deno !== "undefined" && typeof Deno.memoryUsage === "function" ? () => Deno.memoryUsage().rss : null);
   if (rss) {
@@ -124,7 +129,7 @@ export function startNodeLogging(node: LoggedNode, opts: NodeLoggingOptions = {}
         log.node.info("memory back under 80 % of the budget", { rssMiB: Math.round(r / MiB) });
       }
       high = over;
-    }, opts.memoryEveryMs ?? 10_000));
+    }, opts.memoryEveryMs ?? LOG_MEMORY_EVERY_MS));
   }
 
   // Disk: a warning when the data directory's filesystem has less than 5 % or 1 GiB free.
@@ -152,7 +157,7 @@ export function startNodeLogging(node: LoggedNode, opts: NodeLoggingOptions = {}
       } finally {
         checking = false;
       }
-    }, opts.diskEveryMs ?? 60_000));
+    }, opts.diskEveryMs ?? LOG_DISK_EVERY_MS));
   } else if (opts.dataDir) {
     log.node.debug("disk check skipped: this Deno has no Deno.statfs");
   }

@@ -19,7 +19,7 @@ import { Supervisor } from "./supervisor.ts";
 import { serveStage, type Stage } from "./runtime.ts";
 import type { Endpoint } from "./endpoint.ts";
 import { type EventBatch, type EventResult, unpackBatch } from "./batch.ts";
-import { type Limits, limitsWith } from "../core/limits.ts";
+import { type Limits, limitsWith, WAL_CHECKPOINT_DELAY_MS } from "../core/limits.ts";
 import { ingestStage, type Submission } from "./ingest.ts";
 import { decodeStage } from "./decode.ts";
 import { walFlushStage } from "./wal_flush.ts";
@@ -385,7 +385,7 @@ export class Pipeline {
       this.checkpointTimer ??= setTimeout(() => {
         this.checkpointTimer = null;
         this.supervisor.child("wal").call({ type: "wal.checkpoint", seq: this.lastCheckpoint }).catch(() => {});
-      }, 200);
+      }, WAL_CHECKPOINT_DELAY_MS);
     }
   }
 

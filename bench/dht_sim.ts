@@ -8,7 +8,7 @@
 //
 //   deno run --allow-read --allow-env bench/dht_sim.ts [--quick] [--lookups N] [--seed N]
 
-import { ALPHA, K_BUCKET, ROUTING_ENTRIES_MAX } from "../net/dht/routing.ts";
+import { ALPHA, K_BUCKET, ROUTING_ENTRIES_MAX } from "../core/limits.ts";
 import { buildNetwork, type LatencyModel, percentile, runLookups, timeToFullView } from "../net/dht/sim.ts";
 import { table } from "./_table.ts";
 

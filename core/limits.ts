@@ -1,8 +1,16 @@
 /**
  * Every limit in Xaeroflux, in one place (TigerBeetle style: each queue,
- * batch, frame and loop has a named `*_max` constant). The README's limits
- * table is generated from this list; {@linkcode Limits} lets a node override
- * any of them in its config.
+ * batch, frame and loop has a named `*_max` constant, each time a `*_ms`).
+ *
+ * - {@linkcode LIMITS}: the limits a node may override in its config
+ *   ({@linkcode limitsWith}); every component reads the node's configured
+ *   ones (`node.limits`, a stage's `config.limits`), never these defaults.
+ *   The README's limits table lists them.
+ * - The named constants after it: fixed bounds (protocol constants of the
+ *   SPEC, caches, retry counts, internal timers). They are not configurable;
+ *   the README's "Fixed bounds" table lists them.
+ *
+ * Pure: no import, no Deno API (the browser client bundles it).
  *
  * @module
  */
@@ -151,3 +159,220 @@ export function limitsWith(overrides: Partial<Limits> = {}): Limits {
   }
   return out;
 }
+
+// ---------------------------------------------------------------------------
+// Fixed bounds: storage (event format, CBOR, keys, membership, Merkle store)
+
+/** Deepest nesting the decoder follows. */
+export const CBOR_DEPTH_MAX = 16;
+
+/** Most items in one decoded array or map. */
+export const CBOR_ITEMS_MAX = 100_000;
+
+/** Public keys whose imported CryptoKey is kept for reuse. */
+export const VERIFY_KEY_CACHE_MAX = 4096;
+
+/** Most membership events one {@linkcode GroupState} holds (override with `eventsMax`). */
+export const MEMBERSHIP_EVENTS_MAX = 100_000;
+
+/** Decoded Merkle pages kept per group (about 2,600 for a million events). */
+export const DECODED_PAGES_MAX = 65_536;
+
+/** Damaged events listed in one fsck report (the count is always exact). */
+export const FSCK_DAMAGED_MAX = 10_000;
+
+// ---------------------------------------------------------------------------
+// Fixed bounds: the pipeline's stages
+
+/** Recent membership events decode sends with each authorization request, per group. */
+export const DECODE_PENDING_MEMBERSHIP_MAX = 256;
+
+/** Groups whose manifest decode remembers. */
+export const DECODE_GROUPS_MAX = 100_000;
+
+/** Group ids remembered as not held (so looking one up again costs no read). */
+export const ABSENT_GROUPS_MAX = 10_000;
+
+/** Groups described in one `index.groupInfo` answer. */
+export const GROUP_INFO_MAX = 1000;
+
+/** Open initiator sessions the index keeps (oldest dropped past this). */
+export const RECONCILE_SESSIONS_MAX = 256;
+
+/** An initiator session idle this long is dropped. */
+export const RECONCILE_SESSION_IDLE_MS = 120_000;
+
+/** Time-index entries one query page may scan while filtering by kind or author. */
+export const QUERY_SCAN_MAX = 10_000;
+
+/** Node logging: a disk warning when less than this share of the data directory's filesystem is free. */
+export const DISK_FREE_RATIO_MIN = 0.05;
+/** Node logging: a disk warning when less than this many bytes are free. */
+export const DISK_FREE_BYTES_MIN = 1024 ** 3;
+
+// ---------------------------------------------------------------------------
+// Fixed bounds: HTTP auth, client streams, exports
+
+/** How long a challenge may be answered. */
+export const CHALLENGE_TTL_MS = 30_000;
+
+/** Challenges outstanding at once (oldest dropped past this). */
+export const CHALLENGES_MAX = 10_000;
+
+/** How long an HTTP bearer token is valid. */
+export const TOKEN_TTL_MS = 10 * 60_000;
+
+/** Tokens held at once (oldest dropped past this). */
+export const TOKENS_MAX = 10_000;
+
+/** A client that reads nothing of its backfill for this long is cut off (PEER_TOO_SLOW). */
+export const STREAM_STALL_MS = 15_000;
+
+/** Live events of a group are gathered this long (or up to STREAM_BATCH_EVENTS_MAX) and go out together. */
+export const STREAM_COALESCE_MS = 20;
+
+/** Live events gathered into one batch at most. */
+export const STREAM_BATCH_EVENTS_MAX = 1000;
+
+/** Tries at a snapshot where root, count and last arrival agree before settling for the last one. */
+export const SNAPSHOT_TRIES_MAX = 3;
+
+/** The root counts as settled once it has not moved for this long. */
+export const SETTLE_QUIET_MS = 500;
+
+// ---------------------------------------------------------------------------
+// Fixed bounds: peer sync
+
+/** Bytes of one handshake message at most. */
+export const HANDSHAKE_BYTES_MAX = 4096;
+
+/** Peers remembered per group (oldest forgotten past this). */
+export const PEERS_PER_GROUP_MAX = 1024;
+
+/** Events held per session to try again once their manifest or membership arrives. */
+export const RETRY_EVENTS_MAX = 10_000;
+
+/** Ids remembered per session as received from the peer, so they are not echoed back. */
+export const ECHO_IDS_MAX = 100_000;
+
+/** Ids fetched from the index at once to answer a peer. */
+export const FETCH_IDS_MAX = 2048;
+
+/** How often a session checks for stalls and idleness. */
+export const SYNC_TICK_MS = 1_000;
+
+/** Items one {@linkcode VectorStorage} holds (2 GiB of ids). */
+export const VECTOR_ITEMS_MAX = 2 ** 26;
+
+// ---------------------------------------------------------------------------
+// Fixed bounds: the DHT (k and α are the SPEC's)
+
+/** Contacts per bucket, and the size of a lookup's result: Kademlia's `k` (SPEC). */
+export const K_BUCKET = 20;
+
+/** Requests one lookup keeps in flight at most: Kademlia's `α` (SPEC). */
+export const ALPHA = 3;
+
+/** Contacts one routing table holds at most (the libp2p kad-dht bound). */
+export const ROUTING_ENTRIES_MAX = 1280;
+
+/**
+ * Failures in a row (requests or pings unanswered) after which a contact is
+ * dropped even though no newcomer is waiting for its slot. With a newcomer
+ * waiting, one failure is enough (Kademlia's ping-before-replace).
+ */
+export const ROUTING_FAILURES_MAX = 3;
+
+/** Bytes of a contact's address string, UTF-8. */
+export const ADDR_BYTES_MAX = 256;
+
+/** Contacts of one find-node response that a lookup looks at; the rest are ignored. */
+export const RESPONSE_CONTACTS_MAX: number = K_BUCKET;
+
+/** Requests one lookup sends at most, whatever its responders say. */
+export const LOOKUP_REQUESTS_MAX = 200;
+
+/** Contacts a lookup's shortlist keeps at most (the farthest are dropped). */
+export const LOOKUP_SHORTLIST_MAX: number = 4 * K_BUCKET;
+
+/**
+ * A responder whose introduced contacts failed at least this many times, and
+ * more than twice as often as they answered, is distrusted for the rest of
+ * the lookup: its unqueried contacts are dropped.
+ */
+export const LOOKUP_DISTRUST_FAILURES_MAX = 3;
+
+/** Times a joining node asks its bootstrap node before giving up, while it gets no answer. */
+export const JOIN_ATTEMPTS_MAX = 5;
+
+/** How long an announcement lives unless refreshed (SPEC: 20 minutes). */
+export const ANNOUNCE_TTL_MS = 20 * 60 * 1000;
+
+/** How far ahead of the local clock an announcement's `ts` may be. */
+export const ANNOUNCE_FUTURE_MS = 10 * 60 * 1000;
+
+/** Announcement records one store keeps per group (newest per node). */
+export const RECORDS_PER_GROUP_MAX = 1024;
+
+/** Groups one announcement store keeps records for. */
+export const RECORD_GROUPS_MAX = 1024;
+
+/**
+ * Node keys whose address the announcement store remembers as verified (it
+ * answered a request of ours there); the least recently verified are forgotten.
+ */
+export const VERIFIED_NODES_MAX = 4096;
+
+/** Peers whose request rate is tracked at once (least recently seen forgotten past this). */
+export const RATE_PEERS_MAX = 4096;
+
+/** Remote network addresses whose request rate is tracked at once (least recently seen forgotten past this). */
+export const RATE_ADDRS_MAX = 4096;
+
+/** An outgoing DHT session unused this long is closed. */
+export const DHT_IDLE_MS = 60_000;
+
+/** A routing table change is written to disk at most this long after it happens. */
+export const DHT_SAVE_DELAY_MS = 2_000;
+
+/** Buckets refreshed (one lookup of a random id each) per refresh, farthest first. */
+export const REFRESH_BUCKETS_MAX = 16;
+
+/** Failed connection attempts in a row after which a member counts as dead (until it announces anew). */
+export const CONNECT_ATTEMPTS_MAX = 3;
+
+/** A connection that lived this long resets the attempt count when it drops. */
+export const CONNECT_HEALTHY_MS = 30_000;
+
+/** Members remembered as dead (oldest forgotten past this). */
+export const DEAD_MEMBERS_MAX = 1024;
+
+// ---------------------------------------------------------------------------
+// Fixed bounds: times and sizes that were literals in the code
+
+/** After the index reports a new checkpoint, the root asks the WAL to delete covered segments this much later (one call per burst). */
+export const WAL_CHECKPOINT_DELAY_MS = 200;
+/** Time-index keys one query page fetches and filters at a time. */
+export const QUERY_FETCH_KEYS_MAX = 256;
+/** `fsck` and `scan` read a whole group or store: they may take this many times `request_timeout_ms`. */
+export const FSCK_TIMEOUT_FACTOR_MAX = 30;
+/** `/metrics` waits this long for the WAL stage's counters (they are left out of that scrape past it). */
+export const METRICS_STAGE_CALL_MS = 1_000;
+/** Bytes of a token request body (`POST /v1/auth/token`: key, challenge, signature). */
+export const TOKEN_REQUEST_BYTES_MAX = 4096;
+/** A dial (`node.sync.connect`) whose WebSocket does not open within this fails with PEER_UNREACHABLE. */
+export const PEER_CONNECT_MS = 10_000;
+/** First wait before redialing a peer; it doubles per failed attempt up to `peer_backoff_max_ms`. */
+export const PEER_BACKOFF_BASE_MS = 250;
+/** First wait before retrying a DHT-found member; it doubles per failed attempt up to `peer_backoff_max_ms`. */
+export const MEMBER_BACKOFF_BASE_MS = 500;
+/** A sync transfer the local pipeline refused (OVERLOADED, STAGE_DOWN) is sent again after this. */
+export const SYNC_STORE_RETRY_MS = 200;
+/** Node logging: rejected events are summarised once per this period. */
+export const LOG_REJECTS_EVERY_MS = 10_000;
+/** Node logging: memory is checked once per this period. */
+export const LOG_MEMORY_EVERY_MS = 10_000;
+/** Node logging: the RSS budget (a warning past 80 % of it). */
+export const LOG_MEMORY_BUDGET_BYTES = 512 * 1024 * 1024;
+/** Node logging: disk is checked once per this period. */
+export const LOG_DISK_EVERY_MS = 60_000;

@@ -25,6 +25,7 @@ import { parseStreamQuery, runStream, sseSink, StreamHub, type StreamOptions, ty
 import type { WSContext, WSEvents } from "@hono/hono/ws";
 import type { FrameChannel } from "./sync.ts";
 import { CBOR_SEQ, exportStream } from "./export.ts";
+import { TOKEN_REQUEST_BYTES_MAX } from "../core/limits.ts";
 
 /** The node as the HTTP app sees it: the calls `net/` makes of a node, its peer sync and its DHT. */
 export type AppNode = NodeCore & { readonly sync: NodeSync; readonly dht: DhtService };
@@ -547,7 +548,7 @@ export function createApp(node: AppNode, options: AppOptions = {}) {
       return c.json({ challenge: toHex(challenge), expires, node: toHex(node.key.publicKey) });
     })
     .post("/v1/auth/token", async (c) => {
-      const req = jsonObject(await readBody(c.req.raw, 4096), "token request {key, challenge, sig}");
+      const req = jsonObject(await readBody(c.req.raw, TOKEN_REQUEST_BYTES_MAX), "token request {key, challenge, sig}");
       const hex = (v: unknown) => (typeof v === "string" ? fromHex(v) : null);
       const key = hex(req.key), challenge = hex(req.challenge), sig = hex(req.sig);
       if (!key || key.length !== 32 || !challenge || challenge.length !== 32 || !sig || sig.length !== 64) {

@@ -20,15 +20,7 @@ import { toHex } from "../core/bytes.ts";
 import { encodeCbor } from "../storage/cbor.ts";
 import { type KeyPair, sign, verify } from "../storage/ed25519.ts";
 import { XfError } from "../core/errors.ts";
-
-/** How long a challenge may be answered. */
-export const CHALLENGE_TTL_MS = 30_000;
-/** Challenges outstanding at once (oldest dropped past this). */
-export const CHALLENGES_MAX = 10_000;
-/** How long an HTTP bearer token is valid. */
-export const TOKEN_TTL_MS = 10 * 60_000;
-/** Tokens held at once (oldest dropped past this). */
-export const TOKENS_MAX = 10_000;
+import { CHALLENGE_TTL_MS, CHALLENGES_MAX, TOKEN_TTL_MS, TOKENS_MAX } from "../core/limits.ts";
 
 /** What an auth signature is for. */
 export type AuthPurpose = "sync" | "http" | "dht";

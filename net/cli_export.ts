@@ -26,6 +26,7 @@ import { fromHex } from "../core/bytes.ts";
 import { encodeCbor } from "../storage/cbor.ts";
 import { type KeyPair, keyPairFromSeed } from "../storage/ed25519.ts";
 import { type ExportHeader, IMPORT_SETTLE_MS_MAX, readExport, toHex, XfClient, XfClientError } from "../client/mod.ts";
+import { SETTLE_QUIET_MS } from "../core/limits.ts";
 
 /** Options of {@linkcode runExport}. */
 export interface ExportCliOptions {
@@ -227,9 +228,6 @@ export async function runImport(opts: ImportCliOptions): Promise<ImportSummary> 
   (opts.print ?? console.log)(JSON.stringify(summary));
   return summary;
 }
-
-/** The root counts as settled once it has not moved for this long. */
-const SETTLE_QUIET_MS = 500;
 
 /** The group's root once it equals `expected`, or has stopped moving, or after {@linkcode IMPORT_SETTLE_MS_MAX}. */
 async function settledRoot(

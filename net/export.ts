@@ -28,15 +28,13 @@
 import type { NodeCore } from "./node_api.ts";
 import { encodeCbor } from "../storage/cbor.ts";
 import { KIND_MANIFEST, KIND_MEMBERSHIP, peekEvent } from "../storage/event.ts";
+import { SNAPSHOT_TRIES_MAX } from "../core/limits.ts";
 
 /** Media type of a CBOR sequence (RFC 8742). */
 export const CBOR_SEQ = "application/cbor-seq";
 
 /** Value of the header's `xf-export` key: the format version. */
 export const EXPORT_VERSION = 1;
-
-/** Tries at a snapshot where root, count and last arrival agree before settling for the last one. */
-const SNAPSHOT_TRIES_MAX = 3;
 
 /** The section of an export being read: manifest, membership events, everything else. */
 type Section = { kinds: number[]; skip: (kind: number) => boolean };

@@ -14,13 +14,12 @@
  */
 
 import { sha256 } from "@noble/hashes/sha2";
+import { VECTOR_ITEMS_MAX } from "../core/limits.ts";
 
 /** Bytes of an item id. */
 export const ID_BYTES = 32;
 /** Bytes of a range fingerprint. */
 export const FINGERPRINT_BYTES = 16;
-/** Items one {@linkcode VectorStorage} holds (2 GiB of ids). */
-export const VECTOR_ITEMS_MAX = 2 ** 26;
 
 /**
  * One item, or a bound between items.

@@ -23,6 +23,7 @@ import {
   type SyncReport,
   SyncSession,
 } from "./sync.ts";
+import { PEER_BACKOFF_BASE_MS, PEER_CONNECT_MS, PEERS_PER_GROUP_MAX } from "../core/limits.ts";
 
 /** A peer as this node knows it, per group. */
 export interface PeerInfo {
@@ -33,9 +34,6 @@ export interface PeerInfo {
   lastSeen: number;
   syncedRoot: string;
 }
-
-/** Peers remembered per group (oldest forgotten past this). */
-export const PEERS_PER_GROUP_MAX = 1024;
 
 /** A WebSocket as a {@linkcode FrameChannel}. */
 export function socketChannel(ws: WebSocket): FrameChannel {
@@ -291,8 +289,8 @@ export class NodeSync implements SyncHost {
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         ws.close();
-        reject(new XfError("PEER_UNREACHABLE", `Cannot connect to "${url}" within 10 s`));
-      }, 10_000);
+        reject(new XfError("PEER_UNREACHABLE", `Cannot connect to "${url}" within ${PEER_CONNECT_MS / 1000} s`));
+      }, PEER_CONNECT_MS);
       ws.onopen = () => {
         clearTimeout(timer);
         resolve();
@@ -337,7 +335,7 @@ export class NodeSync implements SyncHost {
         } catch { /* retried below */ }
         if (d.stop) break;
         d.attempts++;
-        const wait = Math.min(this.limits.peer_backoff_max_ms, 250 * 2 ** Math.min(d.attempts, 10)) *
+        const wait = Math.min(this.limits.peer_backoff_max_ms, PEER_BACKOFF_BASE_MS * 2 ** Math.min(d.attempts, 10)) *
           (0.5 + Math.random() / 2);
         await new Promise((r) => setTimeout(r, wait));
       }

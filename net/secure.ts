@@ -39,11 +39,10 @@ import { type CborValue, decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { type KeyPair, sign, verify } from "../storage/ed25519.ts";
 import { type ErrorCode, toWire, XfError } from "../core/errors.ts";
 import { decodeFrame, encodeFrame, field, type Frame, isBytes, isUint } from "./frames.ts";
+import { HANDSHAKE_BYTES_MAX } from "../core/limits.ts";
 
 /** Version of the session protocol (carried in `hs1`). */
 export const SESSION_VERSION = 2;
-/** Bytes of one handshake message at most. */
-export const HANDSHAKE_BYTES_MAX = 4096;
 /** Bytes an AEAD tag adds to every frame. */
 export const AEAD_TAG_BYTES = 16;
 

@@ -29,12 +29,10 @@ import { fromHex, toHex } from "../core/bytes.ts";
 import type { NodeCore } from "./node_api.ts";
 import { decodeEvent, eventJson, peekEvent } from "../storage/event.ts";
 import { type ErrorCode, toWire, XfError } from "../core/errors.ts";
+import { STREAM_BATCH_EVENTS_MAX, STREAM_COALESCE_MS, STREAM_STALL_MS } from "../core/limits.ts";
 
 /** Events read from the index per backfill page. */
 export const STREAM_PAGE_EVENTS = 500;
-
-/** A client that reads nothing of its backfill for this long is cut off (PEER_TOO_SLOW). */
-export const STREAM_STALL_MS = 15_000;
 
 /** What a stream asks for (validated by {@linkcode parseStreamQuery}). */
 export interface StreamQuery {
@@ -162,11 +160,6 @@ export class LiveBatch {
 }
 
 type Listener = (batch: LiveBatch) => void;
-
-/** Live events of a group are gathered this long (or up to STREAM_BATCH_EVENTS_MAX) and go out together. */
-export const STREAM_COALESCE_MS = 20;
-/** Live events gathered into one batch at most. */
-export const STREAM_BATCH_EVENTS_MAX = 1000;
 
 interface HubGroup {
   listeners: Set<Listener>;

@@ -53,26 +53,15 @@ import type { Limits } from "../core/limits.ts";
 import type { EventResult } from "../actors/batch.ts";
 import { log, short } from "../actors/log.ts";
 import { type FrameChannel, SecureChannel } from "./secure.ts";
+import { ECHO_IDS_MAX, FETCH_IDS_MAX, RETRY_EVENTS_MAX, SYNC_STORE_RETRY_MS, SYNC_TICK_MS } from "../core/limits.ts";
 
 export type { FrameChannel } from "./secure.ts";
-
-/** Events held per session to try again once their manifest or membership arrives. */
-export const RETRY_EVENTS_MAX = 10_000;
-
-/** Ids remembered per session as received from the peer, so they are not echoed back. */
-export const ECHO_IDS_MAX = 100_000;
 
 /** Protocol version of the frames inside the session. */
 export const SYNC_VERSION = 2;
 
-/** Ids fetched from the index at once to answer a peer. */
-export const FETCH_IDS_MAX = 2048;
-
 /** Bytes of events a session fetches ahead of the peer's credit (within `sync_peer_queue_bytes_max`). */
 export const PREFETCH_BYTES = 1024 * 1024;
-
-/** How often a session checks for stalls and idleness. */
-export const SYNC_TICK_MS = 1_000;
 
 /** A byte budget shared by every session of a node (`sync_memory_bytes_max`). */
 export class ByteBudget {
@@ -932,7 +921,9 @@ export class SyncSession {
       } catch (e) {
         const w = toWire(e);
         // Overloaded or restarting: give the credit back later, after a pause.
-        if (w.code === "OVERLOADED" || w.code === "STAGE_DOWN") await new Promise((r) => setTimeout(r, 200));
+        if (w.code === "OVERLOADED" || w.code === "STAGE_DOWN") {
+          await new Promise((r) => setTimeout(r, SYNC_STORE_RETRY_MS));
+        }
         results = events.map((_, idx) => ({ req: 0, idx, status: "rejected", code: w.code }));
       }
     }

@@ -17,6 +17,7 @@
 
 import { compareBytes } from "../core/bytes.ts";
 import { XfError } from "../core/errors.ts";
+import { CBOR_DEPTH_MAX, CBOR_ITEMS_MAX } from "../core/limits.ts";
 
 /** A value this codec can encode. */
 export type CborValue =
@@ -28,11 +29,6 @@ export type CborValue =
   | null
   | CborValue[]
   | Map<string | number, CborValue>;
-
-/** Deepest nesting the decoder follows. */
-export const CBOR_DEPTH_MAX = 16;
-/** Most items in one decoded array or map. */
-export const CBOR_ITEMS_MAX = 100_000;
 
 const textEncoder = new TextEncoder();
 // ignoreBOM: a leading U+FEFF is part of the string; stripping it would give one value two encodings.

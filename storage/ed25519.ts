@@ -9,9 +9,7 @@
  */
 
 import { toHex } from "../core/bytes.ts";
-
-/** Public keys whose imported CryptoKey is kept for reuse. */
-export const VERIFY_KEY_CACHE_MAX = 4096;
+import { VERIFY_KEY_CACHE_MAX } from "../core/limits.ts";
 
 /** An Ed25519 identity: 32-byte seed (secret) and 32-byte public key. */
 export interface KeyPair {

@@ -42,6 +42,7 @@ import { fromHex, toHex } from "../core/bytes.ts";
 import { CborReader, encodeCbor } from "./cbor.ts";
 import { XfError } from "../core/errors.ts";
 import { POLICY_CLOSED, POLICY_OPEN } from "./event.ts";
+import { MEMBERSHIP_EVENTS_MAX } from "../core/limits.ts";
 
 /** Membership action: add a member. */
 export const ACTION_ADD = 0;
@@ -51,9 +52,6 @@ export const ACTION_REMOVE = 1;
 export const ACTION_MAKE_ADMIN = 2;
 /** Membership action: revoke a key's admin right (it stays a member). */
 export const ACTION_REVOKE_ADMIN = 3;
-
-/** Most membership events one {@linkcode GroupState} holds (override with `eventsMax`). */
-export const MEMBERSHIP_EVENTS_MAX = 100_000;
 
 const KEY_BYTES = 32;
 const ID_BYTES = 32;

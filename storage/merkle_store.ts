@@ -17,6 +17,7 @@ import { decodeCbor, encodeCbor } from "./cbor.ts";
 import { decodeEvent, type StoredEvent } from "./event.ts";
 import { XfError } from "../core/errors.ts";
 import { sha256 } from "@noble/hashes/sha2";
+import { DECODED_PAGES_MAX, FSCK_DAMAGED_MAX } from "../core/limits.ts";
 
 interface GroupTree {
   pages: Map<string, Uint8Array>;
@@ -24,9 +25,6 @@ interface GroupTree {
 }
 
 const rootKey = (gid: string) => metaKey(`root:${gid}`);
-
-/** Decoded Merkle pages kept per group (about 2,600 for a million events). */
-export const DECODED_PAGES_MAX = 65_536;
 
 /** The Merkle trees of every group, loaded on first use. */
 export class GroupTrees {
@@ -223,8 +221,6 @@ export class GroupTrees {
 
 /** Event reads per RocksDB `getMany` during fsck. */
 export const FSCK_READ_BATCH = 256;
-/** Damaged events listed in one fsck report (the count is always exact). */
-export const FSCK_DAMAGED_MAX = 10_000;
 
 /** An event fsck found damaged or missing. */
 export interface DamagedEvent {

@@ -1,7 +1,7 @@
+import { ALPHA, K_BUCKET, LOOKUP_DISTRUST_FAILURES_MAX, LOOKUP_REQUESTS_MAX } from "../core/limits.ts";
 import { assert, assertEquals } from "@std/assert";
-import { LOOKUP_DISTRUST_FAILURES_MAX } from "../net/dht/limits.ts";
-import { Lookup, LOOKUP_REQUESTS_MAX, type LookupRequest } from "../net/dht/lookup.ts";
-import { ALPHA, compareDistance, type Contact, K_BUCKET, nodeIdOf } from "../net/dht/routing.ts";
+import { Lookup, type LookupRequest } from "../net/dht/lookup.ts";
+import { compareDistance, type Contact, nodeIdOf } from "../net/dht/routing.ts";
 import { Rng } from "../net/dht/sim.ts";
 
 const rng = new Rng(0x100c);

@@ -1,14 +1,14 @@
 // The DHT over real sockets: RPC between in-process nodes on 127.0.0.1, refusals, persistence.
+import { ANNOUNCE_TTL_MS, HANDSHAKE_BYTES_MAX } from "../core/limits.ts";
 import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals, assertRejects } from "@std/assert";
 import { openNode, type XfNode } from "../node.ts";
 import type { Limits } from "../core/limits.ts";
 import { serve } from "../net/server.ts";
 import { channelPair } from "../net/peers.ts";
-import { HANDSHAKE_BYTES_MAX } from "../net/secure.ts";
 import { socketPeer } from "./_peer.ts";
 import { type DhtHost, DhtSession } from "../net/dht/rpc.ts";
-import { announce, ANNOUNCE_TTL_MS, encodeRecord, signRecord } from "../net/dht/records.ts";
+import { announce, encodeRecord, signRecord } from "../net/dht/records.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { XfError } from "../core/errors.ts";

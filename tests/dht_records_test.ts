@@ -1,7 +1,7 @@
+import { ANNOUNCE_TTL_MS } from "../core/limits.ts";
 import { assert, assertEquals, assertRejects } from "@std/assert";
 import {
   announce,
-  ANNOUNCE_TTL_MS,
   AnnouncementStore,
   type AnnounceRecord,
   checkRecord,

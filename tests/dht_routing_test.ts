@@ -1,15 +1,7 @@
+import { K_BUCKET, ROUTING_ENTRIES_MAX, ROUTING_FAILURES_MAX } from "../core/limits.ts";
 import { bytesEqual } from "../core/bytes.ts";
 import { assert, assertEquals, assertThrows } from "@std/assert";
-import {
-  commonPrefixLength,
-  compareDistance,
-  type Contact,
-  K_BUCKET,
-  nodeIdOf,
-  ROUTING_ENTRIES_MAX,
-  ROUTING_FAILURES_MAX,
-  RoutingTable,
-} from "../net/dht/routing.ts";
+import { commonPrefixLength, compareDistance, type Contact, nodeIdOf, RoutingTable } from "../net/dht/routing.ts";
 import { Rng } from "../net/dht/sim.ts";
 import { XfError } from "../core/errors.ts";
 

@@ -1,5 +1,5 @@
+import { ROUTING_ENTRIES_MAX, ROUTING_FAILURES_MAX } from "../core/limits.ts";
 import { assert, assertEquals } from "@std/assert";
-import { ROUTING_ENTRIES_MAX, ROUTING_FAILURES_MAX } from "../net/dht/routing.ts";
 import { DhtSim, percentile, runScenario, type ScenarioReport, timeToFullView } from "../net/dht/sim.ts";
 
 const SCALE = Deno.env.get("XF_SCALE") !== undefined && Deno.env.get("XF_SCALE") !== "";

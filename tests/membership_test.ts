@@ -1,3 +1,4 @@
+import { MEMBERSHIP_EVENTS_MAX } from "../core/limits.ts";
 import { Prng } from "../core/bytes.ts";
 import { compareBytes, toHex } from "../core/bytes.ts";
 import { code } from "./_helpers.ts";
@@ -15,7 +16,6 @@ import {
   decodeMembership,
   encodeMembership,
   GroupState,
-  MEMBERSHIP_EVENTS_MAX,
   type MembershipAction,
   type MembershipEvent,
 } from "../storage/membership.ts";

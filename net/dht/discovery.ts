@@ -20,13 +20,12 @@ import type { SyncSession } from "../sync.ts";
 import type { AnnounceRecord } from "./records.ts";
 import type { DhtService } from "./service.ts";
 import { log, short } from "../../actors/log.ts";
-
-/** Failed connection attempts in a row after which a member counts as dead (until it announces anew). */
-export const CONNECT_ATTEMPTS_MAX = 3;
-/** A connection that lived this long resets the attempt count when it drops. */
-export const CONNECT_HEALTHY_MS = 30_000;
-/** Members remembered as dead (oldest forgotten past this). */
-export const DEAD_MEMBERS_MAX = 1024;
+import {
+  CONNECT_ATTEMPTS_MAX,
+  CONNECT_HEALTHY_MS,
+  DEAD_MEMBERS_MAX,
+  MEMBER_BACKOFF_BASE_MS,
+} from "../../core/limits.ts";
 
 /** A kept sync connection to one member. */
 interface Conn {
@@ -263,7 +262,8 @@ export class Discovery {
         this.onRecord(); // fill the slot with the next best member
         break;
       }
-      const wait = Math.min(this.dht.limits.peer_backoff_max_ms, 500 * 2 ** c.attempts) * (0.5 + Math.random() / 2);
+      const wait = Math.min(this.dht.limits.peer_backoff_max_ms, MEMBER_BACKOFF_BASE_MS * 2 ** c.attempts) *
+        (0.5 + Math.random() / 2);
       await this.#sleep(wait);
     }
   }

@@ -31,21 +31,18 @@
  * @module
  */
 
-import { bytesEqual } from "../../core/bytes.ts";
 import {
   ADDR_BYTES_MAX,
   ALPHA,
-  ID_BYTES,
   K_BUCKET,
-  KEY_BYTES,
   LOOKUP_DISTRUST_FAILURES_MAX,
   LOOKUP_REQUESTS_MAX,
   LOOKUP_SHORTLIST_MAX,
   RESPONSE_CONTACTS_MAX,
-} from "./limits.ts";
+} from "../../core/limits.ts";
+import { bytesEqual } from "../../core/bytes.ts";
+import { ID_BYTES, KEY_BYTES } from "./constants.ts";
 import { compareDistance, type Contact } from "./routing.ts";
-
-export { LOOKUP_REQUESTS_MAX, LOOKUP_SHORTLIST_MAX, RESPONSE_CONTACTS_MAX } from "./limits.ts";
 
 /** A find-node request the caller should send now. */
 export interface LookupRequest {

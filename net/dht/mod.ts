@@ -19,7 +19,7 @@
  * @module
  */
 
-export * from "./limits.ts";
+export * from "./constants.ts";
 export * from "./routing.ts";
 export * from "./lookup.ts";
 export * from "./records.ts";

@@ -28,19 +28,16 @@
  */
 
 import { bytesEqual, toHex } from "../../core/bytes.ts";
+import { ID_BYTES, KEY_BYTES } from "./constants.ts";
 import {
   ADDR_BYTES_MAX,
   ANNOUNCE_FUTURE_MS,
   ANNOUNCE_TTL_MS,
-  ID_BYTES,
-  KEY_BYTES,
+  LIMITS,
   RECORD_GROUPS_MAX,
   RECORDS_PER_GROUP_MAX,
-} from "./limits.ts";
-import { LIMITS } from "../../core/limits.ts";
-import { VERIFIED_NODES_MAX } from "./limits.ts";
-
-export { ANNOUNCE_FUTURE_MS, ANNOUNCE_TTL_MS, RECORD_GROUPS_MAX, RECORDS_PER_GROUP_MAX } from "./limits.ts";
+  VERIFIED_NODES_MAX,
+} from "../../core/limits.ts";
 
 /** A signed announcement. */
 export interface AnnounceRecord {
@@ -336,7 +333,8 @@ export interface AnnounceFields {
  * @example
  * ```ts
  * import { assert } from "@std/assert";
- * import { announce, ANNOUNCE_TTL_MS, generateKeyPair } from "./records.ts";
+ * import { announce, generateKeyPair } from "./records.ts";
+ * import { ANNOUNCE_TTL_MS } from "../../core/limits.ts";
  * const { publicKey, privateKey } = await generateKeyPair();
  * const z = new Uint8Array(32);
  * const r = await announce({ group: z, nodeKey: publicKey, addr: "ws://a", root: z, count: 0 }, privateKey, 1000);

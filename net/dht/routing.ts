@@ -15,20 +15,13 @@
  * @module
  */
 
+import { ADDR_BYTES_MAX, K_BUCKET, ROUTING_ENTRIES_MAX, ROUTING_FAILURES_MAX } from "../../core/limits.ts";
 import { bytesEqual, fromHex, toHex } from "../../core/bytes.ts";
 import { sha256 } from "@noble/hashes/sha2";
 import { XfError } from "../../core/errors.ts";
-import {
-  ADDR_BYTES_MAX,
-  ID_BITS,
-  ID_BYTES,
-  K_BUCKET,
-  KEY_BYTES,
-  ROUTING_ENTRIES_MAX,
-  ROUTING_FAILURES_MAX,
-} from "./limits.ts";
+import { ID_BITS, ID_BYTES, KEY_BYTES } from "./constants.ts";
 
-export { ALPHA, ID_BYTES, K_BUCKET, ROUTING_ENTRIES_MAX, ROUTING_FAILURES_MAX } from "./limits.ts";
+export { ID_BYTES } from "./constants.ts";
 
 /** A node as the routing table knows it. */
 export interface Contact {

@@ -11,6 +11,15 @@
  * @module
  */
 
+import {
+  DHT_IDLE_MS,
+  DHT_SAVE_DELAY_MS,
+  K_BUCKET,
+  RATE_ADDRS_MAX,
+  RATE_PEERS_MAX,
+  REFRESH_BUCKETS_MAX,
+  RESPONSE_CONTACTS_MAX,
+} from "../../core/limits.ts";
 import { bytesEqual, fromHex, toHex } from "../../core/bytes.ts";
 import type { NodeCore } from "../node_api.ts";
 import type { NodeSync } from "../peers.ts";
@@ -19,7 +28,7 @@ import { XfError } from "../../core/errors.ts";
 import { socketChannel } from "../peers.ts";
 import type { FrameChannel } from "../secure.ts";
 import { encodeFrame } from "../frames.ts";
-import { ID_BITS, K_BUCKET, RESPONSE_CONTACTS_MAX } from "./limits.ts";
+import { ID_BITS } from "./constants.ts";
 import { Lookup } from "./lookup.ts";
 import {
   announce,
@@ -36,17 +45,6 @@ import { Discovery } from "./discovery.ts";
 
 /** The node as the DHT sees it: the calls `net/` makes of a node, and its peer sync (discovery dials found members). */
 export type DhtNode = NodeCore & { readonly sync: NodeSync };
-
-/** Peers whose request rate is tracked at once (least recently seen forgotten past this). */
-export const RATE_PEERS_MAX = 4096;
-/** Remote network addresses whose request rate is tracked at once (least recently seen forgotten past this). */
-export const RATE_ADDRS_MAX = 4096;
-/** An outgoing DHT session unused this long is closed. */
-export const DHT_IDLE_MS = 60_000;
-/** A routing table change is written to disk at most this long after it happens. */
-export const DHT_SAVE_DELAY_MS = 2_000;
-/** Buckets refreshed (one lookup of a random id each) per refresh, farthest first. */
-export const REFRESH_BUCKETS_MAX = 16;
 
 /** DHT figures for /metrics. */
 export interface DhtCounters {

@@ -24,9 +24,9 @@
  * @module
  */
 
+import { ALPHA, JOIN_ATTEMPTS_MAX, K_BUCKET, LOOKUP_REQUESTS_MAX } from "../../core/limits.ts";
 import { bytesEqual } from "../../core/bytes.ts";
 import { sha256 } from "@noble/hashes/sha2";
-import { ALPHA, JOIN_ATTEMPTS_MAX, K_BUCKET, LOOKUP_REQUESTS_MAX } from "./limits.ts";
 import { Lookup, type LookupStats } from "./lookup.ts";
 import { commonPrefixLength, compareDistance, type Contact, RoutingTable } from "./routing.ts";
 
