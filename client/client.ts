@@ -8,6 +8,7 @@
  * @module
  */
 
+import { answerChallenge } from "../storage/auth_message.ts";
 import { CHALLENGE_TTL_MS } from "../core/limits.ts";
 import { fromHex, toHex } from "../core/bytes.ts";
 import {
@@ -29,7 +30,6 @@ import {
   type MembershipAction,
 } from "../storage/membership.ts";
 import { verifyProof } from "../merkle/proof.ts";
-import { answerChallenge } from "../net/auth.ts";
 import { type ClientErrorCode, XfClientError } from "./errors.ts";
 import { type ClientEvent, type EventDraft, fromStored, groupHex, readEvent, signEvent } from "./event.ts";
 import { cborArrayOf } from "../storage/cbor.ts";

@@ -9,7 +9,7 @@
  * pending one (`OVERLOADED`), so a flood cannot evict an honest client's
  * challenge.
  *
- * The signed message is the deterministic CBOR of
+ * The signed message (`storage/auth_message.ts`, shared with the client) is the deterministic CBOR of
  * `["xf-auth-v1", purpose, challenge, signer key, verifier key]`, so a
  * signature made for one purpose or one server is useless for another.
  *
@@ -17,33 +17,10 @@
  */
 
 import { toHex } from "../core/bytes.ts";
-import { encodeCbor } from "../storage/cbor.ts";
-import { type KeyPair, sign, verify } from "../storage/ed25519.ts";
+import { type KeyPair, verify } from "../storage/ed25519.ts";
+import { authMessage, type AuthPurpose } from "../storage/auth_message.ts";
 import { XfError } from "../core/errors.ts";
 import { CHALLENGE_TTL_MS, CHALLENGES_MAX, TOKEN_TTL_MS, TOKENS_MAX } from "../core/limits.ts";
-
-/** What an auth signature is for. */
-export type AuthPurpose = "sync" | "http" | "dht";
-
-/** The bytes signed to answer a challenge. */
-export function authMessage(
-  purpose: AuthPurpose,
-  challenge: Uint8Array,
-  signer: Uint8Array,
-  verifier: Uint8Array,
-): Uint8Array {
-  return encodeCbor(["xf-auth-v1", purpose, challenge, signer, verifier]);
-}
-
-/** Answer a challenge: sign it for `verifier` with our key. */
-export function answerChallenge(
-  key: KeyPair,
-  purpose: AuthPurpose,
-  challenge: Uint8Array,
-  verifier: Uint8Array,
-): Promise<Uint8Array> {
-  return sign(key, authMessage(purpose, challenge, key.publicKey, verifier));
-}
 
 /** Bounds of the HTTP challenge table (see {@linkcode Authenticator.challenge}). */
 export interface ChallengeOptions {

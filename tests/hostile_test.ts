@@ -448,7 +448,7 @@ Deno.test("A removed member's bearer token stops reading the closed group at onc
   try {
     const g = await closedGroupWith(victim.node, [mKey.publicKey], 1);
     const ch = await (await fetch(`${victim.url}/v1/auth/challenge`)).json();
-    const { answerChallenge } = await import("../net/auth.ts");
+    const { answerChallenge } = await import("../storage/auth_message.ts");
     const { fromHex } = await import("../core/bytes.ts");
     const sig = await answerChallenge(mKey, "http", fromHex(ch.challenge)!, victim.node.key.publicKey);
     const tok = await (await fetch(`${victim.url}/v1/auth/token`, {

@@ -1,10 +1,11 @@
 // The HTTP surface's security rules, each tried and refused with its code.
+import { answerChallenge } from "../storage/auth_message.ts";
 import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import { closedGroup, makeEvents, tempNode, testGroup } from "./_helpers.ts";
 import { createApp } from "../net/app.ts";
 import { serve } from "../net/server.ts";
-import { answerChallenge, Authenticator } from "../net/auth.ts";
+import { Authenticator } from "../net/auth.ts";
 import { cborArrayOf, type XfNode } from "../node.ts";
 import { CHALLENGE_TTL_MS, LIMITS } from "../core/limits.ts";
 import type { FrameChannel } from "../net/sync.ts";

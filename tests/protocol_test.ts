@@ -1,5 +1,6 @@
 // The wire vectors of docs/PROTOCOL.md (tests/fixtures/protocol_v2.json): the implementation must produce them
 // byte for byte, and they must check out independently of it (transcript, keys, signatures, AEAD, CBOR fields).
+import { authMessage } from "../storage/auth_message.ts";
 import { fromHex, toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import { x25519 } from "@noble/curves/ed25519";
@@ -8,7 +9,6 @@ import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { verify } from "../storage/ed25519.ts";
 import { decodeFrame } from "../net/frames.ts";
 import { decodeRecord, encodeRecordBody, verifyRecord } from "../net/dht/records.ts";
-import { authMessage } from "../net/auth.ts";
 import { parseCursor, sseRecord } from "../net/stream.ts";
 import { LIMITS } from "../core/limits.ts";
 import { buildProtocolVectors, deriveSession, diag, nonce } from "./fixtures/make_protocol_vectors.ts";

@@ -1,10 +1,10 @@
 // The client surface: streams (SSE and WebSocket), groups and members, CORS.
+import { answerChallenge } from "../storage/auth_message.ts";
 import { fromHex, toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import { makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { serve } from "../net/server.ts";
 import { createApp } from "../net/app.ts";
-import { answerChallenge } from "../net/auth.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { createGroup, eventId, signEvent } from "../storage/event.ts";
 import { ACTION_ADD, ACTION_REMOVE, encodeMembership } from "../storage/membership.ts";

@@ -1,11 +1,12 @@
 // Every way in that should be closed, tried and refused with its code.
+import { answerChallenge } from "../storage/auth_message.ts";
 import { CHALLENGE_TTL_MS } from "../core/limits.ts";
 import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals, assertRejects } from "@std/assert";
 import { closedGroup, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { channelPair } from "../net/peers.ts";
 import { handPeer, pipedPeer, SYNC_INFO } from "./_peer.ts";
-import { answerChallenge, Authenticator } from "../net/auth.ts";
+import { Authenticator } from "../net/auth.ts";
 import { createApp } from "../net/app.ts";
 import type { XfNode } from "../node.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
