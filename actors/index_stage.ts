@@ -41,8 +41,8 @@ import {
   timeKeyFloor,
   u64be,
 } from "../storage/keys.ts";
-import { Reconciler } from "../net/negentropy.ts";
-import { VectorStorage } from "../net/negentropy_storage.ts";
+import { Reconciler } from "../merkle/negentropy.ts";
+import { VectorStorage } from "../merkle/negentropy_storage.ts";
 
 const EMPTY_SET = (() => {
   const v = new VectorStorage();

@@ -6,7 +6,7 @@
 import { nip77 } from "npm:nostr-tools@2.25.2";
 import { sha256 } from "@noble/hashes/sha2";
 import { MerkleTree } from "../merkle/mod.ts";
-import { Reconciler } from "../net/negentropy.ts";
+import { Reconciler } from "../merkle/negentropy.ts";
 import { openNode } from "../node.ts";
 import { serve } from "../net/server.ts";
 import { makeWorkload } from "./ingest.ts";

@@ -7,7 +7,6 @@
  */
 
 import { XfError } from "../core/errors.ts";
-import type { Bound, Item } from "./item.ts";
 
 /** Bytes in an event id and in every node of the tree. */
 export const ID = 32;
@@ -22,8 +21,8 @@ export function compareIdAt(a: Uint8Array, aOff: number, b: Uint8Array): number 
   return b.length < ID ? 1 : 0;
 }
 
-/** Compare the key `(ts, a[aOff..aOff+32])` with a bound. */
-export function compareKeyAt(ts: number, a: Uint8Array, aOff: number, bound: Bound): number {
+/** Compare the key `(ts, a[aOff..aOff+32])` with a bound (an `Item` or `Bound` of `item.ts`). */
+export function compareKeyAt(ts: number, a: Uint8Array, aOff: number, bound: { ts: number; id: Uint8Array }): number {
   if (ts !== bound.ts) return ts < bound.ts ? -1 : 1;
   return compareIdAt(a, aOff, bound.id);
 }
@@ -57,7 +56,7 @@ export function copy32(dst: Uint8Array, dstOff: number, src: Uint8Array, srcOff:
 }
 
 /** Throw unless `item` has a 32-byte id and a non-negative safe-integer ts. */
-export function assertItem(item: Item, what: string): void {
+export function assertItem(item: { ts: number; id: Uint8Array }, what: string): void {
   if (!(item?.id instanceof Uint8Array) || item.id.length !== ID) {
     throw new TypeError(`Cannot index ${what}: id must be 32 bytes, got '${String(item?.id?.length)}'`);
   }

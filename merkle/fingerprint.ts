@@ -20,8 +20,9 @@ import { sumToBytes } from "./_sum.ts";
 export const FINGERPRINT_BYTES = 16;
 
 /**
- * A count as a negentropy varint: base 128, most significant group first,
- * high bit set on all bytes but the last.
+ * An integer from 0 to 2^53 (a count, a timestamp delta) as a negentropy
+ * varint: base 128, most significant group first, high bit set on all bytes
+ * but the last.
  *
  * @example
  * ```ts
@@ -31,7 +32,9 @@ export const FINGERPRINT_BYTES = 16;
  * ```
  */
 export function negentropyVarint(n: number): Uint8Array {
-  if (!Number.isSafeInteger(n) || n < 0) throw new RangeError(`Cannot encode varint: '${n}' is not a count`);
+  if (!Number.isInteger(n) || n < 0 || n > 2 ** 53) {
+    throw new RangeError(`Cannot encode varint: '${n}' is not an integer from 0 to 2^53`);
+  }
   const groups: number[] = [];
   do {
     groups.push(n % 128);

@@ -79,8 +79,10 @@
  * `fingerprint(begin, end)` over ranks is negentropy v1's: the first 16
  * bytes of SHA-256(sum of ids mod 2^256, 32 B little-endian || count as a
  * negentropy varint), read in O(depth) pages from the per-child counts and
- * sums. {@linkcode negentropyStorage} adapts the tree to nostr-tools'
- * negentropy storage interface.
+ * sums. The tree is a negentropy storage ({@linkcode NegentropyStorage}):
+ * the negentropy v1 {@linkcode Reconciler} (`negentropy.ts`) runs over it, or
+ * over {@linkcode VectorStorage} (`negentropy_storage.ts`), the sorted-array
+ * reference backend.
  *
  * @example
  * ```ts
@@ -122,4 +124,5 @@ export {
 export { BOUNDARY_DIVISOR, boundaryThreshold, PAGE_NODES_MAX, PAGE_NODES_MIN } from "./chunker.ts";
 export { FINGERPRINT_BYTES, fingerprintOf, negentropyVarint } from "./fingerprint.ts";
 export { type Bound, compareItems, ID_BYTES, type Item, itemKey, KEY_BYTES } from "./item.ts";
-export { type NegentropyItem, type NegentropyStorage, negentropyStorage } from "./negentropy.ts";
+export { PROTOCOL_VERSION, Reconciler, type ReconcileResult, type ReconcilerOptions } from "./negentropy.ts";
+export { IdSum, type NegentropyItem, type NegentropyStorage, VectorStorage } from "./negentropy_storage.ts";

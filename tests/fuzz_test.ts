@@ -14,6 +14,7 @@
  * replayed by the last test of this file.
  */
 
+import { negentropyVarint } from "../merkle/fingerprint.ts";
 import { bytesEqual, concatBytes, fromHex, toHex } from "../core/bytes.ts";
 import fc from "npm:fast-check@4.11.0";
 import { assert, assertEquals } from "@std/assert";
@@ -34,8 +35,8 @@ import {
 import { generateKeyPair } from "../storage/ed25519.ts";
 import { decodeMembership, encodeMembership } from "../storage/membership.ts";
 import { decodeFrame, encodeFrame } from "../net/frames.ts";
-import { Reconciler } from "../net/negentropy.ts";
-import { encodeVarint, VectorStorage } from "../net/negentropy_storage.ts";
+import { Reconciler } from "../merkle/negentropy.ts";
+import { VectorStorage } from "../merkle/negentropy_storage.ts";
 import * as dht from "../net/dht/records.ts";
 import { MerkleTree } from "../merkle/tree.ts";
 import { verifyProof } from "../merkle/proof.ts";
@@ -547,7 +548,7 @@ Deno.test("Reconciler.reconcile() refuses varints claiming huge counts without a
       fc.uint8Array({ maxLength: 64 }),
       (count, where, tail) => {
         // where: 0 id count, 1 bound length, 2 timestamp, 3 mode
-        const v = encodeVarint(count);
+        const v = negentropyVarint(count);
         const parts = where === 0
           ? [[0x61, 0x00, 0x00, 0x02], v]
           : where === 1

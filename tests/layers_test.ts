@@ -19,6 +19,16 @@ const PLACED: Record<string, Layer> = {
   "net/cli_export.ts": "programs", // `xf export` / `xf import`: a client program
 };
 
+/**
+ * Cycles not fixed yet, each with why. The list only shrinks: an entry that no longer occurs fails the test until it
+ * is removed.
+ */
+const CYCLES_KNOWN: Record<string, string> = {
+  "actors/decode.ts -> actors/index_stage.ts -> actors/decode.ts":
+    "type-only (GroupInfo one way, AuthorizeItem the other); both files are being rewritten (issue 11, pipeline v2), " +
+    "authorization moving to storage/membership.ts",
+};
+
 /** Where the browser client may reach (it is bundled: no Deno API). */
 const CLIENT_MAY: Layer[] = ["core", "merkle", "storage", "client"];
 
@@ -41,11 +51,14 @@ export function stripComments(src: string): string {
     } else if (c === "/" && d === "/") {
       while (i < src.length && src[i] !== "\n") i++;
       out += "\n";
-    } else if (c === '"' || c === "'" || c === "`") {
+    } else if (c === '"' || c === "'") {
+      // A quoted string ends on its line; a quote with no partner there (inside a regex) is just a character.
       let j = i + 1;
-      while (j < src.length && src[j] !== c) j += src[j] === "\\" ? 2 : 1;
-      out += src.slice(i, j + 1);
-      i = j;
+      while (j < src.length && src[j] !== c && src[j] !== "\n") j += src[j] === "\\" ? 2 : 1;
+      if (src[j] === c) {
+        out += src.slice(i, j + 1);
+        i = j;
+      } else out += c;
     } else out += c;
   }
   return out;
@@ -55,7 +68,9 @@ export function stripComments(src: string): string {
 export function importsOf(src: string): string[] {
   const code = stripComments(src);
   const out: string[] = [];
-  const re = /(?:\bfrom\s*|\bimport\s*\(?\s*|new\s+URL\(\s*)["'](\.{1,2}\/[^"']+\.(?:ts|js|mjs))["']/g;
+  // Static imports and re-exports start a line; dynamic imports and Worker URLs may stand anywhere.
+  const re =
+    /(?:^[ \t]*(?:import|export)\b[^;]*?\bfrom\s*|^[ \t]*import\s*|\bimport\(\s*|new\s+URL\(\s*)["'](\.{1,2}\/[^"']+\.(?:ts|js|mjs))["']/gm;
   for (const m of code.matchAll(re)) out.push(m[1]!);
   return out;
 }
@@ -127,7 +142,12 @@ Deno.test("Every import goes down the layers (core < merkle < storage < actors <
   assert(graph.size > 50, `only ${graph.size} modules found`);
   const { upward, cycles } = checkLayers(graph);
   assertEquals(upward, [], "upward imports");
-  assertEquals(cycles, [], "import cycles");
+  assertEquals(cycles.filter((c) => !(c in CYCLES_KNOWN)), [], "import cycles");
+  assertEquals(
+    Object.keys(CYCLES_KNOWN).filter((c) => !cycles.includes(c)),
+    [],
+    "CYCLES_KNOWN entries gone: remove them",
+  );
 });
 
 Deno.test("The browser client reaches no module that uses a Deno API", async () => {
@@ -161,4 +181,11 @@ Deno.test("The layer check catches an upward import, a client import of net/, an
   assertEquals(upward, ["storage/a.ts (storage) -> actors/b.ts (actors)", "client/c.ts (client) -> net/d.ts (net)"]);
   assertEquals(cycles, ["storage/a.ts -> actors/b.ts -> storage/a.ts", "core/e.ts -> core/e.ts"]);
   assertEquals(importsOf('/** import { x } from "../up.ts"; */\nimport { y } from "./down.ts";'), ["./down.ts"]);
+  assertEquals(importsOf('const r = /[^"]/g;\n/**\n * import { x } from "../up.ts";\n */\nexport * from "./a.ts";'), [
+    "./a.ts",
+  ]);
+  assertEquals(importsOf('import {\n  a,\n  b,\n} from "./multi.ts";\nconst w = new URL("./w.ts", import.meta.url);'), [
+    "./multi.ts",
+    "./w.ts",
+  ]);
 });

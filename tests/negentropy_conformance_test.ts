@@ -13,8 +13,8 @@ import { Prng } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import { bytesToHex, hexToBytes } from "@noble/hashes/utils";
 import { nip77 } from "npm:nostr-tools@2.25.2";
-import { FRAME_SIZE_LIMIT_MIN, PROTOCOL_VERSION, Reconciler } from "../net/negentropy.ts";
-import { VectorStorage } from "../net/negentropy_storage.ts";
+import { FRAME_SIZE_LIMIT_MIN, PROTOCOL_VERSION, Reconciler } from "../merkle/negentropy.ts";
+import { VectorStorage } from "../merkle/negentropy_storage.ts";
 
 const { Negentropy, NegentropyStorageVector } = nip77;
 

@@ -1,13 +1,14 @@
 // Negentropy v1: our Reconciler against itself and against nostr-tools (the
 // reference peer), message bytes compared with nostr-tools' own run.
 
+import { negentropyVarint } from "../merkle/fingerprint.ts";
 import { Prng } from "../core/bytes.ts";
 import { assert, assertEquals, assertInstanceOf, assertStringIncludes, assertThrows } from "@std/assert";
 import { bytesToHex, hexToBytes } from "@noble/hashes/utils";
 import { nip77 } from "npm:nostr-tools@2.25.2";
 import { XfError } from "../core/errors.ts";
-import { PROTOCOL_VERSION, Reconciler, type ReconcilerOptions } from "../net/negentropy.ts";
-import { compareItems, encodeVarint, IdSum, VectorStorage } from "../net/negentropy_storage.ts";
+import { PROTOCOL_VERSION, Reconciler, type ReconcilerOptions } from "../merkle/negentropy.ts";
+import { compareItems, IdSum, VectorStorage } from "../merkle/negentropy_storage.ts";
 
 const { Negentropy, NegentropyStorageVector } = nip77;
 
@@ -350,7 +351,7 @@ Deno.test("Reconciler.reconcile() refuses malformed messages", () => {
     0x00,
     0x00,
     0x02,
-    ...encodeVarint(1000),
+    ...negentropyVarint(1000),
     ...new Uint8Array(64),
   ], "id list of 1000 ids at byte 4");
   assertBad(
@@ -492,9 +493,9 @@ Deno.test("IdSum adds, subtracts and wraps mod 2^256", () => {
   for (const x of items.slice(40)) tail.add(x.id);
   all.subtractSum(head);
   assertEquals(all.bytes(), tail.bytes());
-  assertEquals(encodeVarint(0), new Uint8Array([0]));
+  assertEquals(negentropyVarint(0), new Uint8Array([0]));
   assertEquals(
-    encodeVarint(2 ** 53),
+    negentropyVarint(2 ** 53),
     new Uint8Array([0x90, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00]),
   );
 });

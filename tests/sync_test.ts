@@ -6,8 +6,8 @@ import { makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { channelPair } from "../net/peers.ts";
 import { SyncSession } from "../net/sync.ts";
 import { serve } from "../net/server.ts";
-import { Reconciler } from "../net/negentropy.ts";
-import { VectorStorage } from "../net/negentropy_storage.ts";
+import { Reconciler } from "../merkle/negentropy.ts";
+import { VectorStorage } from "../merkle/negentropy_storage.ts";
 import { MerkleTree } from "../merkle/mod.ts";
 import type { XfNode } from "../node.ts";
 

@@ -17,8 +17,12 @@
 
 import { fromHex, toHex } from "../../core/bytes.ts";
 import type { SyncSession } from "../sync.ts";
-import type { AnnounceRecord } from "./records.ts";
-import type { DhtService } from "./service.ts";
+import type { AnnouncementStore, AnnounceRecord } from "./records.ts";
+import type { Contact } from "./routing.ts";
+import type { NodeCore } from "../node_api.ts";
+import type { NodeSync } from "../peers.ts";
+import type { KeyPair } from "../../storage/ed25519.ts";
+import type { Limits } from "../../core/limits.ts";
 import { log, short } from "../../actors/log.ts";
 import {
   CONNECT_ATTEMPTS_MAX,
@@ -26,6 +30,26 @@ import {
   DEAD_MEMBERS_MAX,
   MEMBER_BACKOFF_BASE_MS,
 } from "../../core/limits.ts";
+
+/** The node as the DHT sees it: the calls `net/` makes of a node, and its peer sync (discovery dials found members). */
+export type DhtNode = NodeCore & { readonly sync: NodeSync };
+
+/** What discovery uses of the DHT (`DhtService` in `service.ts` is it; declared here so neither imports the other). */
+export interface DiscoveryDht {
+  readonly node: DhtNode;
+  readonly key: KeyPair;
+  readonly limits: Limits;
+  readonly selfId: Uint8Array;
+  readonly store: Pick<AnnouncementStore, "get">;
+  /** Where this node is reached ("" if it announces none). */
+  addr(): string;
+  contacts(gid: string): Promise<Contact[]>;
+  bootstrap(gid: string, urls: string[]): Promise<number>;
+  lookup(gid: string, target: Uint8Array): Promise<Contact[]>;
+  refresh(gid: string): Promise<void>;
+  announce(gid: string): Promise<{ record: AnnounceRecord; stored: number } | null>;
+  findPeers(gid: string): Promise<AnnounceRecord[]>;
+}
 
 /** A kept sync connection to one member. */
 interface Conn {
@@ -37,7 +61,7 @@ interface Conn {
   attempts: number;
 }
 
-/** Discovery of one group; made by {@linkcode DhtService.join}. */
+/** Discovery of one group; made by `DhtService.join` (`service.ts`). */
 export class Discovery {
   /** Rounds finished. */
   rounds = 0;
@@ -57,7 +81,7 @@ export class Discovery {
   /** Members found at the last logged round (-1 before the join). */
   #members = -1;
 
-  constructor(readonly dht: DhtService, readonly gid: string, readonly bootstrapUrls: string[]) {}
+  constructor(readonly dht: DiscoveryDht, readonly gid: string, readonly bootstrapUrls: string[]) {}
 
   /** Start the rounds. */
   start(): void {

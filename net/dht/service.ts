@@ -21,8 +21,6 @@ import {
   RESPONSE_CONTACTS_MAX,
 } from "../../core/limits.ts";
 import { bytesEqual, fromHex, toHex } from "../../core/bytes.ts";
-import type { NodeCore } from "../node_api.ts";
-import type { NodeSync } from "../peers.ts";
 import type { CborValue } from "../../storage/cbor.ts";
 import { XfError } from "../../core/errors.ts";
 import { socketChannel } from "../peers.ts";
@@ -41,10 +39,9 @@ import {
 } from "./records.ts";
 import { type Contact, nodeIdOf, RoutingTable } from "./routing.ts";
 import { type DhtFrame, type DhtHost, type DhtOp, type DhtPeer, DhtSession, field, isBytes } from "./rpc.ts";
-import { Discovery } from "./discovery.ts";
+import { type DhtNode, Discovery } from "./discovery.ts";
 
-/** The node as the DHT sees it: the calls `net/` makes of a node, and its peer sync (discovery dials found members). */
-export type DhtNode = NodeCore & { readonly sync: NodeSync };
+export type { DhtNode };
 
 /** DHT figures for /metrics. */
 export interface DhtCounters {

@@ -1,9 +1,12 @@
 /**
  * The storage side of negentropy set reconciliation: the rank-based
  * {@linkcode NegentropyStorage} interface that the {@linkcode Reconciler} in
- * `negentropy.ts` runs over, the fingerprint arithmetic every backend shares,
- * and {@linkcode VectorStorage}, a sorted array that computes fingerprints by
- * scanning (the reference the Merkle index is checked against).
+ * `negentropy.ts` runs over, and {@linkcode VectorStorage}, a sorted array
+ * that computes fingerprints by scanning (the reference the Merkle index is
+ * checked against). The other backend is the Merkle index itself:
+ * `MerkleTree` (`tree.ts`) implements the same interface, with fingerprints in
+ * O(log N). Sums and fingerprints are `_sum.ts` and `fingerprint.ts`, shared
+ * by both.
  *
  * Items are ordered by `ts`, then by `id` bytes lexicographically. A
  * fingerprint of a range is the first 16 bytes of SHA-256 over the 32-byte
@@ -13,13 +16,12 @@
  * @module
  */
 
-import { sha256 } from "@noble/hashes/sha2";
 import { VECTOR_ITEMS_MAX } from "../core/limits.ts";
+import { FINGERPRINT_BYTES, fingerprintOf } from "./fingerprint.ts";
+import { ID_BYTES } from "./item.ts";
+import { sumAdd, sumAddBytes, sumSub, sumToBytes } from "./_sum.ts";
 
-/** Bytes of an item id. */
-export const ID_BYTES = 32;
-/** Bytes of a range fingerprint. */
-export const FINGERPRINT_BYTES = 16;
+export { FINGERPRINT_BYTES, ID_BYTES };
 
 /**
  * One item, or a bound between items.
@@ -86,38 +88,6 @@ export function compareItems(a: NegentropyItem, b: NegentropyItem): number {
 }
 
 /**
- * Encode `n` (an integer from 0 to 2^53) as a negentropy varint: base 128,
- * most significant group first, high bit set on every byte but the last.
- *
- * @example
- * ```ts
- * import { assert } from "@std/assert";
- * import { encodeVarint } from "./negentropy_storage.ts";
- * assert(encodeVarint(300).join() === "130,44");
- * ```
- */
-export function encodeVarint(n: number): Uint8Array {
-  if (!Number.isInteger(n) || n < 0 || n > 2 ** 53) {
-    throw new RangeError(
-      `Cannot encode varint "${n}": not an integer in [0, 2^53]`,
-    );
-  }
-  const groups: number[] = [];
-  do {
-    groups.push(n % 128);
-    n = Math.floor(n / 128);
-  } while (n > 0);
-  const out = new Uint8Array(groups.length);
-  for (let i = 0; i < groups.length; i++) {
-    out[i] = groups[groups.length - 1 - i]! |
-      (i < groups.length - 1 ? 0x80 : 0);
-  }
-  return out;
-}
-
-const TWO_32 = 2 ** 32;
-
-/**
  * A running sum of ids mod 2^256, as eight little-endian 32-bit words; the
  * building block of fingerprints. A Merkle node keeps one per subtree and
  * combines them with {@linkcode IdSum.addSum}.
@@ -142,64 +112,31 @@ export class IdSum {
         `Cannot add id of ${id.length} bytes to IdSum: expected ${ID_BYTES}`,
       );
     }
-    let carry = 0;
-    const w = this.words;
-    for (let i = 0; i < 8; i++) {
-      const o = i * 4;
-      const v = id[o]! | (id[o + 1]! << 8) | (id[o + 2]! << 16) |
-        (id[o + 3]! << 24);
-      const s = w[i]! + (v >>> 0) + carry;
-      w[i] = s;
-      carry = s >= TWO_32 ? 1 : 0;
-    }
+    sumAddBytes(this.words, id, 0);
   }
 
   /** Add another sum (mod 2^256). */
   addSum(other: IdSum): void {
-    let carry = 0;
-    const w = this.words;
-    for (let i = 0; i < 8; i++) {
-      const s = w[i]! + other.words[i]! + carry;
-      w[i] = s;
-      carry = s >= TWO_32 ? 1 : 0;
-    }
+    sumAdd(this.words, other.words);
   }
 
   /** Subtract another sum (mod 2^256), e.g. to turn prefix sums into a range sum. */
   subtractSum(other: IdSum): void {
-    let borrow = 0;
-    const w = this.words;
-    for (let i = 0; i < 8; i++) {
-      const s = w[i]! - other.words[i]! - borrow;
-      w[i] = s < 0 ? s + TWO_32 : s;
-      borrow = s < 0 ? 1 : 0;
-    }
+    sumSub(this.words, other.words);
   }
 
   /** The 32 little-endian bytes of the sum. */
   bytes(): Uint8Array {
-    const out = new Uint8Array(ID_BYTES);
-    const w = this.words;
-    for (let i = 0; i < 8; i++) {
-      const v = w[i]!;
-      out[i * 4] = v & 0xff;
-      out[i * 4 + 1] = (v >>> 8) & 0xff;
-      out[i * 4 + 2] = (v >>> 16) & 0xff;
-      out[i * 4 + 3] = (v >>> 24) & 0xff;
-    }
-    return out;
+    return sumToBytes(this.words);
   }
 
   /** The fingerprint of a range of `count` ids whose sum this is. */
   fingerprint(count: number): Uint8Array {
-    const c = encodeVarint(count);
-    const input = new Uint8Array(ID_BYTES + c.length);
-    input.set(this.bytes(), 0);
-    input.set(c, ID_BYTES);
-    return sha256(input).subarray(0, FINGERPRINT_BYTES);
+    return fingerprintOf(this.words, count);
   }
 }
 
+const TWO_32 = 2 ** 32;
 const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
 /** Items summed per column before carries are folded (2^20 * 2^32 < 2^53). */
 const SUM_CHUNK_ITEMS_MAX = 2 ** 20;
