@@ -1,14 +1,14 @@
+import { Prng } from "../core/bytes.ts";
 import { ALPHA, K_BUCKET, LOOKUP_DISTRUST_FAILURES_MAX, LOOKUP_REQUESTS_MAX } from "../core/limits.ts";
 import { assert, assertEquals } from "@std/assert";
 import { Lookup, type LookupRequest } from "../net/dht/lookup.ts";
 import { compareDistance, type Contact, nodeIdOf } from "../net/dht/routing.ts";
-import { Rng } from "../net/dht/sim.ts";
 
-const rng = new Rng(0x100c);
+const rng = new Prng(0x100c);
 
 function contact(): Contact {
   const key = rng.bytes(32);
-  return { id: nodeIdOf(key), key, addr: `sim:${rng.next()}`, lastSeen: 0 };
+  return { id: nodeIdOf(key), key, addr: `sim:${rng.u32()}`, lastSeen: 0 };
 }
 
 /** A tiny full-knowledge network: every node answers with the true k closest it knows (everyone). */
@@ -104,7 +104,7 @@ Deno.test("Lookup is not stalled by a responder that answers with made-up ids", 
       const fakes = Array.from({ length: 200 }, () => {
         const id = rng.bytes(32);
         id.set(target.subarray(0, 3));
-        return { id, key: rng.bytes(32), addr: `fake:${rng.next()}`, lastSeen: 0 };
+        return { id, key: rng.bytes(32), addr: `fake:${rng.u32()}`, lastSeen: 0 };
       });
       l.onResponse(req.to.id, fakes);
     } else {

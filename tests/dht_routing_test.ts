@@ -1,16 +1,15 @@
 import { K_BUCKET, ROUTING_ENTRIES_MAX, ROUTING_FAILURES_MAX } from "../core/limits.ts";
-import { bytesEqual } from "../core/bytes.ts";
+import { bytesEqual, Prng } from "../core/bytes.ts";
 import { assert, assertEquals, assertThrows } from "@std/assert";
 import { commonPrefixLength, compareDistance, type Contact, nodeIdOf, RoutingTable } from "../net/dht/routing.ts";
-import { Rng } from "../net/dht/sim.ts";
 import { XfError } from "../core/errors.ts";
 
-const rng = new Rng(0x5eed);
+const rng = new Prng(0x5eed);
 
 /** A real contact: id = SHA-256(key). */
 function contact(lastSeen = 0): Contact {
   const key = rng.bytes(32);
-  return { id: nodeIdOf(key), key, addr: `sim:${rng.next()}`, lastSeen };
+  return { id: nodeIdOf(key), key, addr: `sim:${rng.u32()}`, lastSeen };
 }
 
 /** A contact whose id shares exactly `bit` leading bits with `self` (for tables with verifyIds off). */
@@ -18,7 +17,7 @@ function contactAt(self: Uint8Array, bit: number, lastSeen = 0): Contact {
   const id = rng.bytes(32);
   for (let i = 0; i < bit; i++) setBit(id, i, getBit(self, i));
   setBit(id, bit, 1 - getBit(self, bit));
-  return { id, key: rng.bytes(32), addr: `sim:${rng.next()}`, lastSeen };
+  return { id, key: rng.bytes(32), addr: `sim:${rng.u32()}`, lastSeen };
 }
 
 function getBit(b: Uint8Array, i: number): number {

@@ -2,7 +2,7 @@
  * The DHT core of Xaeroflux: per-group Kademlia routing tables, the
  * iterative lookup as a pure state machine, and signed announcement records.
  * No sockets and no timers here; the simulated network that tests them is
- * `./sim.ts` (not exported).
+ * `tests/_dht_sim.ts` (test support, not part of the node).
  *
  * @example
  * ```ts

@@ -543,3 +543,45 @@ export class RoutingTable {
     if (pending) this.insert(pending.candidate);
   }
 }
+
+// ---- The table's rules on the wire's events: one copy, followed by the node (service.ts) and the simulation ----
+
+/**
+ * A request came from `contact` (or it answered one, see {@linkcode tableAnswered}): it goes into the table. When its
+ * bucket is full, the least recently seen contact is pinged through `ping` before it may be replaced
+ * (Kademlia's ping-before-replace); report the ping's outcome with {@linkcode tablePinged}. Returns whether the table
+ * changed.
+ */
+export function tableHeard(table: RoutingTable, contact: Contact, ping: (old: Contact) => void): boolean {
+  const r = table.insert(contact);
+  if (r.status === "pending") ping(r.ping);
+  return r.status === "added" || r.status === "updated";
+}
+
+/** `contact` answered a request at `now`: it is in the table (as {@linkcode tableHeard}) and seen. Returns whether the table changed. */
+export function tableAnswered(
+  table: RoutingTable,
+  contact: Contact,
+  now: number,
+  ping: (old: Contact) => void,
+): boolean {
+  const changed = tableHeard(table, { ...contact, lastSeen: now }, ping);
+  table.seen(contact.id, now);
+  return changed;
+}
+
+/** A request to `id` went unanswered: one more failure in a row (see `RoutingTable.failed`). Returns whether the table held it. */
+export function tableUnanswered(table: RoutingTable, id: Uint8Array): boolean {
+  if (!table.has(id)) return false;
+  table.failed(id);
+  return true;
+}
+
+/** The outcome of a ping-before-replace: seen at `now` if it answered, else a failure (its slot may go to the newcomer). */
+export function tablePinged(table: RoutingTable, old: Contact, answered: boolean, now: number): boolean {
+  if (answered) {
+    table.seen(old.id, now);
+    return false;
+  }
+  return tableUnanswered(table, old.id);
+}

@@ -37,7 +37,15 @@ import {
   encodeRecord,
   remoteBucket,
 } from "./records.ts";
-import { type Contact, nodeIdOf, RoutingTable } from "./routing.ts";
+import {
+  type Contact,
+  nodeIdOf,
+  RoutingTable,
+  tableAnswered,
+  tableHeard,
+  tablePinged,
+  tableUnanswered,
+} from "./routing.ts";
 import { type DhtFrame, type DhtHost, type DhtOp, type DhtPeer, DhtSession, field, isBytes } from "./rpc.ts";
 import { type DhtNode, Discovery } from "./discovery.ts";
 
@@ -279,19 +287,15 @@ export class DhtService implements DhtHost {
   }
 
   #insert(g: GroupDht, c: Contact): void {
-    const r = g.table.insert(c);
-    if (r.status === "added" || r.status === "updated") this.#touch(g);
-    if (r.status === "pending") {
-      // Ping-before-replace: the newcomer takes the slot only if the old contact is gone.
-      const old = r.ping;
-      this.ping(old.addr, old.key).then(
-        () => g.table.seen(old.id, this.#now()),
-        () => {
-          g.table.failed(old.id);
-          this.#touch(g);
-        },
-      );
-    }
+    if (tableHeard(g.table, c, (old) => this.#pingOld(g, old))) this.#touch(g);
+  }
+
+  /** Ping-before-replace: the newcomer takes the slot only if the old contact is gone. */
+  #pingOld(g: GroupDht, old: Contact): void {
+    this.ping(old.addr, old.key).then(
+      () => tablePinged(g.table, old, true, this.#now()),
+      () => tablePinged(g.table, old, false, this.#now()) && this.#touch(g),
+    );
   }
 
   // ---- routing tables ----
@@ -469,8 +473,8 @@ export class DhtService implements DhtHost {
     const results = await Promise.allSettled(
       urls.map(normalize).filter((u) => u !== this.addr()).map(async (url) => {
         const { peer } = await this.#findNode(g, url, this.selfId);
-        this.#insert(g, { id: nodeIdOf(peer), key: peer, addr: url, lastSeen: this.#now() });
-        g.table.seen(nodeIdOf(peer), this.#now());
+        const contact = { id: nodeIdOf(peer), key: peer, addr: url, lastSeen: this.#now() };
+        if (tableAnswered(g.table, contact, this.#now(), (old) => this.#pingOld(g, old))) this.#touch(g);
       }),
     );
     return results.filter((r) => r.status === "fulfilled").length;
@@ -489,15 +493,11 @@ export class DhtService implements DhtHost {
         const p: Promise<void> = this.#findNode(g, to.addr, target, to.key).then(
           ({ contacts }) => {
             lk.onResponse(to.id, contacts.filter((c) => c.addr !== this.addr()));
-            this.#insert(g, { ...to, lastSeen: this.#now() });
-            g.table.seen(to.id, this.#now());
+            if (tableAnswered(g.table, to, this.#now(), (old) => this.#pingOld(g, old))) this.#touch(g);
           },
           () => {
             lk.onTimeout(to.id);
-            if (g.table.has(to.id)) {
-              g.table.failed(to.id);
-              this.#touch(g);
-            }
+            if (tableUnanswered(g.table, to.id)) this.#touch(g);
           },
         ).finally(() => inflight.delete(p));
         inflight.add(p);

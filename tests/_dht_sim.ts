@@ -13,7 +13,7 @@
  * @example
  * ```ts
  * import { assert } from "@std/assert";
- * import { DhtSim } from "./sim.ts";
+ * import { DhtSim } from "./_dht_sim.ts";
  * const sim = new DhtSim({ seed: 1 });
  * sim.grow(50);
  * const [a, b] = [sim.node(3), sim.node(40)];
@@ -24,64 +24,21 @@
  * @module
  */
 
-import { ALPHA, JOIN_ATTEMPTS_MAX, K_BUCKET, LOOKUP_REQUESTS_MAX } from "../../core/limits.ts";
-import { bytesEqual } from "../../core/bytes.ts";
+import { ALPHA, JOIN_ATTEMPTS_MAX, K_BUCKET, LOOKUP_REQUESTS_MAX } from "../core/limits.ts";
+import { bytesEqual } from "../core/bytes.ts";
 import { sha256 } from "@noble/hashes/sha2";
-import { Lookup, type LookupStats } from "./lookup.ts";
-import { commonPrefixLength, compareDistance, type Contact, RoutingTable } from "./routing.ts";
-
-/**
- * A small seeded PRNG (mulberry32): fast, 32-bit state, good enough for
- * simulation, not for keys.
- *
- * @example
- * ```ts
- * import { assert } from "@std/assert";
- * import { Rng } from "./sim.ts";
- * assert(new Rng(7).next() === new Rng(7).next());
- * ```
- */
-export class Rng {
-  #s: number;
-  /** A generator seeded with `seed` (any number; its low 32 bits count). */
-  constructor(seed: number) {
-    this.#s = seed >>> 0;
-  }
-  /** The next uint32. */
-  next(): number {
-    let t = (this.#s = (this.#s + 0x6d2b79f5) | 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (t ^ (t >>> 14)) >>> 0;
-  }
-  /** A float in [0, 1). */
-  float(): number {
-    return this.next() / 4294967296;
-  }
-  /** An integer in [0, n). */
-  int(n: number): number {
-    return Math.floor(this.float() * n);
-  }
-  /** A standard normal variate (Box–Muller). */
-  normal(): number {
-    const u = 1 - this.float();
-    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * this.float());
-  }
-  /** `n` random bytes. */
-  bytes(n: number): Uint8Array {
-    const out = new Uint8Array(n);
-    for (let i = 0; i < n; i += 4) {
-      let x = this.next();
-      for (let j = i; j < Math.min(n, i + 4); j++, x >>>= 8) out[j] = x & 0xff;
-    }
-    return out;
-  }
-  /** A random element of a non-empty array. */
-  pick<T>(xs: readonly T[]): T {
-    if (xs.length === 0) throw new RangeError("Cannot pick from an empty array");
-    return xs[this.int(xs.length)]!;
-  }
-}
+import { Lookup, type LookupStats } from "../net/dht/lookup.ts";
+import {
+  commonPrefixLength,
+  compareDistance,
+  type Contact,
+  RoutingTable,
+  tableAnswered,
+  tableHeard,
+  tablePinged,
+  tableUnanswered,
+} from "../net/dht/routing.ts";
+import { Prng } from "../core/bytes.ts";
 
 /** How long one message takes, one way. */
 export type LatencyModel =
@@ -236,7 +193,7 @@ const DEFAULT_LATENCY: LatencyModel = { kind: "lognormal", medianMs: 40, sigma: 
 /** The simulated network; see the module doc. */
 export class DhtSim {
   /** The random source of every choice the simulation makes. */
-  readonly rng: Rng;
+  readonly rng: Prng;
   /** Kademlia k. */
   readonly k: number;
   /** Kademlia α. */
@@ -259,7 +216,7 @@ export class DhtSim {
 
   /** An empty network. */
   constructor(options: SimOptions) {
-    this.rng = new Rng(options.seed);
+    this.rng = new Prng(options.seed);
     this.k = options.k ?? K_BUCKET;
     this.alpha = options.alpha ?? ALPHA;
     this.timeoutMs = options.timeoutMs ?? 1000;
@@ -489,15 +446,14 @@ export class DhtSim {
         if (!from.alive) return;
         answered = true;
         // The transport authenticated the answer: the contact is the server as it is.
-        from.table.insert(contactOf(server, this.#now));
-        from.table.seen(server.id, this.#now);
+        tableAnswered(from.table, contactOf(server, this.#now), this.#now, (old) => this.#ping(from, old));
         if (a.lookup.onResponse(server.id, contacts)) this.#pump(a);
       });
     });
     this.#at(this.timeoutMs, () => {
       if (answered || !from.alive) return;
       if (a.lookup.onTimeout(to.id)) {
-        from.table.failed(to.id);
+        tableUnanswered(from.table, to.id);
         this.#pump(a);
       }
     });
@@ -516,15 +472,14 @@ export class DhtSim {
           // and of nodes that do not exist.
           const id = this.rng.bytes(32);
           id.set(target.subarray(0, 3));
-          return { id, key: this.rng.bytes(32), addr: `sim:fake:${this.rng.next()}`, lastSeen: this.#now };
+          return { id, key: this.rng.bytes(32), addr: `sim:fake:${this.rng.u32()}`, lastSeen: this.#now };
         });
     }
   }
 
   /** `server` got a request from `client`: add it, pinging the oldest contact if the bucket is full. */
   #heard(server: SimNode, client: SimNode): void {
-    const r = server.table.insert(contactOf(client, this.#now));
-    if (r.status === "pending") this.#ping(server, r.ping);
+    tableHeard(server.table, contactOf(client, this.#now), (old) => this.#ping(server, old));
   }
 
   #ping(from: SimNode, to: Contact): void {
@@ -539,19 +494,19 @@ export class DhtSim {
       this.#send(from.addr, () => {
         answered = true;
         this.#pinging.delete(tag);
-        from.table.seen(to.id, this.#now);
+        tablePinged(from.table, to, true, this.#now);
       });
     });
     this.#at(this.timeoutMs, () => {
       if (answered) return;
       this.#pinging.delete(tag);
-      if (from.alive) from.table.failed(to.id);
+      if (from.alive) tablePinged(from.table, to, false, this.#now);
     });
   }
 }
 
 /** A random id sharing exactly `bit` leading bits with `self`. */
-function randomIdInBucket(self: Uint8Array, bit: number, rng: Rng): Uint8Array {
+function randomIdInBucket(self: Uint8Array, bit: number, rng: Prng): Uint8Array {
   const id = rng.bytes(self.length);
   const byte = bit >> 3;
   const mask = 0xff00 >> (bit & 7); // the bits of this byte before `bit`, as 0xff00 >> n & 0xff
@@ -566,23 +521,6 @@ function randomIdInBucket(self: Uint8Array, bit: number, rng: Rng): Uint8Array {
 /** A simulated node as a contact seen at `now`. */
 export function contactOf(node: SimNode, now: number): Contact {
   return { id: node.id, key: node.key, addr: node.addr, lastSeen: now };
-}
-
-/**
- * The `p`-th percentile (0–100) of some numbers, nearest rank; NaN if none.
- *
- * @example
- * ```ts
- * import { assert } from "@std/assert";
- * import { percentile } from "./sim.ts";
- * assert(percentile([1, 2, 3, 4], 50) === 2);
- * ```
- */
-export function percentile(xs: readonly number[], p: number): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const rank = Math.max(1, Math.ceil((p / 100) * s.length));
-  return s[Math.min(rank, s.length) - 1]!;
 }
 
 /** Options of {@linkcode runLookups}. */
@@ -638,7 +576,7 @@ export interface BuiltNetwork {
  * @example
  * ```ts
  * import { assert } from "@std/assert";
- * import { buildNetwork } from "./sim.ts";
+ * import { buildNetwork } from "./_dht_sim.ts";
  * const { sim } = buildNetwork({ seed: 1, nodes: 30 });
  * assert(sim.alive().length === 30);
  * ```
@@ -659,7 +597,7 @@ export function buildNetwork(options: NetworkOptions): BuiltNetwork {
  * @example
  * ```ts
  * import { assert } from "@std/assert";
- * import { buildNetwork, runLookups } from "./sim.ts";
+ * import { buildNetwork, runLookups } from "./_dht_sim.ts";
  * const { sim } = buildNetwork({ seed: 1, nodes: 60 });
  * const b = runLookups(sim, { lookups: 10, churnFraction: 0.2 });
  * assert(b.left === 12 && b.found === 10);
@@ -733,7 +671,7 @@ export interface ScenarioReport extends LookupBatch {
  * @example
  * ```ts
  * import { assert } from "@std/assert";
- * import { runScenario } from "./sim.ts";
+ * import { runScenario } from "./_dht_sim.ts";
  * const r = runScenario({ seed: 1, nodes: 60, lookups: 10 });
  * assert(r.found === 10);
  * ```
@@ -759,7 +697,7 @@ export function runScenario(options: ScenarioOptions): ScenarioReport {
  * @example
  * ```ts
  * import { assert } from "@std/assert";
- * import { timeToFullView } from "./sim.ts";
+ * import { timeToFullView } from "./_dht_sim.ts";
  * assert(timeToFullView({ seed: 1 }, 5) < 2000);
  * ```
  */
