@@ -31,8 +31,18 @@ export const LIMITS = {
   pipeline_inflight_events_max: 10_000,
   /** Events in one message between stages. */
   stage_batch_events_max: 512,
-  /** Batches a stage may hold in its mailbox (its credit window). */
+  /** Batches a stage may hold in its mailbox (its credit window on each incoming link). */
   stage_mailbox_batches_max: 8,
+  /** Bytes of batches sent on one link between stages and not yet credited (a lone larger batch still goes). */
+  stage_link_bytes_max: 8 * 1024 * 1024,
+  /** Groups whose owner, policy and membership the decode stage holds (least recently used dropped past it). */
+  decode_groups_max: 100_000,
+  /** Helper Workers verifying signatures beside the decode stage (0: decode verifies alone). */
+  decode_verify_workers_max: 1,
+  /** Batches that crashed a stage twice and were set aside, remembered for /health and the dead-letter file. */
+  dead_letters_max: 1000,
+  /** How long after an index write the WAL checkpoint (index made durable, WAL segments deleted) follows. */
+  wal_checkpoint_ms: 200,
   /** Ids the ingest stage remembers as recently stored (duplicate filter). */
   ingest_recent_ids_max: 100_000,
   /** Records one WAL group commit writes before its fdatasync. */

@@ -85,7 +85,7 @@ Deno.test("XfNode keeps acknowledged events across a restart and replays nothing
   }
 });
 
-for (const stage of ["ingest", "decode", "wal", "index", "advertise"] as const) {
+for (const stage of ["ingest", "decode", "wal_flush", "index", "advertise"] as const) {
   Deno.test(`Supervisor restarts a crashed ${stage} stage and loses no acknowledged event`, async () => {
     const t = await tempNode({ faults: { [stage]: { crashAtBatch: 3 } } });
     try {
@@ -259,7 +259,7 @@ Deno.test("A crash between the WAL acknowledgement and the index write leaves ea
   }
 });
 
-for (const stage of ["decode", "wal", "index"] as const) {
+for (const stage of ["decode", "wal_flush", "index"] as const) {
   Deno.test(`A real ${stage} Worker terminated mid-stream is restarted, and no acknowledged event is lost or indexed twice`, async () => {
     const t = await tempNode({ workers: true });
     try {

@@ -1,0 +1,1 @@
+export { fromHex, toHex } from "../storage/ed25519.ts";

@@ -1,0 +1,2 @@
+// Temporary: replaced by the layout change.
+export * from "../actors/limits.ts";
