@@ -94,7 +94,7 @@ export interface Input<M> {
 }
 
 /** Stage modules by stage id (dynamic import keeps a Worker to the code of its stage). */
-const MODULES: Record<string, () => Promise<StageModule>> = {
+export const MODULES: Record<string, () => Promise<StageModule>> = {
   ingest: async () => (await import("./ingest.ts")).default as unknown as StageModule,
   decode: async () => (await import("./decode.ts")).default as unknown as StageModule,
   wal_flush: async () => (await import("./wal_flush.ts")).default as unknown as StageModule,

@@ -244,11 +244,11 @@ export function workerSpawner(url: URL, onError: (e: XfError) => void): () => Sp
   };
 }
 
-/** Spawn a stage's host in-process over a MessageChannel (tests: no Worker). */
-export function inProcessSpawner(): () => Spawned {
+/** Spawn a stage's host in-process over a MessageChannel (tests: no Worker; `modules` may add test stages). */
+export function inProcessSpawner(modules?: Parameters<typeof host>[1]): () => Spawned {
   return () => {
     const ch = new MessageChannel();
-    host(ch.port2 as unknown as ParentEndpoint);
+    host(ch.port2 as unknown as ParentEndpoint, modules);
     return {
       endpoint: ch.port1,
       terminate: () => {
