@@ -302,3 +302,43 @@ for (const stage of ["decode", "wal_flush", "index"] as const) {
     }
   });
 }
+
+for (const stage of ["decode", "index"] as const) {
+  Deno.test(`A poison batch that crashes ${stage} every time goes to a dead letter, and the rest flows`, async () => {
+    const g = await testGroup();
+    const evs = await makeEvents(g, 40);
+    const poison = evs[0]!;
+    const prefix = hexOf(poison.id).slice(0, 6);
+    assert(!evs.slice(1).some((e) => hexOf(e.id).startsWith(prefix)), "prefix not unique; pick another");
+    const t = await tempNode({ workers: true, faults: { [stage]: { poisonPrefix: prefix } } });
+    try {
+      await t.node.publish(g.manifest);
+      const [r] = await t.node.publish([poison]);
+      if (stage === "decode") {
+        // Not yet durable: answered as an internal failure, with where it was set aside.
+        assertEquals(r!.status, "rejected");
+        assertEquals(r!.code, "INTERNAL");
+        assert(r!.message!.includes("dead letter"), r!.message);
+      } else assertEquals(r!.status, "stored"); // acknowledged by the WAL before the index crashed on it
+      // The rest flows: every other event is stored and readable.
+      const rest = await t.node.publish(evs.slice(1));
+      assertEquals(rest.map((x) => x.status), evs.slice(1).map(() => "stored"));
+      const page = await t.node.query({ gid: hexOf(g.gid), limit: 100 });
+      assertEquals(page!.events.length, 40); // manifest + 39
+      const h = t.node.health();
+      assertEquals(h.ready, true);
+      assertEquals(h.deadLetters.count, 1);
+      assertEquals(h.deadLetters.recent[0]!.stage, stage);
+      assert(h.deadLetters.recent[0]!.error.includes("poison"), h.deadLetters.recent[0]!.error);
+      assertEquals(t.node.pipeline.supervisor.child(stage).stats.restarts, 2);
+      assert((await t.node.metrics()).includes("xf_dead_letters_total 1"));
+      // The dead-letter file holds the event's bytes, for the operator.
+      const file = `${t.dir}/${h.deadLetters.recent[0]!.file}`;
+      await until(() => Deno.stat(file).then(() => true, () => false));
+      const bytes = await Deno.readFile(file);
+      assert(hexOf(bytes).includes(hexOf(poison.bytes)));
+    } finally {
+      await t.done();
+    }
+  });
+}
