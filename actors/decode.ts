@@ -89,6 +89,16 @@ function reject(p: Pending, it: BatchItem, e: unknown) {
   p.rejected.push(it.id);
 }
 
+/** A manifest whose group id follows from its owner and nonce (the signature is checked apart). */
+function isOwnManifest(ev: StoredEvent): boolean {
+  try {
+    checkManifestEvent(ev);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function touch(st: DecodeState, gid: string, g: GroupState | null) {
   st.groups.delete(gid);
   st.groups.set(gid, g);
@@ -167,7 +177,10 @@ function admit(st: DecodeState, p: Pending): DecodeEffect[] {
     const g = st.groups.get(r.gid) ?? null;
     const key = fromHex(r.reader || "00".repeat(32));
     if (g && key?.length === 32 && g.canRead(key)) continue;
-    const creates = p.decoded.some((d) => d.it.req === r.req && d.ev.kind === KIND_MANIFEST);
+    const creates = p.decoded.some((d, i) =>
+      d.it.req === r.req && d.ev.kind === KIND_MANIFEST && p.valid![i] && toHex(d.ev.group) === r.gid &&
+      isOwnManifest(d.ev)
+    );
     if (g || !creates) {
       refused.add(r.req);
       effects.push({

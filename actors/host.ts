@@ -408,10 +408,11 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
   (parent as { start?: () => void }).start?.();
 }
 
-function isPoison(msg: unknown, prefix: string): boolean {
+/** Tests: the batch's first event id starts with one of the comma-separated hex prefixes. */
+function isPoison(msg: unknown, prefixes: string): boolean {
   const b = (msg as { batch?: { ids?: Uint8Array } } | null)?.batch?.ids;
   if (!b || b.length < 32) return false;
   let hex = "";
-  for (let i = 0; i < Math.ceil(prefix.length / 2); i++) hex += b[i]!.toString(16).padStart(2, "0");
-  return hex.startsWith(prefix);
+  for (let i = 0; i < 32; i++) hex += b[i]!.toString(16).padStart(2, "0");
+  return prefixes.split(",").some((p) => hex.startsWith(p));
 }

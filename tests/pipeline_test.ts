@@ -1,5 +1,5 @@
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import { hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
+import { closedGroup, hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { openNode, type XfNode } from "../actors/node.ts";
 import { eventId, signEvent, type StoredEvent } from "../storage/event.ts";
 import type { XfError } from "../storage/errors.ts";
@@ -342,3 +342,108 @@ for (const stage of ["decode", "index"] as const) {
     }
   });
 }
+
+Deno.test("dead_letters_max bounds the dead letters /health remembers; every one is counted", async () => {
+  const g = await testGroup();
+  const evs = await makeEvents(g, 12);
+  const [a, b] = [evs[0]!, evs[1]!];
+  const prefixes = [a, b].map((e) => hexOf(e.id).slice(0, 6));
+  const t = await tempNode({
+    faults: { decode: { poisonPrefix: prefixes.join(",") } },
+    limits: { dead_letters_max: 1 },
+  });
+  try {
+    await t.node.publish(g.manifest);
+    assertEquals((await t.node.publish([a]))[0]!.code, "INTERNAL");
+    assertEquals((await t.node.publish([b]))[0]!.code, "INTERNAL");
+    const h = t.node.health();
+    assertEquals(h.deadLetters.count, 2);
+    assertEquals(h.deadLetters.recent.length, 1);
+    assert(h.deadLetters.recent[0]!.file.endsWith("-2.cbor"), h.deadLetters.recent[0]!.file);
+    // The rest flows.
+    const rest = await t.node.publish(evs.slice(2));
+    assertEquals(rest.map((r) => r.status), evs.slice(2).map(() => "stored"));
+  } finally {
+    await t.done();
+  }
+});
+
+for (const workers of [0, 1]) {
+  Deno.test(`decode_verify_workers_max ${workers}: a bad signature is caught on either side of a split batch`, async () => {
+    const t = await tempNode({ workers: true, limits: { decode_verify_workers_max: workers } });
+    try {
+      const g = await testGroup();
+      await t.node.publish(g.manifest);
+      const evs = await makeEvents(g, 200); // ≥ 64: shared with the helper Worker when there is one
+      const bodies = evs.map((e) => e.bytes.slice());
+      for (const i of [3, 150]) bodies[i]![bodies[i]!.length - 1]! ^= 1;
+      const res = await t.node.publish(bodies);
+      const bad = res.flatMap((r, i) => r.status === "rejected" ? [[i, r.code]] : []);
+      assertEquals(bad, [[3, "BAD_SIGNATURE"], [150, "BAD_SIGNATURE"]]);
+    } finally {
+      await t.done();
+    }
+  });
+}
+
+Deno.test("decode_groups_max: decode forgets a group past its bound and loads it again, membership and all", async () => {
+  const t = await tempNode({ limits: { decode_groups_max: 1 } });
+  try {
+    const a = await closedGroup(t.node);
+    const b = await closedGroup(t.node);
+    // Alternate: each write to one group evicts the other from decode; the reload must keep the member's right.
+    for (let round = 0; round < 3; round++) {
+      for (const g of [a, b]) {
+        const ev = await signEvent(g.member, {
+          group: g.gid,
+          ts: Date.now(),
+          kind: 16,
+          tags: [],
+          payload: new Uint8Array([round]),
+        });
+        assertEquals((await t.node.publish(ev))[0]!.status, "stored");
+        const stranger = await signEvent((await testGroup()).owner, {
+          group: g.gid,
+          ts: Date.now(),
+          kind: 16,
+          tags: [],
+          payload: new Uint8Array([round]),
+        });
+        assertEquals((await t.node.publish(stranger))[0]!.code, "FORBIDDEN");
+      }
+    }
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("stage_link_bytes_max: a link whose byte window holds less than one batch still moves every batch, one at a time", async () => {
+  const t = await tempNode({ limits: { stage_link_bytes_max: 1 } });
+  try {
+    const g = await testGroup();
+    await t.node.publish(g.manifest);
+    const evs = await makeEvents(g, 300);
+    const res = await Promise.all([0, 100, 200].map((i) => t.node.publish(evs.slice(i, i + 100))));
+    assertEquals(res.flat().filter((r) => r.status !== "stored"), []);
+    assertEquals((await t.node.merkle(hexOf(g.gid)))!.count, 301);
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("wal_checkpoint_ms: the WAL checkpoint follows index writes after this delay, not before", async () => {
+  for (const [ms, moves] of [[20, true], [60_000, false]] as const) {
+    const t = await tempNode({ limits: { wal_checkpoint_ms: ms } });
+    try {
+      const g = await testGroup();
+      await t.node.publish([g.manifest, ...(await makeEvents(g, 20))]);
+      await new Promise((r) => setTimeout(r, 500));
+      const w = await t.node.pipeline.supervisor.child("wal_flush").call<{ checkpoint: number; lastSeq: number }>(
+        { type: "wal.stats" },
+      );
+      assertEquals(w.checkpoint === w.lastSeq, moves, `wal_checkpoint_ms ${ms}: ${JSON.stringify(w)}`);
+    } finally {
+      await t.done();
+    }
+  }
+});
