@@ -210,7 +210,10 @@ function admit(st: DecodeState, p: Pending): DecodeEffect[] {
         if (!g) {
           const f = st.failed.get(gid);
           if (f) throw new XfError(f.code as never, f.message);
-          throw new XfError("UNKNOWN_GROUP", `Cannot accept event: this node does not hold the manifest of group "${gid}"`);
+          throw new XfError(
+            "UNKNOWN_GROUP",
+            `Cannot accept event: this node does not hold the manifest of group "${gid}"`,
+          );
         }
         const v = authorizeWrite(g, d.ev);
         if (!v.ok) throw new XfError(v.code as never, v.message);

@@ -118,9 +118,12 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
   const signalsOut = new Map<string, MessagePort>();
   const signalsIn: MessagePort[] = [];
   const outlets = new Map<string, Outlet<unknown>>();
-  const mailbox: { from: string; frame: LinkFrame<unknown>; tok: number }[] = [];
-  /** Batches in service: their inlet, frame sequence and when they were taken. */
-  const active = new Map<number, { from: string; s: number; taken: number }>();
+  const mailbox: { from: string; inlet: Inlet<unknown>; frame: LinkFrame<unknown>; tok: number }[] = [];
+  /**
+   * Batches in service: the inlet they came by (credit goes back there, not to whatever inlet has its name now:
+   * a restarted upstream numbers its batches from 1 again), frame sequence and when they were taken.
+   */
+  const active = new Map<number, { inlet: Inlet<unknown>; s: number; taken: number }>();
   let nextTok = 1;
   let batches = 0;
   let crashAt = 0;
@@ -196,7 +199,7 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
     active.delete(tok);
     Promise.all([...outlets.values()].map((o) => o.room())).then(() => {
       if (crashed) return;
-      inlets.get(a.from)?.credit(a.s);
+      a.inlet.credit(a.s);
       timing.service.observe((nowMs() - a.taken) / 1000);
       timing.batches++;
       pump();
@@ -206,10 +209,10 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
   const pump = () => {
     if (crashed || !mod) return;
     while (mailbox.length > 0 && active.size < mod.logic.concurrency) {
-      const { from, frame, tok } = mailbox.shift()!;
+      const { from, inlet, frame, tok } = mailbox.shift()!;
       const taken = nowMs();
       timing.queue.observe(Math.max(0, taken - frame.at) / 1000);
-      active.set(tok, { from, s: frame.s, taken });
+      active.set(tok, { inlet, s: frame.s, taken });
       batches++;
       if (batches === crashAt) return crash(new XfError("INTERNAL", `Injected fault: crash at batch ${crashAt}`));
       if (poisonPrefix && isPoison(frame.m, poisonPrefix)) {
@@ -220,15 +223,13 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
   };
 
   const addInput = (name: string, port: MessagePort) => {
-    inlets.get(name)?.close();
-    inlets.set(
-      name,
-      new Inlet(port, (frame) => {
-        if (crashed) return;
-        mailbox.push({ from: name, frame, tok: nextTok++ });
-        if (started) started.then(pump);
-      }),
-    );
+    // The old inlet stays open until its batches are credited (its sender is gone; the credit is harmless).
+    const inlet: Inlet<unknown> = new Inlet(port, (frame) => {
+      if (crashed) return;
+      mailbox.push({ from: name, inlet, frame, tok: nextTok++ });
+      if (started) started.then(pump);
+    });
+    inlets.set(name, inlet);
   };
 
   // A batch that crashed its receiver twice goes to the root's dead-letter record, with the error.

@@ -27,7 +27,7 @@ import type { Release } from "./ingest.ts";
 import type { LoadedGroup } from "./decode.ts";
 import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch.ts";
 import type { Limits } from "../core/limits.ts";
-import { type Kv, MemoryKv, openRocks } from "../storage/kv.ts"; 
+import { type Kv, MemoryKv, openRocks } from "../storage/kv.ts";
 import {
   arrivalKey,
   arrivalPrefix,

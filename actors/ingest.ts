@@ -115,7 +115,6 @@ export function splitBody(body: Uint8Array, limits: Limits): Uint8Array[] {
   return out;
 }
 
-
 /** The v1 prefix every valid event starts with: array(8), 1, bstr(32). */
 const V1_PREFIX = [0x88, 0x01, 0x58, 0x20];
 

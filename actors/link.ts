@@ -103,6 +103,7 @@ export class Outlet<T> {
       this.queue.unshift(...again.filter((a) => a.crashes < 2));
     }
     this.#pump();
+    if (this.depth() === 0) { for (const r of this.#idle.splice(0)) r(); }
   }
 
   /** Queue a message; it goes when the receiver has credit. */
@@ -135,8 +136,8 @@ export class Outlet<T> {
     this.stats.credited++;
     this.#probation = false;
     this.#pump();
-    if (this.depth() === 0) for (const r of this.#idle.splice(0)) r();
-    else if (this.hasRoom()) for (const r of this.#roomWaiters.splice(0)) r();
+    if (this.depth() === 0) { for (const r of this.#idle.splice(0)) r(); }
+    else if (this.hasRoom()) { for (const r of this.#roomWaiters.splice(0)) r(); }
   }
 
   #roomWaiters: (() => void)[] = [];
@@ -163,7 +164,7 @@ export class Outlet<T> {
       // Kept for a resend, so copied (structured clone), not transferred.
       port.postMessage(frame);
     }
-    if (this.hasRoom()) for (const r of this.#roomWaiters.splice(0)) r();
+    if (this.hasRoom()) { for (const r of this.#roomWaiters.splice(0)) r(); }
   }
 
   /** Stop sending (the receiver is going away); what is in flight stays for a rewire. */

@@ -184,7 +184,8 @@ export class XfNode {
     const stages: Record<string, { state: string; mailbox: number; restarts: number }> = {};
     for (const s of STAGES) {
       const c = this.pipeline.supervisor.child(s);
-      const mailbox = (this.pipeline.lastTimings[s]?.mailbox ?? 0) + (s === "ingest" ? this.pipeline.waitingBytes() : 0);
+      const mailbox = (this.pipeline.lastTimings[s]?.mailbox ?? 0) +
+        (s === "ingest" ? this.pipeline.waitingBytes() : 0);
       stages[s] = { state: c.state, mailbox, restarts: c.stats.restarts };
     }
     const ready = this.pipeline.state === "ready" && Object.values(stages).every((s) => s.state === "up");
@@ -259,10 +260,12 @@ export class XfNode {
       "Batches in each stage's mailbox or in service",
       STAGES.map((s) => [`{stage="${s}"}`, timings[s]?.mailbox ?? 0]),
     );
-    for (const [kind, help] of [
-      ["queue", "Per batch: seconds from its send by the stage before to its start in this stage (queue wait)"],
-      ["service", "Per batch: seconds from its start in this stage to its end (service time)"],
-    ] as const) {
+    for (
+      const [kind, help] of [
+        ["queue", "Per batch: seconds from its send by the stage before to its start in this stage (queue wait)"],
+        ["service", "Per batch: seconds from its start in this stage to its end (service time)"],
+      ] as const
+    ) {
       lines.push(`# HELP xf_stage_${kind}_seconds ${help}`, `# TYPE xf_stage_${kind}_seconds histogram`);
       for (const s of STAGES) {
         const d = timings[s]?.[kind];

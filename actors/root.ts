@@ -17,7 +17,7 @@
  * @module
  */
 
-import { inProcessSpawner, type InitMessage, type Spawned, workerSpawner } from "./stage_ref.ts";
+import { type InitMessage, inProcessSpawner, type Spawned, workerSpawner } from "./stage_ref.ts";
 import { Supervisor } from "./supervisor.ts";
 import { nowMs, Outlet } from "./link.ts";
 import type { OutletSpec, ToHost } from "./host.ts";
@@ -421,7 +421,9 @@ export class Pipeline {
     }
     let bytes = 0;
     let k = 0;
-    while (k < this.outbox.length && (k === 0 || bytes + this.outbox[k]!.body.length <= this.limits.http_body_bytes_max)) {
+    while (
+      k < this.outbox.length && (k === 0 || bytes + this.outbox[k]!.body.length <= this.limits.http_body_bytes_max)
+    ) {
       bytes += this.outbox[k]!.body.length;
       k++;
     }

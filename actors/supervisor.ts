@@ -74,10 +74,21 @@ export class Supervisor {
 
   /** Start every child, in order. */
   async start(): Promise<void> {
-    for (let i = 0; i < this.children.length; i++) {
-      await this.children[i]!.start(this.specs[i]!.init());
+    try {
+      for (let i = 0; i < this.children.length; i++) {
+        await this.children[i]!.start(this.specs[i]!.init());
+      }
+    } catch (e) {
+      // A child that fails at boot fails the start; nothing is restarted behind the caller's back.
+      this.stopped = true;
+      for (const c of this.children) c.closed = true;
+      await this.stopAll();
+      throw e;
     }
+    this.#booted = true;
   }
+
+  #booted = false;
 
   /** Stop every child, in reverse order. */
   async stop(): Promise<void> {
@@ -90,7 +101,7 @@ export class Supervisor {
   }
 
   private onCrash(id: string, error: XfError) {
-    if (this.stopped) return;
+    if (this.stopped || !this.#booted) return;
     const i = this.children.findIndex((c) => c.id === id);
     const spec = this.specs[i]!;
     if (spec.restart === "temporary") {

@@ -102,7 +102,11 @@ export const logic: StageLogic<WalState, WalIn, WalEffect> = {
           // Seq first: once a request is answered, reads wait for the index to hold it.
           { do: "report", msg: { type: "appended", n: items.length, lastSeq: msg.firstSeq + items.length - 1 } },
           { do: "report", msg: { type: "results", items: stored } },
-          { do: "send", to: "index", msg: { type: "put", batch: packBatch(withSeq), replay: false } satisfies IndexPut },
+          {
+            do: "send",
+            to: "index",
+            msg: { type: "put", batch: packBatch(withSeq), replay: false } satisfies IndexPut,
+          },
           { do: "done", tok: msg.tok },
         ];
       }

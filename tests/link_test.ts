@@ -246,10 +246,9 @@ Deno.test("link: transferables() lists whole buffers only, once each", () => {
 
 Deno.test({
   name: "link: drained() waiting when the last batch in flight is poisoned resolves",
-  // BUG (actors/link.ts, Outlet.wire): a batch handed to onPoison leaves the outlet without a credit, and only
+  // Regression (was a bug in actors/link.ts, Outlet.wire): a batch handed to onPoison leaves the outlet without a credit, and only
   // #credit() resolves the drained() waiters, so a drained() asked before the poison never resolves even though
   // depth() is 0. Not fixed here (helper brief: report, do not touch actors/).
-  ignore: true,
   fn: async () => {
     const out = new Outlet<Msg>("t", 1, 1 << 20);
     const rx1 = new Receiver(), rx2 = new Receiver(), rx3 = new Receiver();

@@ -321,14 +321,13 @@ Deno.test({
 
 Deno.test({
   name: "A batch finished after its sender restarted does not credit the new sender's batch with the same number",
-  // BUG (actors/host.ts: addInput() line ~222 and finish() line ~199): credit is sent with
+  // Regression (was a bug in actors/host.ts: addInput() line ~222 and finish() line ~199): credit is sent with
   // `inlets.get(a.from)?.credit(a.s)`, i.e. on whatever inlet now has that name. When the upstream stage restarts,
   // its new end replaces the inlet under the same name ("input" rewire), so a batch the old upstream sent and this
   // stage finishes afterwards credits the NEW upstream's outlet with the old sequence number; the new outlet's
   // numbering restarts at 1, so it drops from its in-flight set a batch this stage has not even taken. If this stage
   // then crashes, that batch is not sent again: it is lost (here: c never logs "c:4"). Credit should go back on the
   // inlet (port) the frame came in on, e.g. keep the Inlet object in `mailbox`/`active` instead of its name.
-  ignore: true,
   fn: async () => {
     const { sup, source, log } = chain("one_for_one", { slowMs: { c: 300 } });
     await sup.start();
@@ -355,14 +354,13 @@ Deno.test({
 
 Deno.test({
   name: "A child that fails to start fails Supervisor.start() and is not restarted behind the caller's back",
-  // BUG (actors/supervisor.ts: start() line ~336 and onCrash() line ~352): a child that crashes during the
+  // Regression (was a bug in actors/supervisor.ts: start() line ~336 and onCrash() line ~352): a child that crashes during the
   // supervisor's own start (its effects.start throws) makes start() reject, but the crash also reaches onCrash(),
   // which schedules a restart as if the tree were running: the child is spawned again in the background (starts:
   // a, b, b), and when that fails too, onEscalate fires (the root's onFatal) after the caller was already told the
   // start failed. Had the second attempt succeeded, b would be up with c never started. onCrash should ignore
   // crashes until start() has completed (OTP: a child failing at init fails the supervisor's start; the children
   // already started are stopped).
-  ignore: true,
   fn: async () => {
     const starts: string[] = [];
     const escalated: XfError[] = [];
