@@ -136,11 +136,25 @@ export class Outlet<T> {
     this.stats.credited++;
     this.#probation = false;
     this.#pump();
+    if (this.canSend()) for (const r of this.#creditWaiters.splice(0)) r();
     if (this.depth() === 0) { for (const r of this.#idle.splice(0)) r(); }
     else if (this.hasRoom()) { for (const r of this.#roomWaiters.splice(0)) r(); }
   }
 
   #roomWaiters: (() => void)[] = [];
+  #creditWaiters: (() => void)[] = [];
+
+  /** True when a batch sent now would go at once (nothing queued, window not full). */
+  canSend(): boolean {
+    return this.#port !== null && this.queue.length === 0 &&
+      this.inflight.size < (this.#probation ? 1 : this.windowBatches);
+  }
+
+  /** Resolves once a batch sent then would go at once (the root gathers requests until then). */
+  sendable(): Promise<void> {
+    if (this.canSend()) return Promise.resolve();
+    return new Promise((r) => this.#creditWaiters.push(r));
+  }
   /** Resolves once the queue here is empty. */
   room(): Promise<void> {
     if (this.hasRoom()) return Promise.resolve();

@@ -153,6 +153,7 @@ export class Pipeline {
   private outbox: Submission[] = [];
   private outboxBytes = 0;
   private flushScheduled = false;
+  #waitingCredit = false;
   private ackedNotIndexed = 0;
   /** Highest WAL seq acknowledged: reads wait until the index holds it (read your writes). */
   private ackedSeq = 0;
@@ -415,8 +416,14 @@ export class Pipeline {
   private flushOutbox() {
     this.flushScheduled = false;
     if (!this.outbox.length) return;
-    if (!this.toIngest.hasRoom() || this.toIngest.inflight.size >= this.limits.stage_mailbox_batches_max) {
-      this.toIngest.room().then(() => this.scheduleFlush());
+    if (!this.toIngest.canSend()) {
+      if (!this.#waitingCredit) {
+        this.#waitingCredit = true;
+        this.toIngest.sendable().then(() => {
+          this.#waitingCredit = false;
+          this.scheduleFlush();
+        });
+      }
       return;
     }
     let bytes = 0;

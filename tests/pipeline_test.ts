@@ -447,3 +447,21 @@ Deno.test("wal_checkpoint_ms: the WAL checkpoint follows index writes after this
     }
   }
 });
+
+Deno.test("Many more requests than ingest's window at once: they gather at the root and all finish", async () => {
+  const t = await tempNode({ workers: true });
+  try {
+    const g = await testGroup();
+    await t.node.publish(g.manifest);
+    const evs = await makeEvents(g, 400);
+    // 80 requests of 5 events, all at once: ten times the root → ingest window of 8 batches.
+    const res = await Promise.all(Array.from({ length: 80 }, (_, i) => t.node.publish(evs.slice(i * 5, i * 5 + 5))));
+    assertEquals(res.flat().filter((r) => r.status !== "stored"), []);
+    // The main thread was not starved while they waited: a timer still fires promptly.
+    const t0 = performance.now();
+    await new Promise((r) => setTimeout(r, 1));
+    assert(performance.now() - t0 < 1000);
+  } finally {
+    await t.done();
+  }
+});
