@@ -448,14 +448,19 @@ Deno.test("wal_checkpoint_ms: the WAL checkpoint follows index writes after this
   }
 });
 
-Deno.test("Many more requests than ingest's window at once: they gather at the root and all finish", async () => {
-  const t = await tempNode({ workers: true });
+Deno.test("Requests arriving while ingest's window is full gather at the root and all finish", async () => {
+  const t = await tempNode({ workers: true, limits: { stage_mailbox_batches_max: 1 } });
   try {
     const g = await testGroup();
     await t.node.publish(g.manifest);
     const evs = await makeEvents(g, 400);
-    // 80 requests of 5 events, all at once: ten times the root → ingest window of 8 batches.
-    const res = await Promise.all(Array.from({ length: 80 }, (_, i) => t.node.publish(evs.slice(i * 5, i * 5 + 5))));
+    // 80 requests of 5 events, each in its own task: with a window of one batch, most arrive while it is full.
+    const pending: Promise<{ status: string }[]>[] = [];
+    for (let i = 0; i < 80; i++) {
+      pending.push(t.node.publish(evs.slice(i * 5, i * 5 + 5)));
+      await new Promise((r) => setTimeout(r, 0));
+    }
+    const res = await Promise.all(pending);
     assertEquals(res.flat().filter((r) => r.status !== "stored"), []);
     // The main thread was not starved while they waited: a timer still fires promptly.
     const t0 = performance.now();
