@@ -31,7 +31,7 @@
 export { type NodeOptions, openNode, XfNode } from "./node.ts";
 export type { EventResult } from "./actors/batch.ts";
 export type { SubscriptionFilter } from "./actors/advertise.ts";
-export type { EventQuery } from "./actors/index_stage.ts";
+export type { EventQuery } from "./actors/index.ts";
 export { LIMITS, type Limits, limitsWith } from "./core/limits.ts";
 export {
   APP_KIND_MIN,

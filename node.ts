@@ -10,7 +10,7 @@ import { fromHex, toHex } from "./core/bytes.ts";
 import { Pipeline, type PipelineOptions, STAGES } from "./actors/root.ts";
 import type { EventResult } from "./actors/batch.ts";
 import type { SubscriptionFilter } from "./actors/advertise.ts";
-import type { ArrivalQuery, EventQuery } from "./actors/index_stage.ts";
+import type { ArrivalQuery, EventQuery } from "./actors/index.ts";
 import type { FsckResult } from "./storage/merkle_store.ts";
 import { encodeEvent, type Event } from "./storage/event.ts";
 import { generateKeyPair, type KeyPair } from "./storage/ed25519.ts";
@@ -97,9 +97,12 @@ export class XfNode implements NodeCore, AppNode {
     return this.pipeline.submit(gid ?? null, Array.isArray(events) ? cborArrayOf(bytes) : bytes[0]!);
   }
 
-  /** Submit a raw request body (an event or a CBOR array of events), as HTTP does. */
-  submit(gid: Uint8Array | null, body: Uint8Array): Promise<EventResult[]> {
-    return this.pipeline.submit(gid, body);
+  /**
+   * Submit a raw request body (an event or a CBOR array of events), as HTTP does: `reader` (the token's hex key,
+   * "" anonymous) must be able to see the group `gid`, else the request is UNKNOWN_GROUP; null skips the check.
+   */
+  submit(gid: Uint8Array | null, body: Uint8Array, reader: string | null = null): Promise<EventResult[]> {
+    return this.pipeline.submit(gid, body, reader);
   }
 
   /** One event's bytes by hex id, or null. */
@@ -175,7 +178,9 @@ export class XfNode implements NodeCore, AppNode {
     const stages: Record<string, { state: string; mailbox: number; restarts: number }> = {};
     for (const s of STAGES) {
       const c = this.pipeline.supervisor.child(s);
-      stages[s] = { state: c.state, mailbox: c.depth(), restarts: c.stats.restarts };
+      const mailbox = (this.pipeline.lastTimings[s]?.mailbox ?? 0) +
+        (s === "ingest" ? this.pipeline.waitingBytes() : 0);
+      stages[s] = { state: c.state, mailbox, restarts: c.stats.restarts };
     }
     const ready = this.pipeline.state === "ready" && Object.values(stages).every((s) => s.state === "up");
     return {
@@ -188,6 +193,7 @@ export class XfNode implements NodeCore, AppNode {
       version: VERSION,
       uptime: Math.round(this.uptime()),
       storage: this.pipeline.storageFull ? "full" : "ok",
+      deadLetters: { count: this.pipeline.counters.deadLetters, recent: this.pipeline.deadLetters.slice(-10) },
     };
   }
 
@@ -241,13 +247,34 @@ export class XfNode implements NodeCore, AppNode {
       "",
       Math.round(this.uptime() * 1000) / 1000,
     ]]);
-    const depths = p.depths();
+    const timings = await p.timings();
     metric(
       "xf_mailbox_depth",
       "gauge",
-      "Batches queued for or held by each stage",
-      STAGES.map((s) => [`{stage="${s}"}`, depths[s]]),
+      "Batches in each stage's mailbox or in service",
+      STAGES.map((s) => [`{stage="${s}"}`, timings[s]?.mailbox ?? 0]),
     );
+    for (
+      const [kind, help] of [
+        ["queue", "Per batch: seconds from its send by the stage before to its start in this stage (queue wait)"],
+        ["service", "Per batch: seconds from its start in this stage to its end (service time)"],
+      ] as const
+    ) {
+      lines.push(`# HELP xf_stage_${kind}_seconds ${help}`, `# TYPE xf_stage_${kind}_seconds histogram`);
+      for (const s of STAGES) {
+        const d = timings[s]?.[kind];
+        if (!d) continue;
+        const h = new Histogram();
+        h.merge(d);
+        for (const l of h.lines(`xf_stage_${kind}_seconds`)) {
+          lines.push(l.replace(/^(\w+?)(\{|\s)/, (_m, n, c) => `${n}{stage="${s}"${c === "{" ? "," : "} "}`));
+        }
+      }
+    }
+    metric("xf_dead_letters_total", "counter", "Batches set aside after crashing a stage twice", [[
+      "",
+      c.deadLetters,
+    ]]);
     metric(
       "xf_stage_restarts_total",
       "counter",
@@ -301,7 +328,7 @@ export class XfNode implements NodeCore, AppNode {
       Math.max(0, await this.#dataBytes()),
     ]]);
     try {
-      const w = await p.supervisor.child("wal").call<
+      const w = await p.supervisor.child("wal_flush").call<
         { syncs: number; records: number; bytes: number; lastSeq: number; checkpoint: number }
       >(
         { type: "wal.stats" },

@@ -1,258 +1,332 @@
 /**
  * Stage 2, decode: the deterministic-CBOR check, the event shape, the
- * clock, the group (its manifest must be known) and the signature. What
- * passes goes to wal-flush; what fails is answered to the root with its
- * code.
+ * clock, the group and its membership, and the signature. What passes goes
+ * to wal-flush; what fails is reported with its code.
  *
- * Messages it takes (data): `decode.batch`.
- * It sends: `wal` ← `wal.append`; `root` ← `pipeline.results`,
- * `decode.rejected`. It asks `index` ← `index.group`.
+ * Decode holds the state it needs to authorize writes: each group's owner,
+ * policy and membership (`storage/membership.ts`, the one place the rules
+ * live). A manifest it admits creates its group here; a membership event it
+ * admits changes the state at once, so the next event sees it — decode is
+ * the single door every event passes (HTTP, the library, peers). A group
+ * it has not seen since start is loaded once from the index (`load`
+ * effect, answered after the index holds every acknowledged event); writes
+ * never wait for the index otherwise.
+ *
+ * Batches are admitted one at a time in arrival order (a manifest admits
+ * its group for the events after it, and the WAL sees arrival order), while
+ * the signatures of the next batch are verified (`verify` effect).
+ *
+ * Takes: `batch` (data, from ingest); `verified`, `loaded` (its effects'
+ * answers). Sends: `wal` ← `append`; `ingest` ← `release` (signal);
+ * reports `results` and `failed` (a request whose group the reader may not
+ * see: `UNKNOWN_GROUP`, the same answer as a group not held).
  *
  * @module
  */
 
-import { toHex } from "../core/bytes.ts";
-import type { Stage, StageContext } from "./runtime.ts";
-import { type BatchItem, type EventBatch, type EventResult, packBatch, unpackBatch } from "./batch.ts";
-import { DECODE_GROUPS_MAX, DECODE_PENDING_MEMBERSHIP_MAX, LIMITS, type Limits } from "../core/limits.ts";
-import {
-  APP_KIND_MIN,
-  checkManifestEvent,
-  decodeEvent,
-  KIND_MANIFEST,
-  KIND_MEMBERSHIP,
-  POLICY_CLOSED,
-  type StoredEvent,
-  verifyEvent,
-} from "../storage/event.ts";
+import type { CommonEffect, EventResultWire, HostContext, StageLogic, StageModule } from "./stage.ts";
+import type { Input } from "./host.ts";
+import type { DecodeBatch, Release } from "./ingest.ts";
+import { type BatchItem, packBatch, unpackBatch } from "./batch.ts";
+import type { Limits } from "../core/limits.ts";
+import { APP_KIND_MIN, checkManifestEvent, decodeEvent, KIND_MANIFEST, KIND_MEMBERSHIP } from "../storage/event.ts";
+import type { StoredEvent } from "../storage/event.ts";
+import { fromHex, toHex } from "../core/bytes.ts";
 import { toWire, XfError } from "../core/errors.ts";
-import { GroupState } from "../storage/membership.ts";
-import type { AuthorizeItem } from "./index_stage.ts";
+import { authorizeWrite, GroupState, type GroupStateJSON } from "../storage/membership.ts";
+import { type SigCheck, verifyAll } from "./verify.ts";
 
-/** Messages the decode stage takes. */
-export type DecodeMsg = { type: "decode.batch"; batch: EventBatch };
-
-/** What decode knows of a group. */
-export interface GroupInfo {
-  owner: string;
-  policy: number;
+/** A batch decode hands to wal-flush. */
+export interface WalAppend {
+  type: "append";
+  batch: import("./batch.ts").EventBatch;
 }
 
-/** Decode's config. */
-export interface DecodeConfig {
+/** A group's state as the index hands it to decode: null when the group is not held. */
+export type LoadedGroup = [gid: string, state: GroupStateJSON | null];
+
+/** Messages decode takes. */
+export type DecodeIn =
+  | Input<DecodeBatch>
+  | { type: "verified"; tok: number; ok: boolean[] }
+  | { type: "loaded"; groups: LoadedGroup[] }
+  | { type: "load-failed"; gids: string[]; code: string; message: string };
+
+/** Effects decode asks for. */
+export type DecodeEffect =
+  | CommonEffect<"wal">
+  | { do: "verify"; tok: number; checks: SigCheck[] }
+  | { do: "load"; gids: string[] };
+
+interface Pending {
+  tok: number;
+  items: BatchItem[];
+  decoded: { it: BatchItem; ev: StoredEvent }[];
+  results: EventResultWire[];
+  rejected: Uint8Array[];
+  requests: DecodeBatch["requests"];
+  valid: boolean[] | null;
+  /** Groups it needs loaded before it can be admitted. */
+  needs: Set<string>;
+}
+
+/** Decode's state. */
+export interface DecodeState {
   limits: Limits;
-  /** Injected clock (ms). */
-  now?: () => number;
+  /** Group states (LRU, at most `decode_groups_max`); a load that found nothing is `null`. */
+  groups: Map<string, GroupState | null>;
+  /** Groups asked of the index and not yet answered. */
+  loading: Set<string>;
+  /** Groups whose load failed (the index was down), with the error, for the batches waiting on them. */
+  failed: Map<string, { code: string; message: string }>;
+  /** Batches in arrival order: admitted from the head once verified and their groups are loaded. */
+  order: Pending[];
 }
 
-/** The decode stage's logic. */
-export function decodeStage(): Stage<DecodeConfig> {
-  let limits: Limits = { ...LIMITS };
-  let now = Date.now;
-  const groups = new Map<string, GroupInfo>();
+function reject(p: Pending, it: BatchItem, e: unknown) {
+  const w = toWire(e);
+  p.results.push({ req: it.req, idx: it.idx, status: "rejected", id: toHex(it.id), code: w.code, message: w.message });
+  p.rejected.push(it.id);
+}
 
-  async function knownGroups(gids: Set<string>, ctx: StageContext): Promise<void> {
-    const missing = [...gids].filter((g) => !groups.has(g));
-    if (missing.length === 0) return;
-    const infos = await ctx.ask<(GroupInfo | null)[]>("index", { type: "index.groups", gids: missing });
-    missing.forEach((g, i) => {
-      const info = infos[i];
-      if (info) remember(g, info);
-    });
+/** A manifest whose group id follows from its owner and nonce (the signature is checked apart). */
+function isOwnManifest(ev: StoredEvent): boolean {
+  try {
+    checkManifestEvent(ev);
+    return true;
+  } catch {
+    return false;
   }
+}
 
-  /** Membership events admitted lately, per group (bounded), sent along with authorization requests. */
-  const recentMembership = new Map<string, AuthorizeItem[]>();
-  function rememberMembership(ev: StoredEvent) {
-    const gid = toHex(ev.group);
-    const list = recentMembership.get(gid) ?? [];
-    list.push({ gid, author: ev.author, ts: ev.ts, kind: ev.kind, id: ev.id, payload: ev.payload });
-    if (list.length > DECODE_PENDING_MEMBERSHIP_MAX) list.shift();
-    recentMembership.set(gid, list);
-    if (recentMembership.size > DECODE_GROUPS_MAX) recentMembership.delete(recentMembership.keys().next().value!);
-  }
+function touch(st: DecodeState, gid: string, g: GroupState | null) {
+  st.groups.delete(gid);
+  st.groups.set(gid, g);
+  if (st.groups.size > st.limits.decode_groups_max) st.groups.delete(st.groups.keys().next().value!);
+}
 
-  function remember(gid: string, info: GroupInfo) {
-    if (groups.size >= DECODE_GROUPS_MAX) groups.delete(groups.keys().next().value!);
-    groups.set(gid, info);
-  }
-
-  /** Resolved when the batch before has been admitted. */
-  let turn: Promise<void> = Promise.resolve();
-
-  async function batch(b: EventBatch, ctx: StageContext) {
-    // Take a turn now, in arrival order; it is used after the signatures are verified.
-    const prev = turn;
-    let done!: () => void;
-    turn = new Promise<void>((r) => (done = r));
+/** Decode a batch, ask for its signatures and any group not loaded. */
+function take(st: DecodeState, msg: Input<DecodeBatch>): DecodeEffect[] {
+  const limits = st.limits;
+  const p: Pending = {
+    tok: msg.tok,
+    items: unpackBatch(msg.msg.batch),
+    decoded: [],
+    results: [],
+    rejected: [],
+    requests: msg.msg.requests,
+    valid: null,
+    needs: new Set(),
+  };
+  const horizon = msg.now + limits.event_future_ms;
+  for (const it of p.items) {
     try {
-      await decodeAndAdmit(b, prev, ctx);
-    } finally {
-      done();
-    }
-  }
-
-  async function decodeAndAdmit(b: EventBatch, prev: Promise<void>, ctx: StageContext) {
-    const results: EventResult[] = [];
-    const rejectedIds: Uint8Array[] = [];
-    const reject = (it: BatchItem, e: unknown) => {
-      const w = toWire(e);
-      results.push({
-        req: it.req,
-        idx: it.idx,
-        status: "rejected",
-        id: toHex(it.id),
-        code: w.code,
-        message: w.message,
-      });
-      rejectedIds.push(it.id);
-    };
-    const decoded: { it: BatchItem; ev: StoredEvent }[] = [];
-    const horizon = now() + limits.event_future_ms;
-    for (const it of unpackBatch(b)) {
-      try {
-        const ev = decodeEvent(it.bytes, limits, it.id);
-        if (ev.ts > horizon) {
-          throw new XfError(
-            "TS_IN_FUTURE",
-            `Cannot accept event: ts "${ev.ts}" is more than ${limits.event_future_ms} ms ahead of this node's clock`,
-          );
-        }
-        if (ev.kind !== KIND_MANIFEST && ev.kind !== KIND_MEMBERSHIP && ev.kind < APP_KIND_MIN) {
-          throw new XfError(
-            "RESERVED_KIND",
-            `Cannot accept event: kind "${ev.kind}" is reserved for the engine and not supported by this node`,
-          );
-        }
-        decoded.push({ it, ev });
-      } catch (e) {
-        reject(it, e);
+      const ev = decodeEvent(it.bytes, limits, it.id);
+      if (ev.ts > horizon) {
+        throw new XfError(
+          "TS_IN_FUTURE",
+          `Cannot accept event: ts "${ev.ts}" is more than ${limits.event_future_ms} ms ahead of this node's clock`,
+        );
       }
-    }
-    // Signatures, verified in parallel (WebCrypto spreads them over threads); two batches may be here at once.
-    const valid = await Promise.all(decoded.map((d) => verifyEvent(d.ev)));
-    // From here on batches go one at a time, in arrival order: a manifest admits its group for the
-    // batches after it, membership changes count for later events, and the WAL sees arrival order.
-    await prev;
-    await admit(decoded, valid, results, rejectedIds, reject, ctx);
-  }
-
-  async function admit(
-    decoded: { it: BatchItem; ev: StoredEvent }[],
-    valid: boolean[],
-    results: EventResult[],
-    rejectedIds: Uint8Array[],
-    reject: (it: BatchItem, e: unknown) => void,
-    ctx: StageContext,
-  ) {
-    // Groups: manifests in this batch introduce their group; others must be known.
-    const needed = new Set<string>();
-    for (const d of decoded) if (d.ev.kind !== KIND_MANIFEST) needed.add(toHex(d.ev.group));
-    let lookupError: unknown = null;
-    try {
-      await knownGroups(needed, ctx);
+      if (ev.kind !== KIND_MANIFEST && ev.kind !== KIND_MEMBERSHIP && ev.kind < APP_KIND_MIN) {
+        throw new XfError(
+          "RESERVED_KIND",
+          `Cannot accept event: kind "${ev.kind}" is reserved for the engine and not supported by this node`,
+        );
+      }
+      p.decoded.push({ it, ev });
+      if (ev.kind !== KIND_MANIFEST) p.needs.add(toHex(ev.group));
     } catch (e) {
-      lookupError = e;
+      reject(p, it, e);
     }
-    const passed: { it: BatchItem; ev: StoredEvent }[] = [];
-    const newGroups = new Map<string, GroupState>();
-    decoded.forEach((d, i) => {
-      try {
-        if (!valid[i]) {
-          throw new XfError("BAD_SIGNATURE", "Cannot accept event: the signature does not verify for its author");
-        }
-        const gid = toHex(d.ev.group);
-        if (d.ev.kind === KIND_MANIFEST) {
-          const m = checkManifestEvent(d.ev);
-          if (!groups.has(gid)) {
-            remember(gid, { owner: toHex(d.ev.author), policy: m.policy });
-            newGroups.set(gid, new GroupState(d.ev.author, m.policy));
-          }
-        } else if (!groups.has(gid)) {
-          if (lookupError) throw lookupError;
+  }
+  for (const r of p.requests) p.needs.add(r.gid);
+  st.order.push(p);
+  const effects: DecodeEffect[] = [];
+  const missing = [...p.needs].filter((g) => !st.groups.has(g) && !st.loading.has(g));
+  if (missing.length) {
+    for (const g of missing) st.loading.add(g);
+    effects.push({ do: "load", gids: missing });
+  }
+  effects.push({
+    do: "verify",
+    tok: p.tok,
+    checks: p.decoded.map((d) => ({ author: d.ev.author, sig: d.ev.sig, signed: d.ev.signed! })),
+  });
+  return effects;
+}
+
+/** Admit batches from the head of the arrival order while they are ready. */
+function admitReady(st: DecodeState): DecodeEffect[] {
+  const effects: DecodeEffect[] = [];
+  while (st.order.length) {
+    const p = st.order[0]!;
+    if (!p.valid || [...p.needs].some((g) => st.loading.has(g))) break;
+    st.order.shift();
+    effects.push(...admit(st, p));
+  }
+  return effects;
+}
+
+function admit(st: DecodeState, p: Pending): DecodeEffect[] {
+  const effects: DecodeEffect[] = [];
+  // A request whose group the reader may not see is answered UNKNOWN_GROUP whole, as for a group not held;
+  // only a group not held can be created, by its own manifest in the request.
+  const refused = new Set<number>();
+  for (const r of p.requests) {
+    const g = st.groups.get(r.gid) ?? null;
+    const key = fromHex(r.reader || "00".repeat(32));
+    if (g && key?.length === 32 && g.canRead(key)) continue;
+    const creates = p.decoded.some((d, i) =>
+      d.it.req === r.req && d.ev.kind === KIND_MANIFEST && p.valid![i] && toHex(d.ev.group) === r.gid &&
+      isOwnManifest(d.ev)
+    );
+    if (g || !creates) {
+      refused.add(r.req);
+      effects.push({
+        do: "report",
+        msg: {
+          type: "failed",
+          req: r.req,
+          code: "UNKNOWN_GROUP",
+          message: `Cannot accept events: group "${r.gid}" is not known to this node`,
+        },
+      });
+    }
+  }
+  const accepted: BatchItem[] = [];
+  p.decoded.forEach((d, i) => {
+    if (refused.has(d.it.req)) return void p.rejected.push(d.it.id);
+    try {
+      if (!p.valid![i]) {
+        throw new XfError("BAD_SIGNATURE", "Cannot accept event: the signature does not verify for its author");
+      }
+      const gid = toHex(d.ev.group);
+      const g = st.groups.get(gid) ?? null;
+      if (d.ev.kind === KIND_MANIFEST) {
+        const m = checkManifestEvent(d.ev);
+        if (!g) touch(st, gid, new GroupState(d.ev.author, m.policy));
+      } else {
+        if (!g) {
+          const f = st.failed.get(gid);
+          if (f) throw new XfError(f.code as never, f.message);
           throw new XfError(
             "UNKNOWN_GROUP",
             `Cannot accept event: this node does not hold the manifest of group "${gid}"`,
           );
         }
-        passed.push(d);
-      } catch (e) {
-        reject(d.it, e);
+        const v = authorizeWrite(g, d.ev);
+        if (!v.ok) throw new XfError(v.code as never, v.message);
       }
-    });
-    // Write authorization: membership events in any group, every event of a closed group. Groups
-    // created in this batch are judged here; the others by the index, which holds their state.
-    const needsAuth = (ev: StoredEvent) =>
-      ev.kind !== KIND_MANIFEST &&
-      (ev.kind === KIND_MEMBERSHIP || groups.get(toHex(ev.group))?.policy === POLICY_CLOSED);
-    const remote = passed.filter((d) => needsAuth(d.ev) && !newGroups.has(toHex(d.ev.group)));
-    let verdicts: ({ ok: true } | { ok: false; code: string; message: string })[] = [];
-    if (remote.length) {
-      try {
-        verdicts = await ctx.ask("index", {
-          type: "index.authorize",
-          // Membership events admitted here lately may not be indexed yet: the index counts them too.
-          pending: [...new Set(remote.map((d) => toHex(d.ev.group)))].flatMap((g) => recentMembership.get(g) ?? []),
-          items: remote.map((d) => ({
-            gid: toHex(d.ev.group),
-            author: d.ev.author,
-            ts: d.ev.ts,
-            kind: d.ev.kind,
-            id: d.ev.id,
-            payload: d.ev.payload,
-          })),
-        });
-      } catch (e) {
-        verdicts = remote.map(() => ({ ok: false, code: toWire(e).code, message: toWire(e).message }));
+      accepted.push(d.it);
+    } catch (e) {
+      reject(p, d.it, e);
+    }
+  });
+  if (p.results.length) effects.push({ do: "report", msg: { type: "results", items: p.results } });
+  if (p.rejected.length) {
+    const ids = new Uint8Array(p.rejected.length * 32);
+    p.rejected.forEach((id, i) => ids.set(id, i * 32));
+    effects.push({ do: "signal", to: "ingest", msg: { type: "release", ids, stored: false } satisfies Release });
+  }
+  if (accepted.length) {
+    effects.push({ do: "send", to: "wal", msg: { type: "append", batch: packBatch(accepted) } satisfies WalAppend });
+  }
+  effects.push({ do: "done", tok: p.tok });
+  return effects;
+}
+
+/** The decode stage's logic. */
+export const logic: StageLogic<DecodeState, DecodeIn, DecodeEffect> = {
+  // Two batches at once: one is admitted while the next one's signatures are verified.
+  concurrency: 2,
+  init: (config) => ({ limits: config.limits, groups: new Map(), loading: new Set(), failed: new Map(), order: [] }),
+  receive(st, msg) {
+    switch (msg.type) {
+      case "input":
+        return [...take(st, msg), ...admitReady(st)];
+      case "verified": {
+        const p = st.order.find((x) => x.tok === msg.tok);
+        if (p) p.valid = msg.ok;
+        return admitReady(st);
+      }
+      case "loaded":
+        for (const [gid, json] of msg.groups) {
+          st.loading.delete(gid);
+          st.failed.delete(gid);
+          // Loaded while a manifest admitted here created it: what decode holds is newer.
+          if (st.groups.get(gid)) continue;
+          touch(st, gid, json ? GroupState.fromJSON(json) : null);
+        }
+        return admitReady(st);
+      case "load-failed": {
+        for (const gid of msg.gids) {
+          st.loading.delete(gid);
+          st.failed.set(gid, { code: msg.code, message: msg.message });
+        }
+        const effects = admitReady(st);
+        // Not remembered as absent: the next batch asks again.
+        for (const gid of msg.gids) {
+          st.failed.delete(gid);
+          if (st.groups.get(gid) === null) st.groups.delete(gid);
+        }
+        return effects;
       }
     }
-    const verdictOf = new Map(remote.map((d, i) => [d, verdicts[i]!]));
-    const accepted: BatchItem[] = [];
-    for (const d of passed) {
-      let v = verdictOf.get(d) ?? { ok: true as const };
-      const local = newGroups.get(toHex(d.ev.group));
-      if (local && needsAuth(d.ev)) {
-        if (d.ev.kind === KIND_MEMBERSHIP) {
-          v = local.judgeMembership(d.ev);
-          if (v.ok) local.apply([d.ev]);
-        } else if (!local.canWrite(d.ev.author, d.ev.ts)) {
-          v = {
-            ok: false,
-            code: "FORBIDDEN",
-            message: `Cannot accept event: author "${toHex(d.ev.author)}" is not a member`,
-          };
+  },
+};
+
+/** Verify on this thread below this many signatures; larger batches are shared with the helper Worker. */
+const VERIFY_SPLIT_MIN = 64;
+
+/** Decode's runtime: signatures (here and on a helper Worker), and group loads from the index. */
+export const effects = (ctx: HostContext) => {
+  let helper: Worker | null = null;
+  let next = 1;
+  const waiting = new Map<number, (ok: boolean[]) => void>();
+  const onHelper = (ev: MessageEvent<{ id: number; ok: boolean[] }>) => {
+    waiting.get(ev.data.id)?.(ev.data.ok);
+    waiting.delete(ev.data.id);
+  };
+  const remote = (checks: SigCheck[]) =>
+    new Promise<boolean[]>((resolve) => {
+      const id = next++;
+      waiting.set(id, resolve);
+      helper!.postMessage({ id, checks });
+    });
+  return {
+    start(_st: DecodeState, config: { limits: Limits }) {
+      if (config.limits.decode_verify_workers_max > 0) {
+        helper = new Worker(new URL("./verify_worker.ts", import.meta.url), { type: "module" });
+        helper.onmessage = onHelper;
+      }
+    },
+    async run(eff: DecodeEffect): Promise<DecodeIn | void> {
+      if (eff.do === "verify") {
+        const n = eff.checks.length;
+        if (!helper || n < VERIFY_SPLIT_MIN) return { type: "verified", tok: eff.tok, ok: verifyAll(eff.checks) };
+        // Half to the helper, half here: both cores verify.
+        const half = n >> 1;
+        const there = remote(eff.checks.slice(0, half));
+        const here = verifyAll(eff.checks.slice(half));
+        return { type: "verified", tok: eff.tok, ok: [...(await there), ...here] };
+      }
+      if (eff.do === "load") {
+        try {
+          const groups = await ctx.ask<LoadedGroup[]>({ type: "index.groupStates", gids: eff.gids });
+          return { type: "loaded", groups };
+        } catch (e) {
+          const w = toWire(e);
+          return { type: "load-failed", gids: eff.gids, code: w.code, message: w.message };
         }
       }
-      if (v.ok) {
-        accepted.push(d.it);
-        if (d.ev.kind === KIND_MEMBERSHIP) rememberMembership(d.ev);
-      } else reject(d.it, new XfError(v.code as never, v.message));
-    }
-    if (results.length) {
-      ctx.emit("root", { type: "pipeline.results", items: results });
-      const ids = new Uint8Array(rejectedIds.length * 32);
-      rejectedIds.forEach((id, i) => ids.set(id, i * 32));
-      ctx.emit("root", { type: "decode.rejected", ids });
-    }
-    if (accepted.length) ctx.emit("wal", { type: "wal.append", batch: packBatch(accepted) });
-  }
-
-  return {
-    // Two batches at once: one decodes while the other's signatures are verified.
-    concurrency: 2,
-    start(config) {
-      limits = config.limits;
-      if (config.now) now = config.now;
     },
-    async data(raw, ctx) {
-      const msg = raw as DecodeMsg;
-      if (msg.type === "decode.batch") return await batch(msg.batch, ctx);
-      throw new XfError("INTERNAL", `Decode cannot handle message "${(msg as { type: string }).type}"`);
-    },
-    call(raw) {
-      const msg = raw as { type: string };
-      if (msg.type === "decode.stats") return { groups: groups.size };
-      throw new XfError("INTERNAL", `Decode cannot answer "${msg.type}"`);
+    stop() {
+      helper?.terminate();
+      for (const w of waiting.values()) w([]);
+      waiting.clear();
     },
   };
-}
+};
+
+export default { logic, effects } satisfies StageModule<DecodeState, DecodeIn, DecodeEffect>;

@@ -20,6 +20,13 @@
 /** Upper bounds of the buckets, in seconds (the last, `+Inf`, is implied). */
 export const SECONDS_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] as const;
 
+/** A histogram as plain data. */
+export interface HistogramData {
+  counts: number[];
+  sum: number;
+  count: number;
+}
+
 /** Observations counted per bucket, with their sum and count. */
 export class Histogram {
   /** Per bucket (not cumulative), the last one `+Inf`. */
@@ -40,6 +47,30 @@ export class Histogram {
     this.#counts[i]! += n;
     this.sum += v * n;
     this.count += n;
+  }
+
+  /** Plain data, to cross a Worker boundary. */
+  snapshot(): HistogramData {
+    return { counts: [...this.#counts], sum: this.sum, count: this.count };
+  }
+
+  /** Add another histogram's data (same bounds). */
+  merge(d: HistogramData): void {
+    d.counts.forEach((c, i) => (this.#counts[i]! += c));
+    this.sum += d.sum;
+    this.count += d.count;
+  }
+
+  /** The upper bound of the bucket holding quantile `q` (0..1); Infinity past the last bound, 0 when empty. */
+  quantile(q: number): number {
+    if (this.count === 0) return 0;
+    const rank = q * this.count;
+    let acc = 0;
+    for (let i = 0; i < this.#counts.length; i++) {
+      acc += this.#counts[i]!;
+      if (acc >= rank) return i < this.bounds.length ? this.bounds[i]! : Infinity;
+    }
+    return Infinity;
   }
 
   /** The `_bucket`, `_sum` and `_count` sample lines of `name`, buckets cumulative. */

@@ -2,22 +2,24 @@
  * Stage 1, ingest: admission. Splits request bodies into events, enforces
  * size limits, computes ids, checks the group against the request path,
  * and drops duplicates (within the request, in flight, recently stored, or
- * already in RocksDB, asked of the index stage). What passes goes to
- * decode in batches.
+ * already in RocksDB: a `lookup` effect its runtime answers from the index
+ * over a direct port). What passes goes to decode, one request never split
+ * across two batches.
  *
- * Messages it takes (data): `ingest.submit`, `ingest.release`.
- * It sends: `root` ← `ingest.split`, `ingest.failed`, `pipeline.results`;
- * `decode` ← `decode.batch`. It asks `index` ← `index.has`.
+ * Takes: `submit` (data, from the root); `release` (signal, from decode,
+ * wal-flush and index: ids no longer in flight); `looked` (its lookup's
+ * answer). Sends: `decode` ← `batch`; reports `split`, `failed`, `results`.
  *
  * @module
  */
 
-import { toHex } from "../core/bytes.ts";
 import { sha256 } from "@noble/hashes/sha2";
-import type { Stage, StageContext } from "./runtime.ts";
-import { type BatchItem, type EventResult, packBatch } from "./batch.ts";
-import { LIMITS, type Limits } from "../core/limits.ts";
+import type { CommonEffect, EventResultWire, HostContext, StageLogic, StageModule } from "./stage.ts";
+import type { Input } from "./host.ts";
+import { type BatchItem, packBatch } from "./batch.ts";
+import type { Limits } from "../core/limits.ts";
 import { skipItem } from "../storage/cbor.ts";
+import { toHex } from "../core/bytes.ts";
 import { toWire, XfError } from "../core/errors.ts";
 
 /** One request's body, as the root hands it over. */
@@ -25,23 +27,55 @@ export interface Submission {
   req: number;
   /** The group named by the request path, if any. */
   gid: Uint8Array | null;
+  /** Hex key of the HTTP caller's token ("" anonymous); null for the library and peers (no read check). */
+  reader: string | null;
   body: Uint8Array;
 }
 
-/** Messages the ingest stage takes. */
-export type IngestMsg =
-  | { type: "ingest.submit"; subs: Submission[] }
-  | { type: "ingest.release"; ids: Uint8Array; stored: boolean };
-
-/** Messages ingest sends to the root. */
-export type IngestOut =
-  | { type: "ingest.split"; req: number; n: number }
-  | { type: "ingest.failed"; req: number; code: string; message: string };
-
-/** Ingest's config. */
-export interface IngestConfig {
-  limits: Limits;
+/** What decode needs to know of a request besides its events. */
+export interface RequestInfo {
+  req: number;
+  /** Hex group of the request path. */
+  gid: string;
+  reader: string;
 }
+
+/** A batch ingest hands to decode. */
+export interface DecodeBatch {
+  type: "batch";
+  batch: import("./batch.ts").EventBatch;
+  /** Requests with a path group and a reader (HTTP): decode checks the reader may see the group. */
+  requests: RequestInfo[];
+}
+
+/** Ids no longer in flight: rejected (`stored` false) or indexed (`stored` true). */
+export interface Release {
+  type: "release";
+  ids: Uint8Array;
+  stored: boolean;
+}
+
+/** Messages ingest takes. */
+export type IngestIn =
+  | Input<{ type: "submit"; subs: Submission[] }>
+  | { type: "signal"; from: string; msg: Release }
+  | { type: "looked"; tok: number; known: boolean[] };
+
+/** Effects ingest asks for. */
+export type IngestEffect = CommonEffect<"decode"> | { do: "lookup"; tok: number; ids: Uint8Array };
+
+/** Ingest's state. */
+export interface IngestState {
+  limits: Limits;
+  /** In flight: admitted, neither rejected nor indexed. */
+  pending: Set<string>;
+  /** Recently indexed (bounded, oldest dropped). */
+  recent: Set<string>;
+  /** Batches waiting for their lookup, by token. */
+  waiting: Map<number, { fresh: Fresh[]; results: EventResultWire[]; requests: RequestInfo[] }>;
+}
+
+type Fresh = BatchItem & { hex: string };
 
 /** Split a request body into its events' byte ranges: one event, or an array of events. */
 export function splitBody(body: Uint8Array, limits: Limits): Uint8Array[] {
@@ -84,120 +118,152 @@ export function splitBody(body: Uint8Array, limits: Limits): Uint8Array[] {
 /** The v1 prefix every valid event starts with: array(8), 1, bstr(32). */
 const V1_PREFIX = [0x88, 0x01, 0x58, 0x20];
 
-/** The ingest stage's logic. */
-export function ingestStage(): Stage<IngestConfig> {
-  let limits: Limits = { ...LIMITS };
-  const pending = new Set<string>();
-  const recent = new Set<string>();
+function remember(st: IngestState, id: string) {
+  st.recent.add(id);
+  if (st.recent.size > st.limits.ingest_recent_ids_max) st.recent.delete(st.recent.values().next().value!);
+}
 
-  const remember = (id: string) => {
-    recent.add(id);
-    if (recent.size > limits.ingest_recent_ids_max) recent.delete(recent.values().next().value!);
-  };
-
-  async function submit(subs: Submission[], ctx: StageContext) {
-    const results: EventResult[] = [];
-    const fresh: (BatchItem & { hex: string })[] = [];
-    const seen = new Set<string>();
-    for (const s of subs) {
-      let parts: Uint8Array[];
-      try {
-        parts = splitBody(s.body, limits);
-      } catch (e) {
-        const w = toWire(e);
-        ctx.emit("root", { type: "ingest.failed", req: s.req, code: w.code, message: w.message } satisfies IngestOut);
-        continue;
+/** Split, size-check, hash and deduplicate a set of request bodies. */
+function admit(st: IngestState, subs: Submission[], tok: number): IngestEffect[] {
+  const effects: IngestEffect[] = [];
+  const results: EventResultWire[] = [];
+  const fresh: Fresh[] = [];
+  const requests: RequestInfo[] = [];
+  const seen = new Set<string>();
+  const limits = st.limits;
+  for (const s of subs) {
+    let parts: Uint8Array[];
+    try {
+      parts = splitBody(s.body, limits);
+    } catch (e) {
+      const w = toWire(e);
+      effects.push({ do: "report", msg: { type: "failed", req: s.req, code: w.code, message: w.message } });
+      continue;
+    }
+    effects.push({ do: "report", msg: { type: "split", req: s.req, n: parts.length } });
+    if (s.gid && s.reader !== null) requests.push({ req: s.req, gid: toHex(s.gid), reader: s.reader });
+    parts.forEach((bytes, idx) => {
+      if (bytes.length > limits.event_bytes_max) {
+        results.push({
+          req: s.req,
+          idx,
+          status: "rejected",
+          code: "EVENT_TOO_LARGE",
+          message: `Cannot accept event of ${bytes.length} bytes: the limit is ${limits.event_bytes_max}`,
+        });
+        return;
       }
-      ctx.emit("root", { type: "ingest.split", req: s.req, n: parts.length } satisfies IngestOut);
-      parts.forEach((bytes, idx) => {
-        if (bytes.length > limits.event_bytes_max) {
+      const id = sha256(bytes);
+      const hex = toHex(id);
+      if (s.gid && V1_PREFIX.every((b, i) => bytes[i] === b)) {
+        const g = bytes.subarray(4, 36);
+        if (g.some((b, i) => b !== s.gid![i])) {
           results.push({
             req: s.req,
             idx,
             status: "rejected",
-            code: "EVENT_TOO_LARGE",
-            message: `Cannot accept event of ${bytes.length} bytes: the limit is ${limits.event_bytes_max}`,
+            id: hex,
+            code: "GROUP_MISMATCH",
+            message: `Cannot accept event: its group "${toHex(g)}" is not the group "${toHex(s.gid)}" of the request`,
           });
           return;
         }
-        const id = sha256(bytes);
-        const hex = toHex(id);
-        if (s.gid && V1_PREFIX.every((b, i) => bytes[i] === b)) {
-          const g = bytes.subarray(4, 36);
-          if (g.some((b, i) => b !== s.gid![i])) {
-            results.push({
-              req: s.req,
-              idx,
-              status: "rejected",
-              id: hex,
-              code: "GROUP_MISMATCH",
-              message: `Cannot accept event: its group "${toHex(g)}" is not the group "${toHex(s.gid)}" of the request`,
-            });
-            return;
-          }
-        }
-        if (seen.has(hex) || pending.has(hex) || recent.has(hex)) {
-          results.push({ req: s.req, idx, status: "duplicate", id: hex });
-          return;
-        }
-        seen.add(hex);
-        fresh.push({ bytes, req: s.req, idx, id, seq: 0, hex });
-      });
-    }
-    let known: boolean[] = [];
-    if (fresh.length > 0) {
-      try {
-        const ids = new Uint8Array(fresh.length * 32);
-        fresh.forEach((f, i) => ids.set(f.id, i * 32));
-        known = await ctx.ask<boolean[]>("index", { type: "index.has", ids });
-      } catch (e) {
-        const w = toWire(e);
-        for (const f of fresh) {
-          results.push({ req: f.req, idx: f.idx, status: "rejected", id: f.hex, code: w.code, message: w.message });
-        }
-        fresh.length = 0;
       }
-    }
-    const forward: BatchItem[] = [];
-    fresh.forEach((f, i) => {
-      if (known[i]) {
-        remember(f.hex);
-        results.push({ req: f.req, idx: f.idx, status: "duplicate", id: f.hex });
-      } else {
-        pending.add(f.hex);
-        forward.push(f);
-      }
-    });
-    if (results.length) ctx.emit("root", { type: "pipeline.results", items: results });
-    for (let i = 0; i < forward.length; i += limits.stage_batch_events_max) {
-      ctx.emit("decode", {
-        type: "decode.batch",
-        batch: packBatch(forward.slice(i, i + limits.stage_batch_events_max)),
-      });
-    }
-  }
-
-  return {
-    start(config) {
-      limits = config.limits;
-    },
-    async data(raw, ctx) {
-      const msg = raw as IngestMsg;
-      if (msg.type === "ingest.submit") return await submit(msg.subs, ctx);
-      if (msg.type === "ingest.release") {
-        for (let i = 0; i < msg.ids.length; i += 32) {
-          const hex = toHex(msg.ids.subarray(i, i + 32));
-          pending.delete(hex);
-          if (msg.stored) remember(hex);
-        }
+      if (seen.has(hex) || st.pending.has(hex) || st.recent.has(hex)) {
+        results.push({ req: s.req, idx, status: "duplicate", id: hex });
         return;
       }
-      throw new XfError("INTERNAL", `Ingest cannot handle message "${(msg as { type: string }).type}"`);
-    },
-    call(raw) {
-      const msg = raw as { type: string };
-      if (msg.type === "ingest.stats") return { pending: pending.size, recent: recent.size };
-      throw new XfError("INTERNAL", `Ingest cannot answer "${msg.type}"`);
-    },
-  };
+      seen.add(hex);
+      fresh.push({ bytes, req: s.req, idx, id, seq: 0, hex });
+    });
+  }
+  if (fresh.length === 0) return [...effects, ...forward(st, [], results, requests, tok)];
+  // Reserve the ids now, so a copy arriving while the lookup runs is a duplicate.
+  for (const f of fresh) st.pending.add(f.hex);
+  st.waiting.set(tok, { fresh, results, requests });
+  const ids = new Uint8Array(fresh.length * 32);
+  fresh.forEach((f, i) => ids.set(f.id, i * 32));
+  effects.push({ do: "lookup", tok, ids });
+  return effects;
 }
+
+/** After the lookup: events the index holds are duplicates; the rest go to decode. */
+function forward(
+  st: IngestState,
+  fresh: Fresh[],
+  results: EventResultWire[],
+  requests: RequestInfo[],
+  tok: number,
+  known: boolean[] = [],
+): IngestEffect[] {
+  const effects: IngestEffect[] = [];
+  const items: BatchItem[] = [];
+  fresh.forEach((f, i) => {
+    if (known[i]) {
+      st.pending.delete(f.hex);
+      remember(st, f.hex);
+      results.push({ req: f.req, idx: f.idx, status: "duplicate", id: f.hex });
+    } else items.push(f);
+  });
+  if (results.length) effects.push({ do: "report", msg: { type: "results", items: results } });
+  // Cut between requests only (a request is judged whole by decode), near stage_batch_events_max.
+  let from = 0;
+  for (let i = 1; i <= items.length; i++) {
+    const cut = i === items.length ||
+      (i - from >= st.limits.stage_batch_events_max && items[i]!.req !== items[i - 1]!.req);
+    if (!cut) continue;
+    const part = items.slice(from, i);
+    const reqs = new Set(part.map((p) => p.req));
+    effects.push({
+      do: "send",
+      to: "decode",
+      msg: { type: "batch", batch: packBatch(part), requests: requests.filter((r) => reqs.has(r.req)) },
+    });
+    from = i;
+  }
+  effects.push({ do: "done", tok });
+  return effects;
+}
+
+/** The ingest stage's logic. */
+export const logic: StageLogic<IngestState, IngestIn, IngestEffect> = {
+  concurrency: 2,
+  init: (config) => ({ limits: config.limits, pending: new Set(), recent: new Set(), waiting: new Map() }),
+  receive(st, msg) {
+    switch (msg.type) {
+      case "input":
+        return admit(st, msg.msg.subs, msg.tok);
+      case "looked": {
+        const w = st.waiting.get(msg.tok);
+        if (!w) return [];
+        st.waiting.delete(msg.tok);
+        return forward(st, w.fresh, w.results, w.requests, msg.tok, msg.known);
+      }
+      case "signal": {
+        const { ids, stored } = msg.msg;
+        for (let i = 0; i < ids.length; i += 32) {
+          const hex = toHex(ids.subarray(i, i + 32));
+          st.pending.delete(hex);
+          if (stored) remember(st, hex);
+        }
+        return [];
+      }
+    }
+  },
+};
+
+/** Ingest's runtime: the lookup goes to the index over a direct request port. */
+export const effects = (ctx: HostContext) => ({
+  async run(eff: IngestEffect): Promise<IngestIn | void> {
+    if (eff.do !== "lookup") return;
+    try {
+      const known = await ctx.request<boolean[]>("index", { type: "index.has", ids: eff.ids });
+      return { type: "looked", tok: eff.tok, known };
+    } catch {
+      // The index is restarting: let decode and the index judge (the index skips what it holds).
+      return { type: "looked", tok: eff.tok, known: [] };
+    }
+  },
+});
+
+export default { logic, effects } satisfies StageModule<IngestState, IngestIn, IngestEffect>;

@@ -1,46 +1,72 @@
 /**
- * The root actor: supervises the five stages (`rest_for_one`), routes every
- * message between them, admits requests (503 past the in-flight limit),
- * collects per-event results and answers each request once all its events
- * are settled: `stored` (durable), `duplicate` or `rejected`.
+ * The root actor: the pipeline declared as data (its stages, its links,
+ * their limits, its supervision), the supervisor that keeps it running,
+ * admission (503 past the in-flight limit), and the per-request results.
+ * The root is not on the data path: batches flow on direct links between
+ * the stages' Workers; the root hears only their reports (results, acks,
+ * progress, deliveries) and answers the rare request a stage asks it.
  *
  * ```
- *  HTTP / library ──► root ──► ingest ──► decode ──► wal-flush ──► index ──► advertise
- *                      ▲          │          │           │ ack        │            │
- *                      └──────────┴──────────┴───────────┴────────────┴────────────┘
- *                         results, acks, indexed, deliveries (all routed by the root)
+ *  HTTP / library ─► root ═► ingest ═► decode ═► wal_flush ═► index ═► advertise
+ *                     ▲        ║ ▲ ▲     │          │   │       │ ║        │
+ *                     │        ╚═══════════════ index.has (request port) ══╝
+ *                     │          └─┴──────── release (signals) ─────┘
+ *                     └── reports: split, failed, results (acks), appended, indexed, deliver, dead
  * ```
  *
  * @module
  */
 
-import { inProcessSpawner, type Spawned, workerSpawner } from "./child.ts";
+import { type InitMessage, inProcessSpawner, type Spawned, workerSpawner } from "./stage_ref.ts";
 import { Supervisor } from "./supervisor.ts";
-import { serveStage, type Stage } from "./runtime.ts";
-import type { Endpoint } from "./endpoint.ts";
+import { nowMs, Outlet } from "./link.ts";
+import type { OutletSpec, ToHost } from "./host.ts";
+import type { EventResultWire, Report } from "./stage.ts";
 import { type EventBatch, type EventResult, unpackBatch } from "./batch.ts";
-import { type Limits, limitsWith, WAL_CHECKPOINT_DELAY_MS } from "../core/limits.ts";
-import { ingestStage, type Submission } from "./ingest.ts";
-import { decodeStage } from "./decode.ts";
-import { walFlushStage } from "./wal_flush.ts";
-import { indexStage } from "./index_stage.ts";
-import { advertiseStage, type SubscriptionFilter } from "./advertise.ts";
+import { type Limits, limitsWith } from "../core/limits.ts";
+import type { Submission } from "./ingest.ts";
+import type { SubscriptionFilter } from "./advertise.ts";
 import { XfError } from "../core/errors.ts";
+import { toHex } from "../core/bytes.ts";
 import { openDataDir } from "../storage/format.ts";
 import { DATA_FORMAT_VERSION } from "../version.ts";
-import { Histogram } from "./histogram.ts";
+import { Histogram, type HistogramData } from "./histogram.ts";
+import { encodeCbor } from "../storage/cbor.ts";
 
-/** The pipeline's stages, in start order. */
-export const STAGES = ["ingest", "decode", "wal", "index", "advertise"] as const;
+/** The pipeline's stages, in start order; each id is also its file (`actors/<id>.ts`). */
+export const STAGES = ["ingest", "decode", "wal_flush", "index", "advertise"] as const;
 /** A stage name. */
 export type StageName = typeof STAGES[number];
 
-/** Faults to inject in tests: a stage crashes on its Nth data batch, once. */
-export type Faults = Partial<Record<StageName, { crashAtBatch: number }>>;
+/** A link of the pipeline: `as` is its name at the sender. */
+export interface LinkSpec {
+  /** data: batches with credit; signal: small feedback, no credit; rpc: requests and replies. */
+  kind: "data" | "signal" | "rpc";
+  from: StageName | "root";
+  to: StageName;
+  as: string;
+}
+
+/** The wiring, as data. */
+export const LINKS: readonly LinkSpec[] = [
+  { kind: "data", from: "root", to: "ingest", as: "ingest" },
+  { kind: "data", from: "ingest", to: "decode", as: "decode" },
+  { kind: "data", from: "decode", to: "wal_flush", as: "wal" },
+  { kind: "data", from: "wal_flush", to: "index", as: "index" },
+  { kind: "data", from: "index", to: "advertise", as: "advertise" },
+  { kind: "signal", from: "root", to: "ingest", as: "ingest" },
+  { kind: "signal", from: "decode", to: "ingest", as: "ingest" },
+  { kind: "signal", from: "wal_flush", to: "ingest", as: "ingest" },
+  { kind: "signal", from: "index", to: "ingest", as: "ingest" },
+  { kind: "rpc", from: "ingest", to: "index", as: "index" },
+];
+
+/** Faults to inject in tests: a stage crashes on its Nth data batch (once), or on every poison batch. */
+export type Faults = Partial<Record<StageName, { crashAtBatch?: number; poisonPrefix?: string }>>;
 
 /** Options of a pipeline. */
 export interface PipelineOptions {
-  /** Data directory (WAL under `wal/`, RocksDB under `db/`); null = memory only, no WAL. */
+  /** Data directory (WAL under `wal/`, RocksDB under `db/`). */
   dataDir: string;
   limits?: Partial<Limits>;
   /** Run stages in Workers (default) or in-process over MessageChannels. */
@@ -49,22 +75,6 @@ export interface PipelineOptions {
   /** Called when the supervisor gives up (restart intensity exceeded). */
   onFatal?: (e: XfError) => void;
 }
-
-const STAGE_LOGIC: Record<StageName, () => Stage<never>> = {
-  ingest: ingestStage as () => Stage<never>,
-  decode: decodeStage as () => Stage<never>,
-  wal: walFlushStage as () => Stage<never>,
-  index: indexStage as () => Stage<never>,
-  advertise: advertiseStage as () => Stage<never>,
-};
-
-const STAGE_WORKER: Record<StageName, URL> = {
-  ingest: new URL("./ingest_worker.ts", import.meta.url),
-  decode: new URL("./decode_worker.ts", import.meta.url),
-  wal: new URL("./wal_flush_worker.ts", import.meta.url),
-  index: new URL("./index_worker.ts", import.meta.url),
-  advertise: new URL("./advertise_worker.ts", import.meta.url),
-};
 
 interface OpenRequest {
   n: number | null;
@@ -89,6 +99,25 @@ export interface PipelineCounters {
   indexed: number;
   indexBatches: number;
   restarts: number;
+  deadLetters: number;
+}
+
+/** A batch set aside after it crashed a stage twice. */
+export interface DeadLetter {
+  stage: StageName;
+  at: string;
+  events: number;
+  error: string;
+  /** The file holding its events (CBOR array of event bytes), under the data directory. */
+  file: string;
+}
+
+/** Per stage: queue wait and service time histograms (seconds), batches served. */
+export interface StageTimings {
+  queue: HistogramData;
+  service: HistogramData;
+  batches: number;
+  mailbox: number;
 }
 
 /** The root actor and its supervised pipeline. */
@@ -106,9 +135,12 @@ export class Pipeline {
     indexed: 0,
     indexBatches: 0,
     restarts: 0,
+    deadLetters: 0,
   };
   /** Per event stored or duplicate: seconds from its request's admission to its acknowledgement. */
   readonly ackSeconds: Histogram = new Histogram();
+  /** Batches set aside (newest last, at most `dead_letters_max`). */
+  readonly deadLetters: DeadLetter[] = [];
   state: "starting" | "ready" | "stopping" | "stopped" | "failed" = "starting";
   /** What recovery did at the last start. */
   recovery = "";
@@ -119,7 +151,9 @@ export class Pipeline {
   private nextSub = 1;
   private requests = new Map<number, OpenRequest>();
   private outbox: Submission[] = [];
+  private outboxBytes = 0;
   private flushScheduled = false;
+  #waitingCredit = false;
   private ackedNotIndexed = 0;
   /** Highest WAL seq acknowledged: reads wait until the index holds it (read your writes). */
   private ackedSeq = 0;
@@ -132,49 +166,142 @@ export class Pipeline {
   private lastCheckpoint = 0;
   private checkpointTimer: ReturnType<typeof setTimeout> | null = null;
   private startedOnce = new Set<StageName>();
+  private lastCrash = new Map<string, string>();
+  /** The root's own link into ingest, and its signal port. */
+  private toIngest: Outlet<{ type: "submit"; subs: Submission[] }>;
+  private ingestSignal: MessagePort | null = null;
+  /** Link ends made at boot, taken by each stage's first init. */
+  private bootEnds: Map<string, MessagePort> | null = null;
 
   constructor(readonly opts: PipelineOptions) {
     this.limits = limitsWith(opts.limits);
     const workers = opts.workers ?? true;
+    this.toIngest = new Outlet(
+      "ingest",
+      this.limits.stage_mailbox_batches_max,
+      this.limits.stage_link_bytes_max,
+      (p) => this.dead("ingest", p.msg),
+    );
     this.supervisor = new Supervisor(
       STAGES.map((name) => ({
         id: name,
         start: this.spawner(name, workers),
-        config: () => this.stageConfig(name),
+        init: () => this.init(name),
         restart: "permanent" as const,
         shutdownMs: this.limits.stage_shutdown_ms,
-        window: this.limits.stage_mailbox_batches_max,
       })),
       {
-        strategy: "rest_for_one",
+        strategy: "one_for_one",
         intensityMax: this.limits.restart_intensity_max,
         periodMs: this.limits.restart_period_ms,
-        onEmit: (from, to, msg) => this.route(from, to, msg),
-        onAsk: (_from, to, msg, t) => {
-          // Authorization reads membership: let the index first hold every event acknowledged so far.
-          const m = msg as { type?: string };
-          const ask = m.type === "index.authorize" ? { ...m, after: this.ackedSeq } : msg;
-          return this.supervisor.child(to).call(ask, t);
-        },
-        onRestart: (ids) => this.restarted(ids as StageName[]),
+        onReport: (from, msg) => this.report(from as StageName, msg),
+        onAsk: (_from, msg) => this.answer(msg),
+        onRestart: (ids, cause) => this.restarted(ids as StageName[], cause),
         onEscalate: (e) => this.fatal(e),
       },
     );
   }
 
   private spawner(name: StageName, workers: boolean): () => Spawned {
-    if (!workers) {
-      return inProcessSpawner((ep: Endpoint) => serveStage(ep, STAGE_LOGIC[name]));
-    }
-    return workerSpawner(STAGE_WORKER[name], (e) => this.supervisor.child(name).crashed(e));
+    if (!workers) return inProcessSpawner();
+    return workerSpawner(
+      new URL("./stage_worker.ts", import.meta.url),
+      (e) => this.supervisor.child(name).crashed(e),
+    );
   }
 
-  private stageConfig(name: StageName): unknown {
-    const base: Record<string, unknown> = { limits: this.limits };
+  /** Ends of every link at boot. */
+  private makeBootEnds() {
+    const ends = new Map<string, MessagePort>();
+    for (const l of LINKS) {
+      const ch = new MessageChannel();
+      ends.set(`${l.kind}:${l.from}>${l.to}:tx`, ch.port1);
+      ends.set(`${l.kind}:${l.from}>${l.to}:rx`, ch.port2);
+    }
+    return ends;
+  }
+
+  /**
+   * The init message of a stage's (re)start. At boot its ends come from the boot table; at a restart every link
+   * touching it is made anew and the peers are handed their new ends (an upstream sender then sends again what
+   * the crashed stage had not finished).
+   */
+  private init(name: StageName): InitMessage {
+    const boot = this.bootEnds;
+    const restart = !boot;
+    const msg: Extract<ToHost, { t: "init" }> = {
+      t: "init",
+      stage: name,
+      config: this.stageConfig(name),
+      inputs: {},
+      outputs: {},
+      signalsIn: {},
+      signalsOut: {},
+      rpcOut: {},
+      rpcIn: {},
+    };
+    const transfer: Transferable[] = [];
+    const outlet = (port: MessagePort): OutletSpec => ({
+      port,
+      window: this.limits.stage_mailbox_batches_max,
+      bytes: this.limits.stage_link_bytes_max,
+    });
+    for (const l of LINKS) {
+      if (l.from !== name && l.to !== name) continue;
+      let tx: MessagePort, rx: MessagePort;
+      if (boot) {
+        tx = boot.get(`${l.kind}:${l.from}>${l.to}:tx`)!;
+        rx = boot.get(`${l.kind}:${l.from}>${l.to}:rx`)!;
+      } else {
+        const ch = new MessageChannel();
+        [tx, rx] = [ch.port1, ch.port2];
+      }
+      const mine = l.from === name ? tx : rx;
+      const theirs = l.from === name ? rx : tx;
+      transfer.push(mine);
+      if (l.from === name) {
+        if (l.kind === "data") msg.outputs[l.as] = outlet(mine);
+        else if (l.kind === "signal") msg.signalsOut[l.as] = mine;
+        else msg.rpcOut[l.as] = mine;
+      } else {
+        if (l.kind === "data") msg.inputs[l.from] = mine;
+        else if (l.kind === "signal") msg.signalsIn[l.from] = mine;
+        else msg.rpcIn[l.from] = mine;
+      }
+      // The other end: the root's own, or a running peer's (at boot, the peer takes it at its own init).
+      if (l.from === "root") {
+        if (l.kind === "data") this.toIngest.wire(theirs, restart);
+        else {
+          this.ingestSignal?.close();
+          this.ingestSignal = theirs;
+        }
+        continue;
+      }
+      if (!restart) continue;
+      const peer = this.supervisor.child(l.from === name ? l.to : l.from);
+      const wire: ToHost = l.from === name
+        ? (l.kind === "data"
+          ? { t: "input", name: l.from, port: theirs }
+          : l.kind === "signal"
+          ? { t: "signalIn", name: l.from, port: theirs }
+          : { t: "rpcIn", name: l.from, port: theirs })
+        : (l.kind === "data"
+          ? { t: "rewire", out: l.as, port: theirs, restarted: true }
+          : l.kind === "signal"
+          ? { t: "signalOut", name: l.as, port: theirs }
+          : { t: "rpc", name: l.as, port: theirs });
+      peer.wire(wire, [theirs]);
+    }
     const fault = this.opts.faults?.[name];
-    if (fault && !this.startedOnce.has(name)) base.crashAtBatch = fault.crashAtBatch;
+    if (fault?.poisonPrefix) msg.poisonPrefix = fault.poisonPrefix;
+    if (fault?.crashAtBatch && !this.startedOnce.has(name)) msg.crashAtBatch = fault.crashAtBatch;
     this.startedOnce.add(name);
-    if (name === "wal") base.dir = `${this.opts.dataDir}/wal`;
+    return { msg, transfer };
+  }
+
+  private stageConfig(name: StageName): { limits: Limits } & Record<string, unknown> {
+    const base: { limits: Limits } & Record<string, unknown> = { limits: this.limits };
+    if (name === "wal_flush") base.dir = `${this.opts.dataDir}/wal`;
     if (name === "index") base.dir = `${this.opts.dataDir}/db`;
     return base;
   }
@@ -183,16 +310,29 @@ export class Pipeline {
   async start(): Promise<void> {
     // Before any stage touches the WAL: refuse a newer format or a directory another process holds.
     await openDataDir(this.opts.dataDir, DATA_FORMAT_VERSION);
-    await this.supervisor.start();
+    this.bootEnds = this.makeBootEnds();
+    try {
+      await this.supervisor.start();
+    } finally {
+      this.bootEnds = null;
+    }
     await this.replay();
     this.state = "ready";
+    // Mailbox depths for /health, without a round trip per request.
+    const poll = setInterval(() => this.timings().catch(() => {}), 1000);
+    Deno.unrefTimer(poll);
+    this.#poll = poll;
   }
+
+  #poll: ReturnType<typeof setInterval> | null = null;
 
   private async replay() {
     const cp = await this.index<number>({ type: "index.checkpoint" });
     this.lastCheckpoint = cp;
     const done = new Promise<void>((r) => (this.replayDone = r));
-    const { replayed, recovery } = await this.supervisor.child("wal").call<{ replayed: number; recovery: string }>(
+    const { replayed, recovery } = await this.supervisor.child("wal_flush").call<
+      { replayed: number; recovery: string }
+    >(
       { type: "wal.replay", after: cp },
       this.limits.request_timeout_ms * 6,
     );
@@ -204,8 +344,9 @@ export class Pipeline {
     await done;
   }
 
-  private restarted(ids: StageName[]) {
+  private restarted(ids: StageName[], cause: XfError) {
     this.counters.restarts++;
+    for (const id of ids) this.lastCrash.set(id, `${cause.code}: ${cause.message}`);
     if (ids.includes("advertise")) {
       for (const [sub, s] of this.subscribers) {
         this.supervisor.child("advertise").call({ type: "advertise.subscribe", sub, filter: s.filter }).catch(() => {});
@@ -233,9 +374,12 @@ export class Pipeline {
   /**
    * Submit a request body (one event or a CBOR array of events); resolves
    * once every event is settled, with one result per event in input order.
-   * Throws `OVERLOADED` past the in-flight limit, or the body's error.
+   * `reader` (HTTP: the token's hex key, "" anonymous) must be able to see
+   * the path group `gid`, else the whole request is `UNKNOWN_GROUP`; the
+   * library and peers pass null. Throws `OVERLOADED` past the in-flight
+   * limit, or the body's error.
    */
-  submit(gid: Uint8Array | null, body: Uint8Array): Promise<EventResult[]> {
+  submit(gid: Uint8Array | null, body: Uint8Array, reader: string | null = null): Promise<EventResult[]> {
     if (this.state !== "ready") {
       return Promise.reject(
         new XfError(this.state === "starting" ? "STAGE_DOWN" : "SHUTTING_DOWN", `Node is ${this.state}`),
@@ -252,38 +396,48 @@ export class Pipeline {
     this.counters.requests++;
     return new Promise<EventResult[]>((resolve, reject) => {
       const timer = setTimeout(() => this.timeout(req), this.limits.request_timeout_ms);
-      this.requests.set(req, {
-        n: null,
-        results: [],
-        settled: 0,
-        admitted: performance.now(),
-        resolve,
-        reject,
-        timer,
-      });
-      this.outbox.push({ req, gid, body });
-      if (!this.flushScheduled) {
-        this.flushScheduled = true;
-        queueMicrotask(() => this.flushOutbox());
-      }
+      this.requests.set(req, { n: null, results: [], settled: 0, admitted: performance.now(), resolve, reject, timer });
+      this.outbox.push({ req, gid, reader, body });
+      this.outboxBytes += body.length;
+      this.scheduleFlush();
     });
   }
 
+  private scheduleFlush() {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    queueMicrotask(() => this.flushOutbox());
+  }
+
+  /**
+   * Batching by latency: when ingest has credit, what is waiting goes at once (a lone request of 20 events goes
+   * alone); while its window is full, requests gather here and go together when credit returns.
+   */
   private flushOutbox() {
     this.flushScheduled = false;
-    const subs = this.outbox.splice(0);
-    if (!subs.length) return;
-    // Adaptive batching: while ingest is busy, its waiting message takes the new requests too, so
-    // under load the stages see few large batches; when idle, a request goes at once.
-    const ingest = this.supervisor.child("ingest");
-    const last = ingest.queue.at(-1) as { type: string; subs: Submission[]; bytes?: number } | undefined;
-    const bytes = subs.reduce((n, s) => n + s.body.length, 0);
-    if (last?.type === "ingest.submit" && (last.bytes ?? 0) + bytes <= this.limits.http_body_bytes_max) {
-      last.subs.push(...subs);
-      last.bytes = (last.bytes ?? 0) + bytes;
+    if (!this.outbox.length) return;
+    if (!this.toIngest.canSend()) {
+      if (!this.#waitingCredit) {
+        this.#waitingCredit = true;
+        this.toIngest.sendable().then(() => {
+          this.#waitingCredit = false;
+          this.scheduleFlush();
+        });
+      }
       return;
     }
-    ingest.send({ type: "ingest.submit", subs, bytes });
+    let bytes = 0;
+    let k = 0;
+    while (
+      k < this.outbox.length && (k === 0 || bytes + this.outbox[k]!.body.length <= this.limits.http_body_bytes_max)
+    ) {
+      bytes += this.outbox[k]!.body.length;
+      k++;
+    }
+    const subs = this.outbox.splice(0, k);
+    this.outboxBytes -= bytes;
+    this.toIngest.send({ type: "submit", subs });
+    if (this.outbox.length) this.scheduleFlush();
   }
 
   private timeout(req: number) {
@@ -308,7 +462,7 @@ export class Pipeline {
     else r.resolve(out);
   }
 
-  private settle(items: EventResult[]) {
+  private settle(items: EventResultWire[]) {
     for (const it of items) {
       const r = this.requests.get(it.req);
       if (!r || r.results[it.idx]) continue; // answered already (a resend after a restart)
@@ -330,63 +484,123 @@ export class Pipeline {
     r.resolve(r.results as EventResult[]);
   }
 
-  /** Route a message from a stage. */
-  private route(_from: string, to: string, msg: unknown) {
-    if (to !== "root") return this.supervisor.child(to).send(msg);
-    const m = msg as { type: string } & Record<string, unknown>;
+  private fail(req: number, code: string, message: string) {
+    const r = this.requests.get(req);
+    if (!r) return;
+    clearTimeout(r.timer);
+    this.requests.delete(req);
+    r.reject(new XfError(code as never, message));
+  }
+
+  /** What a stage reports. */
+  private report(from: StageName, m: Report) {
     switch (m.type) {
-      case "ingest.split": {
-        const r = this.requests.get(m.req as number);
-        if (!r) return;
-        r.n = m.n as number;
+      case "split": {
+        const r = this.requests.get(m.req);
+        if (!r || r.n !== null) return;
+        r.n = m.n;
         this.counters.eventsIn += r.n;
-        return this.maybeDone(m.req as number, r);
+        return this.maybeDone(m.req, r);
       }
-      case "ingest.failed": {
-        const r = this.requests.get(m.req as number);
-        if (!r) return;
-        clearTimeout(r.timer);
-        this.requests.delete(m.req as number);
-        return r.reject(new XfError(m.code as never, m.message as string));
-      }
-      case "pipeline.results":
-        return this.settle(m.items as EventResult[]);
-      case "decode.rejected":
-        return this.supervisor.child("ingest").send({ type: "ingest.release", ids: m.ids, stored: false });
-      case "wal.appended":
-        this.ackedSeq = Math.max(this.ackedSeq, m.lastSeq as number);
-        this.counters.walAppended += m.n as number;
-        this.ackedNotIndexed += m.n as number;
+      case "failed":
+        return this.fail(m.req, m.code, m.message);
+      case "results":
+        return this.settle(m.items);
+      case "appended":
+        this.ackedSeq = Math.max(this.ackedSeq, m.lastSeq);
+        this.counters.walAppended += m.n;
+        this.ackedNotIndexed += m.n;
         return;
-      case "index.indexed":
-        return this.indexed(m as never);
-      case "wal.full":
-        this.storageFull = m.full as boolean;
+      case "indexed":
+        return this.indexed(m);
+      case "full":
+        this.storageFull = m.full;
         return;
-      case "advertise.deliver":
-        return this.deliver(m.batch as EventBatch, m.matches as { sub: number; idxs: number[] }[]);
+      case "deliver":
+        return this.deliver(m.batch as EventBatch, m.matches);
+      case "dead":
+        return this.dead(m.stage as StageName, m.batch, from);
     }
   }
 
-  private indexed(m: { n: number; replayN: number; lastSeq: number; stored: Uint8Array; duplicates: Uint8Array }) {
+  /** A stage asks the root: a group's state on decode's first touch, once the index holds every ack. */
+  private answer(msg: { type: string } & Record<string, unknown>): Promise<unknown> {
+    if (msg.type === "index.groupStates") return this.index(msg);
+    return Promise.reject(new XfError("INTERNAL", `The root cannot answer "${msg.type}"`));
+  }
+
+  private indexed(m: Extract<Report, { type: "indexed" }>) {
     this.counters.indexBatches++;
-    this.counters.indexed += m.stored.length / 32;
+    this.counters.indexed += m.stored;
     if (m.replayN) {
       this.replayWaiting -= m.replayN;
       if (this.replayWaiting <= 0) this.replayDone?.();
     }
     this.ackedNotIndexed = Math.max(0, this.ackedNotIndexed - m.n);
-    const ids = new Uint8Array(m.stored.length + m.duplicates.length);
-    ids.set(m.stored);
-    ids.set(m.duplicates, m.stored.length);
-    if (ids.length) this.supervisor.child("ingest").send({ type: "ingest.release", ids, stored: true });
     if (m.lastSeq > this.lastCheckpoint) {
       this.lastCheckpoint = m.lastSeq;
       this.checkpointTimer ??= setTimeout(() => {
         this.checkpointTimer = null;
-        this.supervisor.child("wal").call({ type: "wal.checkpoint", seq: this.lastCheckpoint }).catch(() => {});
-      }, WAL_CHECKPOINT_DELAY_MS);
+        this.checkpoint().catch(() => {});
+      }, this.limits.wal_checkpoint_ms);
     }
+  }
+
+  /** Make the index durable up to its checkpoint, then let the WAL drop what it covers. */
+  private async checkpoint() {
+    const seq = await this.supervisor.child("index").call<number>({ type: "index.durable" });
+    await this.supervisor.child("wal_flush").call({ type: "wal.checkpoint", seq });
+  }
+
+  /**
+   * A batch crashed `stage` twice: it is set aside with the error, in a dead-letter file under the data
+   * directory, and the rest flows. Events not yet durable (before wal_flush's append) are answered `INTERNAL`;
+   * events already acknowledged are kept in the file (they are in the WAL until its checkpoint passes them).
+   */
+  private dead(stage: StageName, msg: unknown, _from?: StageName) {
+    this.counters.deadLetters++;
+    const m = msg as { batch?: EventBatch; subs?: Submission[] };
+    const events: Uint8Array[] = m.batch ? unpackBatch(m.batch).map((it) => it.bytes.slice()) : [];
+    const error = this.lastCrash.get(stage) ?? "unknown";
+    const at = new Date().toISOString();
+    const file = `dead-letter/${at.replace(/[:.]/g, "-")}-${stage}-${this.counters.deadLetters}.cbor`;
+    this.deadLetters.push({ stage, at, events: m.subs ? m.subs.length : events.length, error, file });
+    if (this.deadLetters.length > this.limits.dead_letters_max) this.deadLetters.shift();
+    Deno.mkdir(`${this.opts.dataDir}/dead-letter`, { recursive: true })
+      .then(() =>
+        Deno.writeFile(
+          `${this.opts.dataDir}/${file}`,
+          encodeCbor(
+            new Map<string, string | Uint8Array[]>([
+              ["stage", stage],
+              ["error", error],
+              ["at", at],
+              ["events", m.subs ? m.subs.map((s) => s.body) : events],
+            ]),
+          ),
+        )
+      )
+      .catch((e) => console.error(`Cannot write dead letter ${file}: ${(e as Error).message}`));
+    const message = `Event set aside (dead letter ${file}): stage "${stage}" crashed on its batch twice (${error})`;
+    if (m.subs) {
+      for (const s of m.subs) this.fail(s.req, "INTERNAL", message);
+      return;
+    }
+    if (!m.batch || stage === "index" || stage === "advertise") return;
+    const items = unpackBatch(m.batch);
+    this.settle(
+      items.filter((it) => it.req).map((it) => ({
+        req: it.req,
+        idx: it.idx,
+        status: "rejected" as const,
+        id: toHex(it.id),
+        code: "INTERNAL",
+        message,
+      })),
+    );
+    const ids = new Uint8Array(items.length * 32);
+    items.forEach((it, i) => ids.set(it.id, i * 32));
+    this.ingestSignal?.postMessage({ type: "release", ids, stored: false });
   }
 
   private deliver(batch: EventBatch, matches: { sub: number; idxs: number[] }[]) {
@@ -421,11 +635,24 @@ export class Pipeline {
     };
   }
 
-  /** Mailbox depth (queued + in the child's mailbox, in batches) per stage. */
-  depths(): Record<StageName, number> {
-    const out = {} as Record<StageName, number>;
-    for (const s of STAGES) out[s] = this.supervisor.child(s).depth();
+  /** The last timings fetched (for /health's mailbox depths without a round trip). */
+  lastTimings: Partial<Record<StageName, StageTimings>> = {};
+
+  /** Per stage: queue wait and service time (seconds), batches, mailbox; a stage that does not answer is left out. */
+  async timings(timeoutMs = 1000): Promise<Partial<Record<StageName, StageTimings>>> {
+    const out: Partial<Record<StageName, StageTimings>> = {};
+    await Promise.all(STAGES.map(async (s) => {
+      try {
+        out[s] = await this.supervisor.child(s).call<StageTimings>({ type: "host.timing" }, timeoutMs);
+      } catch { /* down */ }
+    }));
+    this.lastTimings = out;
     return out;
+  }
+
+  /** Requests waiting at the root for ingest's credit, in bytes. */
+  waitingBytes(): number {
+    return this.outboxBytes;
   }
 
   /** Stop: refuse new work, let in-flight requests finish (bounded), stop stages in reverse. */
@@ -437,7 +664,10 @@ export class Pipeline {
       await new Promise((r) => setTimeout(r, 10));
     }
     if (this.checkpointTimer) clearTimeout(this.checkpointTimer);
+    if (this.#poll !== null) clearInterval(this.#poll);
     await this.supervisor.stop();
+    this.toIngest.unwire();
+    this.ingestSignal?.close();
     for (const r of this.requests.values()) {
       clearTimeout(r.timer);
       r.reject(new XfError("SHUTTING_DOWN", "Node stopped before the request finished"));
@@ -446,3 +676,6 @@ export class Pipeline {
     this.state = "stopped";
   }
 }
+
+/** Milliseconds comparable across Workers (re-exported for benchmarks). */
+export { nowMs };

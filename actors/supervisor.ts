@@ -1,15 +1,17 @@
 /**
  * A supervisor as data (Erlang/OTP): child specs in start order, a restart
  * strategy and a restart intensity. Children start in order and stop in
- * reverse. When a child crashes the supervisor restarts it (`one_for_one`)
- * or it and every child started after it (`rest_for_one`, which fits a
- * linear pipeline); more than `intensityMax` restarts within `periodMs`
- * escalates: the supervisor stops everything and reports the failure.
+ * reverse. When a child crashes the supervisor restarts it (`one_for_one`,
+ * the pipeline's strategy: the links of a restarted stage are wired anew
+ * and its upstream sends again what it had not finished) or it and every
+ * child started after it (`rest_for_one`); more than `intensityMax`
+ * restarts within `periodMs` escalates: the supervisor stops everything and
+ * reports the failure.
  *
  * @module
  */
 
-import { ChildRef, type Spawned } from "./child.ts";
+import { type InitMessage, type Spawned, type StageHooks, StageRef } from "./stage_ref.ts";
 import { XfError } from "../core/errors.ts";
 import { LIMITS } from "../core/limits.ts";
 import { log } from "./log.ts";
@@ -21,11 +23,10 @@ export type Restart = "permanent" | "transient" | "temporary";
 export interface ChildSpec {
   id: string;
   start: () => Spawned;
-  config: () => unknown;
+  /** The init message of each (re)start: config and fresh link ends (the root wires the peers' ends). */
+  init: () => InitMessage;
   restart: Restart;
   shutdownMs: number;
-  /** Credit window (data batches in the child's mailbox). */
-  window?: number;
 }
 
 /** Supervisor options. */
@@ -33,10 +34,10 @@ export interface SupervisorOptions {
   strategy: "one_for_one" | "rest_for_one";
   intensityMax?: number;
   periodMs?: number;
-  /** Route a child's output to another child (or the root). */
-  onEmit(from: string, to: string, msg: unknown): void;
-  /** Route a child's request. */
-  onAsk(from: string, to: string, msg: unknown, timeoutMs: number): Promise<unknown>;
+  /** A child's report (results, progress). */
+  onReport: StageHooks["onReport"];
+  /** A child's request to the root. */
+  onAsk: StageHooks["onAsk"];
   /** Called after a child (and its followers) restarted. */
   onRestart?(ids: string[], cause: XfError): void;
   /** Restart intensity exceeded: everything is stopped. */
@@ -47,7 +48,7 @@ export interface SupervisorOptions {
 
 /** Supervises an ordered list of children. */
 export class Supervisor {
-  readonly children: ChildRef[];
+  readonly children: StageRef[];
   private readonly restarts: number[] = [];
   private restarting: Promise<void> = Promise.resolve();
   private stopped = false;
@@ -56,16 +57,16 @@ export class Supervisor {
 
   constructor(readonly specs: ChildSpec[], private readonly opts: SupervisorOptions) {
     this.children = specs.map((s) =>
-      new ChildRef(s.id, s.start, {
-        onEmit: (from, to, msg) => opts.onEmit(from, to, msg),
-        onAsk: (from, to, msg, t) => opts.onAsk(from, to, msg, t),
+      new StageRef(s.id, s.start, {
+        onReport: (from, msg) => opts.onReport(from, msg),
+        onAsk: (from, msg) => opts.onAsk(from, msg),
         onCrash: (from, error) => this.onCrash(from, error),
-      }, s.window)
+      })
     );
   }
 
   /** The child with this id. */
-  child(id: string): ChildRef {
+  child(id: string): StageRef {
     const c = this.children.find((c) => c.id === id);
     if (!c) throw new TypeError(`No child "${id}"`);
     return c;
@@ -73,10 +74,21 @@ export class Supervisor {
 
   /** Start every child, in order. */
   async start(): Promise<void> {
-    for (let i = 0; i < this.children.length; i++) {
-      await this.children[i]!.start(this.specs[i]!.config());
+    try {
+      for (let i = 0; i < this.children.length; i++) {
+        await this.children[i]!.start(this.specs[i]!.init());
+      }
+    } catch (e) {
+      // A child that fails at boot fails the start; nothing is restarted behind the caller's back.
+      this.stopped = true;
+      for (const c of this.children) c.closed = true;
+      await this.stopAll();
+      throw e;
     }
+    this.#booted = true;
   }
+
+  #booted = false;
 
   /** Stop every child, in reverse order. */
   async stop(): Promise<void> {
@@ -89,7 +101,7 @@ export class Supervisor {
   }
 
   private onCrash(id: string, error: XfError) {
-    if (this.stopped) return;
+    if (this.stopped || !this.#booted) return;
     const i = this.children.findIndex((c) => c.id === id);
     const spec = this.specs[i]!;
     if (spec.restart === "temporary") {
@@ -125,7 +137,7 @@ export class Supervisor {
       for (let j = from; j <= to; j++) {
         const c = this.children[j]!;
         c.stats.restarts++;
-        await c.start(this.specs[j]!.config());
+        await c.start(this.specs[j]!.init());
       }
       this.restartCount++;
       log.pipeline.warn("stage restarted", {

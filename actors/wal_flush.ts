@@ -1,41 +1,134 @@
 /**
  * Stage 3, wal-flush: appends accepted events to the write-ahead log with
  * group commit and acknowledges them once fdatasync returns. This is the
- * moment an event is durable: the root answers `stored` from here. It then
- * hands the events, with their WAL sequence numbers, to the index.
+ * moment an event is durable: it reports `stored` from here, straight to
+ * the root. It then hands the events, with their WAL sequence numbers, to
+ * the index; the acknowledgement never waits for the index.
  *
  * This actor alone owns the WAL files. It keeps its own record of the
  * index's checkpoint (a small file beside the segments) so it can judge,
  * at open, whether damage lies in records the index already holds.
  *
- * Messages it takes (data): `wal.append`. Requests: `wal.replay`,
- * `wal.checkpoint`, `wal.stats`.
- * It sends: `root` ← `pipeline.results`, `wal.appended`; `index` ← `index.put`.
+ * Takes: `append` (data, from decode); `appended`, `refused`, `space`
+ * (its effects' answers); `replayed` (records after the index's checkpoint,
+ * read by its runtime at start, paced by the index's credit). Sends:
+ * `index` ← `put`; `ingest` ← `release` (signal); reports `appended`,
+ * `results`, `full`.
  *
  * @module
  */
 
-import { toHex } from "../core/bytes.ts";
-import type { Stage, StageContext } from "./runtime.ts";
-import { type BatchItem, type EventBatch, type EventResult, packBatch, unpackBatch } from "./batch.ts";
-import { LIMITS, type Limits } from "../core/limits.ts";
+import type { CommonEffect, EventResultWire, HostContext, StageLogic, StageModule } from "./stage.ts";
+import type { Input } from "./host.ts";
+import type { WalAppend } from "./decode.ts";
+import type { Release } from "./ingest.ts";
+import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch.ts";
+import type { Limits } from "../core/limits.ts";
 import { describe, type RecoveryReport, Wal } from "../storage/wal.ts";
+import { toHex } from "../core/bytes.ts";
 import { isDiskFull, XfError } from "../core/errors.ts";
 
-/** Messages the wal-flush stage takes. */
-export type WalMsg = { type: "wal.append"; batch: EventBatch };
-
-/** Requests the wal-flush stage answers. */
-export type WalCall =
-  | { type: "wal.replay"; after: number }
-  | { type: "wal.checkpoint"; seq: number }
-  | { type: "wal.stats" };
-
-/** wal-flush's config. */
-export interface WalConfig {
-  dir: string;
-  limits: Limits;
+/** A batch wal-flush hands to the index: durable events with their WAL sequence numbers. */
+export interface IndexPut {
+  type: "put";
+  batch: EventBatch;
+  /** Records replayed from the WAL at start (ids not computed yet). */
+  replay: boolean;
 }
+
+/** Messages wal-flush takes. */
+export type WalIn =
+  | Input<WalAppend>
+  | { type: "appended"; tok: number; firstSeq: number }
+  | { type: "refused"; tok: number; code: string; message: string; full: boolean }
+  | { type: "space" }
+  | { type: "replayed"; batch: EventBatch };
+
+/** Effects wal-flush asks for. */
+export type WalEffect =
+  | CommonEffect<"index">
+  | { do: "append"; tok: number; records: Uint8Array[] };
+
+/** wal-flush's state. */
+export interface WalState {
+  limits: Limits;
+  /** The disk is full: appends are refused with STORAGE_FULL until space returns. */
+  full: boolean;
+  /** Batches being appended, by token. */
+  appending: Map<number, BatchItem[]>;
+}
+
+function refuse(items: BatchItem[], code: string, message: string): WalEffect[] {
+  const results: EventResultWire[] = [];
+  const ids = new Uint8Array(items.length * 32);
+  items.forEach((it, i) => {
+    ids.set(it.id, i * 32);
+    if (it.req) results.push({ req: it.req, idx: it.idx, status: "rejected", code, message });
+  });
+  return [
+    { do: "report", msg: { type: "results", items: results } },
+    { do: "signal", to: "ingest", msg: { type: "release", ids, stored: false } satisfies Release },
+  ];
+}
+
+/** The wal-flush stage's logic. */
+export const logic: StageLogic<WalState, WalIn, WalEffect> = {
+  // Several appends in flight let the WAL group them into one fdatasync.
+  concurrency: 16,
+  init: (config) => ({ limits: config.limits, full: false, appending: new Map() }),
+  receive(st, msg) {
+    switch (msg.type) {
+      case "input": {
+        const items = unpackBatch(msg.msg.batch);
+        if (st.full) {
+          return [
+            ...refuse(items, "STORAGE_FULL", "Cannot store event: the disk is full; retry later"),
+            { do: "done", tok: msg.tok },
+          ];
+        }
+        st.appending.set(msg.tok, items);
+        return [{ do: "append", tok: msg.tok, records: items.map((it) => it.bytes) }];
+      }
+      case "appended": {
+        const items = st.appending.get(msg.tok);
+        if (!items) return [];
+        st.appending.delete(msg.tok);
+        const stored: EventResultWire[] = [];
+        const withSeq: BatchItem[] = items.map((it, i) => {
+          if (it.req) stored.push({ req: it.req, idx: it.idx, status: "stored", id: toHex(it.id) });
+          return { ...it, seq: msg.firstSeq + i };
+        });
+        return [
+          // Seq first: once a request is answered, reads wait for the index to hold it.
+          { do: "report", msg: { type: "appended", n: items.length, lastSeq: msg.firstSeq + items.length - 1 } },
+          { do: "report", msg: { type: "results", items: stored } },
+          {
+            do: "send",
+            to: "index",
+            msg: { type: "put", batch: packBatch(withSeq), replay: false } satisfies IndexPut,
+          },
+          { do: "done", tok: msg.tok },
+        ];
+      }
+      case "refused": {
+        const items = st.appending.get(msg.tok) ?? [];
+        st.appending.delete(msg.tok);
+        const effects: WalEffect[] = [];
+        if (msg.full && !st.full) {
+          st.full = true;
+          effects.push({ do: "report", msg: { type: "full", full: true } });
+        }
+        return [...effects, ...refuse(items, msg.code, msg.message), { do: "done", tok: msg.tok }];
+      }
+      case "space":
+        if (!st.full) return [];
+        st.full = false;
+        return [{ do: "report", msg: { type: "full", full: false } }];
+      case "replayed":
+        return [{ do: "send", to: "index", msg: { type: "put", batch: msg.batch, replay: true } satisfies IndexPut }];
+    }
+  },
+};
 
 const CHECKPOINT_FILE = "checkpoint";
 
@@ -70,33 +163,37 @@ async function writeCheckpoint(dir: string, seq: bigint): Promise<void> {
   }
 }
 
-/** The wal-flush stage's logic. */
-export function walFlushStage(): Stage<WalConfig> {
+/** wal-flush's runtime: the WAL files, the reserve file and the free-space probe. */
+export const effects = (ctx: HostContext) => {
   let wal: Wal | null = null;
   let dir = "";
-  let limits: Limits = { ...LIMITS };
+  let limits!: Limits;
   let recovery: RecoveryReport | null = null;
   let checkpointed = 0n;
-  /** The disk is full: appends are refused with STORAGE_FULL until a probe finds space again. */
   let full = false;
   let probeTimer: ReturnType<typeof setTimeout> | null = null;
   let reopening: Promise<void> | null = null;
-  let recoveryFull = false;
+  let startedFull = false;
   const reservePath = () => `${dir}/../reserve`;
+
+  /** Write `bytes` of zeros to `path`, synced. */
+  async function fill(path: string, bytes: number) {
+    const f = await Deno.open(path, { write: true, create: true, truncate: true });
+    try {
+      const chunk = new Uint8Array(1 << 20);
+      for (let n = 0; n < bytes; n += chunk.length) await f.write(chunk);
+      await f.syncData();
+    } finally {
+      f.close();
+    }
+  }
 
   /** Keep `storage_reserve_bytes` of the disk for a clean stop; false when there is no room for it. */
   async function writeReserve(): Promise<boolean> {
     try {
       const st = await Deno.stat(reservePath()).catch(() => null);
       if (st && st.size >= limits.storage_reserve_bytes) return true;
-      const f = await Deno.open(reservePath(), { write: true, create: true, truncate: true });
-      try {
-        const chunk = new Uint8Array(1 << 20);
-        for (let n = 0; n < limits.storage_reserve_bytes; n += chunk.length) await f.write(chunk);
-        await f.syncData();
-      } finally {
-        f.close();
-      }
+      await fill(reservePath(), limits.storage_reserve_bytes);
       return true;
     } catch (e) {
       await Deno.remove(reservePath()).catch(() => {});
@@ -105,34 +202,18 @@ export function walFlushStage(): Stage<WalConfig> {
     }
   }
 
-  function setFull(v: boolean, ctx: StageContext) {
-    if (full === v) return;
-    full = v;
-    ctx.emit("root", { type: "wal.full", full: v });
-    if (v) probe(ctx);
-  }
-
   /** While full: every `storage_full_probe_ms`, try to write twice the reserve; on success take writes again. */
-  function probe(ctx: StageContext) {
+  function probe() {
     probeTimer = setTimeout(async () => {
       probeTimer = null;
       if (!wal) return;
-      let room = false;
       const test = `${dir}/../space-probe`;
-      try {
-        const f = await Deno.open(test, { write: true, create: true, truncate: true });
-        try {
-          const chunk = new Uint8Array(1 << 20);
-          for (let n = 0; n < 2 * limits.storage_reserve_bytes; n += chunk.length) await f.write(chunk);
-          await f.syncData();
-        } finally {
-          f.close();
-        }
-        room = true;
-      } catch { /* still full */ }
+      const room = await fill(test, 2 * limits.storage_reserve_bytes).then(() => true, () => false);
       await Deno.remove(test).catch(() => {});
-      if (room && (await writeReserve().catch(() => false))) setFull(false, ctx);
-      else probe(ctx);
+      if (room && (await writeReserve().catch(() => false))) {
+        full = false;
+        ctx.receive({ type: "space" } satisfies WalIn);
+      } else probe();
     }, limits.storage_full_probe_ms);
   }
 
@@ -140,93 +221,55 @@ export function walFlushStage(): Stage<WalConfig> {
   function reopen(): Promise<void> {
     reopening ??= (async () => {
       await wal?.close().catch(() => {});
-      const opened = await Wal.open(dir, {
-        checkpointSeq: checkpointed,
-        limits,
-      });
-      wal = opened.wal;
+      wal = (await Wal.open(dir, { checkpointSeq: checkpointed, limits })).wal;
     })().finally(() => reopening = null);
     return reopening;
   }
 
-  async function append(b: EventBatch, ctx: StageContext) {
-    const items = unpackBatch(b);
-    if (reopening) await reopening.catch(() => {});
-    let firstSeq: bigint;
-    try {
-      if (full) throw new XfError("STORAGE_FULL", "Cannot store events: the disk is full");
-      ({ firstSeq } = await wal!.append(items.map((it) => it.bytes)));
-    } catch (e) {
-      if (!isDiskFull(e)) throw e;
-      // The disk is full: give up the reserve (room for a clean stop and for the index to catch up),
-      // reopen the WAL, refuse these events (none was acknowledged) and every write until space returns.
-      if (!full) {
-        await Deno.remove(reservePath()).catch(() => {});
-        setFull(true, ctx);
-        await reopen();
-      }
-      const results: EventResult[] = [];
-      const ids = new Uint8Array(items.length * 32);
-      items.forEach((it, i) => {
-        ids.set(it.id, i * 32);
-        if (it.req) {
-          results.push({
-            req: it.req,
-            idx: it.idx,
-            status: "rejected",
-            code: "STORAGE_FULL",
-            message: "Cannot store event: the disk is full; retry later",
-          });
-        }
-      });
-      ctx.emit("root", { type: "pipeline.results", items: results });
-      ctx.emit("root", { type: "decode.rejected", ids });
-      return;
-    }
-    const stored: EventResult[] = [];
-    const withSeq: BatchItem[] = items.map((it, i) => {
-      if (it.req) stored.push({ req: it.req, idx: it.idx, status: "stored", id: toHex(it.id) });
-      return { ...it, seq: Number(firstSeq) + i };
-    });
-    // Seq first: once a request is answered, reads wait for the index to hold it.
-    ctx.emit("root", { type: "wal.appended", n: items.length, lastSeq: Number(firstSeq) + items.length - 1 });
-    ctx.emit("root", { type: "pipeline.results", items: stored });
-    ctx.emit("index", { type: "index.put", batch: packBatch(withSeq) });
-  }
-
   return {
-    // Several appends in flight let the WAL group them into one fdatasync.
-    concurrency: 16,
-    async start(config) {
-      dir = config.dir;
+    async start(_st: WalState, config: { limits: Limits; dir?: unknown }) {
+      dir = config.dir as string;
       limits = config.limits;
       await Deno.mkdir(dir, { recursive: true });
       checkpointed = await readCheckpoint(dir);
-      const opened = await Wal.open(dir, {
-        checkpointSeq: checkpointed,
-        limits,
-      });
+      const opened = await Wal.open(dir, { checkpointSeq: checkpointed, limits });
       wal = opened.wal;
       recovery = opened.recovery;
-      full = false;
       // Without room for the reserve the node starts refusing writes (reads are served).
-      if (!(await writeReserve())) {
-        full = true;
-        recoveryFull = true;
+      startedFull = !(await writeReserve());
+    },
+    async run(eff: WalEffect): Promise<WalIn | void> {
+      if (eff.do !== "append") return;
+      if (reopening) await reopening.catch(() => {});
+      try {
+        if (full) throw new XfError("STORAGE_FULL", "Cannot store events: the disk is full");
+        const { firstSeq } = await wal!.append(eff.records);
+        return { type: "appended", tok: eff.tok, firstSeq: Number(firstSeq) };
+      } catch (e) {
+        if (!isDiskFull(e)) throw e;
+        // The disk is full: give up the reserve (room for a clean stop and for the index to catch up),
+        // reopen the WAL, refuse these events (none was acknowledged) and every write until space returns.
+        if (!full) {
+          full = true;
+          await Deno.remove(reservePath()).catch(() => {});
+          await reopen();
+          probe();
+        }
+        return {
+          type: "refused",
+          tok: eff.tok,
+          code: "STORAGE_FULL",
+          message: "Cannot store event: the disk is full; retry later",
+          full: true,
+        };
       }
     },
-    async data(raw, ctx) {
-      const msg = raw as WalMsg;
-      if (msg.type === "wal.append") return await append(msg.batch, ctx);
-      throw new XfError("INTERNAL", `wal-flush cannot handle message "${(msg as { type: string }).type}"`);
-    },
-    async call(raw, ctx) {
-      const msg = raw as WalCall;
+    async call(msg: { type: string } & Record<string, unknown>) {
       switch (msg.type) {
         case "wal.replay": {
-          // Records after the index's checkpoint go to the index again.
+          // Records after the index's checkpoint go to the index again, paced by its credit.
           let n = 0;
-          for await (const recs of wal!.replay(BigInt(msg.after))) {
+          for await (const recs of wal!.replay(BigInt(msg.after as number))) {
             const items: BatchItem[] = recs.map((r) => ({
               bytes: r.payload,
               req: 0,
@@ -234,18 +277,20 @@ export function walFlushStage(): Stage<WalConfig> {
               id: new Uint8Array(32),
               seq: Number(r.seq),
             }));
-            ctx.emit("index", { type: "index.put", batch: packBatch(items), replay: true });
+            ctx.receive({ type: "replayed", batch: packBatch(items) } satisfies WalIn);
             n += items.length;
+            await ctx.room("index");
           }
-          if (recoveryFull) {
-            recoveryFull = false;
-            ctx.emit("root", { type: "wal.full", full: true });
-            probe(ctx);
+          if (startedFull) {
+            startedFull = false;
+            full = true;
+            ctx.receive({ type: "refused", tok: 0, code: "STORAGE_FULL", message: "disk full at start", full: true });
+            probe();
           }
           return { replayed: n, recovery: recovery ? describe(recovery) : "" };
         }
         case "wal.checkpoint": {
-          const seq = BigInt(msg.seq);
+          const seq = BigInt(msg.seq as number);
           if (seq <= checkpointed) return { deleted: 0 };
           await writeCheckpoint(dir, seq);
           checkpointed = seq;
@@ -256,7 +301,7 @@ export function walFlushStage(): Stage<WalConfig> {
           return { ...st, lastSeq: Number(st.lastSeq), checkpoint: Number(checkpointed), full };
         }
       }
-      throw new XfError("INTERNAL", `wal-flush cannot answer "${(msg as { type: string }).type}"`);
+      throw new XfError("INTERNAL", `wal-flush cannot answer "${msg.type}"`);
     },
     async stop() {
       if (probeTimer) clearTimeout(probeTimer);
@@ -266,4 +311,6 @@ export function walFlushStage(): Stage<WalConfig> {
       wal = null;
     },
   };
-}
+};
+
+export default { logic, effects } satisfies StageModule<WalState, WalIn, WalEffect>;

@@ -130,6 +130,8 @@ async function postBody(url: string, gid: Uint8Array, body: Uint8Array): Promise
   });
   if (r.status !== 200) {
     await r.body?.cancel();
+    // A 503 without Retry-After counts as a failure, not as shedding.
+    if (r.status === 503 && !r.headers.get("retry-after")) return { status: 0, stored: 0 };
     return { status: r.status, stored: 0 };
   }
   const { results } = await r.json();
@@ -223,6 +225,71 @@ async function openLoop(
   return { offered: sent / elapsed, stored: stored / elapsed, shed, other, latencies };
 }
 
+/** The stage histograms of a node's /metrics: per stage and kind (queue, service), bucket counts, sum, count. */
+async function stageHistograms(url: string) {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const out = new Map<string, { le: number[]; counts: number[]; sum: number; count: number }>();
+  for (const line of text.split("\n")) {
+    const m = /^xf_stage_(queue|service)_seconds_(bucket|sum|count)\{stage="(\w+)"(?:,le="([^"]+)")?\} (\S+)$/.exec(
+      line,
+    );
+    if (!m) continue;
+    const key = `${m[3]} ${m[1]}`;
+    const h = out.get(key) ?? { le: [], counts: [], sum: 0, count: 0 };
+    if (m[2] === "bucket") {
+      h.le.push(m[4] === "+Inf" ? Infinity : Number(m[4]));
+      h.counts.push(Number(m[5]));
+    } else if (m[2] === "sum") h.sum = Number(m[5]);
+    else h.count = Number(m[5]);
+    out.set(key, h);
+  }
+  return out;
+}
+
+/**
+ * Where an acknowledgement's time goes, per stage, between two scrapes: batches served, mean and p99 (bucket
+ * bound) of queue wait (sent by the stage before → taken here) and service (taken → done).
+ */
+function breakdown(
+  before: Awaited<ReturnType<typeof stageHistograms>>,
+  after: Awaited<ReturnType<typeof stageHistograms>>,
+): string[] {
+  const lines: string[] = [];
+  for (const stage of ["ingest", "decode", "wal_flush", "index", "advertise"]) {
+    const parts: string[] = [];
+    for (const kind of ["queue", "service"]) {
+      const a = after.get(`${stage} ${kind}`);
+      if (!a) continue;
+      const b = before.get(`${stage} ${kind}`);
+      const n = a.count - (b?.count ?? 0);
+      const mean = n > 0 ? ((a.sum - (b?.sum ?? 0)) / n) * 1000 : 0;
+      let p99 = 0;
+      for (let i = 0; i < a.le.length; i++) {
+        if (a.counts[i]! - (b?.counts[i] ?? 0) >= 0.99 * n) {
+          p99 = a.le[i]! * 1000;
+          break;
+        }
+      }
+      parts.push(`${kind} mean ${mean.toFixed(1)} ms, p99 ≤ ${p99} ms`);
+      if (kind === "service") parts.unshift(`${n} batches`);
+    }
+    lines.push(`  - ${stage}: ${parts.join("; ")}`);
+  }
+  return lines;
+}
+
+/** Polls a group's Merkle count until it reaches `n`; ms waited. */
+async function untilIndexed(url: string, gid: Uint8Array, n: number, timeoutMs = 120_000): Promise<number> {
+  const t = performance.now();
+  while (performance.now() - t < timeoutMs) {
+    const r = await fetch(`${url}/v1/groups/${toHex(gid)}/merkle`);
+    const { count } = await r.json();
+    if (count >= n) return performance.now() - t;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  throw new Error(`index did not reach ${n} events in ${timeoutMs} ms`);
+}
+
 /** Run the ingest benchmark; returns table rows. */
 export async function benchIngest(): Promise<{ rows: Row[]; notes: string[] }> {
   const rows: Row[] = [];
@@ -242,20 +309,33 @@ export async function benchIngest(): Promise<{ rows: Row[]; notes: string[] }> {
   // HTTP first, on a quiet machine: the node in its own process, as `deno task start` runs it.
   const dir = await Deno.makeTempDir({ prefix: "xf-bench-http-" });
   const proc = await startNodeProcess(dir);
-  let httpRate = 0, p99 = 0, halfRate = 0, over: Awaited<ReturnType<typeof openLoop>> | null = null;
-  let rssPeak = 0;
+  let httpRate = 0, p99 = 0, p999 = 0, halfRate = 0, over: Awaited<ReturnType<typeof openLoop>> | null = null;
+  let rssPeak = 0, sustained = 0;
   try {
     await postBody(proc.url, gid, cborArrayOf([manifest.bytes]));
+    const tHttp = performance.now();
     httpRate = await httpThroughput(proc.url, gid, http.bodies);
+    // Acknowledged is not yet indexed: the rate the node sustains is the one at which the index holds them too.
+    await untilIndexed(proc.url, gid, N + 1);
+    sustained = N / ((performance.now() - tHttp) / 1000);
     halfRate = Math.round(httpRate / 2);
+    const before = await stageHistograms(proc.url);
     const h = await openLoop(proc.url, gid, half.bodies, 20, halfRate, 5);
+    const after = await stageHistograms(proc.url);
     p99 = percentile(h.latencies, 0.99);
+    p999 = percentile(h.latencies, 0.999);
     notes.push(
       `ack latency at ${halfRate} ev/s offered (open loop, batches of 20, ${h.latencies.length} requests): p50 ${
         percentile(h.latencies, 0.5).toFixed(1)
       } ms, p90 ${percentile(h.latencies, 0.9).toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, p99.9 ${
-        percentile(h.latencies, 0.999).toFixed(1)
+        p999.toFixed(1)
       } ms, max ${(h.latencies.at(-1) ?? 0).toFixed(1)} ms`,
+      `per-stage breakdown during that run (queue: from the stage before sending to this stage taking the batch; ` +
+        `service: taken to done; p99 as the histogram bucket bound):`,
+      ...breakdown(before, after),
+      `HTTP closed loop: ${httpRate.toFixed(0)} ev/s acknowledged; ${
+        sustained.toFixed(0)
+      } ev/s once the index also holds them (all ${N} indexed)`,
     );
     over = await openLoop(proc.url, gid, overBodies.bodies, 100, httpRate * 2, 4);
     rssPeak = await proc.rssPeakMb();
@@ -285,14 +365,19 @@ export async function benchIngest(): Promise<{ rows: Row[]; notes: string[] }> {
     {
       figure: "HTTP batch POST, durable (ev/s)",
       value: httpRate,
-      peer: "0.7 × one-core Ed25519 verify",
-      peerValue: 0.7 * verify,
+      peer: "0.8 × one-core Ed25519 verify (target)",
+      peerValue: 0.8 * verify,
     },
-    { figure: "HTTP batch POST, durable (ev/s)", value: httpRate, peer: "target 15,000 ev/s", peerValue: 15_000 },
+    {
+      figure: "HTTP batch POST, durable and indexed (ev/s)",
+      value: sustained,
+      peer: "0.8 × one-core Ed25519 verify (target)",
+      peerValue: 0.8 * verify,
+    },
     {
       figure: "library publish, durable (ev/s)",
       value: libRate,
-      peer: "Ed25519 verify, one core (node:crypto)",
+      peer: "1.0 × one-core Ed25519 verify (target, node:crypto)",
       peerValue: verify,
     },
     {
@@ -311,10 +396,16 @@ export async function benchIngest(): Promise<{ rows: Row[]; notes: string[] }> {
     });
   } else notes.push("hypercore: could not run under node on this machine");
   rows.push({
-    figure: `ack p99 at ${halfRate} ev/s (ms)`,
+    figure: `ack p99 at ${halfRate} ev/s, batches of 20 (ms)`,
     value: p99,
     peer: "limit 50 ms",
     peerValue: 50,
+    lowerIsBetter: true,
+  }, {
+    figure: `ack p99.9 at ${halfRate} ev/s, batches of 20 (ms)`,
+    value: p999,
+    peer: "limit 100 ms",
+    peerValue: 100,
     lowerIsBetter: true,
   });
   if (over) {
@@ -328,7 +419,7 @@ export async function benchIngest(): Promise<{ rows: Row[]; notes: string[] }> {
     notes.push(
       `2× load: offered ${over.offered.toFixed(0)} ev/s, stored ${
         over.stored.toFixed(0)
-      } ev/s, shed with 503: ${over.shed} events, other failures: ${over.other}`,
+      } ev/s, shed with 503 (each with Retry-After): ${over.shed} events, other failures: ${over.other}`,
     );
   }
   return { rows, notes };

@@ -4,7 +4,7 @@
 // nostr-tools' vector storage computing the same fingerprint by scan; proof
 // size and verify time; bytes of index per event.
 import { nip77 } from "npm:nostr-tools@2.25.2";
-import { indexStage } from "../actors/index_stage.ts";
+import { indexStage } from "../actors/index.ts";
 import { packBatch } from "../actors/batch.ts";
 import { LIMITS } from "../core/limits.ts";
 import type { StageContext } from "../actors/runtime.ts";

@@ -366,7 +366,7 @@ export class XfClient {
   async #open(path: string, init: RequestInit2 = {}): Promise<Response> {
     const res = await this.#authorized(
       init,
-      (token) => this.#fetchWith(path, { ...init, method: "GET" }, token, async (r) => r, true),
+      (token) => this.#fetchWith(path, { ...init, method: "GET" }, token, (r) => Promise.resolve(r), true),
       async (r) => void await r.body?.cancel(),
     );
     if (!res.ok) throw this.#errorOf(res.status, new Uint8Array(await res.arrayBuffer()));

@@ -41,6 +41,16 @@ export const LIMITS = {
   stage_batch_events_max: 512,
   /** Batches a stage may hold in its mailbox (its credit window). */
   stage_mailbox_batches_max: 8,
+  /** Bytes of batches sent on one link between stages and not yet credited (a lone larger batch still goes). */
+  stage_link_bytes_max: 8 * 1024 * 1024,
+  /** Groups whose owner, policy and membership the decode stage holds (least recently used dropped past it). */
+  decode_groups_max: 100_000,
+  /** Helper Workers verifying signatures beside the decode stage (0: decode verifies alone). */
+  decode_verify_workers_max: 1,
+  /** Dead letters (batches that crashed a stage twice) /health remembers; every one is counted and kept on disk. */
+  dead_letters_max: 1000,
+  /** How long after an index write the WAL checkpoint (index made durable, WAL segments deleted) follows. */
+  wal_checkpoint_ms: 200,
   /** Ids the ingest stage remembers as recently stored (duplicate filter). */
   ingest_recent_ids_max: 100_000,
   /** Records one WAL group commit writes before its fdatasync. */
@@ -183,12 +193,6 @@ export const FSCK_DAMAGED_MAX = 10_000;
 
 // ---------------------------------------------------------------------------
 // Fixed bounds: the pipeline's stages
-
-/** Recent membership events decode sends with each authorization request, per group. */
-export const DECODE_PENDING_MEMBERSHIP_MAX = 256;
-
-/** Groups whose manifest decode remembers. */
-export const DECODE_GROUPS_MAX = 100_000;
 
 /** Group ids remembered as not held (so looking one up again costs no read). */
 export const ABSENT_GROUPS_MAX = 10_000;
@@ -350,8 +354,6 @@ export const DEAD_MEMBERS_MAX = 1024;
 // ---------------------------------------------------------------------------
 // Fixed bounds: times and sizes that were literals in the code
 
-/** After the index reports a new checkpoint, the root asks the WAL to delete covered segments this much later (one call per burst). */
-export const WAL_CHECKPOINT_DELAY_MS = 200;
 /** Time-index keys one query page fetches and filters at a time. */
 export const QUERY_FETCH_KEYS_MAX = 256;
 /** `fsck` and `scan` read a whole group or store: they may take this many times `request_timeout_ms`. */

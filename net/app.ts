@@ -7,20 +7,18 @@
  * @module
  */
 
-import { bytesEqual, fromHex, toHex } from "../core/bytes.ts";
+import { fromHex, toHex } from "../core/bytes.ts";
 import { type Context, Hono } from "@hono/hono";
 import type { NodeCore } from "./node_api.ts";
 import type { NodeSync } from "./peers.ts";
 import type { DhtService } from "./dht/service.ts";
 import type { EventResult } from "../actors/batch.ts";
-import type { Limits } from "../core/limits.ts";
-import { splitBody } from "../actors/ingest.ts";
 import { statusOf, toWire, XfError } from "../core/errors.ts";
 import { encodeCbor } from "../storage/cbor.ts";
-import { checkManifestEvent, decodeEvent, eventJson, KIND_MANIFEST, peekEvent, verifyEvent } from "../storage/event.ts";
+import { eventJson } from "../storage/event.ts";
 import { upgradeWebSocket } from "@hono/hono/deno";
 import { cors } from "@hono/hono/cors";
-import type { GroupInfoView } from "../actors/index_stage.ts";
+import type { GroupInfoView } from "../actors/index.ts";
 import { parseStreamQuery, runStream, sseSink, StreamHub, type StreamOptions, type StreamSink } from "./stream.ts";
 import type { WSContext, WSEvents } from "@hono/hono/ws";
 import type { FrameChannel } from "./sync.ts";
@@ -158,29 +156,6 @@ function sameSecret(given: string, secret: string): boolean {
   let d = a.length ^ b.length;
   for (let i = 0; i < b.length; i++) d |= (a[i] ?? 0) ^ b[i]!;
   return d === 0;
-}
-
-/**
- * Whether a body carries the group's own manifest: a kind-0 event of `gid`
- * whose id follows from its owner and nonce, signed by that owner. Only
- * this creates a group a node does not hold. Never throws.
- */
-async function carriesOwnManifest(body: Uint8Array, gid: Uint8Array, limits: Limits): Promise<boolean> {
-  let parts: Uint8Array[];
-  try {
-    parts = splitBody(body, limits);
-  } catch {
-    return false;
-  }
-  for (const part of parts) {
-    if (peekEvent(part)?.kind !== KIND_MANIFEST || !bytesEqual(part.subarray(4, 36), gid)) continue;
-    try {
-      const e = decodeEvent(part, limits);
-      checkManifestEvent(e);
-      if (await verifyEvent(e)) return true;
-    } catch { /* not a valid manifest: it creates nothing */ }
-  }
-  return false;
 }
 
 /** The caller's socket address as Deno.serve reports it (Hono's `c.env`); "" when there is none. */
@@ -430,16 +405,12 @@ export function createApp(node: AppNode, options: AppOptions = {}) {
         throw new XfError("UNSUPPORTED_MEDIA_TYPE", `Cannot accept body of type "${type.slice(0, 100)}": send ${CBOR}`);
       }
       const body = await readBody(c.req.raw, node.limits.http_body_bytes_max);
-      // One answer for "not yours" and "not here": a group the caller cannot see (a closed one without a
-      // member's token, or one the node does not hold) answers UNKNOWN_GROUP whatever the body, after the
-      // same work either way; only a group the node does not hold can be created, by its own manifest.
-      const a = await node.access(toHex(gid), readerOf(c.req.header("authorization")));
-      if (!a.readable) {
-        const creates = await carriesOwnManifest(body, gid, node.limits);
-        if (a.exists || !creates) throw unknownGroup(gid);
-      }
+      // One answer for "not yours" and "not here": the decode stage answers UNKNOWN_GROUP for the whole request
+      // when the caller cannot see the group (a closed one without a member's token, or one the node does not
+      // hold), whatever the body; only a group the node does not hold can be created, by its own manifest.
+      // The write does not wait for the index.
       const single = body.length > 1 && body[0]! >> 5 === 4 && body[1]! >> 5 !== 4 && (body[0]! & 0x1f) !== 0;
-      const results = await node.submit(gid, body);
+      const results = await node.submit(gid, body, readerOf(c.req.header("authorization")));
       const view = (r: EventResult) => ({
         status: r.status,
         ...(r.id ? { id: r.id } : {}),

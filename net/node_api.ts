@@ -9,10 +9,11 @@
  * @module
  */
 
+import type { DeadLetter } from "../actors/root.ts";
 import type { Pipeline } from "../actors/root.ts";
 import type { EventResult } from "../actors/batch.ts";
 import type { SubscriptionFilter } from "../actors/advertise.ts";
-import type { ArrivalQuery, EventQuery } from "../actors/index_stage.ts";
+import type { ArrivalQuery, EventQuery } from "../actors/index.ts";
 import type { Histogram } from "../actors/histogram.ts";
 import type { Limits } from "../core/limits.ts";
 import type { KeyPair } from "../storage/ed25519.ts";
@@ -36,6 +37,8 @@ export interface NodeHealth {
   version: string;
   uptime: number;
   storage: "ok" | "full";
+  /** Batches set aside after they crashed a stage twice: how many, and the latest few. */
+  deadLetters: { count: number; recent: DeadLetter[] };
 }
 
 /** What `net/` calls on a node (see `XfNode` in `node.ts` for each call's contract). */
@@ -57,7 +60,8 @@ export interface NodeCore {
     key: string,
   ): Promise<{ exists: boolean; readable: boolean; root: string; count: number; policy: number }>;
   publish(events: Uint8Array | Event | (Uint8Array | Event)[], gid?: Uint8Array): Promise<EventResult[]>;
-  submit(gid: Uint8Array | null, body: Uint8Array): Promise<EventResult[]>;
+  /** `reader`: the HTTP caller's token key ("" anonymous) that must see `gid`, else UNKNOWN_GROUP; null skips it. */
+  submit(gid: Uint8Array | null, body: Uint8Array, reader?: string | null): Promise<EventResult[]>;
   get(id: string): Promise<Uint8Array | null>;
   query(q: EventQuery): Promise<{ events: Uint8Array[]; cursor: string | null; seqs: number[] } | null>;
   arrivals(q: ArrivalQuery): Promise<{ events: Uint8Array[]; seqs: number[]; last: number; more: boolean } | null>;

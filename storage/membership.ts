@@ -41,7 +41,7 @@
 import { fromHex, toHex } from "../core/bytes.ts";
 import { CborReader, encodeCbor } from "./cbor.ts";
 import { XfError } from "../core/errors.ts";
-import { POLICY_CLOSED, POLICY_OPEN } from "./event.ts";
+import { KIND_MEMBERSHIP, POLICY_CLOSED, POLICY_OPEN } from "./event.ts";
 import { MEMBERSHIP_EVENTS_MAX } from "../core/limits.ts";
 
 /** Membership action: add a member. */
@@ -592,4 +592,24 @@ function toEntry(e: MembershipEvent): Entry {
   }
   const m = readMembership(e.payload);
   return { ts: e.ts, id: toHex(e.id), author: toHex(e.author), action: m.action, member: toHex(m.member) };
+}
+
+/**
+ * The one write-authorization rule, for every event but a manifest: a
+ * membership event is judged by {@linkcode GroupState.judgeMembership} and,
+ * when accepted, applied to `state` (so later events see it); any other
+ * event needs {@linkcode GroupState.canWrite} at its `ts`.
+ */
+export function authorizeWrite(state: GroupState, ev: MembershipEvent & { kind: number }): MembershipJudgement {
+  if (ev.kind === KIND_MEMBERSHIP) {
+    const j = state.judgeMembership(ev);
+    if (j.ok) state.apply([ev]);
+    return j;
+  }
+  if (state.canWrite(ev.author, ev.ts)) return { ok: true };
+  return {
+    ok: false,
+    code: "FORBIDDEN",
+    message: `Cannot accept event: author "${toHex(ev.author)}" is not a member of the group at ts "${ev.ts}"`,
+  };
 }

@@ -24,7 +24,7 @@ const PLACED: Record<string, Layer> = {
  * is removed.
  */
 const CYCLES_KNOWN: Record<string, string> = {
-  "actors/decode.ts -> actors/index_stage.ts -> actors/decode.ts":
+  "actors/decode.ts -> actors/index.ts -> actors/decode.ts":
     "type-only (GroupInfo one way, AuthorizeItem the other); both files are being rewritten (issue 11, pipeline v2), " +
     "authorization moving to storage/membership.ts",
 };

@@ -176,7 +176,7 @@ Deno.test("Logs: a stage restart is a warning from the supervisor", async () => 
       "warning",
       "xf.pipeline",
       "decode",
-      "decode,wal,index,advertise",
+      "decode", // one_for_one: only the crashed stage restarts
     ]);
     assertMatch(r.error, /^[A-Z_]+: /);
   } finally {

@@ -56,20 +56,32 @@ function value(e: Exposition, name: string, labels: Record<string, string> = {})
   )?.value;
 }
 
-/** Every histogram: `le` increasing up to +Inf, buckets cumulative, `_count` = the +Inf bucket, `_sum` ≥ 0. */
+/**
+ * Every histogram series (one per label set besides `le`): `le` increasing up to +Inf, buckets cumulative,
+ * `_count` = the +Inf bucket, `_sum` ≥ 0.
+ */
 function checkHistograms(e: Exposition): string[] {
   const names = [...e.types].filter(([, t]) => t === "histogram").map(([n]) => n);
   for (const n of names) {
-    const buckets = e.samples.filter((s) => s.name === `${n}_bucket`);
-    assert(buckets.length >= 2, `${n} has buckets`);
-    const les = buckets.map((b) => b.labels.le === "+Inf" ? Infinity : Number(b.labels.le));
-    assertEquals(les.at(-1), Infinity, `${n}: last bucket is +Inf`);
-    for (let i = 1; i < buckets.length; i++) {
-      assert(les[i]! > les[i - 1]!, `${n}: le increasing`);
-      assert(buckets[i]!.value >= buckets[i - 1]!.value, `${n}: buckets cumulative (le=${les[i]})`);
+    const all = e.samples.filter((s) => s.name === `${n}_bucket`);
+    assert(all.length >= 2, `${n} has buckets`);
+    const series = new Map<string, typeof all>();
+    for (const b of all) {
+      const { le: _le, ...rest } = b.labels;
+      const key = JSON.stringify(rest);
+      series.set(key, [...(series.get(key) ?? []), b]);
     }
-    assertEquals(value(e, `${n}_count`), buckets.at(-1)!.value, `${n}: _count equals the +Inf bucket`);
-    assert(value(e, `${n}_sum`)! >= 0, `${n}: _sum`);
+    for (const [key, buckets] of series) {
+      const labels = JSON.parse(key) as Record<string, string>;
+      const les = buckets.map((b) => b.labels.le === "+Inf" ? Infinity : Number(b.labels.le));
+      assertEquals(les.at(-1), Infinity, `${n} ${key}: last bucket is +Inf`);
+      for (let i = 1; i < buckets.length; i++) {
+        assert(les[i]! > les[i - 1]!, `${n} ${key}: le increasing`);
+        assert(buckets[i]!.value >= buckets[i - 1]!.value, `${n} ${key}: buckets cumulative (le=${les[i]})`);
+      }
+      assertEquals(value(e, `${n}_count`, labels), buckets.at(-1)!.value, `${n} ${key}: _count is the +Inf bucket`);
+      assert(value(e, `${n}_sum`, labels)! >= 0, `${n} ${key}: _sum`);
+    }
   }
   return names;
 }
@@ -125,8 +137,21 @@ Deno.test("/metrics: histograms hold, ack count equals stored + duplicate events
     assert(resp.headers.get("content-type")!.startsWith("text/plain"));
     const e = parse(await resp.text());
     const hs = checkHistograms(e);
-    for (const n of ["xf_ack_seconds", "xf_sync_delivery_seconds", "xf_stream_delivery_seconds"]) {
+    for (
+      const n of [
+        "xf_ack_seconds",
+        "xf_sync_delivery_seconds",
+        "xf_stream_delivery_seconds",
+        "xf_stage_queue_seconds",
+        "xf_stage_service_seconds",
+      ]
+    ) {
       assert(hs.includes(n), `${n} is a histogram`);
+    }
+    // Every stage served the batches of this test, and says how long they queued and took.
+    for (const stage of ["ingest", "decode", "wal_flush", "index"]) {
+      assert(value(e, "xf_stage_service_seconds_count", { stage })! > 0, `${stage} served batches`);
+      assert(value(e, "xf_stage_queue_seconds_count", { stage })! > 0, `${stage} queue waits`);
     }
     const stored = value(e, "xf_events_out_total", { status: "stored" })!;
     const dup = value(e, "xf_events_out_total", { status: "duplicate" })!;

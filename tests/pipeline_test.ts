@@ -1,9 +1,8 @@
-import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import { makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
-import { openNode, type XfNode } from "../node.ts";
+import { closedGroup, hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
+import { openNode, type XfNode } from "../actors/node.ts";
 import { eventId, signEvent, type StoredEvent } from "../storage/event.ts";
-import type { XfError } from "../core/errors.ts";
+import type { XfError } from "../storage/errors.ts";
 
 Deno.test("XfNode.publish() stores, answers duplicates, and serves queries in (ts, id) order", async () => {
   const t = await tempNode();
@@ -14,21 +13,21 @@ Deno.test("XfNode.publish() stores, answers duplicates, and serves queries in (t
     const shuffled = [...evs].reverse();
     const res = await t.node.publish(shuffled);
     assertEquals(res.map((r) => r.status), shuffled.map(() => "stored"));
-    assertEquals(res.map((r) => r.id), shuffled.map((e) => toHex(e.id)));
+    assertEquals(res.map((r) => r.id), shuffled.map((e) => hexOf(e.id)));
     const again = await t.node.publish([evs[0]!, evs[0]!, evs[1]!]);
     assertEquals(again.map((r) => r.status), ["duplicate", "duplicate", "duplicate"]);
-    const page = await t.node.query({ gid: toHex(g.gid), limit: 20 });
+    const page = await t.node.query({ gid: hexOf(g.gid), limit: 20 });
     assertEquals(page!.events.length, 20);
-    const ordered = [g.manifest, ...evs].sort((a, b) => a.ts - b.ts || toHex(a.id).localeCompare(toHex(b.id)));
-    assertEquals(page!.events.map(toHex), ordered.slice(0, 20).map((e) => toHex(e.bytes)));
-    const rest = await t.node.query({ gid: toHex(g.gid), limit: 100, cursor: page!.cursor! });
+    const ordered = [g.manifest, ...evs].sort((a, b) => a.ts - b.ts || hexOf(a.id).localeCompare(hexOf(b.id)));
+    assertEquals(page!.events.map(hexOf), ordered.slice(0, 20).map((e) => hexOf(e.bytes)));
+    const rest = await t.node.query({ gid: hexOf(g.gid), limit: 100, cursor: page!.cursor! });
     assertEquals(rest!.events.length, 31);
     assertEquals(rest!.cursor, null);
-    const kind17 = await t.node.query({ gid: toHex(g.gid), limit: 100, kinds: [17] });
+    const kind17 = await t.node.query({ gid: hexOf(g.gid), limit: 100, kinds: [17] });
     assertEquals(kind17!.events.length, evs.filter((e) => e.kind === 17).length);
-    const window = await t.node.query({ gid: toHex(g.gid), limit: 100, since: evs[10]!.ts, until: evs[19]!.ts });
+    const window = await t.node.query({ gid: hexOf(g.gid), limit: 100, since: evs[10]!.ts, until: evs[19]!.ts });
     assertEquals(window!.events.length, 10);
-    assertEquals(toHex((await t.node.get(toHex(evs[3]!.id)))!), toHex(evs[3]!.bytes));
+    assertEquals(hexOf((await t.node.get(hexOf(evs[3]!.id)))!), hexOf(evs[3]!.bytes));
     assertEquals(await t.node.get("00".repeat(32)), null);
   } finally {
     await t.done();
@@ -57,7 +56,7 @@ Deno.test("XfNode.publish() rejects bad events with stable codes and stores none
     assertEquals(res.map((r) => r.code), ["BAD_SIGNATURE", "TS_IN_FUTURE", "UNKNOWN_GROUP", "RESERVED_KIND"]);
     const mismatch = await t.node.submit(other.gid, ok!.bytes);
     assertEquals(mismatch[0]!.code, "GROUP_MISMATCH");
-    const page = await t.node.query({ gid: toHex(g.gid), limit: 100 });
+    const page = await t.node.query({ gid: hexOf(g.gid), limit: 100 });
     assertEquals(page!.events.length, 1); // the manifest only
     assertEquals(t.node.health().ready, true);
   } finally {
@@ -73,39 +72,39 @@ Deno.test("XfNode keeps acknowledged events across a restart and replays nothing
     let node = await openNode({ dataDir: dir, workers: false });
     await node.publish(g.manifest);
     await node.publish(evs);
-    const root1 = await node.merkle(toHex(g.gid));
+    const root1 = await node.merkle(hexOf(g.gid));
     await node.close();
     node = await openNode({ dataDir: dir, workers: false });
-    const page = await node.query({ gid: toHex(g.gid), limit: 1000 });
+    const page = await node.query({ gid: hexOf(g.gid), limit: 1000 });
     assertEquals(page!.events.length, 201);
-    assertEquals(await node.merkle(toHex(g.gid)), root1);
-    assertEquals((await node.fsck(toHex(g.gid)))!.ok, true);
+    assertEquals(await node.merkle(hexOf(g.gid)), root1);
+    assertEquals((await node.fsck(hexOf(g.gid)))!.ok, true);
     await node.close();
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });
 
-for (const stage of ["ingest", "decode", "wal", "index", "advertise"] as const) {
+for (const stage of ["ingest", "decode", "wal_flush", "index", "advertise"] as const) {
   Deno.test(`Supervisor restarts a crashed ${stage} stage and loses no acknowledged event`, async () => {
     const t = await tempNode({ faults: { [stage]: { crashAtBatch: 3 } } });
     try {
       const g = await testGroup();
       await t.node.publish(g.manifest);
       const got: Uint8Array[] = [];
-      await t.node.subscribe({ gid: toHex(g.gid) }, (evs) => got.push(...evs));
+      await t.node.subscribe({ gid: hexOf(g.gid) }, (evs) => got.push(...evs));
       const evs = await makeEvents(g, 300);
       const results = [];
       for (let i = 0; i < 300; i += 30) results.push(...await t.node.publish(evs.slice(i, i + 30)));
       const stored = results.filter((r) => r.status === "stored" || r.status === "duplicate").map((r) => r.id);
-      const page = await t.node.query({ gid: toHex(g.gid), limit: 1000 });
-      const held = new Set(page!.events.map((b) => toHex(b)));
+      const page = await t.node.query({ gid: hexOf(g.gid), limit: 1000 });
+      const held = new Set(page!.events.map((b) => hexOf(b)));
       for (const e of evs) {
-        if (stored.includes(toHex(e.id))) assert(held.has(toHex(e.bytes)), "acknowledged event lost");
+        if (stored.includes(hexOf(e.id))) assert(held.has(hexOf(e.bytes)), "acknowledged event lost");
       }
       assertEquals(page!.events.length, held.size); // none twice
       assert(t.node.pipeline.supervisor.child(stage).stats.restarts >= 1);
-      assertEquals((await t.node.fsck(toHex(g.gid)))!.ok, true);
+      assertEquals((await t.node.fsck(hexOf(g.gid)))!.ok, true);
       assertEquals(t.node.health().ready, true);
     } finally {
       await t.done();
@@ -135,12 +134,12 @@ Deno.test("XfNode.subscribe() delivers indexed events matching its filter", asyn
     const g = await testGroup();
     await t.node.publish(g.manifest);
     const got: Uint8Array[] = [];
-    const stop = await t.node.subscribe({ gid: toHex(g.gid), kinds: [16] }, (evs) => got.push(...evs));
+    const stop = await t.node.subscribe({ gid: hexOf(g.gid), kinds: [16] }, (evs) => got.push(...evs));
     const evs = await makeEvents(g, 9);
     await t.node.publish(evs);
     const deadline = Date.now() + 5000;
     while (got.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-    assertEquals(got.map(toHex).sort(), evs.filter((e) => e.kind === 16).map((e) => toHex(e.bytes)).sort());
+    assertEquals(got.map(hexOf).sort(), evs.filter((e) => e.kind === 16).map((e) => hexOf(e.bytes)).sort());
     await stop();
   } finally {
     await t.done();
@@ -157,7 +156,7 @@ Deno.test("openNode() runs every stage in a real Worker", async () => {
     await t.node.subscribe({ kinds: [16, 17, 18] }, (e) => got.push(...e));
     const res = await t.node.publish(evs);
     assertEquals(res.filter((r) => r.status === "stored").length, 20);
-    const page = await t.node.query({ gid: toHex(g.gid), limit: 100 });
+    const page = await t.node.query({ gid: hexOf(g.gid), limit: 100 });
     assertEquals(page!.events.length, 21);
     const deadline = Date.now() + 5000;
     while (got.length < 20 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
@@ -177,7 +176,7 @@ Deno.test("openNode() in Workers restarts a crashed stage", async () => {
     await t.node.publish(g.manifest);
     const evs = await makeEvents(g, 60);
     for (let i = 0; i < 60; i += 20) await t.node.publish(evs.slice(i, i + 20));
-    const page = await t.node.query({ gid: toHex(g.gid), limit: 100 });
+    const page = await t.node.query({ gid: hexOf(g.gid), limit: 100 });
     assertEquals(page!.events.length, 61);
     assertEquals(t.node.pipeline.supervisor.child("decode").stats.restarts, 1);
   } finally {
@@ -210,12 +209,12 @@ async function allPages(node: XfNode, gid: string, limit = 37): Promise<Uint8Arr
 /** Each acknowledged id stored once and indexed once: Merkle count, paged time index and get() agree. */
 async function assertStoredOnce(node: XfNode, gid: string, acked: Map<string, Uint8Array>) {
   const events = await allPages(node, gid);
-  const ids = events.map((b) => toHex(eventId(b)));
+  const ids = events.map((b) => hexOf(eventId(b)));
   assertEquals(new Set(ids).size, ids.length, "an event is in the time index twice");
   assertEquals(ids.length, acked.size, "time index holds a different number of events than were acknowledged");
   for (const [id, bytes] of acked) {
     assert(ids.includes(id), `acknowledged event ${id} not indexed`);
-    assertEquals(toHex((await node.get(id))!), toHex(bytes));
+    assertEquals(hexOf((await node.get(id))!), hexOf(bytes));
   }
   assertEquals((await node.merkle(gid))!.count, acked.size, "Merkle count differs from distinct acknowledged ids");
   assertEquals((await node.fsck(gid))!.ok, true);
@@ -226,11 +225,11 @@ Deno.test("A crash between the WAL acknowledgement and the index write leaves ea
   const t = await tempNode({ faults: { index: { crashAtBatch: 4 } } });
   try {
     const g = await testGroup();
-    const gid = toHex(g.gid);
+    const gid = hexOf(g.gid);
     const acked = new Map<string, Uint8Array>();
     const note = (evs: StoredEvent[], res: { id?: string; status: string }[]) =>
       res.forEach((r, i) => {
-        assertEquals(r.id, toHex(evs[i]!.id));
+        assertEquals(r.id, hexOf(evs[i]!.id));
         if (r.status === "stored" || r.status === "duplicate") acked.set(r.id!, evs[i]!.bytes);
       });
     note([g.manifest], await t.node.publish(g.manifest));
@@ -260,12 +259,12 @@ Deno.test("A crash between the WAL acknowledgement and the index write leaves ea
   }
 });
 
-for (const stage of ["decode", "wal", "index"] as const) {
+for (const stage of ["decode", "wal_flush", "index"] as const) {
   Deno.test(`A real ${stage} Worker terminated mid-stream is restarted, and no acknowledged event is lost or indexed twice`, async () => {
     const t = await tempNode({ workers: true });
     try {
       const g = await testGroup();
-      const gid = toHex(g.gid);
+      const gid = hexOf(g.gid);
       const acked = new Map<string, Uint8Array>();
       const note = (evs: StoredEvent[], res: { id?: string; status: string }[]) =>
         res.forEach((r, i) => {
@@ -303,3 +302,171 @@ for (const stage of ["decode", "wal", "index"] as const) {
     }
   });
 }
+
+for (const stage of ["decode", "index"] as const) {
+  Deno.test(`A poison batch that crashes ${stage} every time goes to a dead letter, and the rest flows`, async () => {
+    const g = await testGroup();
+    const evs = await makeEvents(g, 40);
+    const poison = evs[0]!;
+    const prefix = hexOf(poison.id).slice(0, 6);
+    assert(!evs.slice(1).some((e) => hexOf(e.id).startsWith(prefix)), "prefix not unique; pick another");
+    const t = await tempNode({ workers: true, faults: { [stage]: { poisonPrefix: prefix } } });
+    try {
+      await t.node.publish(g.manifest);
+      const [r] = await t.node.publish([poison]);
+      if (stage === "decode") {
+        // Not yet durable: answered as an internal failure, with where it was set aside.
+        assertEquals(r!.status, "rejected");
+        assertEquals(r!.code, "INTERNAL");
+        assert(r!.message!.includes("dead letter"), r!.message);
+      } else assertEquals(r!.status, "stored"); // acknowledged by the WAL before the index crashed on it
+      // The rest flows: every other event is stored and readable.
+      const rest = await t.node.publish(evs.slice(1));
+      assertEquals(rest.map((x) => x.status), evs.slice(1).map(() => "stored"));
+      const page = await t.node.query({ gid: hexOf(g.gid), limit: 100 });
+      assertEquals(page!.events.length, 40); // manifest + 39
+      const h = t.node.health();
+      assertEquals(h.ready, true);
+      assertEquals(h.deadLetters.count, 1);
+      assertEquals(h.deadLetters.recent[0]!.stage, stage);
+      assert(h.deadLetters.recent[0]!.error.includes("poison"), h.deadLetters.recent[0]!.error);
+      assertEquals(t.node.pipeline.supervisor.child(stage).stats.restarts, 2);
+      assert((await t.node.metrics()).includes("xf_dead_letters_total 1"));
+      // The dead-letter file holds the event's bytes, for the operator.
+      const file = `${t.dir}/${h.deadLetters.recent[0]!.file}`;
+      await until(() => Deno.stat(file).then(() => true, () => false));
+      const bytes = await Deno.readFile(file);
+      assert(hexOf(bytes).includes(hexOf(poison.bytes)));
+    } finally {
+      await t.done();
+    }
+  });
+}
+
+Deno.test("dead_letters_max bounds the dead letters /health remembers; every one is counted", async () => {
+  const g = await testGroup();
+  const evs = await makeEvents(g, 12);
+  const [a, b] = [evs[0]!, evs[1]!];
+  const prefixes = [a, b].map((e) => hexOf(e.id).slice(0, 6));
+  const t = await tempNode({
+    faults: { decode: { poisonPrefix: prefixes.join(",") } },
+    limits: { dead_letters_max: 1 },
+  });
+  try {
+    await t.node.publish(g.manifest);
+    assertEquals((await t.node.publish([a]))[0]!.code, "INTERNAL");
+    assertEquals((await t.node.publish([b]))[0]!.code, "INTERNAL");
+    const h = t.node.health();
+    assertEquals(h.deadLetters.count, 2);
+    assertEquals(h.deadLetters.recent.length, 1);
+    assert(h.deadLetters.recent[0]!.file.endsWith("-2.cbor"), h.deadLetters.recent[0]!.file);
+    // The rest flows.
+    const rest = await t.node.publish(evs.slice(2));
+    assertEquals(rest.map((r) => r.status), evs.slice(2).map(() => "stored"));
+  } finally {
+    await t.done();
+  }
+});
+
+for (const workers of [0, 1]) {
+  Deno.test(`decode_verify_workers_max ${workers}: a bad signature is caught on either side of a split batch`, async () => {
+    const t = await tempNode({ workers: true, limits: { decode_verify_workers_max: workers } });
+    try {
+      const g = await testGroup();
+      await t.node.publish(g.manifest);
+      const evs = await makeEvents(g, 200); // ≥ 64: shared with the helper Worker when there is one
+      const bodies = evs.map((e) => e.bytes.slice());
+      for (const i of [3, 150]) bodies[i]![bodies[i]!.length - 1]! ^= 1;
+      const res = await t.node.publish(bodies);
+      const bad = res.flatMap((r, i) => r.status === "rejected" ? [[i, r.code]] : []);
+      assertEquals(bad, [[3, "BAD_SIGNATURE"], [150, "BAD_SIGNATURE"]]);
+    } finally {
+      await t.done();
+    }
+  });
+}
+
+Deno.test("decode_groups_max: decode forgets a group past its bound and loads it again, membership and all", async () => {
+  const t = await tempNode({ limits: { decode_groups_max: 1 } });
+  try {
+    const a = await closedGroup(t.node);
+    const b = await closedGroup(t.node);
+    // Alternate: each write to one group evicts the other from decode; the reload must keep the member's right.
+    for (let round = 0; round < 3; round++) {
+      for (const g of [a, b]) {
+        const ev = await signEvent(g.member, {
+          group: g.gid,
+          ts: Date.now(),
+          kind: 16,
+          tags: [],
+          payload: new Uint8Array([round]),
+        });
+        assertEquals((await t.node.publish(ev))[0]!.status, "stored");
+        const stranger = await signEvent((await testGroup()).owner, {
+          group: g.gid,
+          ts: Date.now(),
+          kind: 16,
+          tags: [],
+          payload: new Uint8Array([round]),
+        });
+        assertEquals((await t.node.publish(stranger))[0]!.code, "FORBIDDEN");
+      }
+    }
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("stage_link_bytes_max: a link whose byte window holds less than one batch still moves every batch, one at a time", async () => {
+  const t = await tempNode({ limits: { stage_link_bytes_max: 1 } });
+  try {
+    const g = await testGroup();
+    await t.node.publish(g.manifest);
+    const evs = await makeEvents(g, 300);
+    const res = await Promise.all([0, 100, 200].map((i) => t.node.publish(evs.slice(i, i + 100))));
+    assertEquals(res.flat().filter((r) => r.status !== "stored"), []);
+    assertEquals((await t.node.merkle(hexOf(g.gid)))!.count, 301);
+  } finally {
+    await t.done();
+  }
+});
+
+Deno.test("wal_checkpoint_ms: the WAL checkpoint follows index writes after this delay, not before", async () => {
+  for (const [ms, moves] of [[20, true], [60_000, false]] as const) {
+    const t = await tempNode({ limits: { wal_checkpoint_ms: ms } });
+    try {
+      const g = await testGroup();
+      await t.node.publish([g.manifest, ...(await makeEvents(g, 20))]);
+      await new Promise((r) => setTimeout(r, 500));
+      const w = await t.node.pipeline.supervisor.child("wal_flush").call<{ checkpoint: number; lastSeq: number }>(
+        { type: "wal.stats" },
+      );
+      assertEquals(w.checkpoint === w.lastSeq, moves, `wal_checkpoint_ms ${ms}: ${JSON.stringify(w)}`);
+    } finally {
+      await t.done();
+    }
+  }
+});
+
+Deno.test("Requests arriving while ingest's window is full gather at the root and all finish", async () => {
+  const t = await tempNode({ workers: true, limits: { stage_mailbox_batches_max: 1 } });
+  try {
+    const g = await testGroup();
+    await t.node.publish(g.manifest);
+    const evs = await makeEvents(g, 400);
+    // 80 requests of 5 events, each in its own task: with a window of one batch, most arrive while it is full.
+    const pending: Promise<{ status: string }[]>[] = [];
+    for (let i = 0; i < 80; i++) {
+      pending.push(t.node.publish(evs.slice(i * 5, i * 5 + 5)));
+      await new Promise((r) => setTimeout(r, 0));
+    }
+    const res = await Promise.all(pending);
+    assertEquals(res.flat().filter((r) => r.status !== "stored"), []);
+    // The main thread was not starved while they waited: a timer still fires promptly.
+    const t0 = performance.now();
+    await new Promise((r) => setTimeout(r, 1));
+    assert(performance.now() - t0 < 1000);
+  } finally {
+    await t.done();
+  }
+});

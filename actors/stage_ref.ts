@@ -1,15 +1,24 @@
 /**
- * The parent side of one child actor: a bounded credit window for data
- * batches, requests with mandatory timeouts, and the list of batches the
- * child has not finished, which are sent again when it is restarted (so
- * nothing in its mailbox is lost when it crashes).
+ * The root's handle on one stage's host: it spawns the Worker (or an
+ * in-process host over a MessageChannel, for tests), sends it its links
+ * at (re)start, asks it requests with mandatory timeouts, hears its
+ * reports and its crash. Data does not pass here: it flows on the links
+ * between the stages (`link.ts`).
  *
  * @module
  */
 
-import type { Endpoint, FromChild, ToChild } from "./endpoint.ts";
+import type { FromHost, ParentEndpoint, ToHost } from "./host.ts";
+import { host } from "./host.ts";
+import type { Report } from "./stage.ts";
 import { fromWire, toWire, XfError } from "../core/errors.ts";
 import { LIMITS } from "../core/limits.ts";
+
+/** The parent's end of a host. */
+export interface Endpoint {
+  postMessage(message: unknown, transfer?: Transferable[]): void;
+  addEventListener(type: "message", listener: (ev: MessageEvent) => void): void;
+}
 
 /** A started child: its endpoint and how to stop it hard. */
 export interface Spawned {
@@ -17,25 +26,26 @@ export interface Spawned {
   terminate(): void;
 }
 
-/** How the parent routes what a child says. */
-export interface ChildHooks {
-  onEmit(from: string, to: string, msg: unknown): void;
-  onAsk(from: string, to: string, msg: unknown, timeoutMs: number): Promise<unknown>;
+/** What the root does with what a stage says. */
+export interface StageHooks {
+  onReport(from: string, msg: Report): void;
+  onAsk(from: string, msg: { type: string } & Record<string, unknown>): Promise<unknown>;
   onCrash(from: string, error: XfError): void;
 }
 
-/** Parent-side handle on one child actor. */
-export class ChildRef {
-  /** Data batches sent but not credited, by seq, in send order. */
-  readonly inflight = new Map<number, unknown>();
-  /** Data batches waiting for credit. */
-  readonly queue: unknown[] = [];
+/** The init message of a (re)start and the ports it transfers. */
+export interface InitMessage {
+  msg: Extract<ToHost, { t: "init" }>;
+  transfer: Transferable[];
+}
+
+/** Parent-side handle on one stage. */
+export class StageRef {
   /** Counters for /metrics. */
-  readonly stats = { sent: 0, credited: 0, restarts: 0, crashes: 0 };
+  readonly stats = { restarts: 0, crashes: 0 };
   state: "down" | "starting" | "up" | "stopping" = "down";
 
   private spawned: Spawned | null = null;
-  private nextSeq = 1;
   private nextCall = 1;
   private calls = new Map<
     number,
@@ -46,41 +56,29 @@ export class ChildRef {
   constructor(
     readonly id: string,
     private readonly spawn: () => Spawned,
-    private readonly hooks: ChildHooks,
-    readonly window: number = LIMITS.stage_mailbox_batches_max,
+    private readonly hooks: StageHooks,
   ) {}
 
-  /** Batches queued here plus those in the child's mailbox. */
-  depth(): number {
-    return this.queue.length + this.inflight.size;
-  }
-
-  /** Start (or restart) the child; resends unfinished batches after `ready`. */
-  async start(config: unknown, timeoutMs: number = LIMITS.request_timeout_ms): Promise<void> {
+  /** Start (or restart) the stage with its links; requests asked meanwhile go to the new one. */
+  async start(init: InitMessage, timeoutMs: number = LIMITS.request_timeout_ms): Promise<void> {
     this.state = "starting";
     const spawned = this.spawn();
     this.spawned = spawned;
     spawned.endpoint.addEventListener("message", (ev) => {
-      if (this.spawned === spawned) this.onMessage(ev.data as FromChild);
+      if (this.spawned === spawned) this.onMessage(ev.data as FromHost);
     });
     (spawned.endpoint as { start?: () => void }).start?.();
-    this.post({ t: "init", config });
+    spawned.endpoint.postMessage(init.msg, init.transfer);
     await this.waitFor("ready", timeoutMs, `Stage "${this.id}" did not start within ${timeoutMs} ms`);
     this.state = "up";
     for (const w of this.upWaiters.splice(0)) w();
-    // Requests that were in flight when the previous child crashed are asked again.
-    for (const [id, c] of this.calls) this.post({ t: "call", id, msg: c.msg });
-    // Unfinished batches go first, in their original order.
-    const again = [...this.inflight.values()];
-    this.inflight.clear();
-    this.queue.unshift(...again);
-    this.flush();
+    // Requests that were in flight when the previous host crashed are asked again.
+    for (const [id, c] of this.calls) this.post({ t: "call", id, msg: c.msg as never });
   }
 
-  /** Queue a data batch; it is sent when the child has credit. */
-  send(msg: unknown): void {
-    this.queue.push(msg);
-    this.flush();
+  /** Hand the host a message with ports (a peer's new link ends). */
+  wire(msg: ToHost, transfer: Transferable[]): void {
+    this.spawned?.endpoint.postMessage(msg, transfer);
   }
 
   /** Ask the child; rejects with `TIMEOUT` or `STAGE_DOWN`. */
@@ -100,7 +98,7 @@ export class ChildRef {
         reject(new XfError("TIMEOUT", `Request to stage "${this.id}" timed out after ${timeoutMs} ms`));
       }, timeoutMs);
       this.calls.set(id, { msg, resolve: resolve as (v: unknown) => void, reject, timer });
-      this.post({ t: "call", id, msg });
+      this.post({ t: "call", id, msg: msg as never });
     });
   }
 
@@ -155,17 +153,7 @@ export class ChildRef {
     for (const w of this.waiters.splice(0)) w.reject(reason);
   }
 
-  private flush() {
-    while (this.state === "up" && this.inflight.size < this.window && this.queue.length > 0) {
-      const msg = this.queue.shift();
-      const seq = this.nextSeq++;
-      this.inflight.set(seq, msg);
-      this.stats.sent++;
-      this.post({ t: "data", seq, msg });
-    }
-  }
-
-  private post(m: ToChild) {
+  private post(m: ToHost) {
     this.spawned?.endpoint.postMessage(m);
   }
 
@@ -190,23 +178,19 @@ export class ChildRef {
     });
   }
 
-  private onMessage(m: FromChild) {
+  private onMessage(m: FromHost) {
     switch (m.t) {
       case "ready":
       case "stopped":
         for (const w of this.waiters.filter((x) => x.t === m.t)) w.resolve();
         this.waiters = this.waiters.filter((x) => x.t !== m.t);
         return;
-      case "credit":
-        if (this.inflight.delete(m.seq)) this.stats.credited++;
-        this.flush();
-        return;
-      case "emit":
-        this.hooks.onEmit(this.id, m.to, m.msg);
+      case "report":
+        this.hooks.onReport(this.id, m.msg);
         return;
       case "ask": {
         const id = m.id;
-        this.hooks.onAsk(this.id, m.to, m.msg, m.timeoutMs).then(
+        this.hooks.onAsk(this.id, m.msg).then(
           (value) => this.post({ t: "reply", id, ok: true, value }),
           (e) => this.post({ t: "reply", id, ok: false, error: toWire(e) }),
         );
@@ -260,11 +244,11 @@ export function workerSpawner(url: URL, onError: (e: XfError) => void): () => Sp
   };
 }
 
-/** Spawn a child in-process over a MessageChannel (for unit tests). */
-export function inProcessSpawner(serve: (endpoint: Endpoint) => void): () => Spawned {
+/** Spawn a stage's host in-process over a MessageChannel (tests: no Worker; `modules` may add test stages). */
+export function inProcessSpawner(modules?: Parameters<typeof host>[1]): () => Spawned {
   return () => {
     const ch = new MessageChannel();
-    serve(ch.port2);
+    host(ch.port2 as unknown as ParentEndpoint, modules);
     return {
       endpoint: ch.port1,
       terminate: () => {

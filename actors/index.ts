@@ -1,32 +1,40 @@
 /**
- * Stage 4, index: the one actor that owns the RocksDB handle. Each batch of
- * durable events becomes one synced RocksDB write holding the events by id,
- * the per-group time index, new groups, the Merkle pages and the WAL
- * checkpoint — all or nothing. An event already held is skipped, so a
- * batch delivered twice (after a restart) is indexed once.
+ * Stage 4, index: the one actor that owns the RocksDB handle. Each write
+ * holds the events by id, the per-group time and arrival indexes, new
+ * groups, membership state, the Merkle pages and the WAL checkpoint — all
+ * or nothing. An event already held is skipped, so a batch delivered twice
+ * (after a restart) is indexed once.
  *
- * Messages it takes (data): `index.put`. Requests: `index.has`,
- * `index.groups`, `index.get`, `index.query`, `index.checkpoint`,
- * `index.merkle`, `index.proof`, `index.fsck`, `index.stats`.
- * It sends: `root` ← `index.indexed`; `advertise` ← `advertise.indexed`.
+ * The logic is index group commit: batches that arrive while a write runs
+ * are written together by the next (at most `index_batch_events_max`
+ * events). Writes are not synced: the WAL is what makes events durable, and
+ * its segments are deleted only after `index.durable` has made the index's
+ * checkpoint durable. Reads (requests from the root) wait until the index
+ * holds every event acknowledged before them (read your writes).
+ *
+ * Takes: `put` (data, from wal-flush); `written` (its write's answer).
+ * Sends: `advertise` ← `indexed`; `ingest` ← `release` (signal); reports
+ * `indexed`. Answers: `index.has` (ingest's request port), and the reads
+ * and group loads of `IndexCall` from the root.
  *
  * @module
  */
 
-import { fromHex, toHex } from "../core/bytes.ts";
-import type { Stage, StageContext } from "./runtime.ts";
+import type { CommonEffect, HostContext, StageLogic, StageModule } from "./stage.ts";
+import type { Input } from "./host.ts";
+import type { IndexPut } from "./wal_flush.ts";
+import type { Release } from "./ingest.ts";
+import type { LoadedGroup } from "./decode.ts";
 import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch.ts";
 import {
   ABSENT_GROUPS_MAX,
   GROUP_INFO_MAX,
-  LIMITS,
   type Limits,
   QUERY_FETCH_KEYS_MAX,
   QUERY_SCAN_MAX,
   RECONCILE_SESSION_IDLE_MS,
   RECONCILE_SESSIONS_MAX,
 } from "../core/limits.ts";
-import type { GroupInfo } from "./decode.ts";
 import { type Kv, MemoryKv, openRocks } from "../storage/kv.ts";
 import {
   arrivalKey,
@@ -43,12 +51,6 @@ import {
 } from "../storage/keys.ts";
 import { Reconciler } from "../merkle/negentropy.ts";
 import { VectorStorage } from "../merkle/negentropy_storage.ts";
-
-const EMPTY_SET = (() => {
-  const v = new VectorStorage();
-  v.seal();
-  return v;
-})();
 import {
   APP_KIND_MIN,
   checkManifestEvent,
@@ -60,8 +62,100 @@ import {
 } from "../storage/event.ts";
 import { GroupState, type GroupStateJSON } from "../storage/membership.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
+import { fromHex, toHex } from "../core/bytes.ts";
 import { XfError } from "../core/errors.ts";
 import { GroupTrees } from "../storage/merkle_store.ts";
+
+const EMPTY_SET = (() => {
+  const v = new VectorStorage();
+  v.seal();
+  return v;
+})();
+
+/** A batch index hands to advertise: events newly indexed, with their arrival seqs. */
+export interface AdvertiseIndexed {
+  type: "indexed";
+  batch: EventBatch;
+}
+
+/** What a write did. */
+export interface Written {
+  type: "written";
+  toks: number[];
+  /** Live events in the write (not replayed). */
+  n: number;
+  replayN: number;
+  lastSeq: number;
+  /** Ids newly held, then ids already held (32 bytes each). */
+  stored: Uint8Array;
+  duplicates: Uint8Array;
+  /** The newly held events, for subscribers. */
+  fresh: EventBatch | null;
+}
+
+/** Messages the index takes. */
+export type IndexIn = Input<IndexPut> | Written;
+
+/** Effects the index asks for. */
+export type IndexEffect =
+  | CommonEffect<"advertise">
+  | { do: "write"; toks: number[]; batches: { batch: EventBatch; replay: boolean }[] };
+
+/** The index's logic state: batches waiting for the next write. */
+export interface IndexState {
+  limits: Limits;
+  waiting: { tok: number; batch: EventBatch; replay: boolean }[];
+  writing: boolean;
+  checkpoint: number;
+}
+
+function nextWrite(st: IndexState): IndexEffect[] {
+  if (st.writing || st.waiting.length === 0) return [];
+  let n = 0;
+  let k = 0;
+  while (
+    k < st.waiting.length &&
+    (k === 0 || n + st.waiting[k]!.batch.ends.length <= st.limits.index_batch_events_max)
+  ) {
+    n += st.waiting[k]!.batch.ends.length;
+    k++;
+  }
+  const take = st.waiting.splice(0, k);
+  st.writing = true;
+  return [{
+    do: "write",
+    toks: take.map((t) => t.tok),
+    batches: take.map((t) => ({ batch: t.batch, replay: t.replay })),
+  }];
+}
+
+/** The index stage's logic. */
+export const logic: StageLogic<IndexState, IndexIn, IndexEffect> = {
+  // Batches that arrive while a write runs are written together by the next.
+  concurrency: 8,
+  init: (config) => ({ limits: config.limits, waiting: [], writing: false, checkpoint: 0 }),
+  receive(st, msg) {
+    if (msg.type === "input") {
+      st.waiting.push({ tok: msg.tok, batch: msg.msg.batch, replay: msg.msg.replay });
+      return nextWrite(st);
+    }
+    st.writing = false;
+    st.checkpoint = Math.max(st.checkpoint, msg.lastSeq);
+    const effects: IndexEffect[] = [{
+      do: "report",
+      msg: { type: "indexed", n: msg.n, replayN: msg.replayN, lastSeq: st.checkpoint, stored: msg.stored.length / 32 },
+    }];
+    const ids = new Uint8Array(msg.stored.length + msg.duplicates.length);
+    ids.set(msg.stored);
+    ids.set(msg.duplicates, msg.stored.length);
+    if (ids.length) {
+      effects.push({ do: "signal", to: "ingest", msg: { type: "release", ids, stored: true } satisfies Release });
+    }
+    if (msg.fresh) effects.push({ do: "send", to: "advertise", msg: { type: "indexed", batch: msg.fresh } });
+    for (const tok of msg.toks) effects.push({ do: "done", tok });
+    return [...effects, ...nextWrite(st)];
+  },
+};
 
 /** Index's config. */
 export interface IndexConfig {
@@ -137,25 +231,18 @@ export type IndexCall =
   | { type: "index.peers.load"; gid: string }
   | { type: "index.peers.save"; gid: string; table: Uint8Array }
   | { type: "index.access"; gid: string; key: string }
-  | { type: "index.authorize"; items: AuthorizeItem[]; pending?: AuthorizeItem[] }
+  | { type: "index.groupStates"; gids: string[] }
+  | { type: "index.durable" }
   | { type: "index.stats" }
   | { type: "index.totals" };
-
-/** One event decode wants authorized against its group's membership. */
-export interface AuthorizeItem {
-  gid: string;
-  author: Uint8Array;
-  ts: number;
-  kind: number;
-  id: Uint8Array;
-  payload: Uint8Array;
-}
 
 const CHECKPOINT = metaKey("checkpoint");
 const membersKey = (gid: string) => metaKey(`members:${gid}`);
 
 /** A group as the index keeps it. */
-export interface GroupRecord extends GroupInfo {
+export interface GroupRecord {
+  owner: string;
+  policy: number;
   name: string;
   manifest: string;
 }
@@ -194,10 +281,10 @@ function liveEvent(bytes: Uint8Array, id: Uint8Array): StoredEvent | null {
   };
 }
 
-/** The index stage's logic. */
-export function indexStage(): Stage<IndexConfig> {
+/** The index's runtime: RocksDB, the Merkle pages, and the reads. */
+export const effects = (_ctx: HostContext) => {
   let kv: Kv | null = null;
-  let limits: Limits = { ...LIMITS };
+  let limits!: Limits;
   let checkpoint = 0;
   let trees: GroupTrees | null = null;
   const groups = new Map<string, GroupRecord | null>();
@@ -245,46 +332,19 @@ export function indexStage(): Stage<IndexConfig> {
     return rec;
   }
 
-  /** Batches waiting for the next RocksDB write (index group commit). */
-  let waiting: { b: EventBatch; replay: boolean; resolve(): void; reject(e: unknown): void }[] = [];
-  let flushing = false;
-
-  /** Queue a batch; resolves once the write that holds it is on disk. */
-  function enqueue(b: EventBatch, replay: boolean, ctx: StageContext): Promise<void> {
-    const done = new Promise<void>((resolve, reject) => waiting.push({ b, replay, resolve, reject }));
-    if (!flushing) flushLoop(ctx);
-    return done;
-  }
-
-  async function flushLoop(ctx: StageContext) {
-    flushing = true;
-    while (waiting.length) {
-      let n = 0;
-      let k = 0;
-      while (k < waiting.length && (k === 0 || n + waiting[k]!.b.ends.length <= limits.index_batch_events_max)) {
-        n += waiting[k]!.b.ends.length;
-        k++;
-      }
-      const take = waiting.slice(0, k);
-      waiting = waiting.slice(k);
-      try {
-        await put(take, ctx);
-        for (const t of take) t.resolve();
-      } catch (e) {
-        for (const t of take) t.reject(e);
-      }
-    }
-    flushing = false;
-  }
-
-  async function put(batches: { b: EventBatch; replay: boolean }[], ctx: StageContext) {
+  /** One write: decode what is new, build every keyspace's ops and the Merkle pages, write them at once. */
+  async function write(toks: number[], batches: { batch: EventBatch; replay: boolean }[]): Promise<Written> {
     const items: BatchItem[] = [];
     let replayN = 0;
-    for (const { b, replay } of batches) {
-      const list = unpackBatch(b);
+    for (const { batch, replay } of batches) {
+      const list = unpackBatch(batch);
       if (replay) replayN += list.length;
       for (const it of list) items.push(replay ? { ...it, id: ZERO_ID } : it);
     }
+    return await put(toks, items, replayN);
+  }
+
+  async function put(toks: number[], items: BatchItem[], replayN: number): Promise<Written> {
     const events: { it: BatchItem; ev: StoredEvent; hex: string }[] = [];
     const seen = new Set<string>();
     let lastSeq = 0;
@@ -353,7 +413,8 @@ export function indexStage(): Stage<IndexConfig> {
     const nextCheckpoint = Math.max(checkpoint, lastSeq);
     ops.push({ type: "put", key: CHECKPOINT, value: u64be(nextCheckpoint) });
     try {
-      await kv!.batch(ops as never, { sync: true });
+      // Not synced: the WAL holds these events until `index.durable` has made this checkpoint durable.
+      await kv!.batch(ops as never, { sync: false });
     } catch (e) {
       trees!.forget(); // the write failed: pages reload from what RocksDB holds
       throw e;
@@ -372,20 +433,16 @@ export function indexStage(): Stage<IndexConfig> {
       list.forEach((e, i) => out.set(e.ev.id, i * 32));
       return out;
     };
-    ctx.emit("root", {
-      type: "index.indexed",
+    return {
+      type: "written",
+      toks,
       n: items.length - replayN,
       replayN,
       lastSeq: checkpoint,
       stored: ids(fresh),
       duplicates: ids(events.filter((_, i) => existing[i] !== undefined)),
-    });
-    if (fresh.length) {
-      ctx.emit("advertise", {
-        type: "advertise.indexed",
-        batch: packBatch(fresh.map((f) => ({ ...f.it, id: f.ev.id }))),
-      });
-    }
+      fresh: fresh.length ? packBatch(fresh.map((f) => ({ ...f.it, id: f.ev.id }))) : null,
+    };
   }
 
   async function query(q: EventQuery): Promise<{ events: Uint8Array[]; cursor: string | null; seqs: number[] }> {
@@ -507,23 +564,21 @@ export function indexStage(): Stage<IndexConfig> {
   }
 
   return {
-    // Several batches at once: they are written together (one synced RocksDB batch).
-    concurrency: LIMITS.stage_mailbox_batches_max,
-    async start(config) {
+    async start(st: IndexState, config: { limits: Limits; dir?: unknown }) {
       limits = config.limits;
-      if (config.dir) await Deno.mkdir(config.dir, { recursive: true });
-      kv = config.dir ? await openRocks(config.dir) : new MemoryKv();
+      const dir = config.dir as string | null;
+      if (dir) await Deno.mkdir(dir, { recursive: true });
+      kv = dir ? await openRocks(dir) : new MemoryKv();
       const cp = await kv.get(CHECKPOINT);
       checkpoint = cp ? Number(new DataView(cp.buffer, cp.byteOffset, 8).getBigUint64(0)) : 0;
       trees = new GroupTrees(kv);
+      st.checkpoint = checkpoint;
     },
-    async data(raw, ctx) {
-      const msg = raw as IndexMsg;
-      if (msg.type === "index.put") return await enqueue(msg.batch, msg.replay ?? false, ctx);
-      throw new XfError("INTERNAL", `Index cannot handle message "${(msg as { type: string }).type}"`);
+    async run(eff: IndexEffect): Promise<IndexIn | void> {
+      if (eff.do === "write") return await write(eff.toks, eff.batches);
     },
-    async call(raw) {
-      const msg = raw as IndexCall & { after?: number };
+    async call(raw: { type: string } & Record<string, unknown>) {
+      const msg = raw as unknown as IndexCall & { after?: number };
       if (msg.after && checkpoint < msg.after) await caughtUp(msg.after);
       switch (msg.type) {
         case "index.has": {
@@ -673,47 +728,19 @@ export function indexStage(): Stage<IndexConfig> {
           const r = await trees!.root(msg.gid);
           return { exists: true, readable: true, root: r.root, count: r.count, policy: st.policy };
         }
-        case "index.authorize": {
-          // Judged in order: an earlier membership event of the same call counts for the later ones.
-          const working = new Map<string, GroupState>();
-          // Membership events decode admitted that may not be indexed yet count as held.
-          for (const p of msg.pending ?? []) {
-            const base = working.get(p.gid) ?? (await stateOf(p.gid));
-            if (!base) continue;
-            const st = working.has(p.gid) ? base : GroupState.fromJSON(base.toJSON());
-            try {
-              st.apply([p]);
-            } catch { /* a malformed one cannot have passed decode; ignore */ }
-            working.set(p.gid, st);
-          }
-          const out: ({ ok: true } | { ok: false; code: string; message: string })[] = [];
-          for (const it of msg.items) {
-            let st = working.get(it.gid) ?? (await stateOf(it.gid));
-            if (!st) {
-              out.push({ ok: false, code: "UNKNOWN_GROUP", message: `Group "${it.gid}" is not known to this node` });
-              continue;
-            }
-            if (it.kind === KIND_MEMBERSHIP) {
-              const j = st.judgeMembership(it);
-              if (!j.ok) {
-                out.push(j);
-                continue;
-              }
-              if (!working.has(it.gid)) st = GroupState.fromJSON(st.toJSON());
-              st.apply([it]);
-              working.set(it.gid, st);
-              out.push({ ok: true });
-            } else if (!st.canWrite(it.author, it.ts)) {
-              out.push({
-                ok: false,
-                code: "FORBIDDEN",
-                message: `Cannot accept event: author "${
-                  toHex(it.author)
-                }" is not a member of the group at ts "${it.ts}"`,
-              });
-            } else out.push({ ok: true });
+        case "index.groupStates": {
+          // Decode's first touch of a group since start: its owner, policy and membership, or null.
+          const out: LoadedGroup[] = [];
+          for (const gid of msg.gids.slice(0, limits.decode_groups_max)) {
+            const s = await stateOf(gid);
+            out.push([gid, s ? s.toJSON() : null]);
           }
           return out;
+        }
+        case "index.durable": {
+          // Everything written so far becomes durable (a synced write), so the WAL up to it may go.
+          await kv!.batch([{ type: "put", key: CHECKPOINT, value: u64be(checkpoint) }], { sync: true });
+          return checkpoint;
         }
         case "index.peers.load": {
           const g = fromHex(msg.gid);
@@ -760,4 +787,6 @@ export function indexStage(): Stage<IndexConfig> {
       kv = null;
     },
   };
-}
+};
+
+export default { logic, effects } satisfies StageModule<IndexState, IndexIn, IndexEffect>;

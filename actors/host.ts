@@ -1,0 +1,419 @@
+/**
+ * The host of one stage, inside its Worker (or in-process over a
+ * MessageChannel in tests): it wires the stage's links, hands data
+ * batches to the stage's pure `receive` at most `concurrency` at a time,
+ * performs the effects, and answers the root's control messages.
+ *
+ * ```
+ *            control (parent ⇄ host): init, call/reply, rewire, stop, report, crash
+ *  upstream ══ Inlet ─► mailbox ─► receive(state, msg) ─► effects ─► Outlet ══ downstream
+ *                                        ▲                   │
+ *                                        └── answers ◄── run (crypto, WAL, RocksDB)
+ * ```
+ *
+ * Bad input is answered by the stage (it reports rejections); a broken
+ * invariant throws, and the host reports `crash` and stops taking input:
+ * the supervisor restarts the stage ("let it crash").
+ *
+ * @module
+ */
+
+import { Inlet, type LinkFrame, nowMs, Outlet, type Poisoned } from "./link.ts";
+import type { BaseConfig, CommonEffect, Report, StageModule } from "./stage.ts";
+import { toWire, type WireError, XfError } from "../core/errors.ts";
+import type { Limits } from "../core/limits.ts";
+import { Histogram } from "./histogram.ts";
+
+/** How an outgoing link is described to a host. */
+export interface OutletSpec {
+  port: MessagePort;
+  window: number;
+  bytes: number;
+}
+
+/** Messages from the root to a host. */
+export type ToHost =
+  | {
+    t: "init";
+    stage: string;
+    config: BaseConfig & Record<string, unknown>;
+    inputs: Record<string, MessagePort>;
+    outputs: Record<string, OutletSpec>;
+    /** Feedback ports (no credit: small messages bounded by the data that caused them), in and out. */
+    signalsIn: Record<string, MessagePort>;
+    signalsOut: Record<string, MessagePort>;
+    /** Request ports: this stage asks (`rpcOut`) or answers (`rpcIn`) another stage directly. */
+    rpcOut: Record<string, MessagePort>;
+    rpcIn: Record<string, MessagePort>;
+    /** Tests: crash on this data batch (1-based), once. */
+    crashAtBatch?: number;
+    /** Tests: crash on every batch whose first event id starts with this hex (a poison batch). */
+    poisonPrefix?: string;
+  }
+  | { t: "rewire"; out: string; port: MessagePort; restarted: boolean }
+  | { t: "input"; name: string; port: MessagePort }
+  | { t: "rpc"; name: string; port: MessagePort }
+  | { t: "rpcIn"; name: string; port: MessagePort }
+  | { t: "signalIn"; name: string; port: MessagePort }
+  | { t: "signalOut"; name: string; port: MessagePort }
+  | { t: "call"; id: number; msg: { type: string } & Record<string, unknown> }
+  | { t: "reply"; id: number; ok: boolean; value?: unknown; error?: WireError }
+  | { t: "stop" };
+
+/** Per-stage timing, in seconds: queue wait (sent → taken) and service (taken → done). */
+export interface StageTiming {
+  queue: Histogram;
+  service: Histogram;
+  batches: number;
+  events: number;
+}
+
+/** Messages from a host to the root. */
+export type FromHost =
+  | { t: "ready" }
+  | { t: "stopped" }
+  | { t: "report"; msg: Report }
+  | { t: "ask"; id: number; msg: { type: string } & Record<string, unknown> }
+  | { t: "reply"; id: number; ok: boolean; value?: unknown; error?: WireError }
+  | { t: "crash"; error: WireError };
+
+/** The endpoint a host talks to its parent through (a Worker's global scope, or a port). */
+export interface ParentEndpoint {
+  postMessage(m: unknown, transfer?: Transferable[]): void;
+  addEventListener(type: "message", l: (ev: MessageEvent) => void): void;
+}
+
+/** An input data batch with the host's token, as the stage receives it. */
+export interface Input<M> {
+  type: "input";
+  from: string;
+  tok: number;
+  msg: M;
+  /** When it was taken from the mailbox (ms since the epoch): the stage's "now". */
+  now: number;
+}
+
+/** Stage modules by stage id (dynamic import keeps a Worker to the code of its stage). */
+export const MODULES: Record<string, () => Promise<StageModule>> = {
+  ingest: async () => (await import("./ingest.ts")).default as unknown as StageModule,
+  decode: async () => (await import("./decode.ts")).default as unknown as StageModule,
+  wal_flush: async () => (await import("./wal_flush.ts")).default as unknown as StageModule,
+  index: async () => (await import("./index.ts")).default as unknown as StageModule,
+  advertise: async () => (await import("./advertise.ts")).default as unknown as StageModule,
+};
+
+/**
+ * Host a stage on `parent`. Call it synchronously at the top of a Worker
+ * entry, before any `await`, so no message is missed.
+ */
+export function host(parent: ParentEndpoint, modules: Record<string, () => Promise<StageModule>> = MODULES): void {
+  let mod: StageModule | null = null;
+  let effects: ReturnType<StageModule["effects"]> | null = null;
+  let state: unknown = null;
+  let limits: Limits | null = null;
+  let crashed = false;
+  let stopping = false;
+  let started: Promise<void> | null = null;
+  const inlets = new Map<string, Inlet<unknown>>();
+  const signalsOut = new Map<string, MessagePort>();
+  const signalsIn: MessagePort[] = [];
+  const outlets = new Map<string, Outlet<unknown>>();
+  const mailbox: { from: string; inlet: Inlet<unknown>; frame: LinkFrame<unknown>; tok: number }[] = [];
+  /**
+   * Batches in service: the inlet they came by (credit goes back there, not to whatever inlet has its name now:
+   * a restarted upstream numbers its batches from 1 again), frame sequence and when they were taken.
+   */
+  const active = new Map<number, { inlet: Inlet<unknown>; s: number; taken: number }>();
+  let nextTok = 1;
+  let batches = 0;
+  let crashAt = 0;
+  let poisonPrefix = "";
+  const timing: StageTiming = { queue: new Histogram(), service: new Histogram(), batches: 0, events: 0 };
+  const asks = new Map<
+    number,
+    { resolve(v: unknown): void; reject(e: unknown): void; to?: string; msg?: unknown }
+  >();
+  let nextAsk = 1;
+
+  const post = (m: FromHost) => parent.postMessage(m);
+
+  const crash = (e: unknown) => {
+    if (crashed) return;
+    crashed = true;
+    for (const i of inlets.values()) i.close();
+    for (const o of outlets.values()) o.unwire();
+    for (const p of signalsIn) p.close();
+    const release = Promise.resolve().then(() => effects?.stop?.(state)).catch(() => {});
+    const bound = new Promise((r) => setTimeout(r, limits?.stage_shutdown_ms ?? 5000));
+    Promise.race([release, bound]).then(() => post({ t: "crash", error: toWire(e) }));
+  };
+
+  /** Perform effects; a stage effect's answer is received as messages. */
+  const perform = (effs: unknown[]) => {
+    for (const raw of effs) {
+      const e = raw as CommonEffect<string> | { do: string };
+      switch (e.do) {
+        case "send": {
+          const s = e as Extract<CommonEffect<string>, { do: "send" }>;
+          const o = outlets.get(s.to);
+          if (!o) throw new XfError("INTERNAL", `Stage has no outgoing link "${s.to}"`);
+          o.send(s.msg);
+          break;
+        }
+        case "signal": {
+          const s = e as Extract<CommonEffect<string>, { do: "signal" }>;
+          signalsOut.get(s.to)?.postMessage(s.msg);
+          break;
+        }
+        case "report":
+          post({ t: "report", msg: (e as Extract<CommonEffect<string>, { do: "report" }>).msg });
+          break;
+        case "done":
+          finish((e as Extract<CommonEffect<string>, { do: "done" }>).tok);
+          break;
+        default:
+          Promise.resolve()
+            .then(() => effects!.run(e, state))
+            .then((answer) => {
+              if (crashed || answer === undefined) return;
+              for (const m of Array.isArray(answer) ? answer : [answer]) receive(m);
+            })
+            .catch(crash);
+      }
+    }
+  };
+
+  const receive = (msg: unknown) => {
+    if (crashed) return;
+    try {
+      perform(mod!.logic.receive(state, msg));
+    } catch (e) {
+      crash(e);
+    }
+  };
+
+  /** A batch is done: once what it produced has left this stage, credit goes back upstream. */
+  const finish = (tok: number) => {
+    const a = active.get(tok);
+    if (!a) return;
+    active.delete(tok);
+    Promise.all([...outlets.values()].map((o) => o.room())).then(() => {
+      if (crashed) return;
+      a.inlet.credit(a.s);
+      timing.service.observe((nowMs() - a.taken) / 1000);
+      timing.batches++;
+      pump();
+    });
+  };
+
+  const pump = () => {
+    if (crashed || !mod) return;
+    while (mailbox.length > 0 && active.size < mod.logic.concurrency) {
+      const { from, inlet, frame, tok } = mailbox.shift()!;
+      const taken = nowMs();
+      timing.queue.observe(Math.max(0, taken - frame.at) / 1000);
+      active.set(tok, { inlet, s: frame.s, taken });
+      batches++;
+      if (batches === crashAt) return crash(new XfError("INTERNAL", `Injected fault: crash at batch ${crashAt}`));
+      if (poisonPrefix && isPoison(frame.m, poisonPrefix)) {
+        return crash(new XfError("INTERNAL", `Injected fault: poison batch (ids starting ${poisonPrefix})`));
+      }
+      receive({ type: "input", from, tok, msg: frame.m, now: taken } satisfies Input<unknown>);
+    }
+  };
+
+  const addInput = (name: string, port: MessagePort) => {
+    // The old inlet stays open until its batches are credited (its sender is gone; the credit is harmless).
+    const inlet: Inlet<unknown> = new Inlet(port, (frame) => {
+      if (crashed) return;
+      mailbox.push({ from: name, inlet, frame, tok: nextTok++ });
+      if (started) started.then(pump);
+    });
+    inlets.set(name, inlet);
+  };
+
+  // A batch that crashed its receiver twice goes to the root's dead-letter record, with the error.
+  const onPoison = (out: string) => (p: Poisoned<unknown>) => {
+    if (!crashed) post({ t: "report", msg: { type: "dead", stage: out, batch: p.msg, crashes: p.crashes } });
+  };
+
+  parent.addEventListener("message", (ev: MessageEvent) => {
+    const m = ev.data as ToHost;
+    if (crashed && m.t !== "stop") return;
+    switch (m.t) {
+      case "init":
+        limits = m.config.limits as Limits;
+        crashAt = m.crashAtBatch ?? 0;
+        poisonPrefix = m.poisonPrefix ?? "";
+        started = (async () => {
+          const load = modules[m.stage];
+          if (!load) throw new XfError("INTERNAL", `No stage "${m.stage}"`);
+          mod = await load();
+          effects = mod.effects({
+            ask,
+            request,
+            receive,
+            room: (to) => outlets.get(to)?.room() ?? Promise.resolve(),
+          });
+          state = mod.logic.init(m.config);
+          await effects.start?.(state, m.config);
+          for (const [name, spec] of Object.entries(m.outputs)) {
+            const o = new Outlet<unknown>(name, spec.window, spec.bytes, onPoison(name));
+            o.wire(spec.port);
+            outlets.set(name, o);
+          }
+          for (const [name, port] of Object.entries(m.signalsOut)) signalsOut.set(name, port);
+          for (const [name, port] of Object.entries(m.signalsIn)) addSignalIn(name, port);
+          for (const [name, port] of Object.entries(m.rpcOut)) wireRpc(name, port);
+          for (const [name, port] of Object.entries(m.rpcIn)) serveRpc(name, port);
+          for (const [name, port] of Object.entries(m.inputs)) addInput(name, port);
+        })().then(() => {
+          post({ t: "ready" });
+          pump();
+        }, crash);
+        return;
+      // A peer stage was restarted: its new ends of the links arrive here (after our own start).
+      case "rewire":
+      case "input":
+      case "rpc":
+      case "rpcIn":
+      case "signalIn":
+      case "signalOut":
+        (started ?? Promise.resolve()).then(() => rewire(m)).catch(crash);
+        return;
+      case "call": {
+        const id = m.id;
+        (started ?? Promise.resolve())
+          .then(() => {
+            if (m.msg.type === "host.timing") return hostTiming();
+            if (!effects?.call) throw new XfError("INTERNAL", "Stage takes no requests");
+            return effects.call(m.msg, state);
+          })
+          .then(
+            (value) => post({ t: "reply", id, ok: true, value }),
+            (e) => post({ t: "reply", id, ok: false, error: toWire(e) }),
+          );
+        return;
+      }
+      case "reply":
+        return settle(m);
+      case "stop":
+        if (stopping) return;
+        stopping = true;
+        (async () => {
+          while (!crashed && (mailbox.length > 0 || active.size > 0)) await new Promise((r) => setTimeout(r, 5));
+          await Promise.all([...outlets.values()].map((o) => o.room()));
+          for (const i of inlets.values()) i.close();
+          await effects?.stop?.(state);
+        })().then(() => post({ t: "stopped" }), crash);
+        return;
+    }
+  });
+
+  const hostTiming = () => ({
+    queue: timing.queue.snapshot(),
+    service: timing.service.snapshot(),
+    batches: timing.batches,
+    mailbox: mailbox.length + active.size,
+    outlets: Object.fromEntries([...outlets].map(([k, o]) => [k, { depth: o.depth(), ...o.stats }])),
+  });
+
+  const rpcOut = new Map<string, MessagePort>();
+  const ends = new Map<string, MessagePort>();
+  /** Keep one port per named end; a replaced one is closed. */
+  const keep = (key: string, port: MessagePort) => {
+    ends.get(key)?.close();
+    ends.set(key, port);
+    signalsIn.push(port);
+  };
+  function addSignalIn(name: string, port: MessagePort) {
+    keep(`signal:${name}`, port);
+    port.onmessage = (ev: MessageEvent) => receive({ type: "signal", from: name, msg: ev.data });
+  }
+  function serveRpc(name: string, port: MessagePort) {
+    keep(`rpc:${name}`, port);
+    port.onmessage = (ev: MessageEvent) => {
+      const q = ev.data as { id: number; msg: { type: string } & Record<string, unknown> };
+      Promise.resolve()
+        .then(() => effects!.call!(q.msg, state))
+        .then(
+          (value) => port.postMessage({ t: "reply", id: q.id, ok: true, value }),
+          (e) => port.postMessage({ t: "reply", id: q.id, ok: false, error: toWire(e) }),
+        );
+    };
+  }
+  function rewire(m: Extract<ToHost, { t: "rewire" | "input" | "rpc" | "rpcIn" | "signalIn" | "signalOut" }>) {
+    switch (m.t) {
+      case "rewire":
+        return outlets.get(m.out)?.wire(m.port, m.restarted);
+      case "input":
+        return addInput(m.name, m.port);
+      case "rpc":
+        rpcOut.get(m.name)?.close();
+        wireRpc(m.name, m.port);
+        // Requests the restarted stage never answered are asked again of the new one.
+        for (const [id, a] of asks) if (a.to === m.name) m.port.postMessage({ id, msg: a.msg });
+        return;
+      case "rpcIn":
+        return serveRpc(m.name, m.port);
+      case "signalIn":
+        return addSignalIn(m.name, m.port);
+      case "signalOut":
+        signalsOut.get(m.name)?.close();
+        signalsOut.set(m.name, m.port);
+        return;
+    }
+  }
+  function settle(m: Extract<ToHost, { t: "reply" }>) {
+    const a = asks.get(m.id);
+    if (!a) return;
+    asks.delete(m.id);
+    if (m.ok) a.resolve(m.value);
+    else a.reject(new XfError((m.error?.code ?? "INTERNAL") as never, m.error?.message ?? "failed"));
+  }
+
+  function wireRpc(name: string, port: MessagePort) {
+    rpcOut.set(name, port);
+    port.onmessage = (ev: MessageEvent) => settle(ev.data as Extract<ToHost, { t: "reply" }>);
+  }
+
+  /** Ask another stage over a direct request port; fails with TIMEOUT (e.g. while it restarts). */
+  function request<T>(to: string, msg: { type: string } & Record<string, unknown>): Promise<T> {
+    const port = rpcOut.get(to);
+    if (!port) return Promise.reject(new XfError("INTERNAL", `Stage has no request port to "${to}"`));
+    const ms = limits?.request_timeout_ms ?? 10_000;
+    return new Promise<T>((resolve, reject) => {
+      const id = nextAsk++;
+      const timer = setTimeout(() => {
+        asks.delete(id);
+        reject(new XfError("TIMEOUT", `Request to stage "${to}" timed out after ${ms} ms`));
+      }, ms);
+      asks.set(id, {
+        resolve: (v) => (clearTimeout(timer), resolve(v as T)),
+        reject: (e) => (clearTimeout(timer), reject(e)),
+        to,
+        msg,
+      });
+      port.postMessage({ id, msg });
+    });
+  }
+
+  /** Ask the root (control path; for rare lookups only, never per batch). */
+  function ask<T>(msg: { type: string } & Record<string, unknown>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const id = nextAsk++;
+      asks.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      post({ t: "ask", id, msg });
+    });
+  }
+  (parent as { start?: () => void }).start?.();
+}
+
+/** Tests: the batch's first event id starts with one of the comma-separated hex prefixes. */
+function isPoison(msg: unknown, prefixes: string): boolean {
+  const b = (msg as { batch?: { ids?: Uint8Array } } | null)?.batch?.ids;
+  if (!b || b.length < 32) return false;
+  let hex = "";
+  for (let i = 0; i < 32; i++) hex += b[i]!.toString(16).padStart(2, "0");
+  return prefixes.split(",").some((p) => hex.startsWith(p));
+}
