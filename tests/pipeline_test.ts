@@ -1,8 +1,9 @@
+import { toHex as hexOf } from "../core/bytes.ts";
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import { closedGroup, hexOf, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
-import { openNode, type XfNode } from "../actors/node.ts";
+import { closedGroup, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
+import { openNode, type XfNode } from "../node.ts";
 import { eventId, signEvent, type StoredEvent } from "../storage/event.ts";
-import type { XfError } from "../storage/errors.ts";
+import type { XfError } from "../core/errors.ts";
 
 Deno.test("XfNode.publish() stores, answers duplicates, and serves queries in (ts, id) order", async () => {
   const t = await tempNode();
