@@ -16,6 +16,111 @@ import { openRocks } from "../storage/kv.ts";
 import { eventKey, merklePrefix, prefixEnd, timeKey } from "../storage/keys.ts";
 import { percentile, type Row, toHex } from "./_table.ts";
 
+/** The tree before inner-node reuse and removal (the previous implementation); XF_BENCH_MERKLE_BASELINE overrides. */
+const BASELINE = Deno.env.get("XF_BENCH_MERKLE_BASELINE") ?? "62b5a67";
+const RATE_EVENTS = Number(Deno.env.get("XF_BENCH_MERKLE_EVENTS") ?? 1_000_000);
+const RATE_TARGET = 10_000;
+
+interface Rates {
+  inOrder: number;
+  randomInsert: number;
+  randomDelete: number | null;
+  count: number;
+  bytesPerEvent: number;
+  sameRootAsBuild: boolean;
+}
+
+async function rates(root: string): Promise<Rates> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("./merkle_rate.ts", import.meta.url).pathname,
+      root,
+      String(RATE_EVENTS),
+      String(BATCH),
+    ],
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  if (!out.success) throw new Error(`merkle_rate on "${root}" failed`);
+  return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop()!);
+}
+
+/**
+ * Random-position inserts and removals, and in-order inserts, through GroupTrees on RocksDB (batches of 512, one
+ * synced write each) at RATE_EVENTS events: this tree beside BASELINE checked out as a git worktree, in this run.
+ */
+export async function benchMerkleRates(): Promise<{ rows: Row[]; notes: string[] }> {
+  const dir = `${await Deno.makeTempDir({ prefix: "xf-merkle-baseline-" })}/tree`;
+  const repo = new URL("..", import.meta.url).pathname;
+  const git = (args: string[]) =>
+    new Deno.Command("git", { args, cwd: repo, stdout: "null", stderr: "piped" }).output().catch(() => null);
+  const added = await git(["worktree", "add", "--detach", dir, BASELINE]);
+  const notes: string[] = [];
+  let base: Rates | null = null;
+  if (added?.success) {
+    try {
+      base = await rates(dir);
+    } finally {
+      await git(["worktree", "remove", "--force", dir]);
+    }
+  } else notes.push(`baseline ${BASELINE} could not be checked out (no git history?): rates not compared`);
+  const ours = await rates(".");
+  const n = RATE_EVENTS.toLocaleString("en-US");
+  const rows: Row[] = [
+    {
+      figure: `random-position insert at ${n} events (ev/s)`,
+      value: ours.randomInsert,
+      peer: "target",
+      peerValue: RATE_TARGET,
+    },
+    {
+      figure: `random-position delete at ${n} events (ev/s)`,
+      value: ours.randomDelete ?? 0,
+      peer: "target",
+      peerValue: RATE_TARGET,
+    },
+  ];
+  if (base) {
+    rows.push(
+      {
+        figure: `random-position insert at ${n} events (ev/s)`,
+        value: ours.randomInsert,
+        peer: `${BASELINE} (previous tree, same run)`,
+        peerValue: base.randomInsert,
+      },
+      {
+        figure: `in-order insert, ${n} events (ev/s)`,
+        value: ours.inOrder,
+        peer: `${BASELINE} (previous tree, same run)`,
+        peerValue: base.inOrder,
+      },
+      {
+        figure: "Merkle keyspace bytes per event",
+        value: ours.bytesPerEvent,
+        peer: `${BASELINE} (previous tree, same run)`,
+        peerValue: base.bytesPerEvent,
+        lowerIsBetter: true,
+      },
+    );
+  }
+  rows.push({
+    figure: "Merkle keyspace bytes per event",
+    value: ours.bytesPerEvent,
+    peer: "target 40 B (issue 11)",
+    peerValue: 40,
+    lowerIsBetter: true,
+  });
+  notes.push(
+    `through GroupTrees on RocksDB, batches of ${BATCH}, one synced write each (events, time index, pages, root); ` +
+      `20 batches at random times inside the range, then 20 batches of random removals; ` +
+      `root equals a from-scratch build of the final set: this tree ${ours.sameRootAsBuild}` +
+      (base ? `, ${BASELINE} ${base.sameRootAsBuild}` : ""),
+  );
+  return { rows, notes };
+}
+
 const N = Number(Deno.env.get("XF_BENCH_MERKLE_EVENTS") ?? 1_000_000);
 const BATCH = 512;
 
@@ -27,7 +132,8 @@ async function dirBytes(dir: string): Promise<number> {
 
 /** Run the Merkle benchmark; returns table rows. */
 export async function benchMerkle(): Promise<{ rows: Row[]; notes: string[] }> {
-  const notes: string[] = [];
+  const r = await benchMerkleRates();
+  const notes: string[] = [...r.notes];
   const owner = await generateKeyPair();
   const { gid, manifest } = await createGroup(owner, { name: "merkle-bench", policy: 0, ts: 1 });
   // The index does not verify signatures (decode did), so the bench events carry a dummy one.
@@ -180,6 +286,7 @@ export async function benchMerkle(): Promise<{ rows: Row[]; notes: string[] }> {
   verifyTimes.sort((x, y) => x - y);
 
   const rows: Row[] = [
+    ...r.rows,
     {
       figure: `index insert, ${N.toLocaleString("en-US")} events in time order (ev/s)`,
       value: indexRate,
