@@ -219,7 +219,9 @@ export function binaryLayers(nodes: Uint8Array, old?: Uint8Array, oldN = 0, same
     const half = m >> 1;
     keep >>= 1;
     if (keep > 0) out.set(old!.subarray(oldOff, oldOff + keep * ID), outOff);
-    for (let k = keep; k < half; k++) hashInner(src, srcOff + 2 * k * ID, srcOff + (2 * k + 1) * ID, out, outOff + k * ID);
+    for (let k = keep; k < half; k++) {
+      hashInner(src, srcOff + 2 * k * ID, srcOff + (2 * k + 1) * ID, out, outOff + k * ID);
+    }
     if (m & 1) out.set(src.subarray(srcOff + (m - 1) * ID, srcOff + m * ID), outOff + half * ID);
     src = out;
     srcOff = outOff;
