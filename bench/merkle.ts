@@ -4,10 +4,9 @@
 // nostr-tools' vector storage computing the same fingerprint by scan; proof
 // size and verify time; bytes of index per event.
 import { nip77 } from "npm:nostr-tools@2.25.2";
-import { indexStage } from "../actors/index.ts";
+import { effects as indexEffects, logic as indexLogic } from "../actors/index.ts";
 import { packBatch } from "../actors/batch.ts";
 import { LIMITS } from "../core/limits.ts";
-import type { StageContext } from "../actors/runtime.ts";
 import { MerkleTree, verifyProof } from "../merkle/mod.ts";
 import { encodeEvent, eventId } from "../storage/event.ts";
 import { generateKeyPair } from "../storage/ed25519.ts";
@@ -15,6 +14,111 @@ import { createGroup } from "../storage/event.ts";
 import { openRocks } from "../storage/kv.ts";
 import { eventKey, merklePrefix, prefixEnd, timeKey } from "../storage/keys.ts";
 import { percentile, type Row, toHex } from "./_table.ts";
+
+/** The tree before inner-node reuse and removal (the previous implementation); XF_BENCH_MERKLE_BASELINE overrides. */
+const BASELINE = Deno.env.get("XF_BENCH_MERKLE_BASELINE") ?? "62b5a67";
+const RATE_EVENTS = Number(Deno.env.get("XF_BENCH_MERKLE_EVENTS") ?? 1_000_000);
+const RATE_TARGET = 10_000;
+
+interface Rates {
+  inOrder: number;
+  randomInsert: number;
+  randomDelete: number | null;
+  count: number;
+  bytesPerEvent: number;
+  sameRootAsBuild: boolean;
+}
+
+async function rates(root: string): Promise<Rates> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("./merkle_rate.ts", import.meta.url).pathname,
+      root,
+      String(RATE_EVENTS),
+      String(BATCH),
+    ],
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  if (!out.success) throw new Error(`merkle_rate on "${root}" failed`);
+  return JSON.parse(new TextDecoder().decode(out.stdout).trim().split("\n").pop()!);
+}
+
+/**
+ * Random-position inserts and removals, and in-order inserts, through GroupTrees on RocksDB (batches of 512, one
+ * synced write each) at RATE_EVENTS events: this tree beside BASELINE checked out as a git worktree, in this run.
+ */
+export async function benchMerkleRates(): Promise<{ rows: Row[]; notes: string[] }> {
+  const dir = `${await Deno.makeTempDir({ prefix: "xf-merkle-baseline-" })}/tree`;
+  const repo = new URL("..", import.meta.url).pathname;
+  const git = (args: string[]) =>
+    new Deno.Command("git", { args, cwd: repo, stdout: "null", stderr: "piped" }).output().catch(() => null);
+  const added = await git(["worktree", "add", "--detach", dir, BASELINE]);
+  const notes: string[] = [];
+  let base: Rates | null = null;
+  if (added?.success) {
+    try {
+      base = await rates(dir);
+    } finally {
+      await git(["worktree", "remove", "--force", dir]);
+    }
+  } else notes.push(`baseline ${BASELINE} could not be checked out (no git history?): rates not compared`);
+  const ours = await rates(".");
+  const n = RATE_EVENTS.toLocaleString("en-US");
+  const rows: Row[] = [
+    {
+      figure: `random-position insert at ${n} events (ev/s)`,
+      value: ours.randomInsert,
+      peer: "target",
+      peerValue: RATE_TARGET,
+    },
+    {
+      figure: `random-position delete at ${n} events (ev/s)`,
+      value: ours.randomDelete ?? 0,
+      peer: "target",
+      peerValue: RATE_TARGET,
+    },
+  ];
+  if (base) {
+    rows.push(
+      {
+        figure: `random-position insert at ${n} events (ev/s)`,
+        value: ours.randomInsert,
+        peer: `${BASELINE} (previous tree, same run)`,
+        peerValue: base.randomInsert,
+      },
+      {
+        figure: `in-order insert, ${n} events (ev/s)`,
+        value: ours.inOrder,
+        peer: `${BASELINE} (previous tree, same run)`,
+        peerValue: base.inOrder,
+      },
+      {
+        figure: "Merkle keyspace bytes per event",
+        value: ours.bytesPerEvent,
+        peer: `${BASELINE} (previous tree, same run)`,
+        peerValue: base.bytesPerEvent,
+        lowerIsBetter: true,
+      },
+    );
+  }
+  rows.push({
+    figure: "Merkle keyspace bytes per event",
+    value: ours.bytesPerEvent,
+    peer: "target 40 B (issue 11)",
+    peerValue: 40,
+    lowerIsBetter: true,
+  });
+  notes.push(
+    `through GroupTrees on RocksDB, batches of ${BATCH}, one synced write each (events, time index, pages, root); ` +
+      `20 batches at random times inside the range, then 20 batches of random removals; ` +
+      `root equals a from-scratch build of the final set: this tree ${ours.sameRootAsBuild}` +
+      (base ? `, ${BASELINE} ${base.sameRootAsBuild}` : ""),
+  );
+  return { rows, notes };
+}
 
 const N = Number(Deno.env.get("XF_BENCH_MERKLE_EVENTS") ?? 1_000_000);
 const BATCH = 512;
@@ -27,7 +131,8 @@ async function dirBytes(dir: string): Promise<number> {
 
 /** Run the Merkle benchmark; returns table rows. */
 export async function benchMerkle(): Promise<{ rows: Row[]; notes: string[] }> {
-  const notes: string[] = [];
+  const r = await benchMerkleRates();
+  const notes: string[] = [...r.notes];
   const owner = await generateKeyPair();
   const { gid, manifest } = await createGroup(owner, { name: "merkle-bench", policy: 0, ts: 1 });
   // The index does not verify signatures (decode did), so the bench events carry a dummy one.
@@ -50,18 +155,24 @@ export async function benchMerkle(): Promise<{ rows: Row[]; notes: string[] }> {
 
   // 1. The index actor's logic on RocksDB, fed batches of 512 as the WAL stage sends them.
   const dir = await Deno.makeTempDir({ prefix: "xf-bench-merkle-" });
-  const stage = indexStage();
-  const ctx: StageContext = { emit() {}, ask: () => Promise.reject(new Error("no asks")) };
-  await stage.start!({ dir: `${dir}/db`, limits: { ...LIMITS } }, ctx);
-  await stage.data({
-    type: "index.put",
-    batch: packBatch([{ bytes: manifest.bytes, req: 0, idx: 0, id: manifest.id, seq: 1 }]),
-  }, ctx);
+  // The index stage's runtime, driven directly: one write per batch, as its logic asks when batches come one by one.
+  const config = { dir: `${dir}/db`, limits: { ...LIMITS } };
+  const stage = indexEffects({
+    ask: () => Promise.reject(new Error("no asks")),
+    request: () => Promise.reject(new Error("no requests")),
+    receive() {},
+    room: () => Promise.resolve(),
+  });
+  const state = indexLogic.init(config);
+  await stage.start(state, config);
+  const put = (batch: ReturnType<typeof packBatch>) =>
+    stage.run({ do: "write", toks: [0], batches: [{ batch, replay: false }] });
+  await put(packBatch([{ bytes: manifest.bytes, req: 0, idx: 0, id: manifest.id, seq: 1 }]));
   let seq = 2;
   const t0 = performance.now();
   for (let i = 0; i < N; i += BATCH) {
     const items = events.slice(i, i + BATCH).map((e) => ({ bytes: e.bytes, req: 0, idx: 0, id: e.id, seq: seq++ }));
-    await stage.data({ type: "index.put", batch: packBatch(items) }, ctx);
+    await put(packBatch(items));
   }
   const indexRate = N / ((performance.now() - t0) / 1000);
   // Late (old) events arriving by sync: 20 batches of 512 random timestamps inside the range.
@@ -81,18 +192,18 @@ export async function benchMerkle(): Promise<{ rows: Row[]; notes: string[] }> {
   const tl = performance.now();
   for (let i = 0; i < late.length; i += BATCH) {
     const items = late.slice(i, i + BATCH).map((e) => ({ bytes: e.bytes, req: 0, idx: 0, id: e.id, seq: seq++ }));
-    await stage.data({ type: "index.put", batch: packBatch(items) }, ctx);
+    await put(packBatch(items));
   }
   const lateRate = late.length / ((performance.now() - tl) / 1000);
-  const merkleInfo = await stage.call!({ type: "index.merkle", gid: toHex(gid) }, ctx) as {
+  const merkleInfo = await stage.call({ type: "index.merkle", gid: toHex(gid) }) as {
     count: number;
     depth: number;
     root: string;
   };
   const fsckT = performance.now();
-  const fsck = await stage.call!({ type: "index.fsck", gid: toHex(gid) }, ctx) as { ok: boolean };
+  const fsck = await stage.call({ type: "index.fsck", gid: toHex(gid) }) as { ok: boolean };
   const fsckMs = performance.now() - fsckT;
-  await stage.stop!();
+  await stage.stop();
 
   // Bytes of index per event: the Merkle keyspace's live bytes (keys + values).
   const kv = await openRocks(`${dir}/db`);
@@ -180,6 +291,7 @@ export async function benchMerkle(): Promise<{ rows: Row[]; notes: string[] }> {
   verifyTimes.sort((x, y) => x - y);
 
   const rows: Row[] = [
+    ...r.rows,
     {
       figure: `index insert, ${N.toLocaleString("en-US")} events in time order (ev/s)`,
       value: indexRate,

@@ -1,7 +1,7 @@
 // `deno task bench [section ...]`: runs the benchmarks and prints markdown
 // tables, each figure beside the limit or peer it is compared with, measured
 // in the same run, as a ratio (≥ 1 is good). Sections: ingest, merkle, sync, session, dht, stream,
-// bundle.
+// bundle; merkle-rates runs only the Merkle update rates against the previous tree (part of merkle).
 import { table } from "./_table.ts";
 
 const sections = Deno.args.length ? Deno.args : ["ingest", "merkle", "sync", "session", "dht", "stream", "bundle"];
@@ -20,6 +20,7 @@ for (const s of sections) {
   try {
     if (s === "ingest") out = await (await import("./ingest.ts")).benchIngest();
     else if (s === "merkle") out = await (await import("./merkle.ts")).benchMerkle();
+    else if (s === "merkle-rates") out = await (await import("./merkle.ts")).benchMerkleRates();
     else if (s === "sync") out = await (await import("./sync.ts")).benchSync();
     else if (s === "session") out = await (await import("./session.ts")).benchSession();
     else if (s === "dht") out = await (await import("./dht.ts")).benchDht();

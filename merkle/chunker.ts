@@ -22,7 +22,7 @@
  * @module
  */
 
-import { Page } from "./page.ts";
+import { Page, type PageReuse } from "./page.ts";
 import { copy32, ID } from "./_util.ts";
 
 /** Fewest nodes in a page that the rule may close (the last page of a level may hold fewer). */
@@ -153,8 +153,8 @@ export class Entries {
     page.idSumBytes(this.sums, d);
   }
 
-  /** Make a page of the entries and empty them. */
-  takePage(): Page {
+  /** Make a page of the entries and empty them (`reuse`: see the {@linkcode Page} constructor). */
+  takePage(reuse?: PageReuse): Page {
     const n = this.length;
     this.length = 0;
     return new Page({
@@ -164,7 +164,7 @@ export class Entries {
       firstIds: this.level === 0 ? null : this.firstIds.slice(0, n * ID),
       counts: this.level === 0 ? null : this.counts.slice(0, n),
       sums: this.level === 0 ? null : this.sums.slice(0, n * ID),
-    });
+    }, reuse);
   }
 }
 
@@ -175,6 +175,9 @@ export class Entries {
 export class Chunker {
   readonly #current: Entries;
   readonly #onPage: (page: Page) => void;
+  /** The old page the open page's first `#same` nodes were copied from, in its order from its start. */
+  #from: Page | null = null;
+  #same = 0;
 
   /** A chunker for `level` that hands each closed page to `onPage`. */
   constructor(level: number, onPage: (page: Page) => void) {
@@ -193,19 +196,36 @@ export class Chunker {
     this.#check();
   }
 
-  /** Append entry `i` of `src`. */
+  /**
+   * Append entry `i` of `src`. While the open page is a copy of the first
+   * nodes of one old page, the new page's hash reuses that page's inner
+   * nodes over them.
+   */
   pushFrom(src: Entries | Page, i: number): void {
+    const j = this.#current.length;
+    if (src instanceof Page && i === j && (j === 0 || (this.#from === src && this.#same === j))) {
+      this.#from = src;
+      this.#same = j + 1;
+    }
     this.#current.pushFrom(src, i);
     this.#check();
   }
 
   /** Close the open page, if any, at the end of the level. */
   finish(): void {
-    if (this.#current.length > 0) this.#onPage(this.#current.takePage());
+    if (this.#current.length > 0) this.#onPage(this.#take());
   }
 
   #check(): void {
     const s = this.#current.length;
-    if (closesPage(this.#current.nodes, (s - 1) * ID, s)) this.#onPage(this.#current.takePage());
+    if (closesPage(this.#current.nodes, (s - 1) * ID, s)) this.#onPage(this.#take());
+  }
+
+  #take(): Page {
+    const from = this.#from;
+    const page = this.#current.takePage(from === null ? undefined : { page: from, same: this.#same });
+    this.#from = null;
+    this.#same = 0;
+    return page;
   }
 }

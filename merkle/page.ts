@@ -80,9 +80,18 @@ export class Page {
   /** Sum of the ids under this page, 8 limbs. */
   readonly idSum: Uint32Array;
   #hash: Uint8Array | undefined;
+  /** Inner nodes of the page's binary tree, kept once hashed (see {@linkcode binaryLayers}). */
+  #layers: Uint8Array | undefined;
+  /** An older page sharing this page's first nodes, whose inner nodes the hash reuses (dropped once hashed). */
+  #reuse: PageReuse | undefined;
 
-  /** Make a page from its columns (trusted; {@linkcode decodePage} validates). */
-  constructor(init: PageInit) {
+  /**
+   * Make a page from its columns (trusted; {@linkcode decodePage} validates).
+   * With `reuse`, the hash takes the inner nodes over the first `reuse.same`
+   * nodes from `reuse.page`, which must hold the same first nodes.
+   */
+  constructor(init: PageInit, reuse?: PageReuse) {
+    this.#reuse = reuse !== undefined && reuse.same > 1 ? reuse : undefined;
     const n = init.firstTs.length;
     this.level = init.level;
     this.size = n;
@@ -132,13 +141,94 @@ export class Page {
 
   /** The page hash (computed once). */
   hash(): Uint8Array {
-    return (this.#hash ??= pageHash(this.level, this.nodes));
+    if (this.#hash === undefined) {
+      const layers = this.layers();
+      const root = this.size === 1 ? this.nodes : layers.subarray(layers.length - ID);
+      this.#hash = wrapPageHash(this.level, this.size, root);
+    }
+    return this.#hash;
+  }
+
+  /**
+   * The inner nodes of the page's binary tree, heights 1 and up, computed
+   * once and kept: a page made from an older one by an edit at node `i`
+   * hashes only the inner nodes to the right of `i` (about `n - i` SHA-256
+   * instead of `n - 1`).
+   */
+  layers(): Uint8Array {
+    if (this.#layers === undefined) {
+      const r = this.#reuse;
+      const old = r === undefined ? undefined : r.page.#layers;
+      this.#layers = old === undefined
+        ? binaryLayers(this.nodes)
+        : binaryLayers(this.nodes, old, r!.page.size, r!.same);
+      this.#reuse = undefined;
+    }
+    return this.#layers;
+  }
+
+  /** The siblings on the binary path of node `index`, bottom up (as {@linkcode binarySiblings}). */
+  siblings(index: number): Uint8Array[] {
+    const layers = this.layers();
+    const out: Uint8Array[] = [];
+    let src = this.nodes;
+    let off = 0;
+    let i = index;
+    for (let m = this.size; m > 1; m = (m + 1) >> 1, i >>= 1) {
+      const sib = i ^ 1;
+      if (sib < m) out.push(src.slice(off + sib * ID, off + sib * ID + ID));
+      off = src === this.nodes ? 0 : off + m * ID;
+      src = layers;
+    }
+    return out;
   }
 
   /** Write the 32-byte little-endian id sum at `out[off]`. */
   idSumBytes(out: Uint8Array, off: number): void {
     sumToBytes(this.idSum, out, off);
   }
+}
+
+/** A page whose inner nodes a new page may reuse: it holds the new page's first `same` nodes. */
+export interface PageReuse {
+  /** The older page. */
+  page: Page;
+  /** How many first nodes the two pages share. */
+  same: number;
+}
+
+/**
+ * All inner nodes of the binary tree over `nodes` (32 bytes each), height 1
+ * first, then height 2, up to the binary root (empty for one node). At each
+ * height `m` nodes pair into `ceil(m / 2)`; an odd last node is copied up.
+ * With `old` (the layers of a tree over `oldN` nodes whose first `same`
+ * nodes equal these), the inner nodes over the shared prefix are copied
+ * from it instead of hashed: at height `h`, the first `floor(same / 2^h)`.
+ */
+export function binaryLayers(nodes: Uint8Array, old?: Uint8Array, oldN = 0, same = 0): Uint8Array {
+  const n = nodes.length / ID;
+  let total = 0;
+  for (let m = n; m > 1; m = (m + 1) >> 1) total += (m + 1) >> 1;
+  const out = new Uint8Array(total * ID);
+  let src = nodes;
+  let srcOff = 0;
+  let outOff = 0;
+  let oldOff = 0;
+  let keep = old === undefined ? 0 : same;
+  for (let m = n, om = oldN; m > 1; m = (m + 1) >> 1, om = (om + 1) >> 1) {
+    const half = m >> 1;
+    keep >>= 1;
+    if (keep > 0) out.set(old!.subarray(oldOff, oldOff + keep * ID), outOff);
+    for (let k = keep; k < half; k++) {
+      hashInner(src, srcOff + 2 * k * ID, srcOff + (2 * k + 1) * ID, out, outOff + k * ID);
+    }
+    if (m & 1) out.set(src.subarray(srcOff + (m - 1) * ID, srcOff + m * ID), outOff + half * ID);
+    src = out;
+    srcOff = outOff;
+    outOff += ((m + 1) >> 1) * ID;
+    oldOff += ((om + 1) >> 1) * ID;
+  }
+  return out;
 }
 
 /**

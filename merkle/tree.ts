@@ -13,7 +13,7 @@ import { Chunker, Entries } from "./chunker.ts";
 import { fingerprintOf } from "./fingerprint.ts";
 import type { Bound, Item } from "./item.ts";
 import { compareItems } from "./item.ts";
-import { binarySiblings, decodePage, encodePage, type Page } from "./page.ts";
+import { decodePage, encodePage, type Page } from "./page.ts";
 import { encodeProof, type ProofStep } from "./proof.ts";
 import { sumAdd, sumEqualsBytes, sumSub } from "./_sum.ts";
 import { assertItem, bytesEqualAt, compareKeyAt, corruption, ID } from "./_util.ts";
@@ -286,7 +286,7 @@ export class MerkleTree {
     const steps: ProofStep[] = path.reverse().map(({ page, index }) => ({
       index,
       count: page.size,
-      siblings: binarySiblings(page.nodes, index),
+      siblings: page.siblings(index),
     }));
     return encodeProof(steps);
   }
@@ -310,43 +310,99 @@ export class MerkleTree {
    * ```
    */
   insert(items: readonly Item[]): PageWrites {
-    items.forEach((item, i) => assertItem(item, `item ${i}`));
-    const sorted = items.slice().sort(compareItems).filter((item, i, all) =>
-      i === 0 || compareItems(all[i - 1]!, item) !== 0
-    );
+    return this.update(items, []);
+  }
+
+  /**
+   * Remove a batch of items (any order; items the tree does not hold are
+   * ignored) and return the page writes, as {@linkcode MerkleTree.insert}
+   * does: pages left too small merge with the next one by the boundary
+   * rule, and a tree that shrinks to one page loses its upper levels.
+   *
+   * @example
+   * ```ts
+   * import { assert } from "@std/assert";
+   * import { MerkleTree } from "./tree.ts";
+   * const tree = new MerkleTree({ get: () => undefined }, null);
+   * const a = { ts: 1, id: new Uint8Array(32) };
+   * tree.insert([a, { ts: 2, id: new Uint8Array(32).fill(2) }]);
+   * const w = tree.remove([a]);
+   * assert(w.root.count === 1 && !tree.has(a));
+   * ```
+   */
+  remove(items: readonly Item[]): PageWrites {
+    return this.update([], items);
+  }
+
+  /**
+   * Insert `add` and remove `remove` in one step (a tombstone and its
+   * targets): one set of page writes from the old root to the root of
+   * `(old ∪ add) \ remove`. An item in both lists is removed. Duplicates,
+   * items already present (in `add`) and items absent (in `remove`) are
+   * ignored.
+   */
+  update(add: readonly Item[], remove: readonly Item[]): PageWrites {
+    add.forEach((item, i) => assertItem(item, `item ${i}`));
+    remove.forEach((item, i) => assertItem(item, `removed item ${i}`));
+    const dedupe = (list: readonly Item[]) =>
+      list.slice().sort(compareItems).filter((item, i, all) => i === 0 || compareItems(all[i - 1]!, item) !== 0);
+    const rm = dedupe(remove);
+    let ins = dedupe(add);
+    if (rm.length > 0 && ins.length > 0) {
+      // An item both added and removed ends absent: drop it from the additions.
+      let j = 0;
+      ins = ins.filter((item) => {
+        while (j < rm.length && compareItems(rm[j]!, item) < 0) j++;
+        return j >= rm.length || compareItems(rm[j]!, item) !== 0;
+      });
+    }
     const N = this.#root.count;
     if (N === 0) {
-      if (sorted.length === 0) return { root: this.root(), put: new Map(), del: [] };
+      if (ins.length === 0) return { root: this.root(), put: new Map(), del: [] };
       const put = new Map<string, Uint8Array>();
       const pages: Page[] = [];
-      const root = buildPages(sorted, (page, hex, bytes) => {
+      const root = buildPages(ins, (page, hex, bytes) => {
         put.set(hex, bytes);
         pages.push(page);
       });
       this.#commit(root, pages, []);
       return { root: this.root(), put, del: [] };
     }
-    // Level 0 edits: where each new item goes, in old ranks.
-    const news = new Entries(0, Math.max(1, sorted.length));
+    // Level 0 edits, in old ranks: new items go before the item at their rank, removed ones are skipped.
+    const news = new Entries(0, Math.max(1, ins.length));
     let edits: Edit[] = [];
-    for (const item of sorted) {
+    let added = 0;
+    let removed = 0;
+    const held = (p: number, item: Item): boolean => {
+      if (p >= N) return false;
+      const { leaf, index } = this.#leafAt(p);
+      return compareKeyAt(leaf.firstTs[index]!, leaf.nodes, index * ID, item) === 0;
+    };
+    for (let a = 0, r = 0; a < ins.length || r < rm.length;) {
+      const takeAdd = r >= rm.length || (a < ins.length && compareItems(ins[a]!, rm[r]!) < 0);
+      const item = takeAdd ? ins[a++]! : rm[r++]!;
       const p = this.findLowerBound(item);
-      if (p < N) {
-        const { leaf, index } = this.#leafAt(p);
-        if (compareKeyAt(leaf.firstTs[index]!, leaf.nodes, index * ID, item) === 0) continue;
-      }
+      if (held(p, item) === takeAdd) continue;
       const last = edits.at(-1);
-      if (last !== undefined && last.start === p) last.to++;
-      else edits.push({ start: p, end: p, from: news.length, to: news.length + 1 });
-      news.pushItem(item.ts, item.id);
+      if (takeAdd) {
+        if (last !== undefined && last.end === p) last.to++;
+        else edits.push({ start: p, end: p, from: news.length, to: news.length + 1 });
+        news.pushItem(item.ts, item.id);
+        added++;
+      } else {
+        if (last !== undefined && last.end === p) last.end++;
+        else edits.push({ start: p, end: p + 1, from: news.length, to: news.length });
+        removed++;
+      }
     }
-    if (news.length === 0) return { root: this.root(), put: new Map(), del: [] };
+    if (edits.length === 0) return { root: this.root(), put: new Map(), del: [] };
+    const count = N + added - removed;
 
     const R = this.#root.depth - 1;
     const made = new Map<string, { page: Page; bytes: Uint8Array }>();
     const gone = new Set<string>();
     let src = news;
-    let newRoot: Page | undefined;
+    let newRoot: Page | null | undefined;
     for (let level = 0; newRoot === undefined; level++) {
       const out = new Entries(level + 1);
       const next: Edit[] = [];
@@ -365,10 +421,9 @@ export class MerkleTree {
         this.#rechunkLevel({ level, N, edits, src, chunker, out, next, gone });
       }
       const only = next[0]!;
-      if (next.length === 1 && only.start === 0 && only.end === N && out.length === 1) {
-        newRoot = made.get(toHexAt(out.nodes, 0, ID))!.page;
-        // A level below the old root became a single page: drop every old
-        // page above it.
+      if (next.length === 1 && only.start === 0 && only.end === N && out.length <= 1) {
+        // The level became a single page (the new root), or nothing is left: drop every old page above it.
+        newRoot = out.length === 0 ? null : made.get(toHexAt(out.nodes, 0, ID))!.page;
         if (level < R) this.#collectAbove(level, gone);
       }
       edits = next;
@@ -382,7 +437,12 @@ export class MerkleTree {
       pages.push(page);
     }
     const del = [...gone];
-    this.#commit({ hash: newRoot.hash().slice(), count: N + news.length, depth: newRoot.level + 1 }, pages, del);
+    assert((newRoot === null) === (count === 0), "an empty level means an empty set");
+    const root = newRoot === null
+      ? { hash: ZERO_HASH.slice(), count: 0, depth: 0 }
+      : { hash: newRoot.hash().slice(), count, depth: newRoot.level + 1 };
+    assert(newRoot === null || newRoot.itemCount === count, "the new root holds every item");
+    this.#commit(root, pages, del);
     return { root: this.root(), put, del };
   }
 

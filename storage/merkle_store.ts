@@ -10,7 +10,7 @@
  */
 
 import { fromHex, toHex } from "../core/bytes.ts";
-import { MerkleTree, type RootInfo } from "../merkle/mod.ts";
+import { type Item, MerkleTree, type RootInfo } from "../merkle/mod.ts";
 import type { Kv, KvOp } from "./kv.ts";
 import { eventKey, merkleKey, merklePrefix, metaKey, prefixEnd, timeKeyFloor } from "./keys.ts";
 import { decodeCbor, encodeCbor } from "./cbor.ts";
@@ -23,6 +23,9 @@ interface GroupTree {
   pages: Map<string, Uint8Array>;
   tree: MerkleTree;
 }
+
+/** What the index needs of an event: its group, ts and id. */
+export type MerkleEvent = Pick<StoredEvent, "group" | "ts" | "id">;
 
 const rootKey = (gid: string) => metaKey(`root:${gid}`);
 
@@ -59,20 +62,32 @@ export class GroupTrees {
    * with the events, and `commit()` to call once that write succeeded; if it
    * failed, call {@linkcode GroupTrees.forget} (the trees already moved).
    */
-  async insert(events: StoredEvent[]): Promise<{ ops: KvOp[]; commit(): void }> {
-    const byGroup = new Map<string, StoredEvent[]>();
-    for (const e of events) {
+  insert(events: StoredEvent[]): Promise<{ ops: KvOp[]; commit(): void }> {
+    return this.update(events, []);
+  }
+
+  /**
+   * Insert `add` and remove `remove` (events of any groups, by group, ts and
+   * id) in one step per group, as {@linkcode GroupTrees.insert} does: the
+   * ops to write with the events, and `commit()` once written.
+   */
+  async update(add: readonly MerkleEvent[], remove: readonly MerkleEvent[]): Promise<{ ops: KvOp[]; commit(): void }> {
+    const byGroup = new Map<string, { add: Item[]; remove: Item[] }>();
+    const put = (e: MerkleEvent, which: "add" | "remove") => {
       const gid = toHex(e.group);
-      const list = byGroup.get(gid);
-      if (list) list.push(e);
-      else byGroup.set(gid, [e]);
-    }
+      let g = byGroup.get(gid);
+      if (!g) byGroup.set(gid, g = { add: [], remove: [] });
+      g[which].push({ ts: e.ts, id: e.id });
+    };
+    for (const e of add) put(e, "add");
+    for (const e of remove) put(e, "remove");
     const ops: KvOp[] = [];
     const commits: (() => void)[] = [];
-    for (const [gid, list] of byGroup) {
+    for (const [gid, lists] of byGroup) {
       const gt = await this.load(gid);
       const g = fromHex(gid)!;
-      const res = gt.tree.insert(list.map((e) => ({ ts: e.ts, id: e.id })));
+      const res = gt.tree.update(lists.add, lists.remove);
+      if (res.put.size === 0 && res.del.length === 0) continue;
       for (const [h, bytes] of res.put) ops.push({ type: "put", key: merkleKey(g, fromHex(h)!), value: bytes });
       for (const h of res.del) ops.push({ type: "del", key: merkleKey(g, fromHex(h)!) });
       ops.push({ type: "put", key: rootKey(gid), value: encodeCbor([res.root.hash, res.root.count, res.root.depth]) });
