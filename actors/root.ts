@@ -192,6 +192,7 @@ export class Pipeline {
       })),
       {
         strategy: "one_for_one",
+        limits: this.limits,
         intensityMax: this.limits.restart_intensity_max,
         periodMs: this.limits.restart_period_ms,
         onReport: (from, msg) => this.report(from as StageName, msg),

@@ -12,7 +12,7 @@ import type { FromHost, ParentEndpoint, ToHost } from "./host.ts";
 import { host } from "./host.ts";
 import type { Report } from "./stage.ts";
 import { fromWire, toWire, XfError } from "../core/errors.ts";
-import { LIMITS } from "../core/limits.ts";
+import { LIMITS, type Limits } from "../core/limits.ts";
 
 /** The parent's end of a host. */
 export interface Endpoint {
@@ -57,10 +57,12 @@ export class StageRef {
     readonly id: string,
     private readonly spawn: () => Spawned,
     private readonly hooks: StageHooks,
+    /** The node's limits in force (start, call and stop times). */
+    private readonly limits: Limits = LIMITS,
   ) {}
 
   /** Start (or restart) the stage with its links; requests asked meanwhile go to the new one. */
-  async start(init: InitMessage, timeoutMs: number = LIMITS.request_timeout_ms): Promise<void> {
+  async start(init: InitMessage, timeoutMs: number = this.limits.request_timeout_ms): Promise<void> {
     this.state = "starting";
     const spawned = this.spawn();
     this.spawned = spawned;
@@ -82,7 +84,7 @@ export class StageRef {
   }
 
   /** Ask the child; rejects with `TIMEOUT` or `STAGE_DOWN`. */
-  call<T = unknown>(msg: unknown, timeoutMs: number = LIMITS.request_timeout_ms): Promise<T> {
+  call<T = unknown>(msg: unknown, timeoutMs: number = this.limits.request_timeout_ms): Promise<T> {
     if (this.state !== "up") {
       if (this.state === "stopping" || this.closed) {
         return Promise.reject(new XfError("STAGE_DOWN", `Stage "${this.id}" is ${this.state}`));
@@ -121,7 +123,7 @@ export class StageRef {
   }
 
   /** Stop cleanly (finish the mailbox, run the stage's stop), or terminate after `shutdownMs`. */
-  async stop(shutdownMs: number = LIMITS.stage_shutdown_ms): Promise<void> {
+  async stop(shutdownMs: number = this.limits.stage_shutdown_ms): Promise<void> {
     if (!this.spawned) return;
     if (this.state === "up") {
       this.state = "stopping";

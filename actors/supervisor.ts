@@ -13,7 +13,7 @@
 
 import { type InitMessage, type Spawned, type StageHooks, StageRef } from "./stage_ref.ts";
 import { XfError } from "../core/errors.ts";
-import { LIMITS } from "../core/limits.ts";
+import { LIMITS, type Limits } from "../core/limits.ts";
 import { log } from "./log.ts";
 
 /** How a child is restarted. */
@@ -44,6 +44,8 @@ export interface SupervisorOptions {
   onEscalate(cause: XfError): void;
   /** Injected clock for tests. */
   now?: () => number;
+  /** The node's limits in force (its children's start, call and stop times; the intensity defaults). */
+  limits?: Limits;
 }
 
 /** Supervises an ordered list of children. */
@@ -61,7 +63,7 @@ export class Supervisor {
         onReport: (from, msg) => opts.onReport(from, msg),
         onAsk: (from, msg) => opts.onAsk(from, msg),
         onCrash: (from, error) => this.onCrash(from, error),
-      })
+      }, opts.limits ?? LIMITS)
     );
   }
 
@@ -110,10 +112,10 @@ export class Supervisor {
       return;
     }
     const now = (this.opts.now ?? Date.now)();
-    const period = this.opts.periodMs ?? LIMITS.restart_period_ms;
+    const period = this.opts.periodMs ?? (this.opts.limits ?? LIMITS).restart_period_ms;
     this.restarts.push(now);
     while (this.restarts.length && this.restarts[0]! <= now - period) this.restarts.shift();
-    if (this.restarts.length > (this.opts.intensityMax ?? LIMITS.restart_intensity_max)) {
+    if (this.restarts.length > (this.opts.intensityMax ?? (this.opts.limits ?? LIMITS).restart_intensity_max)) {
       log.pipeline.error("restart intensity exceeded: stopping every stage", {
         stage: id,
         restarts: this.restarts.length,
