@@ -17,7 +17,7 @@ import type { Stage, StageContext } from "./runtime.ts";
 import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch.ts";
 import { LIMITS, type Limits } from "./limits.ts";
 import type { GroupInfo } from "./decode.ts";
-import { type Kv, MemoryKv, openRocks } from "../storage/kv.ts";
+import { flushToTables, type Kv, MemoryKv, openRocks } from "../storage/kv.ts";
 import {
   arrivalKey,
   arrivalPrefix,
@@ -115,6 +115,7 @@ export type IndexCall =
   | { type: "index.lastArrival"; gid: string }
   | { type: "index.groupInfo"; gids: string[]; key: string }
   | { type: "index.checkpoint" }
+  | { type: "index.flush" }
   | { type: "index.merkle"; gid: string }
   | { type: "index.proof"; gid: string; id: string }
   | { type: "index.fsck"; gid: string }
@@ -204,6 +205,8 @@ export function indexStage(): Stage<IndexConfig> {
   let kv: Kv | null = null;
   let limits: Limits = { ...LIMITS };
   let checkpoint = 0;
+  /** RocksDB's checkpoint when this stage opened it: a replayed record up to it should be held already. */
+  let openedAt = 0;
   let trees: GroupTrees | null = null;
   const groups = new Map<string, GroupRecord | null>();
   const absentGroups = new Set<string>();
@@ -230,7 +233,8 @@ export function indexStage(): Stage<IndexConfig> {
     states.set(gid, st);
     return st;
   }
-  const stats = { batches: 0, stored: 0, duplicates: 0, corrupt: 0, batchEvents: 0 };
+  /** `restored`: replayed events RocksDB had lost though its checkpoint covered them (a damaged log). */
+  const stats = { batches: 0, stored: 0, duplicates: 0, corrupt: 0, batchEvents: 0, restored: 0 };
 
   async function group(gid: string): Promise<GroupRecord | null> {
     if (groups.has(gid)) return groups.get(gid)!;
@@ -353,8 +357,21 @@ export function indexStage(): Stage<IndexConfig> {
     for (const [gid, st] of changed) {
       ops.push({ type: "put", key: membersKey(gid), value: new TextEncoder().encode(JSON.stringify(st.toJSON())) });
     }
-    const merkle = await trees!.insert(fresh.map((f) => f.ev));
+    // A replayed event RocksDB lost though its checkpoint covered it: RocksDB's log dropped a batch, and
+    // Merkle pages written with it may be gone too. Its group's tree is rebuilt from the time index.
+    const restoredGroups = new Set<string>();
+    let restored = 0;
+    for (const { ev, it } of fresh) {
+      if (it.id === ZERO_ID && it.seq <= openedAt) restored++, restoredGroups.add(toHex(ev.group));
+    }
+    const merkle = await trees!.insert(fresh.filter((f) => !restoredGroups.has(toHex(f.ev.group))).map((f) => f.ev));
     for (const o of merkle.ops) ops.push(o as { type: "put"; key: Uint8Array; value: Uint8Array });
+    const rebuilt = [];
+    for (const gid of restoredGroups) {
+      const r = await trees!.rebuild(gid, fresh.filter((f) => toHex(f.ev.group) === gid).map((f) => f.ev));
+      for (const o of r.ops) ops.push(o as { type: "put"; key: Uint8Array; value: Uint8Array });
+      rebuilt.push(r);
+    }
     const nextCheckpoint = Math.max(checkpoint, lastSeq);
     ops.push({ type: "put", key: CHECKPOINT, value: u64be(nextCheckpoint) });
     try {
@@ -364,6 +381,8 @@ export function indexStage(): Stage<IndexConfig> {
       throw e;
     }
     merkle.commit();
+    for (const r of rebuilt) r.commit();
+    stats.restored += restored;
     checkpoint = nextCheckpoint;
     wake();
     for (const [g, rec] of newGroups) groups.set(g, rec), absentGroups.delete(g);
@@ -520,6 +539,7 @@ export function indexStage(): Stage<IndexConfig> {
       kv = config.dir ? await openRocks(config.dir) : new MemoryKv();
       const cp = await kv.get(CHECKPOINT);
       checkpoint = cp ? Number(new DataView(cp.buffer, cp.byteOffset, 8).getBigUint64(0)) : 0;
+      openedAt = checkpoint;
       trees = new GroupTrees(kv);
     },
     async data(raw, ctx) {
@@ -587,6 +607,12 @@ export function indexStage(): Stage<IndexConfig> {
         }
         case "index.checkpoint":
           return checkpoint;
+        case "index.flush": {
+          // Everything indexed so far moves from RocksDB's log to its tables; the WAL may then drop it.
+          const seq = checkpoint;
+          await flushToTables(kv!, CHECKPOINT);
+          return seq;
+        }
         case "index.merkle":
           if (!(await group(msg.gid))) return null;
           return await trees!.root(msg.gid);

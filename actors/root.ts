@@ -192,16 +192,16 @@ export class Pipeline {
     const cp = await this.index<number>({ type: "index.checkpoint" });
     this.lastCheckpoint = cp;
     const done = new Promise<void>((r) => (this.replayDone = r));
-    const { replayed, recovery } = await this.supervisor.child("wal").call<{ replayed: number; recovery: string }>(
-      { type: "wal.replay", after: cp },
-      this.limits.request_timeout_ms * 6,
-    );
-    this.recovery = `${recovery}${
-      recovery && !recovery.endsWith(".") ? ". " : recovery ? " " : ""
-    }Replayed ${replayed} records after checkpoint ${cp}.`;
+    const { replayed, from, recovery } = await this.supervisor.child("wal").call<
+      { replayed: number; from: number; recovery: string }
+    >({ type: "wal.replay", after: cp }, this.limits.request_timeout_ms * 6);
     this.replayWaiting += replayed;
     if (this.replayWaiting <= 0) this.replayDone?.();
     await done;
+    const { restored } = await this.index<{ restored: number }>({ type: "index.stats" });
+    this.recovery = `${recovery}${recovery && !recovery.endsWith(".") ? ". " : recovery ? " " : ""}` +
+      `Replayed ${replayed} records after seq ${from} (the index's checkpoint is ${cp})` +
+      (restored ? `, restoring ${restored} acknowledged events RocksDB had lost.` : ".");
   }
 
   private restarted(ids: StageName[]) {
@@ -431,12 +431,18 @@ export class Pipeline {
   /** Stop: refuse new work, let in-flight requests finish (bounded), stop stages in reverse. */
   async stop(): Promise<void> {
     if (this.state === "stopped" || this.state === "stopping") return;
+    const wasReady = this.state === "ready";
     this.state = "stopping";
     const deadline = Date.now() + this.limits.stage_shutdown_ms;
     while ((this.requests.size > 0 || this.ackedNotIndexed > 0) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 10));
     }
     if (this.checkpointTimer) clearTimeout(this.checkpointTimer);
+    // What the index holds goes into RocksDB's tables and the WAL records it covers may go (a quick restart).
+    if (wasReady) {
+      await this.supervisor.child("wal").call({ type: "wal.checkpoint", seq: this.lastCheckpoint, flush: true })
+        .catch(() => {});
+    }
     await this.supervisor.stop();
     for (const r of this.requests.values()) {
       clearTimeout(r.timer);

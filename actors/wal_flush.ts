@@ -19,6 +19,7 @@ import type { Stage, StageContext } from "./runtime.ts";
 import { type BatchItem, type EventBatch, type EventResult, packBatch, unpackBatch } from "./batch.ts";
 import { LIMITS, type Limits } from "./limits.ts";
 import { describe, type RecoveryReport, Wal } from "../storage/wal.ts";
+import { WalRetention } from "../storage/wal_retention.ts";
 import { toHex } from "../storage/ed25519.ts";
 import { isDiskFull, XfError } from "../storage/errors.ts";
 
@@ -28,7 +29,7 @@ export type WalMsg = { type: "wal.append"; batch: EventBatch };
 /** Requests the wal-flush stage answers. */
 export type WalCall =
   | { type: "wal.replay"; after: number }
-  | { type: "wal.checkpoint"; seq: number }
+  | { type: "wal.checkpoint"; seq: number; flush?: boolean }
   | { type: "wal.stats" };
 
 /** wal-flush's config. */
@@ -37,46 +38,14 @@ export interface WalConfig {
   limits: Limits;
 }
 
-const CHECKPOINT_FILE = "checkpoint";
-
-async function readCheckpoint(dir: string): Promise<bigint> {
-  try {
-    const text = await Deno.readTextFile(`${dir}/${CHECKPOINT_FILE}`);
-    return BigInt(text.trim());
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return 0n;
-    throw new XfError("WAL_CORRUPTION", `Cannot read WAL checkpoint file in "${dir}": ${(e as Error).message}`);
-  }
-}
-
-async function writeCheckpoint(dir: string, seq: bigint): Promise<void> {
-  const tmp = `${dir}/${CHECKPOINT_FILE}.tmp`;
-  const f = await Deno.open(tmp, { write: true, create: true, truncate: true });
-  try {
-    await f.write(new TextEncoder().encode(`${seq}\n`));
-    await f.syncData();
-  } finally {
-    f.close();
-  }
-  await Deno.rename(tmp, `${dir}/${CHECKPOINT_FILE}`);
-  // Make the rename itself durable.
-  const d = await Deno.open(dir, { read: true });
-  try {
-    await d.syncData();
-  } catch {
-    /* some file systems cannot sync a directory */
-  } finally {
-    d.close();
-  }
-}
-
 /** The wal-flush stage's logic. */
 export function walFlushStage(): Stage<WalConfig> {
   let wal: Wal | null = null;
   let dir = "";
   let limits: Limits = { ...LIMITS };
   let recovery: RecoveryReport | null = null;
-  let checkpointed = 0n;
+  /** Segments are deleted only once the index flushed what they hold to RocksDB's tables. */
+  let retention: WalRetention | null = null;
   /** The disk is full: appends are refused with STORAGE_FULL until a probe finds space again. */
   let full = false;
   let probeTimer: ReturnType<typeof setTimeout> | null = null;
@@ -141,7 +110,7 @@ export function walFlushStage(): Stage<WalConfig> {
     reopening ??= (async () => {
       await wal?.close().catch(() => {});
       const opened = await Wal.open(dir, {
-        checkpointSeq: checkpointed,
+        checkpointSeq: retention!.durable,
         segmentBytesMax: limits.wal_segment_bytes_max,
       });
       wal = opened.wal;
@@ -201,9 +170,9 @@ export function walFlushStage(): Stage<WalConfig> {
       dir = config.dir;
       limits = config.limits;
       await Deno.mkdir(dir, { recursive: true });
-      checkpointed = await readCheckpoint(dir);
+      retention = await WalRetention.open(dir);
       const opened = await Wal.open(dir, {
-        checkpointSeq: checkpointed,
+        checkpointSeq: retention.durable,
         segmentBytesMax: limits.wal_segment_bytes_max,
       });
       wal = opened.wal;
@@ -224,9 +193,10 @@ export function walFlushStage(): Stage<WalConfig> {
       const msg = raw as WalCall;
       switch (msg.type) {
         case "wal.replay": {
-          // Records after the index's checkpoint go to the index again.
+          // Records after the durable checkpoint go to the index again (it skips those it holds).
+          const from = await retention!.replayFrom(wal!, BigInt(msg.after), dir.replace(/\/wal\/?$/, "/db"));
           let n = 0;
-          for await (const recs of wal!.replay(BigInt(msg.after))) {
+          for await (const recs of wal!.replay(from)) {
             const items: BatchItem[] = recs.map((r) => ({
               bytes: r.payload,
               req: 0,
@@ -242,18 +212,18 @@ export function walFlushStage(): Stage<WalConfig> {
             ctx.emit("root", { type: "wal.full", full: true });
             probe(ctx);
           }
-          return { replayed: n, recovery: recovery ? describe(recovery) : "" };
+          return { replayed: n, from: Number(from), recovery: recovery ? describe(recovery) : "" };
         }
         case "wal.checkpoint": {
-          const seq = BigInt(msg.seq);
-          if (seq <= checkpointed) return { deleted: 0 };
-          await writeCheckpoint(dir, seq);
-          checkpointed = seq;
-          return { deleted: await wal!.checkpoint(seq) };
+          const deleted = await retention!.retire(wal!, BigInt(msg.seq), {
+            force: msg.flush ?? false,
+            flush: () => ctx.ask<number>("index", { type: "index.flush" }),
+          });
+          return { deleted };
         }
         case "wal.stats": {
           const st = wal!.stats();
-          return { ...st, lastSeq: Number(st.lastSeq), checkpoint: Number(checkpointed), full };
+          return { ...st, lastSeq: Number(st.lastSeq), checkpoint: Number(retention!.durable), full };
         }
       }
       throw new XfError("INTERNAL", `wal-flush cannot answer "${(msg as { type: string }).type}"`);

@@ -71,6 +71,9 @@ export function openRocks(dir: string): Promise<Kv> {
           ),
         );
       }
+      if (err && /corrupt/i.test(err.message)) {
+        return reject(new XfError("STORAGE_CORRUPTION", `Cannot open RocksDB at "${dir}": ${err.message}`));
+      }
       if (err) return reject(storageError(`open RocksDB at "${dir}"`, err));
       resolve(new RocksKv(db));
     });
@@ -170,6 +173,36 @@ class RocksKv implements Kv {
       this.db.close((err: Error | null) => (err ? reject(storageError("close RocksDB", err)) : resolve()));
     });
   }
+}
+
+/**
+ * Move everything written so far from RocksDB's log into its table files,
+ * and resolve once it is there. `hotKey` must be a key every write batch
+ * puts (the index's checkpoint): RocksDB 6.17's `CompactRange` flushes the
+ * memtable only when it overlaps the range, and compacts only the table
+ * files that hold that one key. See `wal_retention.ts` for why this matters.
+ *
+ * @example
+ * ```ts
+ * import { assert } from "@std/assert";
+ * import { flushToTables, openRocks } from "./kv.ts";
+ * const dir = await Deno.makeTempDir();
+ * try {
+ *   const kv = await openRocks(dir);
+ *   const key = new Uint8Array([9]);
+ *   await kv.batch([{ type: "put", key, value: new Uint8Array([1]) }], { sync: true });
+ *   await flushToTables(kv, key);
+ *   await kv.close();
+ *   let tables = 0;
+ *   for await (const e of Deno.readDir(dir)) if (e.name.endsWith(".sst")) tables++;
+ *   assert(tables > 0);
+ * } finally {
+ *   await Deno.remove(dir, { recursive: true });
+ * }
+ * ```
+ */
+export function flushToTables(kv: Kv, hotKey: Uint8Array): Promise<void> {
+  return kv.compact(hotKey, hotKey);
 }
 
 /** An in-memory {@linkcode Kv} (sorted array), for tests and as the reference backend. */
