@@ -17,7 +17,7 @@ import type { Stage, StageContext } from "./runtime.ts";
 import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch.ts";
 import { LIMITS, type Limits } from "./limits.ts";
 import type { GroupInfo } from "./decode.ts";
-import { flushToTables, type Kv, MemoryKv, openRocks } from "../storage/kv.ts";
+import { flushToTables, type Kv, type KvOp, MemoryKv, openRocks } from "../storage/kv.ts";
 import {
   arrivalKey,
   arrivalPrefix,
@@ -116,6 +116,7 @@ export type IndexCall =
   | { type: "index.groupInfo"; gids: string[]; key: string }
   | { type: "index.checkpoint" }
   | { type: "index.flush" }
+  | { type: "index.drop"; ids: Uint8Array }
   | { type: "index.merkle"; gid: string }
   | { type: "index.proof"; gid: string; id: string }
   | { type: "index.fsck"; gid: string }
@@ -607,6 +608,16 @@ export function indexStage(): Stage<IndexConfig> {
         }
         case "index.checkpoint":
           return checkpoint;
+        case "index.drop": {
+          // Damaged events leave the events keyspace (their ids stay in the Merkle tree): a peer's copy is
+          // then stored like a new event, and the damaged bytes are never served.
+          const ops: KvOp[] = [];
+          for (let i = 0; i < msg.ids.length; i += 32) {
+            ops.push({ type: "del", key: eventKey(msg.ids.subarray(i, i + 32)) });
+          }
+          await kv!.batch(ops, { sync: true });
+          return ops.length;
+        }
         case "index.flush": {
           // Everything indexed so far moves from RocksDB's log to its tables; the WAL may then drop it.
           const seq = checkpoint;

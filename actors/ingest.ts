@@ -189,6 +189,7 @@ export function ingestStage(): Stage<IngestConfig> {
           const hex = toHex(msg.ids.subarray(i, i + 32));
           pending.delete(hex);
           if (msg.stored) remember(hex);
+          else recent.delete(hex); // dropped as damaged: a peer's copy must not be taken for a duplicate
         }
         return;
       }
