@@ -17,7 +17,7 @@ import type { Stage, StageContext } from "./runtime.ts";
 import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch.ts";
 import { LIMITS, type Limits } from "./limits.ts";
 import type { GroupInfo } from "./decode.ts";
-import { flushToTables, type Kv, type KvOp, MemoryKv, openRocks } from "../storage/kv.ts";
+import { FlushTracker, type Kv, type KvOp, MemoryKv, openRocks } from "../storage/kv.ts";
 import {
   arrivalKey,
   arrivalPrefix,
@@ -115,7 +115,7 @@ export type IndexCall =
   | { type: "index.lastArrival"; gid: string }
   | { type: "index.groupInfo"; gids: string[]; key: string }
   | { type: "index.checkpoint" }
-  | { type: "index.flush" }
+  | { type: "index.durable" }
   | { type: "index.drop"; ids: Uint8Array }
   | { type: "index.merkle"; gid: string }
   | { type: "index.proof"; gid: string; id: string }
@@ -208,6 +208,8 @@ export function indexStage(): Stage<IndexConfig> {
   let checkpoint = 0;
   /** RocksDB's checkpoint when this stage opened it: a replayed record up to it should be held already. */
   let openedAt = 0;
+  /** Which checkpoint is in RocksDB's table files (the WAL keeps what is only in RocksDB's log). */
+  let flushes: FlushTracker | null = null;
   let trees: GroupTrees | null = null;
   const groups = new Map<string, GroupRecord | null>();
   const absentGroups = new Set<string>();
@@ -316,8 +318,18 @@ export function indexStage(): Stage<IndexConfig> {
       seen.add(hex);
       events.push({ it, ev, hex });
     }
-    const existing = await kv!.getMany(events.map((e) => eventKey(e.ev.id)));
-    const fresh = events.filter((_, i) => existing[i] === undefined);
+    let existing: (Uint8Array | undefined | null)[];
+    try {
+      existing = await kv!.getMany(events.map((e) => eventKey(e.ev.id)));
+    } catch (e) {
+      // A damaged table block: one by one. A replayed event that cannot be read is written again from the WAL
+      // (null: its id is in the tree already); a live one stays unreadable (fsck lists it, a peer restores it).
+      if (!items.some((it) => it.id === ZERO_ID)) throw e;
+      existing = [];
+      for (const { ev } of events) existing.push(await kv!.get(eventKey(ev.id)).catch(() => null));
+    }
+    const unreadable = new Set(events.filter((_, i) => existing[i] === null).map((e) => e.hex));
+    const fresh = events.filter((_, i) => !existing[i]);
     const ops: { type: "put"; key: Uint8Array; value: Uint8Array }[] = [];
     const newGroups: [string, GroupRecord][] = [];
     for (const { ev, hex, it } of fresh) {
@@ -362,10 +374,14 @@ export function indexStage(): Stage<IndexConfig> {
     // Merkle pages written with it may be gone too. Its group's tree is rebuilt from the time index.
     const restoredGroups = new Set<string>();
     let restored = 0;
-    for (const { ev, it } of fresh) {
-      if (it.id === ZERO_ID && it.seq <= openedAt) restored++, restoredGroups.add(toHex(ev.group));
+    for (const { ev, it, hex } of fresh) {
+      if (it.id !== ZERO_ID || it.seq > openedAt) continue;
+      restored++;
+      if (!unreadable.has(hex)) restoredGroups.add(toHex(ev.group));
     }
-    const merkle = await trees!.insert(fresh.filter((f) => !restoredGroups.has(toHex(f.ev.group))).map((f) => f.ev));
+    const merkle = await trees!.insert(
+      fresh.filter((f) => !restoredGroups.has(toHex(f.ev.group)) && !unreadable.has(f.hex)).map((f) => f.ev),
+    );
     for (const o of merkle.ops) ops.push(o as { type: "put"; key: Uint8Array; value: Uint8Array });
     const rebuilt = [];
     for (const gid of restoredGroups) {
@@ -384,6 +400,7 @@ export function indexStage(): Stage<IndexConfig> {
     merkle.commit();
     for (const r of rebuilt) r.commit();
     stats.restored += restored;
+    flushes!.written(ops.length, checkpoint, nextCheckpoint);
     checkpoint = nextCheckpoint;
     wake();
     for (const [g, rec] of newGroups) groups.set(g, rec), absentGroups.delete(g);
@@ -403,7 +420,7 @@ export function indexStage(): Stage<IndexConfig> {
       replayN,
       lastSeq: checkpoint,
       stored: ids(fresh),
-      duplicates: ids(events.filter((_, i) => existing[i] !== undefined)),
+      duplicates: ids(events.filter((_, i) => existing[i])),
     });
     if (fresh.length) {
       ctx.emit("advertise", {
@@ -541,6 +558,7 @@ export function indexStage(): Stage<IndexConfig> {
       const cp = await kv.get(CHECKPOINT);
       checkpoint = cp ? Number(new DataView(cp.buffer, cp.byteOffset, 8).getBigUint64(0)) : 0;
       openedAt = checkpoint;
+      flushes = new FlushTracker(kv, checkpoint);
       trees = new GroupTrees(kv);
     },
     async data(raw, ctx) {
@@ -618,12 +636,9 @@ export function indexStage(): Stage<IndexConfig> {
           await kv!.batch(ops, { sync: true });
           return ops.length;
         }
-        case "index.flush": {
-          // Everything indexed so far moves from RocksDB's log to its tables; the WAL may then drop it.
-          const seq = checkpoint;
-          await flushToTables(kv!, CHECKPOINT);
-          return seq;
-        }
+        case "index.durable":
+          // The checkpoint RocksDB holds in its table files: the WAL may drop what it covers.
+          return flushes!.durable();
         case "index.merkle":
           if (!(await group(msg.gid))) return null;
           return await trees!.root(msg.gid);

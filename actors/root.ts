@@ -431,18 +431,12 @@ export class Pipeline {
   /** Stop: refuse new work, let in-flight requests finish (bounded), stop stages in reverse. */
   async stop(): Promise<void> {
     if (this.state === "stopped" || this.state === "stopping") return;
-    const wasReady = this.state === "ready";
     this.state = "stopping";
     const deadline = Date.now() + this.limits.stage_shutdown_ms;
     while ((this.requests.size > 0 || this.ackedNotIndexed > 0) && Date.now() < deadline) {
       await new Promise((r) => setTimeout(r, 10));
     }
     if (this.checkpointTimer) clearTimeout(this.checkpointTimer);
-    // What the index holds goes into RocksDB's tables and the WAL records it covers may go (a quick restart).
-    if (wasReady) {
-      await this.supervisor.child("wal").call({ type: "wal.checkpoint", seq: this.lastCheckpoint, flush: true })
-        .catch(() => {});
-    }
     await this.supervisor.stop();
     for (const r of this.requests.values()) {
       clearTimeout(r.timer);

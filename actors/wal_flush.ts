@@ -29,7 +29,7 @@ export type WalMsg = { type: "wal.append"; batch: EventBatch };
 /** Requests the wal-flush stage answers. */
 export type WalCall =
   | { type: "wal.replay"; after: number }
-  | { type: "wal.checkpoint"; seq: number; flush?: boolean }
+  | { type: "wal.checkpoint"; seq: number }
   | { type: "wal.stats" };
 
 /** wal-flush's config. */
@@ -216,8 +216,7 @@ export function walFlushStage(): Stage<WalConfig> {
         }
         case "wal.checkpoint": {
           const deleted = await retention!.retire(wal!, BigInt(msg.seq), {
-            force: msg.flush ?? false,
-            flush: () => ctx.ask<number>("index", { type: "index.flush" }),
+            durable: () => ctx.ask<number>("index", { type: "index.durable" }),
           });
           return { deleted };
         }

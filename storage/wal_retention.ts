@@ -19,11 +19,11 @@
  * ## The rule
  *
  * - A WAL segment is deleted only once every record in it is in RocksDB's
- *   table files: the index first flushes its memtable (see
- *   `flushToTables` in `kv.ts`), then the seq it had indexed before the
- *   flush is written to the WAL directory's `checkpoint` file (the *durable
- *   checkpoint*), then segments up to it are deleted. The flush runs only
- *   when it lets a segment go, and at a clean stop.
+ *   table files: the index says which of its checkpoints RocksDB has
+ *   flushed by itself (`FlushTracker` in `kv.ts`; nothing is forced, so no
+ *   compaction runs and no space is needed), that seq is written to the WAL
+ *   directory's `checkpoint` file (the *durable checkpoint*), then segments
+ *   up to it are deleted. This runs only when a whole segment is covered.
  * - At open the WAL replays every record after the durable checkpoint, not
  *   after RocksDB's checkpoint. The index skips the events it still holds
  *   (by id) and indexes again the ones RocksDB's log lost.
@@ -114,10 +114,10 @@ async function rocksFiles(dbDir: string): Promise<string> {
  *   const { wal } = await Wal.open(dir, { checkpointSeq: retention.durable, segmentBytesMax: 32 });
  *   await wal.append([new Uint8Array(8)]);
  *   await wal.append([new Uint8Array(8)]);
- *   let flushes = 0;
- *   const flush = () => (flushes++, Promise.resolve(2));
- *   assert((await retention.retire(wal, 0n, { flush })) === 0 && flushes === 0); // nothing to delete: no flush
- *   assert((await retention.retire(wal, 1n, { flush })) === 1 && retention.durable === 2n);
+ *   let asked = 0;
+ *   const durable = () => (asked++, Promise.resolve(2));
+ *   assert((await retention.retire(wal, 0n, { durable })) === 0 && asked === 0); // nothing indexed: not asked
+ *   assert((await retention.retire(wal, 1n, { durable })) === 1 && retention.durable === 2n);
  *   await wal.close();
  * } finally {
  *   await Deno.remove(dir, { recursive: true });
@@ -143,18 +143,17 @@ export class WalRetention {
   }
 
   /**
-   * The index holds everything up to `seq`: delete the WAL segments that
-   * are safe to delete. Only when a whole segment is covered (or with
-   * `force`, at a clean stop) does it call `flush`, which must move
-   * everything indexed into RocksDB's table files and resolve with the seq
-   * indexed before it began; that seq becomes the durable checkpoint and
-   * segments up to it are deleted. Calls run one at a time. Resolves with
-   * how many segments were deleted.
+   * The index holds everything up to `seq`: record what is durable and
+   * delete the WAL segments that are safe to delete. `durable` resolves with
+   * the highest seq the index knows to be in RocksDB's table files; when it
+   * moved, it becomes the durable checkpoint (so the next start replays
+   * little) and whole segments up to it are deleted. Calls run one at a
+   * time. Resolves with how many segments were deleted.
    */
-  retire(wal: Wal, seq: bigint, options: { flush: () => Promise<number>; force?: boolean }): Promise<number> {
+  retire(wal: Wal, seq: bigint, options: { durable: () => Promise<number> }): Promise<number> {
     const run = this.#busy.then(async () => {
-      if (!options.force && wal.coveredSegments(seq) === 0) return 0;
-      const flushed = BigInt(await options.flush());
+      if (seq <= this.#durable) return 0;
+      const flushed = BigInt(await options.durable());
       if (flushed <= this.#durable) return 0;
       await writeDurableCheckpoint(this.dir, flushed);
       this.#durable = flushed;

@@ -20,34 +20,37 @@ async function withWal(fn: (dir: string, wal: Wal, retention: WalRetention) => P
 
 const rec = () => [new Uint8Array(8)];
 
-Deno.test("retire flushes only when a whole segment is covered, then records what the flush covered", () =>
+Deno.test("retire records what the index says is durable and deletes the whole segments it covers", () =>
   withWal(async (dir, wal, retention) => {
     for (let i = 0; i < 4; i++) await wal.append(rec()); // seqs 1..4, one segment each
     const flushes: number[] = [];
     const flushTo = (seq: number) => () => (flushes.push(seq), Promise.resolve(seq));
-    // Nothing covered (the index holds nothing yet): no flush, no checkpoint file.
-    assertEquals(await retention.retire(wal, 0n, { flush: flushTo(0) }), 0);
+    // The index holds nothing yet: it is not asked, no checkpoint file.
+    assertEquals(await retention.retire(wal, 0n, { durable: flushTo(0) }), 0);
     assertEquals(flushes, []);
+    // It holds seq 2, of which nothing is in RocksDB's tables yet: nothing moves.
+    assertEquals(await retention.retire(wal, 2n, { durable: flushTo(0) }), 0);
     assertEquals(await readDurableCheckpoint(dir), 0n);
-    // Seq 2 covers segments 1 and 2; the flush says the index held 3 when it began: segments up to 3 go.
-    assertEquals(await retention.retire(wal, 2n, { flush: flushTo(3) }), 3);
+    flushes.length = 0;
+    assertEquals(await readDurableCheckpoint(dir), 0n);
+    // Seq 2 covers segments 1 and 2; the index says RocksDB flushed up to 3: segments up to 3 go.
+    assertEquals(await retention.retire(wal, 2n, { durable: flushTo(3) }), 3);
     assertEquals(flushes, [3]);
     assertEquals(retention.durable, 3n);
     assertEquals(await readDurableCheckpoint(dir), 3n);
     assertEquals(wal.oldestSeq(), 4n);
-    // The segment being written is never covered; only `force` (a clean stop) flushes then.
-    assertEquals(await retention.retire(wal, 4n, { flush: flushTo(4) }), 0);
-    assertEquals(flushes, [3]);
-    assertEquals(await retention.retire(wal, 4n, { flush: flushTo(4), force: true }), 0);
+    // The segment being written is never deleted, but the durable checkpoint moves (a short replay at start).
+    assertEquals(await retention.retire(wal, 4n, { durable: flushTo(4) }), 0);
     assertEquals(flushes, [3, 4]);
     assertEquals(await readDurableCheckpoint(dir), 4n);
+    assertEquals(wal.oldestSeq(), 4n);
   }));
 
-Deno.test("retire: a failed flush deletes nothing and moves no checkpoint; calls run one at a time", () =>
+Deno.test("retire: a failed question to the index deletes nothing and moves no checkpoint; calls run one at a time", () =>
   withWal(async (dir, wal, retention) => {
     for (let i = 0; i < 3; i++) await wal.append(rec());
     await assertRejects(
-      () => retention.retire(wal, 2n, { flush: () => Promise.reject(new XfError("STORAGE_ERROR", "flush failed")) }),
+      () => retention.retire(wal, 2n, { durable: () => Promise.reject(new XfError("STORAGE_ERROR", "flush failed")) }),
       XfError,
       "flush failed",
     );
@@ -62,8 +65,8 @@ Deno.test("retire: a failed flush deletes nothing and moves no checkpoint; calls
       return seq;
     };
     const all = await Promise.all([
-      retention.retire(wal, 1n, { flush: slow(1) }),
-      retention.retire(wal, 2n, { flush: slow(2) }),
+      retention.retire(wal, 1n, { durable: slow(1) }),
+      retention.retire(wal, 2n, { durable: slow(2) }),
     ]);
     assertEquals(most, 1);
     assertEquals(all, [1, 1]);
@@ -74,7 +77,7 @@ Deno.test("replayFrom: the durable checkpoint, RocksDB's when it is behind and t
   withWal(async (dir, wal, retention) => {
     for (let i = 0; i < 5; i++) await wal.append(rec());
     assertEquals(await retention.replayFrom(wal, 5n, `${dir}/db`), 0n); // nothing flushed: replay all
-    await retention.retire(wal, 3n, { flush: () => Promise.resolve(3) }); // segments 1..3 deleted
+    await retention.retire(wal, 3n, { durable: () => Promise.resolve(3) }); // segments 1..3 deleted
     assertEquals(wal.oldestSeq(), 4n);
     assertEquals(await retention.replayFrom(wal, 5n, `${dir}/db`), 3n); // RocksDB ahead: from the durable one
     assertEquals(await retention.replayFrom(wal, 3n, `${dir}/db`), 3n);
