@@ -149,6 +149,34 @@ export class XfNode implements NodeCore, AppNode {
     );
   }
 
+  /**
+   * Ids of damaged events each group waits to get back from peers (see {@linkcode XfNode.restore}); in memory
+   * only: after a restart, `restore` (fsck) finds them again, as events missing from the store.
+   */
+  readonly restoring: Map<string, Set<string>> = new Map();
+
+  /**
+   * Check a group (as {@linkcode XfNode.fsck}) and ask peers for what is damaged: every damaged or missing event
+   * whose id is known is dropped from the store (its id stays in the Merkle tree) and asked for by id (`want`)
+   * from every peer this node syncs the group with, now and in later sessions, until one sends it (its id is
+   * the SHA-256 of its bytes, so any peer's copy is verifiable). Null if the group is unknown.
+   */
+  async restore(gid: string): Promise<{ damaged: number; asked: number } | null> {
+    const f = await this.fsck(gid);
+    if (!f) return null;
+    const ids = f.damaged.filter((d) => d.restorable).map((d) => d.id);
+    if (ids.length === 0) return { damaged: f.damagedCount, asked: 0 };
+    const flat = new Uint8Array(ids.length * 32);
+    ids.forEach((h, i) => flat.set(fromHex(h)!, i * 32));
+    await this.pipeline.index({ type: "index.drop", ids: flat });
+    this.pipeline.release(flat, false);
+    const set = this.restoring.get(gid) ?? new Set<string>();
+    for (const h of ids) set.add(h);
+    this.restoring.set(gid, set);
+    this.sync.want(gid, ids.map((h) => fromHex(h)!));
+    return { damaged: f.damagedCount, asked: ids.length };
+  }
+
   /** Read every key and value of the store once (each block's checksum is verified); the first failure. */
   scan(): Promise<{ ok: boolean; keys: number; problem?: string }> {
     return this.pipeline.index(

@@ -8,8 +8,8 @@
  * The logic is index group commit: batches that arrive while a write runs
  * are written together by the next (at most `index_batch_events_max`
  * events). Writes are not synced: the WAL is what makes events durable, and
- * its segments are deleted only after `index.durable` has made the index's
- * checkpoint durable. Reads (requests from the root) wait until the index
+ * its segments are deleted only once RocksDB has flushed what they cover to
+ * its table files (`index.durable`, see storage/wal_retention.ts). Reads (requests from the root) wait until the index
  * holds every event acknowledged before them (read your writes).
  *
  * Takes: `put` (data, from wal-flush); `written` (its write's answer).
@@ -35,7 +35,7 @@ import {
   RECONCILE_SESSION_IDLE_MS,
   RECONCILE_SESSIONS_MAX,
 } from "../core/limits.ts";
-import { type Kv, MemoryKv, openRocks } from "../storage/kv.ts";
+import { FlushTracker, type Kv, type KvOp, MemoryKv, openRocks } from "../storage/kv.ts";
 import {
   arrivalKey,
   arrivalPrefix,
@@ -212,6 +212,8 @@ export type IndexCall =
   | { type: "index.lastArrival"; gid: string }
   | { type: "index.groupInfo"; gids: string[]; key: string }
   | { type: "index.checkpoint" }
+  | { type: "index.durable" }
+  | { type: "index.drop"; ids: Uint8Array }
   | { type: "index.merkle"; gid: string }
   | { type: "index.proof"; gid: string; id: string }
   | { type: "index.fsck"; gid: string }
@@ -232,7 +234,6 @@ export type IndexCall =
   | { type: "index.peers.save"; gid: string; table: Uint8Array }
   | { type: "index.access"; gid: string; key: string }
   | { type: "index.groupStates"; gids: string[] }
-  | { type: "index.durable" }
   | { type: "index.stats" }
   | { type: "index.totals" };
 
@@ -286,6 +287,10 @@ export const effects = (_ctx: HostContext) => {
   let kv: Kv | null = null;
   let limits!: Limits;
   let checkpoint = 0;
+  /** RocksDB's checkpoint when this stage opened it: a replayed record up to it should be held already. */
+  let openedAt = 0;
+  /** Which checkpoint is in RocksDB's table files (the WAL keeps what is only in RocksDB's log). */
+  let flushes: FlushTracker | null = null;
   let trees: GroupTrees | null = null;
   const groups = new Map<string, GroupRecord | null>();
   const absentGroups = new Set<string>();
@@ -312,7 +317,8 @@ export const effects = (_ctx: HostContext) => {
     states.set(gid, st);
     return st;
   }
-  const stats = { batches: 0, stored: 0, duplicates: 0, corrupt: 0, batchEvents: 0 };
+  /** `restored`: replayed events RocksDB had lost though its checkpoint covered them (a damaged log). */
+  const stats = { batches: 0, stored: 0, duplicates: 0, corrupt: 0, batchEvents: 0, restored: 0 };
 
   async function group(gid: string): Promise<GroupRecord | null> {
     if (groups.has(gid)) return groups.get(gid)!;
@@ -366,8 +372,18 @@ export const effects = (_ctx: HostContext) => {
       seen.add(hex);
       events.push({ it, ev, hex });
     }
-    const existing = await kv!.getMany(events.map((e) => eventKey(e.ev.id)));
-    const fresh = events.filter((_, i) => existing[i] === undefined);
+    let existing: (Uint8Array | undefined | null)[];
+    try {
+      existing = await kv!.getMany(events.map((e) => eventKey(e.ev.id)));
+    } catch (e) {
+      // A damaged table block: one by one. A replayed event that cannot be read is written again from the WAL
+      // (null: its id is in the tree already); a live one stays unreadable (fsck lists it, a peer restores it).
+      if (!items.some((it) => it.id === ZERO_ID)) throw e;
+      existing = [];
+      for (const { ev } of events) existing.push(await kv!.get(eventKey(ev.id)).catch(() => null));
+    }
+    const unreadable = new Set(events.filter((_, i) => existing[i] === null).map((e) => e.hex));
+    const fresh = events.filter((_, i) => !existing[i]);
     const ops: { type: "put"; key: Uint8Array; value: Uint8Array }[] = [];
     const newGroups: [string, GroupRecord][] = [];
     for (const { ev, hex, it } of fresh) {
@@ -408,18 +424,38 @@ export const effects = (_ctx: HostContext) => {
     for (const [gid, st] of changed) {
       ops.push({ type: "put", key: membersKey(gid), value: new TextEncoder().encode(JSON.stringify(st.toJSON())) });
     }
-    const merkle = await trees!.insert(fresh.map((f) => f.ev));
+    // A replayed event RocksDB lost though its checkpoint covered it: RocksDB's log dropped a batch, and
+    // Merkle pages written with it may be gone too. Its group's tree is rebuilt from the time index.
+    const restoredGroups = new Set<string>();
+    let restored = 0;
+    for (const { ev, it, hex } of fresh) {
+      if (it.id !== ZERO_ID || it.seq > openedAt) continue;
+      restored++;
+      if (!unreadable.has(hex)) restoredGroups.add(toHex(ev.group));
+    }
+    const merkle = await trees!.insert(
+      fresh.filter((f) => !restoredGroups.has(toHex(f.ev.group)) && !unreadable.has(f.hex)).map((f) => f.ev),
+    );
     for (const o of merkle.ops) ops.push(o as { type: "put"; key: Uint8Array; value: Uint8Array });
+    const rebuilt = [];
+    for (const gid of restoredGroups) {
+      const r = await trees!.rebuild(gid, fresh.filter((f) => toHex(f.ev.group) === gid).map((f) => f.ev));
+      for (const o of r.ops) ops.push(o as { type: "put"; key: Uint8Array; value: Uint8Array });
+      rebuilt.push(r);
+    }
     const nextCheckpoint = Math.max(checkpoint, lastSeq);
     ops.push({ type: "put", key: CHECKPOINT, value: u64be(nextCheckpoint) });
     try {
-      // Not synced: the WAL holds these events until `index.durable` has made this checkpoint durable.
+      // Not synced: the WAL keeps these events until RocksDB has flushed them to its tables (`index.durable`).
       await kv!.batch(ops as never, { sync: false });
     } catch (e) {
       trees!.forget(); // the write failed: pages reload from what RocksDB holds
       throw e;
     }
     merkle.commit();
+    for (const r of rebuilt) r.commit();
+    stats.restored += restored;
+    flushes!.written(ops.length, checkpoint, nextCheckpoint);
     checkpoint = nextCheckpoint;
     wake();
     for (const [g, rec] of newGroups) groups.set(g, rec), absentGroups.delete(g);
@@ -440,7 +476,7 @@ export const effects = (_ctx: HostContext) => {
       replayN,
       lastSeq: checkpoint,
       stored: ids(fresh),
-      duplicates: ids(events.filter((_, i) => existing[i] !== undefined)),
+      duplicates: ids(events.filter((_, i) => existing[i])),
       fresh: fresh.length ? packBatch(fresh.map((f) => ({ ...f.it, id: f.ev.id }))) : null,
     };
   }
@@ -571,6 +607,8 @@ export const effects = (_ctx: HostContext) => {
       kv = dir ? await openRocks(dir) : new MemoryKv();
       const cp = await kv.get(CHECKPOINT);
       checkpoint = cp ? Number(new DataView(cp.buffer, cp.byteOffset, 8).getBigUint64(0)) : 0;
+      openedAt = checkpoint;
+      flushes = new FlushTracker(kv, checkpoint);
       trees = new GroupTrees(kv);
       st.checkpoint = checkpoint;
     },
@@ -637,6 +675,19 @@ export const effects = (_ctx: HostContext) => {
         }
         case "index.checkpoint":
           return checkpoint;
+        case "index.drop": {
+          // Damaged events leave the events keyspace (their ids stay in the Merkle tree): a peer's copy is
+          // then stored like a new event, and the damaged bytes are never served.
+          const ops: KvOp[] = [];
+          for (let i = 0; i < msg.ids.length; i += 32) {
+            ops.push({ type: "del", key: eventKey(msg.ids.subarray(i, i + 32)) });
+          }
+          await kv!.batch(ops, { sync: true });
+          return ops.length;
+        }
+        case "index.durable":
+          // The checkpoint RocksDB holds in its table files: the WAL may drop what it covers.
+          return flushes!.durable();
         case "index.merkle":
           if (!(await group(msg.gid))) return null;
           return await trees!.root(msg.gid);
@@ -736,11 +787,6 @@ export const effects = (_ctx: HostContext) => {
             out.push([gid, s ? s.toJSON() : null]);
           }
           return out;
-        }
-        case "index.durable": {
-          // Everything written so far becomes durable (a synced write), so the WAL up to it may go.
-          await kv!.batch([{ type: "put", key: CHECKPOINT, value: u64be(checkpoint) }], { sync: true });
-          return checkpoint;
         }
         case "index.peers.load": {
           const g = fromHex(msg.gid);

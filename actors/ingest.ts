@@ -245,6 +245,7 @@ export const logic: StageLogic<IngestState, IngestIn, IngestEffect> = {
           const hex = toHex(ids.subarray(i, i + 32));
           st.pending.delete(hex);
           if (stored) remember(st, hex);
+          else st.recent.delete(hex); // dropped as damaged: a peer's copy must not be taken for a duplicate
         }
         return [];
       }

@@ -100,6 +100,8 @@ export interface PipelineCounters {
   indexBatches: number;
   restarts: number;
   deadLetters: number;
+  /** WAL checkpoint rounds run (each asks the index what RocksDB's tables hold and drops covered segments). */
+  walCheckpoints: number;
 }
 
 /** A batch set aside after it crashed a stage twice. */
@@ -136,6 +138,7 @@ export class Pipeline {
     indexBatches: 0,
     restarts: 0,
     deadLetters: 0,
+    walCheckpoints: 0,
   };
   /** Per event stored or duplicate: seconds from its request's admission to its acknowledgement. */
   readonly ackSeconds: Histogram = new Histogram();
@@ -331,18 +334,16 @@ export class Pipeline {
     const cp = await this.index<number>({ type: "index.checkpoint" });
     this.lastCheckpoint = cp;
     const done = new Promise<void>((r) => (this.replayDone = r));
-    const { replayed, recovery } = await this.supervisor.child("wal_flush").call<
-      { replayed: number; recovery: string }
-    >(
-      { type: "wal.replay", after: cp },
-      this.limits.request_timeout_ms * 6,
-    );
-    this.recovery = `${recovery}${
-      recovery && !recovery.endsWith(".") ? ". " : recovery ? " " : ""
-    }Replayed ${replayed} records after checkpoint ${cp}.`;
+    const { replayed, from, recovery } = await this.supervisor.child("wal_flush").call<
+      { replayed: number; from: number; recovery: string }
+    >({ type: "wal.replay", after: cp }, this.limits.request_timeout_ms * 6);
     this.replayWaiting += replayed;
     if (this.replayWaiting <= 0) this.replayDone?.();
     await done;
+    const { restored } = await this.index<{ restored: number }>({ type: "index.stats" });
+    this.recovery = `${recovery}${recovery && !recovery.endsWith(".") ? ". " : recovery ? " " : ""}` +
+      `Replayed ${replayed} records after seq ${from} (the index's checkpoint is ${cp})` +
+      (restored ? `, restoring ${restored} acknowledged events RocksDB had lost.` : ".");
   }
 
   private restarted(ids: StageName[], cause: XfError) {
@@ -527,6 +528,7 @@ export class Pipeline {
   /** A stage asks the root: a group's state on decode's first touch, once the index holds every ack. */
   private answer(msg: { type: string } & Record<string, unknown>): Promise<unknown> {
     if (msg.type === "index.groupStates") return this.index(msg);
+    if (msg.type === "index.durable") return this.supervisor.child("index").call(msg);
     return Promise.reject(new XfError("INTERNAL", `The root cannot answer "${msg.type}"`));
   }
 
@@ -547,10 +549,10 @@ export class Pipeline {
     }
   }
 
-  /** Make the index durable up to its checkpoint, then let the WAL drop what it covers. */
+  /** Let the WAL drop the segments the index holds in RocksDB's table files (it asks the index which: `index.durable`). */
   private async checkpoint() {
-    const seq = await this.supervisor.child("index").call<number>({ type: "index.durable" });
-    await this.supervisor.child("wal_flush").call({ type: "wal.checkpoint", seq });
+    this.counters.walCheckpoints++;
+    await this.supervisor.child("wal_flush").call({ type: "wal.checkpoint", seq: this.lastCheckpoint });
   }
 
   /**
@@ -601,7 +603,15 @@ export class Pipeline {
     );
     const ids = new Uint8Array(items.length * 32);
     items.forEach((it, i) => ids.set(it.id, i * 32));
-    this.ingestSignal?.postMessage({ type: "release", ids, stored: false });
+    this.release(ids, false);
+  }
+
+  /**
+   * Tell ingest these ids are no longer in flight: indexed (`stored`, remembered as recent) or not (forgotten,
+   * e.g. dropped as damaged, so a peer's copy is not taken for a duplicate).
+   */
+  release(ids: Uint8Array, stored: boolean): void {
+    this.ingestSignal?.postMessage({ type: "release", ids, stored });
   }
 
   private deliver(batch: EventBatch, matches: { sub: number; idxs: number[] }[]) {

@@ -25,6 +25,7 @@ import type { Release } from "./ingest.ts";
 import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch.ts";
 import type { Limits } from "../core/limits.ts";
 import { describe, type RecoveryReport, Wal } from "../storage/wal.ts";
+import { WalRetention } from "../storage/wal_retention.ts";
 import { toHex } from "../core/bytes.ts";
 import { isDiskFull, XfError } from "../core/errors.ts";
 
@@ -130,46 +131,15 @@ export const logic: StageLogic<WalState, WalIn, WalEffect> = {
   },
 };
 
-const CHECKPOINT_FILE = "checkpoint";
-
-async function readCheckpoint(dir: string): Promise<bigint> {
-  try {
-    const text = await Deno.readTextFile(`${dir}/${CHECKPOINT_FILE}`);
-    return BigInt(text.trim());
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) return 0n;
-    throw new XfError("WAL_CORRUPTION", `Cannot read WAL checkpoint file in "${dir}": ${(e as Error).message}`);
-  }
-}
-
-async function writeCheckpoint(dir: string, seq: bigint): Promise<void> {
-  const tmp = `${dir}/${CHECKPOINT_FILE}.tmp`;
-  const f = await Deno.open(tmp, { write: true, create: true, truncate: true });
-  try {
-    await f.write(new TextEncoder().encode(`${seq}\n`));
-    await f.syncData();
-  } finally {
-    f.close();
-  }
-  await Deno.rename(tmp, `${dir}/${CHECKPOINT_FILE}`);
-  // Make the rename itself durable.
-  const d = await Deno.open(dir, { read: true });
-  try {
-    await d.syncData();
-  } catch {
-    /* some file systems cannot sync a directory */
-  } finally {
-    d.close();
-  }
-}
-
 /** wal-flush's runtime: the WAL files, the reserve file and the free-space probe. */
 export const effects = (ctx: HostContext) => {
   let wal: Wal | null = null;
   let dir = "";
   let limits!: Limits;
   let recovery: RecoveryReport | null = null;
-  let checkpointed = 0n;
+  /** Segments are deleted only once the index flushed what they hold to RocksDB's tables. */
+  let retention: WalRetention | null = null;
+  /** The disk is full: appends are refused with STORAGE_FULL until a probe finds space again. */
   let full = false;
   let probeTimer: ReturnType<typeof setTimeout> | null = null;
   let reopening: Promise<void> | null = null;
@@ -221,7 +191,7 @@ export const effects = (ctx: HostContext) => {
   function reopen(): Promise<void> {
     reopening ??= (async () => {
       await wal?.close().catch(() => {});
-      wal = (await Wal.open(dir, { checkpointSeq: checkpointed, limits })).wal;
+      wal = (await Wal.open(dir, { checkpointSeq: retention!.durable, limits })).wal;
     })().finally(() => reopening = null);
     return reopening;
   }
@@ -231,8 +201,8 @@ export const effects = (ctx: HostContext) => {
       dir = config.dir as string;
       limits = config.limits;
       await Deno.mkdir(dir, { recursive: true });
-      checkpointed = await readCheckpoint(dir);
-      const opened = await Wal.open(dir, { checkpointSeq: checkpointed, limits });
+      retention = await WalRetention.open(dir);
+      const opened = await Wal.open(dir, { checkpointSeq: retention.durable, limits });
       wal = opened.wal;
       recovery = opened.recovery;
       // Without room for the reserve the node starts refusing writes (reads are served).
@@ -267,9 +237,10 @@ export const effects = (ctx: HostContext) => {
     async call(msg: { type: string } & Record<string, unknown>) {
       switch (msg.type) {
         case "wal.replay": {
-          // Records after the index's checkpoint go to the index again, paced by its credit.
+          // Records after the durable checkpoint go to the index again (it skips those it holds), paced by its credit.
+          const from = await retention!.replayFrom(wal!, BigInt(msg.after as number), dir.replace(/\/wal\/?$/, "/db"));
           let n = 0;
-          for await (const recs of wal!.replay(BigInt(msg.after as number))) {
+          for await (const recs of wal!.replay(from)) {
             const items: BatchItem[] = recs.map((r) => ({
               bytes: r.payload,
               req: 0,
@@ -287,18 +258,17 @@ export const effects = (ctx: HostContext) => {
             ctx.receive({ type: "refused", tok: 0, code: "STORAGE_FULL", message: "disk full at start", full: true });
             probe();
           }
-          return { replayed: n, recovery: recovery ? describe(recovery) : "" };
+          return { replayed: n, from: Number(from), recovery: recovery ? describe(recovery) : "" };
         }
         case "wal.checkpoint": {
-          const seq = BigInt(msg.seq as number);
-          if (seq <= checkpointed) return { deleted: 0 };
-          await writeCheckpoint(dir, seq);
-          checkpointed = seq;
-          return { deleted: await wal!.checkpoint(seq) };
+          const deleted = await retention!.retire(wal!, BigInt(msg.seq as number), {
+            durable: () => ctx.ask<number>({ type: "index.durable" }),
+          });
+          return { deleted };
         }
         case "wal.stats": {
           const st = wal!.stats();
-          return { ...st, lastSeq: Number(st.lastSeq), checkpoint: Number(checkpointed), full };
+          return { ...st, lastSeq: Number(st.lastSeq), checkpoint: Number(retention!.durable), full };
         }
       }
       throw new XfError("INTERNAL", `wal-flush cannot answer "${msg.type}"`);

@@ -25,7 +25,7 @@ export function table(title: string, rows: Row[]): string {
   const lines = [
     `### ${title}`,
     "",
-    "| figure | value | compared with | its value | ratio (≥ 1 is good) |",
+    "| figure | value | compared with | its value | ratio: its value ÷ value where lower is better, else value ÷ its value (≥ 1 is good) |",
     "|---|---:|---|---:|---:|",
   ];
   for (const r of rows) {

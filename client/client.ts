@@ -29,7 +29,7 @@ import {
   encodeMembership,
   type MembershipAction,
 } from "../storage/membership.ts";
-import { verifyProof } from "../merkle/proof.ts";
+import { checkProof } from "../merkle/proof.ts";
 import { type ClientErrorCode, XfClientError } from "./errors.ts";
 import { type ClientEvent, type EventDraft, fromStored, groupHex, readEvent, signEvent } from "./event.ts";
 import { cborArrayOf } from "../storage/cbor.ts";
@@ -760,14 +760,24 @@ export class XfClient {
 
   /**
    * Whether event `id` is in the group's current Merkle tree: proof and
-   * root fetched, then `verifyProof`. Asked twice if the root moved between.
+   * root fetched, then checked. Asked twice if the root moved between.
+   * Rejects with `BAD_PROOF` when the node answers a proof that does not parse.
    */
   async verifyInclusion(gid: string | Uint8Array, id: string): Promise<boolean> {
     for (let i = 0; i < 2; i++) {
       const proof = await this.proof(gid, id);
       const { root } = await this.merkle(gid);
       const r = fromHex(root), e = fromHex(id);
-      if (r && e && verifyProof(proof, e, r)) return true;
+      if (!r || !e || r.length !== 32 || e.length !== 32) return false;
+      let included: boolean;
+      try {
+        included = checkProof(proof, e, r);
+      } catch (err) {
+        throw new XfClientError("BAD_PROOF", `The node's proof of event "${id}": ${(err as Error).message}`, 0, {
+          cause: err,
+        });
+      }
+      if (included) return true;
     }
     return false;
   }

@@ -81,7 +81,7 @@ export {
 } from "./keys.ts";
 export { bytesPayload, jsonPayload, readJson, readText, textPayload } from "./payload.ts";
 export { readSse, type SseMessage } from "./sse.ts";
-export { verifyProof } from "../merkle/proof.ts";
+export { checkProof, verifyProof } from "../merkle/proof.ts";
 export { type ErrorCode } from "../core/errors.ts";
 export {
   ACTION_ADD,

@@ -26,6 +26,7 @@ import { sha256 } from "@noble/hashes/sha2";
 import { PAGE_NODES_MAX } from "./chunker.ts";
 import { PAGE_LEVEL_MAX, wrapPageHash } from "./page.ts";
 import { bytesEqualAt, ID } from "./_util.ts";
+import { XfError } from "../core/errors.ts";
 
 /** Version byte at the start of every proof. */
 export const PROOF_FORMAT_VERSION = 1;
@@ -97,24 +98,52 @@ export function encodeProof(steps: readonly ProofStep[]): Uint8Array {
  * ```
  */
 export function verifyProof(proof: Uint8Array, eventId: Uint8Array, root: Uint8Array): boolean {
-  if (!(proof instanceof Uint8Array) || !(eventId instanceof Uint8Array) || !(root instanceof Uint8Array)) return false;
-  if (eventId.length !== ID || root.length !== ID || proof.length < 2) return false;
-  if (proof[0] !== PROOF_FORMAT_VERSION) return false;
+  return walkProof(proof, eventId, root) === true;
+}
+
+/**
+ * Like {@linkcode verifyProof}, for a proof that came from elsewhere (a node's
+ * answer): `true` or `false` when it parses, and `XfError` `BAD_PROOF` naming
+ * what is wrong when it does not (or the id or root is not 32 bytes).
+ *
+ * @example
+ * ```ts
+ * import { assert, assertThrows } from "@std/assert";
+ * import { checkProof } from "./proof.ts";
+ * assertThrows(() => checkProof(new Uint8Array([1]), new Uint8Array(32), new Uint8Array(32)));
+ * ```
+ */
+export function checkProof(proof: Uint8Array, eventId: Uint8Array, root: Uint8Array): boolean {
+  const r = walkProof(proof, eventId, root);
+  if (typeof r === "string") throw new XfError("BAD_PROOF", `Cannot check proof: ${r}`);
+  return r;
+}
+
+/** Walk a proof: whether it leads to `root`, or why it does not parse. */
+function walkProof(proof: Uint8Array, eventId: Uint8Array, root: Uint8Array): boolean | string {
+  if (!(proof instanceof Uint8Array) || !(eventId instanceof Uint8Array) || !(root instanceof Uint8Array)) {
+    return "proof, id and root must be byte arrays";
+  }
+  if (eventId.length !== ID || root.length !== ID) return `id and root must be ${ID} bytes`;
+  if (proof.length < 2) return `${proof.length} bytes, shorter than its 2-byte header`;
+  if (proof[0] !== PROOF_FORMAT_VERSION) return `format version ${proof[0]}, expected ${PROOF_FORMAT_VERSION}`;
   const levels = proof[1]!;
-  if (levels < 1 || levels > PAGE_LEVEL_MAX + 1) return false;
+  if (levels < 1 || levels > PAGE_LEVEL_MAX + 1) return `${levels} levels, expected 1 to ${PAGE_LEVEL_MAX + 1}`;
   const buf = new Uint8Array(1 + 2 * ID);
   buf[0] = 0x01;
   let h: Uint8Array = eventId.slice();
   let off = 2;
   for (let level = 0; level < levels; level++) {
-    if (off + 4 > proof.length) return false;
+    if (off + 4 > proof.length) return `truncated at level ${level} (byte ${off})`;
     const index = (proof[off]! << 8) | proof[off + 1]!;
     const count = (proof[off + 2]! << 8) | proof[off + 3]!;
     off += 4;
-    if (count < 1 || count > PAGE_NODES_MAX || index >= count) return false;
+    if (count < 1 || count > PAGE_NODES_MAX || index >= count) {
+      return `level ${level}: node ${index} of ${count} is not a place in a page`;
+    }
     for (let i = index, m = count; m > 1; i >>= 1, m = (m + 1) >> 1) {
       if ((i ^ 1) >= m) continue;
-      if (off + ID > proof.length) return false;
+      if (off + ID > proof.length) return `truncated in the siblings of level ${level} (byte ${off})`;
       const sib = proof.subarray(off, off + ID);
       off += ID;
       if (i & 1) {
@@ -128,5 +157,6 @@ export function verifyProof(proof: Uint8Array, eventId: Uint8Array, root: Uint8A
     }
     h = wrapPageHash(level, count, h);
   }
-  return off === proof.length && bytesEqualAt(h, 0, root, 0, ID);
+  if (off !== proof.length) return `${proof.length - off} bytes after the last level`;
+  return bytesEqualAt(h, 0, root, 0, ID);
 }

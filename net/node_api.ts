@@ -43,6 +43,8 @@ export interface NodeHealth {
 
 /** What `net/` calls on a node (see `XfNode` in `node.ts` for each call's contract). */
 export interface NodeCore {
+  /** Per hex group: hex ids dropped as damaged and asked of peers (`restore`), until one sends them. */
+  readonly restoring: Map<string, Set<string>>;
   /** The node's Ed25519 identity. */
   readonly key: KeyPair;
   /** The node's limits in force (its configured ones). */

@@ -178,6 +178,16 @@ export class NodeSync implements SyncHost {
     return this.node.pipeline.index<Uint8Array[]>({ type: "index.admission", gid });
   }
 
+  /** Ids of this node's damaged events of a group, to ask every peer for (see `XfNode.restore`). */
+  restore(gid: string): Uint8Array[] {
+    return [...(this.node.restoring.get(gid) ?? [])].map((h) => fromHex(h)!);
+  }
+
+  /** Ask every session that syncs `gid` for these ids now (later sessions ask when they subscribe). */
+  want(gid: string, ids: Uint8Array[]): void {
+    for (const s of this.sessions) s.want(gid, ids);
+  }
+
   async submit(gid: string, events: Uint8Array[]) {
     this.counters.eventsReceived += events.length;
     // The pipeline takes at most http_batch_events_max events per request.
@@ -187,6 +197,12 @@ export class NodeSync implements SyncHost {
     const out: EventResult[] = [];
     for (const [k, r] of (await Promise.all(parts)).entries()) {
       for (const x of r) out.push({ ...x, idx: x.idx + k * max });
+    }
+    // A damaged event a peer sent back: restored.
+    const waiting = this.node.restoring.get(gid);
+    if (waiting) {
+      for (const r of out) if (r.status === "stored" && r.id) waiting.delete(r.id);
+      if (waiting.size === 0) this.node.restoring.delete(gid);
     }
     return out;
   }

@@ -100,6 +100,8 @@ export interface SyncHost {
   subscribe(gid: string, cb: (events: Uint8Array[]) => void): Promise<() => Promise<void>>;
   /** Groups this node serves (a client subscribes to each). */
   groups(): Promise<string[]>;
+  /** Ids of this node's damaged events of a group, asked for by id from the peer once the group is open. */
+  restore?(gid: string): Uint8Array[];
   /** Progress and peer sightings, for /metrics, the peers route and library users. */
   report(ev: SyncReport): void;
   /** `n` events of a peer's frame were stored `seconds` after the frame arrived (`xf_sync_delivery_seconds`). */
@@ -573,6 +575,15 @@ export class SyncSession {
     this.stats.negRounds++;
     o.negOutstanding = true;
     this.send(frame("neg", { gid, msg: res.output! }));
+    // Damaged events: reconciliation counts them as held (their ids are in the tree), so ask for them by id.
+    const lost = this.host.restore?.(gid) ?? [];
+    if (lost.length) this.act(gid, [], lost);
+  }
+
+  /** Ask the peer for events by id in a group this session syncs (restoring damaged events); else nothing. */
+  want(gid: string, ids: Uint8Array[]): void {
+    if (this.state !== "ready" || this.ours.get(gid)?.state !== "open" || ids.length === 0) return;
+    this.act(gid, [], ids);
   }
 
   private async onNeg(gid: string, msg: Uint8Array) {

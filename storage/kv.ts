@@ -43,6 +43,11 @@ export interface Kv {
    * files, and compact the keys `[start, end]`; resolves once done. With a one-key range it is a flush.
    */
   compact(start: Uint8Array, end: Uint8Array): Promise<void>;
+  /**
+   * RocksDB's memtables: entries in the active one, and how many full ones wait to be flushed to table
+   * files. Absent where writes need no flush (memory).
+   */
+  memtable?(): { entries: number; immutable: number };
   close(): Promise<void>;
 }
 
@@ -70,6 +75,9 @@ export function openRocks(dir: string): Promise<Kv> {
             `Cannot open data directory "${where}": another process holds it (${err.message})`,
           ),
         );
+      }
+      if (err && /corrupt/i.test(err.message)) {
+        return reject(new XfError("STORAGE_CORRUPTION", `Cannot open RocksDB at "${dir}": ${err.message}`));
       }
       if (err) return reject(storageError(`open RocksDB at "${dir}"`, err));
       resolve(new RocksKv(db));
@@ -163,12 +171,72 @@ class RocksKv implements Kv {
     });
   }
 
+  memtable(): { entries: number; immutable: number } {
+    this.check();
+    return {
+      entries: Number(this.db.getProperty("rocksdb.num-entries-active-mem-table")),
+      immutable: Number(this.db.getProperty("rocksdb.num-immutable-mem-table")),
+    };
+  }
+
   close(): Promise<void> {
     if (this.closed) return Promise.resolve();
     this.closed = true;
     return new Promise((resolve, reject) => {
       this.db.close((err: Error | null) => (err ? reject(storageError("close RocksDB", err)) : resolve()));
     });
+  }
+}
+
+/**
+ * Which of the index's writes are in RocksDB's table files, not only in its
+ * log, learnt without forcing a flush (a forced one would compact, and need
+ * disk space when there may be none): RocksDB switches to a new memtable by
+ * itself once one is full and flushes the old one in the background. After
+ * each write the tracker reads the active memtable's entry count: fewer
+ * entries than before plus the write's own means the memtable was switched,
+ * so every write before this one is in a memtable that RocksDB is flushing;
+ * once no memtable waits to be flushed, they are in table files. Opening
+ * RocksDB flushes what it recovered from its log, so the checkpoint read at
+ * open starts out durable. See `wal_retention.ts` for why this matters.
+ *
+ * @example
+ * ```ts
+ * import { assert } from "@std/assert";
+ * import { FlushTracker, MemoryKv } from "./kv.ts";
+ * const t = new FlushTracker(new MemoryKv(), 5);
+ * t.written(3, 5, 9); // a store without a memtable: every write is durable at once
+ * assert(t.durable() === 9);
+ * ```
+ */
+export class FlushTracker {
+  #durable: number;
+  #candidate: number;
+  #entries: number;
+
+  /** Track `kv`, whose checkpoint was `checkpointAtOpen` when it was opened. */
+  constructor(private readonly kv: Kv, checkpointAtOpen: number) {
+    this.#durable = this.#candidate = checkpointAtOpen;
+    this.#entries = kv.memtable?.().entries ?? 0;
+  }
+
+  /** A synced write of `ops` entries moved the index's checkpoint from `before` to `after`. */
+  written(ops: number, before: number, after: number): void {
+    const m = this.kv.memtable?.();
+    if (!m) {
+      this.#durable = Math.max(this.#durable, after);
+      return;
+    }
+    if (m.entries < this.#entries + ops) this.#candidate = Math.max(this.#candidate, before);
+    this.#entries = m.entries;
+    if (m.immutable === 0) this.#durable = Math.max(this.#durable, this.#candidate);
+  }
+
+  /** The highest checkpoint known to be in RocksDB's table files. */
+  durable(): number {
+    const m = this.kv.memtable?.();
+    if (!m || m.immutable === 0) this.#durable = Math.max(this.#durable, this.#candidate);
+    return this.#durable;
   }
 }
 

@@ -10,7 +10,7 @@
  */
 
 import { fromHex, toHex } from "../core/bytes.ts";
-import { type Item, MerkleTree, type RootInfo } from "../merkle/mod.ts";
+import { compareItems, type Item, MerkleTree, type RootInfo } from "../merkle/mod.ts";
 import type { Kv, KvOp } from "./kv.ts";
 import { eventKey, merkleKey, merklePrefix, metaKey, prefixEnd, timeKeyFloor } from "./keys.ts";
 import { decodeCbor, encodeCbor } from "./cbor.ts";
@@ -97,6 +97,33 @@ export class GroupTrees {
       });
     }
     return { ops, commit: () => commits.forEach((c) => c()) };
+  }
+
+  /**
+   * Rebuild a group's tree from scratch: its time index as stored plus
+   * `extra` (events written in the same batch). Returns the ops that replace
+   * every stored page and the root, and `commit()` to call once they are
+   * written. For repair, when pages may be missing (a damaged RocksDB log).
+   */
+  async rebuild(gid: string, extra: StoredEvent[]): Promise<{ ops: KvOp[]; commit(): void }> {
+    const g = fromHex(gid)!;
+    const items: Item[] = extra.map((e) => ({ ts: e.ts, id: e.id }));
+    const lo = timeKeyFloor(g, 0).subarray(0, 33);
+    for await (const [k] of this.kv.range({ gte: lo, lt: prefixEnd(lo) })) {
+      items.push({ ts: Number(new DataView(k.buffer, k.byteOffset + 33, 8).getBigUint64(0)), id: k.slice(41, 73) });
+    }
+    items.sort(compareItems);
+    const unique = items.filter((it, i) => i === 0 || compareItems(items[i - 1]!, it) !== 0);
+    const built = MerkleTree.build(unique);
+    const ops: KvOp[] = [];
+    const prefix = merklePrefix(g);
+    for await (const [k] of this.kv.range({ gte: prefix, lt: prefixEnd(prefix) })) {
+      if (!built.put.has(toHex(k.subarray(33)))) ops.push({ type: "del", key: k.slice() });
+    }
+    for (const [h, bytes] of built.put) ops.push({ type: "put", key: merkleKey(g, fromHex(h)!), value: bytes });
+    const r = built.root;
+    ops.push({ type: "put", key: rootKey(gid), value: encodeCbor([r.hash, r.count, r.depth]) });
+    return { ops, commit: () => void this.groups.delete(gid) };
   }
 
   /** Drop every cached tree (after a failed write: trees reload from what the store holds). */

@@ -424,6 +424,63 @@ export class Wal {
   }
 
   /**
+   * How many whole segments {@linkcode Wal.checkpoint}`(seq)` would delete
+   * now: those all of whose records have seq <= `seq`, never the segment
+   * being written. Lets a caller skip the work that must precede a delete.
+   *
+   * @example
+   * ```ts
+   * import { assert } from "@std/assert";
+   * import { Wal } from "./wal.ts";
+   * const dir = await Deno.makeTempDir();
+   * try {
+   *   const { wal } = await Wal.open(dir, { checkpointSeq: 0n, limits: { wal_segment_bytes_max: 32 } });
+   *   await wal.append([new Uint8Array(8)]);
+   *   await wal.append([new Uint8Array(8)]);
+   *   assert(wal.coveredSegments(1n) === 1 && wal.coveredSegments(0n) === 0);
+   *   await wal.close();
+   * } finally {
+   *   await Deno.remove(dir, { recursive: true });
+   * }
+   * ```
+   */
+  coveredSegments(seq: bigint): number {
+    let n = 0;
+    for (const s of this.#segments) {
+      if (s === this.#current || s.lastSeq > seq) break;
+      n++;
+    }
+    return n;
+  }
+
+  /**
+   * The lowest seq {@linkcode Wal.replay} can still yield: the first seq of
+   * the oldest segment kept, or the next seq to be taken when no segment
+   * holds a record. Every seq from it up to the last one taken is held.
+   *
+   * @example
+   * ```ts
+   * import { assert } from "@std/assert";
+   * import { Wal } from "./wal.ts";
+   * const dir = await Deno.makeTempDir();
+   * try {
+   *   const { wal } = await Wal.open(dir, { checkpointSeq: 0n, limits: { wal_segment_bytes_max: 32 } });
+   *   await wal.append([new Uint8Array(8)]);
+   *   await wal.append([new Uint8Array(8)]);
+   *   await wal.checkpoint(1n);
+   *   assert(wal.oldestSeq() === 2n);
+   *   await wal.close();
+   * } finally {
+   *   await Deno.remove(dir, { recursive: true });
+   * }
+   * ```
+   */
+  oldestSeq(): bigint {
+    for (const s of this.#segments) if (s.lastSeq >= s.firstSeq) return s.firstSeq;
+    return this.#nextSeq;
+  }
+
+  /**
    * Counters since open.
    *
    * @example

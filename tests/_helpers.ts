@@ -5,6 +5,7 @@ import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { createGroup, signEvent, type StoredEvent } from "../storage/event.ts";
 import { XfError } from "../core/errors.ts";
 import { ACTION_ADD, encodeMembership } from "../storage/membership.ts";
+import { TextLineStream } from "@std/streams";
 
 /** A node on a fresh temp dir; `done()` closes it and removes the dir. */
 export async function tempNode(
@@ -94,4 +95,47 @@ export async function closedGroup(node: XfNode) {
   const res = await node.publish([manifest, add]);
   if (res.some((r) => r.status !== "stored")) throw new Error(`closedGroup: not stored: ${JSON.stringify(res)}`);
   return { owner, member, gid, manifest, add };
+}
+
+/**
+ * `xf serve` on `dir` in a child process (port 0), for tests that kill it with SIGKILL. Resolves once it prints
+ * its address; its stdout keeps being drained so it never blocks on a full pipe.
+ */
+export async function spawnNode(dir: string, args: string[] = []): Promise<{ child: Deno.ChildProcess; url: string }> {
+  const cmd = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../net/main.ts", import.meta.url).pathname,
+      "serve",
+      "--data",
+      dir,
+      "--port",
+      "0",
+      ...args,
+    ],
+    stdout: "piped",
+    stderr: "inherit",
+  });
+  const child = cmd.spawn();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(
+    new TextLineStream() as unknown as TransformStream<string, string>,
+  );
+  const reader = lines.getReader();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const first = await Promise.race([
+    reader.read(),
+    new Promise<never>((_, rej) => timer = setTimeout(() => rej(new Error("child did not start in 30 s")), 30_000)),
+  ]).finally(() => clearTimeout(timer));
+  const m = /^listening on (http:\/\/\S+)$/.exec(first.value ?? "");
+  if (!m) {
+    child.kill("SIGKILL");
+    throw new Error(`unexpected first line: ${first.value}`);
+  }
+  (async () => {
+    try {
+      while (!(await reader.read()).done) { /* drain */ }
+    } catch { /* killed */ }
+  })();
+  return { child, url: m[1]! };
 }

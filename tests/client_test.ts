@@ -6,6 +6,7 @@ import { serve } from "../net/server.ts";
 import { createApp } from "../net/app.ts";
 import type { XfNode } from "../node.ts";
 import {
+  checkProof,
   type ClientEvent,
   exportJwk,
   exportSeedHex,
@@ -178,6 +179,18 @@ Deno.test("XfClient.merkle() and proof() verify with verifyProof", async () => {
     assert(verifyProof(proof, fromHex(target.id)!, fromHex(m.root)!));
     assert(!verifyProof(proof, fromHex(sent[8]!.id)!, fromHex(m.root)!));
     assert(await xf.verifyInclusion(gid, target.id));
+    // A node that answers a proof that does not parse: BAD_PROOF, never a silent false.
+    const cut: typeof fetch = async (input, init) => {
+      const res = await fetch(input, init);
+      if (!String(input instanceof Request ? input.url : input).includes("/proof/")) return res;
+      const b = new Uint8Array(await res.arrayBuffer());
+      return new Response(b.subarray(0, b.length - 1), { status: res.status, headers: res.headers });
+    };
+    const liar = new XfClient(s.url, { key: await generateKeyPair(), fetch: cut });
+    const e = await assertRejects(() => liar.verifyInclusion(gid, target.id), XfClientError);
+    assertEquals(e.code, "BAD_PROOF");
+    assertThrows(() => checkProof(proof.subarray(0, proof.length - 1), fromHex(target.id)!, fromHex(m.root)!));
+    assertEquals(checkProof(proof, fromHex(sent[8]!.id)!, fromHex(m.root)!), false);
   } finally {
     await s.done();
   }

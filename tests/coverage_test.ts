@@ -9,17 +9,11 @@ import { LIMITS } from "../core/limits.ts";
 import { ERROR_STATUS } from "../core/errors.ts";
 
 /** Error codes no test produces yet, each with why. */
-const CODES_UNTESTED: Record<string, string> = {
-  BAD_PROOF: "no code path produces it: verifyProof() returns false by design and no route takes a caller's proof",
-};
+const CODES_UNTESTED: Record<string, string> = {};
 
 /** Limits no test names yet (a test at the edge should name the limit it pushes), each with why. */
 const LIMITS_UNTESTED: Record<string, string> = {
-  event_bytes_max: "EVENT_TOO_LARGE is asserted, but no test sets the limit and probes size = max and max + 1",
-  event_future_ms: "TS_IN_FUTURE is asserted 11 min ahead; no test at exactly the edge",
-  event_tags_max: "no test with 64 and 65 tags",
-  tag_bytes_max: "no test with a 256- and 257-byte tag",
-  query_limit_max: "no test asking for 1000 and 1001 events",
+  stage_batch_events_max: "stage batches are not probed at their size bound",
   stage_mailbox_batches_max: "the credit window is not probed at its bound",
   ingest_recent_ids_max: "the duplicate filter's eviction at 100,000 ids is not tested",
   index_batch_events_max: "no test queues more events than one index write takes",
@@ -27,14 +21,10 @@ const LIMITS_UNTESTED: Record<string, string> = {
   restart_intensity_max: "escalation is tested with intensityMax passed directly, not this default",
   restart_period_ms: "the restart window is tested with periodMs passed directly",
   stage_shutdown_ms: "no test of a stage that overruns its shutdown time",
-  subscribers_max: "no test fills the subscriber table",
-  streams_max: "no test opens 2048 + 1 client streams",
   metrics_disk_walk_ms: "the disk-walk cache period is not tested",
   metrics_disk_walk_entries_max: "the disk-walk entry bound is not tested",
   sync_credit_bytes_max: "no sync test at the credit byte bound",
   sync_inbound_bytes_max: "no sync test at the inbound byte bound",
-  sync_want_ids_max: "no sync test at the want-ids bound",
-  sync_sessions_max: "no test fills the sync session table",
   peers_max: "no test with more candidate peers than the bound",
   peer_backoff_max_ms: "the backoff ceiling is not tested",
   dht_request_timeout_ms: "the DHT request timeout is not tested by name",

@@ -4,8 +4,7 @@
 // byte for byte, with a consistent Merkle tree. Bounded: ROUNDS kills.
 import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
-import { TextLineStream } from "@std/streams";
-import { makeEvents, testGroup } from "./_helpers.ts";
+import { makeEvents, spawnNode, testGroup } from "./_helpers.ts";
 import { cborArrayOf, openNode } from "../node.ts";
 
 const ROUNDS = Number(Deno.env.get("XF_CRASH_ROUNDS") ?? 20);
@@ -13,32 +12,6 @@ const WRITERS = 4;
 const BATCH = 25;
 /** Events each round offers (writers pace themselves so kills land mid-stream). */
 const PER_ROUND = 3000;
-
-async function startChild(dir: string) {
-  const cmd = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL("../net/main.ts", import.meta.url).pathname, "serve", "--data", dir, "--port", "0"],
-    stdout: "piped",
-    stderr: "inherit",
-  });
-  const child = cmd.spawn();
-  const lines = child.stdout.pipeThrough(new TextDecoderStream()).pipeThrough(
-    new TextLineStream() as unknown as TransformStream<string, string>,
-  );
-  const reader = lines.getReader();
-  const first = await Promise.race([
-    reader.read(),
-    new Promise<never>((_, rej) => setTimeout(() => rej(new Error("child did not start in 30 s")), 30_000)),
-  ]);
-  const m = /^listening on (http:\/\/\S+)$/.exec(first.value ?? "");
-  if (!m) throw new Error(`unexpected first line: ${first.value}`);
-  // Keep draining stdout so the child never blocks on a full pipe.
-  (async () => {
-    try {
-      while (!(await reader.read()).done) { /* drain */ }
-    } catch { /* killed */ }
-  })();
-  return { child, url: m[1]! };
-}
 
 Deno.test({
   name: "A node killed with SIGKILL at random moments keeps every acknowledged event",
@@ -56,7 +29,7 @@ Deno.test({
     let replayedTotal = 0;
     try {
       for (let round = 0; round < ROUNDS; round++) {
-        const { child, url } = await startChild(dir);
+        const { child, url } = await spawnNode(dir);
         if (round === 0) {
           const r = await fetch(`${url}/v1/groups/${gid}/events`, {
             method: "POST",

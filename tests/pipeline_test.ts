@@ -432,17 +432,14 @@ Deno.test("stage_link_bytes_max: a link whose byte window holds less than one ba
   }
 });
 
-Deno.test("wal_checkpoint_ms: the WAL checkpoint follows index writes after this delay, not before", async () => {
-  for (const [ms, moves] of [[20, true], [60_000, false]] as const) {
+Deno.test("wal_checkpoint_ms: the WAL checkpoint round follows index writes after this delay, not before", async () => {
+  for (const [ms, runs] of [[20, true], [60_000, false]] as const) {
     const t = await tempNode({ limits: { wal_checkpoint_ms: ms } });
     try {
       const g = await testGroup();
       await t.node.publish([g.manifest, ...(await makeEvents(g, 20))]);
       await new Promise((r) => setTimeout(r, 500));
-      const w = await t.node.pipeline.supervisor.child("wal_flush").call<{ checkpoint: number; lastSeq: number }>(
-        { type: "wal.stats" },
-      );
-      assertEquals(w.checkpoint === w.lastSeq, moves, `wal_checkpoint_ms ${ms}: ${JSON.stringify(w)}`);
+      assertEquals(t.node.pipeline.counters.walCheckpoints > 0, runs, `wal_checkpoint_ms ${ms}`);
     } finally {
       await t.done();
     }
