@@ -10,8 +10,7 @@
  * @module
  */
 
-import type { CommonEffect, StageLogic, StageModule } from "./stage.ts";
-import type { Input } from "./host.ts";
+import type { CommonEffect, Input, StageLogic, StageModule } from "./stage.ts";
 import type { AdvertiseIndexed } from "./index.ts";
 import { unpackBatch } from "./batch.ts";
 import type { Limits } from "../core/limits.ts";

@@ -24,8 +24,7 @@
  * @module
  */
 
-import type { CommonEffect, EventResultWire, HostContext, StageLogic, StageModule } from "./stage.ts";
-import type { Input } from "./host.ts";
+import type { CommonEffect, EventResultWire, HostContext, Input, StageLogic, StageModule } from "./stage.ts";
 import type { DecodeBatch, Release } from "./ingest.ts";
 import { type BatchItem, packBatch, unpackBatch } from "./batch.ts";
 import type { Limits } from "../core/limits.ts";

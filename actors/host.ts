@@ -19,7 +19,8 @@
  */
 
 import { Inlet, type LinkFrame, nowMs, Outlet, type Poisoned } from "./link.ts";
-import type { BaseConfig, CommonEffect, Report, StageModule } from "./stage.ts";
+import type { BaseConfig, CommonEffect, Input, Report, StageModule } from "./stage.ts";
+import { MODULES } from "./stages.ts";
 import { toWire, type WireError, XfError } from "../core/errors.ts";
 import type { Limits } from "../core/limits.ts";
 import { Histogram } from "./histogram.ts";
@@ -82,25 +83,6 @@ export interface ParentEndpoint {
   postMessage(m: unknown, transfer?: Transferable[]): void;
   addEventListener(type: "message", l: (ev: MessageEvent) => void): void;
 }
-
-/** An input data batch with the host's token, as the stage receives it. */
-export interface Input<M> {
-  type: "input";
-  from: string;
-  tok: number;
-  msg: M;
-  /** When it was taken from the mailbox (ms since the epoch): the stage's "now". */
-  now: number;
-}
-
-/** Stage modules by stage id (dynamic import keeps a Worker to the code of its stage). */
-export const MODULES: Record<string, () => Promise<StageModule>> = {
-  ingest: async () => (await import("./ingest.ts")).default as unknown as StageModule,
-  decode: async () => (await import("./decode.ts")).default as unknown as StageModule,
-  wal_flush: async () => (await import("./wal_flush.ts")).default as unknown as StageModule,
-  index: async () => (await import("./index.ts")).default as unknown as StageModule,
-  advertise: async () => (await import("./advertise.ts")).default as unknown as StageModule,
-};
 
 /**
  * Host a stage on `parent`. Call it synchronously at the top of a Worker

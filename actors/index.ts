@@ -20,8 +20,7 @@
  * @module
  */
 
-import type { CommonEffect, HostContext, StageLogic, StageModule } from "./stage.ts";
-import type { Input } from "./host.ts";
+import type { CommonEffect, HostContext, Input, StageLogic, StageModule } from "./stage.ts";
 import type { IndexPut } from "./wal_flush.ts";
 import type { Release } from "./ingest.ts";
 import type { LoadedGroup } from "./decode.ts";

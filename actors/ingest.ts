@@ -14,8 +14,7 @@
  */
 
 import { sha256 } from "@noble/hashes/sha2";
-import type { CommonEffect, EventResultWire, HostContext, StageLogic, StageModule } from "./stage.ts";
-import type { Input } from "./host.ts";
+import type { CommonEffect, EventResultWire, HostContext, Input, StageLogic, StageModule } from "./stage.ts";
 import { type BatchItem, packBatch } from "./batch.ts";
 import type { Limits } from "../core/limits.ts";
 import { skipItem } from "../storage/cbor.ts";

@@ -113,3 +113,13 @@ export function drive<S, In, Eff>(
   }
   return out;
 }
+
+/** An input data batch with the host's token, as the stage receives it. */
+export interface Input<M> {
+  type: "input";
+  from: string;
+  tok: number;
+  msg: M;
+  /** When it was taken from the mailbox (ms since the epoch): the stage's "now". */
+  now: number;
+}

@@ -18,8 +18,7 @@
  * @module
  */
 
-import type { CommonEffect, EventResultWire, HostContext, StageLogic, StageModule } from "./stage.ts";
-import type { Input } from "./host.ts";
+import type { CommonEffect, EventResultWire, HostContext, Input, StageLogic, StageModule } from "./stage.ts";
 import type { WalAppend } from "./decode.ts";
 import type { Release } from "./ingest.ts";
 import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch.ts";

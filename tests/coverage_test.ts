@@ -13,14 +13,8 @@ const CODES_UNTESTED: Record<string, string> = {};
 
 /** Limits no test names yet (a test at the edge should name the limit it pushes), each with why. */
 const LIMITS_UNTESTED: Record<string, string> = {
-  stage_batch_events_max: "stage batches are not probed at their size bound",
-  stage_mailbox_batches_max: "the credit window is not probed at its bound",
-  ingest_recent_ids_max: "the duplicate filter's eviction at 100,000 ids is not tested",
-  index_batch_events_max: "no test queues more events than one index write takes",
-  request_timeout_ms: "TIMEOUT is asserted with explicit timeouts, not through this limit",
   restart_intensity_max: "escalation is tested with intensityMax passed directly, not this default",
   restart_period_ms: "the restart window is tested with periodMs passed directly",
-  stage_shutdown_ms: "no test of a stage that overruns its shutdown time",
   metrics_disk_walk_ms: "the disk-walk cache period is not tested",
   metrics_disk_walk_entries_max: "the disk-walk entry bound is not tested",
   sync_credit_bytes_max: "no sync test at the credit byte bound",

@@ -3,7 +3,7 @@ import { assert, assertEquals, assertThrows } from "@std/assert";
 import { code, makeEvents, testGroup } from "./_helpers.ts";
 import { drive } from "../actors/stage.ts";
 import type { EventResultWire, Report } from "../actors/stage.ts";
-import type { Input } from "../actors/host.ts";
+import type { Input } from "../actors/stage.ts";
 import {
   type DecodeBatch,
   type IngestEffect,

@@ -2,7 +2,8 @@
 import { assert, assertEquals } from "@std/assert";
 import { type ChildSpec, Supervisor } from "../actors/supervisor.ts";
 import { type InitMessage, inProcessSpawner, type Spawned, StageRef, workerSpawner } from "../actors/stage_ref.ts";
-import type { Input, ToHost } from "../actors/host.ts";
+import type { ToHost } from "../actors/host.ts";
+import type { Input } from "../actors/stage.ts";
 import type { Report, StageLogic, StageModule } from "../actors/stage.ts";
 import { Outlet } from "../actors/link.ts";
 import { type Limits, limitsWith } from "../core/limits.ts";
