@@ -64,6 +64,7 @@ interface Pending {
   results: EventResultWire[];
   rejected: Uint8Array[];
   requests: DecodeBatch["requests"];
+  deferred: DecodeBatch["deferred"];
   valid: boolean[] | null;
   /** Groups it needs loaded before it can be admitted. */
   needs: Set<string>;
@@ -114,6 +115,7 @@ function take(st: DecodeState, msg: Input<DecodeBatch>): DecodeEffect[] {
     results: [],
     rejected: [],
     requests: msg.msg.requests,
+    deferred: msg.msg.deferred ?? [],
     valid: null,
     needs: new Set(),
   };
@@ -193,6 +195,8 @@ function admit(st: DecodeState, p: Pending): DecodeEffect[] {
       });
     }
   }
+  // Ingest's answers for these requests (duplicates, mismatches), now that the reader may see the group.
+  for (const r of p.deferred) if (!refused.has(r.req)) p.results.push(r);
   const accepted: BatchItem[] = [];
   p.decoded.forEach((d, i) => {
     if (refused.has(d.it.req)) return void p.rejected.push(d.it.id);

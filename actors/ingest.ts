@@ -45,6 +45,11 @@ export interface DecodeBatch {
   batch: import("./batch.ts").EventBatch;
   /** Requests with a path group and a reader (HTTP): decode checks the reader may see the group. */
   requests: RequestInfo[];
+  /**
+   * Ingest's own answers (duplicates, group mismatches, oversized events) for those requests: decode reports them
+   * only if the reader may see the group, so a duplicate never tells a stranger that a closed group exists.
+   */
+  deferred: EventResultWire[];
 }
 
 /** Ids no longer in flight: rejected (`stored` false) or indexed (`stored` true). */
@@ -204,8 +209,22 @@ function forward(
       results.push({ req: f.req, idx: f.idx, status: "duplicate", id: f.hex });
     } else items.push(f);
   });
-  if (results.length) effects.push({ do: "report", msg: { type: "results", items: results } });
+  // Answers for requests decode must first check the reader of go with them; the others are reported now.
+  const checked = new Set(requests.map((r) => r.req));
+  const now = results.filter((r) => !checked.has(r.req));
+  if (now.length) effects.push({ do: "report", msg: { type: "results", items: now } });
+  const batch = (part: BatchItem[], reqs: Set<number>): IngestEffect => ({
+    do: "send",
+    to: "decode",
+    msg: {
+      type: "batch",
+      batch: packBatch(part),
+      requests: requests.filter((r) => reqs.has(r.req)),
+      deferred: results.filter((r) => checked.has(r.req) && reqs.has(r.req)),
+    } satisfies DecodeBatch,
+  });
   // Cut between requests only (a request is judged whole by decode), near stage_batch_events_max.
+  const sent = new Set<number>();
   let from = 0;
   for (let i = 1; i <= items.length; i++) {
     const cut = i === items.length ||
@@ -213,13 +232,13 @@ function forward(
     if (!cut) continue;
     const part = items.slice(from, i);
     const reqs = new Set(part.map((p) => p.req));
-    effects.push({
-      do: "send",
-      to: "decode",
-      msg: { type: "batch", batch: packBatch(part), requests: requests.filter((r) => reqs.has(r.req)) },
-    });
+    for (const r of reqs) sent.add(r);
+    effects.push(batch(part, reqs));
     from = i;
   }
+  // Checked requests none of whose events go on (all duplicates, say): decode still judges the reader first.
+  const rest = new Set([...checked].filter((r) => !sent.has(r)));
+  if (rest.size) effects.push(batch([], rest));
   effects.push({ do: "done", tok });
   return effects;
 }

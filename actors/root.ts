@@ -589,6 +589,8 @@ export class Pipeline {
       for (const s of m.subs) this.fail(s.req, "INTERNAL", message);
       return;
     }
+    // A batch on its way to decode carries requests decode had to judge whole: they fail whole.
+    for (const r of (msg as { requests?: { req: number }[] }).requests ?? []) this.fail(r.req, "INTERNAL", message);
     if (!m.batch || stage === "index" || stage === "advertise") return;
     const items = unpackBatch(m.batch);
     this.settle(

@@ -145,11 +145,15 @@ Deno.test("ingest: ids, duplicates within a request, GROUP_MISMATCH, lookup, the
 
   // The index holds evs[3].
   const after = ingest.receive(st, { type: "looked", tok: 1, known: [false, false, true, false] });
-  assertEquals(outcome(after, 7), { 2: "duplicate", 3: "duplicate", 4: "rejected:GROUP_MISMATCH" });
-  const mismatch = results(after).find((r) => r.idx === 4)!;
-  assertEquals(mismatch.id, toHex(foreign!.id));
+  // An HTTP request (a reader to check): ingest's own answers go with the batch, for decode to report.
+  assertEquals(results(after), []);
   const [batch, ...more] = sends(after, "decode") as unknown as DecodeBatch[];
   assertEquals(more, []);
+  assertEquals(
+    Object.fromEntries(batch!.deferred.map((r) => [r.idx, r.code ? `${r.status}:${r.code}` : r.status])),
+    { 2: "duplicate", 3: "duplicate", 4: "rejected:GROUP_MISMATCH" },
+  );
+  assertEquals(batch!.deferred.find((r) => r.idx === 4)!.id, toHex(foreign!.id));
   assertEquals(batch!.type, "batch");
   assertEquals(unpackBatch(batch!.batch).map((it) => [it.req, it.idx]), [[7, 0], [7, 1], [7, 5]]);
   assertEquals(idsOf(batch!.batch), [evs[0]!, evs[1]!, evs[2]!].map((e) => toHex(e.id)));
@@ -288,7 +292,7 @@ function items(list: (Item | StoredEvent)[], req = 1): BatchItem[] {
 }
 
 function dbatch(tok: number, list: (Item | StoredEvent)[], requests: RequestInfo[] = [], now = Date.now()): DecodeIn {
-  return input(tok, { type: "batch" as const, batch: packBatch(items(list)), requests }, now);
+  return input(tok, { type: "batch" as const, batch: packBatch(items(list)), requests, deferred: [] }, now);
 }
 
 /** Answers: every signature valid (unless `bad`), every group not held (unless in `held`). */
@@ -473,6 +477,7 @@ Deno.test("decode: a request's reader must see its group, else the request fails
           { req: 3, gid: og, reader: "" },
           { req: 4, gid: absentGid, reader: "" },
         ],
+        deferred: [],
       }),
     ],
     decodeAnswers(new Set(), held),
@@ -780,4 +785,25 @@ Deno.test("advertise: matches indexed events to subscriptions by group and kind"
   const none = advertise.receive(st, input(3, { type: "indexed" as const, batch: packBatch(items([evs[0]!])) }));
   assertEquals(none, [{ do: "done", tok: 3 }]);
   assertEquals(code(() => rt.call({ type: "advertise.nope" }, st)), "INTERNAL");
+});
+
+Deno.test("ingest: an HTTP request whose events are all duplicates still goes to decode, its answers deferred", async () => {
+  const g = await testGroup();
+  const [e] = await makeEvents(g, 1);
+  const st = ingestWith();
+  const http = (req: number): Submission => ({ req, gid: g.gid, reader: "", body: e!.bytes });
+  ingest.receive(st, submit(1, [http(1)]));
+  ingest.receive(st, { type: "looked", tok: 1, known: [false] });
+  // The same event again, while in flight: a duplicate, but not answered here — decode first judges the reader.
+  const effs = ingest.receive(st, submit(2, [http(2)]));
+  assertEquals(results(effs), []);
+  const [b] = sends(effs, "decode") as unknown as DecodeBatch[];
+  assertEquals(unpackBatch(b!.batch).length, 0);
+  assertEquals(b!.requests.map((r) => r.req), [2]);
+  assertEquals(b!.deferred.map((r) => [r.req, r.status]), [[2, "duplicate"]]);
+  // Decode, for a reader who may not see the group (none held here), answers the request whole and drops them.
+  const dst = decodeWith();
+  const out = drive(decode, dst, [input(1, b!)], decodeAnswers());
+  assertEquals(reports(out, "failed").map((f) => [f.req, f.code]), [[2, "UNKNOWN_GROUP"]]);
+  assertEquals(results(out), []);
 });
