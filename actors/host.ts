@@ -97,6 +97,16 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
   let stopping = false;
   let started: Promise<void> | null = null;
   const inlets = new Map<string, Inlet<unknown>>();
+  /** Every inlet ever wired (replaced ones included), closed when the host ends. */
+  const allInlets: Inlet<unknown>[] = [];
+  /** Close every port this host holds: an open port would keep an in-process host's thread alive. */
+  const closeAll = () => {
+    for (const i of allInlets) i.close();
+    for (const o of outlets.values()) o.unwire();
+    for (const p of signalsIn) p.close();
+    for (const p of signalsOut.values()) p.close();
+    for (const p of rpcOut.values()) p.close();
+  };
   const signalsOut = new Map<string, MessagePort>();
   const signalsIn: MessagePort[] = [];
   const outlets = new Map<string, Outlet<unknown>>();
@@ -122,9 +132,7 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
   const crash = (e: unknown) => {
     if (crashed) return;
     crashed = true;
-    for (const i of inlets.values()) i.close();
-    for (const o of outlets.values()) o.unwire();
-    for (const p of signalsIn) p.close();
+    closeAll();
     const release = Promise.resolve().then(() => effects?.stop?.(state)).catch(() => {});
     const bound = new Promise((r) => setTimeout(r, limits?.stage_shutdown_ms ?? 5000));
     Promise.race([release, bound]).then(() => post({ t: "crash", error: toWire(e) }));
@@ -212,6 +220,7 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
       if (started) started.then(pump);
     });
     inlets.set(name, inlet);
+    allInlets.push(inlet);
   };
 
   // A batch that crashed its receiver twice goes to the root's dead-letter record, with the error.
@@ -285,7 +294,7 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
         (async () => {
           while (!crashed && (mailbox.length > 0 || active.size > 0)) await new Promise((r) => setTimeout(r, 5));
           await Promise.all([...outlets.values()].map((o) => o.room()));
-          for (const i of inlets.values()) i.close();
+          closeAll();
           await effects?.stop?.(state);
         })().then(() => post({ t: "stopped" }), crash);
         return;
