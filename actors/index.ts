@@ -22,7 +22,7 @@
 
 import type { CommonEffect, HostContext, Input, StageLogic, StageModule } from "./stage.ts";
 import type { IndexPut } from "./wal_flush.ts";
-import type { Release } from "./ingest.ts";
+import type { FilterBuilt, Release } from "./ingest.ts";
 import type { LoadedGroup } from "./decode.ts";
 import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch.ts";
 import {
@@ -64,6 +64,7 @@ import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { fromHex, toHex } from "../core/bytes.ts";
 import { XfError } from "../core/errors.ts";
 import { GroupTrees } from "../storage/merkle_store.ts";
+import { IdFilter } from "../storage/id_filter.ts";
 
 const EMPTY_SET = (() => {
   const v = new VectorStorage();
@@ -93,7 +94,7 @@ export interface Written {
 }
 
 /** Messages the index takes. */
-export type IndexIn = Input<IndexPut> | Written;
+export type IndexIn = Input<IndexPut> | Written | FilterBuilt;
 
 /** Effects the index asks for. */
 export type IndexEffect =
@@ -138,6 +139,7 @@ export const logic: StageLogic<IndexState, IndexIn, IndexEffect> = {
       st.waiting.push({ tok: msg.tok, batch: msg.msg.batch, replay: msg.msg.replay });
       return nextWrite(st);
     }
+    if (msg.type === "filter") return [{ do: "signal", to: "ingest", msg }];
     st.writing = false;
     st.checkpoint = Math.max(st.checkpoint, msg.lastSeq);
     const effects: IndexEffect[] = [{
@@ -281,8 +283,22 @@ function liveEvent(bytes: Uint8Array, id: Uint8Array): StoredEvent | null {
   };
 }
 
+/** Every event id in the store, in a filter sized for twice as many (null if the store went away). */
+async function buildFilter(kv: Kv, trees: GroupTrees, limits: Limits): Promise<IdFilter | null> {
+  // Sized from the groups' Merkle counts (room to double, at least a million), then one keys-only pass.
+  let held = 0;
+  const g = new Uint8Array([KS.group]);
+  for await (const [k] of kv.range({ gte: g, lt: prefixEnd(g), values: false })) {
+    held += await trees.count(toHex(k.subarray(1)));
+  }
+  const f = IdFilter.sized(Math.max(1_000_000, 2 * held), limits.ingest_id_filter_bytes_max);
+  const lo = new Uint8Array([KS.event]);
+  for await (const [k] of kv.range({ gte: lo, lt: prefixEnd(lo), values: false })) f.add(k.subarray(1));
+  return f;
+}
+
 /** The index's runtime: RocksDB, the Merkle pages, and the reads. */
-export const effects = (_ctx: HostContext) => {
+export const effects = (ctx: HostContext) => {
   let kv: Kv | null = null;
   let limits!: Limits;
   let checkpoint = 0;
@@ -610,6 +626,11 @@ export const effects = (_ctx: HostContext) => {
       flushes = new FlushTracker(kv, checkpoint);
       trees = new GroupTrees(kv);
       st.checkpoint = checkpoint;
+      // In the background: the filter of every id held, for ingest (until it arrives ingest asks for each batch).
+      buildFilter(kv, trees, limits).then(
+        (f) => f && ctx.receive({ type: "filter", bits: f.bits, count: f.count } satisfies FilterBuilt),
+        () => {/* the store closed under it: ingest keeps asking */},
+      );
     },
     async run(eff: IndexEffect): Promise<IndexIn | void> {
       if (eff.do === "write") return await write(eff.toks, eff.batches);

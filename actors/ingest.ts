@@ -18,7 +18,8 @@ import type { CommonEffect, EventResultWire, HostContext, Input, StageLogic, Sta
 import { type BatchItem, packBatch } from "./batch.ts";
 import type { Limits } from "../core/limits.ts";
 import { skipItem } from "../storage/cbor.ts";
-import { toHex } from "../core/bytes.ts";
+import { fromHex, toHex } from "../core/bytes.ts";
+import { IdFilter } from "../storage/id_filter.ts";
 import { toWire, XfError } from "../core/errors.ts";
 
 /** One request's body, as the root hands it over. */
@@ -59,10 +60,17 @@ export interface Release {
   stored: boolean;
 }
 
+/** The filter of every event id held, built by the index at start (see storage/id_filter.ts). */
+export interface FilterBuilt {
+  type: "filter";
+  bits: Uint8Array;
+  count: number;
+}
+
 /** Messages ingest takes. */
 export type IngestIn =
   | Input<{ type: "submit"; subs: Submission[] }>
-  | { type: "signal"; from: string; msg: Release }
+  | { type: "signal"; from: string; msg: Release | FilterBuilt }
   | { type: "looked"; tok: number; known: boolean[] };
 
 /** Effects ingest asks for. */
@@ -75,8 +83,10 @@ export interface IngestState {
   pending: Set<string>;
   /** Recently indexed (bounded, oldest dropped). */
   recent: Set<string>;
-  /** Batches waiting for their lookup, by token. */
-  waiting: Map<number, { fresh: Fresh[]; results: EventResultWire[]; requests: RequestInfo[] }>;
+  /** Batches waiting for their lookup, by token; `asked`: the positions in `fresh` the lookup covers. */
+  waiting: Map<number, { fresh: Fresh[]; asked: number[]; results: EventResultWire[]; requests: RequestInfo[] }>;
+  /** Every id held (from the index at start, then each indexed one); null until it arrives, or once overfull. */
+  filter: IdFilter | null;
 }
 
 type Fresh = BatchItem & { hex: string };
@@ -184,9 +194,15 @@ function admit(st: IngestState, subs: Submission[], tok: number): IngestEffect[]
   if (fresh.length === 0) return [...effects, ...forward(st, [], results, requests, tok)];
   // Reserve the ids now, so a copy arriving while the lookup runs is a duplicate.
   for (const f of fresh) st.pending.add(f.hex);
-  st.waiting.set(tok, { fresh, results, requests });
-  const ids = new Uint8Array(fresh.length * 32);
-  fresh.forEach((f, i) => ids.set(f.id, i * 32));
+  // Only ids the filter may hold are asked of the index; with none, the batch goes on at once.
+  const asked: number[] = [];
+  fresh.forEach((f, i) => {
+    if (!st.filter || st.filter.mayHave(f.id)) asked.push(i);
+  });
+  if (asked.length === 0) return [...effects, ...forward(st, fresh, results, requests, tok)];
+  st.waiting.set(tok, { fresh, asked, results, requests });
+  const ids = new Uint8Array(asked.length * 32);
+  asked.forEach((fi, j) => ids.set(fresh[fi]!.id, j * 32));
   effects.push({ do: "lookup", tok, ids });
   return effects;
 }
@@ -246,7 +262,13 @@ function forward(
 /** The ingest stage's logic. */
 export const logic: StageLogic<IngestState, IngestIn, IngestEffect> = {
   concurrency: 2,
-  init: (config) => ({ limits: config.limits, pending: new Set(), recent: new Set(), waiting: new Map() }),
+  init: (config) => ({
+    limits: config.limits,
+    pending: new Set(),
+    recent: new Set(),
+    waiting: new Map(),
+    filter: null,
+  }),
   receive(st, msg) {
     switch (msg.type) {
       case "input":
@@ -255,16 +277,31 @@ export const logic: StageLogic<IngestState, IngestIn, IngestEffect> = {
         const w = st.waiting.get(msg.tok);
         if (!w) return [];
         st.waiting.delete(msg.tok);
-        return forward(st, w.fresh, w.results, w.requests, msg.tok, msg.known);
+        const known = w.fresh.map(() => false);
+        w.asked.forEach((fi, j) => (known[fi] = msg.known[j] ?? false));
+        return forward(st, w.fresh, w.results, w.requests, msg.tok, known);
       }
       case "signal": {
+        if (msg.msg.type === "filter") {
+          // Ids indexed while the index built it are in `recent`: they join it now.
+          const f = new IdFilter(msg.msg.bits);
+          f.count = msg.msg.count;
+          for (const hex of st.recent) f.add(fromHex(hex)!);
+          st.filter = f;
+          return [];
+        }
         const { ids, stored } = msg.msg;
         for (let i = 0; i < ids.length; i += 32) {
-          const hex = toHex(ids.subarray(i, i + 32));
+          const id = ids.subarray(i, i + 32);
+          const hex = toHex(id);
           st.pending.delete(hex);
-          if (stored) remember(st, hex);
-          else st.recent.delete(hex); // dropped as damaged: a peer's copy must not be taken for a duplicate
+          if (stored) {
+            remember(st, hex);
+            st.filter?.add(id);
+          } else st.recent.delete(hex); // dropped as damaged: a peer's copy must not be taken for a duplicate
         }
+        // Past twice its capacity a filter answers "maybe" too often to save lookups: back to asking for each.
+        if (st.filter && st.filter.count > 2 * st.filter.capacity) st.filter = null;
         return [];
       }
     }

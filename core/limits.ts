@@ -51,6 +51,8 @@ export const LIMITS = {
   dead_letters_max: 1000,
   /** How long after an index write the WAL checkpoint (index made durable, WAL segments deleted) follows. */
   wal_checkpoint_ms: 200,
+  /** Bytes of ingest's filter of held ids (a Bloom filter: only a "maybe held" is asked of the index). */
+  ingest_id_filter_bytes_max: 32 * 1024 * 1024,
   /** Ids the ingest stage remembers as recently stored (duplicate filter). */
   ingest_recent_ids_max: 100_000,
   /** Records one WAL group commit writes before its fdatasync. */

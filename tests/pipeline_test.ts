@@ -468,3 +468,25 @@ Deno.test("Requests arriving while ingest's window is full gather at the root an
     await t.done();
   }
 });
+
+Deno.test("ingest_id_filter_bytes_max: a small, crowded id filter still answers every old event duplicate after a restart", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "xf-test-" });
+  try {
+    const g = await testGroup();
+    const evs = await makeEvents(g, 300);
+    let node = await openNode({ dataDir: dir, workers: false });
+    await node.publish([g.manifest, ...evs.slice(0, 200)]);
+    await node.close();
+    // 1 KiB of filter for 201 held ids: nearly every fresh id is a "maybe" and asked of the index.
+    node = await openNode({ dataDir: dir, workers: false, limits: { ingest_id_filter_bytes_max: 1024 } });
+    try {
+      await new Promise((r) => setTimeout(r, 200)); // the filter arrives
+      const res = await node.publish(evs);
+      assertEquals(res.map((r) => r.status), evs.map((_, i) => i < 200 ? "duplicate" : "stored"));
+    } finally {
+      await node.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});

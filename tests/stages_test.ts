@@ -1,5 +1,6 @@
 // Each stage's pure logic, fed messages with no Worker and no disk: given what it takes, which effects it asks for.
 import { assert, assertEquals, assertThrows } from "@std/assert";
+import { IdFilter } from "../storage/id_filter.ts";
 import { code, makeEvents, testGroup } from "./_helpers.ts";
 import { drive } from "../actors/stage.ts";
 import type { EventResultWire, Report } from "../actors/stage.ts";
@@ -806,4 +807,40 @@ Deno.test("ingest: an HTTP request whose events are all duplicates still goes to
   const out = drive(decode, dst, [input(1, b!)], decodeAnswers());
   assertEquals(reports(out, "failed").map((f) => [f.req, f.code]), [[2, "UNKNOWN_GROUP"]]);
   assertEquals(results(out), []);
+});
+
+Deno.test('ingest: with the index\'s id filter, only a "maybe held" id is looked up; fresh ones go on at once', async () => {
+  const g = await testGroup();
+  const evs = await makeEvents(g, 3);
+  const st = ingestWith();
+  const held = IdFilter.sized(1000);
+  held.add(evs[1]!.id);
+  ingest.receive(st, { type: "signal", from: "index", msg: { type: "filter", bits: held.bits, count: 1 } });
+  const sub = (req: number, e: StoredEvent): Submission => ({ req, gid: null, reader: null, body: e.bytes });
+  // Fresh events the filter never saw: no lookup, straight to decode.
+  const fresh = ingest.receive(st, submit(1, [sub(1, evs[0]!), sub(2, evs[2]!)]));
+  assertEquals(ofKind(fresh as IngestEffect[], "lookup"), []);
+  assertEquals(sends(fresh, "decode").length, 1);
+  assertEquals(doneToks(fresh), [1]);
+  // The held one: asked of the index, alone; the index says held: a duplicate.
+  const maybe = ingest.receive(st, submit(2, [sub(3, evs[1]!)]));
+  const [lookup] = ofKind(maybe as IngestEffect[], "lookup");
+  assertEquals(hexIds(lookup!.ids), [toHex(evs[1]!.id)]);
+  const after = ingest.receive(st, { type: "looked", tok: 2, known: [true] });
+  assertEquals(outcome(after, 3), { 0: "duplicate" });
+  // An indexed id joins the filter.
+  ingest.receive(st, { type: "signal", from: "index", msg: { type: "release", ids: evs[0]!.id, stored: true } });
+  assert(st.filter!.mayHave(evs[0]!.id));
+});
+
+Deno.test('IdFilter: never a false "not held"; false "maybe" rare at capacity', () => {
+  const f = IdFilter.sized(20_000);
+  const rnd = () => crypto.getRandomValues(new Uint8Array(32));
+  const added = Array.from({ length: f.capacity }, rnd);
+  for (const id of added) f.add(id);
+  assert(added.every((id) => f.mayHave(id)));
+  let fp = 0;
+  for (let i = 0; i < 100_000; i++) if (f.mayHave(rnd())) fp++;
+  assert(fp < 200, `false maybe ${fp} in 100,000`); // 16 bits per id, 7 probes: about 0.05 %
+  assertThrows(() => new IdFilter(new Uint8Array(3)), RangeError);
 });
