@@ -1,0 +1,99 @@
+// The deterministic single-node simulation of the pipeline (issue 13): the five stage logics under a seeded
+// scheduler, on simulated time, links and storage (tests/_sim_pipeline.ts says what is simulated and what is real).
+// Invariants are checked after every step; a seed replays exactly (the same trace hash).
+//
+// `XF_SIM_PIPELINE_SEEDS=200` runs seeds 1..200 (`deno task test:sim` does), `XF_SIM_PIPELINE_SEED=7` one seed,
+// `XF_SIM_TRACE=1` prints every scheduling decision.
+import { assert, assertEquals, assertNotEquals } from "@std/assert";
+import { simulate } from "./_sim_pipeline.ts";
+
+const ONE = Deno.env.get("XF_SIM_PIPELINE_SEED");
+const SEEDS = ONE
+  ? [Number(ONE)]
+  : Array.from({ length: Number(Deno.env.get("XF_SIM_PIPELINE_SEEDS") ?? 20) }, (_, i) => i + 1);
+
+Deno.test("sim pipeline: one seed replays exactly (same trace hash twice)", async () => {
+  const a = await simulate({ seed: 4242 });
+  const b = await simulate({ seed: 4242 });
+  assertEquals(a.hash, b.hash);
+  assertEquals(a.stats, b.stats);
+  assertNotEquals((await simulate({ seed: 4243 })).hash, a.hash);
+  assert(a.stats.stored! > 0, `nothing stored: ${JSON.stringify(a.stats)}`);
+  assert(a.stats.crashes! > 0 && a.stats.powerLosses! > 0, `no faults: ${JSON.stringify(a.stats)}`);
+});
+
+Deno.test(`sim pipeline: invariants hold for ${SEEDS.length} seeds`, async () => {
+  const totals: Record<string, number> = {};
+  const failures: string[] = [];
+  const known: string[] = [];
+  for (const seed of SEEDS) {
+    const r = await simulate({ seed });
+    for (const [k, v] of Object.entries(r.stats)) totals[k] = (totals[k] ?? 0) + v;
+    failures.push(...r.violations);
+    known.push(...r.known);
+    for (const n of r.notes) console.log(n);
+  }
+  console.log(`seeds ${SEEDS[0]}..${SEEDS.at(-1)}: ${JSON.stringify(totals)}`);
+  if (known.length) console.log(`known bug (see the ignored test below), ${known.length} times:\n${known.join("\n")}`);
+  assertEquals(failures, []);
+});
+
+// The checks can fail: with the WAL's fdatasync made a no-op (the PowerLossFs switch), or with stages crediting
+// a batch when they take it rather than when it is done, some of the first seeds break an invariant.
+Deno.test("sim pipeline: the invariants catch a WAL without fdatasync and a broken credit rule", async () => {
+  for (const sabotage of [{ noSync: true }, { creditOnTake: true }]) {
+    let caught = "";
+    for (let seed = 1; seed <= 10 && !caught; seed++) {
+      caught = (await simulate({ seed, sabotage })).violations[0] ?? "";
+    }
+    assert(caught, `no seed of 1..10 caught ${JSON.stringify(sabotage)}`);
+  }
+});
+
+// KNOWN BUGS found by this simulation (actors/ is left as it is; each is pinned below, ignored until fixed). The
+// invariants test above counts their violations apart (it prints them) so it guards everything else.
+//
+// 1. A removed member's write is acknowledged after decode restarted (seed 2, 400 steps). Decode admits the closed
+//    group's removal of member A and sends it to wal_flush; decode then crashes (a poison batch) before the removal
+//    is appended. The new decode loads the group from the index (`load` → root.ts `answer` → `index.groupStates`
+//    with `after: ackedSeq`, actors/root.ts:530, actors/decode.ts:319): the root waits only for the events
+//    acknowledged *when it is asked*, and the removal is not acknowledged yet, so decode gets the state without it.
+//    wal_flush then appends and acknowledges the removal (step 362); the client, having seen it stored, sends A's
+//    next event (step 363, ts after the removal) and the new decode, holding the stale state, admits it: stored at
+//    step 546. A fix: a restarted decode's loads wait for everything the previous decode sent on (e.g. wal_flush's
+//    last taken seq), or decode drops a group when a membership event it did not admit is indexed.
+//
+// 2. An acknowledged event is never indexed, not even after a restart (seeds 24, 41, 83, 102, 118, 150, 199 of 200
+//    at 800 steps). wal_flush reports `stored` when the append returns and then sends `put` to the index; the batch's
+//    only other copy is the upstream's uncredited one, and decode is credited as soon as the put has left
+//    wal_flush's outlet queue. Two crashes close together then lose the put for good:
+//    a. seed 24: the index crashes with puts in flight; link.ts `wire(…, restarted)` (actors/link.ts:92-102) moves
+//       them back into wal_flush's outlet queue, on probation one at a time; wal_flush crashes before they are sent
+//       again and its outlet (queue and all) dies with it (host.ts `closeAll`); decode had already been credited.
+//       (The same with decode crashing after being credited while its batch waits in wal_flush, then wal_flush.)
+//    b. seed 199: two crashes of wal_flush (any cause) while a batch sits in its mailbox make link.ts count it as a
+//       poison batch (`crashes >= 2`, actors/link.ts:95-98) even though probation had ended and several batches were
+//       in flight; the batch was appended and acknowledged by the first wal_flush, and it is dead-lettered
+//       (root.ts `dead`), never indexed.
+//    The WAL still holds the events, but recovery replays only after the index's checkpoint (root.ts `replay`), which
+//    later writes have moved past (the index's checkpoint is the highest seq it wrote, not the highest contiguous
+//    one). Until a later write passes the hole, decode's group loads wait for the index to reach `ackedSeq` and the
+//    writes stall (seed 41: 141 requests unanswered, recovered only by a restart). A fix: keep the checkpoint
+//    contiguous (the lowest seq not yet indexed), or let wal_flush re-send acknowledged puts from the WAL after a
+//    restart of either side, and do not count a crash against a batch that was not alone in flight.
+for (
+  const [bug, seed, steps] of [
+    ["1, a removed member's write refused after decode restarts", 2, 400],
+    ["2a, acknowledged events indexed after an index crash then a wal_flush crash", 24, 800],
+    ["2b, acknowledged events indexed after two unrelated wal_flush crashes", 199, 800],
+  ] as const
+) {
+  Deno.test({
+    name: `sim pipeline: known bug ${bug} (seed ${seed}, pinned)`,
+    ignore: true,
+    async fn() {
+      const r = await simulate({ seed, steps });
+      assertEquals([...r.violations, ...r.known], []);
+    },
+  });
+}
