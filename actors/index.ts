@@ -213,6 +213,7 @@ export type IndexCall =
   | { type: "index.lastArrival"; gid: string }
   | { type: "index.groupInfo"; gids: string[]; key: string }
   | { type: "index.checkpoint" }
+  | { type: "index.skip"; seqs: Float64Array }
   | { type: "index.durable" }
   | { type: "index.drop"; ids: Uint8Array }
   | { type: "index.merkle"; gid: string }
@@ -297,11 +298,55 @@ async function buildFilter(kv: Kv, trees: GroupTrees, limits: Limits): Promise<I
   return f;
 }
 
+/** Seqs handled above a contiguous checkpoint, as ranges; `peek` adds and says where the checkpoint would be. */
+export class SeqRanges {
+  #ranges: [number, number][] = [];
+  #next: number;
+  constructor(public checkpoint: number) {
+    this.#next = checkpoint;
+  }
+
+  /** Add seqs (tentatively: `commit` makes it stick) and answer the checkpoint they would give. */
+  peek(seqs: Iterable<number>): number {
+    for (const q of seqs) {
+      if (q <= this.checkpoint) continue;
+      const r = this.#ranges;
+      let i = 0;
+      while (i < r.length && r[i]![1] < q - 1) i++;
+      if (i < r.length && r[i]![0] <= q + 1) {
+        r[i]![0] = Math.min(r[i]![0], q);
+        r[i]![1] = Math.max(r[i]![1], q);
+        if (i + 1 < r.length && r[i + 1]![0] <= r[i]![1] + 1) {
+          r[i]![1] = Math.max(r[i]![1], r[i + 1]![1]);
+          r.splice(i + 1, 1);
+        }
+      } else r.splice(i, 0, [q, q]);
+    }
+    const head = this.#ranges[0];
+    this.#next = head && head[0] === this.checkpoint + 1 ? head[1] : this.checkpoint;
+    return this.#next;
+  }
+
+  /** The checkpoint `peek` computed becomes the checkpoint. */
+  commit(): number {
+    if (this.#ranges[0] && this.#ranges[0][1] === this.#next) this.#ranges.shift();
+    this.checkpoint = this.#next;
+    return this.checkpoint;
+  }
+
+  /** Ranges waiting above the checkpoint (a hole below them). */
+  get holes(): number {
+    return this.#ranges.length;
+  }
+}
+
 /** The index's runtime: RocksDB, the Merkle pages, and the reads. */
 export const effects = (ctx: HostContext) => {
   let kv: Kv | null = null;
   let limits!: Limits;
   let checkpoint = 0;
+  /** Seqs indexed above the checkpoint (ranges), so the checkpoint only moves over seqs all indexed. */
+  let contiguous = new SeqRanges(0);
   /** RocksDB's checkpoint when this stage opened it: a replayed record up to it should be held already. */
   let openedAt = 0;
   /** Which checkpoint is in RocksDB's table files (the WAL keeps what is only in RocksDB's log). */
@@ -368,9 +413,7 @@ export const effects = (ctx: HostContext) => {
   async function put(toks: number[], items: BatchItem[], replayN: number): Promise<Written> {
     const events: { it: BatchItem; ev: StoredEvent; hex: string }[] = [];
     const seen = new Set<string>();
-    let lastSeq = 0;
     for (const it of items) {
-      if (it.seq > lastSeq) lastSeq = it.seq;
       // Live events passed decode: read the few fields the index needs. Replayed WAL records and
       // engine kinds (manifests, membership) get the full strict decode.
       let ev = it.id === ZERO_ID ? null : liveEvent(it.bytes, it.id);
@@ -458,8 +501,9 @@ export const effects = (ctx: HostContext) => {
       for (const o of r.ops) ops.push(o as { type: "put"; key: Uint8Array; value: Uint8Array });
       rebuilt.push(r);
     }
-    const nextCheckpoint = Math.max(checkpoint, lastSeq);
-    ops.push({ type: "put", key: CHECKPOINT, value: u64be(nextCheckpoint) });
+    // The checkpoint is contiguous: every seq up to it is indexed. A batch lost on its way (two crashes close
+    // together) leaves a hole the checkpoint stops at, so a resend from the WAL (after a restart) fills it.
+    const nextCheckpoint = contiguous.peek(items.map((it) => it.seq));
     try {
       // Not synced: the WAL keeps these events until RocksDB has flushed them to its tables (`index.durable`).
       await kv!.batch(ops as never, { sync: false });
@@ -471,7 +515,7 @@ export const effects = (ctx: HostContext) => {
     for (const r of rebuilt) r.commit();
     stats.restored += restored;
     flushes!.written(ops.length, checkpoint, nextCheckpoint);
-    checkpoint = nextCheckpoint;
+    checkpoint = contiguous.commit();
     wake();
     for (const [g, rec] of newGroups) groups.set(g, rec), absentGroups.delete(g);
     for (const [g, st] of changed) states.set(g, st);
@@ -623,6 +667,7 @@ export const effects = (ctx: HostContext) => {
       const cp = await kv.get(CHECKPOINT);
       checkpoint = cp ? Number(new DataView(cp.buffer, cp.byteOffset, 8).getBigUint64(0)) : 0;
       openedAt = checkpoint;
+      contiguous = new SeqRanges(checkpoint);
       flushes = new FlushTracker(kv, checkpoint);
       trees = new GroupTrees(kv);
       st.checkpoint = checkpoint;
@@ -695,6 +740,18 @@ export const effects = (ctx: HostContext) => {
         }
         case "index.checkpoint":
           return checkpoint;
+        case "index.skip": {
+          // A batch set aside as a dead letter: its seqs count as handled, so the checkpoint does not wait on them.
+          const seqs = [...(msg.seqs as unknown as Float64Array)];
+          contiguous.peek(seqs);
+          const next = contiguous.commit();
+          if (next > checkpoint) {
+            await kv!.batch([{ type: "put", key: CHECKPOINT, value: u64be(next) }], { sync: false });
+            checkpoint = next;
+            wake();
+          }
+          return checkpoint;
+        }
         case "index.drop": {
           // Damaged events leave the events keyspace (their ids stay in the Merkle tree): a peer's copy is
           // then stored like a new event, and the damaged bytes are never served.

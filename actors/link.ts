@@ -92,7 +92,8 @@ export class Outlet<T> {
       const again = [...this.inflight.values()];
       this.inflight.clear();
       this.#inflightBytes = 0;
-      for (const a of again) a.crashes++;
+      // Only a batch alone in flight is a suspect: with several, the crash is not pinned on any one of them.
+      if (again.length === 1) again[0]!.crashes++;
       // Probation: one batch at a time until the first is credited, so a poison batch is isolated.
       this.#probation = true;
       const poison = again.filter((a) => a.crashes >= 2);

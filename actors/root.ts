@@ -19,6 +19,7 @@
 
 import { type InitMessage, inProcessSpawner, type Spawned, workerSpawner } from "./stage_ref.ts";
 import { Supervisor } from "./supervisor.ts";
+import { log } from "./log.ts";
 import { nowMs, Outlet } from "./link.ts";
 import type { OutletSpec, ToHost } from "./host.ts";
 import type { EventResultWire, Report } from "./stage.ts";
@@ -348,6 +349,10 @@ export class Pipeline {
 
   private restarted(ids: StageName[], cause: XfError) {
     this.counters.restarts++;
+    if (this.state === "ready" && (ids.includes("wal_flush") || ids.includes("index"))) {
+      // A batch between the two may have been lost with the crash: the WAL sends again what the index lacks.
+      this.resend().catch((e) => log.pipeline.error("resend after a restart failed", { error: String(e) }));
+    }
     for (const id of ids) this.lastCrash.set(id, `${cause.code}: ${cause.message}`);
     if (ids.includes("advertise")) {
       for (const [sub, s] of this.subscribers) {
@@ -549,6 +554,12 @@ export class Pipeline {
     }
   }
 
+  /** The WAL sends the index every record after the index's contiguous checkpoint again. */
+  private async resend() {
+    const after = await this.supervisor.child("index").call<number>({ type: "index.checkpoint" });
+    await this.supervisor.child("wal_flush").call({ type: "wal.resend", after }, this.limits.request_timeout_ms * 6);
+  }
+
   /** Let the WAL drop the segments the index holds in RocksDB's table files (it asks the index which: `index.durable`). */
   private async checkpoint() {
     this.counters.walCheckpoints++;
@@ -591,6 +602,10 @@ export class Pipeline {
     }
     // A batch on its way to decode carries requests decode had to judge whole: they fail whole.
     for (const r of (msg as { requests?: { req: number }[] }).requests ?? []) this.fail(r.req, "INTERNAL", message);
+    if (m.batch && stage === "index") {
+      // Acknowledged but set aside: the index's checkpoint must not wait on these seqs.
+      this.supervisor.child("index").call({ type: "index.skip", seqs: m.batch.seqs }).catch(() => {});
+    }
     if (!m.batch || stage === "index" || stage === "advertise") return;
     const items = unpackBatch(m.batch);
     this.settle(

@@ -259,6 +259,28 @@ export const effects = (ctx: HostContext) => {
           }
           return { replayed: n, from: Number(from), recovery: recovery ? describe(recovery) : "" };
         }
+        case "wal.resend": {
+          // After a restart of this stage or the index: every record after the index's (contiguous) checkpoint
+          // goes again, so a batch lost between them is indexed (the index skips what it holds).
+          let n = 0;
+          for await (const recs of wal!.replay(BigInt(msg.after as number))) {
+            ctx.receive(
+              {
+                type: "replayed",
+                batch: packBatch(recs.map((r) => ({
+                  bytes: r.payload,
+                  req: 0,
+                  idx: 0,
+                  id: new Uint8Array(32),
+                  seq: Number(r.seq),
+                }))),
+              } satisfies WalIn,
+            );
+            n += recs.length;
+            await ctx.room("index");
+          }
+          return { resent: n };
+        }
         case "wal.checkpoint": {
           const deleted = await retention!.retire(wal!, BigInt(msg.seq as number), {
             durable: () => ctx.ask<number>({ type: "index.durable" }),

@@ -203,7 +203,8 @@ class Link {
     if (this.inflight.size > 0) {
       const again = [...this.inflight.values()];
       this.inflight.clear();
-      for (const a of again) a.crashes++;
+      // link.ts: only a batch alone in flight is a suspect.
+      if (again.length === 1) again[0]!.crashes++;
       this.probation = true;
       for (const p of again.filter((a) => a.crashes >= 2)) this.onPoison(this, p.msg);
       this.queue.unshift(...again.filter((a) => a.crashes < 2));
@@ -470,6 +471,13 @@ export class Sim {
       this.wal = (await Wal.open(WAL_DIR, { checkpointSeq: 0n, fs: this.fs, limits: this.limits })).wal;
     }
     for (const l of this.links.values()) if (l.to === name) l.receiverRestarted();
+    if ((name === "wal_flush" || name === "index") && this.ready) {
+      // root.ts `restarted`: the WAL sends again every record after the index's contiguous checkpoint.
+      const cp = (this.stages.index.state as { checkpoint: number }).checkpoint;
+      this.replayIt = this.wal.replay(BigInt(cp))[Symbol.asyncIterator]();
+      this.replayFed = 0;
+      this.trace(`resend after ${cp}`);
+    }
   }
 
   async powerLoss(now = true) {
@@ -498,6 +506,10 @@ export class Sim {
       return;
     }
     for (const r of m.requests ?? []) this.requests.delete(r.req);
+    if (m.batch && l.to === "index") {
+      // root.ts `dead`: the index's checkpoint must not wait on a dead letter's seqs.
+      void this.indexRt.call({ type: "index.skip", seqs: m.batch.seqs } as never, this.stages.index.state as never);
+    }
     if (!m.batch || l.to === "index" || l.to === "advertise") return;
     const items = unpackBatch(m.batch);
     this.settle(
