@@ -278,6 +278,19 @@ function breakdown(
   return lines;
 }
 
+/** Waits until the library node's index holds `n` events of the group. */
+async function untilIndexedLib(
+  node: { merkle(gid: string): Promise<{ count: number } | null> },
+  gid: Uint8Array,
+  n: number,
+) {
+  for (let i = 0; i < 12_000; i++) {
+    if (((await node.merkle(toHex(gid)))?.count ?? 0) >= n) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error(`index did not reach ${n} events`);
+}
+
 /** Polls a group's Merkle count until it reaches `n`; ms waited. */
 async function untilIndexed(url: string, gid: Uint8Array, n: number, timeoutMs = 120_000): Promise<number> {
   const t = performance.now();
@@ -350,11 +363,29 @@ export async function benchIngest(): Promise<{ rows: Row[]; notes: string[] }> {
   const node = await openNode({ dataDir: libDir });
   await node.publish(manifest);
   let next = 0;
+  let libShed = 0;
   const t0 = performance.now();
   await Promise.all(Array.from({ length: 4 }, async () => {
-    while (next < lib.bodies.length) await node.submit(gid, lib.bodies[next++]!);
+    while (next < lib.bodies.length) {
+      const body = lib.bodies[next++]!;
+      // As a well-behaved app does: past the in-flight limit (the index behind the acks), wait briefly and retry.
+      for (;;) {
+        try {
+          await node.submit(gid, body);
+          break;
+        } catch (e) {
+          if ((e as { code?: string }).code !== "OVERLOADED") throw e;
+          libShed++;
+          await new Promise((r) => setTimeout(r, 5));
+        }
+      }
+    }
   }));
+  await untilIndexedLib(node, gid, N + 1);
   const libRate = N / ((performance.now() - t0) / 1000);
+  notes.push(
+    `library publish: ${N} events acknowledged and indexed; ${libShed} submissions answered OVERLOADED and retried`,
+  );
   await node.close();
   await Deno.remove(libDir, { recursive: true });
 
@@ -375,7 +406,7 @@ export async function benchIngest(): Promise<{ rows: Row[]; notes: string[] }> {
       peerValue: 0.8 * verify,
     },
     {
-      figure: "library publish, durable (ev/s)",
+      figure: "library publish, durable and indexed (ev/s)",
       value: libRate,
       peer: "1.0 × one-core Ed25519 verify (target, node:crypto)",
       peerValue: verify,
