@@ -285,16 +285,15 @@ function liveEvent(bytes: Uint8Array, id: Uint8Array): StoredEvent | null {
 }
 
 /** Every event id in the store, in a filter sized for twice as many (null if the store went away). */
-async function buildFilter(kv: Kv, trees: GroupTrees, limits: Limits): Promise<IdFilter | null> {
-  // Sized from the groups' Merkle counts (room to double, at least a million), then one keys-only pass.
-  let held = 0;
-  const g = new Uint8Array([KS.group]);
-  for await (const [k] of kv.range({ gte: g, lt: prefixEnd(g), values: false })) {
-    held += await trees.count(toHex(k.subarray(1)));
-  }
-  const f = IdFilter.sized(Math.max(1_000_000, 2 * held), limits.ingest_id_filter_bytes_max);
+async function buildFilter(kv: Kv, limits: Limits): Promise<IdFilter | null> {
+  // Two keys-only passes over the events keyspace (nothing else is touched, so writes and replay go on meanwhile):
+  // one to size the filter (room to double, at least a million ids), one to fill it.
   const lo = new Uint8Array([KS.event]);
-  for await (const [k] of kv.range({ gte: lo, lt: prefixEnd(lo), values: false })) f.add(k.subarray(1));
+  const range = { gte: lo, lt: prefixEnd(lo), values: false };
+  let held = 0;
+  for await (const _ of kv.range(range)) held++;
+  const f = IdFilter.sized(Math.max(1_000_000, 2 * held), limits.ingest_id_filter_bytes_max);
+  for await (const [k] of kv.range(range)) f.add(k.subarray(1));
   return f;
 }
 
@@ -504,6 +503,7 @@ export const effects = (ctx: HostContext) => {
     // The checkpoint is contiguous: every seq up to it is indexed. A batch lost on its way (two crashes close
     // together) leaves a hole the checkpoint stops at, so a resend from the WAL (after a restart) fills it.
     const nextCheckpoint = contiguous.peek(items.map((it) => it.seq));
+    ops.push({ type: "put", key: CHECKPOINT, value: u64be(nextCheckpoint) });
     try {
       // Not synced: the WAL keeps these events until RocksDB has flushed them to its tables (`index.durable`).
       await kv!.batch(ops as never, { sync: false });
@@ -672,7 +672,7 @@ export const effects = (ctx: HostContext) => {
       trees = new GroupTrees(kv);
       st.checkpoint = checkpoint;
       // In the background: the filter of every id held, for ingest (until it arrives ingest asks for each batch).
-      buildFilter(kv, trees, limits).then(
+      buildFilter(kv, limits).then(
         (f) => f && ctx.receive({ type: "filter", bits: f.bits, count: f.count } satisfies FilterBuilt),
         () => {/* the store closed under it: ingest keeps asking */},
       );

@@ -76,6 +76,9 @@ Deno.test("XfNode keeps acknowledged events across a restart and replays nothing
     const root1 = await node.merkle(hexOf(g.gid));
     await node.close();
     node = await openNode({ dataDir: dir, workers: false });
+    // The index kept its checkpoint: it starts where it stopped (the WAL may replay what RocksDB had not flushed,
+    // but from the index's own checkpoint on, nothing).
+    assert(/the index's checkpoint is 201\)/.test(node.pipeline.recovery), node.pipeline.recovery);
     const page = await node.query({ gid: hexOf(g.gid), limit: 1000 });
     assertEquals(page!.events.length, 201);
     assertEquals(await node.merkle(hexOf(g.gid)), root1);
