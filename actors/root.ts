@@ -349,8 +349,10 @@ export class Pipeline {
 
   private restarted(ids: StageName[], cause: XfError) {
     this.counters.restarts++;
-    if (this.state === "ready" && (ids.includes("wal_flush") || ids.includes("index"))) {
-      // A batch between the two may have been lost with the crash: the WAL sends again what the index lacks.
+    if (this.state === "ready" && ids.includes("wal_flush")) {
+      // Puts it had not sent yet died with it: the WAL sends again what the index lacks. (A restarted index needs
+      // no resend: wal_flush's link sends it what it had not finished; resending there would replay a poison
+      // batch the index keeps crashing on.)
       this.resend().catch((e) => log.pipeline.error("resend after a restart failed", { error: String(e) }));
     }
     for (const id of ids) this.lastCrash.set(id, `${cause.code}: ${cause.message}`);

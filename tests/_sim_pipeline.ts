@@ -471,7 +471,7 @@ export class Sim {
       this.wal = (await Wal.open(WAL_DIR, { checkpointSeq: 0n, fs: this.fs, limits: this.limits })).wal;
     }
     for (const l of this.links.values()) if (l.to === name) l.receiverRestarted();
-    if ((name === "wal_flush" || name === "index") && this.ready) {
+    if (name === "wal_flush" && this.ready) {
       // root.ts `restarted`: the WAL sends again every record after the index's contiguous checkpoint.
       const cp = (this.stages.index.state as { checkpoint: number }).checkpoint;
       this.replayIt = this.wal.replay(BigInt(cp))[Symbol.asyncIterator]();

@@ -334,7 +334,10 @@ for (const stage of ["decode", "index"] as const) {
       assertEquals(h.deadLetters.count, 1);
       assertEquals(h.deadLetters.recent[0]!.stage, stage);
       assert(h.deadLetters.recent[0]!.error.includes("poison"), h.deadLetters.recent[0]!.error);
-      assertEquals(t.node.pipeline.supervisor.child(stage).stats.restarts, 2);
+      // Two crashes with it alone in flight make it a poison batch (crashes with others beside it do not count
+      // against it), within the restart intensity that would stop the node.
+      const restarts = t.node.pipeline.supervisor.child(stage).stats.restarts;
+      assert(restarts >= 2 && restarts <= t.node.limits.restart_intensity_max, `restarts ${restarts}`);
       assert((await t.node.metrics()).includes("xf_dead_letters_total 1"));
       // The dead-letter file holds the event's bytes, for the operator.
       const file = `${t.dir}/${h.deadLetters.recent[0]!.file}`;
