@@ -79,6 +79,8 @@ export interface PipelineOptions {
 
 interface OpenRequest {
   n: number | null;
+  /** Events the body announces (its CBOR array head), counted in flight until ingest has split it. */
+  est: number;
   results: (EventResult | undefined)[];
   settled: number;
   /** When the request was admitted (performance.now() ms), for `xf_ack_seconds`. */
@@ -376,7 +378,7 @@ export class Pipeline {
   /** Events admitted and not yet settled and indexed. */
   inflight(): number {
     let n = this.ackedNotIndexed;
-    for (const r of this.requests.values()) n += (r.n ?? 1) - r.settled;
+    for (const r of this.requests.values()) n += (r.n ?? r.est) - r.settled;
     return n;
   }
 
@@ -405,7 +407,16 @@ export class Pipeline {
     this.counters.requests++;
     return new Promise<EventResult[]>((resolve, reject) => {
       const timer = setTimeout(() => this.timeout(req), this.limits.request_timeout_ms);
-      this.requests.set(req, { n: null, results: [], settled: 0, admitted: performance.now(), resolve, reject, timer });
+      this.requests.set(req, {
+        n: null,
+        est: announcedEvents(body),
+        results: [],
+        settled: 0,
+        admitted: performance.now(),
+        resolve,
+        reject,
+        timer,
+      });
       this.outbox.push({ req, gid, reader, body });
       this.outboxBytes += body.length;
       this.scheduleFlush();
@@ -705,6 +716,22 @@ export class Pipeline {
     this.requests.clear();
     this.state = "stopped";
   }
+}
+
+/**
+ * Events a body announces before ingest splits it: the length in the head of an array of events, else 1. A request
+ * waiting at the root for ingest's credit counts this many events in flight, so admission bounds what waits there
+ * (counting it as one let thousands of 100-event bodies pile up under overload).
+ */
+export function announcedEvents(body: Uint8Array): number {
+  if (body.length < 2 || body[0]! >> 5 !== 4) return 1;
+  const info = body[0]! & 0x1f;
+  const head = info < 24 ? 1 : info === 24 ? 2 : info === 25 ? 3 : info === 26 ? 5 : 0;
+  // One event is itself an array whose first item is the version (an integer); a batch's first item is an array.
+  if (head === 0 || body.length <= head || body[head]! >> 5 !== 4) return 1;
+  const v = new DataView(body.buffer, body.byteOffset, body.byteLength);
+  const n = info < 24 ? info : info === 24 ? body[1]! : info === 25 ? v.getUint16(1) : v.getUint32(1);
+  return Math.max(1, n);
 }
 
 /** Milliseconds comparable across Workers (re-exported for benchmarks). */

@@ -13,7 +13,6 @@ const CODES_UNTESTED: Record<string, string> = {};
 
 /** Limits no test names yet (a test at the edge should name the limit it pushes), each with why. */
 const LIMITS_UNTESTED: Record<string, string> = {
-  restart_intensity_max: "escalation is tested with intensityMax passed directly, not this default",
   restart_period_ms: "the restart window is tested with periodMs passed directly",
   metrics_disk_walk_ms: "the disk-walk cache period is not tested",
   metrics_disk_walk_entries_max: "the disk-walk entry bound is not tested",

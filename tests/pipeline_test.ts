@@ -1,7 +1,8 @@
 import { toHex as hexOf } from "../core/bytes.ts";
 import { assert, assertEquals, assertRejects } from "@std/assert";
 import { closedGroup, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
-import { openNode, type XfNode } from "../node.ts";
+import { cborArrayOf, openNode, type XfNode } from "../node.ts";
+import { announcedEvents } from "../actors/root.ts";
 import { eventId, signEvent, type StoredEvent } from "../storage/event.ts";
 import type { XfError } from "../core/errors.ts";
 
@@ -495,4 +496,14 @@ Deno.test("ingest_id_filter_bytes_max: a small, crowded id filter still answers 
   } finally {
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
+});
+
+Deno.test("announcedEvents(): a body counts as the events its array head announces until ingest splits it", async () => {
+  const g = await testGroup();
+  const evs = await makeEvents(g, 300);
+  assertEquals(announcedEvents(evs[0]!.bytes), 1);
+  assertEquals(announcedEvents(cborArrayOf(evs.slice(0, 20).map((e) => e.bytes))), 20);
+  assertEquals(announcedEvents(cborArrayOf(evs.slice(0, 100).map((e) => e.bytes))), 100);
+  assertEquals(announcedEvents(cborArrayOf(evs.map((e) => e.bytes))), 300);
+  assertEquals(announcedEvents(new Uint8Array([0xff])), 1);
 });
