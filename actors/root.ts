@@ -569,12 +569,29 @@ export class Pipeline {
 
   /** The WAL sends the index every record after the index's contiguous checkpoint again. */
   private async resend() {
-    const after = await this.supervisor.child("index").call<number>({ type: "index.checkpoint" });
-    await this.supervisor.child("wal_flush").call({ type: "wal.resend", after }, this.limits.request_timeout_ms * 6);
+    this.#resending = true;
+    try {
+      const after = await this.supervisor.child("index").call<number>({ type: "index.checkpoint" });
+      await this.supervisor.child("wal_flush").call({ type: "wal.resend", after }, this.limits.request_timeout_ms * 6);
+    } finally {
+      this.#resending = false;
+    }
   }
+
+  #resending = false;
 
   /** Let the WAL drop the segments the index holds in RocksDB's table files (it asks the index which: `index.durable`). */
   private async checkpoint() {
+    // Never while the WAL is being read back (start's replay, a resend): deleting a segment under it would fail it.
+    if (this.state !== "ready" || this.#resending) {
+      if (this.state === "starting" || this.#resending) {
+        this.checkpointTimer ??= setTimeout(() => {
+          this.checkpointTimer = null;
+          this.checkpoint().catch(() => {});
+        }, this.limits.wal_checkpoint_ms);
+      }
+      return;
+    }
     this.counters.walCheckpoints++;
     await this.supervisor.child("wal_flush").call({ type: "wal.checkpoint", seq: this.lastCheckpoint });
   }
