@@ -195,6 +195,24 @@ export const effects = (ctx: HostContext) => {
     return reopening;
   }
 
+  /** Every record after `after` goes to the index again (as replayed batches), paced by its credit. */
+  async function sendBack(after: bigint): Promise<number> {
+    let n = 0;
+    for await (const recs of wal!.replay(after)) {
+      const items: BatchItem[] = recs.map((r) => ({
+        bytes: r.payload,
+        req: 0,
+        idx: 0,
+        id: new Uint8Array(32),
+        seq: Number(r.seq),
+      }));
+      ctx.receive({ type: "replayed", batch: packBatch(items) } satisfies WalIn);
+      n += items.length;
+      await ctx.room("index");
+    }
+    return n;
+  }
+
   return {
     async start(_st: WalState, config: { limits: Limits; dir?: unknown }) {
       dir = config.dir as string;
@@ -238,19 +256,7 @@ export const effects = (ctx: HostContext) => {
         case "wal.replay": {
           // Records after the durable checkpoint go to the index again (it skips those it holds), paced by its credit.
           const from = await retention!.replayFrom(wal!, BigInt(msg.after as number), dir.replace(/\/wal\/?$/, "/db"));
-          let n = 0;
-          for await (const recs of wal!.replay(from)) {
-            const items: BatchItem[] = recs.map((r) => ({
-              bytes: r.payload,
-              req: 0,
-              idx: 0,
-              id: new Uint8Array(32),
-              seq: Number(r.seq),
-            }));
-            ctx.receive({ type: "replayed", batch: packBatch(items) } satisfies WalIn);
-            n += items.length;
-            await ctx.room("index");
-          }
+          const n = await sendBack(from);
           if (startedFull) {
             startedFull = false;
             full = true;
@@ -260,25 +266,8 @@ export const effects = (ctx: HostContext) => {
           return { replayed: n, from: Number(from), recovery: recovery ? describe(recovery) : "" };
         }
         case "wal.resend": {
-          // After a restart of this stage or the index: every record after the index's (contiguous) checkpoint
-          // goes again, so a batch lost between them is indexed (the index skips what it holds).
-          let n = 0;
-          for await (const recs of wal!.replay(BigInt(msg.after as number))) {
-            ctx.receive(
-              {
-                type: "replayed",
-                batch: packBatch(recs.map((r) => ({
-                  bytes: r.payload,
-                  req: 0,
-                  idx: 0,
-                  id: new Uint8Array(32),
-                  seq: Number(r.seq),
-                }))),
-              } satisfies WalIn,
-            );
-            n += recs.length;
-            await ctx.room("index");
-          }
+          // After a restart of this stage: every record after the index's (contiguous) checkpoint goes again, so a batch lost between them is indexed (the index skips what it holds).
+          const n = await sendBack(BigInt(msg.after as number));
           return { resent: n };
         }
         case "wal.checkpoint": {
