@@ -560,10 +560,7 @@ export class Pipeline {
     this.ackedNotIndexed = Math.max(0, this.ackedNotIndexed - m.n);
     if (m.lastSeq > this.lastCheckpoint) {
       this.lastCheckpoint = m.lastSeq;
-      this.checkpointTimer ??= setTimeout(() => {
-        this.checkpointTimer = null;
-        this.checkpoint().catch(() => {});
-      }, this.limits.wal_checkpoint_ms);
+      this.scheduleCheckpoint();
     }
   }
 
@@ -580,15 +577,20 @@ export class Pipeline {
 
   #resending = false;
 
+  /** A checkpoint round `wal_checkpoint_ms` from now, unless one is due already. */
+  private scheduleCheckpoint() {
+    this.checkpointTimer ??= setTimeout(() => {
+      this.checkpointTimer = null;
+      this.checkpoint().catch(() => {});
+    }, this.limits.wal_checkpoint_ms);
+  }
+
   /** Let the WAL drop the segments the index holds in RocksDB's table files (it asks the index which: `index.durable`). */
   private async checkpoint() {
     // Never while the WAL is being read back (start's replay, a resend): deleting a segment under it would fail it.
     if (this.state !== "ready" || this.#resending) {
       if (this.state === "starting" || this.#resending) {
-        this.checkpointTimer ??= setTimeout(() => {
-          this.checkpointTimer = null;
-          this.checkpoint().catch(() => {});
-        }, this.limits.wal_checkpoint_ms);
+        this.scheduleCheckpoint();
       }
       return;
     }
