@@ -34,7 +34,8 @@ import {
   RECONCILE_SESSION_IDLE_MS,
   RECONCILE_SESSIONS_MAX,
 } from "../core/limits.ts";
-import { FlushTracker, type Kv, type KvOp, MemoryKv, openRocks } from "../storage/kv.ts";
+import { FlushTracker, type Kv, type KvOp, MemoryKv } from "../storage/kv.ts";
+import { openRocks } from "../storage/kv_rocks.ts";
 import {
   arrivalKey,
   arrivalPrefix,

@@ -9,7 +9,7 @@ import { TextLineStream } from "@std/streams";
 import { cborArrayOf, openNode } from "../node.ts";
 import { generateKeyPair } from "../storage/ed25519.ts";
 import { createGroup, signEvent, type StoredEvent } from "../storage/event.ts";
-import { openRocks } from "../storage/kv.ts";
+import { openRocks } from "../storage/kv_rocks.ts";
 import { eventKey } from "../storage/keys.ts";
 import { percentile, type Row, toHex } from "./_table.ts";
 

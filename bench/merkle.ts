@@ -11,7 +11,7 @@ import { MerkleTree, verifyProof } from "../merkle/mod.ts";
 import { encodeEvent, eventId } from "../storage/event.ts";
 import { generateKeyPair } from "../storage/ed25519.ts";
 import { createGroup } from "../storage/event.ts";
-import { openRocks } from "../storage/kv.ts";
+import { openRocks } from "../storage/kv_rocks.ts";
 import { eventKey, merklePrefix, prefixEnd, timeKey } from "../storage/keys.ts";
 import { percentile, type Row, toHex } from "./_table.ts";
 

@@ -25,7 +25,7 @@ const imp = async (...paths: string[]) => {
   throw new Error(`none of ${paths.join(", ")} under ${root.pathname}`);
 };
 const store = await imp("storage/merkle_store.ts", "actors/merkle_store.ts");
-const { openRocks } = await imp("storage/kv.ts");
+const { openRocks } = await imp("storage/kv_rocks.ts", "storage/kv.ts");
 const keys = await imp("storage/keys.ts");
 const { MerkleTree, compareItems } = await imp("merkle/mod.ts");
 

@@ -17,7 +17,7 @@
  */
 
 import { XfError } from "../core/errors.ts";
-import { openRocks } from "./kv.ts";
+import { openRocks } from "./kv_rocks.ts";
 
 /** The name of the format file inside a data directory. */
 export const FORMAT_FILE = "FORMAT";

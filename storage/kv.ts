@@ -1,20 +1,17 @@
 /**
- * The one small interface RocksDB sits behind. npm `rocksdb` is
- * callback-based, unmaintained upstream and has no column families, so the
- * rest of the engine sees only {@linkcode Kv}: get, getMany, an atomic
- * batch, an ordered range scan, close. Keyspaces are key prefixes
- * (see `keys.ts`). {@linkcode MemoryKv} implements the same interface for
- * tests; one conformance suite runs against both.
- *
- * Only the index actor opens the RocksDB handle: RocksDB allows one per
- * process.
+ * The one small interface every store sits behind: get, getMany, an atomic
+ * batch, an ordered range scan, compact, close. Keyspaces are key prefixes
+ * (see `keys.ts`). Three backends implement it: RocksDB for the node
+ * (`kv_rocks.ts`), IndexedDB for browsers (`kv_idb.ts`) and
+ * {@linkcode MemoryKv} here, for tests and as the reference. One conformance
+ * suite (`tests/kv_conformance_test.ts`) runs against all three, so the
+ * Merkle tree, the event codec, membership and negentropy run unchanged on
+ * each. This module uses no Deno or Node API (a browser bundles it).
  *
  * @module
  */
 
 import { compareBytes } from "../core/bytes.ts";
-import rocksdb from "rocksdb";
-import { Buffer } from "node:buffer";
 import { XfError } from "../core/errors.ts";
 
 /** One write of a batch. */
@@ -51,148 +48,6 @@ export interface Kv {
    */
   memtable?(): { entries: number; immutable: number };
   close(): Promise<void>;
-}
-
-type Cb<T = void> = (err: Error | null | undefined, v?: T) => void;
-// deno-lint-ignore no-explicit-any
-type RocksHandle = any;
-
-function storageError(what: string, e: unknown): XfError {
-  return new XfError("STORAGE_ERROR", `Cannot ${what}: ${(e as Error)?.message ?? e}`);
-}
-
-const u8 = (b: Buffer | Uint8Array): Uint8Array => new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
-const buf = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
-
-/** Open (creating if needed) a RocksDB database in `dir`. */
-export function openRocks(dir: string): Promise<Kv> {
-  const db: RocksHandle = rocksdb(dir);
-  return new Promise((resolve, reject) => {
-    db.open({ createIfMissing: true }, (err: Error | null) => {
-      if (err && /lock/i.test(err.message) && /unavailable|hold|no locks/i.test(err.message)) {
-        const where = dir.replace(/\/db\/?$/, "");
-        return reject(
-          new XfError(
-            "STORAGE_ERROR",
-            `Cannot open data directory "${where}": another process holds it (${err.message})`,
-          ),
-        );
-      }
-      if (err && /corrupt/i.test(err.message)) {
-        return reject(new XfError("STORAGE_CORRUPTION", `Cannot open RocksDB at "${dir}": ${err.message}`));
-      }
-      if (err) return reject(storageError(`open RocksDB at "${dir}"`, err));
-      resolve(new RocksKv(db));
-    });
-  });
-}
-
-class RocksKv implements Kv {
-  private closed = false;
-  constructor(private readonly db: RocksHandle) {}
-
-  private check() {
-    if (this.closed) throw new XfError("SHUTTING_DOWN", "Cannot use RocksDB: it is closed");
-  }
-
-  get(key: Uint8Array): Promise<Uint8Array | undefined> {
-    this.check();
-    return new Promise((resolve, reject) => {
-      this.db.get(
-        buf(key),
-        { asBuffer: true, fillCache: true },
-        ((err, v?: Buffer) => {
-          if (err) {
-            if (/NotFound/i.test(err.message)) return resolve(undefined);
-            return reject(storageError("read from RocksDB", err));
-          }
-          resolve(v ? u8(v) : undefined);
-        }) as Cb<Buffer>,
-      );
-    });
-  }
-
-  getMany(keys: Uint8Array[]): Promise<(Uint8Array | undefined)[]> {
-    this.check();
-    if (keys.length === 0) return Promise.resolve([]);
-    return new Promise((resolve, reject) => {
-      this.db.getMany(
-        keys.map(buf),
-        { asBuffer: true },
-        ((err, vs?: (Buffer | undefined)[]) => {
-          if (err) return reject(storageError("read from RocksDB", err));
-          resolve(vs!.map((v) => (v ? u8(v) : undefined)));
-        }) as Cb<(Buffer | undefined)[]>,
-      );
-    });
-  }
-
-  batch(ops: KvOp[], options: { sync?: boolean } = {}): Promise<void> {
-    this.check();
-    if (ops.length === 0) return Promise.resolve();
-    const mapped = ops.map((o) =>
-      o.type === "put" ? { type: "put", key: buf(o.key), value: buf(o.value) } : { type: "del", key: buf(o.key) }
-    );
-    return new Promise((resolve, reject) => {
-      this.db.batch(mapped, { sync: options.sync ?? false }, (err: Error | null) => {
-        if (err) return reject(storageError("write a batch to RocksDB", err));
-        resolve();
-      });
-    });
-  }
-
-  async *range(r: KvRange): AsyncIterable<[Uint8Array, Uint8Array]> {
-    this.check();
-    const opts: Record<string, unknown> = {
-      keyAsBuffer: true,
-      valueAsBuffer: true,
-      reverse: r.reverse ?? false,
-      values: r.values ?? true,
-    };
-    for (const k of ["gt", "gte", "lt", "lte"] as const) if (r[k]) opts[k] = buf(r[k]!);
-    if (r.limit !== undefined) opts.limit = r.limit;
-    const it = this.db.iterator(opts);
-    try {
-      while (true) {
-        const next = await new Promise<[Uint8Array, Uint8Array] | null>((resolve, reject) => {
-          it.next((err: Error | null, k?: Buffer, v?: Buffer) => {
-            if (err) return reject(storageError("iterate RocksDB", err));
-            resolve(k === undefined ? null : [u8(k), v ? u8(v) : new Uint8Array(0)]);
-          });
-        });
-        if (!next) return;
-        yield next;
-      }
-    } finally {
-      await new Promise<void>((resolve) => it.end(() => resolve()));
-    }
-  }
-
-  compact(start: Uint8Array, end: Uint8Array): Promise<void> {
-    this.check();
-    return new Promise((resolve, reject) => {
-      this.db.compactRange(buf(start), buf(end), (err: Error | null) => {
-        if (err) return reject(storageError("flush RocksDB", err));
-        resolve();
-      });
-    });
-  }
-
-  memtable(): { entries: number; immutable: number } {
-    this.check();
-    return {
-      entries: Number(this.db.getProperty("rocksdb.num-entries-active-mem-table")),
-      immutable: Number(this.db.getProperty("rocksdb.num-immutable-mem-table")),
-    };
-  }
-
-  close(): Promise<void> {
-    if (this.closed) return Promise.resolve();
-    this.closed = true;
-    return new Promise((resolve, reject) => {
-      this.db.close((err: Error | null) => (err ? reject(storageError("close RocksDB", err)) : resolve()));
-    });
-  }
 }
 
 /**
@@ -263,12 +118,21 @@ export class MemoryKv implements Kv {
     return lo;
   }
 
+  /** A closed store's answer: a rejection, as every backend gives. */
+  private refused(): Promise<never> {
+    return Promise.reject(this.closedError());
+  }
+
+  private closedError(): XfError {
+    return new XfError("SHUTTING_DOWN", `Cannot use the store: it is closed`);
+  }
+
   private check() {
-    if (this.closed) throw new XfError("SHUTTING_DOWN", "Cannot use the store: it is closed");
+    if (this.closed) throw this.closedError();
   }
 
   get(key: Uint8Array): Promise<Uint8Array | undefined> {
-    this.check();
+    if (this.closed) return this.refused();
     const i = this.find(key);
     const k = this.keys[i];
     return Promise.resolve(k && compareBytes(k, key) === 0 ? this.values[i] : undefined);
@@ -281,7 +145,7 @@ export class MemoryKv implements Kv {
   }
 
   batch(ops: KvOp[]): Promise<void> {
-    this.check();
+    if (this.closed) return this.refused();
     for (const o of ops) {
       const i = this.find(o.key);
       const hit = this.keys[i] !== undefined && compareBytes(this.keys[i]!, o.key) === 0;
@@ -301,23 +165,23 @@ export class MemoryKv implements Kv {
 
   async *range(r: KvRange): AsyncIterable<[Uint8Array, Uint8Array]> {
     this.check();
-    const inRange = (k: Uint8Array) =>
-      (!r.gt || compareBytes(k, r.gt) > 0) && (!r.gte || compareBytes(k, r.gte) >= 0) &&
-      (!r.lt || compareBytes(k, r.lt) < 0) && (!r.lte || compareBytes(k, r.lte) <= 0);
-    const snapshot = this.keys.map((k, i) => [k, this.values[i]!] as [Uint8Array, Uint8Array]).filter(([k]) =>
-      inRange(k)
-    );
-    if (r.reverse) snapshot.reverse();
-    const limit = r.limit ?? Infinity;
-    let n = 0;
-    for (const e of snapshot) {
-      if (n++ >= limit) return;
-      yield e;
+    // The entries in range as they are now (a write during the scan does not move it).
+    let lo = r.gte ? this.find(r.gte) : r.gt ? this.find(r.gt) : 0;
+    if (r.gt && lo < this.keys.length && compareBytes(this.keys[lo]!, r.gt) === 0) lo++;
+    let hi = r.lte ? this.find(r.lte) : r.lt ? this.find(r.lt) : this.keys.length;
+    if (r.lte && hi < this.keys.length && compareBytes(this.keys[hi]!, r.lte) === 0) hi++;
+    if (hi <= lo) return;
+    const keys = this.keys.slice(lo, hi), values = this.values.slice(lo, hi);
+    const limit = Math.min(r.limit ?? Infinity, keys.length);
+    const empty = new Uint8Array(0);
+    for (let n = 0; n < limit; n++) {
+      const i = r.reverse ? keys.length - 1 - n : n;
+      yield [keys[i]!, r.values === false ? empty : values[i]!];
     }
   }
 
   compact(): Promise<void> {
-    this.check();
+    if (this.closed) return this.refused();
     return Promise.resolve();
   }
 

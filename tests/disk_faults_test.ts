@@ -5,7 +5,7 @@ import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import { makeEvents, spawnNode, testGroup } from "./_helpers.ts";
 import { cborArrayOf, openNode, type XfNode } from "../node.ts";
-import { openRocks } from "../storage/kv.ts";
+import { openRocks } from "../storage/kv_rocks.ts";
 import { eventKey, KS } from "../storage/keys.ts";
 import { fromHex } from "../core/bytes.ts";
 import { signEvent, type StoredEvent } from "../storage/event.ts";

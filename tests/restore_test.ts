@@ -4,7 +4,7 @@ import { assert, assertEquals } from "@std/assert";
 import { makeEvents, testGroup, until } from "./_helpers.ts";
 import { toHex as hexOf } from "../core/bytes.ts";
 import { openNode, type XfNode } from "../node.ts";
-import { openRocks } from "../storage/kv.ts";
+import { openRocks } from "../storage/kv_rocks.ts";
 import { eventKey } from "../storage/keys.ts";
 import { serve } from "../net/server.ts";
 import type { StoredEvent } from "../storage/event.ts";
