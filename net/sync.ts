@@ -684,6 +684,11 @@ export class SyncSession {
     if (lost.length) this.act(gid, [], lost);
   }
 
+  /** The range each group we subscribed to at the peer is reconciled over (the whole group until `sub.ok`). */
+  ranges(): Map<string, SyncRange> {
+    return new Map([...this.ours].map(([gid, o]) => [gid, { ...o.range }]));
+  }
+
   /** Ask the peer for events by id in a group this session syncs (restoring damaged events); else nothing. */
   want(gid: string, ids: Uint8Array[]): void {
     if (this.state !== "ready" || this.ours.get(gid)?.state !== "open" || ids.length === 0) return;
