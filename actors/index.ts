@@ -50,7 +50,7 @@ import {
   u64be,
 } from "../storage/keys.ts";
 import { Reconciler } from "../merkle/negentropy.ts";
-import { VectorStorage } from "../merkle/negentropy_storage.ts";
+import { type NegentropyStorage, SubRange, VectorStorage } from "../merkle/negentropy_storage.ts";
 import {
   APP_KIND_MIN,
   checkManifestEvent,
@@ -230,7 +230,18 @@ export type IndexCall =
     /** The peer's message; null to initiate. */
     msg: Uint8Array | null;
     frameSizeLimit?: number;
+    /**
+     * Partial sync: reconcile only the events with `since <= ts < until` (absent: 0 and no upper end). An
+     * initiator session keeps the range it started with.
+     */
+    since?: number;
+    until?: number;
   }
+  /**
+   * The lowest `ts` this node keeps of a group (0: all of it). Peers reconcile only from there on. Always 0
+   * for now: retention (a kind 3 group settings event) raises it.
+   */
+  | { type: "index.retained"; gid: string }
   | { type: "index.listGroups" }
   | { type: "index.admission"; gid: string }
   | { type: "index.peers.load"; gid: string }
@@ -815,7 +826,14 @@ export const effects = (ctx: HostContext) => {
           // A group this node does not hold yet reconciles as the empty set (joining).
           const known = await group(msg.gid);
           if (!known && !msg.session) return null;
-          const tree = known ? await trees!.tree(msg.gid) : EMPTY_SET;
+          const whole: NegentropyStorage = known ? await trees!.tree(msg.gid) : EMPTY_SET;
+          const since = msg.since ?? 0, until = msg.until ?? Infinity;
+          if (!Number.isSafeInteger(since) || since < 0 || (until !== Infinity && !Number.isSafeInteger(until))) {
+            throw new XfError("BAD_QUERY", `Cannot reconcile range [${since}, ${until}): not integer milliseconds`);
+          }
+          // An empty range (since >= until, e.g. after raising since to a retention boundary) reconciles nothing.
+          const storage = () =>
+            since === 0 && until === Infinity ? whole : new SubRange(whole, since, Math.max(since, until));
           const now = Date.now();
           for (const [k, v] of sessions) if (now - v.used > RECONCILE_SESSION_IDLE_MS) sessions.delete(k);
           const opts = msg.frameSizeLimit !== undefined ? { frameSizeLimit: msg.frameSizeLimit } : {};
@@ -824,7 +842,7 @@ export const effects = (ctx: HostContext) => {
             const s = sessions.get(msg.session);
             if (!s) {
               if (msg.msg) throw new XfError("BAD_FRAME", `No reconciliation session "${msg.session}"`);
-              r = new Reconciler(tree, opts);
+              r = new Reconciler(storage(), opts);
               if (sessions.size >= RECONCILE_SESSIONS_MAX) sessions.delete(sessions.keys().next().value!);
               sessions.set(msg.session, { r, used: now });
             } else {
@@ -834,7 +852,7 @@ export const effects = (ctx: HostContext) => {
           } else {
             // As a responder this node answers id lists with its own ids (the C++ reference's way), so the
             // initiator learns the whole difference: it asks for what it lacks and sends what we lack.
-            r = new Reconciler(tree, { ...opts, idListReply: true });
+            r = new Reconciler(storage(), { ...opts, idListReply: true });
           }
           if (!msg.msg) return { output: r.initiate(), have: [], need: [] };
           let res: ReturnType<Reconciler["reconcile"]>;
@@ -847,6 +865,9 @@ export const effects = (ctx: HostContext) => {
           if (msg.session && res.output === null) sessions.delete(msg.session);
           return { output: res.output, have: res.have.map((h) => h.slice()), need: res.need.map((h) => h.slice()) };
         }
+        case "index.retained":
+          // Retention (a kind 3 group settings event) raises it; until then a node keeps every event.
+          return 0;
         case "index.access": {
           const st = await stateOf(msg.gid);
           const key = fromHex(msg.key || "00".repeat(32));
