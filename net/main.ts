@@ -370,25 +370,13 @@ export async function main(args: string[]): Promise<void> {
         throw new UsageError(`Cannot sync --since ${since} --until ${until}: since must be before until`, cmd);
       }
       const operatorToken = flag(f, "operator-token", "XF_OPERATOR_TOKEN");
-      const url = `${nodeUrl(f)}/v1/sync/once`;
-      let r: Response;
-      try {
-        r = await fetch(url, {
-          method: "POST",
-          body: JSON.stringify({
-            peer,
-            ...(groups.length ? { groups } : {}),
-            ...(since !== undefined ? { since } : {}),
-            ...(until !== undefined ? { until } : {}),
-          }),
-          headers: operatorToken ? { authorization: `Bearer ${operatorToken}` } : {},
-        });
-      } catch (e) {
-        throw new XfClientError("NETWORK", `Cannot reach ${url}: ${(e as Error).message}`, 0, { cause: e });
-      }
-      const body = await r.json();
-      if (!r.ok) throw new XfClientError(body.error ?? "BAD_RESPONSE", body.message ?? r.statusText, r.status);
-      return console.log(JSON.stringify(body));
+      const report = await clientFor(f).syncOnce(peer, {
+        ...(groups.length ? { groups } : {}),
+        ...(since !== undefined ? { since } : {}),
+        ...(until !== undefined ? { until } : {}),
+        ...(operatorToken ? { operatorToken } : {}),
+      });
+      return console.log(JSON.stringify(report));
     }
     case "fsck": {
       // Offline check (the node must be stopped): read every block of the store, rebuild each group's tree from

@@ -17,6 +17,7 @@ import { generateKeyPair } from "../storage/ed25519.ts";
 import { peekEvent, type StoredEvent } from "../storage/event.ts";
 import { XfError } from "../core/errors.ts";
 import type { XfNode } from "../node.ts";
+import { XfClient, XfClientError } from "../client/mod.ts";
 
 const DAY = 86_400_000;
 /** Day 0 of the tests' groups: a month ago, on a day boundary. */
@@ -409,6 +410,42 @@ Deno.test("POST /v1/sync/once with since and until syncs that range over a real 
     assertEquals((await idsIn(b.node, gid, 0, day(2))).length, 40 + 9);
   } finally {
     a.node.sync.close();
+    await sb.shutdown();
+    await a.done();
+    await b.done();
+  }
+});
+
+Deno.test("XfClient.syncOnce(peer, {since, until}) asks the node for a partial sync and gets its report", async () => {
+  const a = await tempNode(), b = await tempNode();
+  const sa = await serve(a.node, { host: "127.0.0.1", port: 0 });
+  const sb = await serve(b.node, { host: "127.0.0.1", port: 0 });
+  try {
+    const g = await testGroup();
+    const gid = toHex(g.gid);
+    const { common, onlyA, onlyB } = await threeDays(g);
+    await a.node.publish([g.manifest, ...common, ...onlyA.flat()]);
+    await b.node.publish([g.manifest, ...common, ...onlyB.flat()]);
+    const client = new XfClient(sa.url);
+    // The client checks the range before asking.
+    await assertRejects(() => client.syncOnce("ws://127.0.0.1:1", { since: 5, until: 5 }), TypeError, "before until");
+    const report = await client.syncOnce(sb.url.replace("http", "ws"), { groups: [gid], since: day(1), until: day(2) });
+    assertEquals(report.ranges, { [gid]: { since: day(1), until: day(2) } });
+    // Day 1 only: a sends its day-1 events and takes b's; days 0 and 2 are left as they were.
+    assertEquals(report.eventsSent, onlyA[1]!.length);
+    // Received: b's day-1 events, and the manifest b pushes after sub.ok (held already: a duplicate).
+    assertEquals(report.eventsReceived, onlyB[1]!.length + 1);
+    assertEquals(report.eventsRejected, 0);
+    await until(async () =>
+      (await idsIn(b.node, gid, day(1), day(2))).length === (await idsIn(a.node, gid, day(1), day(2))).length
+    );
+    assertEquals(await idsIn(a.node, gid, day(1), day(2)), await idsIn(b.node, gid, day(1), day(2)));
+    assert((await idsIn(a.node, gid, day(2), Infinity)).length !== (await idsIn(b.node, gid, day(2), Infinity)).length);
+    // A node that is not on loopback to the caller and holds no operator token would refuse; a bad peer is 400.
+    await assertRejects(() => client.syncOnce("http://nope"), XfClientError, "expected ws://");
+  } finally {
+    a.node.sync.close();
+    await sa.shutdown();
     await sb.shutdown();
     await a.done();
     await b.done();
