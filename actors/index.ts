@@ -22,11 +22,12 @@
 
 import type { CommonEffect, HostContext, Input, StageLogic, StageModule } from "./stage.ts";
 import type { IndexPut } from "./wal_flush.ts";
-import type { FilterBuilt, Release } from "./ingest.ts";
-import type { LoadedGroup } from "./decode.ts";
+import { type FilterBuilt, PRESENCE, type Presence, type Release } from "./ingest.ts";
+import type { LoadedGroup, TargetWire } from "./decode.ts";
 import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch.ts";
 import {
   ABSENT_GROUPS_MAX,
+  DELETED_FILTER_IDS_MIN,
   GROUP_INFO_MAX,
   type Limits,
   QUERY_FETCH_KEYS_MAX,
@@ -38,6 +39,10 @@ import { FlushTracker, type Kv, type KvOp, MemoryKv, openRocks } from "../storag
 import {
   arrivalKey,
   arrivalPrefix,
+  DELETED_CONFIRMED,
+  DELETED_PENDING,
+  deletedKey,
+  deletedPrefix,
   eventKey,
   groupKey,
   KS,
@@ -56,14 +61,23 @@ import {
   decodeEvent,
   KIND_MANIFEST,
   KIND_MEMBERSHIP,
+  KIND_TOMBSTONE,
   peekEvent,
   type StoredEvent,
 } from "../storage/event.ts";
+import {
+  decodeTombstone,
+  type DeletionPlan,
+  type HeldTombstone,
+  planDeletions,
+  type TargetInfo,
+  targetOf,
+} from "../storage/deletion.ts";
 import { GroupState, type GroupStateJSON } from "../storage/membership.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { fromHex, toHex } from "../core/bytes.ts";
 import { XfError } from "../core/errors.ts";
-import { GroupTrees } from "../storage/merkle_store.ts";
+import { fsckDeleted, GroupTrees } from "../storage/merkle_store.ts";
 import { IdFilter } from "../storage/id_filter.ts";
 
 const EMPTY_SET = (() => {
@@ -89,6 +103,10 @@ export interface Written {
   /** Ids newly held, then ids already held (32 bytes each). */
   stored: Uint8Array;
   duplicates: Uint8Array;
+  /** Ids now deleted: targets forgotten, and events refused because a tombstone held deletes them. */
+  deleted: Uint8Array;
+  /** Tombstones refused or dropped (a target they name may not be deleted by their signer). */
+  dropped: Uint8Array;
   /** The newly held events, for subscribers. */
   fresh: EventBatch | null;
 }
@@ -152,6 +170,16 @@ export const logic: StageLogic<IndexState, IndexIn, IndexEffect> = {
     if (ids.length) {
       effects.push({ do: "signal", to: "ingest", msg: { type: "release", ids, stored: true } satisfies Release });
     }
+    if (msg.deleted.length) {
+      effects.push({
+        do: "signal",
+        to: "ingest",
+        msg: { type: "release", ids: msg.deleted, stored: false, deleted: true } satisfies Release,
+      });
+    }
+    if (msg.dropped.length) {
+      effects.push({ do: "signal", to: "ingest", msg: { type: "release", ids: msg.dropped, stored: false } });
+    }
     if (msg.fresh) effects.push({ do: "send", to: "advertise", msg: { type: "indexed", batch: msg.fresh } });
     for (const tok of msg.toks) effects.push({ do: "done", tok });
     return [...effects, ...nextWrite(st)];
@@ -206,6 +234,8 @@ export type IndexMsg = { type: "index.put"; batch: EventBatch; replay?: boolean 
 /** Requests the index answers. */
 export type IndexCall =
   | { type: "index.has"; ids: Uint8Array }
+  | { type: "index.deletedIn"; id: string }
+  | { type: "index.targets"; ids: Uint8Array }
   | { type: "index.groups"; gids: string[] }
   | { type: "index.get"; id: string }
   | { type: "index.query"; query: EventQuery }
@@ -220,6 +250,7 @@ export type IndexCall =
   | { type: "index.proof"; gid: string; id: string }
   | { type: "index.fsck"; gid: string }
   | { type: "index.scan" }
+  | { type: "index.fsckDeleted" }
   | { type: "index.getMany"; ids: Uint8Array; bytesMax?: number }
   | {
     type: "index.reconcile";
@@ -294,6 +325,20 @@ async function buildFilter(kv: Kv, limits: Limits): Promise<IdFilter | null> {
   for await (const _ of kv.range(range)) held++;
   const f = IdFilter.sized(Math.max(1_000_000, 2 * held), limits.ingest_id_filter_bytes_max);
   for await (const [k] of kv.range(range)) f.add(k.subarray(1));
+  // Deleted ids too: a deleted event that arrives again is asked of the index, which answers "deleted".
+  const d = new Uint8Array([KS.deleted]);
+  for await (const [k] of kv.range({ gte: d, lt: prefixEnd(d), values: false })) f.add(k.subarray(1, 33));
+  return f;
+}
+
+/** A filter of every target the deleted set names, sized for twice as many (at least DELETED_FILTER_IDS_MIN). */
+async function buildDeletedFilter(kv: Kv): Promise<IdFilter> {
+  const lo = new Uint8Array([KS.deleted]);
+  const range = { gte: lo, lt: prefixEnd(lo), values: false };
+  let n = 0;
+  for await (const _ of kv.range(range)) n++;
+  const f = IdFilter.sized(Math.max(DELETED_FILTER_IDS_MIN, 2 * n));
+  for await (const [k] of kv.range(range)) f.add(k.subarray(1, 33));
   return f;
 }
 
@@ -377,7 +422,9 @@ export const effects = (ctx: HostContext) => {
     return st;
   }
   /** `restored`: replayed events RocksDB had lost though its checkpoint covered them (a damaged log). */
-  const stats = { batches: 0, stored: 0, duplicates: 0, corrupt: 0, batchEvents: 0, restored: 0 };
+  const stats = { batches: 0, stored: 0, duplicates: 0, corrupt: 0, batchEvents: 0, restored: 0, deleted: 0 };
+  /** Every id the deleted set names (a Bloom filter): only a "maybe" costs a read of the deleted set. */
+  let deletedFilter = IdFilter.sized(DELETED_FILTER_IDS_MIN);
 
   async function group(gid: string): Promise<GroupRecord | null> {
     if (groups.has(gid)) return groups.get(gid)!;
@@ -414,7 +461,7 @@ export const effects = (ctx: HostContext) => {
     const seen = new Set<string>();
     for (const it of items) {
       // Live events passed decode: read the few fields the index needs. Replayed WAL records and
-      // engine kinds (manifests, membership) get the full strict decode.
+      // engine kinds (manifests, membership, tombstones) get the full strict decode.
       let ev = it.id === ZERO_ID ? null : liveEvent(it.bytes, it.id);
       if (!ev) {
         try {
@@ -440,26 +487,23 @@ export const effects = (ctx: HostContext) => {
       for (const { ev } of events) existing.push(await kv!.get(eventKey(ev.id)).catch(() => null));
     }
     const unreadable = new Set(events.filter((_, i) => existing[i] === null).map((e) => e.hex));
-    const fresh = events.filter((_, i) => !existing[i]);
-    const ops: { type: "put"; key: Uint8Array; value: Uint8Array }[] = [];
+    const candidates = events.filter((_, i) => !existing[i]);
+    const ops: KvOp[] = [];
     const newGroups: [string, GroupRecord][] = [];
-    for (const { ev, hex, it } of fresh) {
-      ops.push({ type: "put", key: eventKey(ev.id), value: ev.bytes });
-      ops.push({ type: "put", key: timeKey(ev.group, ev.ts, ev.id), value: u64be(it.seq) });
-      ops.push({ type: "put", key: arrivalKey(ev.group, it.seq), value: ev.id });
-      if (ev.kind === KIND_MANIFEST) {
-        const gid = toHex(ev.group);
-        if (!(await group(gid)) && !newGroups.some(([g]) => g === gid)) {
-          const m = checkManifestEvent(ev);
-          const rec = { owner: toHex(ev.author), policy: m.policy, name: m.name, manifest: hex };
-          newGroups.push([gid, rec]);
-          ops.push({ type: "put", key: groupKey(ev.group), value: encodeGroup(rec) });
-        }
+    for (const { ev, hex } of candidates) {
+      if (ev.kind !== KIND_MANIFEST) continue;
+      const gid = toHex(ev.group);
+      if (!(await group(gid)) && !newGroups.some(([g]) => g === gid)) {
+        const m = checkManifestEvent(ev);
+        const rec = { owner: toHex(ev.author), policy: m.policy, name: m.name, manifest: hex };
+        newGroups.push([gid, rec]);
+        ops.push({ type: "put", key: groupKey(ev.group), value: encodeGroup(rec) });
       }
     }
-    // Membership events change their group's state, written in the same batch.
+    // Membership events change their group's state, written in the same batch (they are never deleted, so
+    // every one is stored; deletions below are judged against the state with them).
     const changed = new Map<string, GroupState>();
-    for (const { ev } of fresh) {
+    for (const { ev } of candidates) {
       if (ev.kind !== KIND_MEMBERSHIP) continue;
       const gid = toHex(ev.group);
       let st = changed.get(gid) ?? (await stateOf(gid));
@@ -481,6 +525,21 @@ export const effects = (ctx: HostContext) => {
     for (const [gid, st] of changed) {
       ops.push({ type: "put", key: membersKey(gid), value: new TextEncoder().encode(JSON.stringify(st.toJSON())) });
     }
+    // Tombstones and the deleted set: which events are stored, refused or forgotten (storage/deletion.ts).
+    const plan = await deletions(candidates, changed, newGroups);
+    const fresh = plan.keep.map((i) => candidates[i]!);
+    for (const { ev, it } of fresh) {
+      ops.push({ type: "put", key: eventKey(ev.id), value: ev.bytes });
+      ops.push({ type: "put", key: timeKey(ev.group, ev.ts, ev.id), value: u64be(it.seq) });
+      ops.push({ type: "put", key: arrivalKey(ev.group, it.seq), value: ev.id });
+    }
+    const forgotten = await forgetOps(plan.forget);
+    for (const o of forgotten) ops.push(o);
+    for (const c of plan.changes) {
+      const key = deletedKey(c.target, c.tomb);
+      if (c.confirmed === null) ops.push({ type: "del", key });
+      else ops.push({ type: "put", key, value: c.confirmed ? DELETED_CONFIRMED : DELETED_PENDING });
+    }
     // A replayed event RocksDB lost though its checkpoint covered it: RocksDB's log dropped a batch, and
     // Merkle pages written with it may be gone too. Its group's tree is rebuilt from the time index.
     const restoredGroups = new Set<string>();
@@ -490,14 +549,19 @@ export const effects = (ctx: HostContext) => {
       restored++;
       if (!unreadable.has(hex)) restoredGroups.add(toHex(ev.group));
     }
-    const merkle = await trees!.insert(
+    const merkle = await trees!.update(
       fresh.filter((f) => !restoredGroups.has(toHex(f.ev.group)) && !unreadable.has(f.hex)).map((f) => f.ev),
+      plan.forget.filter((f) => !restoredGroups.has(toHex(f.group))),
     );
-    for (const o of merkle.ops) ops.push(o as { type: "put"; key: Uint8Array; value: Uint8Array });
+    for (const o of merkle.ops) ops.push(o);
     const rebuilt = [];
     for (const gid of restoredGroups) {
-      const r = await trees!.rebuild(gid, fresh.filter((f) => toHex(f.ev.group) === gid).map((f) => f.ev));
-      for (const o of r.ops) ops.push(o as { type: "put"; key: Uint8Array; value: Uint8Array });
+      const r = await trees!.rebuild(
+        gid,
+        fresh.filter((f) => toHex(f.ev.group) === gid).map((f) => f.ev),
+        plan.forget.filter((f) => toHex(f.group) === gid),
+      );
+      for (const o of r.ops) ops.push(o);
       rebuilt.push(r);
     }
     // The checkpoint is contiguous: every seq up to it is indexed. A batch lost on its way (two crashes close
@@ -506,14 +570,17 @@ export const effects = (ctx: HostContext) => {
     ops.push({ type: "put", key: CHECKPOINT, value: u64be(nextCheckpoint) });
     try {
       // Not synced: the WAL keeps these events until RocksDB has flushed them to its tables (`index.durable`).
-      await kv!.batch(ops as never, { sync: false });
+      await kv!.batch(ops, { sync: false });
     } catch (e) {
       trees!.forget(); // the write failed: pages reload from what RocksDB holds
       throw e;
     }
     merkle.commit();
     for (const r of rebuilt) r.commit();
+    for (const c of plan.changes) if (c.confirmed !== null) deletedFilter.add(c.target);
+    if (deletedFilter.count > 2 * deletedFilter.capacity) deletedFilter = await buildDeletedFilter(kv!);
     stats.restored += restored;
+    stats.deleted += plan.forget.length;
     flushes!.written(ops.length, checkpoint, nextCheckpoint);
     checkpoint = contiguous.commit();
     wake();
@@ -522,22 +589,161 @@ export const effects = (ctx: HostContext) => {
     stats.batches++;
     stats.batchEvents += items.length;
     stats.stored += fresh.length;
-    stats.duplicates += events.length - fresh.length;
-    const ids = (list: { ev: StoredEvent }[]) => {
+    stats.duplicates += events.length - candidates.length;
+    const ids = (list: Uint8Array[]) => {
       const out = new Uint8Array(list.length * 32);
-      list.forEach((e, i) => out.set(e.ev.id, i * 32));
+      list.forEach((id, i) => out.set(id, i * 32));
       return out;
     };
+    const refused = [...plan.refused.map((i) => candidates[i]!.ev.id)];
+    const dropped = [...plan.rejected.map((r) => candidates[r.index]!.ev.id), ...plan.dropped];
     return {
       type: "written",
       toks,
       n: items.length - replayN,
       replayN,
       lastSeq: checkpoint,
-      stored: ids(fresh),
-      duplicates: ids(events.filter((_, i) => existing[i])),
+      stored: ids(fresh.map((f) => f.ev.id)),
+      duplicates: ids(events.filter((_, i) => existing[i]).map((e) => e.ev.id)),
+      deleted: ids([...plan.deleted, ...refused]),
+      dropped: ids(dropped),
       fresh: fresh.length ? packBatch(fresh.map((f) => ({ ...f.it, id: f.ev.id }))) : null,
     };
+  }
+
+  /**
+   * What a write's new events do to the deleted set: read what `planDeletions` needs (the deleted-set entries
+   * of ids the filter may hold, the targets its tombstones name, the tombstones those entries name) and plan.
+   */
+  async function deletions(
+    candidates: { ev: StoredEvent; hex: string }[],
+    changed: Map<string, GroupState>,
+    newGroups: [string, GroupRecord][],
+  ): Promise<DeletionPlan> {
+    const maybe = candidates.filter((c) => deletedFilter.mayHave(c.ev.id));
+    const tombstones = candidates.filter((c) => c.ev.kind === KIND_TOMBSTONE);
+    if (maybe.length === 0 && tombstones.length === 0) {
+      return {
+        keep: candidates.map((_, i) => i),
+        refused: [],
+        rejected: [],
+        forget: [],
+        changes: [],
+        deleted: [],
+        dropped: [],
+      };
+    }
+    const entries = new Map<string, Map<string, boolean>>();
+    for (const c of maybe) {
+      const m = await entriesOf(c.ev.id);
+      if (m.size) entries.set(c.hex, m);
+    }
+    const inWrite = new Set(candidates.map((c) => c.hex));
+    const targetsOf = new Map<string, Uint8Array[]>();
+    for (const c of tombstones) {
+      try {
+        targetsOf.set(c.hex, decodeTombstone(c.ev.payload));
+      } catch {
+        targetsOf.set(c.hex, []); // a replayed record decode never admitted: it names nothing
+      }
+    }
+    // Events held before the write that its tombstones name.
+    const want = new Map<string, Uint8Array>();
+    for (const ts of targetsOf.values()) {
+      for (const t of ts) {
+        const h = toHex(t);
+        if (!inWrite.has(h)) want.set(h, t);
+      }
+    }
+    const held = new Map<string, TargetInfo>();
+    const wantIds = [...want.values()];
+    const got = wantIds.length ? await kv!.getMany(wantIds.map((id) => eventKey(id))) : [];
+    got.forEach((b, i) => {
+      const info = b && targetOf(b, wantIds[i]!);
+      if (info) held.set(toHex(wantIds[i]!), info);
+    });
+    // Tombstones held that the entries name.
+    const named = new Set<string>();
+    for (const m of entries.values()) for (const x of m.keys()) if (!inWrite.has(x)) named.add(x);
+    const held2 = new Map<string, HeldTombstone>();
+    const namedIds = [...named].map((h) => fromHex(h)!);
+    const tb = namedIds.length ? await kv!.getMany(namedIds.map((id) => eventKey(id))) : [];
+    tb.forEach((b, i) => {
+      if (!b) return;
+      try {
+        const ev = decodeEvent(b, { ...limits, event_bytes_max: b.length });
+        held2.set(toHex(namedIds[i]!), { signer: targetOf(b, namedIds[i]!)!, targets: decodeTombstone(ev.payload) });
+      } catch { /* not a tombstone: its entries cannot be judged and go */ }
+    });
+    // Every group involved, with the write's own membership events.
+    const states = new Map<string, GroupState | null>();
+    const gids = new Set([
+      ...candidates.map((c) => toHex(c.ev.group)),
+      ...[...held2.values()].map((t) => toHex(t.signer.group)),
+    ]);
+    for (const gid of gids) {
+      let st = changed.get(gid) ?? (await stateOf(gid));
+      if (!st) {
+        const rec = newGroups.find(([g]) => g === gid)?.[1];
+        st = rec ? new GroupState(fromHex(rec.owner)!, rec.policy) : null;
+      }
+      states.set(gid, st);
+    }
+    return planDeletions({
+      events: candidates.map((c) => ({
+        id: c.ev.id,
+        group: c.ev.group,
+        author: c.ev.author,
+        kind: c.ev.kind,
+        ts: c.ev.ts,
+        ...(targetsOf.has(c.hex) ? { targets: targetsOf.get(c.hex)! } : {}),
+      })),
+      held,
+      entries,
+      tombstones: held2,
+      state: (g) => states.get(toHex(g)) ?? null,
+    });
+  }
+
+  /** True when a confirmed entry of the deleted set names `id`. */
+  async function isDeleted(id: Uint8Array): Promise<boolean> {
+    for (const confirmed of (await entriesOf(id)).values()) if (confirmed) return true;
+    return false;
+  }
+
+  /** The deleted-set entries of one id: tombstone (hex) → confirmed. */
+  async function entriesOf(id: Uint8Array): Promise<Map<string, boolean>> {
+    const out = new Map<string, boolean>();
+    const lo = deletedPrefix(id);
+    for await (const [k, v] of kv!.range({ gte: lo, lt: prefixEnd(lo) })) {
+      if (k.length === 65) out.set(toHex(k.subarray(33, 65)), v[0] === 1);
+    }
+    return out;
+  }
+
+  /**
+   * The ops that forget events held: their bytes, time-index and arrival-index entries (the time entry's value
+   * is the arrival seq). Their Merkle removal goes with the write's other tree changes (`trees.update`).
+   * Deletion and retention both forget through this one function.
+   */
+  async function forgetOps(list: readonly TargetInfo[]): Promise<KvOp[]> {
+    if (list.length === 0) return [];
+    const tkeys = list.map((e) => timeKey(e.group, e.ts, e.id));
+    const seqs = await kv!.getMany(tkeys);
+    const ops: KvOp[] = [];
+    list.forEach((e, i) => {
+      ops.push({ type: "del", key: eventKey(e.id) });
+      ops.push({ type: "del", key: tkeys[i]! });
+      const v = seqs[i];
+      // Entries written before the arrival index existed have no seq.
+      if (v && v.length === 8) {
+        ops.push({
+          type: "del",
+          key: arrivalKey(e.group, Number(new DataView(v.buffer, v.byteOffset, 8).getBigUint64(0))),
+        });
+      }
+    });
+    return ops;
   }
 
   async function query(q: EventQuery): Promise<{ events: Uint8Array[]; cursor: string | null; seqs: number[] }> {
@@ -670,6 +876,7 @@ export const effects = (ctx: HostContext) => {
       contiguous = new SeqRanges(checkpoint);
       flushes = new FlushTracker(kv, checkpoint);
       trees = new GroupTrees(kv);
+      deletedFilter = await buildDeletedFilter(kv);
       st.checkpoint = checkpoint;
       // In the background: the filter of every id held, for ingest (until it arrives ingest asks for each batch).
       buildFilter(kv, limits).then(
@@ -685,9 +892,42 @@ export const effects = (ctx: HostContext) => {
       if (msg.after && checkpoint < msg.after) await caughtUp(msg.after);
       switch (msg.type) {
         case "index.has": {
-          const keys: Uint8Array[] = [];
-          for (let i = 0; i < msg.ids.length; i += 32) keys.push(eventKey(msg.ids.subarray(i, i + 32)));
-          return (await kv!.getMany(keys)).map((v) => v !== undefined);
+          // Held, deleted (a confirmed entry in the deleted set), or absent. An id only pending tombstones name
+          // is absent here: it goes on, and the index's write judges those tombstones against it.
+          const ids: Uint8Array[] = [];
+          for (let i = 0; i < msg.ids.length; i += 32) ids.push(msg.ids.subarray(i, i + 32));
+          const held = await kv!.getMany(ids.map((id) => eventKey(id)));
+          const out: Presence[] = [];
+          for (let i = 0; i < ids.length; i++) {
+            if (held[i] !== undefined) out.push(PRESENCE.held);
+            else if (deletedFilter.mayHave(ids[i]!) && await isDeleted(ids[i]!)) out.push(PRESENCE.deleted);
+            else out.push(PRESENCE.absent);
+          }
+          return out;
+        }
+        case "index.deletedIn": {
+          // The group of a tombstone that deleted this event here (a confirmed entry), or null.
+          const id = fromHex(msg.id);
+          if (!id || id.length !== 32) {
+            throw new XfError("BAD_EVENT_ID", `Cannot read event "${msg.id}": not 64 hex digits`);
+          }
+          if (!deletedFilter.mayHave(id)) return null;
+          for (const [x, confirmed] of await entriesOf(id)) {
+            if (!confirmed) continue;
+            const b = await kv!.get(eventKey(fromHex(x)!));
+            if (b && b.length >= 36) return toHex(b.subarray(4, 36));
+          }
+          return null;
+        }
+        case "index.targets": {
+          // Decode judges a tombstone against the targets held here: group, author, kind of each (null: not held).
+          const ids: Uint8Array[] = [];
+          for (let i = 0; i < msg.ids.length; i += 32) ids.push(msg.ids.subarray(i, i + 32));
+          const got = await kv!.getMany(ids.map((id) => eventKey(id)));
+          return got.map((b, i): TargetWire => {
+            const t = b && targetOf(b, ids[i]!);
+            return t ? { group: toHex(t.group), author: toHex(t.author), kind: t.kind, ts: t.ts } : null;
+          });
         }
         case "index.groups":
           return await Promise.all(msg.gids.map(async (g) => {
@@ -774,6 +1014,8 @@ export const effects = (ctx: HostContext) => {
         case "index.fsck":
           if (!(await group(msg.gid))) return null;
           return await trees!.fsck(msg.gid);
+        case "index.fsckDeleted":
+          return await fsckDeleted(kv!);
         case "index.scan": {
           // Read every key and value once (RocksDB verifies each block's checksum): fsck's store-wide pass.
           let keys = 0;

@@ -60,6 +60,7 @@ export const LINKS: readonly LinkSpec[] = [
   { kind: "signal", from: "wal_flush", to: "ingest", as: "ingest" },
   { kind: "signal", from: "index", to: "ingest", as: "ingest" },
   { kind: "rpc", from: "ingest", to: "index", as: "index" },
+  { kind: "rpc", from: "decode", to: "index", as: "index" },
 ];
 
 /** Faults to inject in tests: a stage crashes on its Nth data batch (once), or on every poison batch. */

@@ -100,3 +100,4 @@ export {
   POLICY_CLOSED,
   POLICY_OPEN,
 } from "../storage/event.ts";
+export { decodeTombstone, encodeTombstone } from "../storage/deletion.ts";

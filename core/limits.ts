@@ -193,6 +193,9 @@ export const DECODED_PAGES_MAX = 65_536;
 /** Damaged events listed in one fsck report (the count is always exact). */
 export const FSCK_DAMAGED_MAX = 10_000;
 
+/** Target event ids one tombstone (kind 2) names (SPEC: 1 to 256). */
+export const TOMBSTONE_TARGETS_MAX = 256;
+
 // ---------------------------------------------------------------------------
 // Fixed bounds: the pipeline's stages
 
@@ -207,6 +210,9 @@ export const RECONCILE_SESSIONS_MAX = 256;
 
 /** An initiator session idle this long is dropped. */
 export const RECONCILE_SESSION_IDLE_MS = 120_000;
+
+/** Ids the index's filter of deleted ids is sized for at least (it grows to twice the deleted set). */
+export const DELETED_FILTER_IDS_MIN = 65_536;
 
 /** Time-index entries one query page may scan while filtering by kind or author. */
 export const QUERY_SCAN_MAX = 10_000;

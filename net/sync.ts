@@ -972,7 +972,16 @@ export class SyncSession {
     if (wanted) this.checkDone(gid);
     giveBack();
     // A peer that sends mostly garbage is cut off.
-    const notYet = new Set(["OVERLOADED", "STAGE_DOWN", "TIMEOUT", "UNKNOWN_GROUP", "FORBIDDEN", "SHUTTING_DOWN"]);
+    // DELETED: the peer holds what a tombstone here deleted (it lacks the tombstone, which sync sends it).
+    const notYet = new Set([
+      "OVERLOADED",
+      "STAGE_DOWN",
+      "TIMEOUT",
+      "UNKNOWN_GROUP",
+      "FORBIDDEN",
+      "SHUTTING_DOWN",
+      "DELETED",
+    ]);
     const bad = results.filter((r) => r.status === "rejected" && !notYet.has(r.code ?? ""));
     if (bad.length > 0 && bad.length === events.length) {
       this.strike("BAD_FRAME", `All ${events.length} events of the batch were rejected, e.g. ${bad[0]!.code}`, gid);
