@@ -374,7 +374,9 @@ export const effects = (ctx: HostContext) => {
       }
       if (eff.do === "targets") {
         try {
-          const found = await ctx.request<TargetWire[]>("index", { type: "index.targets", ids: eff.ids });
+          // Through the root, which asks once the index holds every event acknowledged so far: a target
+          // acknowledged before its tombstone is judged here, not only by the index after the tombstone's ack.
+          const found = await ctx.ask<TargetWire[]>({ type: "index.targets", ids: eff.ids });
           return { type: "targets", tok: eff.tok, found };
         } catch {
           return { type: "targets", tok: eff.tok, found: null };

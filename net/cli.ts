@@ -196,9 +196,14 @@ export const COMMANDS: CommandSpec[] = [
   {
     name: "delete",
     summary: "delete events of a group: publish a tombstone signed by --key (their author, the owner or an admin)",
-    usage: "--group GID ID... --key FILE [--node URL]",
-    flags: [GROUP, KEY_SIGN, NODE],
-    example: "xf delete --group GID 5cf4…2d 9a01…7c --key me.key",
+    usage: "--group GID --id ID [--id ID]... --key FILE [--node URL]",
+    flags: [
+      GROUP,
+      { name: "id", value: "ID", repeat: true, help: "an event to delete (64 hex; repeatable, at most 256)" },
+      KEY_SIGN,
+      NODE,
+    ],
+    example: "xf delete --group GID --id 5cf4…2d --id 9a01…7c --key me.key",
   },
   {
     name: "tail",

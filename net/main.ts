@@ -325,8 +325,8 @@ export async function main(args: string[]): Promise<void> {
     }
     case "delete": {
       const gid = groupFlag(f, cmd);
-      const ids = f._.map(String);
-      if (ids.length === 0) throw new UsageError("delete needs the ids of the events to delete: xf delete ID...", cmd);
+      const ids = (f.id as string[] | undefined) ?? [];
+      if (ids.length === 0) throw new UsageError("delete needs --id ID (repeatable): the events to delete", cmd);
       const bad = ids.find((id) => !/^[0-9a-f]{64}$/i.test(id));
       if (bad !== undefined) throw new UsageError(`Cannot delete event "${bad}": not 64 hex digits`, cmd);
       const { event, result } = await clientFor(f, await existingKey(f, cmd)).delete(gid, ids);

@@ -204,7 +204,7 @@ export interface HeldTombstone {
 export interface DeletionInput {
   /** The write's new events, in order. */
   events: readonly WriteEvent[];
-  /** Events held before the write that the write's tombstones name (absent: not held). */
+  /** Events held before the write that the write's tombstones name (absent: not held; `tombstones` are held too). */
   held: ReadonlyMap<string, TargetInfo>;
   /** Deleted-set entries held for the write's event ids: target → tombstone → confirmed. */
   entries: ReadonlyMap<string, ReadonlyMap<string, boolean>>;
@@ -250,7 +250,8 @@ export interface DeletionPlan {
 export function planDeletions(input: DeletionInput): DeletionPlan {
   const { events } = input;
   const present = new Map<string, TargetInfo | null>();
-  const heldNow = (hex: string) => present.has(hex) ? present.get(hex)! : input.held.get(hex) ?? null;
+  const heldBefore = (hex: string) => input.held.get(hex) ?? input.tombstones.get(hex)?.signer ?? null;
+  const heldNow = (hex: string) => present.has(hex) ? present.get(hex)! : heldBefore(hex);
   const position = new Map<string, number>();
   events.forEach((e, i) => position.set(toHex(e.id), i));
   const entries = new Map<string, Map<string, boolean>>();
@@ -276,7 +277,7 @@ export function planDeletions(input: DeletionInput): DeletionPlan {
   const rejected: { index: number; message: string }[] = [];
   const remove = (hex: string, info: TargetInfo) => {
     present.set(hex, null);
-    if (input.held.has(hex)) forget.set(hex, info);
+    if (heldBefore(hex)) forget.set(hex, info);
     else keep.delete(position.get(hex)!);
   };
   const judge = (signer: TargetInfo, target: TargetInfo): DeleteJudgement => {
