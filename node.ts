@@ -111,6 +111,15 @@ export class XfNode implements NodeCore, AppNode {
   }
 
   /**
+   * The lowest `ts` group `gid` retains (0: everything, or no such group): application events older are forgotten
+   * and refused (`EXPIRED`). A function of the group's settings and event set alone, so peers holding the same set
+   * agree; the range both of two peers retain is `[max of their boundaries, ∞)`.
+   */
+  retained(gid: string): Promise<number> {
+    return this.pipeline.index<number>({ type: "index.retained", gid });
+  }
+
+  /**
    * The hex group of the tombstone that deleted event `id` here, or null when no tombstone held deleted it (an
    * event never seen, or one only a tombstone not yet judged against it names).
    */

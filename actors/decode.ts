@@ -33,9 +33,10 @@ import {
   checkManifestEvent,
   decodeEvent,
   KIND_MANIFEST,
-  KIND_MEMBERSHIP,
+  KIND_SETTINGS,
   KIND_TOMBSTONE,
 } from "../storage/event.ts";
+import { decodeSettings, isForgettableKind, judgeSettings } from "../storage/retention.ts";
 import { decodeTombstone, mayDelete, type TargetInfo } from "../storage/deletion.ts";
 import type { StoredEvent } from "../storage/event.ts";
 import { fromHex, toHex } from "../core/bytes.ts";
@@ -52,8 +53,18 @@ export interface WalAppend {
 /** A held event as the index answers `index.targets` (decode judges a tombstone with it); null when not held. */
 export type TargetWire = { group: string; author: string; kind: number; ts: number } | null;
 
-/** A group's state as the index hands it to decode: null when the group is not held. */
-export type LoadedGroup = [gid: string, state: GroupStateJSON | null];
+/**
+ * A group's state as the index hands it to decode: null when the group is not held; `retained` its retention
+ * boundary (the lowest `ts` of an application event it keeps, 0 for all).
+ */
+export type LoadedGroup = [gid: string, state: GroupStateJSON | null, retained?: number];
+
+/** The index tells decode a group's retention boundary moved (signal: no credit, one per change). */
+export interface RetainedSignal {
+  type: "retained";
+  gids: string[];
+  ts: number[];
+}
 
 /** Messages decode takes. */
 export type DecodeIn =
@@ -61,6 +72,7 @@ export type DecodeIn =
   | { type: "verified"; tok: number; ok: boolean[] }
   | { type: "loaded"; groups: LoadedGroup[] }
   | { type: "load-failed"; gids: string[]; code: string; message: string }
+  | { type: "signal"; from: string; msg: RetainedSignal }
   /** The targets a batch's tombstones name, as the index holds them (null: the index did not answer). */
   | { type: "targets"; tok: number; found: TargetWire[] | null };
 
@@ -95,6 +107,8 @@ export interface DecodeState {
   groups: Map<string, GroupState | null>;
   /** Groups asked of the index and not yet answered. */
   loading: Set<string>;
+  /** Per group held in `groups`: its retention boundary (absent: 0); events older are refused EXPIRED. */
+  retained: Map<string, number>;
   /** Groups whose load failed (the index was down), with the error, for the batches waiting on them. */
   failed: Map<string, { code: string; message: string }>;
   /** Batches in arrival order: admitted from the head once verified and their groups are loaded. */
@@ -120,7 +134,11 @@ function isOwnManifest(ev: StoredEvent): boolean {
 function touch(st: DecodeState, gid: string, g: GroupState | null) {
   st.groups.delete(gid);
   st.groups.set(gid, g);
-  if (st.groups.size > st.limits.decode_groups_max) st.groups.delete(st.groups.keys().next().value!);
+  if (st.groups.size > st.limits.decode_groups_max) {
+    const old = st.groups.keys().next().value!;
+    st.groups.delete(old);
+    st.retained.delete(old);
+  }
 }
 
 function fromWire(id: Uint8Array, w: TargetWire): TargetInfo | null {
@@ -153,15 +171,14 @@ function take(st: DecodeState, msg: Input<DecodeBatch>): DecodeEffect[] {
           `Cannot accept event: ts "${ev.ts}" is more than ${limits.event_future_ms} ms ahead of this node's clock`,
         );
       }
-      if (
-        ev.kind !== KIND_MANIFEST && ev.kind !== KIND_MEMBERSHIP && ev.kind !== KIND_TOMBSTONE && ev.kind < APP_KIND_MIN
-      ) {
+      if (ev.kind > KIND_SETTINGS && ev.kind < APP_KIND_MIN) {
         throw new XfError(
           "RESERVED_KIND",
           `Cannot accept event: kind "${ev.kind}" is reserved for the engine and not supported by this node`,
         );
       }
       if (ev.kind === KIND_TOMBSTONE) p.tombstones.set(p.decoded.length, decodeTombstone(ev.payload));
+      if (ev.kind === KIND_SETTINGS) decodeSettings(ev.payload);
       p.decoded.push({ it, ev });
       if (ev.kind !== KIND_MANIFEST) p.needs.add(toHex(ev.group));
     } catch (e) {
@@ -258,6 +275,17 @@ function admit(st: DecodeState, p: Pending): DecodeEffect[] {
         }
         const v = authorizeWrite(g, d.ev);
         if (!v.ok) throw new XfError(v.code as never, v.message);
+        if (d.ev.kind === KIND_SETTINGS) {
+          const j = judgeSettings(g, d.ev);
+          if (!j.ok) throw new XfError(j.code, j.message);
+        }
+        const floor = st.retained.get(gid) ?? 0;
+        if (isForgettableKind(d.ev.kind) && d.ev.ts < floor) {
+          throw new XfError(
+            "EXPIRED",
+            `Cannot accept event: ts "${d.ev.ts}" is older than group "${gid}"'s retention boundary "${floor}"`,
+          );
+        }
         const targets = p.tombstones.get(i);
         // A tombstone is refused whole when a target held may not be deleted by its signer; a target not held
         // is left to the index (pending until it arrives, see storage/deletion.ts).
@@ -292,7 +320,14 @@ function admit(st: DecodeState, p: Pending): DecodeEffect[] {
 export const logic: StageLogic<DecodeState, DecodeIn, DecodeEffect> = {
   // Two batches at once: one is admitted while the next one's signatures are verified.
   concurrency: 2,
-  init: (config) => ({ limits: config.limits, groups: new Map(), loading: new Set(), failed: new Map(), order: [] }),
+  init: (config) => ({
+    limits: config.limits,
+    groups: new Map(),
+    loading: new Set(),
+    retained: new Map(),
+    failed: new Map(),
+    order: [],
+  }),
   receive(st, msg) {
     switch (msg.type) {
       case "input":
@@ -311,10 +346,18 @@ export const logic: StageLogic<DecodeState, DecodeIn, DecodeEffect> = {
         }
         return admitReady(st);
       }
+      case "signal":
+        if (msg.msg.type === "retained") {
+          msg.msg.gids.forEach((gid, i) => {
+            if (st.groups.has(gid)) st.retained.set(gid, msg.msg.ts[i] ?? 0);
+          });
+        }
+        return [];
       case "loaded":
-        for (const [gid, json] of msg.groups) {
+        for (const [gid, json, retained] of msg.groups) {
           st.loading.delete(gid);
           st.failed.delete(gid);
+          if (retained) st.retained.set(gid, retained);
           // Loaded while a manifest admitted here created it: what decode holds is newer.
           if (st.groups.get(gid)) continue;
           touch(st, gid, json ? GroupState.fromJSON(json) : null);

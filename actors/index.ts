@@ -1,9 +1,12 @@
 /**
  * Stage 4, index: the one actor that owns the RocksDB handle. Each write
  * holds the events by id, the per-group time and arrival indexes, new
- * groups, membership state, the Merkle pages and the WAL checkpoint — all
- * or nothing. An event already held is skipped, so a batch delivered twice
- * (after a restart) is indexed once.
+ * groups, membership state, the deleted set (tombstones: `storage/deletion.ts`),
+ * retention settings, the Merkle pages and the WAL checkpoint — all or
+ * nothing. Between writes it forgets the events past each group's retention
+ * boundary (`storage/retention.ts`) in bounded writes of its own. An event
+ * already held is skipped, so a batch delivered twice (after a restart) is
+ * indexed once.
  *
  * The logic is index group commit: batches that arrive while a write runs
  * are written together by the next (at most `index_batch_events_max`
@@ -12,9 +15,9 @@
  * its table files (`index.durable`, see storage/wal_retention.ts). Reads (requests from the root) wait until the index
  * holds every event acknowledged before them (read your writes).
  *
- * Takes: `put` (data, from wal-flush); `written` (its write's answer).
- * Sends: `advertise` ← `indexed`; `ingest` ← `release` (signal); reports
- * `indexed`. Answers: `index.has` (ingest's request port), and the reads
+ * Takes: `put` (data, from wal-flush); `written` (its write's answer); `pruned` (a retention write's).
+ * Sends: `advertise` ← `indexed`; `ingest` ← `release` (signal); `decode` ← `retained` (signal: a group's
+ * retention boundary moved); reports `indexed`. Answers: `index.has` (ingest's request port), and the reads
  * and group loads of `IndexCall` from the root.
  *
  * @module
@@ -23,7 +26,7 @@
 import type { CommonEffect, HostContext, Input, StageLogic, StageModule } from "./stage.ts";
 import type { IndexPut } from "./wal_flush.ts";
 import { type FilterBuilt, PRESENCE, type Presence, type Release } from "./ingest.ts";
-import type { LoadedGroup, TargetWire } from "./decode.ts";
+import type { LoadedGroup, RetainedSignal, TargetWire } from "./decode.ts";
 import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch.ts";
 import {
   ABSENT_GROUPS_MAX,
@@ -61,6 +64,7 @@ import {
   decodeEvent,
   KIND_MANIFEST,
   KIND_MEMBERSHIP,
+  KIND_SETTINGS,
   KIND_TOMBSTONE,
   peekEvent,
   type StoredEvent,
@@ -78,6 +82,15 @@ import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { fromHex, toHex } from "../core/bytes.ts";
 import { XfError } from "../core/errors.ts";
 import { fsckDeleted, GroupTrees } from "../storage/merkle_store.ts";
+import {
+  decodeSettings,
+  isForgettableKind,
+  isNewerSettings,
+  judgeSettings,
+  retentionBoundary,
+  type Settings,
+  type SettingsRecord,
+} from "../storage/retention.ts";
 import { IdFilter } from "../storage/id_filter.ts";
 
 const EMPTY_SET = (() => {
@@ -111,12 +124,19 @@ export interface Written {
   fresh: EventBatch | null;
 }
 
+/** Events a retention prune forgot (ingest forgets them as recently stored), and boundaries that moved (decode). */
+export interface Pruned {
+  type: "pruned";
+  ids: Uint8Array;
+  retained: RetainedSignal | null;
+}
+
 /** Messages the index takes. */
-export type IndexIn = Input<IndexPut> | Written | FilterBuilt;
+export type IndexIn = Input<IndexPut> | Written | FilterBuilt | Pruned;
 
 /** Effects the index asks for. */
 export type IndexEffect =
-  | CommonEffect<"advertise">
+  | CommonEffect<"advertise" | "decode">
   | { do: "write"; toks: number[]; batches: { batch: EventBatch; replay: boolean }[] };
 
 /** The index's logic state: batches waiting for the next write. */
@@ -158,6 +178,14 @@ export const logic: StageLogic<IndexState, IndexIn, IndexEffect> = {
       return nextWrite(st);
     }
     if (msg.type === "filter") return [{ do: "signal", to: "ingest", msg }];
+    if (msg.type === "pruned") {
+      const out: IndexEffect[] = [];
+      if (msg.ids.length) {
+        out.push({ do: "signal", to: "ingest", msg: { type: "release", ids: msg.ids, stored: false } });
+      }
+      if (msg.retained) out.push({ do: "signal", to: "decode", msg: msg.retained });
+      return out;
+    }
     st.writing = false;
     st.checkpoint = Math.max(st.checkpoint, msg.lastSeq);
     const effects: IndexEffect[] = [{
@@ -251,6 +279,7 @@ export type IndexCall =
   | { type: "index.fsck"; gid: string }
   | { type: "index.scan" }
   | { type: "index.fsckDeleted" }
+  | { type: "index.retained"; gid: string }
   | { type: "index.getMany"; ids: Uint8Array; bytesMax?: number }
   | {
     type: "index.reconcile";
@@ -272,6 +301,9 @@ export type IndexCall =
 
 const CHECKPOINT = metaKey("checkpoint");
 const membersKey = (gid: string) => metaKey(`members:${gid}`);
+/** A group's retention settings in force (JSON `SettingsRecord`): the latest valid settings event's. */
+const settingsKey = (gid: string) => metaKey(`settings:${gid}`);
+const SETTINGS_PREFIX = metaKey("settings:");
 
 /** A group as the index keeps it. */
 export interface GroupRecord {
@@ -407,6 +439,128 @@ export const effects = (ctx: HostContext) => {
   };
   const sessions = new Map<string, { r: Reconciler; used: number }>();
   const states = new Map<string, GroupState>();
+  /** Retention settings in force per group (null: none), loaded once; `retaining`: the groups that have some. */
+  const settings = new Map<string, SettingsRecord | null>();
+  const retaining = new Set<string>();
+  /** Per retaining group: its boundary as last computed (told to decode), and how far prunes have forgotten. */
+  const bounds = new Map<string, number>();
+  const prunedTo = new Map<string, number>();
+  const pruning = new Set<string>();
+  let pruneTimer: ReturnType<typeof setInterval> | null = null;
+  /** Prunes scheduled to start (cleared at stop). */
+  const soon = new Set<ReturnType<typeof setTimeout>>();
+  const later = (fn: () => void) => {
+    const t = setTimeout(() => (soon.delete(t), fn()), 0);
+    soon.add(t);
+  };
+
+  async function settingsOf(gid: string): Promise<SettingsRecord | null> {
+    if (settings.has(gid)) return settings.get(gid)!;
+    const raw = await kv!.get(settingsKey(gid));
+    const rec = raw ? JSON.parse(new TextDecoder().decode(raw)) as SettingsRecord : null;
+    settings.set(gid, rec);
+    return rec;
+  }
+
+  /** The lowest `ts` group `gid` retains (0: everything), from its settings and its Merkle set alone. */
+  async function retainedOf(gid: string): Promise<number> {
+    const s = await settingsOf(gid);
+    if (!s || !(await group(gid))) return 0;
+    const tree = await trees!.tree(gid);
+    const n = tree.size();
+    if (n === 0) return 0;
+    const nth = s.retention_events !== undefined && n > s.retention_events
+      ? tree.getItem(n - s.retention_events).ts
+      : null;
+    return retentionBoundary(s, tree.getItem(n - 1).ts, nth);
+  }
+
+  /** Recompute the boundaries of `gids` (retaining groups); tell decode those that moved, prune those that rose. */
+  async function rebound(gids: Iterable<string>): Promise<void> {
+    const moved: string[] = [];
+    const ts: number[] = [];
+    for (const gid of gids) {
+      if (!retaining.has(gid)) continue;
+      const b = await retainedOf(gid);
+      if (bounds.get(gid) === b) continue;
+      bounds.set(gid, b);
+      moved.push(gid);
+      ts.push(b);
+      if (b < (prunedTo.get(gid) ?? 0)) prunedTo.set(gid, 0); // the boundary went down (its newest event deleted)
+      if (b > (prunedTo.get(gid) ?? 0)) later(() => prune(gid));
+    }
+    if (moved.length) {
+      ctx.receive({ type: "pruned", ids: new Uint8Array(0), retained: { type: "retained", gids: moved, ts } });
+    }
+  }
+
+  /** Forget group `gid`'s application events older than its boundary, in bounded writes between the others. */
+  async function prune(gid: string): Promise<void> {
+    if (pruning.has(gid) || !kv) return;
+    pruning.add(gid);
+    try {
+      // Between two retention writes the index's own writes go first (the lock is fair: they queued meanwhile).
+      while (kv && pruneTimer !== null && (await serial(() => pruneBatch(gid))) > 0) {
+        await new Promise<void>((r) => later(r));
+      }
+    } catch (e) {
+      if (kv) console.error(`Retention prune of group ${gid} failed: ${(e as Error).message}`);
+    } finally {
+      pruning.delete(gid);
+    }
+  }
+
+  /** One retention write: at most `retention_prune_events_max` events forgotten (forgetOps, as deletion does). */
+  async function pruneBatch(gid: string): Promise<number> {
+    if (!kv) return 0;
+    const b = await retainedOf(gid);
+    const from = Math.min(prunedTo.get(gid) ?? 0, b);
+    if (b <= from) return 0;
+    const g = fromHex(gid)!;
+    const list: TargetInfo[] = [];
+    let keys: Uint8Array[] = [];
+    let reached = from;
+    let complete = true;
+    const drain = async () => {
+      const values = await kv!.getMany(keys.map((k) => eventKey(k.subarray(41, 73))));
+      keys.forEach((k, i) => {
+        const v = values[i];
+        const t = v && targetOf(v, k.slice(41, 73));
+        if (t && isForgettableKind(t.kind)) list.push(t);
+      });
+      keys = [];
+    };
+    for await (const [k] of kv.range({ gte: timeKeyFloor(g, from), lt: timeKeyFloor(g, b), values: false })) {
+      if (list.length >= limits.retention_prune_events_max) {
+        complete = false;
+        break;
+      }
+      keys.push(k.slice());
+      reached = Number(new DataView(k.buffer, k.byteOffset + 33, 8).getBigUint64(0));
+      if (keys.length === QUERY_FETCH_KEYS_MAX) await drain();
+    }
+    if (keys.length) await drain();
+    // Below `reached` only engine events are left once this write lands (the index refuses app events past the
+    // boundary, so none arrives behind the scan).
+    prunedTo.set(gid, complete ? b : reached);
+    if (list.length === 0) return 0;
+    const ops = await forgetOps(list);
+    const merkle = await trees!.update([], list);
+    for (const o of merkle.ops) ops.push(o);
+    try {
+      await kv.batch(ops, { sync: false });
+    } catch (e) {
+      trees!.forget();
+      throw e;
+    }
+    merkle.commit();
+    flushes!.written(ops.length, checkpoint, checkpoint);
+    stats.forgotten += list.length;
+    const ids = new Uint8Array(list.length * 32);
+    list.forEach((t, i) => ids.set(t.id, i * 32));
+    ctx.receive({ type: "pruned", ids, retained: null });
+    return list.length;
+  }
 
   /** A group's membership state (loaded once), or null for an unknown group. */
   async function stateOf(gid: string): Promise<GroupState | null> {
@@ -422,7 +576,16 @@ export const effects = (ctx: HostContext) => {
     return st;
   }
   /** `restored`: replayed events RocksDB had lost though its checkpoint covered them (a damaged log). */
-  const stats = { batches: 0, stored: 0, duplicates: 0, corrupt: 0, batchEvents: 0, restored: 0, deleted: 0 };
+  const stats = {
+    batches: 0,
+    stored: 0,
+    duplicates: 0,
+    corrupt: 0,
+    batchEvents: 0,
+    restored: 0,
+    deleted: 0,
+    forgotten: 0,
+  };
   /** Every id the deleted set names (a Bloom filter): only a "maybe" costs a read of the deleted set. */
   let deletedFilter = IdFilter.sized(DELETED_FILTER_IDS_MIN);
 
@@ -453,7 +616,15 @@ export const effects = (ctx: HostContext) => {
       if (replay) replayN += list.length;
       for (const it of list) items.push(replay ? { ...it, id: ZERO_ID } : it);
     }
-    return await put(toks, items, replayN);
+    return await serial(() => put(toks, items, replayN));
+  }
+
+  /** Writes and retention prunes run one at a time (both change the Merkle trees and the store). */
+  let lock: Promise<unknown> = Promise.resolve();
+  function serial<T>(fn: () => Promise<T>): Promise<T> {
+    const p = lock.then(fn);
+    lock = p.catch(() => {});
+    return p;
   }
 
   async function put(toks: number[], items: BatchItem[], replayN: number): Promise<Written> {
@@ -525,9 +696,38 @@ export const effects = (ctx: HostContext) => {
     for (const [gid, st] of changed) {
       ops.push({ type: "put", key: membersKey(gid), value: new TextEncoder().encode(JSON.stringify(st.toJSON())) });
     }
+    // Application events past their group's retention boundary are not stored (decode refuses them EXPIRED; these
+    // passed it before it learned the boundary moved).
+    const expired = candidates.filter((c) =>
+      isForgettableKind(c.ev.kind) && c.ev.ts < (bounds.get(toHex(c.ev.group)) ?? 0)
+    );
+    const current = expired.length ? candidates.filter((c) => !expired.includes(c)) : candidates;
     // Tombstones and the deleted set: which events are stored, refused or forgotten (storage/deletion.ts).
-    const plan = await deletions(candidates, changed, newGroups);
-    const fresh = plan.keep.map((i) => candidates[i]!);
+    const plan = await deletions(current, changed, newGroups);
+    const fresh = plan.keep.map((i) => current[i]!);
+    // Settings events: the latest valid one by (ts, id) is the group's retention.
+    const newSettings = new Map<string, SettingsRecord>();
+    for (const { ev, hex } of fresh) {
+      if (ev.kind !== KIND_SETTINGS) continue;
+      const gid = toHex(ev.group);
+      let st = changed.get(gid) ?? (await stateOf(gid));
+      if (!st) {
+        const rec = newGroups.find(([g]) => g === gid)?.[1];
+        st = rec ? new GroupState(fromHex(rec.owner)!, rec.policy) : null;
+      }
+      let s: Settings;
+      try {
+        s = decodeSettings(ev.payload);
+      } catch {
+        continue; // a replayed record decode never admitted
+      }
+      if (!st || !judgeSettings(st, ev).ok) continue;
+      if (!isNewerSettings(ev.ts, hex, newSettings.get(gid) ?? await settingsOf(gid))) continue;
+      newSettings.set(gid, { ...s, ts: ev.ts, id: hex });
+    }
+    for (const [gid, rec] of newSettings) {
+      ops.push({ type: "put", key: settingsKey(gid), value: new TextEncoder().encode(JSON.stringify(rec)) });
+    }
     for (const { ev, it } of fresh) {
       ops.push({ type: "put", key: eventKey(ev.id), value: ev.bytes });
       ops.push({ type: "put", key: timeKey(ev.group, ev.ts, ev.id), value: u64be(it.seq) });
@@ -586,6 +786,8 @@ export const effects = (ctx: HostContext) => {
     wake();
     for (const [g, rec] of newGroups) groups.set(g, rec), absentGroups.delete(g);
     for (const [g, st] of changed) states.set(g, st);
+    for (const [g, rec] of newSettings) settings.set(g, rec), retaining.add(g);
+    await rebound(new Set(fresh.map((f) => toHex(f.ev.group))));
     stats.batches++;
     stats.batchEvents += items.length;
     stats.stored += fresh.length;
@@ -595,8 +797,12 @@ export const effects = (ctx: HostContext) => {
       list.forEach((id, i) => out.set(id, i * 32));
       return out;
     };
-    const refused = [...plan.refused.map((i) => candidates[i]!.ev.id)];
-    const dropped = [...plan.rejected.map((r) => candidates[r.index]!.ev.id), ...plan.dropped];
+    const refused = [...plan.refused.map((i) => current[i]!.ev.id)];
+    const dropped = [
+      ...plan.rejected.map((r) => current[r.index]!.ev.id),
+      ...plan.dropped,
+      ...expired.map((c) => c.ev.id),
+    ];
     return {
       type: "written",
       toks,
@@ -877,6 +1083,17 @@ export const effects = (ctx: HostContext) => {
       flushes = new FlushTracker(kv, checkpoint);
       trees = new GroupTrees(kv);
       deletedFilter = await buildDeletedFilter(kv);
+      // Groups with retention settings: pruned now and every retention_prune_ms.
+      for await (const [k] of kv.range({ gte: SETTINGS_PREFIX, lt: prefixEnd(SETTINGS_PREFIX), values: false })) {
+        retaining.add(new TextDecoder().decode(k.subarray(SETTINGS_PREFIX.length)));
+      }
+      const visit = () => {
+        serial(() => rebound([...retaining])).catch(() => {});
+        for (const gid of retaining) prune(gid);
+      };
+      pruneTimer = setInterval(visit, limits.retention_prune_ms);
+      later(visit);
+      Deno.unrefTimer(pruneTimer);
       st.checkpoint = checkpoint;
       // In the background: the filter of every id held, for ingest (until it arrives ingest asks for each batch).
       buildFilter(kv, limits).then(
@@ -1014,6 +1231,8 @@ export const effects = (ctx: HostContext) => {
         case "index.fsck":
           if (!(await group(msg.gid))) return null;
           return await trees!.fsck(msg.gid);
+        case "index.retained":
+          return await retainedOf(msg.gid);
         case "index.fsckDeleted":
           return await fsckDeleted(kv!);
         case "index.scan": {
@@ -1103,7 +1322,8 @@ export const effects = (ctx: HostContext) => {
           const out: LoadedGroup[] = [];
           for (const gid of msg.gids.slice(0, limits.decode_groups_max)) {
             const s = await stateOf(gid);
-            out.push([gid, s ? s.toJSON() : null]);
+            const retained = s && (await settingsOf(gid)) ? await retainedOf(gid) : 0;
+            out.push(retained ? [gid, s ? s.toJSON() : null, retained] : [gid, s ? s.toJSON() : null]);
           }
           return out;
         }
@@ -1148,6 +1368,12 @@ export const effects = (ctx: HostContext) => {
       throw new XfError("INTERNAL", `Index cannot answer "${(msg as { type: string }).type}"`);
     },
     async stop() {
+      if (pruneTimer !== null) clearInterval(pruneTimer);
+      pruneTimer = null;
+      for (const t of soon) clearTimeout(t);
+      soon.clear();
+      // A prune in progress finishes its write first.
+      await serial(async () => {});
       await kv?.close();
       kv = null;
     },

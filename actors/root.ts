@@ -59,6 +59,7 @@ export const LINKS: readonly LinkSpec[] = [
   { kind: "signal", from: "decode", to: "ingest", as: "ingest" },
   { kind: "signal", from: "wal_flush", to: "ingest", as: "ingest" },
   { kind: "signal", from: "index", to: "ingest", as: "ingest" },
+  { kind: "signal", from: "index", to: "decode", as: "decode" },
   { kind: "rpc", from: "ingest", to: "index", as: "index" },
 ];
 

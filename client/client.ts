@@ -14,6 +14,7 @@ import { fromHex, toHex } from "../core/bytes.ts";
 import {
   createGroup as makeGroup,
   eventId as eventIdOf,
+  KIND_SETTINGS,
   KIND_TOMBSTONE,
   peekEvent,
   POLICY_CLOSED,
@@ -32,6 +33,7 @@ import {
 } from "../storage/membership.ts";
 import { checkProof } from "../merkle/proof.ts";
 import { encodeTombstone } from "../storage/deletion.ts";
+import { encodeSettings, type Settings } from "../storage/retention.ts";
 import { type ClientErrorCode, XfClientError } from "./errors.ts";
 import { type ClientEvent, type EventDraft, fromStored, groupHex, readEvent, signEvent } from "./event.ts";
 import { cborArrayOf } from "../storage/cbor.ts";
@@ -555,6 +557,19 @@ export class XfClient {
     return await this.send(gid, {
       kind: KIND_TOMBSTONE,
       payload: encodeTombstone(targets),
+      ...(options.ts !== undefined ? { ts: options.ts } : {}),
+    });
+  }
+
+  /**
+   * Set group `gid`'s retention (the client's key must be the owner's or an admin's): sign and publish a settings
+   * event (kind 3) with `retention_ms` and/or `retention_events` (an empty object keeps everything). Every node then
+   * forgets the group's application events past the boundary; the latest settings event by `(ts, id)` wins.
+   */
+  async setRetention(gid: string | Uint8Array, settings: Settings, options: { ts?: number } = {}): Promise<Sent> {
+    return await this.send(gid, {
+      kind: KIND_SETTINGS,
+      payload: encodeSettings(settings),
       ...(options.ts !== undefined ? { ts: options.ts } : {}),
     });
   }

@@ -59,6 +59,10 @@ export const LIMITS = {
   wal_commit_records_max: 8192,
   /** Events one RocksDB index write holds (batches waiting are written together). */
   index_batch_events_max: 4096,
+  /** How often the index forgets, in every group with retention settings, the events past its boundary. */
+  retention_prune_ms: 60_000,
+  /** Events one retention write forgets (a prune is several such writes, each between the index's own). */
+  retention_prune_events_max: 1024,
   /** Bytes of one WAL segment file before a new one starts. */
   wal_segment_bytes_max: 64 * 1024 * 1024,
   /** Bytes of the reserve file kept in the data directory; deleted when the disk is full so a clean stop can proceed. */
@@ -195,6 +199,12 @@ export const FSCK_DAMAGED_MAX = 10_000;
 
 /** Target event ids one tombstone (kind 2) names (SPEC: 1 to 256). */
 export const TOMBSTONE_TARGETS_MAX = 256;
+
+/** Largest `retention_ms` of a group settings event (kind 3): about 100 years. */
+export const RETENTION_MS_MAX = 3_155_760_000_000;
+
+/** Largest `retention_events` of a group settings event (kind 3). */
+export const RETENTION_EVENTS_MAX = 1_000_000_000;
 
 // ---------------------------------------------------------------------------
 // Fixed bounds: the pipeline's stages

@@ -65,6 +65,8 @@ export interface NodeCore {
   /** `reader`: the HTTP caller's token key ("" anonymous) that must see `gid`, else UNKNOWN_GROUP; null skips it. */
   submit(gid: Uint8Array | null, body: Uint8Array, reader?: string | null): Promise<EventResult[]>;
   get(id: string): Promise<Uint8Array | null>;
+  /** The lowest `ts` group `gid` retains (0: everything): its retention boundary (`storage/retention.ts`). */
+  retained(gid: string): Promise<number>;
   /** The hex group of the tombstone that deleted event `id` here, or null. */
   deletedIn(id: string): Promise<string | null>;
   query(q: EventQuery): Promise<{ events: Uint8Array[]; cursor: string | null; seqs: number[] } | null>;

@@ -973,6 +973,7 @@ export class SyncSession {
     giveBack();
     // A peer that sends mostly garbage is cut off.
     // DELETED: the peer holds what a tombstone here deleted (it lacks the tombstone, which sync sends it).
+    // EXPIRED: the peer retains more of the group than we do (it lacks the newer events that moved our boundary).
     const notYet = new Set([
       "OVERLOADED",
       "STAGE_DOWN",
@@ -981,6 +982,7 @@ export class SyncSession {
       "FORBIDDEN",
       "SHUTTING_DOWN",
       "DELETED",
+      "EXPIRED",
     ]);
     const bad = results.filter((r) => r.status === "rejected" && !notYet.has(r.code ?? ""));
     if (bad.length > 0 && bad.length === events.length) {
