@@ -542,8 +542,11 @@ export const effects = (ctx: HostContext) => {
     if (keys.length) await drain();
     // Below `reached` only engine events are left once this write lands (the index refuses app events past the
     // boundary, so none arrives behind the scan).
-    prunedTo.set(gid, complete ? b : reached);
-    if (list.length === 0) return 0;
+    const done = complete ? b : reached;
+    if (list.length === 0) {
+      prunedTo.set(gid, done);
+      return 0;
+    }
     const ops = await forgetOps(list);
     const merkle = await trees!.update([], list);
     for (const o of merkle.ops) ops.push(o);
@@ -554,6 +557,7 @@ export const effects = (ctx: HostContext) => {
       throw e;
     }
     merkle.commit();
+    prunedTo.set(gid, done);
     flushes!.written(ops.length, checkpoint, checkpoint);
     stats.forgotten += list.length;
     const ids = new Uint8Array(list.length * 32);

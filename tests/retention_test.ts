@@ -365,3 +365,39 @@ Deno.test("decode: application events older than the boundary the index gave (at
   decode.receive(st, { type: "signal", from: "index", msg: { type: "retained", gids: [gid], ts: [7000] } });
   assertEquals(run(2), { 0: "EXPIRED", 1: "EXPIRED" });
 });
+
+Deno.test("A prune that failed is done again every retention_prune_ms, with no write to start it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "xf-ret-" });
+  // The first retention write fails (RocksDB refuses it); the index's own writes go through.
+  const { openRocks } = await import("../storage/kv.ts");
+  const { metaKey } = await import("../storage/keys.ts");
+  const probe = await openRocks(`${dir}/probe`);
+  const proto = Object.getPrototypeOf(probe) as { batch(ops: unknown[], o?: unknown): Promise<void> };
+  await probe.close();
+  const original = proto.batch;
+  const checkpoint = toHex(metaKey("checkpoint"));
+  let failed = 0;
+  proto.batch = function (this: unknown, ops: unknown[], o?: unknown) {
+    const isPrune = ops.length > 0 &&
+      (ops as { type: string; key: Uint8Array }[]).some((op) => op.type === "del") &&
+      !(ops as { key: Uint8Array }[]).some((op) => toHex(op.key) === checkpoint);
+    if (isPrune && failed === 0) {
+      failed++;
+      return Promise.reject(new Error("injected: the disk said no"));
+    }
+    return original.call(this, ops, o);
+  };
+  const t = await tempNode({ dataDir: `${dir}/node`, limits: { retention_prune_ms: 200 } });
+  try {
+    const end = Date.now() + 60_000;
+    const { g, gid } = await populated(t.node, 20, end);
+    await t.node.publish(await settingsEvent(g.owner, g.gid, { retention_events: 5 }, end - 100_000));
+    await until(() => failed === 1);
+    // Nothing else is written, yet the next visit forgets them: 5 newest plus the 4 engine events.
+    await until(async () => (await t.node.merkle(gid))!.count === 5 + 4, 5000);
+  } finally {
+    proto.batch = original;
+    await t.done();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
