@@ -11,7 +11,7 @@ import { Pipeline, type PipelineOptions, STAGES } from "./actors/root.ts";
 import type { EventResult } from "./actors/batch.ts";
 import type { SubscriptionFilter } from "./actors/advertise.ts";
 import type { ArrivalQuery, EventQuery } from "./actors/index.ts";
-import type { FsckResult } from "./storage/merkle_store.ts";
+import type { DeletedSetReport, FsckResult } from "./storage/merkle_store.ts";
 import { encodeEvent, type Event } from "./storage/event.ts";
 import { generateKeyPair, type KeyPair } from "./storage/ed25519.ts";
 import { NodeSync } from "./net/peers.ts";
@@ -110,6 +110,23 @@ export class XfNode implements NodeCore, AppNode {
     return this.pipeline.index<Uint8Array | null>({ type: "index.get", id });
   }
 
+  /**
+   * The lowest `ts` group `gid` retains (0: everything, or no such group): application events older are forgotten
+   * and refused (`EXPIRED`). A function of the group's settings and event set alone, so peers holding the same set
+   * agree; the range both of two peers retain is `[max of their boundaries, ∞)`.
+   */
+  retained(gid: string): Promise<number> {
+    return this.pipeline.index<number>({ type: "index.retained", gid });
+  }
+
+  /**
+   * The hex group of the tombstone that deleted event `id` here, or null when no tombstone held deleted it (an
+   * event never seen, or one only a tombstone not yet judged against it names).
+   */
+  deletedIn(id: string): Promise<string | null> {
+    return this.pipeline.index<string | null>({ type: "index.deletedIn", id });
+  }
+
   /** A page of a group's events in `(ts, id)` order; null if the group is unknown. */
   query(q: EventQuery): Promise<{ events: Uint8Array[]; cursor: string | null; seqs: number[] } | null> {
     return this.pipeline.index({ type: "index.query", query: q });
@@ -130,14 +147,6 @@ export class XfNode implements NodeCore, AppNode {
   /** Merkle root of a group; null if the group is unknown. */
   merkle(gid: string): Promise<MerkleRootInfo | null> {
     return this.pipeline.index({ type: "index.merkle", gid });
-  }
-
-  /**
-   * The lowest `ts` this node keeps of a group (0: it keeps every event): peers reconcile only the range both
-   * keep. Always 0 for now: retention (a kind 3 group settings event) raises it.
-   */
-  retained(gid: string): Promise<number> {
-    return this.pipeline.index({ type: "index.retained", gid });
   }
 
   /** Inclusion proof of an event in a group; null if either is unknown. */
@@ -183,6 +192,14 @@ export class XfNode implements NodeCore, AppNode {
     this.restoring.set(gid, set);
     this.sync.want(gid, ids.map((h) => fromHex(h)!));
     return { damaged: f.damagedCount, asked: ids.length };
+  }
+
+  /** Check the deleted set whole: every entry's tombstone is held and names it, and no deleted event is held. */
+  fsckDeleted(): Promise<DeletedSetReport> {
+    return this.pipeline.index(
+      { type: "index.fsckDeleted" },
+      this.pipeline.limits.request_timeout_ms * FSCK_TIMEOUT_FACTOR_MAX,
+    );
   }
 
   /** Read every key and value of the store once (each block's checksum is verified); the first failure. */

@@ -28,7 +28,16 @@ import type { CommonEffect, EventResultWire, HostContext, Input, StageLogic, Sta
 import type { DecodeBatch, Release } from "./ingest.ts";
 import { type BatchItem, packBatch, unpackBatch } from "./batch.ts";
 import type { Limits } from "../core/limits.ts";
-import { APP_KIND_MIN, checkManifestEvent, decodeEvent, KIND_MANIFEST, KIND_MEMBERSHIP } from "../storage/event.ts";
+import {
+  APP_KIND_MIN,
+  checkManifestEvent,
+  decodeEvent,
+  KIND_MANIFEST,
+  KIND_SETTINGS,
+  KIND_TOMBSTONE,
+} from "../storage/event.ts";
+import { decodeSettings, isForgettableKind, judgeSettings } from "../storage/retention.ts";
+import { decodeTombstone, mayDelete, type TargetInfo } from "../storage/deletion.ts";
 import type { StoredEvent } from "../storage/event.ts";
 import { fromHex, toHex } from "../core/bytes.ts";
 import { toWire, XfError } from "../core/errors.ts";
@@ -41,21 +50,38 @@ export interface WalAppend {
   batch: import("./batch.ts").EventBatch;
 }
 
-/** A group's state as the index hands it to decode: null when the group is not held. */
-export type LoadedGroup = [gid: string, state: GroupStateJSON | null];
+/** A held event as the index answers `index.targets` (decode judges a tombstone with it); null when not held. */
+export type TargetWire = { group: string; author: string; kind: number; ts: number } | null;
+
+/**
+ * A group's state as the index hands it to decode: null when the group is not held; `retained` its retention
+ * boundary (the lowest `ts` of an application event it keeps, 0 for all).
+ */
+export type LoadedGroup = [gid: string, state: GroupStateJSON | null, retained?: number];
+
+/** The index tells decode a group's retention boundary moved (signal: no credit, one per change). */
+export interface RetainedSignal {
+  type: "retained";
+  gids: string[];
+  ts: number[];
+}
 
 /** Messages decode takes. */
 export type DecodeIn =
   | Input<DecodeBatch>
   | { type: "verified"; tok: number; ok: boolean[] }
   | { type: "loaded"; groups: LoadedGroup[] }
-  | { type: "load-failed"; gids: string[]; code: string; message: string };
+  | { type: "load-failed"; gids: string[]; code: string; message: string }
+  | { type: "signal"; from: string; msg: RetainedSignal }
+  /** The targets a batch's tombstones name, as the index holds them (null: the index did not answer). */
+  | { type: "targets"; tok: number; found: TargetWire[] | null };
 
 /** Effects decode asks for. */
 export type DecodeEffect =
   | CommonEffect<"wal">
   | { do: "verify"; tok: number; checks: SigCheck[] }
-  | { do: "load"; gids: string[] };
+  | { do: "load"; gids: string[] }
+  | { do: "targets"; tok: number; ids: Uint8Array };
 
 interface Pending {
   tok: number;
@@ -68,6 +94,10 @@ interface Pending {
   valid: boolean[] | null;
   /** Groups it needs loaded before it can be admitted. */
   needs: Set<string>;
+  /** Per tombstone (position in `decoded`): the ids it names. */
+  tombstones: Map<number, Uint8Array[]>;
+  /** The targets held in the index (hex id → fields, null: not held); null until the index answers. */
+  targets: Map<string, TargetWire> | null;
 }
 
 /** Decode's state. */
@@ -77,6 +107,8 @@ export interface DecodeState {
   groups: Map<string, GroupState | null>;
   /** Groups asked of the index and not yet answered. */
   loading: Set<string>;
+  /** Per group held in `groups`: its retention boundary (absent: 0); events older are refused EXPIRED. */
+  retained: Map<string, number>;
   /** Groups whose load failed (the index was down), with the error, for the batches waiting on them. */
   failed: Map<string, { code: string; message: string }>;
   /** Batches in arrival order: admitted from the head once verified and their groups are loaded. */
@@ -102,7 +134,15 @@ function isOwnManifest(ev: StoredEvent): boolean {
 function touch(st: DecodeState, gid: string, g: GroupState | null) {
   st.groups.delete(gid);
   st.groups.set(gid, g);
-  if (st.groups.size > st.limits.decode_groups_max) st.groups.delete(st.groups.keys().next().value!);
+  if (st.groups.size > st.limits.decode_groups_max) {
+    const old = st.groups.keys().next().value!;
+    st.groups.delete(old);
+    st.retained.delete(old);
+  }
+}
+
+function fromWire(id: Uint8Array, w: TargetWire): TargetInfo | null {
+  return w ? { id, group: fromHex(w.group)!, author: fromHex(w.author)!, kind: w.kind, ts: w.ts } : null;
 }
 
 /** Decode a batch, ask for its signatures and any group not loaded. */
@@ -118,6 +158,8 @@ function take(st: DecodeState, msg: Input<DecodeBatch>): DecodeEffect[] {
     deferred: msg.msg.deferred ?? [],
     valid: null,
     needs: new Set(),
+    tombstones: new Map(),
+    targets: new Map(),
   };
   const horizon = msg.now + limits.event_future_ms;
   for (const it of p.items) {
@@ -129,12 +171,14 @@ function take(st: DecodeState, msg: Input<DecodeBatch>): DecodeEffect[] {
           `Cannot accept event: ts "${ev.ts}" is more than ${limits.event_future_ms} ms ahead of this node's clock`,
         );
       }
-      if (ev.kind !== KIND_MANIFEST && ev.kind !== KIND_MEMBERSHIP && ev.kind < APP_KIND_MIN) {
+      if (ev.kind > KIND_SETTINGS && ev.kind < APP_KIND_MIN) {
         throw new XfError(
           "RESERVED_KIND",
           `Cannot accept event: kind "${ev.kind}" is reserved for the engine and not supported by this node`,
         );
       }
+      if (ev.kind === KIND_TOMBSTONE) p.tombstones.set(p.decoded.length, decodeTombstone(ev.payload));
+      if (ev.kind === KIND_SETTINGS) decodeSettings(ev.payload);
       p.decoded.push({ it, ev });
       if (ev.kind !== KIND_MANIFEST) p.needs.add(toHex(ev.group));
     } catch (e) {
@@ -149,6 +193,15 @@ function take(st: DecodeState, msg: Input<DecodeBatch>): DecodeEffect[] {
     for (const g of missing) st.loading.add(g);
     effects.push({ do: "load", gids: missing });
   }
+  if (p.tombstones.size) {
+    // Tombstones are judged against the targets held: one lookup per batch that has any.
+    const all = new Map<string, Uint8Array>();
+    for (const ts of p.tombstones.values()) for (const t of ts) all.set(toHex(t), t);
+    const ids = new Uint8Array(all.size * 32);
+    [...all.values()].forEach((t, i) => ids.set(t, i * 32));
+    p.targets = null;
+    effects.push({ do: "targets", tok: p.tok, ids });
+  }
   effects.push({
     do: "verify",
     tok: p.tok,
@@ -162,7 +215,7 @@ function admitReady(st: DecodeState): DecodeEffect[] {
   const effects: DecodeEffect[] = [];
   while (st.order.length) {
     const p = st.order[0]!;
-    if (!p.valid || [...p.needs].some((g) => st.loading.has(g))) break;
+    if (!p.valid || !p.targets || [...p.needs].some((g) => st.loading.has(g))) break;
     st.order.shift();
     effects.push(...admit(st, p));
   }
@@ -198,6 +251,8 @@ function admit(st: DecodeState, p: Pending): DecodeEffect[] {
   // Ingest's answers for these requests (duplicates, mismatches), now that the reader may see the group.
   for (const r of p.deferred) if (!refused.has(r.req)) p.results.push(r);
   const accepted: BatchItem[] = [];
+  /** Events accepted earlier in this batch, which a tombstone after them may name. */
+  const here = new Map<string, TargetInfo>();
   p.decoded.forEach((d, i) => {
     if (refused.has(d.it.req)) return void p.rejected.push(d.it.id);
     try {
@@ -220,7 +275,29 @@ function admit(st: DecodeState, p: Pending): DecodeEffect[] {
         }
         const v = authorizeWrite(g, d.ev);
         if (!v.ok) throw new XfError(v.code as never, v.message);
+        if (d.ev.kind === KIND_SETTINGS) {
+          const j = judgeSettings(g, d.ev);
+          if (!j.ok) throw new XfError(j.code, j.message);
+        }
+        const floor = st.retained.get(gid) ?? 0;
+        if (isForgettableKind(d.ev.kind) && d.ev.ts < floor) {
+          throw new XfError(
+            "EXPIRED",
+            `Cannot accept event: ts "${d.ev.ts}" is older than group "${gid}"'s retention boundary "${floor}"`,
+          );
+        }
+        const targets = p.tombstones.get(i);
+        // A tombstone is refused whole when a target held may not be deleted by its signer; a target not held
+        // is left to the index (pending until it arrives, see storage/deletion.ts).
+        for (const t of targets ?? []) {
+          const h = toHex(t);
+          const info = here.get(h) ?? fromWire(t, p.targets!.get(h) ?? null);
+          if (!info) continue;
+          const j = mayDelete(g, d.ev, info);
+          if (!j.ok) throw new XfError(j.code, j.message);
+        }
       }
+      here.set(toHex(d.ev.id), d.ev);
       accepted.push(d.it);
     } catch (e) {
       reject(p, d.it, e);
@@ -243,7 +320,14 @@ function admit(st: DecodeState, p: Pending): DecodeEffect[] {
 export const logic: StageLogic<DecodeState, DecodeIn, DecodeEffect> = {
   // Two batches at once: one is admitted while the next one's signatures are verified.
   concurrency: 2,
-  init: (config) => ({ limits: config.limits, groups: new Map(), loading: new Set(), failed: new Map(), order: [] }),
+  init: (config) => ({
+    limits: config.limits,
+    groups: new Map(),
+    loading: new Set(),
+    retained: new Map(),
+    failed: new Map(),
+    order: [],
+  }),
   receive(st, msg) {
     switch (msg.type) {
       case "input":
@@ -253,10 +337,27 @@ export const logic: StageLogic<DecodeState, DecodeIn, DecodeEffect> = {
         if (p) p.valid = msg.ok;
         return admitReady(st);
       }
+      case "targets": {
+        const p = st.order.find((x) => x.tok === msg.tok);
+        if (p) {
+          // Unanswered (the index restarting): every target counts as not held, and the index judges.
+          const ids = [...new Set([...p.tombstones.values()].flat().map((t) => toHex(t)))];
+          p.targets = new Map(ids.map((h, i) => [h, msg.found?.[i] ?? null]));
+        }
+        return admitReady(st);
+      }
+      case "signal":
+        if (msg.msg.type === "retained") {
+          msg.msg.gids.forEach((gid, i) => {
+            if (st.groups.has(gid)) st.retained.set(gid, msg.msg.ts[i] ?? 0);
+          });
+        }
+        return [];
       case "loaded":
-        for (const [gid, json] of msg.groups) {
+        for (const [gid, json, retained] of msg.groups) {
           st.loading.delete(gid);
           st.failed.delete(gid);
+          if (retained) st.retained.set(gid, retained);
           // Loaded while a manifest admitted here created it: what decode holds is newer.
           if (st.groups.get(gid)) continue;
           touch(st, gid, json ? GroupState.fromJSON(json) : null);
@@ -313,6 +414,16 @@ export const effects = (ctx: HostContext) => {
         const there = remote(eff.checks.slice(0, half));
         const here = verifyAll(eff.checks.slice(half));
         return { type: "verified", tok: eff.tok, ok: [...(await there), ...here] };
+      }
+      if (eff.do === "targets") {
+        try {
+          // Through the root, which asks once the index holds every event acknowledged so far: a target
+          // acknowledged before its tombstone is judged here, not only by the index after the tombstone's ack.
+          const found = await ctx.ask<TargetWire[]>({ type: "index.targets", ids: eff.ids });
+          return { type: "targets", tok: eff.tok, found };
+        } catch {
+          return { type: "targets", tok: eff.tok, found: null };
+        }
       }
       if (eff.do === "load") {
         try {

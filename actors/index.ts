@@ -1,9 +1,12 @@
 /**
  * Stage 4, index: the one actor that owns the RocksDB handle. Each write
  * holds the events by id, the per-group time and arrival indexes, new
- * groups, membership state, the Merkle pages and the WAL checkpoint — all
- * or nothing. An event already held is skipped, so a batch delivered twice
- * (after a restart) is indexed once.
+ * groups, membership state, the deleted set (tombstones: `storage/deletion.ts`),
+ * retention settings, the Merkle pages and the WAL checkpoint — all or
+ * nothing. Between writes it forgets the events past each group's retention
+ * boundary (`storage/retention.ts`) in bounded writes of its own. An event
+ * already held is skipped, so a batch delivered twice (after a restart) is
+ * indexed once.
  *
  * The logic is index group commit: batches that arrive while a write runs
  * are written together by the next (at most `index_batch_events_max`
@@ -12,9 +15,9 @@
  * its table files (`index.durable`, see storage/wal_retention.ts). Reads (requests from the root) wait until the index
  * holds every event acknowledged before them (read your writes).
  *
- * Takes: `put` (data, from wal-flush); `written` (its write's answer).
- * Sends: `advertise` ← `indexed`; `ingest` ← `release` (signal); reports
- * `indexed`. Answers: `index.has` (ingest's request port), and the reads
+ * Takes: `put` (data, from wal-flush); `written` (its write's answer); `pruned` (a retention write's).
+ * Sends: `advertise` ← `indexed`; `ingest` ← `release` (signal); `decode` ← `retained` (signal: a group's
+ * retention boundary moved); reports `indexed`. Answers: `index.has` (ingest's request port), and the reads
  * and group loads of `IndexCall` from the root.
  *
  * @module
@@ -22,11 +25,12 @@
 
 import type { CommonEffect, HostContext, Input, StageLogic, StageModule } from "./stage.ts";
 import type { IndexPut } from "./wal_flush.ts";
-import type { FilterBuilt, Release } from "./ingest.ts";
-import type { LoadedGroup } from "./decode.ts";
+import { type FilterBuilt, PRESENCE, type Presence, type Release } from "./ingest.ts";
+import type { LoadedGroup, RetainedSignal, TargetWire } from "./decode.ts";
 import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "./batch.ts";
 import {
   ABSENT_GROUPS_MAX,
+  DELETED_FILTER_IDS_MIN,
   GROUP_INFO_MAX,
   type Limits,
   QUERY_FETCH_KEYS_MAX,
@@ -39,6 +43,10 @@ import { openRocks } from "../storage/kv_rocks.ts";
 import {
   arrivalKey,
   arrivalPrefix,
+  DELETED_CONFIRMED,
+  DELETED_PENDING,
+  deletedKey,
+  deletedPrefix,
   eventKey,
   groupKey,
   KS,
@@ -57,14 +65,33 @@ import {
   decodeEvent,
   KIND_MANIFEST,
   KIND_MEMBERSHIP,
+  KIND_SETTINGS,
+  KIND_TOMBSTONE,
   peekEvent,
   type StoredEvent,
 } from "../storage/event.ts";
+import {
+  decodeTombstone,
+  type DeletionPlan,
+  type HeldTombstone,
+  planDeletions,
+  type TargetInfo,
+  targetOf,
+} from "../storage/deletion.ts";
 import { GroupState, type GroupStateJSON } from "../storage/membership.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { fromHex, toHex } from "../core/bytes.ts";
 import { XfError } from "../core/errors.ts";
-import { GroupTrees } from "../storage/merkle_store.ts";
+import { fsckDeleted, GroupTrees } from "../storage/merkle_store.ts";
+import {
+  decodeSettings,
+  isForgettableKind,
+  isNewerSettings,
+  judgeSettings,
+  retentionBoundary,
+  type Settings,
+  type SettingsRecord,
+} from "../storage/retention.ts";
 import { IdFilter } from "../storage/id_filter.ts";
 
 const EMPTY_SET = (() => {
@@ -90,16 +117,27 @@ export interface Written {
   /** Ids newly held, then ids already held (32 bytes each). */
   stored: Uint8Array;
   duplicates: Uint8Array;
+  /** Ids now deleted: targets forgotten, and events refused because a tombstone held deletes them. */
+  deleted: Uint8Array;
+  /** Tombstones refused or dropped (a target they name may not be deleted by their signer). */
+  dropped: Uint8Array;
   /** The newly held events, for subscribers. */
   fresh: EventBatch | null;
 }
 
+/** Events a retention prune forgot (ingest forgets them as recently stored), and boundaries that moved (decode). */
+export interface Pruned {
+  type: "pruned";
+  ids: Uint8Array;
+  retained: RetainedSignal | null;
+}
+
 /** Messages the index takes. */
-export type IndexIn = Input<IndexPut> | Written | FilterBuilt;
+export type IndexIn = Input<IndexPut> | Written | FilterBuilt | Pruned;
 
 /** Effects the index asks for. */
 export type IndexEffect =
-  | CommonEffect<"advertise">
+  | CommonEffect<"advertise" | "decode">
   | { do: "write"; toks: number[]; batches: { batch: EventBatch; replay: boolean }[] };
 
 /** The index's logic state: batches waiting for the next write. */
@@ -141,6 +179,14 @@ export const logic: StageLogic<IndexState, IndexIn, IndexEffect> = {
       return nextWrite(st);
     }
     if (msg.type === "filter") return [{ do: "signal", to: "ingest", msg }];
+    if (msg.type === "pruned") {
+      const out: IndexEffect[] = [];
+      if (msg.ids.length) {
+        out.push({ do: "signal", to: "ingest", msg: { type: "release", ids: msg.ids, stored: false } });
+      }
+      if (msg.retained) out.push({ do: "signal", to: "decode", msg: msg.retained });
+      return out;
+    }
     st.writing = false;
     st.checkpoint = Math.max(st.checkpoint, msg.lastSeq);
     const effects: IndexEffect[] = [{
@@ -152,6 +198,16 @@ export const logic: StageLogic<IndexState, IndexIn, IndexEffect> = {
     ids.set(msg.duplicates, msg.stored.length);
     if (ids.length) {
       effects.push({ do: "signal", to: "ingest", msg: { type: "release", ids, stored: true } satisfies Release });
+    }
+    if (msg.deleted.length) {
+      effects.push({
+        do: "signal",
+        to: "ingest",
+        msg: { type: "release", ids: msg.deleted, stored: false, deleted: true } satisfies Release,
+      });
+    }
+    if (msg.dropped.length) {
+      effects.push({ do: "signal", to: "ingest", msg: { type: "release", ids: msg.dropped, stored: false } });
     }
     if (msg.fresh) effects.push({ do: "send", to: "advertise", msg: { type: "indexed", batch: msg.fresh } });
     for (const tok of msg.toks) effects.push({ do: "done", tok });
@@ -207,6 +263,8 @@ export type IndexMsg = { type: "index.put"; batch: EventBatch; replay?: boolean 
 /** Requests the index answers. */
 export type IndexCall =
   | { type: "index.has"; ids: Uint8Array }
+  | { type: "index.deletedIn"; id: string }
+  | { type: "index.targets"; ids: Uint8Array }
   | { type: "index.groups"; gids: string[] }
   | { type: "index.get"; id: string }
   | { type: "index.query"; query: EventQuery }
@@ -221,6 +279,8 @@ export type IndexCall =
   | { type: "index.proof"; gid: string; id: string }
   | { type: "index.fsck"; gid: string }
   | { type: "index.scan" }
+  | { type: "index.fsckDeleted" }
+  | { type: "index.retained"; gid: string }
   | { type: "index.getMany"; ids: Uint8Array; bytesMax?: number }
   | {
     type: "index.reconcile";
@@ -237,11 +297,6 @@ export type IndexCall =
     since?: number;
     until?: number;
   }
-  /**
-   * The lowest `ts` this node keeps of a group (0: all of it). Peers reconcile only from there on. Always 0
-   * for now: retention (a kind 3 group settings event) raises it.
-   */
-  | { type: "index.retained"; gid: string }
   | { type: "index.listGroups" }
   | { type: "index.admission"; gid: string }
   | { type: "index.peers.load"; gid: string }
@@ -253,6 +308,9 @@ export type IndexCall =
 
 const CHECKPOINT = metaKey("checkpoint");
 const membersKey = (gid: string) => metaKey(`members:${gid}`);
+/** A group's retention settings in force (JSON `SettingsRecord`): the latest valid settings event's. */
+const settingsKey = (gid: string) => metaKey(`settings:${gid}`);
+const SETTINGS_PREFIX = metaKey("settings:");
 
 /** A group as the index keeps it. */
 export interface GroupRecord {
@@ -306,6 +364,20 @@ async function buildFilter(kv: Kv, limits: Limits): Promise<IdFilter | null> {
   for await (const _ of kv.range(range)) held++;
   const f = IdFilter.sized(Math.max(1_000_000, 2 * held), limits.ingest_id_filter_bytes_max);
   for await (const [k] of kv.range(range)) f.add(k.subarray(1));
+  // Deleted ids too: a deleted event that arrives again is asked of the index, which answers "deleted".
+  const d = new Uint8Array([KS.deleted]);
+  for await (const [k] of kv.range({ gte: d, lt: prefixEnd(d), values: false })) f.add(k.subarray(1, 33));
+  return f;
+}
+
+/** A filter of every target the deleted set names, sized for twice as many (at least DELETED_FILTER_IDS_MIN). */
+async function buildDeletedFilter(kv: Kv): Promise<IdFilter> {
+  const lo = new Uint8Array([KS.deleted]);
+  const range = { gte: lo, lt: prefixEnd(lo), values: false };
+  let n = 0;
+  for await (const _ of kv.range(range)) n++;
+  const f = IdFilter.sized(Math.max(DELETED_FILTER_IDS_MIN, 2 * n));
+  for await (const [k] of kv.range(range)) f.add(k.subarray(1, 33));
   return f;
 }
 
@@ -374,6 +446,132 @@ export const effects = (ctx: HostContext) => {
   };
   const sessions = new Map<string, { r: Reconciler; used: number }>();
   const states = new Map<string, GroupState>();
+  /** Retention settings in force per group (null: none), loaded once; `retaining`: the groups that have some. */
+  const settings = new Map<string, SettingsRecord | null>();
+  const retaining = new Set<string>();
+  /** Per retaining group: its boundary as last computed (told to decode), and how far prunes have forgotten. */
+  const bounds = new Map<string, number>();
+  const prunedTo = new Map<string, number>();
+  const pruning = new Set<string>();
+  let pruneTimer: ReturnType<typeof setInterval> | null = null;
+  /** Prunes scheduled to start (cleared at stop). */
+  const soon = new Set<ReturnType<typeof setTimeout>>();
+  const later = (fn: () => void) => {
+    const t = setTimeout(() => (soon.delete(t), fn()), 0);
+    soon.add(t);
+  };
+
+  async function settingsOf(gid: string): Promise<SettingsRecord | null> {
+    if (settings.has(gid)) return settings.get(gid)!;
+    const raw = await kv!.get(settingsKey(gid));
+    const rec = raw ? JSON.parse(new TextDecoder().decode(raw)) as SettingsRecord : null;
+    settings.set(gid, rec);
+    return rec;
+  }
+
+  /** The lowest `ts` group `gid` retains (0: everything), from its settings and its Merkle set alone. */
+  async function retainedOf(gid: string): Promise<number> {
+    const s = await settingsOf(gid);
+    if (!s || !(await group(gid))) return 0;
+    const tree = await trees!.tree(gid);
+    const n = tree.size();
+    if (n === 0) return 0;
+    const nth = s.retention_events !== undefined && n > s.retention_events
+      ? tree.getItem(n - s.retention_events).ts
+      : null;
+    return retentionBoundary(s, tree.getItem(n - 1).ts, nth);
+  }
+
+  /** Recompute the boundaries of `gids` (retaining groups); tell decode those that moved, prune those that rose. */
+  async function rebound(gids: Iterable<string>): Promise<void> {
+    const moved: string[] = [];
+    const ts: number[] = [];
+    for (const gid of gids) {
+      if (!retaining.has(gid)) continue;
+      const b = await retainedOf(gid);
+      if (bounds.get(gid) === b) continue;
+      bounds.set(gid, b);
+      moved.push(gid);
+      ts.push(b);
+      if (b < (prunedTo.get(gid) ?? 0)) prunedTo.set(gid, 0); // the boundary went down (its newest event deleted)
+      if (b > (prunedTo.get(gid) ?? 0)) later(() => prune(gid));
+    }
+    if (moved.length) {
+      ctx.receive({ type: "pruned", ids: new Uint8Array(0), retained: { type: "retained", gids: moved, ts } });
+    }
+  }
+
+  /** Forget group `gid`'s application events older than its boundary, in bounded writes between the others. */
+  async function prune(gid: string): Promise<void> {
+    if (pruning.has(gid) || !kv) return;
+    pruning.add(gid);
+    try {
+      // Between two retention writes the index's own writes go first (the lock is fair: they queued meanwhile).
+      while (kv && pruneTimer !== null && (await serial(() => pruneBatch(gid))) > 0) {
+        await new Promise<void>((r) => later(r));
+      }
+    } catch (e) {
+      if (kv) console.error(`Retention prune of group ${gid} failed: ${(e as Error).message}`);
+    } finally {
+      pruning.delete(gid);
+    }
+  }
+
+  /** One retention write: at most `retention_prune_events_max` events forgotten (forgetOps, as deletion does). */
+  async function pruneBatch(gid: string): Promise<number> {
+    if (!kv) return 0;
+    const b = await retainedOf(gid);
+    const from = Math.min(prunedTo.get(gid) ?? 0, b);
+    if (b <= from) return 0;
+    const g = fromHex(gid)!;
+    const list: TargetInfo[] = [];
+    let keys: Uint8Array[] = [];
+    let reached = from;
+    let complete = true;
+    const drain = async () => {
+      const values = await kv!.getMany(keys.map((k) => eventKey(k.subarray(41, 73))));
+      keys.forEach((k, i) => {
+        const v = values[i];
+        const t = v && targetOf(v, k.slice(41, 73));
+        if (t && isForgettableKind(t.kind)) list.push(t);
+      });
+      keys = [];
+    };
+    for await (const [k] of kv.range({ gte: timeKeyFloor(g, from), lt: timeKeyFloor(g, b), values: false })) {
+      if (list.length >= limits.retention_prune_events_max) {
+        complete = false;
+        break;
+      }
+      keys.push(k.slice());
+      reached = Number(new DataView(k.buffer, k.byteOffset + 33, 8).getBigUint64(0));
+      if (keys.length === QUERY_FETCH_KEYS_MAX) await drain();
+    }
+    if (keys.length) await drain();
+    // Below `reached` only engine events are left once this write lands (the index refuses app events past the
+    // boundary, so none arrives behind the scan).
+    const done = complete ? b : reached;
+    if (list.length === 0) {
+      prunedTo.set(gid, done);
+      return 0;
+    }
+    const ops = await forgetOps(list);
+    const merkle = await trees!.update([], list);
+    for (const o of merkle.ops) ops.push(o);
+    try {
+      await kv.batch(ops, { sync: false });
+    } catch (e) {
+      trees!.forget();
+      throw e;
+    }
+    merkle.commit();
+    prunedTo.set(gid, done);
+    flushes!.written(ops.length, checkpoint, checkpoint);
+    stats.forgotten += list.length;
+    const ids = new Uint8Array(list.length * 32);
+    list.forEach((t, i) => ids.set(t.id, i * 32));
+    ctx.receive({ type: "pruned", ids, retained: null });
+    return list.length;
+  }
 
   /** A group's membership state (loaded once), or null for an unknown group. */
   async function stateOf(gid: string): Promise<GroupState | null> {
@@ -389,7 +587,18 @@ export const effects = (ctx: HostContext) => {
     return st;
   }
   /** `restored`: replayed events RocksDB had lost though its checkpoint covered them (a damaged log). */
-  const stats = { batches: 0, stored: 0, duplicates: 0, corrupt: 0, batchEvents: 0, restored: 0 };
+  const stats = {
+    batches: 0,
+    stored: 0,
+    duplicates: 0,
+    corrupt: 0,
+    batchEvents: 0,
+    restored: 0,
+    deleted: 0,
+    forgotten: 0,
+  };
+  /** Every id the deleted set names (a Bloom filter): only a "maybe" costs a read of the deleted set. */
+  let deletedFilter = IdFilter.sized(DELETED_FILTER_IDS_MIN);
 
   async function group(gid: string): Promise<GroupRecord | null> {
     if (groups.has(gid)) return groups.get(gid)!;
@@ -418,7 +627,15 @@ export const effects = (ctx: HostContext) => {
       if (replay) replayN += list.length;
       for (const it of list) items.push(replay ? { ...it, id: ZERO_ID } : it);
     }
-    return await put(toks, items, replayN);
+    return await serial(() => put(toks, items, replayN));
+  }
+
+  /** Writes and retention prunes run one at a time (both change the Merkle trees and the store). */
+  let lock: Promise<unknown> = Promise.resolve();
+  function serial<T>(fn: () => Promise<T>): Promise<T> {
+    const p = lock.then(fn);
+    lock = p.catch(() => {});
+    return p;
   }
 
   async function put(toks: number[], items: BatchItem[], replayN: number): Promise<Written> {
@@ -426,7 +643,7 @@ export const effects = (ctx: HostContext) => {
     const seen = new Set<string>();
     for (const it of items) {
       // Live events passed decode: read the few fields the index needs. Replayed WAL records and
-      // engine kinds (manifests, membership) get the full strict decode.
+      // engine kinds (manifests, membership, tombstones) get the full strict decode.
       let ev = it.id === ZERO_ID ? null : liveEvent(it.bytes, it.id);
       if (!ev) {
         try {
@@ -452,26 +669,23 @@ export const effects = (ctx: HostContext) => {
       for (const { ev } of events) existing.push(await kv!.get(eventKey(ev.id)).catch(() => null));
     }
     const unreadable = new Set(events.filter((_, i) => existing[i] === null).map((e) => e.hex));
-    const fresh = events.filter((_, i) => !existing[i]);
-    const ops: { type: "put"; key: Uint8Array; value: Uint8Array }[] = [];
+    const candidates = events.filter((_, i) => !existing[i]);
+    const ops: KvOp[] = [];
     const newGroups: [string, GroupRecord][] = [];
-    for (const { ev, hex, it } of fresh) {
-      ops.push({ type: "put", key: eventKey(ev.id), value: ev.bytes });
-      ops.push({ type: "put", key: timeKey(ev.group, ev.ts, ev.id), value: u64be(it.seq) });
-      ops.push({ type: "put", key: arrivalKey(ev.group, it.seq), value: ev.id });
-      if (ev.kind === KIND_MANIFEST) {
-        const gid = toHex(ev.group);
-        if (!(await group(gid)) && !newGroups.some(([g]) => g === gid)) {
-          const m = checkManifestEvent(ev);
-          const rec = { owner: toHex(ev.author), policy: m.policy, name: m.name, manifest: hex };
-          newGroups.push([gid, rec]);
-          ops.push({ type: "put", key: groupKey(ev.group), value: encodeGroup(rec) });
-        }
+    for (const { ev, hex } of candidates) {
+      if (ev.kind !== KIND_MANIFEST) continue;
+      const gid = toHex(ev.group);
+      if (!(await group(gid)) && !newGroups.some(([g]) => g === gid)) {
+        const m = checkManifestEvent(ev);
+        const rec = { owner: toHex(ev.author), policy: m.policy, name: m.name, manifest: hex };
+        newGroups.push([gid, rec]);
+        ops.push({ type: "put", key: groupKey(ev.group), value: encodeGroup(rec) });
       }
     }
-    // Membership events change their group's state, written in the same batch.
+    // Membership events change their group's state, written in the same batch (they are never deleted, so
+    // every one is stored; deletions below are judged against the state with them).
     const changed = new Map<string, GroupState>();
-    for (const { ev } of fresh) {
+    for (const { ev } of candidates) {
       if (ev.kind !== KIND_MEMBERSHIP) continue;
       const gid = toHex(ev.group);
       let st = changed.get(gid) ?? (await stateOf(gid));
@@ -493,6 +707,50 @@ export const effects = (ctx: HostContext) => {
     for (const [gid, st] of changed) {
       ops.push({ type: "put", key: membersKey(gid), value: new TextEncoder().encode(JSON.stringify(st.toJSON())) });
     }
+    // Application events past their group's retention boundary are not stored (decode refuses them EXPIRED; these
+    // passed it before it learned the boundary moved).
+    const expired = candidates.filter((c) =>
+      isForgettableKind(c.ev.kind) && c.ev.ts < (bounds.get(toHex(c.ev.group)) ?? 0)
+    );
+    const current = expired.length ? candidates.filter((c) => !expired.includes(c)) : candidates;
+    // Tombstones and the deleted set: which events are stored, refused or forgotten (storage/deletion.ts).
+    const plan = await deletions(current, changed, newGroups);
+    const fresh = plan.keep.map((i) => current[i]!);
+    // Settings events: the latest valid one by (ts, id) is the group's retention.
+    const newSettings = new Map<string, SettingsRecord>();
+    for (const { ev, hex } of fresh) {
+      if (ev.kind !== KIND_SETTINGS) continue;
+      const gid = toHex(ev.group);
+      let st = changed.get(gid) ?? (await stateOf(gid));
+      if (!st) {
+        const rec = newGroups.find(([g]) => g === gid)?.[1];
+        st = rec ? new GroupState(fromHex(rec.owner)!, rec.policy) : null;
+      }
+      let s: Settings;
+      try {
+        s = decodeSettings(ev.payload);
+      } catch {
+        continue; // a replayed record decode never admitted
+      }
+      if (!st || !judgeSettings(st, ev).ok) continue;
+      if (!isNewerSettings(ev.ts, hex, newSettings.get(gid) ?? await settingsOf(gid))) continue;
+      newSettings.set(gid, { ...s, ts: ev.ts, id: hex });
+    }
+    for (const [gid, rec] of newSettings) {
+      ops.push({ type: "put", key: settingsKey(gid), value: new TextEncoder().encode(JSON.stringify(rec)) });
+    }
+    for (const { ev, it } of fresh) {
+      ops.push({ type: "put", key: eventKey(ev.id), value: ev.bytes });
+      ops.push({ type: "put", key: timeKey(ev.group, ev.ts, ev.id), value: u64be(it.seq) });
+      ops.push({ type: "put", key: arrivalKey(ev.group, it.seq), value: ev.id });
+    }
+    const forgotten = await forgetOps(plan.forget);
+    for (const o of forgotten) ops.push(o);
+    for (const c of plan.changes) {
+      const key = deletedKey(c.target, c.tomb);
+      if (c.confirmed === null) ops.push({ type: "del", key });
+      else ops.push({ type: "put", key, value: c.confirmed ? DELETED_CONFIRMED : DELETED_PENDING });
+    }
     // A replayed event RocksDB lost though its checkpoint covered it: RocksDB's log dropped a batch, and
     // Merkle pages written with it may be gone too. Its group's tree is rebuilt from the time index.
     const restoredGroups = new Set<string>();
@@ -502,14 +760,19 @@ export const effects = (ctx: HostContext) => {
       restored++;
       if (!unreadable.has(hex)) restoredGroups.add(toHex(ev.group));
     }
-    const merkle = await trees!.insert(
+    const merkle = await trees!.update(
       fresh.filter((f) => !restoredGroups.has(toHex(f.ev.group)) && !unreadable.has(f.hex)).map((f) => f.ev),
+      plan.forget.filter((f) => !restoredGroups.has(toHex(f.group))),
     );
-    for (const o of merkle.ops) ops.push(o as { type: "put"; key: Uint8Array; value: Uint8Array });
+    for (const o of merkle.ops) ops.push(o);
     const rebuilt = [];
     for (const gid of restoredGroups) {
-      const r = await trees!.rebuild(gid, fresh.filter((f) => toHex(f.ev.group) === gid).map((f) => f.ev));
-      for (const o of r.ops) ops.push(o as { type: "put"; key: Uint8Array; value: Uint8Array });
+      const r = await trees!.rebuild(
+        gid,
+        fresh.filter((f) => toHex(f.ev.group) === gid).map((f) => f.ev),
+        plan.forget.filter((f) => toHex(f.group) === gid),
+      );
+      for (const o of r.ops) ops.push(o);
       rebuilt.push(r);
     }
     // The checkpoint is contiguous: every seq up to it is indexed. A batch lost on its way (two crashes close
@@ -518,38 +781,186 @@ export const effects = (ctx: HostContext) => {
     ops.push({ type: "put", key: CHECKPOINT, value: u64be(nextCheckpoint) });
     try {
       // Not synced: the WAL keeps these events until RocksDB has flushed them to its tables (`index.durable`).
-      await kv!.batch(ops as never, { sync: false });
+      await kv!.batch(ops, { sync: false });
     } catch (e) {
       trees!.forget(); // the write failed: pages reload from what RocksDB holds
       throw e;
     }
     merkle.commit();
     for (const r of rebuilt) r.commit();
+    for (const c of plan.changes) if (c.confirmed !== null) deletedFilter.add(c.target);
+    if (deletedFilter.count > 2 * deletedFilter.capacity) deletedFilter = await buildDeletedFilter(kv!);
     stats.restored += restored;
+    stats.deleted += plan.forget.length;
     flushes!.written(ops.length, checkpoint, nextCheckpoint);
     checkpoint = contiguous.commit();
     wake();
     for (const [g, rec] of newGroups) groups.set(g, rec), absentGroups.delete(g);
     for (const [g, st] of changed) states.set(g, st);
+    for (const [g, rec] of newSettings) settings.set(g, rec), retaining.add(g);
+    await rebound(new Set(fresh.map((f) => toHex(f.ev.group))));
     stats.batches++;
     stats.batchEvents += items.length;
     stats.stored += fresh.length;
-    stats.duplicates += events.length - fresh.length;
-    const ids = (list: { ev: StoredEvent }[]) => {
+    stats.duplicates += events.length - candidates.length;
+    const ids = (list: Uint8Array[]) => {
       const out = new Uint8Array(list.length * 32);
-      list.forEach((e, i) => out.set(e.ev.id, i * 32));
+      list.forEach((id, i) => out.set(id, i * 32));
       return out;
     };
+    const refused = [...plan.refused.map((i) => current[i]!.ev.id)];
+    const dropped = [
+      ...plan.rejected.map((r) => current[r.index]!.ev.id),
+      ...plan.dropped,
+      ...expired.map((c) => c.ev.id),
+    ];
     return {
       type: "written",
       toks,
       n: items.length - replayN,
       replayN,
       lastSeq: checkpoint,
-      stored: ids(fresh),
-      duplicates: ids(events.filter((_, i) => existing[i])),
+      stored: ids(fresh.map((f) => f.ev.id)),
+      duplicates: ids(events.filter((_, i) => existing[i]).map((e) => e.ev.id)),
+      deleted: ids([...plan.deleted, ...refused]),
+      dropped: ids(dropped),
       fresh: fresh.length ? packBatch(fresh.map((f) => ({ ...f.it, id: f.ev.id }))) : null,
     };
+  }
+
+  /**
+   * What a write's new events do to the deleted set: read what `planDeletions` needs (the deleted-set entries
+   * of ids the filter may hold, the targets its tombstones name, the tombstones those entries name) and plan.
+   */
+  async function deletions(
+    candidates: { ev: StoredEvent; hex: string }[],
+    changed: Map<string, GroupState>,
+    newGroups: [string, GroupRecord][],
+  ): Promise<DeletionPlan> {
+    const maybe = candidates.filter((c) => deletedFilter.mayHave(c.ev.id));
+    const tombstones = candidates.filter((c) => c.ev.kind === KIND_TOMBSTONE);
+    if (maybe.length === 0 && tombstones.length === 0) {
+      return {
+        keep: candidates.map((_, i) => i),
+        refused: [],
+        rejected: [],
+        forget: [],
+        changes: [],
+        deleted: [],
+        dropped: [],
+      };
+    }
+    const entries = new Map<string, Map<string, boolean>>();
+    for (const c of maybe) {
+      const m = await entriesOf(c.ev.id);
+      if (m.size) entries.set(c.hex, m);
+    }
+    const inWrite = new Set(candidates.map((c) => c.hex));
+    const targetsOf = new Map<string, Uint8Array[]>();
+    for (const c of tombstones) {
+      try {
+        targetsOf.set(c.hex, decodeTombstone(c.ev.payload));
+      } catch {
+        targetsOf.set(c.hex, []); // a replayed record decode never admitted: it names nothing
+      }
+    }
+    // Events held before the write that its tombstones name.
+    const want = new Map<string, Uint8Array>();
+    for (const ts of targetsOf.values()) {
+      for (const t of ts) {
+        const h = toHex(t);
+        if (!inWrite.has(h)) want.set(h, t);
+      }
+    }
+    const held = new Map<string, TargetInfo>();
+    const wantIds = [...want.values()];
+    const got = wantIds.length ? await kv!.getMany(wantIds.map((id) => eventKey(id))) : [];
+    got.forEach((b, i) => {
+      const info = b && targetOf(b, wantIds[i]!);
+      if (info) held.set(toHex(wantIds[i]!), info);
+    });
+    // Tombstones held that the entries name.
+    const named = new Set<string>();
+    for (const m of entries.values()) for (const x of m.keys()) if (!inWrite.has(x)) named.add(x);
+    const held2 = new Map<string, HeldTombstone>();
+    const namedIds = [...named].map((h) => fromHex(h)!);
+    const tb = namedIds.length ? await kv!.getMany(namedIds.map((id) => eventKey(id))) : [];
+    tb.forEach((b, i) => {
+      if (!b) return;
+      try {
+        const ev = decodeEvent(b, { ...limits, event_bytes_max: b.length });
+        held2.set(toHex(namedIds[i]!), { signer: targetOf(b, namedIds[i]!)!, targets: decodeTombstone(ev.payload) });
+      } catch { /* not a tombstone: its entries cannot be judged and go */ }
+    });
+    // Every group involved, with the write's own membership events.
+    const states = new Map<string, GroupState | null>();
+    const gids = new Set([
+      ...candidates.map((c) => toHex(c.ev.group)),
+      ...[...held2.values()].map((t) => toHex(t.signer.group)),
+    ]);
+    for (const gid of gids) {
+      let st = changed.get(gid) ?? (await stateOf(gid));
+      if (!st) {
+        const rec = newGroups.find(([g]) => g === gid)?.[1];
+        st = rec ? new GroupState(fromHex(rec.owner)!, rec.policy) : null;
+      }
+      states.set(gid, st);
+    }
+    return planDeletions({
+      events: candidates.map((c) => ({
+        id: c.ev.id,
+        group: c.ev.group,
+        author: c.ev.author,
+        kind: c.ev.kind,
+        ts: c.ev.ts,
+        ...(targetsOf.has(c.hex) ? { targets: targetsOf.get(c.hex)! } : {}),
+      })),
+      held,
+      entries,
+      tombstones: held2,
+      state: (g) => states.get(toHex(g)) ?? null,
+    });
+  }
+
+  /** True when a confirmed entry of the deleted set names `id`. */
+  async function isDeleted(id: Uint8Array): Promise<boolean> {
+    for (const confirmed of (await entriesOf(id)).values()) if (confirmed) return true;
+    return false;
+  }
+
+  /** The deleted-set entries of one id: tombstone (hex) → confirmed. */
+  async function entriesOf(id: Uint8Array): Promise<Map<string, boolean>> {
+    const out = new Map<string, boolean>();
+    const lo = deletedPrefix(id);
+    for await (const [k, v] of kv!.range({ gte: lo, lt: prefixEnd(lo) })) {
+      if (k.length === 65) out.set(toHex(k.subarray(33, 65)), v[0] === 1);
+    }
+    return out;
+  }
+
+  /**
+   * The ops that forget events held: their bytes, time-index and arrival-index entries (the time entry's value
+   * is the arrival seq). Their Merkle removal goes with the write's other tree changes (`trees.update`).
+   * Deletion and retention both forget through this one function.
+   */
+  async function forgetOps(list: readonly TargetInfo[]): Promise<KvOp[]> {
+    if (list.length === 0) return [];
+    const tkeys = list.map((e) => timeKey(e.group, e.ts, e.id));
+    const seqs = await kv!.getMany(tkeys);
+    const ops: KvOp[] = [];
+    list.forEach((e, i) => {
+      ops.push({ type: "del", key: eventKey(e.id) });
+      ops.push({ type: "del", key: tkeys[i]! });
+      const v = seqs[i];
+      // Entries written before the arrival index existed have no seq.
+      if (v && v.length === 8) {
+        ops.push({
+          type: "del",
+          key: arrivalKey(e.group, Number(new DataView(v.buffer, v.byteOffset, 8).getBigUint64(0))),
+        });
+      }
+    });
+    return ops;
   }
 
   async function query(q: EventQuery): Promise<{ events: Uint8Array[]; cursor: string | null; seqs: number[] }> {
@@ -682,6 +1093,18 @@ export const effects = (ctx: HostContext) => {
       contiguous = new SeqRanges(checkpoint);
       flushes = new FlushTracker(kv, checkpoint);
       trees = new GroupTrees(kv);
+      deletedFilter = await buildDeletedFilter(kv);
+      // Groups with retention settings: pruned now and every retention_prune_ms.
+      for await (const [k] of kv.range({ gte: SETTINGS_PREFIX, lt: prefixEnd(SETTINGS_PREFIX), values: false })) {
+        retaining.add(new TextDecoder().decode(k.subarray(SETTINGS_PREFIX.length)));
+      }
+      const visit = () => {
+        serial(() => rebound([...retaining])).catch(() => {});
+        for (const gid of retaining) prune(gid);
+      };
+      pruneTimer = setInterval(visit, limits.retention_prune_ms);
+      later(visit);
+      Deno.unrefTimer(pruneTimer);
       st.checkpoint = checkpoint;
       // In the background: the filter of every id held, for ingest (until it arrives ingest asks for each batch).
       buildFilter(kv, limits).then(
@@ -697,9 +1120,42 @@ export const effects = (ctx: HostContext) => {
       if (msg.after && checkpoint < msg.after) await caughtUp(msg.after);
       switch (msg.type) {
         case "index.has": {
-          const keys: Uint8Array[] = [];
-          for (let i = 0; i < msg.ids.length; i += 32) keys.push(eventKey(msg.ids.subarray(i, i + 32)));
-          return (await kv!.getMany(keys)).map((v) => v !== undefined);
+          // Held, deleted (a confirmed entry in the deleted set), or absent. An id only pending tombstones name
+          // is absent here: it goes on, and the index's write judges those tombstones against it.
+          const ids: Uint8Array[] = [];
+          for (let i = 0; i < msg.ids.length; i += 32) ids.push(msg.ids.subarray(i, i + 32));
+          const held = await kv!.getMany(ids.map((id) => eventKey(id)));
+          const out: Presence[] = [];
+          for (let i = 0; i < ids.length; i++) {
+            if (held[i] !== undefined) out.push(PRESENCE.held);
+            else if (deletedFilter.mayHave(ids[i]!) && await isDeleted(ids[i]!)) out.push(PRESENCE.deleted);
+            else out.push(PRESENCE.absent);
+          }
+          return out;
+        }
+        case "index.deletedIn": {
+          // The group of a tombstone that deleted this event here (a confirmed entry), or null.
+          const id = fromHex(msg.id);
+          if (!id || id.length !== 32) {
+            throw new XfError("BAD_EVENT_ID", `Cannot read event "${msg.id}": not 64 hex digits`);
+          }
+          if (!deletedFilter.mayHave(id)) return null;
+          for (const [x, confirmed] of await entriesOf(id)) {
+            if (!confirmed) continue;
+            const b = await kv!.get(eventKey(fromHex(x)!));
+            if (b && b.length >= 36) return toHex(b.subarray(4, 36));
+          }
+          return null;
+        }
+        case "index.targets": {
+          // Decode judges a tombstone against the targets held here: group, author, kind of each (null: not held).
+          const ids: Uint8Array[] = [];
+          for (let i = 0; i < msg.ids.length; i += 32) ids.push(msg.ids.subarray(i, i + 32));
+          const got = await kv!.getMany(ids.map((id) => eventKey(id)));
+          return got.map((b, i): TargetWire => {
+            const t = b && targetOf(b, ids[i]!);
+            return t ? { group: toHex(t.group), author: toHex(t.author), kind: t.kind, ts: t.ts } : null;
+          });
         }
         case "index.groups":
           return await Promise.all(msg.gids.map(async (g) => {
@@ -786,6 +1242,10 @@ export const effects = (ctx: HostContext) => {
         case "index.fsck":
           if (!(await group(msg.gid))) return null;
           return await trees!.fsck(msg.gid);
+        case "index.retained":
+          return await retainedOf(msg.gid);
+        case "index.fsckDeleted":
+          return await fsckDeleted(kv!);
         case "index.scan": {
           // Read every key and value once (RocksDB verifies each block's checksum): fsck's store-wide pass.
           let keys = 0;
@@ -865,9 +1325,6 @@ export const effects = (ctx: HostContext) => {
           if (msg.session && res.output === null) sessions.delete(msg.session);
           return { output: res.output, have: res.have.map((h) => h.slice()), need: res.need.map((h) => h.slice()) };
         }
-        case "index.retained":
-          // Retention (a kind 3 group settings event) raises it; until then a node keeps every event.
-          return 0;
         case "index.access": {
           const st = await stateOf(msg.gid);
           const key = fromHex(msg.key || "00".repeat(32));
@@ -883,7 +1340,8 @@ export const effects = (ctx: HostContext) => {
           const out: LoadedGroup[] = [];
           for (const gid of msg.gids.slice(0, limits.decode_groups_max)) {
             const s = await stateOf(gid);
-            out.push([gid, s ? s.toJSON() : null]);
+            const retained = s && (await settingsOf(gid)) ? await retainedOf(gid) : 0;
+            out.push(retained ? [gid, s ? s.toJSON() : null, retained] : [gid, s ? s.toJSON() : null]);
           }
           return out;
         }
@@ -928,6 +1386,12 @@ export const effects = (ctx: HostContext) => {
       throw new XfError("INTERNAL", `Index cannot answer "${(msg as { type: string }).type}"`);
     },
     async stop() {
+      if (pruneTimer !== null) clearInterval(pruneTimer);
+      pruneTimer = null;
+      for (const t of soon) clearTimeout(t);
+      soon.clear();
+      // A prune in progress finishes its write first.
+      await serial(async () => {});
       await kv?.close();
       kv = null;
     },

@@ -3,7 +3,7 @@
  * size limits, computes ids, checks the group against the request path,
  * and drops duplicates (within the request, in flight, recently stored, or
  * already in RocksDB: a `lookup` effect its runtime answers from the index
- * over a direct port). What passes goes to decode, one request never split
+ * over a direct port) and deleted events (`DELETED`, the same lookup). What passes goes to decode, one request never split
  * across two batches.
  *
  * Takes: `submit` (data, from the root); `release` (signal, from decode,
@@ -53,12 +53,22 @@ export interface DecodeBatch {
   deferred: EventResultWire[];
 }
 
-/** Ids no longer in flight: rejected (`stored` false) or indexed (`stored` true). */
+/**
+ * Ids no longer in flight: rejected (`stored` false) or indexed (`stored` true). `deleted`: the ids are in the
+ * deleted set now (a tombstone forgot them, or refused them): they join the filter, so one arriving again is asked
+ * of the index, which answers "deleted".
+ */
 export interface Release {
   type: "release";
   ids: Uint8Array;
   stored: boolean;
+  deleted?: boolean;
 }
+
+/** What the index answers `index.has` per id. */
+export const PRESENCE = { absent: 0, held: 1, deleted: 2 } as const;
+/** {@linkcode PRESENCE}: 0 absent (or only named by a pending tombstone), 1 held, 2 deleted. */
+export type Presence = typeof PRESENCE[keyof typeof PRESENCE];
 
 /** The filter of every event id held, built by the index at start (see storage/id_filter.ts). */
 export interface FilterBuilt {
@@ -71,7 +81,7 @@ export interface FilterBuilt {
 export type IngestIn =
   | Input<{ type: "submit"; subs: Submission[] }>
   | { type: "signal"; from: string; msg: Release | FilterBuilt }
-  | { type: "looked"; tok: number; known: boolean[] };
+  | { type: "looked"; tok: number; known: Presence[] };
 
 /** Effects ingest asks for. */
 export type IngestEffect = CommonEffect<"decode"> | { do: "lookup"; tok: number; ids: Uint8Array };
@@ -207,22 +217,32 @@ function admit(st: IngestState, subs: Submission[], tok: number): IngestEffect[]
   return effects;
 }
 
-/** After the lookup: events the index holds are duplicates; the rest go to decode. */
+/** After the lookup: events the index holds are duplicates, deleted ones are refused; the rest go to decode. */
 function forward(
   st: IngestState,
   fresh: Fresh[],
   results: EventResultWire[],
   requests: RequestInfo[],
   tok: number,
-  known: boolean[] = [],
+  known: Presence[] = [],
 ): IngestEffect[] {
   const effects: IngestEffect[] = [];
   const items: BatchItem[] = [];
   fresh.forEach((f, i) => {
-    if (known[i]) {
+    if (known[i] === PRESENCE.held) {
       st.pending.delete(f.hex);
       remember(st, f.hex);
       results.push({ req: f.req, idx: f.idx, status: "duplicate", id: f.hex });
+    } else if (known[i] === PRESENCE.deleted) {
+      st.pending.delete(f.hex);
+      results.push({
+        req: f.req,
+        idx: f.idx,
+        status: "rejected",
+        id: f.hex,
+        code: "DELETED",
+        message: `Cannot accept event "${f.hex}": it was deleted by a tombstone this node holds`,
+      });
     } else items.push(f);
   });
   // Answers for requests decode must first check the reader of go with them; the others are reported now.
@@ -277,8 +297,8 @@ export const logic: StageLogic<IngestState, IngestIn, IngestEffect> = {
         const w = st.waiting.get(msg.tok);
         if (!w) return [];
         st.waiting.delete(msg.tok);
-        const known = w.fresh.map(() => false);
-        w.asked.forEach((fi, j) => (known[fi] = msg.known[j] ?? false));
+        const known: Presence[] = w.fresh.map(() => PRESENCE.absent);
+        w.asked.forEach((fi, j) => (known[fi] = msg.known[j] ?? PRESENCE.absent));
         return forward(st, w.fresh, w.results, w.requests, msg.tok, known);
       }
       case "signal": {
@@ -290,7 +310,7 @@ export const logic: StageLogic<IngestState, IngestIn, IngestEffect> = {
           st.filter = f;
           return [];
         }
-        const { ids, stored } = msg.msg;
+        const { ids, stored, deleted } = msg.msg;
         for (let i = 0; i < ids.length; i += 32) {
           const id = ids.subarray(i, i + 32);
           const hex = toHex(id);
@@ -298,7 +318,11 @@ export const logic: StageLogic<IngestState, IngestIn, IngestEffect> = {
           if (stored) {
             remember(st, hex);
             st.filter?.add(id);
-          } else st.recent.delete(hex); // dropped as damaged: a peer's copy must not be taken for a duplicate
+          } else {
+            // Dropped as damaged: a peer's copy must not be taken for a duplicate. Deleted: the index answers.
+            st.recent.delete(hex);
+            if (deleted) st.filter?.add(id);
+          }
         }
         // Past twice its capacity a filter answers "maybe" too often to save lookups: back to asking for each.
         if (st.filter && st.filter.count > 2 * st.filter.capacity) st.filter = null;
@@ -313,7 +337,7 @@ export const effects = (ctx: HostContext) => ({
   async run(eff: IngestEffect): Promise<IngestIn | void> {
     if (eff.do !== "lookup") return;
     try {
-      const known = await ctx.request<boolean[]>("index", { type: "index.has", ids: eff.ids });
+      const known = await ctx.request<Presence[]>("index", { type: "index.has", ids: eff.ids });
       return { type: "looked", tok: eff.tok, known };
     } catch {
       // The index is restarting: let decode and the index judge (the index skips what it holds).

@@ -59,6 +59,7 @@ export const LINKS: readonly LinkSpec[] = [
   { kind: "signal", from: "decode", to: "ingest", as: "ingest" },
   { kind: "signal", from: "wal_flush", to: "ingest", as: "ingest" },
   { kind: "signal", from: "index", to: "ingest", as: "ingest" },
+  { kind: "signal", from: "index", to: "decode", as: "decode" },
   { kind: "rpc", from: "ingest", to: "index", as: "index" },
 ];
 
@@ -543,9 +544,12 @@ export class Pipeline {
     }
   }
 
-  /** A stage asks the root: a group's state on decode's first touch, once the index holds every ack. */
+  /**
+   * A stage asks the root: a group's state on decode's first touch, or the targets of a batch's tombstones,
+   * once the index holds every ack.
+   */
   private answer(msg: { type: string } & Record<string, unknown>): Promise<unknown> {
-    if (msg.type === "index.groupStates") return this.index(msg);
+    if (msg.type === "index.groupStates" || msg.type === "index.targets") return this.index(msg);
     if (msg.type === "index.durable") return this.supervisor.child("index").call(msg);
     return Promise.reject(new XfError("INTERNAL", `The root cannot answer "${msg.type}"`));
   }

@@ -14,6 +14,8 @@ import { fromHex, toHex } from "../core/bytes.ts";
 import {
   createGroup as makeGroup,
   eventId as eventIdOf,
+  KIND_SETTINGS,
+  KIND_TOMBSTONE,
   peekEvent,
   POLICY_CLOSED,
   POLICY_OPEN,
@@ -30,6 +32,8 @@ import {
   type MembershipAction,
 } from "../storage/membership.ts";
 import { checkProof } from "../merkle/proof.ts";
+import { encodeTombstone } from "../storage/deletion.ts";
+import { encodeSettings, type Settings } from "../storage/retention.ts";
 import { type ClientErrorCode, XfClientError } from "./errors.ts";
 import { type ClientEvent, type EventDraft, fromStored, groupHex, readEvent, signEvent } from "./event.ts";
 import { cborArrayOf } from "../storage/cbor.ts";
@@ -554,6 +558,44 @@ export class XfClient {
   /** Take a member's admin role away. */
   revokeAdmin(gid: string | Uint8Array, member: string | Uint8Array, options: { ts?: number } = {}): Promise<Sent> {
     return this.#membership(gid, ACTION_REVOKE_ADMIN, member, options.ts);
+  }
+
+  /**
+   * Delete events of group `gid` (1 to 256 ids, hex or bytes): sign a tombstone (kind 2) naming them and publish
+   * it. Each target must be the client's own, or the client's key the owner or an admin of the group; the node
+   * answers `FORBIDDEN` otherwise (and for manifests, membership events, tombstones and settings, which are never
+   * deleted), thrown as {@linkcode XfClientError}. A deleted event is then refused `DELETED` wherever it arrives.
+   */
+  async delete(
+    gid: string | Uint8Array,
+    ids: readonly (string | Uint8Array)[],
+    options: { ts?: number } = {},
+  ): Promise<Sent> {
+    const targets = ids.map((id) => {
+      const b = typeof id === "string" ? fromHex(id) : id;
+      if (!b || b.length !== 32) {
+        throw new TypeError(`Cannot delete event "${String(id).slice(0, 80)}": not 64 hex digits`);
+      }
+      return b;
+    });
+    return await this.send(gid, {
+      kind: KIND_TOMBSTONE,
+      payload: encodeTombstone(targets),
+      ...(options.ts !== undefined ? { ts: options.ts } : {}),
+    });
+  }
+
+  /**
+   * Set group `gid`'s retention (the client's key must be the owner's or an admin's): sign and publish a settings
+   * event (kind 3) with `retention_ms` and/or `retention_events` (an empty object keeps everything). Every node then
+   * forgets the group's application events past the boundary; the latest settings event by `(ts, id)` wins.
+   */
+  async setRetention(gid: string | Uint8Array, settings: Settings, options: { ts?: number } = {}): Promise<Sent> {
+    return await this.send(gid, {
+      kind: KIND_SETTINGS,
+      payload: encodeSettings(settings),
+      ...(options.ts !== undefined ? { ts: options.ts } : {}),
+    });
   }
 
   // ---- reading ----

@@ -96,7 +96,10 @@ export {
   APP_KIND_MIN,
   KIND_MANIFEST,
   KIND_MEMBERSHIP,
+  KIND_SETTINGS,
   KIND_TOMBSTONE,
   POLICY_CLOSED,
   POLICY_OPEN,
 } from "../storage/event.ts";
+export { decodeTombstone, encodeTombstone } from "../storage/deletion.ts";
+export { decodeSettings, encodeSettings, type Settings } from "../storage/retention.ts";

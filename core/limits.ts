@@ -59,6 +59,10 @@ export const LIMITS = {
   wal_commit_records_max: 8192,
   /** Events one RocksDB index write holds (batches waiting are written together). */
   index_batch_events_max: 4096,
+  /** How often the index forgets, in every group with retention settings, the events past its boundary. */
+  retention_prune_ms: 60_000,
+  /** Events one retention write forgets (a prune is several such writes, each between the index's own). */
+  retention_prune_events_max: 1024,
   /** Bytes of one WAL segment file before a new one starts. */
   wal_segment_bytes_max: 64 * 1024 * 1024,
   /** Bytes of the reserve file kept in the data directory; deleted when the disk is full so a clean stop can proceed. */
@@ -193,6 +197,15 @@ export const DECODED_PAGES_MAX = 65_536;
 /** Damaged events listed in one fsck report (the count is always exact). */
 export const FSCK_DAMAGED_MAX = 10_000;
 
+/** Target event ids one tombstone (kind 2) names (SPEC: 1 to 256). */
+export const TOMBSTONE_TARGETS_MAX = 256;
+
+/** Largest `retention_ms` of a group settings event (kind 3): about 100 years. */
+export const RETENTION_MS_MAX = 3_155_760_000_000;
+
+/** Largest `retention_events` of a group settings event (kind 3). */
+export const RETENTION_EVENTS_MAX = 1_000_000_000;
+
 // ---------------------------------------------------------------------------
 // Fixed bounds: the pipeline's stages
 
@@ -207,6 +220,9 @@ export const RECONCILE_SESSIONS_MAX = 256;
 
 /** An initiator session idle this long is dropped. */
 export const RECONCILE_SESSION_IDLE_MS = 120_000;
+
+/** Ids the index's filter of deleted ids is sized for at least (it grows to twice the deleted set). */
+export const DELETED_FILTER_IDS_MIN = 65_536;
 
 /** Time-index entries one query page may scan while filtering by kind or author. */
 export const QUERY_SCAN_MAX = 10_000;

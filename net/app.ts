@@ -472,9 +472,17 @@ export function createApp(node: AppNode, options: AppOptions = {}) {
     .get("/v1/events/:id", async (c) => {
       const id = hexParam(c.req.param("id"), "BAD_EVENT_ID", "event id");
       const bytes = await node.get(toHex(id));
+      // A deleted event answers 410 to those who may read its group (its tombstone's); to others it is absent.
+      const deletedIn = bytes ? null : await node.deletedIn(toHex(id));
       // An event of a closed group looks absent to non-members, after the same work: an absent event's
       // access check asks about a group the node does not hold (the event id stands in for a group id).
-      const a = await node.access(toHex(bytes ? bytes.subarray(4, 36) : id), readerOf(c.req.header("authorization")));
+      const a = await node.access(
+        deletedIn ?? toHex(bytes ? bytes.subarray(4, 36) : id),
+        readerOf(c.req.header("authorization")),
+      );
+      if (deletedIn && a.readable) {
+        throw new XfError("DELETED", `Event "${toHex(id)}" was deleted by a tombstone in group "${deletedIn}"`);
+      }
       if (!bytes || !a.readable) throw new XfError("NOT_FOUND", `Event "${toHex(id)}" is not stored on this node`);
       if (c.req.header("accept")?.includes("application/json")) return c.json(eventJson(bytes));
       return c.body(bytes.slice(), 200, { "content-type": CBOR });

@@ -194,6 +194,18 @@ export const COMMANDS: CommandSpec[] = [
     example: 'xf publish --group GID --text "hello" --tag topic=news --key me.key',
   },
   {
+    name: "delete",
+    summary: "delete events of a group: publish a tombstone signed by --key (their author, the owner or an admin)",
+    usage: "--group GID --id ID [--id ID]... --key FILE [--node URL]",
+    flags: [
+      GROUP,
+      { name: "id", value: "ID", repeat: true, help: "an event to delete (64 hex; repeatable, at most 256)" },
+      KEY_SIGN,
+      NODE,
+    ],
+    example: "xf delete --group GID --id 5cf4…2d --id 9a01…7c --key me.key",
+  },
+  {
     name: "tail",
     summary: "follow a group's stream: backfill, then live events (one JSON line each)",
     usage: "--group GID [--since MS] [--cursor C] [--kind N]... [--author HEX]... [--transport sse|ws] [--raw] " +

@@ -335,6 +335,15 @@ export async function main(args: string[]): Promise<void> {
       if (r.status === "rejected") Deno.exitCode = 1;
       return;
     }
+    case "delete": {
+      const gid = groupFlag(f, cmd);
+      const ids = (f.id as string[] | undefined) ?? [];
+      if (ids.length === 0) throw new UsageError("delete needs --id ID (repeatable): the events to delete", cmd);
+      const bad = ids.find((id) => !/^[0-9a-f]{64}$/i.test(id));
+      if (bad !== undefined) throw new UsageError(`Cannot delete event "${bad}": not 64 hex digits`, cmd);
+      const { event, result } = await clientFor(f, await existingKey(f, cmd)).delete(gid, ids);
+      return console.log(JSON.stringify({ ...result, tombstone: event.id, deleted: ids }));
+    }
     case "tail": {
       // Follows the group's stream: backfill from --since (or --cursor), then live; one JSON line per event.
       const gid = groupFlag(f, cmd);
@@ -390,6 +399,9 @@ export async function main(args: string[]): Promise<void> {
         const scan = await node.scan();
         if (!scan.ok) bad++;
         console.log(JSON.stringify({ store: scan }));
+        const deleted = await node.fsckDeleted();
+        if (!deleted.ok) bad++;
+        console.log(JSON.stringify({ deleted }));
         const groups = list(f, "group", "XF_GROUP");
         const all = groups.length ? groups : await node.pipeline.index<string[]>({ type: "index.listGroups" });
         for (const gid of all) {

@@ -65,12 +65,14 @@ export interface NodeCore {
   /** `reader`: the HTTP caller's token key ("" anonymous) that must see `gid`, else UNKNOWN_GROUP; null skips it. */
   submit(gid: Uint8Array | null, body: Uint8Array, reader?: string | null): Promise<EventResult[]>;
   get(id: string): Promise<Uint8Array | null>;
+  /** The lowest `ts` group `gid` retains (0: everything): its retention boundary (`storage/retention.ts`). */
+  retained(gid: string): Promise<number>;
+  /** The hex group of the tombstone that deleted event `id` here, or null. */
+  deletedIn(id: string): Promise<string | null>;
   query(q: EventQuery): Promise<{ events: Uint8Array[]; cursor: string | null; seqs: number[] } | null>;
   arrivals(q: ArrivalQuery): Promise<{ events: Uint8Array[]; seqs: number[]; last: number; more: boolean } | null>;
   lastArrival(gid: string): Promise<number>;
   merkle(gid: string): Promise<MerkleRootInfo | null>;
-  /** The lowest `ts` this node keeps of a group (0: all of it); retention (kind 3) raises it. */
-  retained(gid: string): Promise<number>;
   proof(gid: string, id: string): Promise<Uint8Array | null>;
   subscribe(
     filter: SubscriptionFilter,

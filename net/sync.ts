@@ -148,8 +148,8 @@ export interface SyncHost {
     range?: SyncRange,
   ): Promise<{ output: Uint8Array | null; have: Uint8Array[]; need: Uint8Array[] } | null>;
   /**
-   * The lowest `ts` this node keeps of the group (0: all of it); peers reconcile only from there on. Retention
-   * (a kind 3 group settings event) raises it. Absent: 0.
+   * The lowest `ts` this node keeps of the group (0: all of it): the retention boundary of a kind 3 group
+   * settings event (`storage/retention.ts`). Peers reconcile only from there on. Absent: 0.
    */
   retained?(gid: string): Promise<number>;
   /** Events by id (`ids`: n × 32 bytes), in order; a prefix of the ids once `bytesMax` is passed. */
@@ -1081,7 +1081,18 @@ export class SyncSession {
     if (wanted) this.checkDone(gid);
     giveBack();
     // A peer that sends mostly garbage is cut off.
-    const notYet = new Set(["OVERLOADED", "STAGE_DOWN", "TIMEOUT", "UNKNOWN_GROUP", "FORBIDDEN", "SHUTTING_DOWN"]);
+    // DELETED: the peer holds what a tombstone here deleted (it lacks the tombstone, which sync sends it).
+    // EXPIRED: the peer retains more of the group than we do (it lacks the newer events that moved our boundary).
+    const notYet = new Set([
+      "OVERLOADED",
+      "STAGE_DOWN",
+      "TIMEOUT",
+      "UNKNOWN_GROUP",
+      "FORBIDDEN",
+      "SHUTTING_DOWN",
+      "DELETED",
+      "EXPIRED",
+    ]);
     const bad = results.filter((r) => r.status === "rejected" && !notYet.has(r.code ?? ""));
     if (bad.length > 0 && bad.length === events.length) {
       this.strike("BAD_FRAME", `All ${events.length} events of the batch were rejected, e.g. ${bad[0]!.code}`, gid);

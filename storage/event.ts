@@ -26,8 +26,10 @@ export const EVENT_VERSION = 1;
 export const KIND_MANIFEST = 0;
 /** Kind of a membership change. */
 export const KIND_MEMBERSHIP = 1;
-/** Kind of a tombstone. */
+/** Kind of a tombstone (storage/deletion.ts). */
 export const KIND_TOMBSTONE = 2;
+/** Kind of a group settings event (retention). */
+export const KIND_SETTINGS = 3;
 /** Kinds below this are reserved for the engine. */
 export const APP_KIND_MIN = 16;
 /** Group policy: anyone may read and write. */

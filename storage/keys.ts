@@ -3,15 +3,20 @@
  * one-byte key prefix. Integers are big-endian so byte order is numeric
  * order.
  *
- * | prefix | key                        | value                          |
- * |--------|----------------------------|--------------------------------|
- * | `e`    | id(32)                     | event bytes                    |
- * | `t`    | gid(32) ts(8) id(32)       | arrival seq(8) (time index)    |
- * | `a`    | gid(32) seq(8)             | id(32) (arrival index)         |
- * | `g`    | gid(32)                    | group record (CBOR)            |
- * | `m`    | gid(32) page hash(32)      | Merkle page                    |
- * | `x`    | name (ASCII)               | node metadata (checkpoint …)   |
- * | `p`    | gid(32) node id(32)        | peer record (CBOR)             |
+ * | prefix | key                         | value                          |
+ * |--------|-----------------------------|--------------------------------|
+ * | `e`    | id(32)                      | event bytes                    |
+ * | `t`    | gid(32) ts(8) id(32)        | arrival seq(8) (time index)    |
+ * | `a`    | gid(32) seq(8)              | id(32) (arrival index)         |
+ * | `g`    | gid(32)                     | group record (CBOR)            |
+ * | `m`    | gid(32) page hash(32)       | Merkle page                    |
+ * | `x`    | name (ASCII)                | node metadata (checkpoint …)   |
+ * | `p`    | gid(32) node id(32)         | peer record (CBOR)             |
+ * | `d`    | target id(32) tombstone(32) | 1 byte: 1 confirmed, 0 pending |
+ *
+ * The deleted set (`d`): one entry per target a held tombstone names. Confirmed: the target was held here (or
+ * arrived later) and that tombstone may delete it; pending: the target was never seen here, so the tombstone is
+ * judged against it when it arrives (storage/deletion.ts).
  *
  * @module
  */
@@ -27,6 +32,7 @@ export const KS = {
   merkle: 0x6d,
   meta: 0x78,
   peer: 0x70,
+  deleted: 0x64,
 } as const;
 
 function concat(prefix: number, ...parts: Uint8Array[]): Uint8Array {
@@ -63,6 +69,15 @@ export const merklePrefix = (gid: Uint8Array): Uint8Array => concat(KS.merkle, g
 export const metaKey = (name: string): Uint8Array => concat(KS.meta, new TextEncoder().encode(name));
 /** Key of a peer record. */
 export const peerKey = (gid: Uint8Array, nodeId: Uint8Array): Uint8Array => concat(KS.peer, gid, nodeId);
+
+/** Key in the deleted set: `target` named by the tombstone `tomb`. */
+export const deletedKey = (target: Uint8Array, tomb: Uint8Array): Uint8Array => concat(KS.deleted, target, tomb);
+/** Lowest deleted-set key of a target (every tombstone naming it follows). */
+export const deletedPrefix = (target: Uint8Array): Uint8Array => concat(KS.deleted, target);
+/** Deleted-set entry values. */
+export const DELETED_PENDING: Uint8Array = Uint8Array.of(0);
+/** The target was held here, or arrived, and the tombstone may delete it. */
+export const DELETED_CONFIRMED: Uint8Array = Uint8Array.of(1);
 
 /** The smallest key greater than every key that starts with `prefix`. */
 export function prefixEnd(prefix: Uint8Array): Uint8Array {

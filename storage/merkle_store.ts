@@ -12,9 +12,10 @@
 import { fromHex, toHex } from "../core/bytes.ts";
 import { compareItems, type Item, MerkleTree, type RootInfo } from "../merkle/mod.ts";
 import type { Kv, KvOp } from "./kv.ts";
-import { eventKey, merkleKey, merklePrefix, metaKey, prefixEnd, timeKeyFloor } from "./keys.ts";
+import { deletedKey, eventKey, KS, merkleKey, merklePrefix, metaKey, prefixEnd, timeKeyFloor } from "./keys.ts";
 import { decodeCbor, encodeCbor } from "./cbor.ts";
-import { decodeEvent, type StoredEvent } from "./event.ts";
+import { decodeEvent, KIND_TOMBSTONE, peekEvent, type StoredEvent } from "./event.ts";
+import { decodeTombstone } from "./deletion.ts";
 import { XfError } from "../core/errors.ts";
 import { sha256 } from "@noble/hashes/sha2";
 import { DECODED_PAGES_MAX, FSCK_DAMAGED_MAX } from "../core/limits.ts";
@@ -101,16 +102,23 @@ export class GroupTrees {
 
   /**
    * Rebuild a group's tree from scratch: its time index as stored plus
-   * `extra` (events written in the same batch). Returns the ops that replace
+   * `extra` (events written in the same batch), less `remove` (events the batch forgets). Returns the ops that replace
    * every stored page and the root, and `commit()` to call once they are
    * written. For repair, when pages may be missing (a damaged RocksDB log).
    */
-  async rebuild(gid: string, extra: StoredEvent[]): Promise<{ ops: KvOp[]; commit(): void }> {
+  async rebuild(
+    gid: string,
+    extra: readonly MerkleEvent[],
+    remove: readonly MerkleEvent[] = [],
+  ): Promise<{ ops: KvOp[]; commit(): void }> {
     const g = fromHex(gid)!;
     const items: Item[] = extra.map((e) => ({ ts: e.ts, id: e.id }));
+    const gone = new Set(remove.map((e) => toHex(e.id)));
     const lo = timeKeyFloor(g, 0).subarray(0, 33);
     for await (const [k] of this.kv.range({ gte: lo, lt: prefixEnd(lo) })) {
-      items.push({ ts: Number(new DataView(k.buffer, k.byteOffset + 33, 8).getBigUint64(0)), id: k.slice(41, 73) });
+      const id = k.slice(41, 73);
+      if (gone.has(toHex(id))) continue;
+      items.push({ ts: Number(new DataView(k.buffer, k.byteOffset + 33, 8).getBigUint64(0)), id });
     }
     items.sort(compareItems);
     const unique = items.filter((it, i) => i === 0 || compareItems(items[i - 1]!, it) !== 0);
@@ -226,6 +234,7 @@ export class GroupTrees {
       if (!known.has(hex)) known.set(hex, { ts: it.ts, inTree: false });
     }
     const damaged: DamagedEvent[] = [];
+    const tombstones: [string, Uint8Array][] = [];
     const ids = [...known.keys()];
     for (let i = 0; i < ids.length; i += FSCK_READ_BATCH) {
       const chunk = ids.slice(i, i + FSCK_READ_BATCH);
@@ -245,9 +254,32 @@ export class GroupTrees {
         else if (toHex(sha256(v)) !== hex) problem = "bytes do not hash to its id";
         else if (v.length < 36 || toHex(v.subarray(4, 36)) !== gid) problem = "not an event of this group";
         if (problem) damaged.push({ id: hex, problem, restorable: true, inTree: known.get(hex)!.inTree });
+        else if (v instanceof Uint8Array && peekEvent(v)?.kind === KIND_TOMBSTONE) tombstones.push([hex, v]);
       });
     }
-    const ok = !firstDifference && problems.length === 0 && damaged.length === 0;
+    // Tombstones: every target they name is gone (not in the tree, the time index or the events keyspace) and
+    // has its entry in the deleted set.
+    const deletion: string[] = [];
+    for (const [x, bytes] of tombstones) {
+      let targets: Uint8Array[];
+      try {
+        targets = decodeTombstone(decodeEvent(bytes, { ...FSCK_EVENT_LIMITS, event_bytes_max: bytes.length }).payload);
+      } catch (e) {
+        deletion.push(`tombstone ${x} does not decode: ${(e as Error).message}`);
+        continue;
+      }
+      const held = await this.kv.getMany(targets.map((t) => eventKey(t))).catch(() => targets.map(() => undefined));
+      const entries = await this.kv.getMany(targets.map((t) => deletedKey(t, fromHex(x)!)))
+        .catch(() => targets.map(() => undefined));
+      targets.forEach((t, i) => {
+        const th = toHex(t);
+        if (known.get(th)?.inTree) deletion.push(`tombstone ${x} names ${th}, still in the Merkle tree`);
+        else if (known.has(th)) deletion.push(`tombstone ${x} names ${th}, still in the time index`);
+        if (held[i] !== undefined) deletion.push(`tombstone ${x} names ${th}, still stored`);
+        if (entries[i] === undefined) deletion.push(`tombstone ${x} names ${th}, which has no deleted-set entry`);
+      });
+    }
+    const ok = !firstDifference && problems.length === 0 && damaged.length === 0 && deletion.length === 0;
     return {
       ok,
       count: items.length,
@@ -257,6 +289,7 @@ export class GroupTrees {
       damaged: damaged.slice(0, FSCK_DAMAGED_MAX),
       damagedCount: damaged.length,
       problems,
+      tombstones: { checked: tombstones.length, problems: deletion.slice(0, FSCK_DAMAGED_MAX) },
     };
   }
 }
@@ -291,4 +324,69 @@ export interface FsckResult {
   damagedCount: number;
   /** Keyspaces that could not be read in full. */
   problems: string[];
+  /** The group's tombstones held, and what is wrong about their targets (one still held, an entry missing). */
+  tombstones: { checked: number; problems: string[] };
+}
+
+const FSCK_EVENT_LIMITS = { event_bytes_max: 0, event_tags_max: 1 << 20, tag_bytes_max: 1 << 20 };
+
+/** What {@linkcode fsckDeleted} found in the deleted set. */
+export interface DeletedSetReport {
+  ok: boolean;
+  /** Entries read. */
+  entries: number;
+  /** Entries whose tombstone is confirmed / pending. */
+  confirmed: number;
+  /** What is wrong (at most FSCK_DAMAGED_MAX listed; `problemCount` is exact). */
+  problems: string[];
+  problemCount: number;
+}
+
+/**
+ * Check the deleted set whole (store-wide, node stopped): every entry names a tombstone held that names its
+ * target, and no target is held. Reads only; a read error is a finding.
+ */
+export async function fsckDeleted(kv: Kv): Promise<DeletedSetReport> {
+  const problems: string[] = [];
+  let entries = 0, confirmed = 0, count = 0;
+  const note = (p: string) => {
+    count++;
+    if (problems.length < FSCK_DAMAGED_MAX) problems.push(p);
+  };
+  const lo = Uint8Array.of(KS.deleted);
+  const batch: [Uint8Array, Uint8Array][] = [];
+  const check = async () => {
+    const tombs = await kv.getMany(batch.map(([, x]) => eventKey(x))).catch(() => batch.map(() => undefined));
+    const targets = await kv.getMany(batch.map(([t]) => eventKey(t))).catch(() => batch.map(() => undefined));
+    batch.forEach(([t, x], i) => {
+      const th = toHex(t), xh = toHex(x);
+      if (targets[i] !== undefined) note(`deleted ${th} is still stored (tombstone ${xh})`);
+      const b = tombs[i];
+      if (!b) return note(`deleted ${th}: its tombstone ${xh} is not held`);
+      try {
+        const ev = decodeEvent(b, { ...FSCK_EVENT_LIMITS, event_bytes_max: b.length });
+        if (ev.kind !== KIND_TOMBSTONE) return note(`deleted ${th}: ${xh} is not a tombstone (kind ${ev.kind})`);
+        if (!decodeTombstone(ev.payload).some((y) => toHex(y) === th)) note(`deleted ${th}: ${xh} does not name it`);
+      } catch (e) {
+        note(`deleted ${th}: its tombstone ${xh} does not decode: ${(e as Error).message}`);
+      }
+    });
+    batch.length = 0;
+  };
+  try {
+    for await (const [k, v] of kv.range({ gte: lo, lt: prefixEnd(lo) })) {
+      entries++;
+      if (v[0] === 1) confirmed++;
+      if (k.length !== 65) {
+        note(`deleted-set key ${toHex(k)} is ${k.length} bytes, expected 65`);
+        continue;
+      }
+      batch.push([k.slice(1, 33), k.slice(33, 65)]);
+      if (batch.length === FSCK_READ_BATCH) await check();
+    }
+    if (batch.length) await check();
+  } catch (e) {
+    note(`deleted set unreadable after ${entries} entries: ${(e as Error).message}`);
+  }
+  return { ok: count === 0, entries, confirmed, problems, problemCount: count };
 }

@@ -30,7 +30,7 @@
 // closed group's owner adding and removing members, an outsider writing to the closed group, duplicates, bad
 // signatures.
 import { sha256 } from "@noble/hashes/sha2";
-import { logic as ingestLogic } from "../actors/ingest.ts";
+import { logic as ingestLogic, type Presence } from "../actors/ingest.ts";
 import { logic as decodeLogic } from "../actors/decode.ts";
 import { logic as walLogic } from "../actors/wal_flush.ts";
 import { effects as indexEffects, type IndexEffect, logic as indexLogic } from "../actors/index.ts";
@@ -916,9 +916,9 @@ export class Sim {
     let answer: unknown;
     switch (e.do) {
       case "lookup": {
-        let known: boolean[] = [];
+        let known: Presence[] = [];
         if (this.rand() >= 0.1) {
-          known = await this.indexRt.call({ type: "index.has", ids: e.ids }, null as never) as boolean[];
+          known = await this.indexRt.call({ type: "index.has", ids: e.ids }, null as never) as Presence[];
         }
         answer = { type: "looked", tok: e.tok, known };
         break;

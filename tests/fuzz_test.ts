@@ -34,6 +34,7 @@ import {
 } from "../storage/event.ts";
 import { generateKeyPair } from "../storage/ed25519.ts";
 import { decodeMembership, encodeMembership } from "../storage/membership.ts";
+import { decodeTombstone, encodeTombstone } from "../storage/deletion.ts";
 import { decodeFrame, encodeFrame } from "../net/frames.ts";
 import { Reconciler } from "../merkle/negentropy.ts";
 import { VectorStorage } from "../merkle/negentropy_storage.ts";
@@ -287,6 +288,10 @@ for (let i = 0; i < 12; i++) {
 const eventPool = events.map((e) => e.bytes);
 const manifestPool = [manifest.payload, encodeManifest({ nonce: new Uint8Array(16), name: "", policy: 0 })];
 const membershipPool = ([0, 1, 2, 3] as const).map((action) => encodeMembership({ action, member: author.publicKey }));
+const tombstonePool = [
+  encodeTombstone([author.publicKey]),
+  encodeTombstone([gid, author.publicKey, new Uint8Array(32).fill(9)]),
+];
 const framePool = [
   encodeFrame("ping"),
   encodeFrame("events", { g: gid, ev: eventPool.slice(0, 3), n: 3 }),
@@ -473,6 +478,16 @@ Deno.test("decodeMembership() decodes canonically or refuses with BAD_EVENT", ()
       if (o.ok) assert(bytesEqual(encodeMembership(o.value), b), `decodeMembership(${toHex(b)}) does not re-encode`);
     }),
     params("membership"),
+  );
+});
+
+Deno.test("decodeTombstone() decodes canonically or refuses with BAD_EVENT", () => {
+  fc.assert(
+    fc.property(inputOf(tombstonePool), (b) => {
+      const o = outcome("decodeTombstone", ["BAD_EVENT"], () => decodeTombstone(b));
+      if (o.ok) assert(bytesEqual(encodeTombstone(o.value), b), `decodeTombstone(${toHex(b)}) does not re-encode`);
+    }),
+    params("tombstone"),
   );
 });
 

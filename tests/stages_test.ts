@@ -22,7 +22,7 @@ import { type AdvertiseState, effects as advertiseEffects, logic as advertise } 
 import { type BatchItem, type EventBatch, packBatch, unpackBatch } from "../actors/batch.ts";
 import { LIMITS, type Limits, limitsWith } from "../core/limits.ts";
 import { cborArrayOf } from "../storage/cbor.ts";
-import { eventId, KIND_MEMBERSHIP, KIND_TOMBSTONE, signEvent, type StoredEvent } from "../storage/event.ts";
+import { eventId, KIND_MEMBERSHIP, signEvent, type StoredEvent } from "../storage/event.ts";
 import { ACTION_ADD, encodeMembership, GroupState } from "../storage/membership.ts";
 import { generateKeyPair } from "../storage/ed25519.ts";
 import { toHex } from "../core/bytes.ts";
@@ -145,7 +145,7 @@ Deno.test("ingest: ids, duplicates within a request, GROUP_MISMATCH, lookup, the
   assertEquals(st.waiting.size, 1);
 
   // The index holds evs[3].
-  const after = ingest.receive(st, { type: "looked", tok: 1, known: [false, false, true, false] });
+  const after = ingest.receive(st, { type: "looked", tok: 1, known: [0, 0, 1, 0] });
   // An HTTP request (a reader to check): ingest's own answers go with the batch, for decode to report.
   assertEquals(results(after), []);
   const [batch, ...more] = sends(after, "decode") as unknown as DecodeBatch[];
@@ -181,7 +181,7 @@ Deno.test("ingest: duplicates in flight and recently indexed; release signals fr
   assertEquals(sends(dup, "decode"), []);
   assertEquals(doneToks(dup), [2]);
   // Libraries and peers (reader null) are not read-checked: no request info goes to decode.
-  const fwd = ingest.receive(st, { type: "looked", tok: 1, known: [false, false] });
+  const fwd = ingest.receive(st, { type: "looked", tok: 1, known: [0, 0] });
   const [b] = sends(fwd, "decode") as unknown as DecodeBatch[];
   assertEquals(b!.requests, []);
   assertEquals(unpackBatch(b!.batch).map((it) => it.req), [1, 2]);
@@ -201,7 +201,7 @@ Deno.test("ingest: duplicates in flight and recently indexed; release signals fr
   assertEquals(ofKind(recent as IngestEffect[], "lookup"), []);
   // An id the lookup found in RocksDB is remembered too.
   ingest.receive(st, submit(6, [sub(7, evs[2]!)]));
-  assertEquals(outcome(ingest.receive(st, { type: "looked", tok: 6, known: [true] }), 7), { 0: "duplicate" });
+  assertEquals(outcome(ingest.receive(st, { type: "looked", tok: 6, known: [1] }), 7), { 0: "duplicate" });
   assertEquals(outcome(ingest.receive(st, submit(7, [sub(8, evs[2]!)])), 8), { 0: "duplicate" });
   // Several ids in one release signal.
   const st2 = ingestWith();
@@ -323,7 +323,7 @@ Deno.test("decode: shape, clock (the message's now), reserved kind, signature; r
   const reserved = await signEvent(g.owner, {
     group: g.gid,
     ts: now - 1000,
-    kind: KIND_TOMBSTONE,
+    kind: 5, // reserved for the engine, and no engine kind
     tags: [],
     payload: new Uint8Array(),
   });
@@ -700,6 +700,8 @@ function written(toks: number[], lastSeq: number, stored: StoredEvent[], dups: S
     lastSeq,
     stored: ids(stored),
     duplicates: ids(dups),
+    deleted: new Uint8Array(0),
+    dropped: new Uint8Array(0),
     fresh: stored.length
       ? packBatch(stored.map((e, i) => ({ bytes: e.bytes, req: 0, idx: i, id: e.id, seq: i })))
       : null,
@@ -794,7 +796,7 @@ Deno.test("ingest: an HTTP request whose events are all duplicates still goes to
   const st = ingestWith();
   const http = (req: number): Submission => ({ req, gid: g.gid, reader: "", body: e!.bytes });
   ingest.receive(st, submit(1, [http(1)]));
-  ingest.receive(st, { type: "looked", tok: 1, known: [false] });
+  ingest.receive(st, { type: "looked", tok: 1, known: [0] });
   // The same event again, while in flight: a duplicate, but not answered here — decode first judges the reader.
   const effs = ingest.receive(st, submit(2, [http(2)]));
   assertEquals(results(effs), []);
@@ -826,7 +828,7 @@ Deno.test('ingest: with the index\'s id filter, only a "maybe held" id is looked
   const maybe = ingest.receive(st, submit(2, [sub(3, evs[1]!)]));
   const [lookup] = ofKind(maybe as IngestEffect[], "lookup");
   assertEquals(hexIds(lookup!.ids), [toHex(evs[1]!.id)]);
-  const after = ingest.receive(st, { type: "looked", tok: 2, known: [true] });
+  const after = ingest.receive(st, { type: "looked", tok: 2, known: [1] });
   assertEquals(outcome(after, 3), { 0: "duplicate" });
   // An indexed id joins the filter.
   ingest.receive(st, { type: "signal", from: "index", msg: { type: "release", ids: evs[0]!.id, stored: true } });
