@@ -19,7 +19,6 @@
  * @module
  */
 
-/// <reference lib="dom" />
 import { type IDBPDatabase, openDB } from "idb";
 import { XfError } from "../core/errors.ts";
 import type { Kv, KvOp, KvRange } from "./kv.ts";
@@ -29,12 +28,24 @@ export const IDB_RANGE_CHUNK = 512;
 
 const STORE = "kv";
 
+/**
+ * The parts of the IndexedDB API this module names (Deno's own type library has no IndexedDB; a browser's
+ * `IDBKeyRange` fits).
+ */
+interface KeyRanges {
+  bound(lower: ArrayBuffer, upper: ArrayBuffer, lowerOpen?: boolean, upperOpen?: boolean): unknown;
+  lowerBound(lower: ArrayBuffer, open?: boolean): unknown;
+  upperBound(upper: ArrayBuffer, open?: boolean): unknown;
+}
+/** A key range as IndexedDB takes it. */
+type IdbRange = unknown;
+
 const toKey = (b: Uint8Array): ArrayBuffer =>
   b.byteOffset === 0 && b.byteLength === b.buffer.byteLength && b.buffer instanceof ArrayBuffer
     ? b.buffer
     : b.slice().buffer as ArrayBuffer;
 
-const fromKey = (k: IDBValidKey): Uint8Array => {
+const fromKey = (k: unknown): Uint8Array => {
   if (k instanceof ArrayBuffer) return new Uint8Array(k);
   if (ArrayBuffer.isView(k)) return new Uint8Array(k.buffer, k.byteOffset, k.byteLength).slice();
   throw new XfError("STORAGE_CORRUPTION", `Cannot read an IndexedDB key of type ${typeof k}: not binary`);
@@ -60,7 +71,7 @@ function storageError(what: string, e: unknown): XfError {
  * globals (in Deno's tests, `import "fake-indexeddb/auto"` provides them).
  */
 export async function openIndexedDb(name: string): Promise<Kv> {
-  const g = globalThis as { indexedDB?: unknown; IDBKeyRange?: typeof IDBKeyRange };
+  const g = globalThis as { indexedDB?: unknown; IDBKeyRange?: KeyRanges };
   if (!g.indexedDB || !g.IDBKeyRange) {
     throw new XfError("STORAGE_ERROR", `Cannot open IndexedDB "${name}": this runtime has no indexedDB`);
   }
@@ -78,7 +89,7 @@ export async function openIndexedDb(name: string): Promise<Kv> {
 }
 
 /** The IndexedDB range of `r`: undefined for all keys, null for a range that holds none. */
-function keyRange(K: typeof IDBKeyRange, r: KvRange): IDBKeyRange | undefined | null {
+function keyRange(K: KeyRanges, r: KvRange): IdbRange | undefined | null {
   const lower = r.gte ?? r.gt, upper = r.lte ?? r.lt;
   const lowerOpen = !r.gte && !!r.gt, upperOpen = !r.lte && !!r.lt;
   if (lower && upper) {
@@ -100,7 +111,7 @@ function compare(a: Uint8Array, b: Uint8Array): number {
 
 class IndexedDbKv implements Kv {
   private closed = false;
-  constructor(private readonly db: IDBPDatabase, private readonly ranges: typeof IDBKeyRange) {}
+  constructor(private readonly db: IDBPDatabase, private readonly ranges: KeyRanges) {}
 
   private check() {
     if (this.closed) throw new XfError("SHUTTING_DOWN", "Cannot use IndexedDB: it is closed");

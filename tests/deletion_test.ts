@@ -42,7 +42,8 @@ import { logic as ingest, PRESENCE, type Presence } from "../actors/ingest.ts";
 import { type DecodeEffect, type DecodeIn, logic as decode } from "../actors/decode.ts";
 import { packBatch, unpackBatch } from "../actors/batch.ts";
 import type { EventResultWire } from "../actors/stage.ts";
-import { type KvOp, openRocks } from "../storage/kv.ts";
+import type { KvOp } from "../storage/kv.ts";
+import { openRocks } from "../storage/kv_rocks.ts";
 import { deletedKey, eventKey, KS } from "../storage/keys.ts";
 import { type Limits, limitsWith } from "../core/limits.ts";
 

@@ -15,6 +15,11 @@ import { IDB_RANGE_CHUNK, openIndexedDb } from "../storage/kv_idb.ts";
 import { GroupTrees } from "../storage/merkle_store.ts";
 import { Reconciler } from "../merkle/negentropy.ts";
 
+/** What this test calls of the IndexedDB factory (Deno's type library has no IndexedDB). */
+interface IdbFactory {
+  deleteDatabase(name: string): { onsuccess: unknown; onerror: unknown; onblocked: unknown };
+}
+
 interface Backend {
   name: string;
   open(): Promise<{ kv: Kv; reopen(): Promise<Kv>; cleanup(): Promise<void> }>;
@@ -50,7 +55,7 @@ const BACKENDS: Backend[] = [
         reopen: () => openIndexedDb(name),
         cleanup: async () => {
           await new Promise<void>((resolve) => {
-            const r = indexedDB.deleteDatabase(name);
+            const r = (globalThis as unknown as { indexedDB: IdbFactory }).indexedDB.deleteDatabase(name);
             r.onsuccess = r.onerror = r.onblocked = () => resolve();
           });
         },

@@ -369,7 +369,7 @@ Deno.test("decode: application events older than the boundary the index gave (at
 Deno.test("A prune that failed is done again every retention_prune_ms, with no write to start it", async () => {
   const dir = await Deno.makeTempDir({ prefix: "xf-ret-" });
   // The first retention write fails (RocksDB refuses it); the index's own writes go through.
-  const { openRocks } = await import("../storage/kv.ts");
+  const { openRocks } = await import("../storage/kv_rocks.ts");
   const { metaKey } = await import("../storage/keys.ts");
   const probe = await openRocks(`${dir}/probe`);
   const proto = Object.getPrototypeOf(probe) as { batch(ops: unknown[], o?: unknown): Promise<void> };
