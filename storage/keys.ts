@@ -12,6 +12,7 @@
  * | `m`    | gid(32) page hash(32)      | Merkle page                    |
  * | `x`    | name (ASCII)               | node metadata (checkpoint …)   |
  * | `p`    | gid(32) node id(32)        | peer record (CBOR)             |
+ * | `u`    | gid(32) id(32)             | empty: a replica's event not yet held by a node |
  *
  * @module
  */
@@ -27,6 +28,7 @@ export const KS = {
   merkle: 0x6d,
   meta: 0x78,
   peer: 0x70,
+  unsent: 0x75,
 } as const;
 
 function concat(prefix: number, ...parts: Uint8Array[]): Uint8Array {
@@ -63,6 +65,11 @@ export const merklePrefix = (gid: Uint8Array): Uint8Array => concat(KS.merkle, g
 export const metaKey = (name: string): Uint8Array => concat(KS.meta, new TextEncoder().encode(name));
 /** Key of a peer record. */
 export const peerKey = (gid: Uint8Array, nodeId: Uint8Array): Uint8Array => concat(KS.peer, gid, nodeId);
+
+/** Key of a replica's event that no node is known to hold yet (published offline, or not yet confirmed). */
+export const unsentKey = (gid: Uint8Array, id: Uint8Array): Uint8Array => concat(KS.unsent, gid, id);
+/** Lowest unsent key of a group. */
+export const unsentPrefix = (gid: Uint8Array): Uint8Array => concat(KS.unsent, gid);
 
 /** The smallest key greater than every key that starts with `prefix`. */
 export function prefixEnd(prefix: Uint8Array): Uint8Array {
