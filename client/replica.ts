@@ -598,7 +598,10 @@ export async function openReplica(options: ReplicaOptions): Promise<Replica> {
  */
 export function workerChecker(worker: Worker): { check: EventChecker; stop(): void } {
   let next = 1;
-  const calls = new Map<number, { resolve(r: CheckedBatch): void; reject(e: Error): void; timer: ReturnType<typeof setTimeout> }>();
+  const calls = new Map<
+    number,
+    { resolve(r: CheckedBatch): void; reject(e: Error): void; timer: ReturnType<typeof setTimeout> }
+  >();
   const failAll = (e: Error) => {
     for (const c of calls.values()) {
       clearTimeout(c.timer);
