@@ -555,7 +555,7 @@ export class ReplicaStore {
 
   /**
    * Forget app events of a group outside a window: older than `since` (ms), or past the newest
-   * `keepEvents`. Their bytes and time-index entries go; their ids stay in the Merkle set (the root is
+   * `keepEvents` events in `(ts, id)` order (engine events count, and are never forgotten). Their bytes and time-index entries go; their ids stay in the Merkle set (the root is
    * unchanged, and reconciliation does not fetch them again). Manifests, membership and unsent events
    * stay. At most {@linkcode REPLICA_PRUNE_EVENTS_MAX} a call; answers how many went.
    */

@@ -349,3 +349,39 @@ Deno.test("checkEvents in a Worker answers as on this thread (ids, signatures, s
     w.terminate();
   }
 });
+
+Deno.test({
+  name: "Replica with a window keeps the newest events, the node's root, and does not fetch the pruned ones again",
+  ...opts,
+  async fn() {
+    const n = await servedNode();
+    const g = await testGroup("window");
+    const gid = toHex(g.gid);
+    const old = await makeEvents(g, 100, Date.now() - 5 * 86_400_000);
+    const recent = await makeEvents(g, 30, Date.now() - 3_600_000);
+    await n.node.publish([g.manifest, ...old, ...recent]);
+    const key = await generateKeyPair();
+    const r = await openReplica({ key, groups: [gid], store: new MemoryKv(), nodes: [n.url], window: { days: 1 } });
+    try {
+      await r.whenSynced(10_000);
+      await until(async () => (await r.query(gid)).length === 31, 5000);
+      assertEquals((await r.root(gid)).root, (await n.node.merkle(gid))!.root, "pruned ids stay in the Merkle set");
+      const received = r.progress().received;
+      // A new event at the node, then a fresh session: only it comes.
+      await n.node.publish(await makeEvents(g, 1, Date.now() - 1000));
+      n.proxy.cut();
+      n.proxy.restore();
+      await until(() => rootsMatch(r, n.node, gid), 10_000);
+      assert(r.progress().received - received <= 1, `received ${r.progress().received - received} again`);
+      assertEquals((await r.query(gid)).length, 32);
+      // keepEvents: the newest 5 events stay (the manifest, made last, is one of them; it is never pruned anyway).
+      while ((await r.store.prune(gid, { keepEvents: 5 })) > 0);
+      assertEquals((await r.query(gid)).map((e) => e.kind === 0 ? "m" : "e").join(""), "eeeem");
+      while ((await r.store.prune(gid, { keepEvents: 0 })) > 0);
+      assertEquals((await r.query(gid)).map((e) => e.kind === 0 ? "m" : "e").join(""), "m");
+    } finally {
+      await r.close();
+      await n.done();
+    }
+  },
+});
