@@ -39,7 +39,7 @@
 import { type CheckedBatch, type EventChecker, type ReplicaQuery, ReplicaStore } from "../storage/replica_store.ts";
 import { type Kv, MemoryKv } from "../storage/kv.ts";
 import { openIndexedDb } from "../storage/kv_idb.ts";
-import { ByteBudget, type SyncHost, type SyncReport, SyncSession } from "../net/sync.ts";
+import { ByteBudget, type SessionStats, type SyncHost, type SyncReport, SyncSession } from "../net/sync.ts";
 import { socketChannel } from "../net/channel.ts";
 import { fromWire, type WireError, XfError } from "../core/errors.ts";
 import {
@@ -271,6 +271,16 @@ export class Replica extends EventTarget {
       online: this.#nodes.filter((n) => n.session?.state === "ready").length,
       synced: this.#groups.every((g) => this.#syncedGroups.has(g)),
     };
+  }
+
+  /** The current session of each node: its counts (frames, bytes, rounds, events) and bytes on the wire. */
+  sessions(): { node: string; peer: string; stats: SessionStats; wire: { bytesIn: number; bytesOut: number } }[] {
+    return this.#nodes.filter((n) => n.session).map((n) => ({
+      node: n.url,
+      peer: n.session!.peer,
+      stats: { ...n.session!.stats },
+      wire: { ...n.session!.secure.wire },
+    }));
   }
 
   /** Resolves once every group has completed a sync with some node; rejects with `TIMEOUT` after `ms`. */
