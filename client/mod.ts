@@ -83,11 +83,13 @@ export { bytesPayload, jsonPayload, readJson, readText, textPayload } from "./pa
 export { readSse, type SseMessage } from "./sse.ts";
 export {
   openReplica,
+  RemoteReplica,
   Replica,
   REPLICA_CONFIRM_MS,
   type ReplicaNode,
   type ReplicaOptions,
   type ReplicaProgress,
+  type ReplicaSession,
   workerChecker,
 } from "./replica.ts";
 export { type ApplyResult, checkEvents, type ReplicaQuery, ReplicaStore } from "../storage/replica_store.ts";

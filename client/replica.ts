@@ -24,8 +24,10 @@
  *   group created on this device is handed to a node by HTTP first (a node
  *   takes a new group only by its manifest, never from a peer's sync).
  * - **Checks off the main thread.** Every event (received or published) is
- *   hashed, decoded and verified by the store's checker; pass `worker` (the
- *   bundled `xaeroflux-replica-worker.js`) and a browser does that in a Worker.
+ *   hashed, decoded and verified by the store's checker. Pass `worker` (the
+ *   bundled `xaeroflux-replica-worker.js`) and the whole replica runs in a
+ *   Worker ({@linkcode RemoteReplica} is the page's side): the main thread
+ *   does none of the sync's work.
  * - **Window.** `window: {days, events}` keeps only recent app events:
  *   after each sync the replica prunes the rest (their ids stay in the
  *   Merkle set, so the root is the node's and they are not fetched again).
@@ -39,7 +41,7 @@
 import { type CheckedBatch, type EventChecker, type ReplicaQuery, ReplicaStore } from "../storage/replica_store.ts";
 import { type Kv, MemoryKv } from "../storage/kv.ts";
 import { openIndexedDb } from "../storage/kv_idb.ts";
-import { ByteBudget, type SessionStats, type SyncHost, type SyncReport, SyncSession } from "../net/sync.ts";
+import { ByteBudget, type SyncHost, type SyncReport, SyncSession } from "../net/sync.ts";
 import { socketChannel } from "../net/channel.ts";
 import { fromWire, type WireError, XfError } from "../core/errors.ts";
 import {
@@ -51,6 +53,8 @@ import {
   REPLICA_WORKER_CALL_MS,
 } from "../core/limits.ts";
 import { toHex } from "../core/bytes.ts";
+import { sha256 } from "@noble/hashes/sha2";
+import { RemoteReplica, type ReplicaNode, type ReplicaProgress, type ReplicaSession } from "./replica_remote.ts";
 import type { KeyPair } from "../storage/ed25519.ts";
 import { type ClientEvent, type EventDraft, groupHex, readEvent, signEvent } from "./event.ts";
 import { XfClientError } from "./errors.ts";
@@ -58,8 +62,8 @@ import { XfClient } from "./client.ts";
 
 export { REPLICA_CONFIRM_MS };
 
-/** A node a replica syncs with: its URL (`http(s)://` or `ws(s)://`), and optionally its key (hex) pinned. */
-export type ReplicaNode = string | { url: string; key?: string };
+export type { ReplicaNode, ReplicaProgress, ReplicaSession };
+export { RemoteReplica };
 
 /** Options of {@linkcode openReplica}. */
 export interface ReplicaOptions {
@@ -76,28 +80,16 @@ export interface ReplicaOptions {
   store?: Kv | string;
   /** Nodes to sync with (at most {@linkcode REPLICA_NODES_MAX}); none: offline until {@linkcode Replica.addNode}. */
   nodes?: ReplicaNode[];
-  /** A Worker (or its script URL) running `client/replica_worker.ts`: checks happen there. Default: this thread. */
+  /**
+   * A Worker (or its script URL) running `client/replica_worker.ts` (bundled as `xaeroflux-replica-worker.js`):
+   * the whole replica runs there and {@linkcode openReplica} answers a {@linkcode RemoteReplica}; `store` must
+   * then be an IndexedDB name. Default: this thread.
+   */
   worker?: Worker | string | URL;
+  /** A Worker (or its URL) running `client/replica_worker.ts` that only checks events (ids, signatures). */
+  checkWorker?: Worker | string | URL;
   /** The clock (default `Date.now`). */
   now?: () => number;
-}
-
-/** Sync progress of a replica, over every node. */
-export interface ReplicaProgress {
-  /** Events reconciliation found missing here. */
-  missing: number;
-  /** Of those, received. */
-  received: number;
-  /** Still to come in sessions under way. */
-  remaining: number;
-  /** Events sent to nodes (each node counted: one event sent to two nodes is 2). */
-  sent: number;
-  /** Events published here that no node is known to hold yet. */
-  unsent: number;
-  /** Nodes connected now. */
-  online: number;
-  /** Every group completed a sync with some node since the replica opened. */
-  synced: boolean;
 }
 
 interface NodeLink {
@@ -151,7 +143,7 @@ export class Replica extends EventTarget {
   }
 
   /** Groups held and synced. */
-  get groups(): string[] {
+  groups(): string[] {
     return [...this.#groups];
   }
 
@@ -217,19 +209,24 @@ export class Replica extends EventTarget {
     options: { backfill?: boolean | ReplicaQuery } = {},
   ): () => void {
     const g = groupHex(gid);
-    let live: ClientEvent[][] | null = [];
-    const deliver = (list: ClientEvent[]) => live ? live.push(list) : onEvents(list);
-    const unsub = this.store.subscribe(g, (bytes) => {
-      Promise.all(bytes.map((b) => readEvent(b, { group: g }))).then(deliver, () => {});
-    });
-    const backfill = options.backfill ?? true;
-    (backfill ? this.query(g, backfill === true ? {} : backfill) : Promise.resolve([])).then((first) => {
-      const seen = new Set(first.map((e) => e.id));
+    let chain = Promise.resolve();
+    return this.subscribeBytes(g, (bytes) => {
+      // In order, each batch once read.
+      chain = chain.then(() => Promise.all(bytes.map((b) => readEvent(b, { group: g })))).then(onEvents, () => {});
+    }, options.backfill ?? true);
+  }
+
+  /** {@linkcode Replica.subscribe} with events as their bytes (what a Worker hands its page). */
+  subscribeBytes(gid: string, onEvents: (events: Uint8Array[]) => void, backfill: boolean | ReplicaQuery): () => void {
+    let live: Uint8Array[][] | null = [];
+    const unsub = this.store.subscribe(gid, (bytes) => live ? live.push(bytes) : onEvents(bytes));
+    (backfill ? this.store.query(gid, backfill === true ? {} : backfill) : Promise.resolve([])).then((first) => {
+      const seen = new Set(first.map((b) => toHex(sha256(b))));
       if (first.length) onEvents(first);
       const queued = live ?? [];
       live = null;
       for (const l of queued) {
-        const rest = l.filter((e) => !seen.has(e.id));
+        const rest = l.filter((b) => !seen.has(toHex(sha256(b))));
         if (rest.length) onEvents(rest);
       }
     }, () => {});
@@ -274,7 +271,7 @@ export class Replica extends EventTarget {
   }
 
   /** The current session of each node: its counts (frames, bytes, rounds, events) and bytes on the wire. */
-  sessions(): { node: string; peer: string; stats: SessionStats; wire: { bytesIn: number; bytesOut: number } }[] {
+  sessions(): ReplicaSession[] {
     return this.#nodes.filter((n) => n.session).map((n) => ({
       node: n.url,
       peer: n.session!.peer,
@@ -507,7 +504,7 @@ export class Replica extends EventTarget {
         const unsub = store.subscribe(gid, cb);
         return Promise.resolve(() => Promise.resolve(unsub()));
       },
-      groups: () => Promise.resolve(this.groups),
+      groups: () => Promise.resolve(this.groups()),
       report: (ev) => this.#report(n, ev),
     };
   }
@@ -571,7 +568,23 @@ export class Replica extends EventTarget {
  * await replica.close();
  * ```
  */
-export async function openReplica(options: ReplicaOptions): Promise<Replica> {
+export function openReplica(options: ReplicaOptions & { worker: Worker | string | URL }): Promise<RemoteReplica>;
+export function openReplica(options: ReplicaOptions): Promise<Replica>;
+export async function openReplica(options: ReplicaOptions): Promise<Replica | RemoteReplica> {
+  if (options.worker !== undefined) {
+    if (options.store !== undefined && typeof options.store !== "string") {
+      throw new TypeError("Cannot run a replica in a Worker over a Kv object: pass an IndexedDB name as store");
+    }
+    const own = typeof options.worker === "string" || options.worker instanceof URL;
+    const w = own ? new Worker(options.worker as string | URL, { type: "module" }) : options.worker as Worker;
+    return await RemoteReplica.open(w, own, {
+      seed: options.key.seed,
+      groups: (options.groups ?? []).map((g) => groupHex(g)),
+      ...(options.window ? { window: options.window } : {}),
+      ...(typeof options.store === "string" ? { store: options.store } : {}),
+      nodes: options.nodes ?? [],
+    });
+  }
   let kv: Kv;
   let indexedDb = false;
   const hasIdb = (globalThis as { indexedDB?: unknown }).indexedDB !== undefined;
@@ -581,9 +594,9 @@ export async function openReplica(options: ReplicaOptions): Promise<Replica> {
   } else kv = options.store ?? new MemoryKv();
   let checker: EventChecker | undefined;
   let release = () => {};
-  if (options.worker !== undefined) {
-    const own = typeof options.worker === "string" || options.worker instanceof URL;
-    const w = own ? new Worker(options.worker as string | URL, { type: "module" }) : options.worker as Worker;
+  if (options.checkWorker !== undefined) {
+    const own = typeof options.checkWorker === "string" || options.checkWorker instanceof URL;
+    const w = own ? new Worker(options.checkWorker as string | URL, { type: "module" }) : options.checkWorker as Worker;
     const c = workerChecker(w);
     checker = c.check;
     release = () => {
@@ -650,7 +663,7 @@ export function workerChecker(worker: Worker): { check: EventChecker; stop(): vo
         reject(new XfError("TIMEOUT", `The replica's check Worker did not answer within ${REPLICA_WORKER_CALL_MS} ms`));
       }, REPLICA_WORKER_CALL_MS);
       calls.set(id, { resolve, reject, timer });
-      worker.postMessage({ id, bytes, ends }, [bytes.buffer, ends.buffer]);
+      worker.postMessage({ id, op: "check", bytes, ends }, [bytes.buffer, ends.buffer]);
     });
   return { check, stop: () => failAll(new XfError("SHUTTING_DOWN", "The replica closed")) };
 }

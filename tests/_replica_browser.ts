@@ -1,6 +1,6 @@
 // A replica in headless Chromium over real IndexedDB, against a real node behind a proxy that can cut the link:
 // the scenario of tests/replica_browser_test.ts and bench/replica.ts. The page runs the bundled client, checks
-// events in the bundled Worker, and measures the main thread's longest blocked stretch (a 4 ms interval's largest
+// events in the bundled Worker (the whole replica runs there), and measures the main thread's longest blocked stretch (a 4 ms interval's largest
 // gap, and the longest "longtask" Chromium reports) while it syncs.
 import puppeteer, { type Browser, type Page } from "npm:puppeteer-core@25.16.0";
 import { tempNode } from "./_helpers.ts";
@@ -42,7 +42,7 @@ interface PageWindow {
     progress(): { online: number; unsent: number };
     root(g: string): Promise<{ root: string; count: number }>;
     publish(g: string, d: unknown): Promise<unknown>;
-    sessions(): { stats: { negRounds: number }; wire: { bytesIn: number; bytesOut: number } }[];
+    sessions(): Promise<{ stats: { negRounds: number }; wire: { bytesIn: number; bytesOut: number } }[]>;
   };
   xf: { textPayload(s: string): Uint8Array };
 }
@@ -58,7 +58,7 @@ const gaps = { on: false, max: 0, longTask: 0 };
 let last = performance.now();
 setInterval(() => { const now = performance.now(); if (gaps.on) gaps.max = Math.max(gaps.max, now - last); last = now; }, 4);
 try {
-  new PerformanceObserver((l) => { for (const e of l.getEntries()) if (gaps.on) gaps.longTask = Math.max(gaps.longTask, e.duration); })
+  new PerformanceObserver((l) => { for (const e of l.getEntries()) if (gaps.on) { gaps.longTask = Math.max(gaps.longTask, e.duration); (window.tasks ??= []).push([Math.round(e.startTime - window.t0), Math.round(e.duration), JSON.stringify(e.attribution?.map((a) => [a.name, a.containerType, a.containerSrc]))]); } })
     .observe({ type: "longtask" });
 } catch {}
 window.start = async (gid, nodes) => {
@@ -67,10 +67,11 @@ window.start = async (gid, nodes) => {
   window.r = await xf.openReplica({ key, groups: [gid], store: "replica-browser", nodes, worker: "/xaeroflux-replica-worker.js" });
 };
 window.synced = async (count) => {
-  while ((await window.r.root(window.r.groups[0])).count < count) await new Promise((res) => setTimeout(res, 20));
+  while ((await window.r.root((await window.r.groups())[0])).count < count) await new Promise((res) => setTimeout(res, 20));
   const ms = performance.now() - window.t0;
   gaps.on = false;
   const est = await navigator.storage.estimate();
+  console.log("tasks " + JSON.stringify(window.tasks ?? []));
   return { ms, maxGap: gaps.max, longTask: gaps.longTask, bytes: est.usage ?? 0 };
 };
 document.body.dataset.ready = "1";
@@ -133,7 +134,7 @@ export async function runReplicaBrowser(
     const page = await browser.newPage();
     page.setDefaultTimeout(options.stepMs);
     page.on("pageerror", (e) => pageErrors.push(`pageerror: ${(e as Error).message}`));
-    page.on("console", (m) => m.type() === "error" && pageErrors.push(`console: ${m.text()}`));
+    page.on("console", (m) => m.type() === "error" ? pageErrors.push(`console: ${m.text()}`) : console.log(m.text()));
     const open = async () => {
       await page.goto(siteUrl);
       await page.waitForSelector("body[data-ready]");
