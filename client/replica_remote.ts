@@ -82,6 +82,7 @@ export const REMOTE_METHODS = [
   "addNode",
   "groups",
   "progress",
+  "stats",
   "close",
 ] as const;
 /** One of {@linkcode REMOTE_METHODS}. */
@@ -240,6 +241,11 @@ export class RemoteReplica extends EventTarget {
   /** Dial another node. */
   addNode(node: ReplicaNode): Promise<void> {
     return this.#call("addNode", [node]);
+  }
+
+  /** The store's work counters (`ReplicaStore.stats`). */
+  stats(): Promise<{ events: number; checkMs: number; writeMs: number; writes: number }> {
+    return this.#call("stats");
   }
 
   /** Groups held and synced. */

@@ -11,6 +11,9 @@ import { makeWorkload } from "../bench/ingest.ts";
 import { toHex } from "../core/bytes.ts";
 import { CHROMIUM, CHROMIUM_ARGS } from "./_chromium.ts";
 
+/** The Worker's store: events applied, ms checking (hash, verify) and writing (of which IndexedDB batches). */
+export type StoreStats = { events: number; checkMs: number; writeMs: number; batchMs: number; merkleMs: number };
+
 /** What one run measured. */
 export interface ReplicaBrowserFigures {
   events: number;
@@ -33,11 +36,12 @@ export interface ReplicaBrowserFigures {
   /** Roots at the end: page and node. */
   roots: { page: string; node: string; count: number };
   pageErrors: string[];
+  store: StoreStats;
 }
 
 interface PageWindow {
   start(gid: string, nodes: string[]): Promise<void>;
-  synced(count: number): Promise<{ ms: number; maxGap: number; longTask: number; bytes: number }>;
+  synced(count: number): Promise<{ ms: number; maxGap: number; longTask: number; bytes: number; store: StoreStats }>;
   r: {
     progress(): { online: number; unsent: number };
     root(g: string): Promise<{ root: string; count: number }>;
@@ -58,7 +62,7 @@ const gaps = { on: false, max: 0, longTask: 0 };
 let last = performance.now();
 setInterval(() => { const now = performance.now(); if (gaps.on) gaps.max = Math.max(gaps.max, now - last); last = now; }, 4);
 try {
-  new PerformanceObserver((l) => { for (const e of l.getEntries()) if (gaps.on) { gaps.longTask = Math.max(gaps.longTask, e.duration); (window.tasks ??= []).push([Math.round(e.startTime - window.t0), Math.round(e.duration), JSON.stringify(e.attribution?.map((a) => [a.name, a.containerType, a.containerSrc]))]); } })
+  new PerformanceObserver((l) => { for (const e of l.getEntries()) if (gaps.on) gaps.longTask = Math.max(gaps.longTask, e.duration); })
     .observe({ type: "longtask" });
 } catch {}
 window.start = async (gid, nodes) => {
@@ -71,8 +75,7 @@ window.synced = async (count) => {
   const ms = performance.now() - window.t0;
   gaps.on = false;
   const est = await navigator.storage.estimate();
-  console.log("tasks " + JSON.stringify(window.tasks ?? []));
-  return { ms, maxGap: gaps.max, longTask: gaps.longTask, bytes: est.usage ?? 0 };
+  return { ms, maxGap: gaps.max, longTask: gaps.longTask, bytes: est.usage ?? 0, store: await window.r.stats() };
 };
 document.body.dataset.ready = "1";
 </script></body>`;
@@ -134,7 +137,7 @@ export async function runReplicaBrowser(
     const page = await browser.newPage();
     page.setDefaultTimeout(options.stepMs);
     page.on("pageerror", (e) => pageErrors.push(`pageerror: ${(e as Error).message}`));
-    page.on("console", (m) => m.type() === "error" ? pageErrors.push(`console: ${m.text()}`) : console.log(m.text()));
+    page.on("console", (m) => m.type() === "error" && pageErrors.push(`console: ${m.text()}`));
     const open = async () => {
       await page.goto(siteUrl);
       await page.waitForSelector("body[data-ready]");
@@ -200,6 +203,7 @@ export async function runReplicaBrowser(
       afterReload,
       roots: { page: pageRoot, node: nodeRoot.root, count: nodeRoot.count },
       pageErrors,
+      store: s.store,
     };
   } finally {
     const b = browser as Browser | null;
