@@ -90,6 +90,7 @@ export {
   type ReplicaOptions,
   type ReplicaProgress,
   type ReplicaSession,
+  type ReplicaTraffic,
   workerChecker,
 } from "./replica.ts";
 export { type ApplyResult, checkEvents, type ReplicaQuery, ReplicaStore } from "../storage/replica_store.ts";

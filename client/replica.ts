@@ -54,7 +54,13 @@ import {
 } from "../core/limits.ts";
 import { toHex } from "../core/bytes.ts";
 import { sha256 } from "@noble/hashes/sha2";
-import { RemoteReplica, type ReplicaNode, type ReplicaProgress, type ReplicaSession } from "./replica_remote.ts";
+import {
+  RemoteReplica,
+  type ReplicaNode,
+  type ReplicaProgress,
+  type ReplicaSession,
+  type ReplicaTraffic,
+} from "./replica_remote.ts";
 import type { KeyPair } from "../storage/ed25519.ts";
 import { type ClientEvent, type EventDraft, groupHex, readEvent, signEvent } from "./event.ts";
 import { XfClientError } from "./errors.ts";
@@ -62,7 +68,7 @@ import { XfClient } from "./client.ts";
 
 export { REPLICA_CONFIRM_MS };
 
-export type { ReplicaNode, ReplicaProgress, ReplicaSession };
+export type { ReplicaNode, ReplicaProgress, ReplicaSession, ReplicaTraffic };
 export { RemoteReplica };
 
 /** Options of {@linkcode openReplica}. */
@@ -106,6 +112,8 @@ interface NodeLink {
   lastError: string;
   /** Events sent to this node by sessions that ended. */
   sentBefore: number;
+  /** What sessions that ended moved: sessions, bytes on the wire, reconciliation messages. */
+  before: { sessions: number; bytesIn: number; bytesOut: number; negRounds: number };
 }
 
 /** A replica: see the module doc. Events: `progress` (detail: {@linkcode ReplicaProgress}), `synced`, `error`. */
@@ -280,6 +288,20 @@ export class Replica extends EventTarget {
     }));
   }
 
+  /** Per node, since the replica opened: sessions, bytes on the wire both ways, reconciliation messages. */
+  traffic(): ReplicaTraffic[] {
+    return this.#nodes.map((n) => {
+      const s = n.session;
+      return {
+        node: n.url,
+        sessions: n.before.sessions + (s ? 1 : 0),
+        bytesIn: n.before.bytesIn + (s?.secure.wire.bytesIn ?? 0),
+        bytesOut: n.before.bytesOut + (s?.secure.wire.bytesOut ?? 0),
+        negRounds: n.before.negRounds + (s?.stats.negRounds ?? 0),
+      };
+    });
+  }
+
   /** Resolves once every group has completed a sync with some node; rejects with `TIMEOUT` after `ms`. */
   whenSynced(ms = 30_000): Promise<void> {
     if (this.progress().synced) return Promise.resolve();
@@ -332,6 +354,7 @@ export class Replica extends EventTarget {
       wake: null,
       lastError: "",
       sentBefore: 0,
+      before: { sessions: 0, bytesIn: 0, bytesOut: 0, negRounds: 0 },
     };
     this.#nodes.push(link);
     this.#dial(link);
@@ -391,7 +414,7 @@ export class Replica extends EventTarget {
         this.dispatchEvent(new CustomEvent("error", { detail: { node: n.url, message: n.lastError } }));
       }
       n.session?.close("reconnecting");
-      n.sentBefore += n.session?.stats.eventsSent ?? 0;
+      if (n.session) this.#retire(n, n.session);
       n.session = null;
       this.#emitProgress();
       if (n.stop || this.#closed) break;
@@ -400,6 +423,15 @@ export class Replica extends EventTarget {
         (0.5 + Math.random() / 2);
       await this.#sleep(n, wait);
     }
+  }
+
+  /** A session of `n` ended or was replaced: keep what it moved. */
+  #retire(n: NodeLink, s: SyncSession) {
+    n.sentBefore += s.stats.eventsSent;
+    n.before.sessions++;
+    n.before.bytesIn += s.secure.wire.bytesIn;
+    n.before.bytesOut += s.secure.wire.bytesOut;
+    n.before.negRounds += s.stats.negRounds;
   }
 
   /** One session with a node: WebSocket, handshake (the key pinned, if given). */
@@ -432,7 +464,7 @@ export class Replica extends EventTarget {
     const prev = n.session;
     n.session = s;
     if (prev && prev !== s) {
-      n.sentBefore += prev.stats.eventsSent;
+      this.#retire(n, prev);
       prev.close("replaced");
     }
     this.#emitProgress();

@@ -47,6 +47,16 @@ export interface ReplicaSession {
   wire: { bytesIn: number; bytesOut: number };
 }
 
+/** What a replica moved with one node since it opened. */
+export interface ReplicaTraffic {
+  node: string;
+  sessions: number;
+  bytesIn: number;
+  bytesOut: number;
+  /** Reconciliation (`neg`) messages, both ways. */
+  negRounds: number;
+}
+
 /** What the page sends the Worker. */
 export type ToWorker =
   | { id: number; op: "check"; bytes: Uint8Array; ends: Uint32Array }
@@ -83,6 +93,7 @@ export const REMOTE_METHODS = [
   "groups",
   "progress",
   "stats",
+  "traffic",
   "close",
 ] as const;
 /** One of {@linkcode REMOTE_METHODS}. */
@@ -241,6 +252,11 @@ export class RemoteReplica extends EventTarget {
   /** Dial another node. */
   addNode(node: ReplicaNode): Promise<void> {
     return this.#call("addNode", [node]);
+  }
+
+  /** Per node since the replica opened: sessions, bytes, reconciliation messages. */
+  traffic(): Promise<ReplicaTraffic[]> {
+    return this.#call("traffic");
   }
 
   /** The store's work counters (`ReplicaStore.stats`). */

@@ -91,6 +91,8 @@ async function handle(m: ToWorker): Promise<void> {
       return reply(m.id, r.addNode(a[0] as never));
     case "groups":
       return reply(m.id, r.groups());
+    case "traffic":
+      return reply(m.id, r.traffic());
     case "stats":
       return reply(m.id, r.store.stats);
     case "progress":

@@ -31,6 +31,8 @@ export interface ReplicaBrowserFigures {
   reconnectMs: number;
   reconnectBytes: number;
   reconnectRounds: number;
+  /** Sessions the reconnect took (the sync, then a confirming one for what the page sent). */
+  reconnectSessions: number;
   /** Held after the reload while offline (persisted in IndexedDB), and unsent then. */
   afterReload: { count: number; unsent: number };
   /** Roots at the end: page and node. */
@@ -46,7 +48,7 @@ interface PageWindow {
     progress(): { online: number; unsent: number };
     root(g: string): Promise<{ root: string; count: number }>;
     publish(g: string, d: unknown): Promise<unknown>;
-    sessions(): Promise<{ stats: { negRounds: number }; wire: { bytesIn: number; bytesOut: number } }[]>;
+    traffic(): Promise<{ sessions: number; negRounds: number; bytesIn: number; bytesOut: number }[]>;
   };
   xf: { textPayload(s: string): Uint8Array };
 }
@@ -185,7 +187,7 @@ export async function runReplicaBrowser(
       total,
     );
     const reconnectMs = performance.now() - t1;
-    const sess = await page.evaluate(() => window.r.sessions());
+    const sess = await page.evaluate(() => window.r.traffic());
     const pageRoot = await page.evaluate(async (g) => (await window.r.root(g)).root, gid);
     const nodeRoot = (await t.node.merkle(gid))!;
     return {
@@ -198,8 +200,9 @@ export async function runReplicaBrowser(
       dayEvents: options.dayEvents,
       offline: options.offline,
       reconnectMs,
-      reconnectBytes: sess.reduce((a, x) => a + x.wire.bytesIn + x.wire.bytesOut, 0),
-      reconnectRounds: sess.reduce((a, x) => a + x.stats.negRounds, 0),
+      reconnectBytes: sess.reduce((a, x) => a + x.bytesIn + x.bytesOut, 0),
+      reconnectRounds: sess.reduce((a, x) => a + x.negRounds, 0),
+      reconnectSessions: sess.reduce((a, x) => a + x.sessions, 0),
       afterReload,
       roots: { page: pageRoot, node: nodeRoot.root, count: nodeRoot.count },
       pageErrors,

@@ -28,7 +28,7 @@ Deno.test({
         f.bytesPerEvent.toFixed(0)
       } B/event on IndexedDB; reconnect after ${f.dayEvents} + ${f.offline} events offline: ${
         f.reconnectMs.toFixed(0)
-      } ms, ${f.reconnectBytes} bytes, ${f.reconnectRounds} rounds`,
+      } ms, ${f.reconnectBytes} bytes, ${f.reconnectRounds} neg messages in ${f.reconnectSessions} sessions`,
     );
     assertEquals(f.pageErrors.filter((e) => e.startsWith("pageerror")), []);
     assertEquals(f.afterReload, { count: f.events + 1 + f.offline, unsent: f.offline });
