@@ -457,6 +457,10 @@ export class Replica extends EventTarget {
     if (!(await s.ready())) {
       throw new XfClientError("BAD_AUTH", `Node "${n.url}" refused the handshake: ${s.closeReason}`);
     }
+    if (n.stop || this.#closed) {
+      s.close("replica closing");
+      throw new XfClientError("SHUTTING_DOWN", "The replica closed");
+    }
     if (n.key && s.peer !== n.key) {
       s.close("not the pinned node");
       throw new XfClientError("BAD_AUTH", `Node "${n.url}" proved key "${s.peer}", not the pinned "${n.key}"`);

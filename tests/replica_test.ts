@@ -385,3 +385,39 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "Replica with a pinned node key syncs with that node and refuses another (BAD_AUTH, nothing taken)",
+  ...opts,
+  async fn() {
+    const n = await servedNode();
+    const g = await testGroup("pinned");
+    const gid = toHex(g.gid);
+    await n.node.publish([g.manifest, ...await makeEvents(g, 10)]);
+    const errors: string[] = [];
+    const wrong = await openReplica({
+      key: await generateKeyPair(),
+      groups: [gid],
+      store: new MemoryKv(),
+      nodes: [{ url: n.url, key: toHex((await generateKeyPair()).publicKey) }],
+    });
+    wrong.addEventListener("error", (e) => errors.push((e as CustomEvent).detail.message));
+    const right = await openReplica({
+      key: await generateKeyPair(),
+      groups: [gid],
+      store: new MemoryKv(),
+      nodes: [{ url: n.url, key: toHex(n.node.key.publicKey) }],
+    });
+    try {
+      await right.whenSynced(10_000);
+      assertEquals((await right.root(gid)).count, 11);
+      await until(() => errors.length > 0, 5000);
+      assert(errors[0]!.includes("not the pinned"), errors[0]);
+      assertEquals((await wrong.root(gid)).count, 0);
+    } finally {
+      await wrong.close();
+      await right.close();
+      await n.done();
+    }
+  },
+});
