@@ -155,7 +155,7 @@ export class Replica extends EventTarget {
     return [...this.#groups];
   }
 
-  /** Count unsent events (at open). */
+  /** Count unsent events (at open, and after some were marked sent). */
   async init(): Promise<void> {
     let n = 0;
     for (const g of this.#groups) n += (await this.store.unsent(g)).length;
@@ -504,13 +504,14 @@ export class Replica extends EventTarget {
     const res = await client.publish(gid, head);
     const held = res.filter((r) => r.status !== "rejected").map((r) => r.id);
     await this.store.markSent(gid, held);
-    this.#unsent = Math.max(0, this.#unsent - held.length);
+    await this.init();
   }
 
   /** The session's view of the replica: the store, and what this node's sessions learn. */
   #host(n: NodeLink): SyncHost {
     const store = this.store;
     const sentNow = new Map<string, Set<string>>();
+    const unsentAtStart = new Map<string, string[]>();
     return {
       key: this.key,
       limits: LIMITS,
@@ -518,6 +519,9 @@ export class Replica extends EventTarget {
       // The node we dialed holds our groups for us: it may have their events (a pinned key narrows who).
       access: async (gid, peer) => ({ ...(await store.access(gid, peer)), readable: true }),
       reconcile: async (gid, session, msg) => {
+        // Unsent events as the reconciliation starts: only these can be shown held by it (one published
+        // meanwhile may be past the ranges already compared).
+        if (session && msg === null) unsentAtStart.set(gid, await store.unsent(gid));
         const res = await store.reconcile(gid, session, msg);
         if (!res || !session) return res;
         let sent = sentNow.get(gid);
@@ -525,7 +529,8 @@ export class Replica extends EventTarget {
         for (const h of res.have) sent.add(toHex(h));
         if (res.output === null) {
           sentNow.delete(gid);
-          await this.#confirm(n, gid, sent);
+          await this.#confirm(n, gid, unsentAtStart.get(gid) ?? [], sent);
+          unsentAtStart.delete(gid);
         }
         return res;
       },
@@ -546,12 +551,11 @@ export class Replica extends EventTarget {
   }
 
   /** A reconciliation with `n` ended: unsent events of `gid` it did not have to send are held there. */
-  async #confirm(n: NodeLink, gid: string, sent: Set<string>) {
-    const unsent = await this.store.unsent(gid);
+  async #confirm(n: NodeLink, gid: string, unsent: string[], sent: Set<string>) {
     const held = unsent.filter((id) => !sent.has(id));
     if (held.length) {
       await this.store.markSent(gid, held);
-      this.#unsent = Math.max(0, this.#unsent - held.length);
+      await this.init();
     }
     // Events sent that were not sent last time: confirm them shortly. The same ones again: the node refuses them.
     const before = n.lastSent.get(gid) ?? new Set();
