@@ -40,6 +40,8 @@ import { type ExportHeader, readExport } from "./export.ts";
 export const PUBLISH_BATCH_EVENTS_MAX = 1000;
 /** Bytes of one POST body (the node's `http_body_bytes_max`); bigger batches are split. */
 export const PUBLISH_BODY_BYTES_MAX = 4 * 1024 * 1024;
+/** How long `syncOnce` waits for the node's report (a whole group may take minutes). */
+export const SYNC_ONCE_TIMEOUT_MS = 10 * 60_000;
 /** A token with less than this left is refreshed before use. */
 export const TOKEN_REFRESH_MS = 60_000;
 /** Times an import batch the node sheds (`OVERLOADED`, 503) is sent again before the import fails. */
@@ -178,6 +180,27 @@ interface RequestInit2 {
   /** `"read"`: use a held token, fetch one on 401/404; `"need"`: always fetch one; `"none"`. */
   auth?: "read" | "need" | "none";
   signal?: AbortSignal;
+  /** This request's bound instead of the client's `timeoutMs`. */
+  timeoutMs?: number;
+}
+
+/** What `POST /v1/sync/once` reports (see the README's Peer sync). */
+export interface SyncOnceReport {
+  /** The peer's node key (hex). */
+  peer: string;
+  /** Wall time of the sync. */
+  ms: number;
+  framesIn: number;
+  framesOut: number;
+  bytesIn: number;
+  bytesOut: number;
+  negRounds: number;
+  eventsSent: number;
+  eventsReceived: number;
+  eventsStored: number;
+  eventsRejected: number;
+  /** Per group, the range reconciled when it was not the whole group (`until` null: no end). */
+  ranges?: Record<string, { since: number; until: number | null }>;
 }
 
 function policyOf(p: unknown): "open" | "closed" {
@@ -292,9 +315,10 @@ export class XfClient {
     const headers: Record<string, string> = { ...init.headers };
     if (token) headers.authorization = `Bearer ${token}`;
     const ctl = new AbortController();
+    const timeoutMs = init.timeoutMs ?? this.#timeoutMs;
     const timer = setTimeout(
-      () => ctl.abort(new XfClientError("NETWORK", `Cannot reach ${url}: no answer in ${this.#timeoutMs} ms`)),
-      this.#timeoutMs,
+      () => ctl.abort(new XfClientError("NETWORK", `Cannot reach ${url}: no answer in ${timeoutMs} ms`)),
+      timeoutMs,
     );
     const stop = () => ctl.abort(init.signal?.reason);
     init.signal?.addEventListener("abort", stop, { once: true });
@@ -702,6 +726,47 @@ export class XfClient {
       }
       await new Promise((ok) => setTimeout(ok, 20));
     }
+  }
+
+  /**
+   * Make the node sync once with a peer node (`POST /v1/sync/once`, the operator's route: loopback, or
+   * `operatorToken`), all groups both serve or `groups`, and with `since`/`until` only that `[since, until)`
+   * range of each (partial sync, ms since 1970). Resolves with the node's report of what moved.
+   */
+  async syncOnce(
+    peer: string,
+    options: { groups?: string[]; since?: number; until?: number; operatorToken?: string; signal?: AbortSignal } = {},
+  ): Promise<SyncOnceReport> {
+    const { groups, since, until, operatorToken, signal } = options;
+    for (const [name, v] of [["since", since], ["until", until]] as const) {
+      if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) {
+        throw new TypeError(`Cannot sync with ${name} ${v}: expected integer milliseconds since 1970`);
+      }
+    }
+    if (since !== undefined && until !== undefined && since >= until) {
+      throw new TypeError(`Cannot sync the range [${since}, ${until}): since must be before until`);
+    }
+    const body = new TextEncoder().encode(JSON.stringify({
+      peer,
+      ...(groups?.length ? { groups: groups.map(groupHex) } : {}),
+      ...(since !== undefined ? { since } : {}),
+      ...(until !== undefined ? { until } : {}),
+    }));
+    const init: RequestInit2 = {
+      method: "POST",
+      body,
+      headers: { "content-type": "application/json" },
+      auth: "none",
+      timeoutMs: SYNC_ONCE_TIMEOUT_MS,
+      ...(signal ? { signal } : {}),
+    };
+    const a = await this.#fetchWith("/v1/sync/once", init, operatorToken ?? null, async (res) => ({
+      status: res.status,
+      headers: res.headers,
+      body: new Uint8Array(await res.arrayBuffer()),
+    }));
+    if (a.status < 200 || a.status > 299) throw this.#errorOf(a.status, a.body);
+    return JSON.parse(new TextDecoder().decode(a.body)) as SyncOnceReport;
   }
 
   /** One event by id (exact bytes; the id is checked). Throws `NOT_FOUND`. */

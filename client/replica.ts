@@ -28,12 +28,12 @@
  *   bundled `xaeroflux-replica-worker.js`) and the whole replica runs in a
  *   Worker ({@linkcode RemoteReplica} is the page's side): the main thread
  *   does none of the sync's work.
- * - **Window.** `window: {days, events}` keeps only recent app events:
- *   after each sync the replica prunes the rest (their ids stay in the
- *   Merkle set, so the root is the node's and they are not fetched again).
- *   Until partial sync exists, the first sync still downloads everything;
- *   {@linkcode Replica.syncRange} is the one place a `[since, until)` range
- *   would be passed to the session.
+ * - **Window.** `window: {days, events}` keeps only recent app events. A
+ *   window of days is reconciled as a range (partial sync,
+ *   {@linkcode Replica.syncRange}): older events are never fetched, and
+ *   after each sync the replica prunes those that aged out (their ids stay
+ *   in the Merkle set, so they are not fetched again). A window of `events`
+ *   syncs the whole group and prunes to the newest N.
  *
  * @module
  */
@@ -321,8 +321,8 @@ export class Replica extends EventTarget {
   }
 
   /**
-   * The time range of a group this replica reconciles: the window's start, if any. The one place partial
-   * sync plugs in: once `SyncSession.sync` takes `{since, until}`, `#syncAll` passes this range.
+   * The time range of a group this replica reconciles (partial sync): from the window's start, if it has one
+   * in days; else all of it. A window of `events` is kept by pruning alone.
    */
   syncRange(_gid: string): { since?: number; until?: number } {
     const days = this.#window?.days;
@@ -479,8 +479,8 @@ export class Replica extends EventTarget {
   async #syncAll(n: NodeLink, s: SyncSession): Promise<void> {
     await Promise.all(this.#groups.map(async (gid) => {
       await this.#handOver(n, gid);
-      // syncRange(gid) is where a partial sync's {since, until} comes from, once the session takes one.
-      await s.sync(gid);
+      // Partial sync: a window of days reconciles only its range.
+      await s.sync(gid, this.syncRange(gid));
     }));
     if (s.state === "closed") throw new XfClientError("PEER_UNREACHABLE", `Session closed: ${s.closeReason}`);
     if (this.#window) {
@@ -518,11 +518,12 @@ export class Replica extends EventTarget {
       memory: this.#memory,
       // The node we dialed holds our groups for us: it may have their events (a pinned key narrows who).
       access: async (gid, peer) => ({ ...(await store.access(gid, peer)), readable: true }),
-      reconcile: async (gid, session, msg) => {
+      retained: (gid) => Promise.resolve(this.syncRange(gid).since ?? 0),
+      reconcile: async (gid, session, msg, range) => {
         // Unsent events as the reconciliation starts: only these can be shown held by it (one published
         // meanwhile may be past the ranges already compared).
         if (session && msg === null) unsentAtStart.set(gid, await store.unsent(gid));
-        const res = await store.reconcile(gid, session, msg);
+        const res = await store.reconcile(gid, session, msg, range);
         if (!res || !session) return res;
         let sent = sentNow.get(gid);
         if (!sent) sentNow.set(gid, sent = new Set());

@@ -535,11 +535,20 @@ export class ReplicaStore {
     return (await this.#kv.getMany(ids)).filter((v): v is Uint8Array => v !== undefined);
   }
 
-  /** One negentropy step over the group's tree (a group not held reconciles as the empty set when initiating). */
-  async reconcile(gid: string, session: string | null, msg: Uint8Array | null): Promise<ReconcileStep | null> {
+  /**
+   * One negentropy step over the group's tree, or its events with `since <= ts < until` (partial sync); a
+   * group not held reconciles as the empty set when initiating.
+   */
+  async reconcile(
+    gid: string,
+    session: string | null,
+    msg: Uint8Array | null,
+    range?: { since: number; until: number },
+  ): Promise<ReconcileStep | null> {
     const known = await this.group(gid);
     if (!known && !session) return null;
-    return this.#reconciles.step(known ? await this.#trees.tree(gid) : null, session, msg);
+    const opts = range ? { since: range.since, ...(range.until !== Infinity ? { until: range.until } : {}) } : {};
+    return this.#reconciles.step(known ? await this.#trees.tree(gid) : null, session, msg, opts);
   }
 
   /** Listen to events newly stored in a group (published here or received); returns the unsubscribe. */
