@@ -35,8 +35,6 @@ import {
   type Limits,
   QUERY_FETCH_KEYS_MAX,
   QUERY_SCAN_MAX,
-  RECONCILE_SESSION_IDLE_MS,
-  RECONCILE_SESSIONS_MAX,
 } from "../core/limits.ts";
 import { FlushTracker, type Kv, type KvOp, MemoryKv } from "../storage/kv.ts";
 import { openRocks } from "../storage/kv_rocks.ts";
@@ -57,8 +55,7 @@ import {
   timeKeyFloor,
   u64be,
 } from "../storage/keys.ts";
-import { Reconciler } from "../merkle/negentropy.ts";
-import { type NegentropyStorage, SubRange, VectorStorage } from "../merkle/negentropy_storage.ts";
+import { ReconcileSessions } from "../storage/reconcile.ts";
 import {
   APP_KIND_MIN,
   checkManifestEvent,
@@ -78,8 +75,7 @@ import {
   type TargetInfo,
   targetOf,
 } from "../storage/deletion.ts";
-import { GroupState, type GroupStateJSON } from "../storage/membership.ts";
-import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
+import { GroupState } from "../storage/membership.ts";
 import { fromHex, toHex } from "../core/bytes.ts";
 import { XfError } from "../core/errors.ts";
 import { fsckDeleted, GroupTrees } from "../storage/merkle_store.ts";
@@ -93,12 +89,15 @@ import {
   type SettingsRecord,
 } from "../storage/retention.ts";
 import { IdFilter } from "../storage/id_filter.ts";
+import {
+  decodeGroup,
+  encodeGroup,
+  encodeGroupState,
+  type GroupRecord,
+  loadGroupState,
+  membersKey,
+} from "../storage/group_record.ts";
 
-const EMPTY_SET = (() => {
-  const v = new VectorStorage();
-  v.seal();
-  return v;
-})();
 
 /** A batch index hands to advertise: events newly indexed, with their arrival seqs. */
 export interface AdvertiseIndexed {
@@ -307,26 +306,9 @@ export type IndexCall =
   | { type: "index.totals" };
 
 const CHECKPOINT = metaKey("checkpoint");
-const membersKey = (gid: string) => metaKey(`members:${gid}`);
 /** A group's retention settings in force (JSON `SettingsRecord`): the latest valid settings event's. */
 const settingsKey = (gid: string) => metaKey(`settings:${gid}`);
 const SETTINGS_PREFIX = metaKey("settings:");
-
-/** A group as the index keeps it. */
-export interface GroupRecord {
-  owner: string;
-  policy: number;
-  name: string;
-  manifest: string;
-}
-
-function encodeGroup(g: GroupRecord): Uint8Array {
-  return encodeCbor([g.owner, g.policy, g.name, g.manifest]);
-}
-function decodeGroup(b: Uint8Array): GroupRecord {
-  const [owner, policy, name, manifest] = decodeCbor(b) as [string, number, string, string];
-  return { owner, policy, name, manifest };
-}
 
 const ZERO_ID = new Uint8Array(32);
 /** The peers keyspace holds one record per group under this id: the DHT routing table (JSON). */
@@ -444,7 +426,7 @@ export const effects = (ctx: HostContext) => {
     waiters = waiters.filter((w) => w.seq > checkpoint);
     for (const w of ready) w.resolve();
   };
-  const sessions = new Map<string, { r: Reconciler; used: number }>();
+  const reconciles = new ReconcileSessions();
   const states = new Map<string, GroupState>();
   /** Retention settings in force per group (null: none), loaded once; `retaining`: the groups that have some. */
   const settings = new Map<string, SettingsRecord | null>();
@@ -579,10 +561,7 @@ export const effects = (ctx: HostContext) => {
     if (hit) return hit;
     const g = await group(gid);
     if (!g) return null;
-    const raw = await kv!.get(membersKey(gid));
-    const st = raw
-      ? GroupState.fromJSON(JSON.parse(new TextDecoder().decode(raw)) as GroupStateJSON)
-      : new GroupState(fromHex(g.owner)!, g.policy);
+    const st = loadGroupState(g, await kv!.get(membersKey(gid)));
     states.set(gid, st);
     return st;
   }
@@ -705,7 +684,7 @@ export const effects = (ctx: HostContext) => {
       changed.set(gid, st);
     }
     for (const [gid, st] of changed) {
-      ops.push({ type: "put", key: membersKey(gid), value: new TextEncoder().encode(JSON.stringify(st.toJSON())) });
+      ops.push({ type: "put", key: membersKey(gid), value: encodeGroupState(st) });
     }
     // Application events past their group's retention boundary are not stored (decode refuses them EXPIRED; these
     // passed it before it learned the boundary moved).
@@ -1286,44 +1265,12 @@ export const effects = (ctx: HostContext) => {
           // A group this node does not hold yet reconciles as the empty set (joining).
           const known = await group(msg.gid);
           if (!known && !msg.session) return null;
-          const whole: NegentropyStorage = known ? await trees!.tree(msg.gid) : EMPTY_SET;
-          const since = msg.since ?? 0, until = msg.until ?? Infinity;
-          if (!Number.isSafeInteger(since) || since < 0 || (until !== Infinity && !Number.isSafeInteger(until))) {
-            throw new XfError("BAD_QUERY", `Cannot reconcile range [${since}, ${until}): not integer milliseconds`);
-          }
-          // An empty range (since >= until, e.g. after raising since to a retention boundary) reconciles nothing.
-          const storage = () =>
-            since === 0 && until === Infinity ? whole : new SubRange(whole, since, Math.max(since, until));
-          const now = Date.now();
-          for (const [k, v] of sessions) if (now - v.used > RECONCILE_SESSION_IDLE_MS) sessions.delete(k);
-          const opts = msg.frameSizeLimit !== undefined ? { frameSizeLimit: msg.frameSizeLimit } : {};
-          let r: Reconciler;
-          if (msg.session) {
-            const s = sessions.get(msg.session);
-            if (!s) {
-              if (msg.msg) throw new XfError("BAD_FRAME", `No reconciliation session "${msg.session}"`);
-              r = new Reconciler(storage(), opts);
-              if (sessions.size >= RECONCILE_SESSIONS_MAX) sessions.delete(sessions.keys().next().value!);
-              sessions.set(msg.session, { r, used: now });
-            } else {
-              r = s.r;
-              s.used = now;
-            }
-          } else {
-            // As a responder this node answers id lists with its own ids (the C++ reference's way), so the
-            // initiator learns the whole difference: it asks for what it lacks and sends what we lack.
-            r = new Reconciler(storage(), { ...opts, idListReply: true });
-          }
-          if (!msg.msg) return { output: r.initiate(), have: [], need: [] };
-          let res: ReturnType<Reconciler["reconcile"]>;
-          try {
-            res = r.reconcile(msg.msg);
-          } catch (e) {
-            if (msg.session) sessions.delete(msg.session); // a failed reconciliation does not resume
-            throw e;
-          }
-          if (msg.session && res.output === null) sessions.delete(msg.session);
-          return { output: res.output, have: res.have.map((h) => h.slice()), need: res.need.map((h) => h.slice()) };
+          const opts = {
+            ...(msg.frameSizeLimit !== undefined ? { frameSizeLimit: msg.frameSizeLimit } : {}),
+            ...(msg.since !== undefined ? { since: msg.since } : {}),
+            ...(msg.until !== undefined ? { until: msg.until } : {}),
+          };
+          return reconciles.step(known ? await trees!.tree(msg.gid) : null, msg.session, msg.msg, opts);
         }
         case "index.access": {
           const st = await stateOf(msg.gid);

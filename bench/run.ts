@@ -1,12 +1,12 @@
 // `deno task bench [section ...]`: runs the benchmarks and prints markdown
 // tables, each figure beside the limit or peer it is compared with, measured
 // in the same run, as a ratio (≥ 1 is good). Sections: ingest, merkle, sync, partial-sync, session, dht, stream,
-// bundle, deletion; merkle-rates runs only the Merkle update rates against the previous tree (part of merkle).
+// bundle, deletion, replica; merkle-rates runs only the Merkle update rates against the previous tree (part of merkle).
 import { table } from "./_table.ts";
 
 const sections = Deno.args.length
   ? Deno.args
-  : ["ingest", "merkle", "sync", "partial-sync", "session", "dht", "stream", "bundle", "deletion"];
+  : ["ingest", "merkle", "sync", "partial-sync", "session", "dht", "stream", "bundle", "deletion", "replica"];
 const cpu = (await Deno.readTextFile("/proc/cpuinfo").catch(() => "")).match(/model name\s*:\s*(.*)/)?.[1] ??
   "unknown CPU";
 console.log(`## Run of ${new Date().toISOString()}\n`);
@@ -30,6 +30,7 @@ for (const s of sections) {
     else if (s === "bundle") out = await (await import("./bundle.ts")).benchBundle();
     else if (s === "stream") out = await (await import("./stream.ts")).benchStream();
     else if (s === "deletion") out = await (await import("./deletion.ts")).benchDeletion();
+    else if (s === "replica") out = await (await import("./replica.ts")).benchReplica();
     else throw new Error(`unknown section "${s}"`);
   } catch (e) {
     console.log(`### ${s}\n\nfailed: ${(e as Error).stack ?? e}\n`);

@@ -1,6 +1,7 @@
 /**
  * Bundle the client (`client/mod.ts`) as one minified ES module,
- * `dist/xaeroflux-client.js`, with esbuild. Bare specifiers are resolved
+ * `dist/xaeroflux-client.js`, and the replica's check Worker
+ * (`client/replica_worker.ts`) as `dist/xaeroflux-replica-worker.js`, with esbuild. Bare specifiers are resolved
  * through `deno.json`'s import map to the exact npm versions Deno put under
  * `node_modules/.deno/` (falling back to `node_modules/`).
  *
@@ -13,6 +14,8 @@ import * as esbuild from "npm:esbuild@0.28.2";
 
 /** Where the bundle goes by default. */
 export const BUNDLE_PATH = "dist/xaeroflux-client.js";
+/** Where the replica's check Worker goes by default (pass its URL as `openReplica({worker})`). */
+export const WORKER_BUNDLE_PATH = "dist/xaeroflux-replica-worker.js";
 
 const root = new URL("..", import.meta.url).pathname;
 
@@ -51,13 +54,16 @@ const importMap: esbuild.Plugin = {
 };
 
 /** Build the bundle; answers its path and size in bytes. */
-export async function buildClient(options: { outfile?: string; minify?: boolean } = {}): Promise<
+export async function buildClient(
+  options: { outfile?: string; minify?: boolean; entry?: "client/mod.ts" | "client/replica_worker.ts" } = {},
+): Promise<
   { path: string; bytes: number }
 > {
-  const outfile = options.outfile ?? `${root}${BUNDLE_PATH}`;
+  const entry = options.entry ?? "client/mod.ts";
+  const outfile = options.outfile ?? `${root}${entry === "client/mod.ts" ? BUNDLE_PATH : WORKER_BUNDLE_PATH}`;
   try {
     await esbuild.build({
-      entryPoints: [`${root}client/mod.ts`],
+      entryPoints: [`${root}${entry}`],
       bundle: true,
       format: "esm",
       platform: "browser",
@@ -77,6 +83,8 @@ export async function buildClient(options: { outfile?: string; minify?: boolean 
 }
 
 if (import.meta.main) {
-  const { path, bytes } = await buildClient();
-  console.log(`${path}: ${bytes.toLocaleString("en-US")} bytes`);
+  for (const entry of ["client/mod.ts", "client/replica_worker.ts"] as const) {
+    const { path, bytes } = await buildClient({ entry });
+    console.log(`${path}: ${bytes.toLocaleString("en-US")} bytes`);
+  }
 }

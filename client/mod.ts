@@ -81,6 +81,22 @@ export {
 } from "./keys.ts";
 export { bytesPayload, jsonPayload, readJson, readText, textPayload } from "./payload.ts";
 export { readSse, type SseMessage } from "./sse.ts";
+export {
+  openReplica,
+  RemoteReplica,
+  Replica,
+  REPLICA_CONFIRM_MS,
+  type ReplicaNode,
+  type ReplicaOptions,
+  type ReplicaProgress,
+  type ReplicaSession,
+  type ReplicaTraffic,
+  workerChecker,
+} from "./replica.ts";
+export { type ApplyResult, checkEvents, type ReplicaQuery, ReplicaStore } from "../storage/replica_store.ts";
+export { type Kv, MemoryKv } from "../storage/kv.ts";
+export { openIndexedDb } from "../storage/kv_idb.ts";
+export { createGroup } from "../storage/event.ts";
 export { checkProof, verifyProof } from "../merkle/proof.ts";
 export { type ErrorCode } from "../core/errors.ts";
 export {

@@ -287,6 +287,27 @@ export const SYNC_TICK_MS = 1_000;
 export const VECTOR_ITEMS_MAX = 2 ** 26;
 
 // ---------------------------------------------------------------------------
+// Fixed bounds: the replica (a device as a peer: storage/replica_store.ts, client/replica.ts)
+
+/** Events one replica write holds: a larger batch is written in several, manifests and membership first. */
+export const REPLICA_APPLY_EVENTS_MAX = 1024;
+
+/** Live local subscribers of one replica. */
+export const REPLICA_SUBSCRIBERS_MAX = 1024;
+
+/** Events sent to a node are confirmed held by a reconciliation this long after the last one went out. */
+export const REPLICA_CONFIRM_MS = 1_000;
+
+/** A call to the replica's check Worker (ids and signatures of a batch) fails with TIMEOUT after this. */
+export const REPLICA_WORKER_CALL_MS = 30_000;
+
+/** Events one window-pruning pass of a replica deletes at most (the next pass goes on). */
+export const REPLICA_PRUNE_EVENTS_MAX = 4096;
+
+/** Nodes one replica dials. */
+export const REPLICA_NODES_MAX = 8;
+
+// ---------------------------------------------------------------------------
 // Fixed bounds: the DHT (k and α are the SPEC's)
 
 /** Contacts per bucket, and the size of a lookup's result: Kademlia's `k` (SPEC). */

@@ -13,6 +13,7 @@
  * | `x`    | name (ASCII)                | node metadata (checkpoint …)   |
  * | `p`    | gid(32) node id(32)         | peer record (CBOR)             |
  * | `d`    | target id(32) tombstone(32) | 1 byte: 1 confirmed, 0 pending |
+ * | `u`    | gid(32) id(32)              | empty: a replica's event not yet held by a node |
  *
  * The deleted set (`d`): one entry per target a held tombstone names. Confirmed: the target was held here (or
  * arrived later) and that tombstone may delete it; pending: the target was never seen here, so the tombstone is
@@ -33,6 +34,7 @@ export const KS = {
   meta: 0x78,
   peer: 0x70,
   deleted: 0x64,
+  unsent: 0x75,
 } as const;
 
 function concat(prefix: number, ...parts: Uint8Array[]): Uint8Array {
@@ -78,6 +80,10 @@ export const deletedPrefix = (target: Uint8Array): Uint8Array => concat(KS.delet
 export const DELETED_PENDING: Uint8Array = Uint8Array.of(0);
 /** The target was held here, or arrived, and the tombstone may delete it. */
 export const DELETED_CONFIRMED: Uint8Array = Uint8Array.of(1);
+/** Key of a replica's event that no node is known to hold yet (published offline, or not yet confirmed). */
+export const unsentKey = (gid: Uint8Array, id: Uint8Array): Uint8Array => concat(KS.unsent, gid, id);
+/** Lowest unsent key of a group. */
+export const unsentPrefix = (gid: Uint8Array): Uint8Array => concat(KS.unsent, gid);
 
 /** The smallest key greater than every key that starts with `prefix`. */
 export function prefixEnd(prefix: Uint8Array): Uint8Array {
