@@ -98,7 +98,6 @@ import {
   membersKey,
 } from "../storage/group_record.ts";
 
-
 /** A batch index hands to advertise: events newly indexed, with their arrival seqs. */
 export interface AdvertiseIndexed {
   type: "indexed";
@@ -549,6 +548,7 @@ export const effects = (ctx: HostContext) => {
     prunedTo.set(gid, done);
     flushes!.written(ops.length, checkpoint, checkpoint);
     stats.forgotten += list.length;
+    forgot(list.length);
     const ids = new Uint8Array(list.length * 32);
     list.forEach((t, i) => ids.set(t.id, i * 32));
     ctx.receive({ type: "pruned", ids, retained: null });
@@ -575,7 +575,30 @@ export const effects = (ctx: HostContext) => {
     restored: 0,
     deleted: 0,
     forgotten: 0,
+    /** Background compactions started after `compact_after_forgotten` forgotten events, and finished. */
+    compactions: 0,
+    compactionsDone: 0,
+    compactMs: 0,
   };
+  /** Events forgotten since the last compaction started, and the one running (if any). */
+  let forgottenSinceCompact = 0;
+  let compacting: Promise<void> | null = null;
+  /**
+   * `n` events were forgotten: after `compact_after_forgotten` of them, compact the events, time, arrival and
+   * Merkle keyspaces in the background. RocksDB compacts on its own threads; writes go on meanwhile (the call is
+   * not awaited by any write). One at a time.
+   */
+  function forgot(n: number): void {
+    forgottenSinceCompact += n;
+    if (compacting || forgottenSinceCompact < limits.compact_after_forgotten || !kv) return;
+    forgottenSinceCompact = 0;
+    stats.compactions++;
+    const t0 = performance.now();
+    compacting = kv.compact(Uint8Array.of(KS.arrival), Uint8Array.of(KS.time + 1))
+      .then(() => void (stats.compactionsDone++, stats.compactMs += performance.now() - t0))
+      .catch(() => {/* the store closed under it, or a read error: RocksDB compacts on its own later */})
+      .finally(() => void (compacting = null));
+  }
   /** Every id the deleted set names (a Bloom filter): only a "maybe" costs a read of the deleted set. */
   let deletedFilter = IdFilter.sized(DELETED_FILTER_IDS_MIN);
 
@@ -771,6 +794,7 @@ export const effects = (ctx: HostContext) => {
     if (deletedFilter.count > 2 * deletedFilter.capacity) deletedFilter = await buildDeletedFilter(kv!);
     stats.restored += restored;
     stats.deleted += plan.forget.length;
+    if (plan.forget.length) forgot(plan.forget.length);
     flushes!.written(ops.length, checkpoint, nextCheckpoint);
     checkpoint = contiguous.commit();
     wake();
@@ -1339,6 +1363,8 @@ export const effects = (ctx: HostContext) => {
       soon.clear();
       // A prune in progress finishes its write first.
       await serial(async () => {});
+      // A background compaction finishes before RocksDB closes under it.
+      await compacting;
       await kv?.close();
       kv = null;
     },

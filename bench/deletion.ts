@@ -2,9 +2,12 @@
 // compaction. (1) The deleted set alone: bytes per entry (`d` + target + tombstone → 1 byte) beside the entry's
 // raw 66 bytes. (2) A node: events stored, then every one deleted by tombstones of 256 targets: bytes left per
 // deleted event (its deleted-set entry and its share of a tombstone) beside the bytes it took while stored.
+// (3) Disk space back: a group of XF_BENCH_COMPACT_EVENTS events (default 1,000,000; 0 skips it), 10 % of it deleted
+// at random: the store's bytes before, after deleting and after the index's background compaction (which those
+// deletions start, `compact_after_forgotten`), and the write rate while that compaction runs beside the rate before.
 // XF_BENCH_DELETED sets the entries of (1) (default 100,000), XF_BENCH_DELETED_EVENTS the events of (2) (20,480).
 import type { Row } from "./_table.ts";
-import { openRocks } from "../storage/kv.ts";
+import { openRocks } from "../storage/kv_rocks.ts";
 import { deletedKey } from "../storage/keys.ts";
 import { openNode } from "../node.ts";
 import { createGroup, KIND_TOMBSTONE, signEvent, type StoredEvent } from "../storage/event.ts";
@@ -17,6 +20,56 @@ async function sstBytes(dir: string): Promise<number> {
   let n = 0;
   for await (const e of Deno.readDir(dir)) if (e.name.endsWith(".sst")) n += (await Deno.stat(`${dir}/${e.name}`)).size;
   return n;
+}
+
+/** Bytes of every file under `dir` (RocksDB's tables, logs and manifests; or a whole data directory). */
+async function dirBytes(dir: string): Promise<number> {
+  let n = 0;
+  for await (const e of Deno.readDir(dir)) {
+    const p = `${dir}/${e.name}`;
+    n += e.isDirectory ? await dirBytes(p) : (await Deno.stat(p)).size;
+  }
+  return n;
+}
+
+/** `n` signed 100-byte-payload events of group `gid` from `t0`, in batches of 1000, published as they are signed. */
+async function publishMany(
+  node: Awaited<ReturnType<typeof openNode>>,
+  owner: Awaited<ReturnType<typeof generateKeyPair>>,
+  gid: Uint8Array,
+  t0: number,
+  n: number,
+  keep?: StoredEvent[],
+): Promise<number> {
+  let ms = 0;
+  for (let i = 0; i < n; i += 1000) {
+    const batch: StoredEvent[] = [];
+    for (let j = i; j < Math.min(n, i + 1000); j++) {
+      batch.push(
+        await signEvent(owner, {
+          group: gid,
+          ts: t0 + j,
+          kind: 16,
+          tags: [],
+          payload: new TextEncoder().encode(`event ${t0 + j} `.padEnd(100, ".")),
+        }),
+      );
+    }
+    const s = performance.now();
+    let res = await node.publish(batch);
+    // The library path sheds load as HTTP does (OVERLOADED): try those again.
+    let todo = batch;
+    while (res.some((r) => r.status === "rejected")) {
+      const bad = res.find((r) => r.status === "rejected" && r.code !== "OVERLOADED");
+      if (bad) throw new Error(`publish refused: ${JSON.stringify(bad)}`);
+      todo = todo.filter((_, k) => res[k]!.status === "rejected");
+      await new Promise((r) => setTimeout(r, 20));
+      res = await node.publish(todo);
+    }
+    ms += performance.now() - s;
+    keep?.push(...batch);
+  }
+  return ms;
 }
 
 /** Open the store, compact every key into table files, and answer their bytes. */
@@ -97,6 +150,108 @@ export async function benchDeletion(): Promise<{ rows: Row[]; notes: string[] }>
     const after = await compacted(`${data}/db`);
     const storedPer = before / events;
     const leftPer = after / events;
+
+    // (3) Disk space back after deleting 10 % of a large group.
+    const big = Number(Deno.env.get("XF_BENCH_COMPACT_EVENTS") ?? 1_000_000);
+    const rows3: Row[] = [];
+    const notes3: string[] = [];
+    if (big > 0) {
+      const bdir = `${root}/big`;
+      // Deleting 10 % of the group reaches the index's compaction threshold (the default at 1,000,000 events).
+      const limits = { compact_after_forgotten: Math.min(100_000, Math.floor(big / 10)) };
+      const bnode = await openNode({ dataDir: bdir, workers: false, limits });
+      try {
+        const g3 = await createGroup(owner, { name: "big", policy: 0 });
+        await bnode.publish(g3.manifest);
+        const gidHex = Array.from(g3.gid, (b) => b.toString(16).padStart(2, "0")).join("");
+        const held: StoredEvent[] = [];
+        const tBig = Date.now() - 400 * 86_400_000;
+        await publishMany(bnode, owner, g3.gid, tBig, big, held);
+        // The write rate before: 20,000 more events, timed.
+        const probe = 20_000;
+        const msBefore = await publishMany(bnode, owner, g3.gid, tBig + big, probe);
+        await bnode.merkle(gidHex);
+        const stats = () =>
+          bnode.pipeline.index<{ compactions: number; compactionsDone: number; compactMs: number; deleted: number }>(
+            { type: "index.stats" },
+          );
+        // Settle what RocksDB's own compactions were doing before measuring.
+        await new Promise((r) => setTimeout(r, 2000));
+        const bytesBefore = await dirBytes(`${bdir}/db`);
+        // 10 % at random, by tombstones of 256.
+        const pool = held.slice();
+        for (let i = 0; i < Math.floor(big / 10); i++) {
+          const j = i + Math.floor(Math.random() * (pool.length - i));
+          [pool[i], pool[j]] = [pool[j]!, pool[i]!];
+        }
+        const victims = pool.slice(0, Math.floor(big / 10));
+        const t3: StoredEvent[] = [];
+        for (let i = 0; i < victims.length; i += TOMBSTONE_TARGETS_MAX) {
+          t3.push(
+            await signEvent(owner, {
+              group: g3.gid,
+              ts: Date.now(),
+              kind: KIND_TOMBSTONE,
+              tags: [],
+              payload: encodeTombstone(victims.slice(i, i + TOMBSTONE_TARGETS_MAX).map((e) => e.id)),
+            }),
+          );
+        }
+        const c0 = (await stats()).compactions;
+        for (let i = 0; i < t3.length; i += 64) {
+          const r = await bnode.publish(t3.slice(i, i + 64));
+          if (r.some((x) => x.status !== "stored")) throw new Error(`tombstone refused: ${JSON.stringify(r[0])}`);
+        }
+        const deadline = Date.now() + 600_000;
+        while ((await stats()).deleted < victims.length && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        const bytesDeleted = await dirBytes(`${bdir}/db`);
+        // Writes while the compaction the deletions started runs.
+        const running = (await stats()).compactionsDone < (await stats()).compactions;
+        const msDuring = await publishMany(bnode, owner, g3.gid, tBig + big + probe, probe);
+        const stillRunning = (await stats()).compactionsDone < (await stats()).compactions;
+        while ((await stats()).compactionsDone < (await stats()).compactions && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 100));
+        }
+        const st = await stats();
+        const bytesAfter = await dirBytes(`${bdir}/db`);
+        rows3.push(
+          {
+            figure: `disk: RocksDB bytes after deleting 10 % of ${big.toLocaleString("en-US")} events, compacted`,
+            value: bytesAfter,
+            peer: "the same store before deleting",
+            peerValue: bytesBefore,
+            lowerIsBetter: true,
+          },
+          {
+            figure: "disk: RocksDB bytes after deleting, before the compaction finished",
+            value: bytesDeleted,
+            peer: "the same store before deleting",
+            peerValue: bytesBefore,
+            lowerIsBetter: true,
+          },
+          {
+            figure: `write rate (library, ev/s) with the compaction ${running ? "running" : "done already"}`,
+            value: probe / (msDuring / 1000),
+            peer: "write rate before deleting (ev/s)",
+            peerValue: probe / (msBefore / 1000),
+          },
+        );
+        notes3.push(
+          `${victims.length.toLocaleString("en-US")} of ${big.toLocaleString("en-US")} events deleted by ` +
+            `${t3.length} tombstones; compactions started ${st.compactions - c0}, compaction ${
+              Math.round(st.compactMs)
+            } ms; the ${probe.toLocaleString("en-US")} probe writes ${
+              stillRunning ? "ended while it still ran" : "outlasted it"
+            }; bytes before ${bytesBefore.toLocaleString("en-US")}, after deleting ${
+              bytesDeleted.toLocaleString("en-US")
+            }, compacted ${bytesAfter.toLocaleString("en-US")}.`,
+        );
+      } finally {
+        await bnode.close();
+      }
+    }
     return {
       rows: [
         {
@@ -113,8 +268,10 @@ export async function benchDeletion(): Promise<{ rows: Row[]; notes: string[] }>
           peerValue: storedPer,
           lowerIsBetter: true,
         },
+        ...rows3,
       ],
       notes: [
+        ...notes3,
         `${n.toLocaleString("en-US")} deleted-set entries of random ids; ${events.toLocaleString("en-US")} events ` +
         `then ${tombs.length} tombstones; table files after a full compaction: ${before.toLocaleString("en-US")} B ` +
         `before deleting, ${after.toLocaleString("en-US")} B after.`,

@@ -1,11 +1,14 @@
 // Crash test (deno task test:crash): a child node takes batches over HTTP from
 // several writers and is killed with SIGKILL at random moments; after each
 // kill the data dir is reopened and every acknowledged event must be there,
-// byte for byte, with a consistent Merkle tree. Bounded: ROUNDS kills.
+// byte for byte, with a consistent Merkle tree. Bounded: ROUNDS kills. A deleter sends tombstones among the writes:
+// nothing whose tombstone was acknowledged may come back after a kill, and the tombstone itself must stay.
 import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import { makeEvents, spawnNode, testGroup } from "./_helpers.ts";
 import { cborArrayOf, openNode } from "../node.ts";
+import { KIND_TOMBSTONE, signEvent } from "../storage/event.ts";
+import { encodeTombstone } from "../storage/deletion.ts";
 
 const ROUNDS = Number(Deno.env.get("XF_CRASH_ROUNDS") ?? 20);
 const WRITERS = 4;
@@ -24,6 +27,9 @@ Deno.test({
     const gid = toHex(g.gid);
     const pool = await makeEvents(g, ROUNDS * PER_ROUND);
     const acked = new Map<string, Uint8Array>();
+    /** Targets of acknowledged tombstones: gone for good. */
+    const deleted = new Set<string>();
+    let tombstonesAcked = 0;
     /** Kills that landed while a write was outstanding (sent, not yet answered). */
     let killsDuringWrites = 0;
     let replayedTotal = 0;
@@ -73,7 +79,44 @@ Deno.test({
             }
           }
         };
-        const writers = Array.from({ length: WRITERS }, writer);
+        // The deleter: every few ms, a tombstone (by the owner, who may delete any event) naming up to 8
+        // acknowledged events of the earlier rounds.
+        const deleter = async () => {
+          while (!killed) {
+            await new Promise((r) => setTimeout(r, 20 + Math.random() * 30));
+            // Eight acknowledged events at random (the manifest may never be deleted).
+            const all = [...acked.keys()];
+            const pick = [...new Set(Array.from({ length: 8 }, () => all[Math.floor(Math.random() * all.length)]!))]
+              .filter((id) => id !== toHex(g.manifest.id) && all.length > 50);
+            if (!pick.length) continue;
+            const t = await signEvent(g.owner, {
+              group: g.gid,
+              ts: Date.now(),
+              kind: KIND_TOMBSTONE,
+              tags: [],
+              payload: encodeTombstone(pick.map((h) => Uint8Array.from(h.match(/../g)!.map((x) => parseInt(x, 16))))),
+            });
+            inFlight++;
+            try {
+              const r = await fetch(`${url}/v1/groups/${gid}/events`, {
+                method: "POST",
+                body: t.bytes as BodyInit,
+                headers: { "content-type": "application/cbor" },
+              });
+              const body = await r.json();
+              if (r.status === 201 && body.status === "stored") {
+                for (const id of pick) (acked.delete(id), deleted.add(id));
+                acked.set(toHex(t.id), t.bytes);
+                tombstonesAcked++;
+              }
+            } catch {
+              return;
+            } finally {
+              inFlight--;
+            }
+          }
+        };
+        const writers = [...Array.from({ length: WRITERS }, writer), deleter()];
         // The stream must be flowing (a restarted node's first answers can be slow) before the random delay.
         const flowEnd = Date.now() + 10_000;
         while (acked.size === ackedBefore && Date.now() < flowEnd) await new Promise((r) => setTimeout(r, 1));
@@ -97,6 +140,9 @@ Deno.test({
             if (!bytes) throw new Error(`round ${round}: acknowledged event ${id} lost (${node.pipeline.recovery})`);
             assertEquals(toHex(bytes), toHex(acked.get(id)!));
           }
+          for (const id of deleted) {
+            assertEquals(await node.get(id), null, `round ${round}: deleted event ${id} came back`);
+          }
           const replayed = Number(/Replayed (\d+) records/.exec(node.pipeline.recovery)?.[1] ?? NaN);
           assert(Number.isInteger(replayed), `round ${round}: no replay count in "${node.pipeline.recovery}"`);
           replayedTotal += replayed;
@@ -108,7 +154,8 @@ Deno.test({
             `round ${
               round + 1
             }/${ROUNDS}: ${ackedThisRound} acknowledged this round (${acked.size} in all), all present; ` +
-              `killed ${midWrite ? "mid-write" : "between writes"}; ${node.pipeline.recovery}`,
+              `${deleted.size} deleted, none back; killed ${midWrite ? "mid-write" : "between writes"}; ` +
+              node.pipeline.recovery,
           );
         } finally {
           await node.close();
@@ -116,7 +163,11 @@ Deno.test({
       }
       // Every kill is waited for until a write is outstanding; the counter says whether it was.
       assertEquals(killsDuringWrites, ROUNDS, `only ${killsDuringWrites} of ${ROUNDS} kills landed mid-write`);
-      console.log(`${killsDuringWrites}/${ROUNDS} kills mid-write; ${replayedTotal} WAL records replayed in all`);
+      assert(tombstonesAcked > 0 && deleted.size > 0, "no tombstone was acknowledged");
+      console.log(
+        `${killsDuringWrites}/${ROUNDS} kills mid-write; ${replayedTotal} WAL records replayed in all; ` +
+          `${tombstonesAcked} tombstones acknowledged, ${deleted.size} events deleted, none came back`,
+      );
     } finally {
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }

@@ -828,3 +828,31 @@ Deno.test("XfClient.delete() publishes a tombstone; the node then answers DELETE
     await t.done();
   }
 });
+
+Deno.test("After compact_after_forgotten deleted events the index compacts in the background; writes go on meanwhile", async () => {
+  const t = await tempNode({ limits: { compact_after_forgotten: 40 } });
+  try {
+    const g = await testGroup("compact");
+    await t.node.publish(g.manifest);
+    const evs = await makeEvents(g, 200);
+    await t.node.publish(evs);
+    const stats = () =>
+      t.node.pipeline.index<{ compactions: number; compactionsDone: number; deleted: number }>({
+        type: "index.stats",
+      });
+    // 39 deleted: below the threshold, no compaction.
+    assertEquals((await t.node.publish(await tombstone(g.owner, g, evs.slice(0, 39))))[0]!.status, "stored");
+    await until(async () => (await stats()).deleted === 39);
+    assertEquals((await stats()).compactions, 0);
+    // One more reaches it: a compaction starts, and the node takes writes while it runs.
+    assertEquals((await t.node.publish(await tombstone(g.owner, g, evs.slice(39, 41))))[0]!.status, "stored");
+    await until(async () => (await stats()).compactions === 1);
+    const more = await makeEvents(g, 50, Date.now() - 5000);
+    assert((await t.node.publish(more)).every((r) => r.status === "stored"));
+    await until(async () => (await stats()).compactionsDone === 1);
+    for (const e of evs.slice(0, 41)) assertEquals(await t.node.get(toHex(e.id)), null);
+    for (const e of [...evs.slice(41), ...more]) assert(await t.node.get(toHex(e.id)));
+  } finally {
+    await t.done();
+  }
+});
