@@ -190,7 +190,11 @@ export class Replica extends EventTarget {
    * and each is refused `DELETED` if it arrives again. Throws {@linkcode XfClientError} `FORBIDDEN` when a target
    * held is not the replica key's own and the key is not the owner's or an admin's (or it is an engine event).
    */
-  async delete(gid: string | Uint8Array, ids: readonly (string | Uint8Array)[], options: { ts?: number } = {}) {
+  async delete(
+    gid: string | Uint8Array,
+    ids: readonly (string | Uint8Array)[],
+    options: { ts?: number } = {},
+  ): Promise<ClientEvent> {
     return await this.publish(gid, tombstoneDraft(ids, options.ts));
   }
 
@@ -199,7 +203,11 @@ export class Replica extends EventTarget {
    * admin's, else `FORBIDDEN`): sign a settings event (kind 3) and store it here at once; this replica, like every
    * node, then forgets the group's application events past the boundary.
    */
-  async setRetention(gid: string | Uint8Array, settings: Settings, options: { ts?: number } = {}) {
+  async setRetention(
+    gid: string | Uint8Array,
+    settings: Settings,
+    options: { ts?: number } = {},
+  ): Promise<ClientEvent> {
     return await this.publish(gid, settingsDraft(settings, options.ts));
   }
 

@@ -197,12 +197,16 @@ export class RemoteReplica extends EventTarget {
   }
 
   /** Delete events of a group: a tombstone, published here (see `Replica.delete`). */
-  delete(gid: string | Uint8Array, ids: readonly (string | Uint8Array)[], options: { ts?: number } = {}) {
+  delete(
+    gid: string | Uint8Array,
+    ids: readonly (string | Uint8Array)[],
+    options: { ts?: number } = {},
+  ): Promise<ClientEvent> {
     return this.publish(gid, tombstoneDraft(ids, options.ts));
   }
 
   /** Set a group's retention: a settings event, published here (see `Replica.setRetention`). */
-  setRetention(gid: string | Uint8Array, settings: Settings, options: { ts?: number } = {}) {
+  setRetention(gid: string | Uint8Array, settings: Settings, options: { ts?: number } = {}): Promise<ClientEvent> {
     return this.publish(gid, settingsDraft(settings, options.ts));
   }
 

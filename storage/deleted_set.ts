@@ -257,7 +257,9 @@ export function treeBoundary(s: SettingsRecord | null, tree: SortedSet): number 
   if (!s) return 0;
   const n = tree.size();
   if (n === 0) return 0;
-  const nth = s.retention_events !== undefined && n > s.retention_events
+  // A set of exactly N events has its oldest as the N-th newest: the boundary stays where a prune to N left it (with
+  // `>`, it fell to 0 once the prune was done, and what was forgotten was taken again from a peer, back and forth).
+  const nth = s.retention_events !== undefined && n >= s.retention_events
     ? tree.getItem(n - s.retention_events).ts
     : null;
   return retentionBoundary(s, tree.getItem(n - 1).ts, nth);
