@@ -41,10 +41,6 @@ import { openRocks } from "../storage/kv_rocks.ts";
 import {
   arrivalKey,
   arrivalPrefix,
-  DELETED_CONFIRMED,
-  DELETED_PENDING,
-  deletedKey,
-  deletedPrefix,
   eventKey,
   groupKey,
   KS,
@@ -62,33 +58,29 @@ import {
   decodeEvent,
   KIND_MANIFEST,
   KIND_MEMBERSHIP,
-  KIND_SETTINGS,
-  KIND_TOMBSTONE,
   peekEvent,
   type StoredEvent,
 } from "../storage/event.ts";
-import {
-  decodeTombstone,
-  type DeletionPlan,
-  type HeldTombstone,
-  planDeletions,
-  type TargetInfo,
-  targetOf,
-} from "../storage/deletion.ts";
+import { type TargetInfo, targetOf } from "../storage/deletion.ts";
 import { GroupState } from "../storage/membership.ts";
 import { fromHex, toHex } from "../core/bytes.ts";
 import { XfError } from "../core/errors.ts";
 import { fsckDeleted, GroupTrees } from "../storage/merkle_store.ts";
-import {
-  decodeSettings,
-  isForgettableKind,
-  isNewerSettings,
-  judgeSettings,
-  retentionBoundary,
-  type Settings,
-  type SettingsRecord,
-} from "../storage/retention.ts";
+import { isForgettableKind, type SettingsRecord } from "../storage/retention.ts";
 import { IdFilter } from "../storage/id_filter.ts";
+import {
+  buildDeletedFilter,
+  deletedEntries,
+  deletedSetOps,
+  forgetOps,
+  isDeleted,
+  loadSettings,
+  planSettings,
+  planWriteDeletions,
+  SETTINGS_PREFIX,
+  settingsOp,
+  treeBoundary,
+} from "../storage/deleted_set.ts";
 import {
   decodeGroup,
   encodeGroup,
@@ -305,9 +297,6 @@ export type IndexCall =
   | { type: "index.totals" };
 
 const CHECKPOINT = metaKey("checkpoint");
-/** A group's retention settings in force (JSON `SettingsRecord`): the latest valid settings event's. */
-const settingsKey = (gid: string) => metaKey(`settings:${gid}`);
-const SETTINGS_PREFIX = metaKey("settings:");
 
 const ZERO_ID = new Uint8Array(32);
 /** The peers keyspace holds one record per group under this id: the DHT routing table (JSON). */
@@ -348,17 +337,6 @@ async function buildFilter(kv: Kv, limits: Limits): Promise<IdFilter | null> {
   // Deleted ids too: a deleted event that arrives again is asked of the index, which answers "deleted".
   const d = new Uint8Array([KS.deleted]);
   for await (const [k] of kv.range({ gte: d, lt: prefixEnd(d), values: false })) f.add(k.subarray(1, 33));
-  return f;
-}
-
-/** A filter of every target the deleted set names, sized for twice as many (at least DELETED_FILTER_IDS_MIN). */
-async function buildDeletedFilter(kv: Kv): Promise<IdFilter> {
-  const lo = new Uint8Array([KS.deleted]);
-  const range = { gte: lo, lt: prefixEnd(lo), values: false };
-  let n = 0;
-  for await (const _ of kv.range(range)) n++;
-  const f = IdFilter.sized(Math.max(DELETED_FILTER_IDS_MIN, 2 * n));
-  for await (const [k] of kv.range(range)) f.add(k.subarray(1, 33));
   return f;
 }
 
@@ -444,8 +422,7 @@ export const effects = (ctx: HostContext) => {
 
   async function settingsOf(gid: string): Promise<SettingsRecord | null> {
     if (settings.has(gid)) return settings.get(gid)!;
-    const raw = await kv!.get(settingsKey(gid));
-    const rec = raw ? JSON.parse(new TextDecoder().decode(raw)) as SettingsRecord : null;
+    const rec = await loadSettings(kv!, gid);
     settings.set(gid, rec);
     return rec;
   }
@@ -454,13 +431,7 @@ export const effects = (ctx: HostContext) => {
   async function retainedOf(gid: string): Promise<number> {
     const s = await settingsOf(gid);
     if (!s || !(await group(gid))) return 0;
-    const tree = await trees!.tree(gid);
-    const n = tree.size();
-    if (n === 0) return 0;
-    const nth = s.retention_events !== undefined && n > s.retention_events
-      ? tree.getItem(n - s.retention_events).ts
-      : null;
-    return retentionBoundary(s, tree.getItem(n - 1).ts, nth);
+    return treeBoundary(s, await trees!.tree(gid));
   }
 
   /** Recompute the boundaries of `gids` (retaining groups); tell decode those that moved, prune those that rose. */
@@ -535,7 +506,7 @@ export const effects = (ctx: HostContext) => {
       prunedTo.set(gid, done);
       return 0;
     }
-    const ops = await forgetOps(list);
+    const ops = await forgetOps(kv, list);
     const merkle = await trees!.update([], list);
     for (const o of merkle.ops) ops.push(o);
     try {
@@ -709,6 +680,13 @@ export const effects = (ctx: HostContext) => {
     for (const [gid, st] of changed) {
       ops.push({ type: "put", key: membersKey(gid), value: encodeGroupState(st) });
     }
+    // A group's membership with this write's own membership events (a group this write creates: its owner's).
+    const stateIn = async (gid: string) => {
+      const st = changed.get(gid) ?? (await stateOf(gid));
+      if (st) return st;
+      const rec = newGroups.find(([g]) => g === gid)?.[1];
+      return rec ? new GroupState(fromHex(rec.owner)!, rec.policy) : null;
+    };
     // Application events past their group's retention boundary are not stored (decode refuses them EXPIRED; these
     // passed it before it learned the boundary moved).
     const expired = candidates.filter((c) =>
@@ -716,43 +694,18 @@ export const effects = (ctx: HostContext) => {
     );
     const current = expired.length ? candidates.filter((c) => !expired.includes(c)) : candidates;
     // Tombstones and the deleted set: which events are stored, refused or forgotten (storage/deletion.ts).
-    const plan = await deletions(current, changed, newGroups);
+    const plan = await planWriteDeletions(kv!, limits, current, stateIn, (id) => deletedFilter.mayHave(id));
     const fresh = plan.keep.map((i) => current[i]!);
     // Settings events: the latest valid one by (ts, id) is the group's retention.
-    const newSettings = new Map<string, SettingsRecord>();
-    for (const { ev, hex } of fresh) {
-      if (ev.kind !== KIND_SETTINGS) continue;
-      const gid = toHex(ev.group);
-      let st = changed.get(gid) ?? (await stateOf(gid));
-      if (!st) {
-        const rec = newGroups.find(([g]) => g === gid)?.[1];
-        st = rec ? new GroupState(fromHex(rec.owner)!, rec.policy) : null;
-      }
-      let s: Settings;
-      try {
-        s = decodeSettings(ev.payload);
-      } catch {
-        continue; // a replayed record decode never admitted
-      }
-      if (!st || !judgeSettings(st, ev).ok) continue;
-      if (!isNewerSettings(ev.ts, hex, newSettings.get(gid) ?? await settingsOf(gid))) continue;
-      newSettings.set(gid, { ...s, ts: ev.ts, id: hex });
-    }
-    for (const [gid, rec] of newSettings) {
-      ops.push({ type: "put", key: settingsKey(gid), value: new TextEncoder().encode(JSON.stringify(rec)) });
-    }
+    const newSettings = await planSettings(fresh, stateIn, settingsOf);
+    for (const [gid, rec] of newSettings) ops.push(settingsOp(gid, rec));
     for (const { ev, it } of fresh) {
       ops.push({ type: "put", key: eventKey(ev.id), value: ev.bytes });
       ops.push({ type: "put", key: timeKey(ev.group, ev.ts, ev.id), value: u64be(it.seq) });
       ops.push({ type: "put", key: arrivalKey(ev.group, it.seq), value: ev.id });
     }
-    const forgotten = await forgetOps(plan.forget);
-    for (const o of forgotten) ops.push(o);
-    for (const c of plan.changes) {
-      const key = deletedKey(c.target, c.tomb);
-      if (c.confirmed === null) ops.push({ type: "del", key });
-      else ops.push({ type: "put", key, value: c.confirmed ? DELETED_CONFIRMED : DELETED_PENDING });
-    }
+    for (const o of await forgetOps(kv!, plan.forget)) ops.push(o);
+    for (const o of deletedSetOps(plan)) ops.push(o);
     // A replayed event RocksDB lost though its checkpoint covered it: RocksDB's log dropped a batch, and
     // Merkle pages written with it may be gone too. Its group's tree is rebuilt from the time index.
     const restoredGroups = new Set<string>();
@@ -829,141 +782,6 @@ export const effects = (ctx: HostContext) => {
       dropped: ids(dropped),
       fresh: fresh.length ? packBatch(fresh.map((f) => ({ ...f.it, id: f.ev.id }))) : null,
     };
-  }
-
-  /**
-   * What a write's new events do to the deleted set: read what `planDeletions` needs (the deleted-set entries
-   * of ids the filter may hold, the targets its tombstones name, the tombstones those entries name) and plan.
-   */
-  async function deletions(
-    candidates: { ev: StoredEvent; hex: string }[],
-    changed: Map<string, GroupState>,
-    newGroups: [string, GroupRecord][],
-  ): Promise<DeletionPlan> {
-    const maybe = candidates.filter((c) => deletedFilter.mayHave(c.ev.id));
-    const tombstones = candidates.filter((c) => c.ev.kind === KIND_TOMBSTONE);
-    if (maybe.length === 0 && tombstones.length === 0) {
-      return {
-        keep: candidates.map((_, i) => i),
-        refused: [],
-        rejected: [],
-        forget: [],
-        changes: [],
-        deleted: [],
-        dropped: [],
-      };
-    }
-    const entries = new Map<string, Map<string, boolean>>();
-    for (const c of maybe) {
-      const m = await entriesOf(c.ev.id);
-      if (m.size) entries.set(c.hex, m);
-    }
-    const inWrite = new Set(candidates.map((c) => c.hex));
-    const targetsOf = new Map<string, Uint8Array[]>();
-    for (const c of tombstones) {
-      try {
-        targetsOf.set(c.hex, decodeTombstone(c.ev.payload));
-      } catch {
-        targetsOf.set(c.hex, []); // a replayed record decode never admitted: it names nothing
-      }
-    }
-    // Events held before the write that its tombstones name.
-    const want = new Map<string, Uint8Array>();
-    for (const ts of targetsOf.values()) {
-      for (const t of ts) {
-        const h = toHex(t);
-        if (!inWrite.has(h)) want.set(h, t);
-      }
-    }
-    const held = new Map<string, TargetInfo>();
-    const wantIds = [...want.values()];
-    const got = wantIds.length ? await kv!.getMany(wantIds.map((id) => eventKey(id))) : [];
-    got.forEach((b, i) => {
-      const info = b && targetOf(b, wantIds[i]!);
-      if (info) held.set(toHex(wantIds[i]!), info);
-    });
-    // Tombstones held that the entries name.
-    const named = new Set<string>();
-    for (const m of entries.values()) for (const x of m.keys()) if (!inWrite.has(x)) named.add(x);
-    const held2 = new Map<string, HeldTombstone>();
-    const namedIds = [...named].map((h) => fromHex(h)!);
-    const tb = namedIds.length ? await kv!.getMany(namedIds.map((id) => eventKey(id))) : [];
-    tb.forEach((b, i) => {
-      if (!b) return;
-      try {
-        const ev = decodeEvent(b, { ...limits, event_bytes_max: b.length });
-        held2.set(toHex(namedIds[i]!), { signer: targetOf(b, namedIds[i]!)!, targets: decodeTombstone(ev.payload) });
-      } catch { /* not a tombstone: its entries cannot be judged and go */ }
-    });
-    // Every group involved, with the write's own membership events.
-    const states = new Map<string, GroupState | null>();
-    const gids = new Set([
-      ...candidates.map((c) => toHex(c.ev.group)),
-      ...[...held2.values()].map((t) => toHex(t.signer.group)),
-    ]);
-    for (const gid of gids) {
-      let st = changed.get(gid) ?? (await stateOf(gid));
-      if (!st) {
-        const rec = newGroups.find(([g]) => g === gid)?.[1];
-        st = rec ? new GroupState(fromHex(rec.owner)!, rec.policy) : null;
-      }
-      states.set(gid, st);
-    }
-    return planDeletions({
-      events: candidates.map((c) => ({
-        id: c.ev.id,
-        group: c.ev.group,
-        author: c.ev.author,
-        kind: c.ev.kind,
-        ts: c.ev.ts,
-        ...(targetsOf.has(c.hex) ? { targets: targetsOf.get(c.hex)! } : {}),
-      })),
-      held,
-      entries,
-      tombstones: held2,
-      state: (g) => states.get(toHex(g)) ?? null,
-    });
-  }
-
-  /** True when a confirmed entry of the deleted set names `id`. */
-  async function isDeleted(id: Uint8Array): Promise<boolean> {
-    for (const confirmed of (await entriesOf(id)).values()) if (confirmed) return true;
-    return false;
-  }
-
-  /** The deleted-set entries of one id: tombstone (hex) → confirmed. */
-  async function entriesOf(id: Uint8Array): Promise<Map<string, boolean>> {
-    const out = new Map<string, boolean>();
-    const lo = deletedPrefix(id);
-    for await (const [k, v] of kv!.range({ gte: lo, lt: prefixEnd(lo) })) {
-      if (k.length === 65) out.set(toHex(k.subarray(33, 65)), v[0] === 1);
-    }
-    return out;
-  }
-
-  /**
-   * The ops that forget events held: their bytes, time-index and arrival-index entries (the time entry's value
-   * is the arrival seq). Their Merkle removal goes with the write's other tree changes (`trees.update`).
-   * Deletion and retention both forget through this one function.
-   */
-  async function forgetOps(list: readonly TargetInfo[]): Promise<KvOp[]> {
-    if (list.length === 0) return [];
-    const tkeys = list.map((e) => timeKey(e.group, e.ts, e.id));
-    const seqs = await kv!.getMany(tkeys);
-    const ops: KvOp[] = [];
-    list.forEach((e, i) => {
-      ops.push({ type: "del", key: eventKey(e.id) });
-      ops.push({ type: "del", key: tkeys[i]! });
-      const v = seqs[i];
-      // Entries written before the arrival index existed have no seq.
-      if (v && v.length === 8) {
-        ops.push({
-          type: "del",
-          key: arrivalKey(e.group, Number(new DataView(v.buffer, v.byteOffset, 8).getBigUint64(0))),
-        });
-      }
-    });
-    return ops;
   }
 
   async function query(q: EventQuery): Promise<{ events: Uint8Array[]; cursor: string | null; seqs: number[] }> {
@@ -1131,7 +949,7 @@ export const effects = (ctx: HostContext) => {
           const out: Presence[] = [];
           for (let i = 0; i < ids.length; i++) {
             if (held[i] !== undefined) out.push(PRESENCE.held);
-            else if (deletedFilter.mayHave(ids[i]!) && await isDeleted(ids[i]!)) out.push(PRESENCE.deleted);
+            else if (deletedFilter.mayHave(ids[i]!) && await isDeleted(kv!, ids[i]!)) out.push(PRESENCE.deleted);
             else out.push(PRESENCE.absent);
           }
           return out;
@@ -1143,7 +961,7 @@ export const effects = (ctx: HostContext) => {
             throw new XfError("BAD_EVENT_ID", `Cannot read event "${msg.id}": not 64 hex digits`);
           }
           if (!deletedFilter.mayHave(id)) return null;
-          for (const [x, confirmed] of await entriesOf(id)) {
+          for (const [x, confirmed] of await deletedEntries(kv!, id)) {
             if (!confirmed) continue;
             const b = await kv!.get(eventKey(fromHex(x)!));
             if (b && b.length >= 36) return toHex(b.subarray(4, 36));

@@ -14,8 +14,6 @@ import { fromHex, toHex } from "../core/bytes.ts";
 import {
   createGroup as makeGroup,
   eventId as eventIdOf,
-  KIND_SETTINGS,
-  KIND_TOMBSTONE,
   peekEvent,
   POLICY_CLOSED,
   POLICY_OPEN,
@@ -32,10 +30,18 @@ import {
   type MembershipAction,
 } from "../storage/membership.ts";
 import { checkProof } from "../merkle/proof.ts";
-import { encodeTombstone } from "../storage/deletion.ts";
-import { encodeSettings, type Settings } from "../storage/retention.ts";
+import type { Settings } from "../storage/retention.ts";
 import { type ClientErrorCode, XfClientError } from "./errors.ts";
-import { type ClientEvent, type EventDraft, fromStored, groupHex, readEvent, signEvent } from "./event.ts";
+import {
+  type ClientEvent,
+  type EventDraft,
+  fromStored,
+  groupHex,
+  readEvent,
+  settingsDraft,
+  signEvent,
+  tombstoneDraft,
+} from "./event.ts";
 import { cborArrayOf } from "../storage/cbor.ts";
 import { type PublishResult, startSubscription, type SubscribeOptions, type Subscription } from "./subscribe.ts";
 import { type ExportHeader, readExport } from "./export.ts";
@@ -571,18 +577,7 @@ export class XfClient {
     ids: readonly (string | Uint8Array)[],
     options: { ts?: number } = {},
   ): Promise<Sent> {
-    const targets = ids.map((id) => {
-      const b = typeof id === "string" ? fromHex(id) : id;
-      if (!b || b.length !== 32) {
-        throw new TypeError(`Cannot delete event "${String(id).slice(0, 80)}": not 64 hex digits`);
-      }
-      return b;
-    });
-    return await this.send(gid, {
-      kind: KIND_TOMBSTONE,
-      payload: encodeTombstone(targets),
-      ...(options.ts !== undefined ? { ts: options.ts } : {}),
-    });
+    return await this.send(gid, tombstoneDraft(ids, options.ts));
   }
 
   /**
@@ -591,11 +586,7 @@ export class XfClient {
    * forgets the group's application events past the boundary; the latest settings event by `(ts, id)` wins.
    */
   async setRetention(gid: string | Uint8Array, settings: Settings, options: { ts?: number } = {}): Promise<Sent> {
-    return await this.send(gid, {
-      kind: KIND_SETTINGS,
-      payload: encodeSettings(settings),
-      ...(options.ts !== undefined ? { ts: options.ts } : {}),
-    });
+    return await this.send(gid, settingsDraft(settings, options.ts));
   }
 
   // ---- reading ----

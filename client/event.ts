@@ -11,11 +11,15 @@ import {
   decodeEvent,
   encodeEvent,
   eventId,
+  KIND_SETTINGS,
+  KIND_TOMBSTONE,
   signEvent as signStoredEvent,
   type StoredEvent,
   type Tag,
   verifyEvent,
 } from "../storage/event.ts";
+import { encodeTombstone } from "../storage/deletion.ts";
+import { encodeSettings, type Settings } from "../storage/retention.ts";
 import { type KeyPair } from "../storage/ed25519.ts";
 import { XfClientError } from "./errors.ts";
 
@@ -204,4 +208,25 @@ export function groupBytes(gid: string | Uint8Array): Uint8Array {
 /** A group id as 64 lower-case hex digits. */
 export function groupHex(gid: string | Uint8Array): string {
   return toHex(groupBytes(gid));
+}
+
+/**
+ * The draft of a tombstone (kind 2) naming `ids` (1 to 256, hex or bytes), for `XfClient.delete` and
+ * `Replica.delete`. Throws `TypeError` for an id that is not 32 bytes, `XfError` `BAD_EVENT` for no id, too many or
+ * one named twice.
+ */
+export function tombstoneDraft(ids: readonly (string | Uint8Array)[], ts?: number): EventDraft {
+  const targets = ids.map((id) => {
+    const b = typeof id === "string" ? fromHex(id) : id;
+    if (!b || b.length !== 32) {
+      throw new TypeError(`Cannot delete event "${String(id).slice(0, 80)}": not 64 hex digits`);
+    }
+    return b;
+  });
+  return { kind: KIND_TOMBSTONE, payload: encodeTombstone(targets), ...(ts !== undefined ? { ts } : {}) };
+}
+
+/** The draft of a settings event (kind 3), for `XfClient.setRetention` and `Replica.setRetention`. */
+export function settingsDraft(settings: Settings, ts?: number): EventDraft {
+  return { kind: KIND_SETTINGS, payload: encodeSettings(settings), ...(ts !== undefined ? { ts } : {}) };
 }

@@ -62,7 +62,16 @@ import {
   type ReplicaTraffic,
 } from "./replica_remote.ts";
 import type { KeyPair } from "../storage/ed25519.ts";
-import { type ClientEvent, type EventDraft, groupHex, readEvent, signEvent } from "./event.ts";
+import {
+  type ClientEvent,
+  type EventDraft,
+  groupHex,
+  readEvent,
+  settingsDraft,
+  signEvent,
+  tombstoneDraft,
+} from "./event.ts";
+import type { Settings } from "../storage/retention.ts";
 import { XfClientError } from "./errors.ts";
 import { XfClient } from "./client.ts";
 
@@ -173,6 +182,33 @@ export class Replica extends EventTarget {
     const e = await signEvent(this.key, gid, draft);
     await this.add([e.bytes]);
     return e;
+  }
+
+  /**
+   * Delete events of group `gid` (1 to 256 ids, hex or bytes), as `XfClient.delete` does: sign a tombstone (kind 2)
+   * naming them and store it here at once; the targets held leave the store, its Merkle set and the unsent events,
+   * and each is refused `DELETED` if it arrives again. Throws {@linkcode XfClientError} `FORBIDDEN` when a target
+   * held is not the replica key's own and the key is not the owner's or an admin's (or it is an engine event).
+   */
+  async delete(
+    gid: string | Uint8Array,
+    ids: readonly (string | Uint8Array)[],
+    options: { ts?: number } = {},
+  ): Promise<ClientEvent> {
+    return await this.publish(gid, tombstoneDraft(ids, options.ts));
+  }
+
+  /**
+   * Set group `gid`'s retention, as `XfClient.setRetention` does (the replica's key must be the owner's or an
+   * admin's, else `FORBIDDEN`): sign a settings event (kind 3) and store it here at once; this replica, like every
+   * node, then forgets the group's application events past the boundary.
+   */
+  async setRetention(
+    gid: string | Uint8Array,
+    settings: Settings,
+    options: { ts?: number } = {},
+  ): Promise<ClientEvent> {
+    return await this.publish(gid, settingsDraft(settings, options.ts));
   }
 
   /**
@@ -518,7 +554,8 @@ export class Replica extends EventTarget {
       memory: this.#memory,
       // The node we dialed holds our groups for us: it may have their events (a pinned key narrows who).
       access: async (gid, peer) => ({ ...(await store.access(gid, peer)), readable: true }),
-      retained: (gid) => Promise.resolve(this.syncRange(gid).since ?? 0),
+      // Reconcile only what both sides retain: from the window's start or the group's retention boundary.
+      retained: async (gid) => Math.max(this.syncRange(gid).since ?? 0, await store.retained(gid)),
       reconcile: async (gid, session, msg, range) => {
         // Unsent events as the reconciliation starts: only these can be shown held by it (one published
         // meanwhile may be past the ranges already compared).

@@ -15,7 +15,8 @@ import type { WireError } from "../core/errors.ts";
 import { REPLICA_WORKER_CALL_MS } from "../core/limits.ts";
 import type { ReplicaQuery } from "../storage/replica_store.ts";
 import type { SessionStats } from "../net/sync.ts";
-import { type ClientEvent, type EventDraft, groupHex, readEvent } from "./event.ts";
+import { type ClientEvent, type EventDraft, groupHex, readEvent, settingsDraft, tombstoneDraft } from "./event.ts";
+import type { Settings } from "../storage/retention.ts";
 import { type ClientErrorCode, XfClientError } from "./errors.ts";
 
 /** A node a replica syncs with: its URL (`http(s)://` or `ws(s)://`), and optionally its key (hex) pinned. */
@@ -193,6 +194,20 @@ export class RemoteReplica extends EventTarget {
   async publish(gid: string | Uint8Array, draft: EventDraft): Promise<ClientEvent> {
     const g = groupHex(gid);
     return await readEvent(await this.#call<Uint8Array>("publish", [g, draft]), { group: g });
+  }
+
+  /** Delete events of a group: a tombstone, published here (see `Replica.delete`). */
+  delete(
+    gid: string | Uint8Array,
+    ids: readonly (string | Uint8Array)[],
+    options: { ts?: number } = {},
+  ): Promise<ClientEvent> {
+    return this.publish(gid, tombstoneDraft(ids, options.ts));
+  }
+
+  /** Set a group's retention: a settings event, published here (see `Replica.setRetention`). */
+  setRetention(gid: string | Uint8Array, settings: Settings, options: { ts?: number } = {}): Promise<ClientEvent> {
+    return this.publish(gid, settingsDraft(settings, options.ts));
   }
 
   /** Store signed events made elsewhere (see `Replica.add`). */

@@ -15,20 +15,33 @@
  *    clock's horizon, no reserved kind;
  * 3. admission in order, manifests then membership (by `(ts, id)`) then the
  *    rest: the same functions the node's decode stage applies
- *    (`checkManifestEvent`, `authorizeWrite` over `GroupState`). An event
- *    whose group is not held is refused `UNKNOWN_GROUP`, one whose author
- *    is not a member `FORBIDDEN`, as the node refuses them; sync tries such
- *    events again once what admits them arrives;
- * 4. one Kv batch: events, time index, new group records, membership state,
+ *    (`checkManifestEvent`, `authorizeWrite` over `GroupState`, `judgeSettings`,
+ *    the retention boundary). An event whose group is not held is refused
+ *    `UNKNOWN_GROUP`, one whose author is not a member `FORBIDDEN`, an
+ *    application event older than the boundary `EXPIRED`, as the node refuses
+ *    them; sync tries such events again once what admits them arrives;
+ * 4. deletion: the node index's own plan (`planWriteDeletions` in
+ *    `deleted_set.ts`, over the rules of `deletion.ts`), in the write's order:
+ *    an event a held tombstone deletes is refused `DELETED`, a tombstone whose
+ *    held target its signer may not delete `FORBIDDEN`; targets held are
+ *    forgotten, targets not held get a pending entry in the deleted set (`d`),
+ *    a pending tombstone found invalid when its target arrives is dropped;
+ *    settings events set the group's retention (`planSettings`, the index's
+ *    record under the same `x` key);
+ * 5. one Kv batch: events, time index, new group records, membership state,
+ *    deleted set, settings, forgotten targets (bytes, time index, unsent mark),
  *    Merkle pages and unsent marks, all or nothing; caches and the Merkle
  *    trees move only once it is written.
  *
  * Step 3 is {@linkcode ReplicaStore} `#step`, the one place where a rule
- * per event plugs in: deletion (kind 2 tombstones) and retention (kind 3)
- * will add their targets to `remove` there.
+ * per event plugs in; step 4 runs the node's plan over what it admitted.
+ * After a write, a group whose retention boundary rose is pruned as a node
+ * prunes it: its application events below the boundary leave the store and
+ * the Merkle set, in writes of at most `retention_prune_events_max`.
  *
  * **Unsent.** An event published here is marked unsent (`u` keyspace) in
- * the same batch; it is cleared once a reconciliation shows a node holds it.
+ * the same batch; it is cleared once a reconciliation shows a node holds it,
+ * or once it is deleted or past the retention boundary.
  *
  * **Window.** {@linkcode ReplicaStore.prune} deletes the bytes and time-index
  * entries of a group's events outside a window but keeps their ids in the
@@ -57,9 +70,25 @@ import {
   type EventLimits,
   KIND_MANIFEST,
   KIND_MEMBERSHIP,
+  KIND_SETTINGS,
+  KIND_TOMBSTONE,
   peekEvent,
   type StoredEvent,
 } from "./event.ts";
+import { decodeTombstone, type TargetInfo, targetOf } from "./deletion.ts";
+import { decodeSettings, isForgettableKind, judgeSettings, type SettingsRecord } from "./retention.ts";
+import {
+  buildDeletedFilter,
+  deletedSetOps,
+  forgetOps,
+  isDeleted,
+  loadSettings,
+  planSettings,
+  planWriteDeletions,
+  settingsOp,
+  treeBoundary,
+} from "./deleted_set.ts";
+import type { IdFilter } from "./id_filter.ts";
 import { verify } from "./ed25519.ts";
 import { authorizeWrite, GroupState } from "./membership.ts";
 import {
@@ -70,7 +99,7 @@ import {
   loadGroupState,
   membersKey,
 } from "./group_record.ts";
-import { GroupTrees, type MerkleEvent } from "./merkle_store.ts";
+import { GroupTrees } from "./merkle_store.ts";
 import { ReconcileSessions, type ReconcileStep } from "./reconcile.ts";
 
 /** Per-event outcome of {@linkcode ReplicaStore.apply} (the shape a node's pipeline answers). */
@@ -167,9 +196,10 @@ interface ApplyContext {
   groups: Map<string, GroupRecord>;
   /** Membership states changed by this write (copies until the write succeeded). */
   states: Map<string, GroupState>;
-  add: StoredEvent[];
-  /** Events leaving the set (deletion and retention plug in here). */
-  remove: MerkleEvent[];
+  /** Admitted by step 3, in order, for the deletion plan (step 4). */
+  admitted: { i: number; ev: StoredEvent; hex: string }[];
+  /** Per group: its retention boundary before this write (events below it are refused `EXPIRED`). */
+  bounds: Map<string, number>;
   ops: KvOp[];
 }
 
@@ -188,6 +218,12 @@ export class ReplicaStore {
   readonly #groups = new Map<string, GroupRecord | null>();
   readonly #states = new Map<string, GroupState>();
   readonly #listeners = new Map<string, Set<Listener>>();
+  /** Retention settings in force per group (null: none), loaded once. */
+  readonly #settings = new Map<string, SettingsRecord | null>();
+  /** Per group: up to which `ts` retention has forgotten its application events. */
+  readonly #prunedTo = new Map<string, number>();
+  /** Every id the deleted set names (built on the first write): only a "maybe" costs a read of the set. */
+  #deleted: IdFilter | null = null;
   #listenerCount = 0;
   #work: Promise<unknown> = Promise.resolve();
 
@@ -266,12 +302,14 @@ export class ReplicaStore {
             `Cannot accept event: ts "${ev.ts}" is more than ${this.limits.event_future_ms} ms ahead of this clock`,
           );
         }
-        if (ev.kind !== KIND_MANIFEST && ev.kind !== KIND_MEMBERSHIP && ev.kind < APP_KIND_MIN) {
+        if (ev.kind > KIND_SETTINGS && ev.kind < APP_KIND_MIN) {
           throw new XfError(
             "RESERVED_KIND",
             `Cannot accept event: kind "${ev.kind}" is reserved for the engine and not supported here`,
           );
         }
+        if (ev.kind === KIND_TOMBSTONE) decodeTombstone(ev.payload);
+        if (ev.kind === KIND_SETTINGS) decodeSettings(ev.payload);
         ok.push({ i, ev });
       } catch (e) {
         const w = toWire(e);
@@ -284,11 +322,17 @@ export class ReplicaStore {
       rank(a.ev) - rank(b.ev) ||
       (rank(a.ev) === 1 ? a.ev.ts - b.ev.ts || cmp(a.ev.id, b.ev.id) : a.i - b.i)
     );
+    const touched = new Set<string>();
     for (let k = 0; k < ok.length; k += REPLICA_APPLY_EVENTS_MAX) {
       const part = ok.slice(k, k + REPLICA_APPLY_EVENTS_MAX);
       const out = await this.#serial(() => this.#write(part, options.local === true));
-      for (const r of out) results[r.idx] = r;
+      for (const r of out) {
+        results[r.idx] = r;
+        if (r.status === "stored") touched.add(toHex(events[r.idx]!.subarray(4, 36)));
+      }
     }
+    // Retention: groups whose boundary rose forget what is now past it, as a node does after its write.
+    for (const gid of touched) await this.#retain(gid);
     return results;
   }
 
@@ -310,9 +354,8 @@ export class ReplicaStore {
     const existing: boolean[] = [];
     for (const { ev } of list) existing.push((await this.#trees.tree(toHex(ev.group))).has({ ts: ev.ts, id: ev.id }));
     this.stats.readMs += performance.now() - t;
-    const ctx: ApplyContext = { groups: new Map(), states: new Map(), add: [], remove: [], ops: [] };
+    const ctx: ApplyContext = { groups: new Map(), states: new Map(), admitted: [], bounds: new Map(), ops: [] };
     const out: ApplyResult[] = [];
-    const stored: { i: number; ev: StoredEvent }[] = [];
     const seen = new Set<string>();
     for (let k = 0; k < list.length; k++) {
       const { i, ev } = list[k]!;
@@ -329,12 +372,41 @@ export class ReplicaStore {
         continue;
       }
       seen.add(id);
-      stored.push({ i, ev });
-      ctx.add.push(ev);
+      ctx.admitted.push({ i, ev, hex: id });
+    }
+    // Step 4: the node index's deletion plan over what step 3 admitted, in order.
+    this.#deleted ??= await buildDeletedFilter(this.#kv);
+    const deleted = this.#deleted;
+    const stateIn = (gid: string) => this.#stateIn(ctx, gid);
+    const plan = await planWriteDeletions(this.#kv, this.limits, ctx.admitted, stateIn, (id) => deleted.mayHave(id));
+    const refused = new Set(plan.refused);
+    for (const k of plan.refused) {
+      const { i, hex } = ctx.admitted[k]!;
+      const message = `Cannot accept event "${hex}": it was deleted by a tombstone this replica holds`;
+      out.push({ req: 0, idx: i, status: "rejected", id: hex, code: "DELETED", message });
+    }
+    for (const r of plan.rejected) {
+      const { i, hex } = ctx.admitted[r.index]!;
+      refused.add(r.index);
+      out.push({ req: 0, idx: i, status: "rejected", id: hex, code: "FORBIDDEN", message: r.message });
+    }
+    const stored = plan.keep.map((k) => ctx.admitted[k]!);
+    // Admitted, then undone by a later event of this write (a target deleted, a tombstone dropped): the node
+    // acknowledges these too, then forgets them in the same index write.
+    const keep = new Set(plan.keep);
+    ctx.admitted.forEach((a, k) => {
+      if (!keep.has(k) && !refused.has(k)) out.push({ req: 0, idx: a.i, status: "stored", id: a.hex });
+    });
+    for (const { ev } of stored) {
       ctx.ops.push({ type: "put", key: eventKey(ev.id), value: ev.bytes });
       ctx.ops.push({ type: "put", key: timeKey(ev.group, ev.ts, ev.id), value: EMPTY });
       if (local) ctx.ops.push({ type: "put", key: unsentKey(ev.group, ev.id), value: EMPTY });
     }
+    for (const o of await forgetOps(this.#kv, plan.forget)) ctx.ops.push(o);
+    for (const f of plan.forget) ctx.ops.push({ type: "del", key: unsentKey(f.group, f.id) });
+    for (const o of deletedSetOps(plan)) ctx.ops.push(o);
+    const newSettings = await planSettings(stored, stateIn, (gid) => this.#settingsOf(gid));
+    for (const [gid, rec] of newSettings) ctx.ops.push(settingsOp(gid, rec));
     for (const [gid, st] of ctx.states) {
       ctx.ops.push({ type: "put", key: membersKey(gid), value: encodeGroupState(st) });
     }
@@ -342,7 +414,7 @@ export class ReplicaStore {
       ctx.ops.push({ type: "put", key: groupKey(fromHex(gid)!), value: encodeGroup(rec) });
     }
     t = performance.now();
-    const merkle = await this.#trees.update(ctx.add, ctx.remove);
+    const merkle = await this.#trees.update(stored.map((s) => s.ev), plan.forget);
     for (const o of merkle.ops) ctx.ops.push(o);
     this.stats.merkleMs += performance.now() - t;
     t = performance.now();
@@ -358,7 +430,10 @@ export class ReplicaStore {
     merkle.commit();
     for (const [gid, rec] of ctx.groups) this.#groups.set(gid, rec);
     for (const [gid, st] of ctx.states) this.#states.set(gid, st);
-    for (const { i, ev } of stored) out.push({ req: 0, idx: i, status: "stored", id: toHex(ev.id) });
+    for (const [gid, rec] of newSettings) this.#settings.set(gid, rec);
+    for (const c of plan.changes) if (c.confirmed !== null) deleted.add(c.target);
+    if (deleted.count > 2 * deleted.capacity) this.#deleted = await buildDeletedFilter(this.#kv);
+    for (const { i, hex } of stored) out.push({ req: 0, idx: i, status: "stored", id: hex });
     this.#notify(stored.map((s) => s.ev));
     return out;
   }
@@ -389,6 +464,121 @@ export class ReplicaStore {
     const v = authorizeWrite(st, ev);
     if (!v.ok) throw new XfError(v.code as ErrorCode, v.message);
     if (ev.kind === KIND_MEMBERSHIP) ctx.states.set(gid, st);
+    if (ev.kind === KIND_SETTINGS) {
+      const j = judgeSettings(st, ev);
+      if (!j.ok) throw new XfError(j.code, j.message);
+    }
+    let floor = ctx.bounds.get(gid);
+    if (floor === undefined) ctx.bounds.set(gid, floor = await this.retained(gid));
+    if (isForgettableKind(ev.kind) && ev.ts < floor) {
+      throw new XfError(
+        "EXPIRED",
+        `Cannot accept event: ts "${ev.ts}" is older than group "${gid}"'s retention boundary "${floor}"`,
+      );
+    }
+  }
+
+  /** A group's membership with this write's own membership events (null: not held). */
+  async #stateIn(ctx: ApplyContext, gid: string): Promise<GroupState | null> {
+    const st = ctx.states.get(gid);
+    if (st) return st;
+    const rec = ctx.groups.get(gid) ?? await this.group(gid);
+    return rec ? await this.#stateOf(gid, rec) : null;
+  }
+
+  async #settingsOf(gid: string): Promise<SettingsRecord | null> {
+    if (this.#settings.has(gid)) return this.#settings.get(gid)!;
+    const rec = await loadSettings(this.#kv, gid);
+    this.#settings.set(gid, rec);
+    return rec;
+  }
+
+  /**
+   * The lowest `ts` group `gid` retains (0: everything): the node's boundary, from the group's settings and its
+   * Merkle set alone. Application events below it are refused `EXPIRED`, and sync reconciles only from it.
+   */
+  async retained(gid: string): Promise<number> {
+    const s = await this.#settingsOf(gid);
+    if (!s) return 0;
+    return treeBoundary(s, await this.#trees.tree(gid));
+  }
+
+  /** The retention settings in force in a group (the latest valid settings event's), or null. */
+  settings(gid: string): Promise<SettingsRecord | null> {
+    return this.#settingsOf(gid);
+  }
+
+  /** True when a tombstone held here deleted the event `id` (hex): it is refused `DELETED` if it arrives again. */
+  async deleted(id: string): Promise<boolean> {
+    const b = fromHex(id);
+    if (!b || b.length !== 32) throw new XfError("BAD_EVENT_ID", `Cannot read event "${id}": not 64 hex digits`);
+    return await isDeleted(this.#kv, b);
+  }
+
+  /** Prune group `gid` to its retention boundary: bounded writes, each one between the others. */
+  async #retain(gid: string): Promise<void> {
+    while ((await this.#serial(() => this.#retainBatch(gid))) > 0);
+  }
+
+  /**
+   * One retention write: at most `retention_prune_events_max` application events of `gid` below its boundary
+   * leave the store (bytes, time index, unsent mark) and the Merkle set, as a node forgets them. Events a window
+   * prune took (no bytes here, ids still in the set; only application events are window-pruned) leave the set too.
+   */
+  async #retainBatch(gid: string): Promise<number> {
+    const s = await this.#settingsOf(gid);
+    if (!s) return 0;
+    const tree = await this.#trees.tree(gid);
+    const b = treeBoundary(s, tree);
+    const from = Math.min(this.#prunedTo.get(gid) ?? 0, b);
+    if (b <= from) return 0;
+    const g = fromHex(gid)!;
+    const max = this.limits.retention_prune_events_max;
+    const n = tree.size();
+    let k = tree.findLowerBound(0, n, { ts: from, id: new Uint8Array(32) });
+    const list: TargetInfo[] = [];
+    let reached = from;
+    let complete = false;
+    while (!complete && list.length < max) {
+      const items: { ts: number; id: Uint8Array }[] = [];
+      for (; k < n && items.length < 256; k++) {
+        const it = tree.getItem(k);
+        if (it.ts >= b) break;
+        items.push({ ts: it.ts, id: it.id.slice() });
+      }
+      complete = k >= n || tree.getItem(k).ts >= b;
+      const values = await this.#kv.getMany(items.map((it) => eventKey(it.id)));
+      for (let j = 0; j < items.length; j++) {
+        if (list.length >= max) {
+          complete = false; // the next write goes on from here
+          break;
+        }
+        const v = values[j];
+        const t = v ? targetOf(v, items[j]!.id) : null;
+        reached = items[j]!.ts;
+        if (v && !t) continue;
+        if (t && !isForgettableKind(t.kind)) continue;
+        list.push(t ?? { id: items[j]!.id, group: g, author: EMPTY, kind: APP_KIND_MIN, ts: items[j]!.ts });
+      }
+    }
+    if (complete) reached = b;
+    if (list.length === 0) {
+      this.#prunedTo.set(gid, reached);
+      return 0;
+    }
+    const ops = await forgetOps(this.#kv, list);
+    for (const f of list) ops.push({ type: "del", key: unsentKey(f.group, f.id) });
+    const merkle = await this.#trees.update([], list);
+    for (const o of merkle.ops) ops.push(o);
+    try {
+      await this.#kv.batch(ops, { sync: false });
+    } catch (e) {
+      this.#trees.forget();
+      throw e;
+    }
+    merkle.commit();
+    this.#prunedTo.set(gid, reached);
+    return list.length;
   }
 
   async #stateOf(gid: string, rec: GroupRecord): Promise<GroupState> {

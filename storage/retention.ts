@@ -127,7 +127,7 @@ export function isNewerSettings(ts: number, id: string, current: SettingsRecord 
 /**
  * The lowest `ts` a group retains (0: everything), from its settings and its event set: `newestTs` is the greatest
  * `ts` in the set, `nthNewestTs` the `ts` of its `retention_events`-th newest event in `(ts, id)` order (null when
- * the set holds no more than that many). Application events below it are forgotten, and refused when they arrive.
+ * the set holds fewer than that many). Application events below it are forgotten, and refused when they arrive.
  *
  * @example
  * ```ts
