@@ -58,7 +58,7 @@ export { serve, type Served } from "./net/server.ts";
 export { configureLogging, getLogger, type LoggingOptions, resetLogging } from "./actors/log.ts";
 export { type NodeLoggingOptions, startNodeLogging } from "./actors/node_log.ts";
 export type { PeerInfo, SyncCounters } from "./net/peers.ts";
-export type { SessionStats, SyncReport } from "./net/sync.ts";
+export type { SessionStats, SyncOptions, SyncRange, SyncReport } from "./net/sync.ts";
 export {
   ACTION_ADD,
   ACTION_MAKE_ADMIN,

@@ -132,6 +132,14 @@ export class XfNode implements NodeCore, AppNode {
     return this.pipeline.index({ type: "index.merkle", gid });
   }
 
+  /**
+   * The lowest `ts` this node keeps of a group (0: it keeps every event): peers reconcile only the range both
+   * keep. Always 0 for now: retention (a kind 3 group settings event) raises it.
+   */
+  retained(gid: string): Promise<number> {
+    return this.pipeline.index({ type: "index.retained", gid });
+  }
+
   /** Inclusion proof of an event in a group; null if either is unknown. */
   proof(gid: string, id: string): Promise<Uint8Array | null> {
     return this.pipeline.index({ type: "index.proof", gid, id });

@@ -229,7 +229,18 @@ export type IndexCall =
     /** The peer's message; null to initiate. */
     msg: Uint8Array | null;
     frameSizeLimit?: number;
+    /**
+     * Partial sync: reconcile only the events with `since <= ts < until` (absent: 0 and no upper end). An
+     * initiator session keeps the range it started with.
+     */
+    since?: number;
+    until?: number;
   }
+  /**
+   * The lowest `ts` this node keeps of a group (0: all of it). Peers reconcile only from there on. Always 0
+   * for now: retention (a kind 3 group settings event) raises it.
+   */
+  | { type: "index.retained"; gid: string }
   | { type: "index.listGroups" }
   | { type: "index.admission"; gid: string }
   | { type: "index.peers.load"; gid: string }
@@ -794,9 +805,16 @@ export const effects = (ctx: HostContext) => {
           // A group this node does not hold yet reconciles as the empty set (joining).
           const known = await group(msg.gid);
           if (!known && !msg.session) return null;
-          const opts = msg.frameSizeLimit !== undefined ? { frameSizeLimit: msg.frameSizeLimit } : {};
+          const opts = {
+            ...(msg.frameSizeLimit !== undefined ? { frameSizeLimit: msg.frameSizeLimit } : {}),
+            since: msg.since,
+            until: msg.until,
+          };
           return reconciles.step(known ? await trees!.tree(msg.gid) : null, msg.session, msg.msg, opts);
         }
+        case "index.retained":
+          // Retention (a kind 3 group settings event) raises it; until then a node keeps every event.
+          return 0;
         case "index.access": {
           const st = await stateOf(msg.gid);
           const key = fromHex(msg.key || "00".repeat(32));

@@ -1,12 +1,12 @@
 // `deno task bench [section ...]`: runs the benchmarks and prints markdown
 // tables, each figure beside the limit or peer it is compared with, measured
-// in the same run, as a ratio (≥ 1 is good). Sections: ingest, merkle, sync, session, dht, stream,
+// in the same run, as a ratio (≥ 1 is good). Sections: ingest, merkle, sync, partial-sync, session, dht, stream,
 // bundle, replica; merkle-rates runs only the Merkle update rates against the previous tree (part of merkle).
 import { table } from "./_table.ts";
 
 const sections = Deno.args.length
   ? Deno.args
-  : ["ingest", "merkle", "sync", "session", "dht", "stream", "bundle", "replica"];
+  : ["ingest", "merkle", "sync", "partial-sync", "session", "dht", "stream", "bundle", "replica"];
 const cpu = (await Deno.readTextFile("/proc/cpuinfo").catch(() => "")).match(/model name\s*:\s*(.*)/)?.[1] ??
   "unknown CPU";
 console.log(`## Run of ${new Date().toISOString()}\n`);
@@ -24,6 +24,7 @@ for (const s of sections) {
     else if (s === "merkle") out = await (await import("./merkle.ts")).benchMerkle();
     else if (s === "merkle-rates") out = await (await import("./merkle.ts")).benchMerkleRates();
     else if (s === "sync") out = await (await import("./sync.ts")).benchSync();
+    else if (s === "partial-sync") out = await (await import("./partial_sync.ts")).benchPartialSync();
     else if (s === "session") out = await (await import("./session.ts")).benchSession();
     else if (s === "dht") out = await (await import("./dht.ts")).benchDht();
     else if (s === "bundle") out = await (await import("./bundle.ts")).benchBundle();

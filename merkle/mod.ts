@@ -125,4 +125,4 @@ export { BOUNDARY_DIVISOR, boundaryThreshold, PAGE_NODES_MAX, PAGE_NODES_MIN } f
 export { FINGERPRINT_BYTES, fingerprintOf, negentropyVarint } from "./fingerprint.ts";
 export { type Bound, compareItems, ID_BYTES, type Item, itemKey, KEY_BYTES } from "./item.ts";
 export { PROTOCOL_VERSION, Reconciler, type ReconcileResult, type ReconcilerOptions } from "./negentropy.ts";
-export { IdSum, type NegentropyItem, type NegentropyStorage, VectorStorage } from "./negentropy_storage.ts";
+export { IdSum, type NegentropyItem, type NegentropyStorage, SubRange, VectorStorage } from "./negentropy_storage.ts";

@@ -6,7 +6,8 @@
  * checked against). The other backend is the Merkle index itself:
  * `MerkleTree` (`tree.ts`) implements the same interface, with fingerprints in
  * O(log N). Sums and fingerprints are `_sum.ts` and `fingerprint.ts`, shared
- * by both.
+ * by both. {@linkcode SubRange} narrows either to a time range `[since, until)`
+ * (partial sync).
  *
  * Items are ordered by `ts`, then by `id` bytes lexicographically. A
  * fingerprint of a range is the first 16 bytes of SHA-256 over the 32-byte
@@ -363,6 +364,91 @@ export class VectorStorage implements NegentropyStorage {
       throw new RangeError(
         `Cannot use range [${begin}, ${end}): outside [0, ${this.#n})`,
       );
+    }
+  }
+}
+
+/**
+ * The items of a storage whose `ts` lies in `[since, until)`, as a storage of
+ * their own (the C++ reference's `SubRange`): ranks run from 0 over just
+ * those items, so a {@linkcode Reconciler} built on it initiates and answers
+ * over that time range only. Both sides of a reconciliation must use the same
+ * range. `until` may be `Infinity` (no upper end).
+ *
+ * The range's ranks in the underlying storage are found again on every
+ * {@linkcode SubRange.size} call, which the reconciler makes first in every
+ * message; so the underlying storage may change between messages (as a
+ * node's Merkle index does), not during one.
+ *
+ * @example
+ * ```ts
+ * import { assert } from "@std/assert";
+ * import { SubRange, VectorStorage } from "./negentropy_storage.ts";
+ * const s = new VectorStorage();
+ * for (const ts of [5, 10, 15, 20]) s.insert(ts, new Uint8Array(32).fill(ts));
+ * s.seal();
+ * const day = new SubRange(s, 10, 20);
+ * assert(day.size() === 2 && day.getItem(0).ts === 10 && day.getItem(1).ts === 15);
+ * ```
+ */
+export class SubRange implements NegentropyStorage {
+  readonly #base: NegentropyStorage;
+  readonly #since: NegentropyItem;
+  readonly #until: NegentropyItem;
+  #begin = 0;
+  #end = 0;
+
+  /** The items of `base` with `since <= ts < until`; throws a `RangeError` unless `0 <= since <= until`. */
+  constructor(base: NegentropyStorage, since: number, until: number = Infinity) {
+    if (!Number.isSafeInteger(since) || since < 0) {
+      throw new RangeError(`Cannot make a range from "${since}": not a non-negative safe integer`);
+    }
+    if (until !== Infinity && (!Number.isSafeInteger(until) || until < since)) {
+      throw new RangeError(`Cannot make a range to "${until}": not a safe integer at or after ${since}`);
+    }
+    this.#base = base;
+    this.#since = { ts: since, id: new Uint8Array(0) };
+    this.#until = { ts: until, id: new Uint8Array(0) };
+    this.size();
+  }
+
+  /** Number of items in the range (their ranks in the underlying storage are found again). */
+  size(): number {
+    const n = this.#base.size();
+    this.#begin = this.#since.ts === 0 ? 0 : this.#base.findLowerBound(0, n, this.#since);
+    this.#end = this.#until.ts === Infinity ? n : this.#base.findLowerBound(this.#begin, n, this.#until);
+    return this.#end - this.#begin;
+  }
+
+  /** The item at rank `i` of the range. */
+  getItem(i: number): NegentropyItem {
+    this.#check(i, i + 1);
+    return this.#base.getItem(this.#begin + i);
+  }
+
+  /** Call `cb` on each item of `[begin, end)` of the range, with its rank in the range. */
+  iterate(begin: number, end: number, cb: (item: NegentropyItem, i: number) => boolean | void): void {
+    this.#check(begin, end);
+    const off = this.#begin;
+    this.#base.iterate(off + begin, off + end, (item, i) => cb(item, i - off));
+  }
+
+  /** The first rank in `[begin, end)` of the range whose item is `>= bound`, or `end`. */
+  findLowerBound(begin: number, end: number, bound: NegentropyItem): number {
+    this.#check(begin, end);
+    return this.#base.findLowerBound(this.#begin + begin, this.#begin + end, bound) - this.#begin;
+  }
+
+  /** The fingerprint of `[begin, end)` of the range. */
+  fingerprint(begin: number, end: number): Uint8Array {
+    this.#check(begin, end);
+    return this.#base.fingerprint(this.#begin + begin, this.#begin + end);
+  }
+
+  #check(begin: number, end: number): void {
+    const n = this.#end - this.#begin;
+    if (!Number.isInteger(begin) || !Number.isInteger(end) || begin < 0 || begin > end || end > n) {
+      throw new RangeError(`Cannot use range [${begin}, ${end}): outside [0, ${n})`);
     }
   }
 }

@@ -21,7 +21,7 @@ import { cors } from "@hono/hono/cors";
 import type { GroupInfoView } from "../actors/index.ts";
 import { parseStreamQuery, runStream, sseSink, StreamHub, type StreamOptions, type StreamSink } from "./stream.ts";
 import type { WSContext, WSEvents } from "@hono/hono/ws";
-import type { FrameChannel } from "./sync.ts";
+import { checkRange, type FrameChannel, type SyncOptions } from "./sync.ts";
 import { CBOR_SEQ, exportStream } from "./export.ts";
 import { TOKEN_REQUEST_BYTES_MAX } from "../core/limits.ts";
 
@@ -535,20 +535,38 @@ export function createApp(node: AppNode, options: AppOptions = {}) {
       // One-shot sync with a peer (the CLI's `sync`): connect, reconcile, transfer, report. It makes the node
       // dial out, so only its operator may ask: on loopback, or with the operator token.
       mustBeOperator(c);
-      const body = jsonObject(await readBody(c.req.raw, 64 * 1024), "sync request {peer, groups?}");
+      const body = jsonObject(await readBody(c.req.raw, 64 * 1024), "sync request {peer, groups?, since?, until?}");
       const peer = String(body.peer ?? "");
       if (!/^wss?:\/\/[^\s]+$/.test(peer)) {
         throw new XfError("BAD_QUERY", `Cannot sync with "${peer}": expected ws://host:port`);
       }
       const groups = Array.isArray(body.groups) ? body.groups.map(String) : undefined;
+      // Partial sync: only [since, until) of each group (ms since 1970); a bad range is BAD_QUERY.
+      const range: SyncOptions = {
+        ...(body.since !== undefined ? { since: body.since as number } : {}),
+        ...(body.until !== undefined ? { until: body.until as number } : {}),
+      };
+      checkRange(range);
       const t0 = performance.now();
-      const s = await node.sync.connect(peer, groups).catch((e) => {
+      const s = await node.sync.connect(peer, groups, range).catch((e) => {
         if (e instanceof XfError && e.message.startsWith("Cannot connect to")) {
           throw new XfError("PEER_UNREACHABLE", e.message, { cause: e });
         }
         throw e;
       });
-      const stats = { ...s.stats, ms: Math.round(performance.now() - t0), peer: s.peer };
+      // The range each group was reconciled over, when not the whole group (`until` null: no end).
+      const ranges: Record<string, { since: number; until: number | null }> = {};
+      for (const [gid, r] of s.ranges()) {
+        if (r.since > 0 || r.until !== Infinity) {
+          ranges[gid] = { since: r.since, until: isFinite(r.until) ? r.until : null };
+        }
+      }
+      const stats = {
+        ...s.stats,
+        ms: Math.round(performance.now() - t0),
+        peer: s.peer,
+        ...(Object.keys(ranges).length ? { ranges } : {}),
+      };
       s.close("one-shot sync done");
       return c.json(stats);
     })

@@ -214,10 +214,16 @@ export const COMMANDS: CommandSpec[] = [
   {
     name: "sync",
     summary: "sync the node once with a peer; prints what moved",
-    usage: "--peer ws://HOST:PORT [--group GID]... [--operator-token T] [--node URL]",
+    usage: "--peer ws://HOST:PORT [--group GID]... [--since MS|ISO] [--until MS|ISO] [--operator-token T] [--node URL]",
     flags: [
       { name: "peer", value: "URL", help: "the peer, ws://HOST:PORT" },
       { name: "group", value: "GID", repeat: true, help: "only this group (repeatable; default all both serve)" },
+      {
+        name: "since",
+        value: "MS|ISO",
+        help: "partial sync: only events from this time (ms since 1970 or ISO 8601, e.g. 2024-05-01)",
+      },
+      { name: "until", value: "MS|ISO", help: "partial sync: only events before this time (ms or ISO 8601)" },
       { name: "operator-token", value: "T", env: "XF_OPERATOR_TOKEN", help: "needed unless the node is on loopback" },
       NODE,
     ],

@@ -228,6 +228,18 @@ function number(f: Flags, name: string, cmd: string): number | undefined {
   return v === undefined ? undefined : Number(v);
 }
 
+/** A time flag given as ms since 1970 or as an ISO 8601 date (`2024-05-01`, `2024-05-01T12:00:00Z`). */
+export function instant(f: Flags, name: string, cmd: string): number | undefined {
+  const v = flag(f, name);
+  if (v === undefined) return undefined;
+  if (/^\d{1,16}$/.test(v)) return Number(v);
+  const ms = /^\d{4}-\d{2}-\d{2}/.test(v) ? Date.parse(v) : NaN;
+  if (!Number.isSafeInteger(ms) || ms < 0) {
+    throw new UsageError(`Cannot use --${name} "${v}": not ms since 1970 or an ISO 8601 date`, cmd);
+  }
+  return ms;
+}
+
 /** An event as a person reads it: text payloads as text (hex with `raw`), times as ISO 8601 beside the ms. */
 export function show(e: ClientEvent, raw = false): Record<string, unknown> {
   const text = raw ? null : (() => {
@@ -353,13 +365,22 @@ export async function main(args: string[]): Promise<void> {
       const peer = flag(f, "peer", "XF_PEER")?.split(",")[0];
       if (!peer) throw new UsageError("sync needs --peer ws://HOST:PORT", cmd);
       const groups = list(f, "group", "XF_GROUP");
+      const since = instant(f, "since", cmd), until = instant(f, "until", cmd);
+      if (since !== undefined && until !== undefined && since >= until) {
+        throw new UsageError(`Cannot sync --since ${since} --until ${until}: since must be before until`, cmd);
+      }
       const operatorToken = flag(f, "operator-token", "XF_OPERATOR_TOKEN");
       const url = `${nodeUrl(f)}/v1/sync/once`;
       let r: Response;
       try {
         r = await fetch(url, {
           method: "POST",
-          body: JSON.stringify({ peer, ...(groups.length ? { groups } : {}) }),
+          body: JSON.stringify({
+            peer,
+            ...(groups.length ? { groups } : {}),
+            ...(since !== undefined ? { since } : {}),
+            ...(until !== undefined ? { until } : {}),
+          }),
           headers: operatorToken ? { authorization: `Bearer ${operatorToken}` } : {},
         });
       } catch (e) {

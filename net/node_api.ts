@@ -69,6 +69,8 @@ export interface NodeCore {
   arrivals(q: ArrivalQuery): Promise<{ events: Uint8Array[]; seqs: number[]; last: number; more: boolean } | null>;
   lastArrival(gid: string): Promise<number>;
   merkle(gid: string): Promise<MerkleRootInfo | null>;
+  /** The lowest `ts` this node keeps of a group (0: all of it); retention (kind 3) raises it. */
+  retained(gid: string): Promise<number>;
   proof(gid: string, id: string): Promise<Uint8Array | null>;
   subscribe(
     filter: SubscriptionFilter,

@@ -17,9 +17,12 @@ import type { EventResult } from "../actors/batch.ts";
 import { log, short } from "../actors/log.ts";
 import {
   ByteBudget,
+  checkRange,
   type FrameChannel,
   type SessionStats,
   type SyncHost,
+  type SyncOptions,
+  type SyncRange,
   type SyncReport,
   SyncSession,
 } from "./sync.ts";
@@ -113,13 +116,19 @@ export class NodeSync implements SyncHost {
     return { exists: a.exists, readable: a.readable, root: a.root, count: a.count };
   }
 
-  reconcile(gid: string, session: string | null, msg: Uint8Array | null) {
+  reconcile(gid: string, session: string | null, msg: Uint8Array | null, range?: SyncRange) {
     return this.node.pipeline.index<{ output: Uint8Array | null; have: Uint8Array[]; need: Uint8Array[] } | null>({
       type: "index.reconcile",
       gid,
       session,
       msg,
+      ...(range && range.since > 0 ? { since: range.since } : {}),
+      ...(range && range.until !== Infinity ? { until: range.until } : {}),
     });
+  }
+
+  retained(gid: string): Promise<number> {
+    return this.node.retained(gid);
   }
 
   async getMany(ids: Uint8Array, bytesMax?: number) {
@@ -249,8 +258,12 @@ export class NodeSync implements SyncHost {
     });
   }
 
-  /** Connect to a peer once, sync the given groups (default: every group served), and return the session. */
-  async connect(url: string, groups?: string[]): Promise<SyncSession> {
+  /**
+   * Connect to a peer once, sync the given groups (default: every group served), and return the session. With
+   * `since` and/or `until` (ms), only that range of each group (partial sync, see `SyncSession.sync`).
+   */
+  async connect(url: string, groups?: string[], options: SyncOptions = {}): Promise<SyncSession> {
+    checkRange(options); // a bad range fails before dialing
     let ws: WebSocket;
     try {
       ws = new WebSocket(`${url.replace(/\/$/, "")}/v1/sync`);
@@ -279,7 +292,7 @@ export class NodeSync implements SyncHost {
       throw new XfError(code, `Peer "${url}" refused the handshake: ${s.closeReason}`);
     }
     const list = groups ?? await this.groups();
-    await Promise.all(list.map((g) => s.sync(g)));
+    await Promise.all(list.map((g) => s.sync(g, options)));
     return s;
   }
 

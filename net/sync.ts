@@ -9,8 +9,9 @@
  *  client (dials, initiator)                  server (responder)
  *    │ hs1 / hs2 / hs3 (net/secure.ts)     ◄─►  │   X25519 + Ed25519 over the transcript;
  *    │   info: {frame, credit, creditBytes}     │   then every frame is AEAD-encrypted
- *    │ sub {gid}                           ──►  │   may the peer read it here?
- *    │ ◄──  sub.ok {gid, root, count}           │   (else error UNKNOWN_GROUP)
+ *    │ sub {gid, since?, until?}           ──►  │   may the peer read it here?
+ *    │ ◄──  sub.ok {gid, root, count,           │   (else error UNKNOWN_GROUP)
+ *    │             since?, until?}              │   the range both reconcile (partial sync)
  *    │ neg {gid, msg}  (negentropy v1)     ──►  │   answered from the Merkle
  *    │ ◄──  neg {gid, msg}                      │   index, no scan
  *    │   … until the client's reconciler is done; meanwhile either side:
@@ -30,6 +31,14 @@
  * that moment; when the group's membership changes the right is checked
  * again, and a peer that lost it loses the group's session at once (queued
  * events of it are dropped, nothing more is sent).
+ *
+ * **Partial sync.** A `sub` may name a time range `[since, until)`; the
+ * responder raises `since` to the lowest `ts` it retains, and echoes the
+ * range in `sub.ok`; both sides then reconcile exactly that range (a
+ * {@linkcode SubRange} of the index) and push live only events in it (and
+ * the manifest and membership events, as at `sub`). The initiator asks from
+ * its own retained boundary at least, so peers reconcile only what both
+ * retain. A `sub` without a range, answered without one, is the whole group.
  *
  * **Bounded in bytes.** Frames are at most `sync_frame_bytes_max`; a peer
  * may send at most the events and bytes it was granted (`credit`); what we
@@ -79,6 +88,47 @@ export class ByteBudget {
   }
 }
 
+/**
+ * A time range of a group: the events with `since <= ts < until` (ms since the Unix epoch; `until` is
+ * `Infinity` for no upper end). `since >= until` is the empty range.
+ */
+export interface SyncRange {
+  since: number;
+  until: number;
+}
+
+/** The whole group. */
+export const WHOLE_GROUP: Readonly<SyncRange> = Object.freeze({ since: 0, until: Infinity });
+
+/** What a caller may ask of {@linkcode SyncSession.sync}: a range `[since, until)` (default the whole group). */
+export interface SyncOptions {
+  since?: number;
+  until?: number;
+}
+
+/**
+ * Check a range a caller asked for: `since` and `until`, when given, are non-negative safe integers (ms) and
+ * `since < until`; throws `XfError` `BAD_QUERY` otherwise.
+ */
+export function checkRange(options: SyncOptions, code: "BAD_QUERY" | "BAD_FRAME" = "BAD_QUERY"): SyncRange {
+  const { since, until } = options;
+  for (const [k, v] of [["since", since], ["until", until]] as const) {
+    if (v !== undefined && !isUint(v)) {
+      throw new XfError(code, `Cannot sync with ${k} "${String(v)}": not a non-negative integer of milliseconds`);
+    }
+  }
+  if (since !== undefined && until !== undefined && since >= until) {
+    throw new XfError(code, `Cannot sync the range [${since}, ${until}): since must be before until`);
+  }
+  return { since: since ?? 0, until: until ?? Infinity };
+}
+
+/** Whether a range is the whole group. */
+const isWhole = (r: SyncRange) => r.since === 0 && r.until === Infinity;
+
+/** The range's fields of a `sub` or `sub.ok` frame (`since` always, `until` when it has an end). */
+const rangeFields = (r: SyncRange) => ({ since: r.since, ...(r.until === Infinity ? {} : { until: r.until }) });
+
 /** What a session needs from its node. */
 export interface SyncHost {
   key: KeyPair;
@@ -87,11 +137,21 @@ export interface SyncHost {
   memory: ByteBudget;
   /** Whether the group exists here and `peer` may read it. */
   access(gid: string, peer: Uint8Array): Promise<{ exists: boolean; readable: boolean; root: string; count: number }>;
+  /**
+   * One negentropy step over the group's items in `range` (default the whole group): initiate (`msg` null) or
+   * answer. An initiator's `session` keeps the range it started with.
+   */
   reconcile(
     gid: string,
     session: string | null,
     msg: Uint8Array | null,
+    range?: SyncRange,
   ): Promise<{ output: Uint8Array | null; have: Uint8Array[]; need: Uint8Array[] } | null>;
+  /**
+   * The lowest `ts` this node keeps of the group (0: all of it); peers reconcile only from there on. Retention
+   * (a kind 3 group settings event) raises it. Absent: 0.
+   */
+  retained?(gid: string): Promise<number>;
   /** Events by id (`ids`: n × 32 bytes), in order; a prefix of the ids once `bytesMax` is passed. */
   getMany(ids: Uint8Array, bytesMax?: number): Promise<(Uint8Array | null)[]>;
   /** The group's manifest and membership events, in `(ts, id)` order. */
@@ -135,6 +195,11 @@ const isIdList = (max: number) => (v: unknown) => Array.isArray(v) && v.length <
 /** Our subscription at the peer (we asked). */
 interface OurSub {
   state: "asked" | "open";
+  /** The range our `sub` asked for, and whether the `sub` carried it (else it asked for the whole group). */
+  asked: SyncRange;
+  ranged: boolean;
+  /** The range both sides reconcile and stream live: the one `sub.ok` echoed (the whole group if none). */
+  range: SyncRange;
   /** We sent a `neg` and wait for the peer's reply. */
   negOutstanding: boolean;
   /** Our reconciler finished; done once every wanted event arrived. */
@@ -145,6 +210,8 @@ interface OurSub {
 /** The peer's subscription here (it asked, we accepted). */
 interface TheirSub {
   unsub: (() => Promise<void>) | null;
+  /** The range we echoed in `sub.ok`: what we answer its reconciliation over and stream live. */
+  range: SyncRange;
 }
 
 /** Something owed to the peer: event bytes ready to send, or ids to fetch when it has room. */
@@ -402,7 +469,7 @@ export class SyncSession {
     this.lastActive = Date.now();
     switch (t) {
       case "sub":
-        return await this.onSub(field<string>(f, "gid", isGid, "64 hex digits"));
+        return await this.onSub(f);
       case "sub.ok":
         return await this.onSubOk(f);
       case "neg":
@@ -467,23 +534,37 @@ export class SyncSession {
     this.finish(gid);
   }
 
-  /** Live events of a subscribed group: engine events (manifest, membership) make us check the right again. */
-  private onLive(gid: string, events: Uint8Array[]) {
+  /**
+   * Live events of a subscribed group: engine events (manifest, membership) make us check the right again. Only
+   * events in the subscription's range go to the peer, and the manifest and membership events (as at `sub`).
+   */
+  private onLive(gid: string, events: Uint8Array[], side: "ours" | "theirs") {
     if (this.state === "closed") return;
     if (events.some((e) => (peekEvent(e)?.kind ?? 16) < 16)) this.recheck(gid);
+    const range = (side === "ours" ? this.ours.get(gid)?.range : this.theirs.get(gid)?.range) ?? WHOLE_GROUP;
+    if (!isWhole(range)) events = events.filter((e) => inRange(e, range));
     this.enqueue(gid, events, true);
   }
 
   // ---- subscriptions ----
 
-  private async onSub(gid: string) {
+  private async onSub(f: Frame) {
+    const gid = field<string>(f, "gid", isGid, "64 hex digits");
+    const ranged = f.has("since") || f.has("until");
+    const asked = checkRange({ since: f.get("since") as number, until: f.get("until") as number }, "BAD_FRAME");
     const a = await this.host.access(gid, this.peerKey!);
     if (!a.readable) {
       // The same answer for a group that does not exist and one the peer may not see.
       this.send(frame("error", { code: "UNKNOWN_GROUP", message: `Group "${gid}" is not known to this node`, gid }));
       return;
     }
-    if (!this.theirs.has(gid)) {
+    // The range both reconcile: what the peer asked, from what we retain on (empty if that is past its end).
+    const retained = await this.host.retained?.(gid) ?? 0;
+    const since = Math.min(Math.max(asked.since, retained), asked.until);
+    const range: SyncRange = { since, until: asked.until };
+    const old = this.theirs.get(gid);
+    if (old) old.range = range; // a repeated sub: its range holds from now on
+    else {
       if (!this.ours.has(gid) && this.groupCount >= this.host.limits.sync_session_groups_max) {
         return this.strike(
           "OVERLOADED",
@@ -491,11 +572,11 @@ export class SyncSession {
           gid,
         );
       }
-      const sub: TheirSub = { unsub: null };
+      const sub: TheirSub = { unsub: null, range };
       this.theirs.set(gid, sub);
       this.rights.set(gid, Promise.resolve(true));
       try {
-        const unsub = await this.host.subscribe(gid, (events) => this.onLive(gid, events));
+        const unsub = await this.host.subscribe(gid, (events) => this.onLive(gid, events, "theirs"));
         if (this.theirs.get(gid) === sub && this.state !== "closed") sub.unsub = unsub;
         else return void unsub().catch(() => {});
       } catch (e) {
@@ -506,7 +587,9 @@ export class SyncSession {
       }
     }
     this.host.report({ type: "peer", gid, node: this.peer, addr: this.addr, root: a.root });
-    this.send(frame("sub.ok", { gid, root: a.root, count: a.count }));
+    // A sub with a range, or one we narrowed, is answered with the range; else as before the range existed.
+    const echo = ranged || !isWhole(range) ? rangeFields(range) : {};
+    this.send(frame("sub.ok", { gid, root: a.root, count: a.count, ...echo }));
     // The manifest and membership events go first, so a joining peer can admit everything after them.
     this.enqueue(gid, await this.host.admission(gid), false);
   }
@@ -515,20 +598,40 @@ export class SyncSession {
    * Subscribe to a group at the peer and reconcile it; resolves when the
    * reconciliation and the transfer it started are done (or refused). A
    * closed group is offered only to a peer that proved it is a member here.
+   *
+   * With `since` and/or `until` (ms), only the events with `since <= ts < until`
+   * are reconciled and streamed live (partial sync); `since` is raised to the
+   * lowest `ts` this node retains. A bad range throws `BAD_QUERY`. A group
+   * this session already syncs keeps the range it was asked with.
    */
-  async sync(gid: string): Promise<void> {
+  async sync(gid: string, options: SyncOptions = {}): Promise<void> {
+    const want = checkRange(options);
     if (!(await this.ready())) throw new XfError("STAGE_DOWN", `Session closed: ${this.closeReason}`);
     if (!(await this.right(gid))) return; // the peer may not have it: we do not even name it
     if (this.ours.has(gid)) return;
+    // From what we retain on, at least: the peer never sends what we would not keep.
+    const retained = await this.host.retained?.(gid) ?? 0;
+    const asked: SyncRange = { since: Math.max(want.since, retained), until: want.until };
+    if (asked.since >= asked.until) return; // nothing we retain is in the range
+    if (this.ours.has(gid) || this.state !== "ready") return;
     const done = new Promise<void>((r) => {
       const list = this.doneWaiters.get(gid) ?? [];
       list.push(r);
       this.doneWaiters.set(gid, list);
     });
-    this.ours.set(gid, { state: "asked", negOutstanding: false, reconciled: false, unsub: null });
+    const ranged = !isWhole(asked);
+    this.ours.set(gid, {
+      state: "asked",
+      asked,
+      ranged,
+      range: WHOLE_GROUP,
+      negOutstanding: false,
+      reconciled: false,
+      unsub: null,
+    });
     this.progress.set(gid, { missing: 0, received: 0, sent: 0, done: false });
     this.syncTimes.set(gid, { start: Date.now(), bytesIn: 0, bytesOut: 0 });
-    this.send(frame("sub", { gid }));
+    this.send(frame("sub", { gid, ...(ranged ? rangeFields(asked) : {}) }));
     return await done;
   }
 
@@ -561,16 +664,17 @@ export class SyncSession {
       if (this.revoked.has(gid)) return;
       return this.fail("UNSOLICITED", `sub.ok for group "${gid}" that this session did not ask for`);
     }
+    o.range = echoedRange(f, o.asked);
     o.state = "open";
     const root = String(f.get("root") ?? "").slice(0, 64);
     this.host.report({ type: "peer", gid, node: this.peer, addr: this.addr, root });
     // The group may be new here (joining): what arrives makes it known.
     try {
-      const unsub = await this.host.subscribe(gid, (events) => this.onLive(gid, events));
+      const unsub = await this.host.subscribe(gid, (events) => this.onLive(gid, events, "ours"));
       if (this.ours.get(gid) === o && this.state !== "closed") o.unsub = unsub;
       else unsub().catch(() => {});
     } catch { /* no live stream to the peer; reconciliation still runs */ }
-    const res = await this.host.reconcile(gid, this.sessionId + gid, null);
+    const res = await this.host.reconcile(gid, this.sessionId + gid, null, o.range);
     if (!res || this.ours.get(gid) !== o) return this.finish(gid);
     this.stats.negRounds++;
     o.negOutstanding = true;
@@ -578,6 +682,11 @@ export class SyncSession {
     // Damaged events: reconciliation counts them as held (their ids are in the tree), so ask for them by id.
     const lost = this.host.restore?.(gid) ?? [];
     if (lost.length) this.act(gid, [], lost);
+  }
+
+  /** The range each group we subscribed to at the peer is reconciled over (the whole group until `sub.ok`). */
+  ranges(): Map<string, SyncRange> {
+    return new Map([...this.ours].map(([gid, o]) => [gid, { ...o.range }]));
   }
 
   /** Ask the peer for events by id in a group this session syncs (restoring damaged events); else nothing. */
@@ -594,7 +703,7 @@ export class SyncSession {
       this.stats.negRounds++;
       let res: Awaited<ReturnType<SyncHost["reconcile"]>>;
       try {
-        res = await this.host.reconcile(gid, this.sessionId + gid, msg);
+        res = await this.host.reconcile(gid, this.sessionId + gid, msg, o.range);
       } catch (e) {
         if (!(e instanceof XfError && e.code === "UNSUPPORTED_VERSION")) throw e;
         // The peer speaks another negentropy version: this group's reconciliation ends; the session stays.
@@ -618,7 +727,7 @@ export class SyncSession {
     if (!(await this.right(gid))) return;
     // The peer reconciles with us: we answer as the responder.
     this.stats.negRounds++;
-    const res = await this.host.reconcile(gid, null, msg);
+    const res = await this.host.reconcile(gid, null, msg, this.theirs.get(gid)!.range);
     if (!res) return this.strike("UNKNOWN_GROUP", `Group "${gid}" is not known to this node`, gid);
     if (!this.theirs.has(gid)) return;
     this.act(gid, res.have, res.need);
@@ -983,4 +1092,28 @@ export class SyncSession {
 /** An event's kind if it is an engine kind (< 16), else 16: for ordering a transfer. */
 function engineKind(ev: Uint8Array): number {
   return Math.min(peekEvent(ev)?.kind ?? 16, 16);
+}
+
+/** Whether an event is in a range; manifests and membership events (kinds 0, 1) always are. */
+function inRange(ev: Uint8Array, r: SyncRange): boolean {
+  const head = peekEvent(ev);
+  if (!head) return false;
+  return head.kind < 2 || (head.ts >= r.since && head.ts < r.until);
+}
+
+/**
+ * The range a `sub.ok` echoes for our `sub` that asked for `asked`: none is the whole group (a peer that
+ * predates partial sync); one outside what we asked, or that ends before it starts, is `BAD_FRAME`.
+ */
+function echoedRange(f: Frame, asked: SyncRange): SyncRange {
+  if (!f.has("since") && !f.has("until")) return WHOLE_GROUP;
+  const since = field<number>(f, "since", isUint, "a count of milliseconds");
+  const until = f.has("until") ? field<number>(f, "until", isUint, "a count of milliseconds") : Infinity;
+  if (since < asked.since || until > asked.until || since > until) {
+    throw new XfError(
+      "BAD_FRAME",
+      `sub.ok echoes the range [${since}, ${until}), not within the asked [${asked.since}, ${asked.until})`,
+    );
+  }
+  return { since, until };
 }

@@ -10,7 +10,7 @@
  */
 
 import { Reconciler } from "../merkle/negentropy.ts";
-import { VectorStorage } from "../merkle/negentropy_storage.ts";
+import { type NegentropyStorage, SubRange, VectorStorage } from "../merkle/negentropy_storage.ts";
 import type { MerkleTree } from "../merkle/mod.ts";
 import { XfError } from "../core/errors.ts";
 import { RECONCILE_SESSION_IDLE_MS, RECONCILE_SESSIONS_MAX } from "../core/limits.ts";
@@ -35,16 +35,25 @@ export class ReconcileSessions {
 
   /**
    * One step over `tree` (null: the empty set): `session` names an initiator's state (null for a responder);
-   * `msg` is the peer's message (null to initiate). Throws `BAD_FRAME` for a message to an unknown session.
+   * `msg` is the peer's message (null to initiate). With `since`/`until` it reconciles only the items with
+   * `since <= ts < until` (partial sync); an initiator's session keeps the range it started with. Throws
+   * `BAD_FRAME` for a message to an unknown session, `BAD_QUERY` for a range that is not integer milliseconds.
    */
   step(
     tree: MerkleTree | null,
     session: string | null,
     msg: Uint8Array | null,
-    opts: { frameSizeLimit?: number } = {},
+    opts: { frameSizeLimit?: number; since?: number | undefined; until?: number | undefined } = {},
     now = Date.now(),
   ): ReconcileStep {
-    const set = tree ?? EMPTY_SET;
+    const whole: NegentropyStorage = tree ?? EMPTY_SET;
+    const since = opts.since ?? 0, until = opts.until ?? Infinity;
+    if (!Number.isSafeInteger(since) || since < 0 || (until !== Infinity && !Number.isSafeInteger(until))) {
+      throw new XfError("BAD_QUERY", `Cannot reconcile range [${since}, ${until}): not integer milliseconds`);
+    }
+    // An empty range (since >= until, e.g. after raising since to a retention boundary) reconciles nothing.
+    const set = since === 0 && until === Infinity ? whole : new SubRange(whole, since, Math.max(since, until));
+    const rOpts = opts.frameSizeLimit !== undefined ? { frameSizeLimit: opts.frameSizeLimit } : {};
     const sessions = this.#sessions;
     for (const [k, v] of sessions) if (now - v.used > RECONCILE_SESSION_IDLE_MS) sessions.delete(k);
     let r: Reconciler;
@@ -52,7 +61,7 @@ export class ReconcileSessions {
       const s = sessions.get(session);
       if (!s) {
         if (msg) throw new XfError("BAD_FRAME", `No reconciliation session "${session}"`);
-        r = new Reconciler(set, opts);
+        r = new Reconciler(set, rOpts);
         if (sessions.size >= RECONCILE_SESSIONS_MAX) sessions.delete(sessions.keys().next().value!);
         sessions.set(session, { r, used: now });
       } else {
@@ -60,7 +69,7 @@ export class ReconcileSessions {
         s.used = now;
       }
     } else {
-      r = new Reconciler(set, { ...opts, idListReply: true });
+      r = new Reconciler(set, { ...rOpts, idListReply: true });
     }
     if (!msg) return { output: r.initiate(), have: [], need: [] };
     let res: ReturnType<Reconciler["reconcile"]>;

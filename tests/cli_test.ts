@@ -1,6 +1,7 @@
 // The CLI is a client of a running node (it uses client/): groups, membership, members, publish, query, tail.
 import { assert, assertEquals, assertMatch } from "@std/assert";
-import { tempNode } from "./_helpers.ts";
+import { makeEvents, tempNode, testGroup } from "./_helpers.ts";
+import { toHex } from "../core/bytes.ts";
 import { serve } from "../net/server.ts";
 import { openNode } from "../node.ts";
 import { COMMANDS } from "../net/cli.ts";
@@ -189,6 +190,10 @@ Deno.test("xf refuses unknown flags, missing values, bad numbers and unsigned si
   assertEquals((await xf(["publish", "--group", gid, "--kind", "abc", "--key", "x.key", ...node])).code, 2);
   assertEquals((await xf(["query", "--group", gid, "--limit", "ten", ...node])).code, 2);
   assertEquals((await xf(["get", "a", "b", ...node])).code, 2);
+  for (const range of [["--since", "yesterday"], ["--until", "5/1/2024"], ["--since", "200", "--until", "100"]]) {
+    const r = await xf(["sync", "--peer", "ws://127.0.0.1:1", ...range, ...node]);
+    assert(r.code === 2 && (r.err.includes("--since") || r.err.includes("--until")), `${range.join(" ")}: ${r.err}`);
+  }
   assertEquals((await xf(["pubish"])).code, 2);
   // --key is required to sign: no silent ./data/node.key.
   const unsigned = [
@@ -294,5 +299,41 @@ Deno.test("xf export and xf import move a group between nodes with the same root
     await b.done();
     await a.done();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("xf sync --since ISO --until MS syncs only that range and prints it", async () => {
+  const a = await tempNode(), b = await tempNode();
+  const sa = await serve(a.node, { host: "127.0.0.1", port: 0 });
+  const sb = await serve(b.node, { host: "127.0.0.1", port: 0 });
+  try {
+    const g = await testGroup();
+    const gid = toHex(g.gid);
+    const day = Date.UTC(2024, 4, 1), DAY = 86_400_000;
+    await a.node.publish([g.manifest, ...await makeEvents(g, 5, day - DAY), ...await makeEvents(g, 4, day)]);
+    await b.node.publish([g.manifest, ...await makeEvents(g, 3, day + 1000)]);
+    const r = await xf([
+      "sync",
+      "--peer",
+      sb.url.replace("http", "ws"),
+      "--group",
+      gid,
+      "--since",
+      "2024-05-01",
+      "--until",
+      String(day + DAY),
+      "--node",
+      sa.url,
+    ]);
+    assertEquals(r.code, 0, r.err);
+    const out = JSON.parse(r.out);
+    assertEquals(out.ranges, { [gid]: { since: day, until: day + DAY } });
+    assertEquals([out.eventsSent, out.eventsReceived], [4, 3 + 1]); // b's 3, and the manifest pushed at sub
+    assertEquals((await b.node.merkle(gid))!.count, 1 + 3 + 4); // not a's 5 of the day before
+  } finally {
+    await sb.shutdown();
+    await sa.shutdown();
+    await b.done();
+    await a.done();
   }
 });

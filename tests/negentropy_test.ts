@@ -8,7 +8,8 @@ import { bytesToHex, hexToBytes } from "@noble/hashes/utils";
 import { nip77 } from "npm:nostr-tools@2.25.2";
 import { XfError } from "../core/errors.ts";
 import { PROTOCOL_VERSION, Reconciler, type ReconcilerOptions } from "../merkle/negentropy.ts";
-import { compareItems, IdSum, VectorStorage } from "../merkle/negentropy_storage.ts";
+import { compareItems, IdSum, type NegentropyStorage, SubRange, VectorStorage } from "../merkle/negentropy_storage.ts";
+import { MerkleTree } from "../merkle/mod.ts";
 
 const { Negentropy, NegentropyStorageVector } = nip77;
 
@@ -498,4 +499,102 @@ Deno.test("IdSum adds, subtracts and wraps mod 2^256", () => {
     negentropyVarint(2 ** 53),
     new Uint8Array([0x90, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00]),
   );
+});
+
+// ---- SubRange: partial sync over a time range ----
+
+function vector(items: Item[]): VectorStorage {
+  const s = new VectorStorage();
+  for (const x of items) s.insert(x.ts, x.id);
+  s.seal();
+  return s;
+}
+
+function merkle(items: Item[]): MerkleTree {
+  const sorted = [...items].sort(compareItems);
+  const { root, put } = MerkleTree.build(sorted);
+  return new MerkleTree({ get: (h) => put.get(bytesToHex(h)) }, root, { cachePages: put.size + 16 });
+}
+
+/** A party over any storage (ours). */
+function over(storage: NegentropyStorage, options: ReconcilerOptions = {}): Party {
+  const rec = new Reconciler(storage, options);
+  return {
+    initiate: () => rec.initiate(),
+    reconcile(msg) {
+      const r = rec.reconcile(msg);
+      return { output: r.output, have: r.have.map(bytesToHex), need: r.need.map(bytesToHex) };
+    },
+  };
+}
+
+const inRange = (since: number, until: number) => (x: Item) => x.ts >= since && x.ts < until;
+
+Deno.test("SubRange answers as a storage of just the items in [since, until)", () => {
+  const items = makeItems(3000, 71, 1_000); // ts in 1000..1750
+  const r = new Prng(72).float;
+  for (const [since, until] of [[1_200, 1_400], [0, 1_100], [1_700, Infinity], [1_300, 1_300], [5_000, 6_000]]) {
+    const want = vector(items.filter(inRange(since!, until!)));
+    for (const base of [vector(items), merkle(items)]) {
+      const sub = new SubRange(base, since!, until!);
+      const n = want.size();
+      assertEquals(sub.size(), n);
+      for (let i = 0; i < n; i++) assertEquals(sub.getItem(i), want.getItem(i));
+      const seen: number[] = [];
+      sub.iterate(0, n, (item, i) => void seen.push(i, item.ts));
+      const expect: number[] = [];
+      want.iterate(0, n, (item, i) => void expect.push(i, item.ts));
+      assertEquals(seen, expect);
+      for (let k = 0; k < 50 && n > 0; k++) {
+        const a = Math.floor(r() * n), b = a + Math.floor(r() * (n - a + 1));
+        assertEquals(sub.fingerprint(a, b), want.fingerprint(a, b));
+        const bound = { ts: 900 + Math.floor(r() * 1000), id: items[k]!.id.subarray(0, Math.floor(r() * 4)) };
+        assertEquals(sub.findLowerBound(a, b, bound), want.findLowerBound(a, b, bound));
+      }
+      assertThrows(() => sub.getItem(n), RangeError);
+      assertThrows(() => sub.fingerprint(0, n + 1), RangeError);
+    }
+  }
+});
+
+Deno.test("SubRange refuses a range that is not 0 <= since <= until in safe integers", () => {
+  const s = vector(makeItems(10, 73));
+  for (const [since, until] of [[-1, 5], [1.5, 5], [10, 9], [NaN, 5], [0, 2 ** 53], [Infinity, Infinity]]) {
+    assertThrows(() => new SubRange(s, since!, until!), RangeError);
+  }
+});
+
+Deno.test("Reconciler over SubRanges sends what nostr-tools sends over just the range, and finds its difference", () => {
+  for (const [common, a, b, limit] of [[3_000, 40, 60, 60_000], [20_000, 300, 200, 4096], [500, 0, 0, 60_000]]) {
+    const c = makeCase(common!, a!, b!, 81 + common!, 1_000_000); // nostr-tools reads 32-bit varints
+    const lo = 1_000_000 + Math.floor((common! + a! + b!) / 16);
+    const hi = lo + Math.floor((common! + a! + b!) / 8);
+    const keep = inRange(lo, hi);
+    const ref = run(theirs(c.a.filter(keep), limit), theirs(c.b.filter(keep), limit));
+    const t = run(
+      over(new SubRange(merkle(c.a), lo, hi), { frameSizeLimit: limit! }),
+      over(new SubRange(merkle(c.b), lo, hi), { frameSizeLimit: limit! }),
+    );
+    assertEquals(t, ref);
+    const hex = (xs: Item[]) => new Set(xs.filter(keep).map((x) => bytesToHex(x.id)));
+    const onlyA = hex(c.a.filter((x) => c.onlyA.has(bytesToHex(x.id))));
+    const onlyB = hex(c.b.filter((x) => c.onlyB.has(bytesToHex(x.id))));
+    assertEquals(new Set([...t.initHave, ...t.respNeed]), onlyA);
+    assertEquals(new Set([...t.initNeed, ...t.respHave]), onlyB);
+    assert(onlyA.size < c.onlyA.size || a === 0, "some differences lie outside the range");
+  }
+});
+
+Deno.test("SubRange finds its ranks again when the storage changes between messages", () => {
+  const items = makeItems(400, 91, 100); // ts 100..199
+  const tree = merkle(items);
+  const sub = new SubRange(tree, 150, 180);
+  const first = sub.getItem(0);
+  const n = sub.size();
+  // Items before the range shift every rank of the tree, not the range's items.
+  tree.insert([{ ts: 10, id: new Uint8Array(32).fill(1) }, { ts: 20, id: new Uint8Array(32).fill(2) }]);
+  assertEquals(sub.size(), n);
+  assertEquals(sub.getItem(0), first);
+  tree.insert([{ ts: 170, id: new Uint8Array(32).fill(3) }]);
+  assertEquals(sub.size(), n + 1);
 });

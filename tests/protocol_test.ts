@@ -11,6 +11,8 @@ import { decodeFrame } from "../net/frames.ts";
 import { decodeRecord, encodeRecordBody, verifyRecord } from "../net/dht/records.ts";
 import { parseCursor, sseRecord } from "../net/stream.ts";
 import { LIMITS } from "../core/limits.ts";
+import { Reconciler } from "../merkle/negentropy.ts";
+import { VectorStorage } from "../merkle/negentropy_storage.ts";
 import { buildProtocolVectors, deriveSession, diag, nonce } from "./fixtures/make_protocol_vectors.ts";
 
 const fixture = JSON.parse(await Deno.readTextFile(new URL("./fixtures/protocol_v2.json", import.meta.url)));
@@ -94,7 +96,7 @@ Deno.test("protocol vectors: the handshake checks out without net/secure.ts", as
   assertEquals(decodeFrame(hx(v.first_i_plain), LIMITS.sync_frame_bytes_max).get("t"), "sub");
 });
 
-Deno.test("protocol vectors: sync frames decode to their stated fields", () => {
+Deno.test("protocol vectors: sync frames decode to their stated fields", async () => {
   for (const f of fixture.sync) {
     const m = decodeFrame(hx(f.hex), LIMITS.sync_frame_bytes_max);
     assertEquals(diag(m), f.value, f.name);
@@ -108,6 +110,22 @@ Deno.test("protocol vectors: sync frames decode to their stated fields", () => {
   assertEquals(credit.value.b, ev[0]!.length); // credit bytes are event bytes, not frame bytes
   const neg = fixture.sync.find((f: { name: string }) => f.name === "neg (initiate)");
   assertEquals((decodeCbor(hx(neg.hex)) as Map<string, Uint8Array>).get("msg")![0], 0x61);
+  // Partial sync: the echoed range is within the asked one, and the range's first message names only its events.
+  const sub = fixture.sync.find((f: { name: string }) => f.name === "sub (range)").value;
+  const ok = fixture.sync.find((f: { name: string }) => f.name === "sub.ok (range)").value;
+  assert(ok.since >= sub.since && ok.until <= sub.until && ok.since < ok.until);
+  const rangeNeg = fixture.sync.find((f: { name: string }) => f.name === "neg (range initiate)");
+  const empty = new VectorStorage();
+  empty.seal();
+  const named = new Reconciler(empty).reconcile((decodeCbor(hx(rangeNeg.hex)) as Map<string, Uint8Array>).get("msg")!);
+  const v1 = JSON.parse(await Deno.readTextFile(new URL("./fixtures/events_v1.json", import.meta.url))).events as {
+    id: string;
+    ts: number;
+  }[];
+  assertEquals(
+    named.need.map(toHex),
+    v1.filter((e) => e.ts >= ok.since && e.ts < ok.until).map((e) => e.id),
+  );
 });
 
 Deno.test("protocol vectors: DHT frames, the record and the auth message", async () => {
