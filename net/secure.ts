@@ -40,6 +40,7 @@ import { type KeyPair, sign, verify } from "../storage/ed25519.ts";
 import { type ErrorCode, toWire, XfError } from "../core/errors.ts";
 import { decodeFrame, encodeFrame, field, type Frame, isBytes, isUint } from "./frames.ts";
 import { HANDSHAKE_BYTES_MAX } from "../core/limits.ts";
+import { type Clock, realClock, realRandom, type TimerHandle } from "../core/clock.ts";
 
 /** Version of the session protocol (carried in `hs1`). */
 export const SESSION_VERSION = 2;
@@ -94,9 +95,11 @@ export interface SecureOptions {
   handshakeMs: number;
   /**
    * Source of the handshake's randomness (the ephemeral X25519 secret, then the challenge), `n` bytes
-   * a call; default `crypto.getRandomValues`. Fixed only to make test vectors reproducible.
+   * a call; default `crypto.getRandomValues`. Fixed only to make test vectors reproducible (and in the simulation).
    */
   random?: (n: number) => Uint8Array;
+  /** The clock of the handshake's timeout (default {@linkcode realClock}; a simulation's virtual one in tests). */
+  clock?: Clock;
 }
 
 /** The proven peer: its Ed25519 key and the info it signed. */
@@ -160,14 +163,16 @@ export class SecureChannel implements FrameChannel {
   #nIn = 0;
   #step = 0;
   #work: Promise<void> = Promise.resolve();
-  #timer: ReturnType<typeof setTimeout>;
+  #timer: TimerHandle;
+  #clock: Clock;
   #resolve!: (p: PeerProof) => void;
   #reject!: (e: XfError) => void;
 
   constructor(raw: FrameChannel, options: SecureOptions) {
     this.#raw = raw;
     this.#o = options;
-    const random = options.random ?? ((n: number) => crypto.getRandomValues(new Uint8Array(n)));
+    const random = options.random ?? realRandom;
+    this.#clock = options.clock ?? realClock;
     this.#eSecret = random(32).slice();
     this.#challenge = random(32).slice();
     this.#ePublic = x25519.getPublicKey(this.#eSecret);
@@ -178,7 +183,7 @@ export class SecureChannel implements FrameChannel {
     this.ready.catch(() => {}); // observed by whoever awaits it
     raw.onFrame = (f) => this.#onRaw(f);
     raw.onClose = (reason) => this.#closed(reason || "connection closed");
-    this.#timer = setTimeout(
+    this.#timer = this.#clock.setTimeout(
       () => this.#fail("TIMEOUT", `No ${options.purpose} handshake within ${options.handshakeMs} ms`),
       options.handshakeMs,
     );
@@ -236,7 +241,7 @@ export class SecureChannel implements FrameChannel {
     if (this.#state === "closed") return;
     const wasOpen = this.#state === "open";
     this.#state = "closed";
-    clearTimeout(this.#timer);
+    this.#clock.clearTimeout(this.#timer);
     if (!wasOpen) this.#reject(err ?? new XfError("BAD_AUTH", `Handshake ended: ${reason}`));
     this.onClose?.(reason);
   }
@@ -404,7 +409,7 @@ export class SecureChannel implements FrameChannel {
     this.#ss = this.#hsIn = this.#hsOut = null;
     this.#eSecret.fill(0);
     this.#state = "open";
-    clearTimeout(this.#timer);
+    this.#clock.clearTimeout(this.#timer);
     this.#resolve(peer);
   }
 }

@@ -62,6 +62,7 @@ import type { Limits } from "../core/limits.ts";
 import type { EventResult } from "../actors/batch.ts";
 import { log, short } from "../actors/log.ts";
 import { type FrameChannel, SecureChannel } from "./secure.ts";
+import { type Clock, type RandomSource, realClock, realRandom, type TimerHandle } from "../core/clock.ts";
 import { ECHO_IDS_MAX, FETCH_IDS_MAX, RETRY_EVENTS_MAX, SYNC_STORE_RETRY_MS, SYNC_TICK_MS } from "../core/limits.ts";
 
 export type { FrameChannel } from "./secure.ts";
@@ -166,6 +167,10 @@ export interface SyncHost {
   report(ev: SyncReport): void;
   /** `n` events of a peer's frame were stored `seconds` after the frame arrived (`xf_sync_delivery_seconds`). */
   observeDelivery?(seconds: number, n: number): void;
+  /** The clock of the session's timers, stall and idle checks and handshake timeout (default the real one). */
+  clock?: Clock;
+  /** The source of the session's randomness: its reconciliation id and the handshake's (default `crypto`). */
+  random?: RandomSource;
 }
 
 /** What a session reports as it goes. */
@@ -258,15 +263,16 @@ export class SyncSession {
   private owedIds = 0;
   private fetching = false;
   private inboundBytes = 0;
-  private lastProgress = Date.now();
-  private lastActive = Date.now();
-  private ticker: ReturnType<typeof setInterval> | undefined;
-  private retryTimer: ReturnType<typeof setTimeout> | undefined;
+  private lastProgress: number;
+  private lastActive: number;
+  private ticker: TimerHandle | undefined;
+  private retryTimer: TimerHandle | undefined;
   private progress = new Map<string, { missing: number; received: number; sent: number; done: boolean }>();
   private readyWaiters: ((ok: boolean) => void)[] = [];
   private doneWaiters = new Map<string, (() => void)[]>();
   private work: Promise<void> = Promise.resolve();
-  private sessionId = toHex(crypto.getRandomValues(new Uint8Array(8)));
+  private sessionId: string;
+  private readonly clock: Clock;
   /** Ids asked of the peer and not yet received, per group. */
   private pendingWants = new Map<string, Set<string>>();
   private retry: { gid: string; bytes: Uint8Array }[] = [];
@@ -287,6 +293,10 @@ export class SyncSession {
     readonly remote: string = "",
   ) {
     const l = host.limits;
+    this.clock = host.clock ?? realClock;
+    const random = host.random ?? realRandom;
+    this.lastProgress = this.lastActive = this.clock.now();
+    this.sessionId = toHex(random(8));
     this.granted = l.sync_credit_events;
     this.grantedBytes = l.sync_credit_bytes_max;
     this.secure = new SecureChannel(ch, {
@@ -296,6 +306,8 @@ export class SyncSession {
       info: { v: SYNC_VERSION, frame: l.sync_frame_bytes_max, credit: this.granted, creditBytes: this.grantedBytes },
       frameMax: l.sync_frame_bytes_max,
       handshakeMs: l.sync_handshake_ms,
+      random,
+      clock: this.clock,
     });
     this.secure.onFrame = (f) => this.onFrame(f);
     this.secure.onClose = (reason) => this.closed(reason || "connection closed");
@@ -349,8 +361,8 @@ export class SyncSession {
     this.sendCreditBytes = this.window.bytes;
     this.peerKey = key;
     this.state = "ready";
-    this.lastActive = this.lastProgress = Date.now();
-    this.ticker = setInterval(() => this.tick(), SYNC_TICK_MS);
+    this.lastActive = this.lastProgress = this.clock.now();
+    this.ticker = this.clock.setInterval(() => this.tick(), SYNC_TICK_MS);
     for (const w of this.readyWaiters.splice(0)) w(true);
   }
 
@@ -389,8 +401,8 @@ export class SyncSession {
     this.state = "closed";
     this.secure.close(reason); // the socket too, whoever ended the session
     this.closeReason = reason;
-    clearInterval(this.ticker);
-    clearTimeout(this.retryTimer);
+    this.clock.clearInterval(this.ticker);
+    this.clock.clearTimeout(this.retryTimer);
     for (const w of this.readyWaiters.splice(0)) w(false);
     for (const ws of this.doneWaiters.values()) for (const w of ws) w();
     this.doneWaiters.clear();
@@ -407,7 +419,7 @@ export class SyncSession {
   /** Stalls and idleness, once a second. */
   private tick() {
     if (this.state !== "ready") return;
-    const now = Date.now();
+    const now = this.clock.now();
     const l = this.host.limits;
     const waiting = this.owed.length > 0 || this.secure.buffered() > 0;
     if (waiting && now - this.lastProgress > l.sync_stall_ms) {
@@ -466,7 +478,7 @@ export class SyncSession {
     }
     if (t === "bye") return this.closed(`peer said bye: ${String(f.get("reason") ?? "")}`);
     if (this.state !== "ready") return this.fail("UNAUTHORIZED", `Frame "${t}" before the handshake completed`);
-    this.lastActive = Date.now();
+    this.lastActive = this.clock.now();
     switch (t) {
       case "sub":
         return await this.onSub(f);
@@ -630,7 +642,7 @@ export class SyncSession {
       unsub: null,
     });
     this.progress.set(gid, { missing: 0, received: 0, sent: 0, done: false });
-    this.syncTimes.set(gid, { start: Date.now(), bytesIn: 0, bytesOut: 0 });
+    this.syncTimes.set(gid, { start: this.clock.now(), bytesIn: 0, bytesOut: 0 });
     this.send(frame("sub", { gid, ...(ranged ? rangeFields(asked) : {}) }));
     return await done;
   }
@@ -650,7 +662,7 @@ export class SyncSession {
         sent: p.sent,
         bytesIn: t?.bytesIn ?? 0,
         bytesOut: t?.bytesOut ?? 0,
-        durationMs: t ? Date.now() - t.start : 0,
+        durationMs: t ? this.clock.now() - t.start : 0,
       });
     }
     for (const w of this.doneWaiters.get(gid) ?? []) w();
@@ -871,7 +883,7 @@ export class SyncSession {
       this.sendCredit += n;
       this.sendCreditBytes += b;
     }
-    this.lastProgress = Date.now();
+    this.lastProgress = this.clock.now();
     this.pump();
   }
 
@@ -904,7 +916,7 @@ export class SyncSession {
       if (this.secure.buffered() > l.sync_socket_buffer_bytes_max) {
         // The socket holds what the peer has not read: try again shortly; the ticker cuts a peer that never reads.
         if (this.retryTimer === undefined) {
-          this.retryTimer = setTimeout(() => {
+          this.retryTimer = this.clock.setTimeout(() => {
             this.retryTimer = undefined;
             this.pump();
           }, 20);
@@ -944,7 +956,7 @@ export class SyncSession {
       this.sendCredit -= out.length;
       this.sendCreditBytes = Math.max(0, this.sendCreditBytes - evBytes);
       this.stats.eventsSent += out.length;
-      this.lastProgress = Date.now();
+      this.lastProgress = this.clock.now();
       const p = this.progress.get(head.gid);
       if (p) p.sent += out.length;
       const st = this.syncTimes.get(head.gid);
@@ -1042,7 +1054,7 @@ export class SyncSession {
         const w = toWire(e);
         // Overloaded or restarting: give the credit back later, after a pause.
         if (w.code === "OVERLOADED" || w.code === "STAGE_DOWN") {
-          await new Promise((r) => setTimeout(r, SYNC_STORE_RETRY_MS));
+          await new Promise<void>((r) => this.clock.setTimeout(r, SYNC_STORE_RETRY_MS));
         }
         results = events.map((_, idx) => ({ req: 0, idx, status: "rejected", code: w.code }));
       }

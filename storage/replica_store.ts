@@ -137,7 +137,7 @@ export interface ReplicaStoreOptions {
   limits?: Limits;
   /** Step 1 (ids and signatures); default {@linkcode checkEvents} on this thread. */
   checker?: EventChecker;
-  /** The clock for the `ts` horizon (default `Date.now`). */
+  /** The clock for the `ts` horizon and reconciliation sessions' idle time (default `Date.now`). */
   now?: () => number;
 }
 
@@ -539,7 +539,7 @@ export class ReplicaStore {
   async reconcile(gid: string, session: string | null, msg: Uint8Array | null): Promise<ReconcileStep | null> {
     const known = await this.group(gid);
     if (!known && !session) return null;
-    return this.#reconciles.step(known ? await this.#trees.tree(gid) : null, session, msg);
+    return this.#reconciles.step(known ? await this.#trees.tree(gid) : null, session, msg, {}, this.#now());
   }
 
   /** Listen to events newly stored in a group (published here or received); returns the unsubscribe. */
