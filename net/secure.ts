@@ -36,7 +36,7 @@ import { chacha20poly1305 } from "@noble/ciphers/chacha";
 import { hkdf } from "@noble/hashes/hkdf";
 import { sha256 } from "@noble/hashes/sha2";
 import { type CborValue, decodeCbor, encodeCbor } from "../storage/cbor.ts";
-import { type KeyPair, sign, verify } from "../storage/ed25519.ts";
+import { type Ed25519, type KeyPair, webCryptoEd25519 } from "../storage/ed25519.ts";
 import { type ErrorCode, toWire, XfError } from "../core/errors.ts";
 import { decodeFrame, encodeFrame, field, type Frame, isBytes, isUint } from "./frames.ts";
 import { HANDSHAKE_BYTES_MAX } from "../core/limits.ts";
@@ -100,6 +100,8 @@ export interface SecureOptions {
   random?: (n: number) => Uint8Array;
   /** The clock of the handshake's timeout (default {@linkcode realClock}; a simulation's virtual one in tests). */
   clock?: Clock;
+  /** Ed25519 for the proofs (default {@linkcode webCryptoEd25519}; a simulation's deterministic one in tests). */
+  ed25519?: Ed25519;
 }
 
 /** The proven peer: its Ed25519 key and the info it signed. */
@@ -373,7 +375,7 @@ export class SecureChannel implements FrameChannel {
         ["info", new Map(Object.entries(this.#o.info).filter(([, v]) => v !== undefined))],
       ]),
     );
-    const sig = await sign(this.#o.key, signedBytes(role, this.#th, payload));
+    const sig = await (this.#o.ed25519 ?? webCryptoEd25519).sign(this.#o.key, signedBytes(role, this.#th, payload));
     return chacha20poly1305(this.#hsOut!, ZERO12).encrypt(encodeCbor([payload, sig]));
   }
 
@@ -395,7 +397,8 @@ export class SecureChannel implements FrameChannel {
     if (!isBytes(32)(key) || !(info instanceof Map)) {
       throw new XfError("BAD_FRAME", "Cannot read proof: expected {key: 32 bytes, info: map}");
     }
-    if (!(await verify(key as Uint8Array, sig, signedBytes(role, this.#th, payload)))) {
+    const ed = this.#o.ed25519 ?? webCryptoEd25519;
+    if (!(await ed.verify(key as Uint8Array, sig, signedBytes(role, this.#th, payload)))) {
       throw new XfError("BAD_AUTH", "Cannot accept proof: the signature does not verify for that key");
     }
     return { key: (key as Uint8Array).slice(), info: info as Map<string, unknown> };

@@ -56,7 +56,7 @@ import { bytesEqual, fromHex, toHex } from "../core/bytes.ts";
 import { sha256 } from "@noble/hashes/sha2";
 import { peekEvent } from "../storage/event.ts";
 import { decodeFrame, encodeFrame, field, type Frame, isBytes, isUint } from "./frames.ts";
-import { type KeyPair } from "../storage/ed25519.ts";
+import { type Ed25519, type KeyPair } from "../storage/ed25519.ts";
 import { type ErrorCode, toWire, XfError } from "../core/errors.ts";
 import type { Limits } from "../core/limits.ts";
 import type { EventResult } from "../actors/batch.ts";
@@ -171,6 +171,8 @@ export interface SyncHost {
   clock?: Clock;
   /** The source of the session's randomness: its reconciliation id and the handshake's (default `crypto`). */
   random?: RandomSource;
+  /** Ed25519 for the handshake's proofs (default WebCrypto's). */
+  ed25519?: Ed25519;
 }
 
 /** What a session reports as it goes. */
@@ -308,6 +310,7 @@ export class SyncSession {
       handshakeMs: l.sync_handshake_ms,
       random,
       clock: this.clock,
+      ...(host.ed25519 ? { ed25519: host.ed25519 } : {}),
     });
     this.secure.onFrame = (f) => this.onFrame(f);
     this.secure.onClose = (reason) => this.closed(reason || "connection closed");
