@@ -520,8 +520,11 @@ export class SyncSession {
     return r;
   }
 
-  /** The group's manifest or membership changed: hold its traffic and check the peer's right again. */
-  private recheck(gid: string) {
+  /**
+   * The group's manifest or membership changed (or may have, before our subscription to it was in place): hold its
+   * traffic and check the peer's right again. Resolves once checked; a peer without it has lost the group then.
+   */
+  private recheck(gid: string): Promise<boolean> {
     this.rights.delete(gid);
     this.held.add(gid);
     const check = this.right(gid);
@@ -532,6 +535,7 @@ export class SyncSession {
       if (ok) this.pump();
       else this.revoke(gid);
     });
+    return check;
   }
 
   /** The peer lost its right to a group: end the group's session at once; nothing more of it is sent. */
@@ -600,6 +604,10 @@ export class SyncSession {
         this.send(frame("error", { code: w.code, message: w.message, gid }));
         return;
       }
+      // Membership may have changed since `access` above, before the subscription was in place to see it (it sees
+      // every later change): check again; a peer that lost the group meanwhile is refused, nothing sent.
+      await this.recheck(gid);
+      if (this.theirs.get(gid) !== sub) return; // revoked, or the session closed
     }
     this.host.report({ type: "peer", gid, node: this.peer, addr: this.addr, root: a.root });
     // A sub with a range, or one we narrowed, is answered with the range; else as before the range existed.
@@ -689,6 +697,10 @@ export class SyncSession {
       if (this.ours.get(gid) === o && this.state !== "closed") o.unsub = unsub;
       else unsub().catch(() => {});
     } catch { /* no live stream to the peer; reconciliation still runs */ }
+    // The peer's right was checked when we asked; membership may have changed since, before the subscription was in
+    // place to see it (it sees every later change): check again before anything of the group goes to the peer.
+    await this.recheck(gid);
+    if (this.ours.get(gid) !== o) return this.finish(gid); // revoked, or the session closed
     const res = await this.host.reconcile(gid, this.sessionId + gid, null, o.range);
     if (!res || this.ours.get(gid) !== o) return this.finish(gid);
     this.stats.negRounds++;
@@ -855,7 +867,8 @@ export class SyncSession {
     this.owedBytes += bytes;
     // Events fetched for owed ids take the ids' place in the queue, so what was owed first goes first.
     const k = at ? this.owed.indexOf(at) : -1;
-    const item: Owed = { gid, kind: "events", events, bytes, live };
+    // A copy: `take` consumes the queue's array, and the caller's (a store's listeners may share one) is not ours.
+    const item: Owed = { gid, kind: "events", events: events.slice(), bytes, live };
     if (k >= 0) this.owed.splice(k, 0, item);
     else this.owed.push(item);
     this.pump();

@@ -147,7 +147,9 @@ export class SimDisk {
       throw new XfError("STORAGE_FULL", "Cannot write batch: simulated disk full");
     }
     const copy: KvOp[] = ops.map((o): KvOp =>
-      o.type === "put" ? { type: "put", key: o.key.slice(), value: o.value.slice() } : { type: "del", key: o.key.slice() }
+      o.type === "put"
+        ? { type: "put", key: o.key.slice(), value: o.value.slice() }
+        : { type: "del", key: o.key.slice() }
     ).filter((o) => !(this.skipEventWrites > 0 && o.key[0] === KS.event && this.#rand() < this.skipEventWrites));
     this.#view.batch(copy);
     applyTo(this.#viewMap, copy);

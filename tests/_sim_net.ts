@@ -52,7 +52,13 @@ import {
   signEvent,
 } from "../storage/event.ts";
 import { eventKey, groupKey, KS } from "../storage/keys.ts";
-import { ACTION_ADD, ACTION_REMOVE, encodeMembership, GroupState, type MembershipEvent } from "../storage/membership.ts";
+import {
+  ACTION_ADD,
+  ACTION_REMOVE,
+  encodeMembership,
+  GroupState,
+  type MembershipEvent,
+} from "../storage/membership.ts";
 import { type EventChecker, ReplicaStore } from "../storage/replica_store.ts";
 import { checkManifestEvent } from "../storage/event.ts";
 import { decodeGroup, loadGroupState, membersKey } from "../storage/group_record.ts";
@@ -129,7 +135,9 @@ function checkerOf(limits: Limits, verdicts: Map<string, boolean>): EventChecker
           }
           verdicts.set(k, ok);
         }
-        if (!ok) throw new XfError("BAD_SIGNATURE", "Cannot accept event: the signature does not verify for its author");
+        if (!ok) {
+          throw new XfError("BAD_SIGNATURE", "Cannot accept event: the signature does not verify for its author");
+        }
         errors.push(null);
       } catch (e) {
         errors.push(toWire(e));
@@ -200,7 +208,8 @@ const TIMERS_PER_SESSION_MAX = 4;
 /** Connections between one pair of nodes at once. */
 const CONNS_PER_PAIR_MAX = 2;
 /** Bytes in flight on one direction of a link: the socket bound the session honours, plus frames it sends anyway. */
-const LINK_INFLIGHT_BYTES_MAX = (limits: Limits) => limits.sync_socket_buffer_bytes_max + 8 * limits.sync_frame_bytes_max;
+const LINK_INFLIGHT_BYTES_MAX = (limits: Limits) =>
+  limits.sync_socket_buffer_bytes_max + 8 * limits.sync_frame_bytes_max;
 /** Tasks in the scheduler's queue at once. */
 const TASKS_QUEUED_MAX = 100_000;
 
@@ -426,7 +435,11 @@ class World {
     }
     const onRejection = (e: PromiseRejectionEvent) => {
       e.preventDefault();
-      this.violation(`unhandled rejection: ${toWire(e.reason).message}`);
+      this.violation(
+        `unhandled rejection: ${toWire(e.reason).message} ${
+          (e.reason as Error)?.stack?.split("\n").slice(1, 4).join(" ")
+        }`,
+      );
     };
     globalThis.addEventListener("unhandledrejection", onRejection);
     this.#restore.push(() => globalThis.removeEventListener("unhandledrejection", onRejection));
@@ -491,7 +504,9 @@ class World {
       try {
         t.fn();
       } catch (e) {
-        this.violation(`a ${t.tag} task threw: ${toWire(e).message}`);
+        this.violation(
+          `a ${t.tag} task threw: ${toWire(e).message} ${(e as Error).stack?.split("\n").slice(1, 4).join(" ")}`,
+        );
       }
       await this.drain();
     }
@@ -595,6 +610,11 @@ class World {
     nd.run = run;
   }
 
+  /** A group's name. */
+  name(gid: string): string {
+    return this.groups.find((x) => x.gid === gid)?.name ?? gid.slice(0, 8);
+  }
+
   /** Keep the run's mirror of a group's membership in step with its store (loaded from the disk, without faults). */
   watch(run: Run, nd: SimNode, gid: string): void {
     run.store.subscribe(gid, (events) => {
@@ -603,7 +623,11 @@ class World {
         if (ev.kind === KIND_MANIFEST && !run.mirror.has(gid)) {
           const m = checkManifestEvent(ev);
           run.mirror.set(gid, new GroupState(ev.author, m.policy));
-        } else if (ev.kind === KIND_MEMBERSHIP) run.mirror.get(gid)?.apply([ev]);
+        } else if (ev.kind === KIND_MEMBERSHIP) {
+          run.mirror.get(gid)?.apply([ev]);
+          const m = this.nodes.findIndex((x) => toHex(x.key.publicKey) === toHex(ev.payload.subarray(4)));
+          this.log(`n${nd.i} holds ${ev.payload[1] === ACTION_ADD ? "add" : "remove"} n${m} ${this.name(gid)}`);
+        }
       }
     });
     const rec = nd.disk.peek(groupKey(fromHexGid(gid)));
@@ -640,12 +664,18 @@ class World {
 
   async publish(): Promise<void> {
     const nd = pick(this.rand, this.nodes);
-    const g = pick(this.rand, this.groups);
+    // Mostly a group the node holds; sometimes any (refused where it does not hold it, or may not write).
+    const held = this.groups.filter((x) => nd.run?.mirror.has(x.gid));
+    const g = pick(this.rand, held.length && this.rand() < 0.85 ? held : this.groups);
     const k = int(this.rand, 1, 4);
     const events: Uint8Array[] = [];
     for (let j = 0; j < k; j++) {
       const r = this.rand();
-      const size = r < 0.8 ? int(this.rand, 0, 400) : r < 0.97 ? int(this.rand, 1000, 20_000) : int(this.rand, 40_000, 60_000);
+      const size = r < 0.8
+        ? int(this.rand, 0, 400)
+        : r < 0.97
+        ? int(this.rand, 1000, 20_000)
+        : int(this.rand, 40_000, 60_000);
       const ev = await signEvent(nd.key, {
         group: fromHexGid(g.gid),
         ts: this.sched.now + nd.skew + j,
@@ -670,7 +700,11 @@ class World {
       payload: encodeMembership({ action: action as 0 | 1, member: this.nodes[member]!.key.publicKey }),
     });
     this.made(ev.bytes, g.gid, g.owner);
-    const stored = await this.publishAt(owner, [ev.bytes], `${action === ACTION_ADD ? "add" : "remove"} n${member} ${g.name}`);
+    const stored = await this.publishAt(
+      owner,
+      [ev.bytes],
+      `${action === ACTION_ADD ? "add" : "remove"} n${member} ${g.name}`,
+    );
     if (stored.length) {
       g.membership.push(ev);
       if (action === ACTION_ADD) g.ever.add(member);
@@ -752,7 +786,7 @@ class World {
     this.count("conns");
     this.log(`connect n${a}->n${b} L${id} ${JSON.stringify(faults)}`);
     void client.ready().then((ok) => {
-      if (ok) for (const g of this.groups) this.syncGroup(c, g.gid);
+      if (ok) { for (const g of this.groups) this.syncGroup(c, g.gid); }
     });
     return c;
   }
@@ -774,11 +808,16 @@ class World {
         gid = fr.get("gid");
         n = (fr.get("events") as unknown[] | undefined)?.length ?? 0;
       } catch { /* the session's own frames always decode */ }
+      const gname = this.groups.find((x) => x.gid === gid)?.name ?? "";
+      this.log(`n${from}>n${to} ${String(t)} ${gname}${n ? ` ${n}` : ""}`);
       if (t === "events" && typeof gid === "string" && n > 0) {
         const g = this.groups.find((x) => x.gid === gid);
         const st = run.mirror.get(gid);
         if (g?.policy === POLICY_CLOSED && st && !st.canRead(this.nodes[to]!.key.publicKey)) {
           this.violation(`n${from} sent ${n} events of ${g.name} to n${to}, which its own state does not let read it`);
+          void run.store.access(gid, this.nodes[to]!.key.publicKey).then((a) =>
+            this.log(`DEBUG store access ${JSON.stringify(a)} sessions ${s.peer.slice(0, 8)}`)
+          );
         }
       }
       send(f);
@@ -957,7 +996,9 @@ class World {
         continue;
       }
       for (const k of [0, 1] as const) {
-        if (c.link.inflight[k] > max) this.violation(`L${c.id} holds ${c.link.inflight[k]} bytes in flight (max ${max})`);
+        if (c.link.inflight[k] > max) {
+          this.violation(`L${c.id} holds ${c.link.inflight[k]} bytes in flight (max ${max})`);
+        }
       }
     }
     if (this.stats.realTimers) this.violation(`${this.stats.realTimers} real timers set: the run is not deterministic`);
@@ -1035,7 +1076,9 @@ class World {
       for (;;) {
         await this.advance(500);
         this.check();
-        const done = conns.every((c) => c.client.state === "closed" || (c.client.state === "ready" && c.settled >= this.groups.length));
+        const done = conns.every((c) =>
+          c.client.state === "closed" || (c.client.state === "ready" && c.settled >= this.groups.length)
+        );
         if (done && this.sched.now - this.lastFrameAt >= QUIET_MS) break;
         if (this.sched.now - t0 > HEAL_ROUND_MS_MAX) {
           this.violation(`heal round ${round + 1} not quiet after ${HEAL_ROUND_MS_MAX} ms`);
@@ -1072,7 +1115,9 @@ class World {
       }
     }
     for (const nd of this.nodes) {
-      for (const g of this.groups) this.log(`n${nd.i} ${g.name} ${(await nd.run!.store.root(g.gid)).root.slice(0, 16)}`);
+      for (const g of this.groups) {
+        this.log(`n${nd.i} ${g.name} ${(await nd.run!.store.root(g.gid)).root.slice(0, 16)}`);
+      }
     }
     const ds = this.nodes.map((x) => x.disk.stats);
     for (const k of ["lost", "readErrors", "damaged", "refused", "syncs"] as const) {
@@ -1116,7 +1161,10 @@ class World {
     for (const gid of gids) {
       const g = this.groups.find((x) => x.gid === gid)!;
       const truth = this.truth(g);
-      const sets = this.holders(g).map((i) => ({ i, ids: new Set([...this.nodes[i]!.disk.keys(KS.time, gid)].map((k) => k.slice(-64))) }));
+      const sets = this.holders(g).map((i) => ({
+        i,
+        ids: new Set([...this.nodes[i]!.disk.keys(KS.time, gid)].map((k) => k.slice(-64))),
+      }));
       const union = new Set(sets.flatMap((s) => [...s.ids]));
       const odd: string[] = [];
       let unexplained = 0;
@@ -1126,7 +1174,11 @@ class World {
         const c = this.created.get(id);
         const late = c && !truth.canWrite(this.nodes[c.author]!.key.publicKey, c.ts);
         if (!late) unexplained++;
-        odd.push(`${id.slice(0, 12)} (${this.describe(id)}${late ? ", dated after its author's removal" : ""}) not at [${lacking}]`);
+        odd.push(
+          `${id.slice(0, 12)} (${this.describe(id)}${
+            late ? ", dated after its author's removal" : ""
+          }) not at [${lacking}]`,
+        );
       }
       const msg = `${g.name} diverged after ${HEAL_ROUNDS_MAX} heal rounds: ${odd.slice(0, 6).join("; ")}`;
       if (unexplained || odd.length === 0) this.violation(msg);
