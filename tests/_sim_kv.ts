@@ -11,6 +11,8 @@
 //   are self-authenticating: only their bytes are damaged, never the store's own records, which the real backends
 //   checksum). Damage is of the read, not of the platter: the next read is clean.
 // - Full: every batch is refused (`STORAGE_FULL`), nothing of it written.
+// - Latency: with a scheduler (`open(later)`), a batch lands after a random delay of simulated time (in order);
+//   until then reads see the store without it. A power loss before it lands loses it whole.
 import { fromHex, toHex } from "../core/bytes.ts";
 import { XfError } from "../core/errors.ts";
 import { type Kv, type KvOp, type KvRange, MemoryKv } from "../storage/kv.ts";
@@ -47,6 +49,8 @@ export class SimDisk {
   ignoreSync = false;
   /** Sabotage: this share of event writes is silently left out of its batch. */
   skipEventWrites = 0;
+  /** A batch lands this many ms (of simulated time) after it is issued, at most (with a scheduler). */
+  writeLatencyMax = 0;
   readonly stats: DiskStats = { batches: 0, syncs: 0, lost: 0, readErrors: 0, damaged: 0, refused: 0 };
   /** Bumped by each power loss: handles from before it fail. */
   epoch = 0;
@@ -67,9 +71,17 @@ export class SimDisk {
     this.#rand = rand;
   }
 
-  /** A handle on the disk as it is now (a store opened on it). */
-  open(): SimKv {
-    return new SimKv(this, this.epoch);
+  /**
+   * A handle on the disk as it is now (a store opened on it). `later(ms, fn)` runs `fn` after `ms` of simulated
+   * time (what a batch's latency waits on); without it batches land at once.
+   */
+  open(later?: (ms: number, fn: () => void) => void): SimKv {
+    return new SimKv(this, this.epoch, later);
+  }
+
+  /** How long the next batch takes to land (ms of simulated time). */
+  latency(): number {
+    return this.writeLatencyMax > 0 && this.#rand() < 0.7 ? Math.floor(this.#rand() * (this.writeLatencyMax + 1)) : 0;
   }
 
   /** Whether reads see `key` now (no fault applies: the simulation's own check). */
@@ -175,7 +187,11 @@ function applyTo(m: Map<string, Uint8Array>, ops: KvOp[]): void {
 /** A handle on a {@linkcode SimDisk}: a {@linkcode Kv} with the disk's faults. */
 export class SimKv implements Kv {
   #closed = false;
-  constructor(readonly disk: SimDisk, readonly epoch: number) {}
+  constructor(
+    readonly disk: SimDisk,
+    readonly epoch: number,
+    readonly later?: (ms: number, fn: () => void) => void,
+  ) {}
 
   #live(): void {
     if (this.#closed || this.disk.epoch !== this.epoch) {
@@ -201,13 +217,41 @@ export class SimKv implements Kv {
   }
 
   batch(ops: KvOp[], options: { sync?: boolean } = {}): Promise<void> {
-    try {
-      this.#live();
-      this.disk.write(ops, options.sync === true);
-    } catch (e) {
-      return Promise.reject(e);
+    if (!this.later) {
+      try {
+        this.#live();
+        this.disk.write(ops, options.sync === true);
+      } catch (e) {
+        return Promise.reject(e);
+      }
+      return Promise.resolve();
     }
-    return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      this.#queue.push({ ops, sync: options.sync === true, resolve, reject });
+      if (this.#queue.length === 1) this.#next();
+    });
+  }
+
+  /** Batches issued and not landed, in order: the first is under way. */
+  #queue: { ops: KvOp[]; sync: boolean; resolve: () => void; reject: (e: unknown) => void }[] = [];
+
+  #next(): void {
+    const head = this.#queue[0];
+    if (!head) return;
+    const land = () => {
+      this.#queue.shift();
+      try {
+        this.#live();
+        this.disk.write(head.ops, head.sync);
+        head.resolve();
+      } catch (e) {
+        head.reject(e);
+      }
+      this.#next();
+    };
+    const ms = this.disk.latency();
+    if (ms === 0) land();
+    else this.later!(ms, land);
   }
 
   async *range(r: KvRange): AsyncIterable<[Uint8Array, Uint8Array]> {

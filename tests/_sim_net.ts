@@ -157,6 +157,13 @@ export interface Sabotage {
   leakClosed?: boolean;
   /** The disks drop one event write in ten, silently. */
   skipWrites?: boolean;
+  /** Each node's sync byte budget never gets bytes back. */
+  leakMemory?: boolean;
+}
+
+/** A byte budget that keeps what it is given back (the `leakMemory` sabotage). */
+class LeakyBudget extends ByteBudget {
+  override give(_n: number): void {}
 }
 
 /** Options of one run. */
@@ -201,6 +208,8 @@ const HEAL_ROUNDS_MAX = 3;
 const HEAL_ROUND_MS_MAX = 120_000;
 /** A heal round is quiet once no frame moved for this long and every sync it started is done. */
 const QUIET_MS = 3_000;
+/** Virtual time a publish waits for its store to answer (its disk's latency, writes queued before it). */
+const PUBLISH_WAIT_MS = 1_000;
 /** Tasks one advance may run (a timer that re-arms itself at 0 ms would otherwise spin). */
 const TASKS_PER_ADVANCE_MAX = 200_000;
 /** Timers a node may have per session not closed (handshake timeout, ticker, pump retry, store retry). */
@@ -374,7 +383,7 @@ export async function simulate(options: SimOptions): Promise<SimResult> {
   try {
     await w.run();
   } finally {
-    w.dispose();
+    await w.dispose();
   }
   return w.result();
 }
@@ -408,6 +417,8 @@ class World {
   #mc = new MessageChannel();
   #wake: (() => void) | null = null;
   #restore: (() => void)[] = [];
+  #over = false;
+  #digest = "";
 
   constructor(o: SimOptions) {
     this.seed = o.seed;
@@ -445,8 +456,12 @@ class World {
     this.#restore.push(() => globalThis.removeEventListener("unhandledrejection", onRejection));
   }
 
-  dispose(): void {
+  /** End the world: links cut, what is in flight let run out (unrecorded), the globals given back. */
+  async dispose(): Promise<void> {
+    this.#digest = toHex(this.hasher.digest());
+    this.#over = true;
     for (const c of this.conns) c.link.cut("end of the simulation");
+    await this.drain();
     this.#mc.port1.close();
     this.#mc.port2.close();
     for (const r of this.#restore.splice(0)) r();
@@ -455,7 +470,7 @@ class World {
   result(): SimResult {
     return {
       seed: this.seed,
-      hash: toHex(this.hasher.digest()),
+      hash: this.#digest,
       violations: this.violations,
       known: this.known,
       notes: this.notes,
@@ -470,7 +485,13 @@ class World {
     this.stats[k] = (this.stats[k] ?? 0) + n;
   }
 
+  /** Bytes into the trace hash (a delivered frame). */
+  hash(bytes: Uint8Array): void {
+    if (!this.#over) this.hasher.update(bytes);
+  }
+
   log(line: string): void {
+    if (this.#over) return;
     const s = `${this.step} +${this.sched.now - T0} ${line}`;
     this.hasher.update(new TextEncoder().encode(s + "\n"));
     this.trace.push(s);
@@ -478,6 +499,7 @@ class World {
   }
 
   violation(msg: string): void {
+    if (this.#over) return;
     if (this.violations.length < 20) this.violations.push(`seed ${this.seed} step ${this.step}: ${msg}`);
     this.log(`VIOLATION ${msg}`);
   }
@@ -493,7 +515,14 @@ class World {
   /** Run the timer queue for `ms` of virtual time, draining after each task. */
   async advance(ms: number): Promise<void> {
     const until = this.sched.now + ms;
-    for (let n = 0;; n++) {
+    await this.runUntil(() => false, ms);
+    this.sched.now = Math.max(this.sched.now, until);
+  }
+
+  /** Run due tasks one at a time (draining after each) until `done()` or `ms` of virtual time have passed. */
+  async runUntil(done: () => boolean, ms: number): Promise<void> {
+    const until = this.sched.now + ms;
+    for (let n = 0; !done(); n++) {
       if (n >= TASKS_PER_ADVANCE_MAX) {
         this.violation(`more than ${TASKS_PER_ADVANCE_MAX} tasks in ${ms} ms of virtual time`);
         break;
@@ -504,13 +533,11 @@ class World {
       try {
         t.fn();
       } catch (e) {
-        this.violation(
-          `a ${t.tag} task threw: ${toWire(e).message} ${(e as Error).stack?.split("\n").slice(1, 4).join(" ")}`,
-        );
+        const where = (e as Error).stack?.split("\n").slice(1, 4).join(" ");
+        this.violation(`a ${t.tag} task threw: ${toWire(e).message} ${where}`);
       }
       await this.drain();
     }
-    this.sched.now = Math.max(this.sched.now, until);
   }
 
   /** Node `i`'s clock: the virtual time with its skew; its timers are tagged with its current run. */
@@ -536,6 +563,7 @@ class World {
       const disk = new SimDisk(fork(r));
       if (this.sabotage.noSync) disk.ignoreSync = true;
       if (this.sabotage.skipWrites) disk.skipEventWrites = 0.1;
+      disk.writeLatencyMax = pick(r, [0, 2, 10]);
       this.nodes.push({
         i,
         key: await keyPairFromSeed(bytesOf(r, 32)),
@@ -590,7 +618,9 @@ class World {
   async start(nd: SimNode): Promise<void> {
     nd.epoch++;
     const tag = `n${nd.i}.${nd.epoch}`;
-    const store = await ReplicaStore.open(nd.disk.open(), {
+    // The disk's latency runs on the node's timers (a task per batch in flight, gone if the node dies first).
+    const kv = nd.disk.open((ms, fn) => void this.sched.add(ms, fn, `${tag}.disk`));
+    const store = await ReplicaStore.open(kv, {
       limits: this.limits,
       now: () => this.sched.now + nd.skew,
       checker: this.checker,
@@ -600,7 +630,9 @@ class World {
       epoch: nd.epoch,
       tag,
       store,
-      memory: new ByteBudget(this.limits.sync_memory_bytes_max),
+      memory: this.sabotage.leakMemory
+        ? new LeakyBudget(this.limits.sync_memory_bytes_max)
+        : new ByteBudget(this.limits.sync_memory_bytes_max),
       sessions: [],
       subs: 0,
       dead: false,
@@ -636,30 +668,35 @@ class World {
 
   // ---- actions ----
 
-  /** Apply events at a node as published there (local: a synced write); stored ones are acknowledged. */
-  async publishAt(nd: SimNode, events: Uint8Array[], what: string): Promise<string[]> {
+  /**
+   * Apply events at a node as published there (local: a synced write); stored ones are acknowledged once `apply`
+   * answers, and handed to `onStored`. Waits (running the node's timers: its disk's latency) until it answers.
+   */
+  async publishAt(nd: SimNode, events: Uint8Array[], what: string, onStored?: (ids: string[]) => void): Promise<void> {
     const run = nd.run;
-    if (!run) return [];
-    let res: { status: string; id?: string; code?: string }[] = [];
-    let failed = "";
-    const p = run.store.apply(events, { local: true }).then((r) => res = r, (e) => failed = toWire(e).code);
-    await this.drain();
-    await p.catch(() => {});
-    if (failed) {
-      this.count(`publishFailed.${failed}`);
-      this.log(`${what} at n${nd.i}: failed ${failed}`);
-      return [];
-    }
-    const stored: string[] = [];
-    for (const r of res) {
-      if (r.status === "stored" && !run.dead) {
-        nd.acked.add(r.id!);
-        stored.push(r.id!);
+    if (!run) return;
+    let done = false;
+    run.store.apply(events, { local: true }).then((res) => {
+      done = true;
+      const stored: string[] = [];
+      for (const r of res) {
+        if (r.status === "stored" && !run.dead) {
+          nd.acked.add(r.id!);
+          stored.push(r.id!);
+        }
+        this.count(`publish.${r.status === "rejected" ? r.code : r.status}`);
       }
-      this.count(`publish.${r.status === "rejected" ? r.code : r.status}`);
-    }
-    this.log(`${what} at n${nd.i}: ${res.map((r) => r.status === "rejected" ? r.code : r.status).join(",")}`);
-    return stored;
+      this.log(`${what} at n${nd.i}: ${res.map((r) => r.status === "rejected" ? r.code : r.status).join(",")}`);
+      if (stored.length) onStored?.(stored);
+    }, (e) => {
+      done = true;
+      const code = toWire(e).code;
+      this.count(`publishFailed.${code}`);
+      this.log(`${what} at n${nd.i}: failed ${code}`);
+    });
+    await this.drain();
+    await this.runUntil(() => done, PUBLISH_WAIT_MS);
+    if (!done) this.log(`${what} at n${nd.i}: not answered within ${PUBLISH_WAIT_MS} ms`);
   }
 
   async publish(): Promise<void> {
@@ -700,15 +737,10 @@ class World {
       payload: encodeMembership({ action: action as 0 | 1, member: this.nodes[member]!.key.publicKey }),
     });
     this.made(ev.bytes, g.gid, g.owner);
-    const stored = await this.publishAt(
-      owner,
-      [ev.bytes],
-      `${action === ACTION_ADD ? "add" : "remove"} n${member} ${g.name}`,
-    );
-    if (stored.length) {
+    await this.publishAt(owner, [ev.bytes], `${action === ACTION_ADD ? "add" : "remove"} n${member} ${g.name}`, () => {
       g.membership.push(ev);
       if (action === ACTION_ADD) g.ever.add(member);
-    }
+    });
   }
 
   async membership(): Promise<void> {
@@ -849,6 +881,7 @@ class World {
     run.dead = true;
     nd.run = null;
     this.sched.cancelTag(run.tag);
+    this.sched.cancelTag(`${run.tag}.disk`);
     const kept = nd.disk.powerLoss(clean);
     // Events received and written up to the last batch kept are durable now; the rest are gone, not acknowledged.
     for (const p of nd.pending) if (p.seq <= kept) nd.acked.add(p.id);
@@ -1017,6 +1050,7 @@ class World {
       if (s.state === "closed" && s.queuedBytes !== 0) {
         this.violation(`a closed session of n${nd.i} still counts ${s.queuedBytes} queued bytes`);
       }
+      if (s.state === "closed" && s.queuedBytes === 0) this.count(`end.${endOf(s.closeReason)}`);
       return s.state !== "closed" || s.queuedBytes !== 0;
     });
     if (run.memory.used !== queued) {
@@ -1187,6 +1221,12 @@ class World {
   }
 }
 
+/** A session's end, for the tally: its error code, or the first words of its reason. */
+function endOf(reason: string): string {
+  const code = /^(?:peer error )?([A-Z_]{4,})\b/.exec(reason)?.[1];
+  return code ?? reason.split(/[\s:]+/).slice(0, 3).join("_");
+}
+
 /** Bytes of a hex string (gid, id or key). */
 function fromHexGid(hex: string): Uint8Array {
   const out = new Uint8Array(hex.length / 2);
@@ -1254,7 +1294,7 @@ class SimLink {
       if (this.#cut || this.#endClosed[to]) return;
       this.w.count("frames");
       this.w.lastFrameAt = this.w.sched.now;
-      this.w.hasher.update(bytes);
+      this.w.hash(bytes);
       this.w.log(`L${this.id} ${k}>${to} ${bytes.length}`);
       this.ends[to].onFrame?.(bytes);
     }, "net");
