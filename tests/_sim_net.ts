@@ -37,7 +37,7 @@ import { sha256 } from "@noble/hashes/sha2";
 import { toHex } from "../core/bytes.ts";
 import type { Clock, TimerHandle } from "../core/clock.ts";
 import { toWire, type WireError, XfError } from "../core/errors.ts";
-import { LIMITS, type Limits, limitsWith } from "../core/limits.ts";
+import { type Limits, limitsWith } from "../core/limits.ts";
 import { ByteBudget, type FrameChannel, type SyncHost, SyncSession } from "../net/sync.ts";
 import { decodeFrame } from "../net/frames.ts";
 import { type Ed25519, type KeyPair, keyPairFromSeed } from "../storage/ed25519.ts";
