@@ -1100,9 +1100,10 @@ class World {
     for (; round < HEAL_ROUNDS_MAX; round++) {
       this.log(`heal round ${round + 1}`);
       const conns: Conn[] = [];
+      // Every ordered pair: a session's client subscribes, and a node takes a group it lacks only by asking.
       for (let a = 0; a < this.n; a++) {
-        for (let b = a + 1; b < this.n; b++) {
-          const c = round % 2 === 0 ? this.connect(a, b, CLEAN) : this.connect(b, a, CLEAN);
+        for (let b = 0; b < this.n; b++) {
+          const c = a === b ? null : this.connect(a, b, CLEAN);
           if (c) conns.push(c);
         }
       }
@@ -1125,11 +1126,15 @@ class World {
         }
       }
       diverged = await this.divergence();
+      for (const gid of diverged) {
+        const { odd } = this.explain(gid);
+        this.log(`heal round ${round + 1}: ${this.name(gid)} differs: ${odd.slice(0, 4).join("; ")}`);
+      }
       for (const c of conns) c.client.close("heal round over");
       await this.advance(1_000);
       if (diverged.length === 0) break;
     }
-    this.count("healRounds", round + 1);
+    this.count("healRounds", Math.min(round + 1, HEAL_ROUNDS_MAX));
     this.count("healMs", this.sched.now - started);
     if (diverged.length) this.classify(diverged);
     this.check();
@@ -1193,31 +1198,37 @@ class World {
   /** Divergence after the heal: explained by the known late-write issue, or a violation. */
   classify(gids: string[]): void {
     for (const gid of gids) {
-      const g = this.groups.find((x) => x.gid === gid)!;
-      const truth = this.truth(g);
-      const sets = this.holders(g).map((i) => ({
-        i,
-        ids: new Set([...this.nodes[i]!.disk.keys(KS.time, gid)].map((k) => k.slice(-64))),
-      }));
-      const union = new Set(sets.flatMap((s) => [...s.ids]));
-      const odd: string[] = [];
-      let unexplained = 0;
-      for (const id of union) {
-        const lacking = sets.filter((s) => !s.ids.has(id)).map((s) => s.i);
-        if (!lacking.length) continue;
-        const c = this.created.get(id);
-        const late = c && !truth.canWrite(this.nodes[c.author]!.key.publicKey, c.ts);
-        if (!late) unexplained++;
-        odd.push(
-          `${id.slice(0, 12)} (${this.describe(id)}${
-            late ? ", dated after its author's removal" : ""
-          }) not at [${lacking}]`,
-        );
-      }
-      const msg = `${g.name} diverged after ${HEAL_ROUNDS_MAX} heal rounds: ${odd.slice(0, 6).join("; ")}`;
+      const { odd, unexplained } = this.explain(gid);
+      const msg = `${this.name(gid)} diverged after ${HEAL_ROUNDS_MAX} heal rounds: ${odd.slice(0, 6).join("; ")}`;
       if (unexplained || odd.length === 0) this.violation(msg);
       else this.known.push(`seed ${this.seed}: ${msg}`);
     }
+  }
+
+  /** What the holders of a group disagree on: each event not held by all, and how many are not late writes. */
+  explain(gid: string): { odd: string[]; unexplained: number } {
+    const g = this.groups.find((x) => x.gid === gid)!;
+    const truth = this.truth(g);
+    const sets = this.holders(g).map((i) => ({
+      i,
+      ids: new Set([...this.nodes[i]!.disk.keys(KS.time, gid)].map((k) => k.slice(-64))),
+    }));
+    const union = new Set(sets.flatMap((s) => [...s.ids]));
+    const odd: string[] = [];
+    let unexplained = 0;
+    for (const id of union) {
+      const lacking = sets.filter((s) => !s.ids.has(id)).map((s) => s.i);
+      if (!lacking.length) continue;
+      const c = this.created.get(id);
+      const late = c !== undefined && !truth.canWrite(this.nodes[c.author]!.key.publicKey, c.ts);
+      if (!late) unexplained++;
+      odd.push(
+        `${id.slice(0, 12)} (${this.describe(id)}${
+          late ? ", dated after its author's removal" : ""
+        }) not at [${lacking}]`,
+      );
+    }
+    return { odd, unexplained };
   }
 }
 
