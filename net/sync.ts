@@ -425,6 +425,9 @@ export class SyncSession {
     const now = this.clock.now();
     const l = this.host.limits;
     const waiting = this.owed.length > 0 || this.secure.buffered() > 0;
+    // The stall clock runs only while we have something for the peer: a session idle for a while that has just
+    // sent a frame (still in the socket) has not stalled.
+    if (!waiting) this.lastProgress = now;
     if (waiting && now - this.lastProgress > l.sync_stall_ms) {
       return this.fail(
         "PEER_TOO_SLOW",

@@ -1050,7 +1050,10 @@ class World {
       if (s.state === "closed" && s.queuedBytes !== 0) {
         this.violation(`a closed session of n${nd.i} still counts ${s.queuedBytes} queued bytes`);
       }
-      if (s.state === "closed" && s.queuedBytes === 0) this.count(`end.${endOf(s.closeReason)}`);
+      if (s.state === "closed" && s.queuedBytes === 0) {
+        this.count(`end.${endOf(s.closeReason)}`);
+        this.log(`n${nd.i} session with ${s.peer.slice(0, 8)} ended: ${s.closeReason.slice(0, 160)}`);
+      }
       return s.state !== "closed" || s.queuedBytes !== 0;
     });
     if (run.memory.used !== queued) {

@@ -19,6 +19,7 @@ import { channelPair } from "../net/channel.ts";
 import { LIMITS } from "../core/limits.ts";
 import { toHex } from "../core/bytes.ts";
 import { XfError } from "../core/errors.ts";
+import type { Clock, TimerHandle } from "../core/clock.ts";
 
 const ONE = Deno.env.get("XF_SIM_SEED");
 const STEPS = Number(Deno.env.get("XF_SIM_STEPS") ?? 200);
@@ -192,6 +193,71 @@ Deno.test("SyncSession: a removal stored while the peer's subscription is set up
     await new Promise((r) => setTimeout(r, 50));
     assertEquals(await peer.group(gid), null, "the removed member got the group");
     assertEquals(client.stats.eventsReceived, 0);
+  } finally {
+    client.close();
+    server.close();
+  }
+});
+
+/** A clock whose time moves only when the test says (timers run in order, a real macrotask after each). */
+class ManualClock implements Clock {
+  t = 1_700_000_000_000;
+  #timers = new Map<number, { at: number; fn: () => void; every: number }>();
+  #next = 1;
+  now(): number {
+    return this.t;
+  }
+  setTimeout(fn: () => void, ms: number): TimerHandle {
+    this.#timers.set(this.#next, { at: this.t + ms, fn, every: 0 });
+    return this.#next++ as unknown as TimerHandle;
+  }
+  setInterval(fn: () => void, ms: number): TimerHandle {
+    this.#timers.set(this.#next, { at: this.t + ms, fn, every: Math.max(1, ms) });
+    return this.#next++ as unknown as TimerHandle;
+  }
+  clearTimeout(h: TimerHandle | undefined): void {
+    this.#timers.delete(h as unknown as number);
+  }
+  clearInterval(h: TimerHandle | undefined): void {
+    this.#timers.delete(h as unknown as number);
+  }
+  async advance(ms: number): Promise<void> {
+    const end = this.t + ms;
+    for (;;) {
+      const due = [...this.#timers].filter(([, x]) => x.at <= end).sort((a, b) => a[1].at - b[1].at || a[0] - b[0])[0];
+      if (!due) break;
+      const [id, x] = due;
+      this.t = x.at;
+      if (x.every) x.at += x.every;
+      else this.#timers.delete(id);
+      x.fn();
+      await new Promise((r) => setTimeout(r, 0));
+    }
+    this.t = end;
+  }
+}
+
+// Found by the simulation (seed 8: "PEER_TOO_SLOW: Peer made no progress for 15000 ms with 0 ids and 0 bytes owed"):
+// the stall clock ran from the last progress ever, so a session idle for longer than sync_stall_ms that sent one
+// frame was cut if a tick saw the frame still in its socket.
+Deno.test("SyncSession: a session idle past sync_stall_ms is not cut for a frame in its socket; one that stalls is", async () => {
+  const clock = new ManualClock();
+  const [ka, kb] = await Promise.all([generateKeyPair(), generateKeyPair()]);
+  const [x, y] = channelPair();
+  let inSocket = 0;
+  x.buffered = () => inSocket;
+  const [sa, sb] = await Promise.all([ReplicaStore.open(new MemoryKv()), ReplicaStore.open(new MemoryKv())]);
+  const client = new SyncSession({ ...hostOf(sa, ka), clock }, x, "client");
+  const server = new SyncSession({ ...hostOf(sb, kb), clock }, y, "server");
+  try {
+    assert(await client.ready());
+    await clock.advance(LIMITS.sync_stall_ms + 5_000); // idle, nothing owed
+    inSocket = 100; // a frame just sent, not yet taken by the socket
+    await clock.advance(1_000);
+    assertEquals(client.state, "ready", client.closeReason);
+    await clock.advance(LIMITS.sync_stall_ms + 1_000); // and it stays there: the peer does not read
+    assertEquals(client.state, "closed");
+    assert(client.closeReason.startsWith("PEER_TOO_SLOW"), client.closeReason);
   } finally {
     client.close();
     server.close();
