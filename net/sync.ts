@@ -617,7 +617,10 @@ export class SyncSession {
     const echo = ranged || !isWhole(range) ? rangeFields(range) : {};
     this.send(frame("sub.ok", { gid, root: a.root, count: a.count, ...echo }));
     // The manifest and membership events go first, so a joining peer can admit everything after them.
-    this.enqueue(gid, await this.host.admission(gid), false);
+    const current = this.theirs.get(gid);
+    const head = await this.host.admission(gid);
+    if (this.theirs.get(gid) !== current) return; // revoked while they were read: nothing of the group goes
+    this.enqueue(gid, head, false);
   }
 
   /**

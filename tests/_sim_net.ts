@@ -4,8 +4,8 @@
 //
 // What is real, and what is simulated:
 // - Each node is a storage/replica_store.ts ReplicaStore (the node's keyspaces and admission rules, the same
-//   storage functions the node's pipeline uses) over a tests/_sim_kv.ts SimDisk: writes lost at a power loss unless
-//   synced, reads that fail or come back damaged, a full disk.
+//   storage functions the node's pipeline uses) over a tests/_sim_kv.ts SimDisk: writes that land after a latency
+//   and are lost at a power loss unless synced, reads that fail or come back damaged, a full disk.
 // - Nodes sync with the real net/sync.ts SyncSession, INCLUDING the real encrypted handshake (net/secure.ts:
 //   X25519, Ed25519 over the transcript, ChaCha20-Poly1305 frames), over a simulated FrameChannel per connection
 //   that drops, duplicates, reorders and delays frames and is cut (partitions, restarts) as the seed says. A frame
@@ -13,9 +13,11 @@
 //   happen short of a broken relay): what is exercised is every way a session ends, and that nodes converge anyway.
 // - Time is a virtual clock (core/clock.ts Clock) with a timer queue the driver advances; each node reads it
 //   with its own skew (±60 s, and jumps). Randomness (handshake keys and challenges, session ids, key pairs, group
-//   nonces, payloads) comes from the seed. Ed25519 is WebCrypto's, which in Deno resolves on microtasks only (no
-//   thread pool): after each delivered frame or fired timer the driver lets the microtask queue run dry (one
-//   MessageChannel macrotask) before the next, so the interleaving is a function of the seed alone.
+//   nonces, payloads) comes from the seed. Inside the world Ed25519 is noble's, synchronous (WebCrypto's promises
+//   may settle after other tasks: a thread pool), injected into the stores (`checker`) and the handshake
+//   (`SyncHost.ed25519`). After each delivered frame or fired timer the driver lets the microtask queue run dry (one
+//   MessageChannel macrotask) before the next, so the interleaving is a function of the seed alone. A real timer
+//   set inside the world is a violation (the run would depend on the machine).
 //
 // The workload: an open group (owner node 0) and two closed groups (owners nodes 1 and 0), the owners adding and
 // removing members (never the last node, the outsider: it is never a member of a closed group), everyone
@@ -354,7 +356,6 @@ interface Conn {
   link: SimLink;
   client: SyncSession;
   server: SyncSession;
-  syncs: Promise<unknown>[];
   settled: number;
 }
 
@@ -483,6 +484,11 @@ class World {
 
   count(k: string, n = 1): void {
     this.stats[k] = (this.stats[k] ?? 0) + n;
+  }
+
+  /** A high-water mark (stats named `max.*`, which a summary over seeds takes the maximum of). */
+  high(k: string, n: number): void {
+    if (n > (this.stats[`max.${k}`] ?? 0)) this.stats[`max.${k}`] = n;
   }
 
   /** Bytes into the trace hash (a delivered frame). */
@@ -813,7 +819,7 @@ class World {
     this.tap(server, nb.run, a);
     na.run.sessions.push(client);
     nb.run.sessions.push(server);
-    const c: Conn = { id, a, b, link, client, server, syncs: [], settled: 0 };
+    const c: Conn = { id, a, b, link, client, server, settled: 0 };
     this.conns.add(c);
     this.count("conns");
     this.log(`connect n${a}->n${b} L${id} ${JSON.stringify(faults)}`);
@@ -824,7 +830,7 @@ class World {
   }
 
   syncGroup(c: Conn, gid: string): void {
-    c.syncs.push(c.client.sync(gid).then(() => c.settled++, () => c.settled++));
+    void c.client.sync(gid).then(() => c.settled++, () => c.settled++);
   }
 
   /** Check every frame a session sends: a closed group's events go only to a peer its node lets read them. */
@@ -1022,6 +1028,7 @@ class World {
       this.checkMemory(nd);
     }
     if (this.sched.size > TASKS_QUEUED_MAX) this.violation(`${this.sched.size} tasks queued`);
+    this.high("tasksQueued", this.sched.size);
     const max = LINK_INFLIGHT_BYTES_MAX(this.limits);
     for (const c of this.conns) {
       if (c.client.state === "closed" && c.server.state === "closed" && c.link.inflight[0] + c.link.inflight[1] === 0) {
@@ -1029,6 +1036,7 @@ class World {
         continue;
       }
       for (const k of [0, 1] as const) {
+        this.high("linkInflightBytes", c.link.inflight[k]);
         if (c.link.inflight[k] > max) {
           this.violation(`L${c.id} holds ${c.link.inflight[k]} bytes in flight (max ${max})`);
         }
@@ -1047,6 +1055,7 @@ class World {
         this.violation(`a session of n${nd.i} queues ${s.queuedBytes} bytes (max ${l.sync_peer_queue_bytes_max})`);
       }
       queued += s.queuedBytes;
+      this.high("sessionQueuedBytes", s.queuedBytes);
       if (s.state === "closed" && s.queuedBytes !== 0) {
         this.violation(`a closed session of n${nd.i} still counts ${s.queuedBytes} queued bytes`);
       }
@@ -1060,6 +1069,7 @@ class World {
       this.violation(`n${nd.i}'s sync memory counts ${run.memory.used} bytes, its sessions queue ${queued}`);
       run.memory.used = queued;
     }
+    this.high("nodeSyncMemoryBytes", run.memory.used);
     if (run.memory.used > l.sync_memory_bytes_max) {
       this.violation(`n${nd.i}'s sync memory ${run.memory.used} > ${l.sync_memory_bytes_max}`);
     }
@@ -1067,6 +1077,7 @@ class World {
     const subsMax = 2 * this.groups.length * open;
     if (run.subs > subsMax) this.violation(`n${nd.i} has ${run.subs} live subscriptions for ${open} open sessions`);
     const timers = this.sched.count(run.tag);
+    this.high("sessionsOpen", open);
     if (timers > TIMERS_PER_SESSION_MAX * open) {
       this.violation(`n${nd.i} has ${timers} timers for ${open} open sessions`);
     }

@@ -58,7 +58,9 @@ Deno.test(`sim: invariants hold for ${SEEDS.length} seed(s), ${STEPS} steps each
   const t0 = performance.now();
   for (const seed of SEEDS) {
     const r = await simulate({ seed, steps: STEPS, traceAll: ONE !== undefined || TRACE });
-    for (const [k, v] of Object.entries(r.stats)) totals[k] = (totals[k] ?? 0) + v;
+    for (const [k, v] of Object.entries(r.stats)) {
+      totals[k] = k.startsWith("max.") ? Math.max(totals[k] ?? 0, v) : (totals[k] ?? 0) + v;
+    }
     if (TRACE) console.log(r.trace.join("\n"));
     if (r.violations.length) failed.push(report(r));
     known.push(...r.known);
@@ -97,6 +99,7 @@ for (
   const [seed, what] of [
     [5, "SyncSession queued the array a store's listeners share, and take() emptied the other sessions' queues"],
     [49, "a removal stored while a session subscribed went unseen: the removed member got the group's events"],
+    [403, "a removal stored while the admission was read for a peer: the removed member got it"],
   ] as const
 ) {
   Deno.test(`sim: regression seed ${seed}: ${what}`, async () => {
@@ -106,7 +109,11 @@ for (
 }
 
 /** A sync host over a replica store (what the simulation's nodes are, on real time and WebCrypto). */
-function hostOf(store: ReplicaStore, key: KeyPair, gate?: () => Promise<void>): SyncHost {
+function hostOf(
+  store: ReplicaStore,
+  key: KeyPair,
+  gates: { subscribe?: () => Promise<void>; admission?: () => Promise<void> } = {},
+): SyncHost {
   return {
     key,
     limits: LIMITS,
@@ -114,10 +121,13 @@ function hostOf(store: ReplicaStore, key: KeyPair, gate?: () => Promise<void>): 
     access: (gid, peer) => store.access(gid, peer),
     reconcile: (gid, session, msg) => store.reconcile(gid, session, msg),
     getMany: (ids, max) => store.getMany(ids, max),
-    admission: (gid) => store.admission(gid),
+    admission: async (gid) => {
+      await gates.admission?.();
+      return store.admission(gid);
+    },
     submit: (gid, events) => store.apply(events, { gid }),
     subscribe: async (gid, cb) => {
-      await gate?.();
+      await gates.subscribe?.();
       const unsub = store.subscribe(gid, cb);
       return () => Promise.resolve(unsub());
     },
@@ -161,43 +171,47 @@ Deno.test("SyncSession: live events a store hands to several sessions as one arr
   }
 });
 
-Deno.test("SyncSession: a removal stored while the peer's subscription is set up keeps the group from it", async () => {
-  const [owner, member] = await Promise.all([generateKeyPair(), generateKeyPair()]);
-  const { gid: g, manifest } = await createGroup(owner, { name: "club", policy: POLICY_CLOSED });
-  const gid = toHex(g);
-  const membership = (action: number, ts: number) =>
-    signEvent(owner, {
-      group: g,
-      ts,
-      kind: KIND_MEMBERSHIP,
-      tags: [],
-      payload: encodeMembership({ action: action as 0 | 1, member: member.publicKey }),
-    });
-  const node = await ReplicaStore.open(new MemoryKv());
-  const now = Date.now();
-  await node.apply([manifest.bytes, (await membership(ACTION_ADD, now - 1000)).bytes], { local: true });
-  // The node's subscription to the group waits until the removal is stored (as a busy store makes it wait).
-  let release!: () => void, asked = false;
-  const gate = new Promise<void>((r) => release = r);
-  const peer = await ReplicaStore.open(new MemoryKv());
-  const [x, y] = channelPair();
-  const client = new SyncSession(hostOf(peer, member), x, "client");
-  const server = new SyncSession(hostOf(node, owner, () => (asked = true, gate)), y, "server");
-  try {
-    const synced = client.sync(gid);
-    await until("the node to subscribe", () => asked);
-    const [r] = await node.apply([(await membership(ACTION_REMOVE, now)).bytes], { local: true });
-    assertEquals(r!.status, "stored");
-    release();
-    await synced;
-    await new Promise((r) => setTimeout(r, 50));
-    assertEquals(await peer.group(gid), null, "the removed member got the group");
-    assertEquals(client.stats.eventsReceived, 0);
-  } finally {
-    client.close();
-    server.close();
-  }
-});
+// Found by the simulation (seeds 49 and 403): a peer's right was checked when it subscribed, and a removal stored
+// before the subscription was in place (or while the group's manifest and membership were read for it) went unseen.
+for (const step of ["subscribe", "admission"] as const) {
+  Deno.test(`SyncSession: a removal stored while the node ${step === "subscribe" ? "subscribes" : "reads the admission"} keeps the group from the peer`, async () => {
+    const [owner, member] = await Promise.all([generateKeyPair(), generateKeyPair()]);
+    const { gid: g, manifest } = await createGroup(owner, { name: "club", policy: POLICY_CLOSED });
+    const gid = toHex(g);
+    const membership = (action: number, ts: number) =>
+      signEvent(owner, {
+        group: g,
+        ts,
+        kind: KIND_MEMBERSHIP,
+        tags: [],
+        payload: encodeMembership({ action: action as 0 | 1, member: member.publicKey }),
+      });
+    const node = await ReplicaStore.open(new MemoryKv());
+    const now = Date.now();
+    await node.apply([manifest.bytes, (await membership(ACTION_ADD, now - 1000)).bytes], { local: true });
+    // The node's step waits until the removal is stored (as a busy store makes it wait).
+    let release!: () => void, reached = false;
+    const gate = new Promise<void>((r) => release = r);
+    const peer = await ReplicaStore.open(new MemoryKv());
+    const [x, y] = channelPair();
+    const client = new SyncSession(hostOf(peer, member), x, "client");
+    const server = new SyncSession(hostOf(node, owner, { [step]: () => (reached = true, gate) }), y, "server");
+    try {
+      const synced = client.sync(gid);
+      await until(`the node to ${step}`, () => reached);
+      const [r] = await node.apply([(await membership(ACTION_REMOVE, now)).bytes], { local: true });
+      assertEquals(r!.status, "stored");
+      release();
+      await synced;
+      await new Promise((r) => setTimeout(r, 50));
+      assertEquals(await peer.group(gid), null, "the removed member got the group");
+      assertEquals(client.stats.eventsReceived, 0);
+    } finally {
+      client.close();
+      server.close();
+    }
+  });
+}
 
 /** A clock whose time moves only when the test says (timers run in order, a real macrotask after each). */
 class ManualClock implements Clock {
