@@ -86,7 +86,10 @@ function withDeadline<T>(ms: number, what: string, p: Promise<T>): Promise<T> {
 /** Reads a stream to the end into `sink`, calling `onLine` for each complete line. */
 async function drain(stream: ReadableStream<Uint8Array>, sink: { text: string }, onLine?: (l: string) => void) {
   let rest = "";
-  for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+  // Typed by hand: a module with `lib="dom"` (storage/kv_idb.ts) in the same check changes TextDecoderStream's type.
+  for await (
+    const chunk of stream.pipeThrough(new TextDecoderStream() as unknown as TransformStream<Uint8Array, string>)
+  ) {
     sink.text += chunk;
     rest += chunk;
     let nl;
