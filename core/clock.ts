@@ -15,8 +15,10 @@ export type TimerHandle = ReturnType<typeof setTimeout>;
 
 /** The current time and timers. */
 export interface Clock {
-  /** Milliseconds since the Unix epoch. */
+  /** Milliseconds since the Unix epoch (a wall clock: it may be stepped either way). */
   now(): number;
+  /** Milliseconds since an arbitrary start, never stepped: what durations (stalls, idleness) are measured on. */
+  monotonic(): number;
   /** Call `fn` once after `ms` milliseconds. */
   setTimeout(fn: () => void, ms: number): TimerHandle;
   /** Cancel a timer of `setTimeout` (an unknown or undefined handle is ignored). */
@@ -28,7 +30,7 @@ export interface Clock {
 }
 
 /**
- * The real clock: `Date.now` and the runtime's timers.
+ * The real clock: `Date.now`, `performance.now` and the runtime's timers.
  *
  * @example
  * ```ts
@@ -41,6 +43,7 @@ export interface Clock {
  */
 export const realClock: Clock = Object.freeze({
   now: () => Date.now(),
+  monotonic: () => performance.now(),
   setTimeout: (fn: () => void, ms: number) => setTimeout(fn, ms),
   clearTimeout: (h: TimerHandle | undefined) => clearTimeout(h),
   setInterval: (fn: () => void, ms: number) => setInterval(fn, ms),

@@ -297,7 +297,7 @@ export class SyncSession {
     const l = host.limits;
     this.clock = host.clock ?? realClock;
     const random = host.random ?? realRandom;
-    this.lastProgress = this.lastActive = this.clock.now();
+    this.lastProgress = this.lastActive = this.clock.monotonic();
     this.sessionId = toHex(random(8));
     this.granted = l.sync_credit_events;
     this.grantedBytes = l.sync_credit_bytes_max;
@@ -364,7 +364,7 @@ export class SyncSession {
     this.sendCreditBytes = this.window.bytes;
     this.peerKey = key;
     this.state = "ready";
-    this.lastActive = this.lastProgress = this.clock.now();
+    this.lastActive = this.lastProgress = this.clock.monotonic();
     this.ticker = this.clock.setInterval(() => this.tick(), SYNC_TICK_MS);
     for (const w of this.readyWaiters.splice(0)) w(true);
   }
@@ -422,7 +422,7 @@ export class SyncSession {
   /** Stalls and idleness, once a second. */
   private tick() {
     if (this.state !== "ready") return;
-    const now = this.clock.now();
+    const now = this.clock.monotonic();
     const l = this.host.limits;
     const waiting = this.owed.length > 0 || this.secure.buffered() > 0;
     // The stall clock runs only while we have something for the peer: a session idle for a while that has just
@@ -484,7 +484,7 @@ export class SyncSession {
     }
     if (t === "bye") return this.closed(`peer said bye: ${String(f.get("reason") ?? "")}`);
     if (this.state !== "ready") return this.fail("UNAUTHORIZED", `Frame "${t}" before the handshake completed`);
-    this.lastActive = this.clock.now();
+    this.lastActive = this.clock.monotonic();
     switch (t) {
       case "sub":
         return await this.onSub(f);
@@ -659,7 +659,7 @@ export class SyncSession {
       unsub: null,
     });
     this.progress.set(gid, { missing: 0, received: 0, sent: 0, done: false });
-    this.syncTimes.set(gid, { start: this.clock.now(), bytesIn: 0, bytesOut: 0 });
+    this.syncTimes.set(gid, { start: this.clock.monotonic(), bytesIn: 0, bytesOut: 0 });
     this.send(frame("sub", { gid, ...(ranged ? rangeFields(asked) : {}) }));
     return await done;
   }
@@ -679,7 +679,7 @@ export class SyncSession {
         sent: p.sent,
         bytesIn: t?.bytesIn ?? 0,
         bytesOut: t?.bytesOut ?? 0,
-        durationMs: t ? this.clock.now() - t.start : 0,
+        durationMs: t ? this.clock.monotonic() - t.start : 0,
       });
     }
     for (const w of this.doneWaiters.get(gid) ?? []) w();
@@ -905,7 +905,7 @@ export class SyncSession {
       this.sendCredit += n;
       this.sendCreditBytes += b;
     }
-    this.lastProgress = this.clock.now();
+    this.lastProgress = this.clock.monotonic();
     this.pump();
   }
 
@@ -978,7 +978,7 @@ export class SyncSession {
       this.sendCredit -= out.length;
       this.sendCreditBytes = Math.max(0, this.sendCreditBytes - evBytes);
       this.stats.eventsSent += out.length;
-      this.lastProgress = this.clock.now();
+      this.lastProgress = this.clock.monotonic();
       const p = this.progress.get(head.gid);
       if (p) p.sent += out.length;
       const st = this.syncTimes.get(head.gid);

@@ -554,6 +554,7 @@ class World {
     };
     return {
       now: () => s.now + node.skew,
+      monotonic: () => s.now,
       setTimeout: (fn, ms) => s.add(ms, fn, tag) as unknown as TimerHandle,
       clearTimeout: cancel,
       setInterval: (fn, ms) => s.add(ms, fn, tag, Math.max(1, ms)) as unknown as TimerHandle,

@@ -217,9 +217,14 @@ for (const step of ["subscribe", "admission"] as const) {
 /** A clock whose time moves only when the test says (timers run in order, a real macrotask after each). */
 class ManualClock implements Clock {
   t = 1_700_000_000_000;
+  /** How far the wall clock is stepped from the monotonic one. */
+  step = 0;
   #timers = new Map<number, { at: number; fn: () => void; every: number }>();
   #next = 1;
   now(): number {
+    return this.t + this.step;
+  }
+  monotonic(): number {
     return this.t;
   }
   setTimeout(fn: () => void, ms: number): TimerHandle {
@@ -252,9 +257,10 @@ class ManualClock implements Clock {
   }
 }
 
-// Found by the simulation (seed 8: "PEER_TOO_SLOW: Peer made no progress for 15000 ms with 0 ids and 0 bytes owed"):
-// the stall clock ran from the last progress ever, so a session idle for longer than sync_stall_ms that sent one
-// frame was cut if a tick saw the frame still in its socket.
+// Found by the simulation (seed 8, then 86: "PEER_TOO_SLOW: Peer made no progress for 15000 ms with 0 ids and 0 bytes
+// owed"): the stall clock ran from the last progress ever, so a session idle for longer than sync_stall_ms that sent
+// one frame was cut if a tick saw the frame still in its socket; and it ran on the wall clock, so a clock stepped
+// forward (seed 86: +108 s) cut a session that had just sent one.
 Deno.test("SyncSession: a session idle past sync_stall_ms is not cut for a frame in its socket; one that stalls is", async () => {
   const clock = new ManualClock();
   const [ka, kb] = await Promise.all([generateKeyPair(), generateKeyPair()]);
@@ -267,6 +273,7 @@ Deno.test("SyncSession: a session idle past sync_stall_ms is not cut for a frame
   try {
     assert(await client.ready());
     await clock.advance(LIMITS.sync_stall_ms + 5_000); // idle, nothing owed
+    clock.step += 2 * LIMITS.sync_stall_ms; // the wall clock is stepped forward
     inSocket = 100; // a frame just sent, not yet taken by the socket
     await clock.advance(1_000);
     assertEquals(client.state, "ready", client.closeReason);
