@@ -32,7 +32,9 @@ const SEEDS = ONE !== undefined ? [Number(ONE)] : Array.from({ length: COUNT }, 
 const TRACE = Deno.env.get("XF_SIM_TRACE") === "1";
 
 function report(r: SimResult): string {
-  return `seed ${r.seed} (replay: XF_SIM_SEED=${r.seed} deno task test:sim)\n  ${r.violations.join("\n  ")}\n` +
+  return `seed ${r.seed} (replay: XF_SIM_SEED=${r.seed} deno test -A tests/sim_test.ts)\n  ${
+    r.violations.join("\n  ")
+  }\n` +
     `  trace (${ONE !== undefined ? "whole" : "last lines"}):\n    ${r.trace.join("\n    ")}`;
 }
 
