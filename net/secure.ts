@@ -36,10 +36,11 @@ import { chacha20poly1305 } from "@noble/ciphers/chacha";
 import { hkdf } from "@noble/hashes/hkdf";
 import { sha256 } from "@noble/hashes/sha2";
 import { type CborValue, decodeCbor, encodeCbor } from "../storage/cbor.ts";
-import { type KeyPair, sign, verify } from "../storage/ed25519.ts";
+import { type Ed25519, type KeyPair, webCryptoEd25519 } from "../storage/ed25519.ts";
 import { type ErrorCode, toWire, XfError } from "../core/errors.ts";
 import { decodeFrame, encodeFrame, field, type Frame, isBytes, isUint } from "./frames.ts";
 import { HANDSHAKE_BYTES_MAX } from "../core/limits.ts";
+import { type Clock, realClock, realRandom, type TimerHandle } from "../core/clock.ts";
 
 /** Version of the session protocol (carried in `hs1`). */
 export const SESSION_VERSION = 2;
@@ -94,9 +95,13 @@ export interface SecureOptions {
   handshakeMs: number;
   /**
    * Source of the handshake's randomness (the ephemeral X25519 secret, then the challenge), `n` bytes
-   * a call; default `crypto.getRandomValues`. Fixed only to make test vectors reproducible.
+   * a call; default `crypto.getRandomValues`. Fixed only to make test vectors reproducible (and in the simulation).
    */
   random?: (n: number) => Uint8Array;
+  /** The clock of the handshake's timeout (default {@linkcode realClock}; a simulation's virtual one in tests). */
+  clock?: Clock;
+  /** Ed25519 for the proofs (default {@linkcode webCryptoEd25519}; a simulation's deterministic one in tests). */
+  ed25519?: Ed25519;
 }
 
 /** The proven peer: its Ed25519 key and the info it signed. */
@@ -160,14 +165,16 @@ export class SecureChannel implements FrameChannel {
   #nIn = 0;
   #step = 0;
   #work: Promise<void> = Promise.resolve();
-  #timer: ReturnType<typeof setTimeout>;
+  #timer: TimerHandle;
+  #clock: Clock;
   #resolve!: (p: PeerProof) => void;
   #reject!: (e: XfError) => void;
 
   constructor(raw: FrameChannel, options: SecureOptions) {
     this.#raw = raw;
     this.#o = options;
-    const random = options.random ?? ((n: number) => crypto.getRandomValues(new Uint8Array(n)));
+    const random = options.random ?? realRandom;
+    this.#clock = options.clock ?? realClock;
     this.#eSecret = random(32).slice();
     this.#challenge = random(32).slice();
     this.#ePublic = x25519.getPublicKey(this.#eSecret);
@@ -178,7 +185,7 @@ export class SecureChannel implements FrameChannel {
     this.ready.catch(() => {}); // observed by whoever awaits it
     raw.onFrame = (f) => this.#onRaw(f);
     raw.onClose = (reason) => this.#closed(reason || "connection closed");
-    this.#timer = setTimeout(
+    this.#timer = this.#clock.setTimeout(
       () => this.#fail("TIMEOUT", `No ${options.purpose} handshake within ${options.handshakeMs} ms`),
       options.handshakeMs,
     );
@@ -236,7 +243,7 @@ export class SecureChannel implements FrameChannel {
     if (this.#state === "closed") return;
     const wasOpen = this.#state === "open";
     this.#state = "closed";
-    clearTimeout(this.#timer);
+    this.#clock.clearTimeout(this.#timer);
     if (!wasOpen) this.#reject(err ?? new XfError("BAD_AUTH", `Handshake ended: ${reason}`));
     this.onClose?.(reason);
   }
@@ -368,7 +375,7 @@ export class SecureChannel implements FrameChannel {
         ["info", new Map(Object.entries(this.#o.info).filter(([, v]) => v !== undefined))],
       ]),
     );
-    const sig = await sign(this.#o.key, signedBytes(role, this.#th, payload));
+    const sig = await (this.#o.ed25519 ?? webCryptoEd25519).sign(this.#o.key, signedBytes(role, this.#th, payload));
     return chacha20poly1305(this.#hsOut!, ZERO12).encrypt(encodeCbor([payload, sig]));
   }
 
@@ -390,7 +397,8 @@ export class SecureChannel implements FrameChannel {
     if (!isBytes(32)(key) || !(info instanceof Map)) {
       throw new XfError("BAD_FRAME", "Cannot read proof: expected {key: 32 bytes, info: map}");
     }
-    if (!(await verify(key as Uint8Array, sig, signedBytes(role, this.#th, payload)))) {
+    const ed = this.#o.ed25519 ?? webCryptoEd25519;
+    if (!(await ed.verify(key as Uint8Array, sig, signedBytes(role, this.#th, payload)))) {
       throw new XfError("BAD_AUTH", "Cannot accept proof: the signature does not verify for that key");
     }
     return { key: (key as Uint8Array).slice(), info: info as Map<string, unknown> };
@@ -404,7 +412,7 @@ export class SecureChannel implements FrameChannel {
     this.#ss = this.#hsIn = this.#hsOut = null;
     this.#eSecret.fill(0);
     this.#state = "open";
-    clearTimeout(this.#timer);
+    this.#clock.clearTimeout(this.#timer);
     this.#resolve(peer);
   }
 }

@@ -56,12 +56,13 @@ import { bytesEqual, fromHex, toHex } from "../core/bytes.ts";
 import { sha256 } from "@noble/hashes/sha2";
 import { peekEvent } from "../storage/event.ts";
 import { decodeFrame, encodeFrame, field, type Frame, isBytes, isUint } from "./frames.ts";
-import { type KeyPair } from "../storage/ed25519.ts";
+import { type Ed25519, type KeyPair } from "../storage/ed25519.ts";
 import { type ErrorCode, toWire, XfError } from "../core/errors.ts";
 import type { Limits } from "../core/limits.ts";
 import type { EventResult } from "../actors/batch.ts";
 import { log, short } from "../actors/log.ts";
 import { type FrameChannel, SecureChannel } from "./secure.ts";
+import { type Clock, type RandomSource, realClock, realRandom, type TimerHandle } from "../core/clock.ts";
 import { ECHO_IDS_MAX, FETCH_IDS_MAX, RETRY_EVENTS_MAX, SYNC_STORE_RETRY_MS, SYNC_TICK_MS } from "../core/limits.ts";
 
 export type { FrameChannel } from "./secure.ts";
@@ -166,6 +167,12 @@ export interface SyncHost {
   report(ev: SyncReport): void;
   /** `n` events of a peer's frame were stored `seconds` after the frame arrived (`xf_sync_delivery_seconds`). */
   observeDelivery?(seconds: number, n: number): void;
+  /** The clock of the session's timers, stall and idle checks and handshake timeout (default the real one). */
+  clock?: Clock;
+  /** The source of the session's randomness: its reconciliation id and the handshake's (default `crypto`). */
+  random?: RandomSource;
+  /** Ed25519 for the handshake's proofs (default WebCrypto's). */
+  ed25519?: Ed25519;
 }
 
 /** What a session reports as it goes. */
@@ -258,15 +265,16 @@ export class SyncSession {
   private owedIds = 0;
   private fetching = false;
   private inboundBytes = 0;
-  private lastProgress = Date.now();
-  private lastActive = Date.now();
-  private ticker: ReturnType<typeof setInterval> | undefined;
-  private retryTimer: ReturnType<typeof setTimeout> | undefined;
+  private lastProgress: number;
+  private lastActive: number;
+  private ticker: TimerHandle | undefined;
+  private retryTimer: TimerHandle | undefined;
   private progress = new Map<string, { missing: number; received: number; sent: number; done: boolean }>();
   private readyWaiters: ((ok: boolean) => void)[] = [];
   private doneWaiters = new Map<string, (() => void)[]>();
   private work: Promise<void> = Promise.resolve();
-  private sessionId = toHex(crypto.getRandomValues(new Uint8Array(8)));
+  private sessionId: string;
+  private readonly clock: Clock;
   /** Ids asked of the peer and not yet received, per group. */
   private pendingWants = new Map<string, Set<string>>();
   private retry: { gid: string; bytes: Uint8Array }[] = [];
@@ -287,6 +295,10 @@ export class SyncSession {
     readonly remote: string = "",
   ) {
     const l = host.limits;
+    this.clock = host.clock ?? realClock;
+    const random = host.random ?? realRandom;
+    this.lastProgress = this.lastActive = this.clock.monotonic();
+    this.sessionId = toHex(random(8));
     this.granted = l.sync_credit_events;
     this.grantedBytes = l.sync_credit_bytes_max;
     this.secure = new SecureChannel(ch, {
@@ -296,6 +308,9 @@ export class SyncSession {
       info: { v: SYNC_VERSION, frame: l.sync_frame_bytes_max, credit: this.granted, creditBytes: this.grantedBytes },
       frameMax: l.sync_frame_bytes_max,
       handshakeMs: l.sync_handshake_ms,
+      random,
+      clock: this.clock,
+      ...(host.ed25519 ? { ed25519: host.ed25519 } : {}),
     });
     this.secure.onFrame = (f) => this.onFrame(f);
     this.secure.onClose = (reason) => this.closed(reason || "connection closed");
@@ -349,8 +364,8 @@ export class SyncSession {
     this.sendCreditBytes = this.window.bytes;
     this.peerKey = key;
     this.state = "ready";
-    this.lastActive = this.lastProgress = Date.now();
-    this.ticker = setInterval(() => this.tick(), SYNC_TICK_MS);
+    this.lastActive = this.lastProgress = this.clock.monotonic();
+    this.ticker = this.clock.setInterval(() => this.tick(), SYNC_TICK_MS);
     for (const w of this.readyWaiters.splice(0)) w(true);
   }
 
@@ -389,8 +404,8 @@ export class SyncSession {
     this.state = "closed";
     this.secure.close(reason); // the socket too, whoever ended the session
     this.closeReason = reason;
-    clearInterval(this.ticker);
-    clearTimeout(this.retryTimer);
+    this.clock.clearInterval(this.ticker);
+    this.clock.clearTimeout(this.retryTimer);
     for (const w of this.readyWaiters.splice(0)) w(false);
     for (const ws of this.doneWaiters.values()) for (const w of ws) w();
     this.doneWaiters.clear();
@@ -407,9 +422,12 @@ export class SyncSession {
   /** Stalls and idleness, once a second. */
   private tick() {
     if (this.state !== "ready") return;
-    const now = Date.now();
+    const now = this.clock.monotonic();
     const l = this.host.limits;
     const waiting = this.owed.length > 0 || this.secure.buffered() > 0;
+    // The stall clock runs only while we have something for the peer: a session idle for a while that has just
+    // sent a frame (still in the socket) has not stalled.
+    if (!waiting) this.lastProgress = now;
     if (waiting && now - this.lastProgress > l.sync_stall_ms) {
       return this.fail(
         "PEER_TOO_SLOW",
@@ -466,7 +484,7 @@ export class SyncSession {
     }
     if (t === "bye") return this.closed(`peer said bye: ${String(f.get("reason") ?? "")}`);
     if (this.state !== "ready") return this.fail("UNAUTHORIZED", `Frame "${t}" before the handshake completed`);
-    this.lastActive = Date.now();
+    this.lastActive = this.clock.monotonic();
     switch (t) {
       case "sub":
         return await this.onSub(f);
@@ -505,8 +523,11 @@ export class SyncSession {
     return r;
   }
 
-  /** The group's manifest or membership changed: hold its traffic and check the peer's right again. */
-  private recheck(gid: string) {
+  /**
+   * The group's manifest or membership changed (or may have, before our subscription to it was in place): hold its
+   * traffic and check the peer's right again. Resolves once checked; a peer without it has lost the group then.
+   */
+  private recheck(gid: string): Promise<boolean> {
     this.rights.delete(gid);
     this.held.add(gid);
     const check = this.right(gid);
@@ -517,6 +538,7 @@ export class SyncSession {
       if (ok) this.pump();
       else this.revoke(gid);
     });
+    return check;
   }
 
   /** The peer lost its right to a group: end the group's session at once; nothing more of it is sent. */
@@ -585,13 +607,20 @@ export class SyncSession {
         this.send(frame("error", { code: w.code, message: w.message, gid }));
         return;
       }
+      // Membership may have changed since `access` above, before the subscription was in place to see it (it sees
+      // every later change): check again; a peer that lost the group meanwhile is refused, nothing sent.
+      await this.recheck(gid);
+      if (this.theirs.get(gid) !== sub) return; // revoked, or the session closed
     }
     this.host.report({ type: "peer", gid, node: this.peer, addr: this.addr, root: a.root });
     // A sub with a range, or one we narrowed, is answered with the range; else as before the range existed.
     const echo = ranged || !isWhole(range) ? rangeFields(range) : {};
     this.send(frame("sub.ok", { gid, root: a.root, count: a.count, ...echo }));
     // The manifest and membership events go first, so a joining peer can admit everything after them.
-    this.enqueue(gid, await this.host.admission(gid), false);
+    const current = this.theirs.get(gid);
+    const head = await this.host.admission(gid);
+    if (this.theirs.get(gid) !== current) return; // revoked while they were read: nothing of the group goes
+    this.enqueue(gid, head, false);
   }
 
   /**
@@ -630,7 +659,7 @@ export class SyncSession {
       unsub: null,
     });
     this.progress.set(gid, { missing: 0, received: 0, sent: 0, done: false });
-    this.syncTimes.set(gid, { start: Date.now(), bytesIn: 0, bytesOut: 0 });
+    this.syncTimes.set(gid, { start: this.clock.monotonic(), bytesIn: 0, bytesOut: 0 });
     this.send(frame("sub", { gid, ...(ranged ? rangeFields(asked) : {}) }));
     return await done;
   }
@@ -650,7 +679,7 @@ export class SyncSession {
         sent: p.sent,
         bytesIn: t?.bytesIn ?? 0,
         bytesOut: t?.bytesOut ?? 0,
-        durationMs: t ? Date.now() - t.start : 0,
+        durationMs: t ? this.clock.monotonic() - t.start : 0,
       });
     }
     for (const w of this.doneWaiters.get(gid) ?? []) w();
@@ -674,6 +703,10 @@ export class SyncSession {
       if (this.ours.get(gid) === o && this.state !== "closed") o.unsub = unsub;
       else unsub().catch(() => {});
     } catch { /* no live stream to the peer; reconciliation still runs */ }
+    // The peer's right was checked when we asked; membership may have changed since, before the subscription was in
+    // place to see it (it sees every later change): check again before anything of the group goes to the peer.
+    await this.recheck(gid);
+    if (this.ours.get(gid) !== o) return this.finish(gid); // revoked, or the session closed
     const res = await this.host.reconcile(gid, this.sessionId + gid, null, o.range);
     if (!res || this.ours.get(gid) !== o) return this.finish(gid);
     this.stats.negRounds++;
@@ -840,7 +873,8 @@ export class SyncSession {
     this.owedBytes += bytes;
     // Events fetched for owed ids take the ids' place in the queue, so what was owed first goes first.
     const k = at ? this.owed.indexOf(at) : -1;
-    const item: Owed = { gid, kind: "events", events, bytes, live };
+    // A copy: `take` consumes the queue's array, and the caller's (a store's listeners may share one) is not ours.
+    const item: Owed = { gid, kind: "events", events: events.slice(), bytes, live };
     if (k >= 0) this.owed.splice(k, 0, item);
     else this.owed.push(item);
     this.pump();
@@ -871,7 +905,7 @@ export class SyncSession {
       this.sendCredit += n;
       this.sendCreditBytes += b;
     }
-    this.lastProgress = Date.now();
+    this.lastProgress = this.clock.monotonic();
     this.pump();
   }
 
@@ -904,7 +938,7 @@ export class SyncSession {
       if (this.secure.buffered() > l.sync_socket_buffer_bytes_max) {
         // The socket holds what the peer has not read: try again shortly; the ticker cuts a peer that never reads.
         if (this.retryTimer === undefined) {
-          this.retryTimer = setTimeout(() => {
+          this.retryTimer = this.clock.setTimeout(() => {
             this.retryTimer = undefined;
             this.pump();
           }, 20);
@@ -944,7 +978,7 @@ export class SyncSession {
       this.sendCredit -= out.length;
       this.sendCreditBytes = Math.max(0, this.sendCreditBytes - evBytes);
       this.stats.eventsSent += out.length;
-      this.lastProgress = Date.now();
+      this.lastProgress = this.clock.monotonic();
       const p = this.progress.get(head.gid);
       if (p) p.sent += out.length;
       const st = this.syncTimes.get(head.gid);
@@ -1042,7 +1076,7 @@ export class SyncSession {
         const w = toWire(e);
         // Overloaded or restarting: give the credit back later, after a pause.
         if (w.code === "OVERLOADED" || w.code === "STAGE_DOWN") {
-          await new Promise((r) => setTimeout(r, SYNC_STORE_RETRY_MS));
+          await new Promise<void>((r) => this.clock.setTimeout(r, SYNC_STORE_RETRY_MS));
         }
         results = events.map((_, idx) => ({ req: 0, idx, status: "rejected", code: w.code }));
       }

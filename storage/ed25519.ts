@@ -101,6 +101,30 @@ export async function verify(publicKey: Uint8Array, sig: Uint8Array, message: Ui
   }
 }
 
+/**
+ * Signing and verifying as a component takes them: {@linkcode webCryptoEd25519} by default. A simulation passes
+ * one whose promises settle on microtasks alone (WebCrypto's may settle after other tasks), so that a run's
+ * interleaving depends on its seed only.
+ */
+export interface Ed25519 {
+  sign(key: KeyPair, message: Uint8Array): Promise<Uint8Array>;
+  verify(publicKey: Uint8Array, sig: Uint8Array, message: Uint8Array): Promise<boolean>;
+}
+
+/**
+ * {@linkcode sign} and {@linkcode verify}: WebCrypto.
+ *
+ * @example
+ * ```ts
+ * import { assert } from "@std/assert";
+ * import { generateKeyPair, webCryptoEd25519 } from "./ed25519.ts";
+ * const kp = await generateKeyPair();
+ * const m = new Uint8Array([1, 2, 3]);
+ * assert(await webCryptoEd25519.verify(kp.publicKey, await webCryptoEd25519.sign(kp, m), m));
+ * ```
+ */
+export const webCryptoEd25519: Ed25519 = Object.freeze({ sign, verify });
+
 function fromBase64Url(s: string): Uint8Array {
   const b = atob(s.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((s.length + 3) % 4));
   return Uint8Array.from(b, (c) => c.charCodeAt(0));

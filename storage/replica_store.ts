@@ -166,7 +166,7 @@ export interface ReplicaStoreOptions {
   limits?: Limits;
   /** Step 1 (ids and signatures); default {@linkcode checkEvents} on this thread. */
   checker?: EventChecker;
-  /** The clock for the `ts` horizon (default `Date.now`). */
+  /** The clock for the `ts` horizon and reconciliation sessions' idle time (default `Date.now`). */
   now?: () => number;
 }
 
@@ -738,7 +738,7 @@ export class ReplicaStore {
     const known = await this.group(gid);
     if (!known && !session) return null;
     const opts = range ? { since: range.since, ...(range.until !== Infinity ? { until: range.until } : {}) } : {};
-    return this.#reconciles.step(known ? await this.#trees.tree(gid) : null, session, msg, opts);
+    return this.#reconciles.step(known ? await this.#trees.tree(gid) : null, session, msg, opts, this.#now());
   }
 
   /** Listen to events newly stored in a group (published here or received); returns the unsubscribe. */

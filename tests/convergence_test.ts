@@ -1,5 +1,5 @@
-// (The seeded simulation in tests/sim_test.ts is the stronger test: lossy links, skewed clocks,
-// membership changes, killed restarts; this one stays as a small fixed scenario.)
+// (The seeded simulations in tests/sim_test.ts and tests/sim_real_test.ts are the stronger tests: lossy links, skewed
+// clocks, membership changes, killed restarts; this one stays as a small fixed scenario.)
 // Three nodes write their own events while links between them are cut and
 // restored at random (bounded rounds, in-process channels); one node restarts
 // mid-sync. At the end all three hold the union, with one Merkle root.

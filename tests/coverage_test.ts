@@ -16,7 +16,6 @@ const LIMITS_UNTESTED: Record<string, string> = {
   restart_period_ms: "the restart window is tested with periodMs passed directly",
   metrics_disk_walk_ms: "the disk-walk cache period is not tested",
   metrics_disk_walk_entries_max: "the disk-walk entry bound is not tested",
-  sync_credit_bytes_max: "no sync test at the credit byte bound",
   sync_inbound_bytes_max: "no sync test at the inbound byte bound",
   peers_max: "no test with more candidate peers than the bound",
   peer_backoff_max_ms: "the backoff ceiling is not tested",

@@ -1,429 +1,333 @@
-// A seeded simulation of several nodes, in the manner of FoundationDB's and
-// TigerBeetle's simulators (within what fits here): four nodes in-process, one
-// open and one closed group, and one seed that drives every choice — who
-// publishes what (with clocks skewed by up to ±60 s), membership changes by the
-// owner, which pairs connect over a lossy channel (frames dropped, duplicated,
-// reordered, delayed, the link closed), links cut, nodes restarted without
-// letting their sessions drain. Invariants are checked as it goes and after a
-// final heal. This is the stronger form of tests/convergence_test.ts, which is
-// kept as a small, fixed scenario (clean closes only).
+// The deterministic many-node simulation (issue 13): replica stores on a simulated disk, the real sync sessions and
+// handshake over a simulated network, virtual time, one seed per run (tests/_sim_net.ts says what is simulated and
+// what is real, and which invariants are checked after every step). A seed replays exactly (the same trace hash).
 //
-// Replay: the test prints its seeds; `XF_SIM_SEED=123` replays one,
-// `XF_SIM_SEEDS=50` runs 50 (`deno task test:sim`). Real time and real storage
-// are used (neither is injected in this codebase yet), so a seed fixes the
-// sequence of steps and each link's fate per frame, but not how far a sync got
-// when the next step lands; waits are for quiescence, not fixed sleeps.
-import { toHex } from "../core/bytes.ts";
-import { assert, assertEquals } from "@std/assert";
-import type { FrameChannel } from "../net/sync.ts";
-import { SyncSession } from "../net/sync.ts";
-import { openNode, type XfNode } from "../node.ts";
+// `XF_SIM_SEEDS=200` runs seeds 1..200 (`deno task test:sim` does; the default run has 3), `XF_SIM_SEED=7` runs one
+// and prints its whole trace if it fails (`XF_SIM_TRACE=1`: always), `XF_SIM_STEPS=400` steps per seed (default
+// 200), `XF_SIM_BASE=1000` shifts the first seed. The real-node smoke of the same churn is tests/sim_real_test.ts.
+import { assert, assertEquals, assertNotEquals } from "@std/assert";
+import { type SimResult, simulate } from "./_sim_net.ts";
+import { SimDisk } from "./_sim_kv.ts";
+import { sfc32 } from "./_sim_net.ts";
+import { MemoryKv } from "../storage/kv.ts";
+import { ReplicaStore } from "../storage/replica_store.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
-import {
-  createGroup,
-  eventId,
-  KIND_MEMBERSHIP,
-  POLICY_CLOSED,
-  POLICY_OPEN,
-  signEvent,
-  type StoredEvent,
-} from "../storage/event.ts";
+import { createGroup, KIND_MEMBERSHIP, POLICY_CLOSED, POLICY_OPEN, signEvent } from "../storage/event.ts";
 import { ACTION_ADD, ACTION_REMOVE, encodeMembership } from "../storage/membership.ts";
+import { ByteBudget, type SyncHost, SyncSession } from "../net/sync.ts";
+import { channelPair } from "../net/channel.ts";
+import { LIMITS } from "../core/limits.ts";
+import { toHex } from "../core/bytes.ts";
+import { XfError } from "../core/errors.ts";
+import type { Clock, TimerHandle } from "../core/clock.ts";
 
-/** Nodes in the simulation; the last one is never a member of the closed group. */
-const NODES = 4;
-/** Steps per seed. */
-const STEPS_MAX = Number(Deno.env.get("XF_SIM_STEPS") ?? 40);
-/** Clock skew of published events, either way. */
-const SKEW_MS = 60_000;
-/** Invariants that read every acknowledged event are checked every this many steps. */
-const CHECK_EVERY = 5;
-/** Heal rounds (every ordered pair synced) before giving up on convergence. */
-const HEAL_ROUNDS_MAX = 4;
-/** How long one sync of the final heal may take. */
-const SYNC_TIMEOUT_MS = 10_000;
+const ONE = Deno.env.get("XF_SIM_SEED");
+const STEPS = Number(Deno.env.get("XF_SIM_STEPS") ?? 200);
+const BASE = Number(Deno.env.get("XF_SIM_BASE") ?? 1);
+const COUNT = Number(Deno.env.get("XF_SIM_SEEDS") ?? 3);
+for (const [k, v] of [["XF_SIM_STEPS", STEPS], ["XF_SIM_BASE", BASE], ["XF_SIM_SEEDS", COUNT]] as const) {
+  if (!Number.isSafeInteger(v) || v < 1) throw new Error(`${k} must be a positive integer, not "${v}"`);
+}
+const SEEDS = ONE !== undefined ? [Number(ONE)] : Array.from({ length: COUNT }, (_, i) => BASE + i);
+const TRACE = Deno.env.get("XF_SIM_TRACE") === "1";
 
-/** sfc32: small, fast, and every draw comes from the one seed. */
-function sfc32(seed: number): () => number {
-  let a = 0x9e3779b9, b = 0x243f6a88, c = 0xb7e15162, d = seed >>> 0;
-  const next = () => {
-    a >>>= 0, b >>>= 0, c >>>= 0, d >>>= 0;
-    const t = (((a + b) | 0) + d) | 0;
-    d = (d + 1) | 0;
-    a = b ^ (b >>> 9);
-    b = (c + (c << 3)) | 0;
-    c = (c << 21) | (c >>> 11);
-    c = (c + t) | 0;
-    return (t >>> 0) / 4294967296;
-  };
-  for (let i = 0; i < 15; i++) next();
-  return next;
+function report(r: SimResult): string {
+  return `seed ${r.seed} (replay: XF_SIM_SEED=${r.seed} deno test -A tests/sim_test.ts)\n  ${
+    r.violations.join("\n  ")
+  }\n` +
+    `  trace (${ONE !== undefined ? "whole" : "last lines"}):\n    ${r.trace.join("\n    ")}`;
 }
 
-type Rand = () => number;
-const pick = <T>(rand: Rand, xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
+Deno.test("sim: one seed replays exactly (the same trace hash twice), another differs", async () => {
+  const a = await simulate({ seed: 4242, steps: 150 });
+  const b = await simulate({ seed: 4242, steps: 150 });
+  assertEquals(a.hash, b.hash);
+  assertEquals(a.stats, b.stats);
+  assertEquals(a.trace, b.trace);
+  assertNotEquals((await simulate({ seed: 4243, steps: 150 })).hash, a.hash);
+  // The run did something: events stored and received, faults injected, the heal converged.
+  const s = a.stats;
+  assert((s["publish.stored"] ?? 0) > 0 && (s["received.stored"] ?? 0) > 0, JSON.stringify(s));
+  assert((s.crashes ?? 0) + (s.stops ?? 0) > 0 && (s.partitions ?? 0) > 0, JSON.stringify(s));
+  assert((s.healRounds ?? 0) > 0 && (s.frames ?? 0) > 0, JSON.stringify(s));
+  assertEquals(a.violations, []);
+});
 
-/** How a lossy link treats frames (per frame, per direction). */
-interface Faults {
-  drop: number;
-  dup: number;
-  reorder: number;
-  close: number;
-  delayMs: number;
-}
-
-const CLEAN: Faults = { drop: 0, dup: 0, reorder: 0, close: 0, delayMs: 0 };
-
-/**
- * A channel pair like `channelPair()`, whose two directions each draw from
- * their own PRNG (seeded from the simulation's), so frame n of a direction
- * meets the same fate on every replay. Order is kept (FIFO) except where a
- * frame is held back to be reordered.
- */
-function lossyPair(seed: number, faults: Faults): { ends: [FrameChannel, FrameChannel]; close(r: string): void } {
-  const mk = (): FrameChannel => ({ send: () => {}, close: () => {}, onFrame: null, onClose: null });
-  const a = mk(), b = mk();
-  let open = true;
-  const close = (reason: string) => {
-    if (!open) return;
-    open = false;
-    queueMicrotask(() => {
-      a.onClose?.(reason);
-      b.onClose?.(reason);
-    });
-  };
-  const direction = (to: FrameChannel, rand: Rand) => {
-    let lastAt = 0;
-    let held: Uint8Array | null = null;
-    const deliver = (f: Uint8Array) => {
-      const at = Math.max(lastAt, Date.now() + Math.floor(rand() * faults.delayMs));
-      lastAt = at;
-      const go = () => open && to.onFrame?.(f);
-      if (at <= Date.now()) queueMicrotask(go);
-      else setTimeout(go, at - Date.now());
-    };
-    return (frame: Uint8Array) => {
-      if (!open) return;
-      const f = frame.slice();
-      const r = rand();
-      if (r < faults.close) return close("link closed by the simulation");
-      if (r < faults.close + faults.drop) return;
-      if (r < faults.close + faults.drop + faults.reorder && !held) return void (held = f);
-      deliver(f);
-      if (r < faults.close + faults.drop + faults.reorder + faults.dup) deliver(f);
-      if (held) deliver(held), held = null;
-    };
-  };
-  const seeds = sfc32(seed);
-  a.send = direction(b, sfc32(Math.floor(seeds() * 2 ** 32)));
-  b.send = direction(a, sfc32(Math.floor(seeds() * 2 ** 32)));
-  a.close = close;
-  b.close = close;
-  return { ends: [a, b], close };
-}
-
-interface Link {
-  a: number;
-  b: number;
-  client: SyncSession;
-  server: SyncSession;
-  close(reason: string): void;
-}
-
-async function settle(nodes: XfNode[], gids: string[], ms = 5000): Promise<void> {
-  // Quiescent: every root (and count) unchanged across a few polls.
-  const snap = async () =>
-    JSON.stringify(await Promise.all(nodes.flatMap((n) => gids.map((g) => n.merkle(g).then((r) => r?.root ?? "")))));
-  const end = Date.now() + ms;
-  let last = await snap(), same = 0;
-  while (Date.now() < end && same < 3) {
-    await new Promise((r) => setTimeout(r, 30));
-    const now = await snap();
-    same = now === last ? same + 1 : 0;
-    last = now;
+Deno.test(`sim: invariants hold for ${SEEDS.length} seed(s), ${STEPS} steps each`, async () => {
+  const totals: Record<string, number> = {};
+  const failed: string[] = [];
+  const known: string[] = [];
+  const t0 = performance.now();
+  for (const seed of SEEDS) {
+    const r = await simulate({ seed, steps: STEPS, traceAll: ONE !== undefined || TRACE });
+    for (const [k, v] of Object.entries(r.stats)) {
+      totals[k] = k.startsWith("max.") ? Math.max(totals[k] ?? 0, v) : (totals[k] ?? 0) + v;
+    }
+    if (TRACE) console.log(r.trace.join("\n"));
+    if (r.violations.length) failed.push(report(r));
+    known.push(...r.known);
   }
-}
-
-/** Final members of the closed group: the owner's membership events folded in `(ts, id)` order. */
-function finalMembers(initial: Set<number>, changes: { ts: number; id: string; node: number; add: boolean }[]) {
-  const m = new Set(initial);
-  for (const c of changes.slice().sort((x, y) => x.ts - y.ts || (x.id < y.id ? -1 : 1))) {
-    if (c.add) m.add(c.node);
-    else m.delete(c.node);
-  }
-  return m;
-}
-
-async function simulate(seed: number): Promise<void> {
-  const rand = sfc32(seed);
-  const log: string[] = [];
-  const note = (s: string) => log.push(s);
-  const dirs = await Promise.all(Array.from({ length: NODES }, () => Deno.makeTempDir({ prefix: "xf-sim-" })));
-  const keys: KeyPair[] = await Promise.all(dirs.map(() => generateKeyPair()));
-  const owner = await generateKeyPair();
-  const limits = { sync_handshake_ms: 2000 };
-  const open = async (i: number) => await openNode({ dataDir: dirs[i]!, workers: false, key: keys[i]!, limits });
-  const nodes: XfNode[] = [];
-  for (let i = 0; i < NODES; i++) nodes.push(await open(i));
-  const links = new Set<Link>();
-  /** Every link made, to tally how sessions ended. */
-  const all: Link[] = [];
-  const outsider = NODES - 1;
-  try {
-    const og = await createGroup(owner, { name: "open", policy: POLICY_OPEN, ts: Date.now() - 200_000 });
-    const cg = await createGroup(owner, { name: "closed", policy: POLICY_CLOSED, ts: Date.now() - 200_000 });
-    const openGid = toHex(og.gid), closedGid = toHex(cg.gid);
-    const gids = [openGid, closedGid];
-    /** Per node and group: ids the node acknowledged as stored (published there, or held before a restart). */
-    const acked = nodes.map(() => new Map<string, Set<string>>(gids.map((g) => [g, new Set<string>()])));
-    const closedIds = new Set<string>();
-    const changes: { ts: number; id: string; node: number; add: boolean }[] = [];
-    const initialMembers = new Set([0, 1, 2].filter((i) => i !== outsider));
-    /** The closed group's members as node 0 (where every membership change is published) last folded them. */
-    let members = new Set(initialMembers);
-
-    const publish = async (at: number, gid: string, evs: { id: Uint8Array; ts: number }[], bytes: Uint8Array[]) => {
-      const res = await nodes[at]!.publish(bytes);
-      res.forEach((r, i) => {
-        if (r.status === "rejected") return;
-        const id = toHex(evs[i]!.id);
-        acked[at]!.get(gid)!.add(id);
-        if (gid === closedGid) closedIds.add(id);
-      });
-      return res;
-    };
-    // Set-up: both manifests and the initial members at node 0; the others get the groups by syncing.
-    const admit = [];
-    for (const i of initialMembers) {
-      admit.push(
-        await signEvent(owner, {
-          group: cg.gid,
-          ts: Date.now() - 120_000 + i,
-          kind: KIND_MEMBERSHIP,
-          tags: [],
-          payload: encodeMembership({ action: ACTION_ADD, member: keys[i]!.publicKey }),
-        }),
-      );
-    }
-    await publish(0, openGid, [og.manifest], [og.manifest.bytes]);
-    await publish(0, closedGid, [cg.manifest, ...admit], [cg.manifest, ...admit].map(encode));
-
-    const holds = async (i: number, gid: string) => (await nodes[i]!.merkle(gid)) !== null;
-    const checkAcked = async (why: string) => {
-      for (let i = 0; i < NODES; i++) {
-        for (const [gid, ids] of acked[i]!) {
-          for (const id of ids) {
-            assert(
-              (await nodes[i]!.get(id)) !== null,
-              `seed ${seed}: node ${i} lost acknowledged ${id} of ${gid.slice(0, 8)} (${why})`,
-            );
-          }
-        }
-      }
-      for (const id of closedIds) {
-        assertEquals(await nodes[outsider]!.get(id), null, `seed ${seed}: the non-member holds closed-group ${id}`);
-      }
-      assertEquals(await nodes[outsider]!.merkle(closedGid), null, `seed ${seed}: the non-member holds the group`);
-    };
-    const cut = (l: Link, reason: string) => {
-      l.close(reason);
-      links.delete(l);
-    };
-    const connect = (a: number, b: number, faults: Faults) => {
-      const pair = lossyPair(Math.floor(rand() * 2 ** 32), faults);
-      const server = new SyncSession(nodes[b]!.sync, pair.ends[1], "server", `node${b}`);
-      const client = new SyncSession(nodes[a]!.sync, pair.ends[0], "client", `node${a}`);
-      const l: Link = { a, b, client, server, close: pair.close };
-      links.add(l);
-      all.push(l);
-      return l;
-    };
-
-    for (let step = 0; step < STEPS_MAX; step++) {
-      for (const l of links) if (l.client.state === "closed" || l.server.state === "closed") cut(l, "ended");
-      const r = rand();
-      if (r < 0.35) {
-        // Publish 1-20 events at a random node holding the group, its clock skewed.
-        const at = Math.floor(rand() * NODES);
-        const closed = rand() < 0.4;
-        const gid = closed ? closedGid : openGid;
-        const n = 1 + Math.floor(rand() * 20);
-        const skew = Math.floor((rand() * 2 - 1) * SKEW_MS);
-        note(`${step}: publish ${n} at node ${at} in ${closed ? "closed" : "open"}, skew ${skew} ms`);
-        if (!(await holds(at, gid))) continue;
-        const evs = [];
-        for (let k = 0; k < n; k++) {
-          evs.push(
-            await signEvent(owner, {
-              group: closed ? cg.gid : og.gid,
-              ts: Date.now() + skew + k,
-              kind: 16,
-              tags: [["s", `${seed}/${step}/${k}`]],
-              payload: new TextEncoder().encode(`event ${step}.${k}`),
-            }),
-          );
-        }
-        await publish(at, gid, evs, evs.map(encode));
-      } else if (r < 0.42) {
-        // The owner adds or removes a member node (never the outsider, never node 0), at node 0.
-        const who = 1 + Math.floor(rand() * (outsider - 1));
-        const add = !members.has(who);
-        const skew = Math.floor((rand() * 2 - 1) * SKEW_MS);
-        note(`${step}: ${add ? "add" : "remove"} node ${who}, skew ${skew} ms`);
-        const e = await signEvent(owner, {
-          group: cg.gid,
-          ts: Date.now() + skew,
-          kind: KIND_MEMBERSHIP,
-          tags: [],
-          payload: encodeMembership({ action: add ? ACTION_ADD : ACTION_REMOVE, member: keys[who]!.publicKey }),
-        });
-        const [res] = await publish(0, closedGid, [e], [encode(e)]);
-        if (res!.status === "stored") {
-          changes.push({ ts: e.ts, id: toHex(e.id), node: who, add });
-          members = finalMembers(initialMembers, changes);
-        }
-      } else if (r < 0.65) {
-        // Connect a random pair: lossy at a low rate, or clean.
-        const a = Math.floor(rand() * NODES);
-        const b = (a + 1 + Math.floor(rand() * (NODES - 1))) % NODES;
-        const lossy = rand() < 0.6;
-        const faults = lossy ? { drop: 0.02, dup: 0.01, reorder: 0.01, close: 0.005, delayMs: 8 } : CLEAN;
-        note(`${step}: connect ${a}→${b}${lossy ? " lossy" : ""}`);
-        const l = connect(a, b, faults);
-        for (const g of gids) l.client.sync(g).catch(() => {});
-      } else if (r < 0.78) {
-        const list = [...links];
-        if (!list.length) continue;
-        const l = pick(rand, list);
-        note(`${step}: cut ${l.a}→${l.b}`);
-        cut(l, "cut by the simulation");
-      } else if (r < 0.86) {
-        // A killed restart: links cut without a bye, then the node closed at once and reopened on its dir.
-        const i = Math.floor(rand() * NODES);
-        note(`${step}: restart node ${i}`);
-        for (const l of [...links]) if (l.a === i || l.b === i) cut(l, "node killed");
-        const before = await Promise.all(gids.map((g) => nodes[i]!.merkle(g)));
-        const ids = await Promise.all(
-          gids.map(async (g) => ((await nodes[i]!.query({ gid: g, limit: 10_000 }))?.events ?? []).map(eventIdHex)),
-        );
-        await nodes[i]!.close();
-        assertEquals(nodes[i]!.sync.memory.used, 0, `seed ${seed}: node ${i} holds queued bytes after close`);
-        nodes[i] = await open(i);
-        const after = await Promise.all(gids.map((g) => nodes[i]!.merkle(g)));
-        for (const [k, g] of gids.entries()) {
-          // What it held (indexed) before a clean close is acknowledged: it must survive.
-          for (const id of ids[k]!) acked[i]!.get(g)!.add(id);
-          assert((after[k]?.count ?? 0) >= (before[k]?.count ?? 0), `seed ${seed}: node ${i} lost events in ${g}`);
-        }
-        await checkAcked(`after restarting node ${i}`);
-      } else {
-        // A quiet phase: let links work until roots stop moving.
-        note(`${step}: settle`);
-        await settle(nodes, gids, 300 + Math.floor(rand() * 700));
-      }
-      if (step % CHECK_EVERY === 0) await checkAcked(`step ${step}`);
-    }
-
-    // Heal: every link closed, then every ordered pair synced on a clean link until nothing changes.
-    for (const l of [...links]) cut(l, "heal");
-    await settle(nodes, gids, 1000);
-    for (const n of nodes) assertEquals(n.sync.memory.used, 0, `seed ${seed}: queued bytes left with no links`);
-    const finalM = finalMembers(initialMembers, changes);
-    const snapshot = async () =>
-      JSON.stringify(await Promise.all(nodes.flatMap((n) => gids.map((g) => n.merkle(g).then((r) => r?.root ?? "")))));
-    let before = await snapshot(), round = 0;
-    for (; round < HEAL_ROUNDS_MAX; round++) {
-      for (let a = 0; a < NODES; a++) {
-        for (let b = 0; b < NODES; b++) {
-          if (a === b) continue;
-          const l = connect(a, b, CLEAN);
-          const synced = Promise.all(gids.map((g) => l.client.sync(g))).then(() => true, () => false);
-          const timer = new Promise<boolean>((r) => setTimeout(() => r(false), SYNC_TIMEOUT_MS));
-          const ok = await Promise.race([synced, timer]);
-          assert(ok, `seed ${seed}: heal sync ${a}→${b} did not finish (${l.client.closeReason})`);
-          await settle([nodes[a]!, nodes[b]!], gids, 2000);
-          cut(l, "healed");
-        }
-      }
-      const now = await snapshot();
-      if (now === before) break;
-      before = now;
-    }
-    await settle(nodes, gids, 1000);
-    for (const n of nodes) assertEquals(n.sync.memory.used, 0, `seed ${seed}: queued bytes left after the heal`);
-    await checkAcked("after the heal");
-    // The open group: every node holds the union of what was acknowledged anywhere, under one root.
-    const openRoots = await Promise.all(nodes.map((n) => n.merkle(openGid)));
-    const openUnion = new Set(acked.flatMap((m) => [...m.get(openGid)!]));
-    assertEquals(new Set(openRoots.map((x) => x?.root)).size, 1, `seed ${seed}: open-group roots differ`);
-    assertEquals(openRoots[0]!.count, openUnion.size, `seed ${seed}: open group is not the union`);
-    // The closed group: its final members agree, and hold what any of them acknowledged.
-    const ms = [...finalM];
-    const closedRoots = await Promise.all(ms.map((i) => nodes[i]!.merkle(closedGid)));
-    assertEquals(
-      new Set(closedRoots.map((x) => x?.root)).size,
-      1,
-      `seed ${seed}: closed-group roots of members differ`,
-    );
-    for (const i of ms) {
-      for (const j of ms) {
-        for (const id of acked[j]!.get(closedGid)!) {
-          assert((await nodes[i]!.get(id)) !== null, `seed ${seed}: member ${i} lacks ${id} acknowledged at ${j}`);
-        }
-      }
-    }
-    for (let i = 0; i < NODES; i++) {
-      for (const g of gids) {
-        const f = await nodes[i]!.fsck(g);
-        if (f) assert(f.ok, `seed ${seed}: fsck of node ${i} failed for ${g}`);
-      }
-    }
-    const ends = new Map<string, number>();
-    for (const l of all) {
-      for (const s of [l.client, l.server]) {
-        const why = s.closeReason.split(":")[0]!.slice(0, 24);
-        ends.set(why, (ends.get(why) ?? 0) + 1);
-        // An end the simulation did not cause (and that the faults cannot explain) is worth reading in full.
-        if (/^[A-Z_]+:/.test(s.closeReason) && !s.closeReason.startsWith("BAD_FRAME")) {
-          console.log(`sim seed ${seed}: ${s.role} ${l.a}→${l.b} ended: ${s.closeReason}`);
-        }
-      }
-    }
+  const ms = Math.round(performance.now() - t0);
+  console.log(`sim seeds ${SEEDS[0]}..${SEEDS.at(-1)} in ${ms} ms: ${JSON.stringify(totals)}`);
+  if (known.length) {
     console.log(
-      `sim seed ${seed}: ${all.length} links, session ends ${JSON.stringify(Object.fromEntries(ends))}`,
+      `known issue KNOWN_LATE_WRITE (see the ignored test below), ${known.length} time(s):\n${known.join("\n")}`,
     );
-    console.log(
-      `sim seed ${seed}: ${STEPS_MAX} steps, ${changes.length} membership changes, open ${openUnion.size} events, ` +
-        `closed members [${ms}] ${closedRoots[0]?.count ?? 0} events, heal rounds ${round + 1}`,
-    );
-  } catch (e) {
-    console.error(`sim seed ${seed} failed; replay with XF_SIM_SEED=${seed}\n  ${log.join("\n  ")}`);
-    throw e;
-  } finally {
-    for (const l of links) l.close("end");
-    for (const n of nodes) await n.close().catch(() => {});
-    for (const d of dirs) await Deno.remove(d, { recursive: true }).catch(() => {});
   }
-}
+  if (failed.length) console.error(failed.join("\n\n"));
+  assertEquals(failed.length, 0, `${failed.length} seed(s) broke an invariant`);
+});
 
-const encode = (e: StoredEvent): Uint8Array => e.bytes;
+// The checks can fail: each sabotage breaks one promise, and some early seed catches it.
+Deno.test("sim: the invariants catch lost syncs, skipped writes, a closed group let through and leaked memory", async () => {
+  const cases = [
+    [{ noSync: true }, "lost acknowledged"],
+    [{ skipWrites: true }, "lost acknowledged"],
+    [{ leakClosed: true }, "never a member|does not let read it"],
+    [{ leakMemory: true }, "sync memory counts"],
+  ] as const;
+  for (const [sabotage, want] of cases) {
+    let caught = "";
+    for (let seed = 1; seed <= 10 && !caught; seed++) {
+      caught = (await simulate({ seed, steps: 120, sabotage })).violations[0] ?? "";
+    }
+    assert(new RegExp(want).test(caught), `${JSON.stringify(sabotage)}: no seed of 1..10 caught it (${caught})`);
+  }
+});
 
-function eventIdHex(bytes: Uint8Array): string {
-  return toHex(eventId(bytes));
-}
-
-const one = Deno.env.get("XF_SIM_SEED");
-const count = Number(Deno.env.get("XF_SIM_SEEDS") ?? 3);
-if (!Number.isInteger(count) || count < 1) throw new Error(`XF_SIM_SEEDS must be a positive count, not "${count}"`);
-const base = Number(Deno.env.get("XF_SIM_BASE") ?? Date.now() % 1_000_000);
-const seeds = one !== undefined ? [Number(one)] : Array.from({ length: count }, (_, i) => base + i);
-
-for (const seed of seeds) {
-  Deno.test(`Simulation seed ${seed}: lossy links, skewed clocks, membership changes and killed restarts converge`, {
-    sanitizeOps: false,
-    sanitizeResources: false,
-  }, async () => {
-    console.log(`sim seed ${seed} (replay: XF_SIM_SEED=${seed})`);
-    await simulate(seed);
+// Regressions: seeds that break an invariant with the fix named reverted (checked when they were pinned). A seed is
+// tied to the simulation as it is (a change to the workload or to sync's timing moves what it does), so each bug also
+// has a small direct test below, which does not move.
+for (
+  const [seed, what] of [
+    [5, "SyncSession queued the array a store's listeners share, and take() emptied the other sessions' queues"],
+    [68, "a removal stored while a session subscribed went unseen: the removed member got the group's events"],
+    [403, "a removal stored while the admission was read for a peer: the removed member got it"],
+  ] as const
+) {
+  Deno.test(`sim: regression seed ${seed}: ${what}`, async () => {
+    const r = await simulate({ seed });
+    assertEquals(r.violations, [], report(r));
   });
 }
+
+/** A sync host over a replica store (what the simulation's nodes are, on real time and WebCrypto). */
+function hostOf(
+  store: ReplicaStore,
+  key: KeyPair,
+  gates: { subscribe?: () => Promise<void>; admission?: () => Promise<void> } = {},
+): SyncHost {
+  return {
+    key,
+    limits: LIMITS,
+    memory: new ByteBudget(LIMITS.sync_memory_bytes_max),
+    access: (gid, peer) => store.access(gid, peer),
+    reconcile: (gid, session, msg) => store.reconcile(gid, session, msg),
+    getMany: (ids, max) => store.getMany(ids, max),
+    admission: async (gid) => {
+      await gates.admission?.();
+      return store.admission(gid);
+    },
+    submit: (gid, events) => store.apply(events, { gid }),
+    subscribe: async (gid, cb) => {
+      await gates.subscribe?.();
+      const unsub = store.subscribe(gid, cb);
+      return () => Promise.resolve(unsub());
+    },
+    groups: () => store.groups(),
+    report: () => {},
+  };
+}
+
+async function until(what: string, ok: () => boolean | Promise<boolean>, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await ok())) {
+    if (Date.now() > end) throw new XfError("TIMEOUT", `Timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+Deno.test("SyncSession: live events a store hands to several sessions as one array reach every peer", async () => {
+  const [ka, kb, kc] = await Promise.all([generateKeyPair(), generateKeyPair(), generateKeyPair()]);
+  const { gid: g, manifest } = await createGroup(ka, { name: "shared", policy: POLICY_OPEN });
+  const gid = toHex(g);
+  const a = await ReplicaStore.open(new MemoryKv());
+  const peers = await Promise.all([kb, kc].map(() => ReplicaStore.open(new MemoryKv())));
+  await a.apply([manifest.bytes], { local: true });
+  const sessions: SyncSession[] = [];
+  for (const [k, p] of [[kb, peers[0]!], [kc, peers[1]!]] as const) {
+    const [x, y] = channelPair();
+    const client = new SyncSession(hostOf(p, k), x, "client");
+    sessions.push(client, new SyncSession(hostOf(a, ka), y, "server"));
+    await client.sync(gid);
+  }
+  try {
+    const events = [];
+    for (let i = 0; i < 5; i++) {
+      events.push(await signEvent(ka, { group: g, ts: Date.now(), kind: 16, tags: [], payload: new Uint8Array([i]) }));
+    }
+    await a.apply(events.map((e) => e.bytes), { local: true }); // one write: its listeners get one array
+    for (const p of peers) await until("the live events", async () => (await p.root(gid)).count === 6);
+    for (const p of peers) assertEquals((await p.root(gid)).root, (await a.root(gid)).root);
+  } finally {
+    for (const s of sessions) s.close();
+  }
+});
+
+// Found by the simulation (seeds 49, later 68, and 403): a peer's right was checked when it subscribed, and a removal stored
+// before the subscription was in place (or while the group's manifest and membership were read for it) went unseen.
+for (const step of ["subscribe", "admission"] as const) {
+  Deno.test(`SyncSession: a removal stored while the node ${step === "subscribe" ? "subscribes" : "reads the admission"} keeps the group from the peer`, async () => {
+    const [owner, member] = await Promise.all([generateKeyPair(), generateKeyPair()]);
+    const { gid: g, manifest } = await createGroup(owner, { name: "club", policy: POLICY_CLOSED });
+    const gid = toHex(g);
+    const membership = (action: number, ts: number) =>
+      signEvent(owner, {
+        group: g,
+        ts,
+        kind: KIND_MEMBERSHIP,
+        tags: [],
+        payload: encodeMembership({ action: action as 0 | 1, member: member.publicKey }),
+      });
+    const node = await ReplicaStore.open(new MemoryKv());
+    const now = Date.now();
+    await node.apply([manifest.bytes, (await membership(ACTION_ADD, now - 1000)).bytes], { local: true });
+    // The node's step waits until the removal is stored (as a busy store makes it wait).
+    let release!: () => void, reached = false;
+    const gate = new Promise<void>((r) => release = r);
+    const peer = await ReplicaStore.open(new MemoryKv());
+    const [x, y] = channelPair();
+    const client = new SyncSession(hostOf(peer, member), x, "client");
+    const server = new SyncSession(hostOf(node, owner, { [step]: () => (reached = true, gate) }), y, "server");
+    try {
+      const synced = client.sync(gid);
+      await until(`the node to ${step}`, () => reached);
+      const [r] = await node.apply([(await membership(ACTION_REMOVE, now)).bytes], { local: true });
+      assertEquals(r!.status, "stored");
+      release();
+      await synced;
+      await new Promise((r) => setTimeout(r, 50));
+      assertEquals(await peer.group(gid), null, "the removed member got the group");
+      assertEquals(client.stats.eventsReceived, 0);
+    } finally {
+      client.close();
+      server.close();
+    }
+  });
+}
+
+/** A clock whose time moves only when the test says (timers run in order, a real macrotask after each). */
+class ManualClock implements Clock {
+  t = 1_700_000_000_000;
+  /** How far the wall clock is stepped from the monotonic one. */
+  step = 0;
+  #timers = new Map<number, { at: number; fn: () => void; every: number }>();
+  #next = 1;
+  now(): number {
+    return this.t + this.step;
+  }
+  monotonic(): number {
+    return this.t;
+  }
+  setTimeout(fn: () => void, ms: number): TimerHandle {
+    this.#timers.set(this.#next, { at: this.t + ms, fn, every: 0 });
+    return this.#next++ as unknown as TimerHandle;
+  }
+  setInterval(fn: () => void, ms: number): TimerHandle {
+    this.#timers.set(this.#next, { at: this.t + ms, fn, every: Math.max(1, ms) });
+    return this.#next++ as unknown as TimerHandle;
+  }
+  clearTimeout(h: TimerHandle | undefined): void {
+    this.#timers.delete(h as unknown as number);
+  }
+  clearInterval(h: TimerHandle | undefined): void {
+    this.#timers.delete(h as unknown as number);
+  }
+  async advance(ms: number): Promise<void> {
+    const end = this.t + ms;
+    for (;;) {
+      const due = [...this.#timers].filter(([, x]) => x.at <= end).sort((a, b) => a[1].at - b[1].at || a[0] - b[0])[0];
+      if (!due) break;
+      const [id, x] = due;
+      this.t = x.at;
+      if (x.every) x.at += x.every;
+      else this.#timers.delete(id);
+      x.fn();
+      await new Promise((r) => setTimeout(r, 0));
+    }
+    this.t = end;
+  }
+}
+
+// Found by the simulation (seed 8, then 86: "PEER_TOO_SLOW: Peer made no progress for 15000 ms with 0 ids and 0 bytes
+// owed"): the stall clock ran from the last progress ever, so a session idle for longer than sync_stall_ms that sent
+// one frame was cut if a tick saw the frame still in its socket; and it ran on the wall clock, so a clock stepped
+// forward (seed 86: +108 s) cut a session that had just sent one.
+Deno.test("SyncSession: a session idle past sync_stall_ms is not cut for a frame in its socket; one that stalls is", async () => {
+  const clock = new ManualClock();
+  const [ka, kb] = await Promise.all([generateKeyPair(), generateKeyPair()]);
+  const [x, y] = channelPair();
+  let inSocket = 0;
+  x.buffered = () => inSocket;
+  const [sa, sb] = await Promise.all([ReplicaStore.open(new MemoryKv()), ReplicaStore.open(new MemoryKv())]);
+  const client = new SyncSession({ ...hostOf(sa, ka), clock }, x, "client");
+  const server = new SyncSession({ ...hostOf(sb, kb), clock }, y, "server");
+  try {
+    assert(await client.ready());
+    await clock.advance(LIMITS.sync_stall_ms + 5_000); // idle, nothing owed
+    clock.step += 2 * LIMITS.sync_stall_ms; // the wall clock is stepped forward
+    inSocket = 100; // a frame just sent, not yet taken by the socket
+    await clock.advance(1_000);
+    assertEquals(client.state, "ready", client.closeReason);
+    await clock.advance(LIMITS.sync_stall_ms + 1_000); // and it stays there: the peer does not read
+    assertEquals(client.state, "closed");
+    assert(client.closeReason.startsWith("PEER_TOO_SLOW"), client.closeReason);
+  } finally {
+    client.close();
+    server.close();
+  }
+});
+
+// KNOWN ISSUE found by this simulation, not fixed here (it is a rule of membership, storage/membership.ts and the
+// node's decode stage, not of sync): KNOWN_LATE_WRITE. A member removed at ts t0 may still sign events dated after
+// t0 until it learns of its removal (or with a clock ahead of the owner's). A node that receives such an event
+// BEFORE the removal admits it (the author is a member as far as it knows) and keeps it; a node that has the removal
+// refuses it (FORBIDDEN), every reconciliation, forever. The members' roots never agree again. Seen in about 2 of
+// 100 seeds (e.g. 32: "closed-b kind 18 by n2 ts 120423, dated after its author's removal"). The invariants test
+// counts these apart (it prints them). A fix: a removal takes the removed member's events dated at or after it out
+// of the set where they are held (as a tombstone would), so the set is again a function of the events alone.
+Deno.test({
+  name: "sim: known issue KNOWN_LATE_WRITE, a removed member's late write splits the members' roots (seed 32, pinned)",
+  ignore: true,
+  async fn() {
+    const r = await simulate({ seed: 32 });
+    assertEquals([...r.violations, ...r.known], []);
+  },
+});
+
+Deno.test("SimDisk: a power loss keeps synced batches and a prefix of the rest; old handles fail", async () => {
+  for (let seed = 1; seed <= 20; seed++) {
+    const disk = new SimDisk(sfc32(seed));
+    const kv = disk.open();
+    const key = (i: number) => new Uint8Array([0x78, i]);
+    await kv.batch([{ type: "put", key: key(0), value: new Uint8Array([0]) }], { sync: true });
+    for (let i = 1; i <= 5; i++) await kv.batch([{ type: "put", key: key(i), value: new Uint8Array([i]) }]);
+    assert(disk.has(key(5)));
+    const kept = disk.powerLoss();
+    const held = [0, 1, 2, 3, 4, 5].filter((i) => disk.has(key(i)));
+    // Batch 1 was synced; of batches 2..6 a prefix survives, up to `kept`.
+    assertEquals(held, [0, 1, 2, 3, 4, 5].slice(0, kept));
+    await kv.get(key(0)).then(
+      () => assert(false, "an old handle still reads"),
+      (e) => assertEquals(e.code, "SHUTTING_DOWN"),
+    );
+    const kv2 = disk.open();
+    assertEquals(await kv2.get(key(0)), new Uint8Array([0]));
+    disk.faults = { readError: 0, damage: 0, full: true };
+    await kv2.batch([{ type: "put", key: key(9), value: new Uint8Array([9]) }]).then(
+      () => assert(false, "a full disk took a write"),
+      (e) => assertEquals(e.code, "STORAGE_FULL"),
+    );
+    assert(!disk.has(key(9)));
+  }
+});
