@@ -48,25 +48,10 @@ import { ACTION_ADD, ACTION_REMOVE, encodeMembership } from "../storage/membersh
 import { cborArrayOf } from "../storage/cbor.ts";
 import { toHex } from "../core/bytes.ts";
 import { KS } from "../storage/keys.ts";
+import { sfc32 } from "./_rand.ts";
+export { sfc32 };
 
 // ---------- seeded randomness ----------
-
-/** sfc32: every draw comes from the one seed. */
-export function sfc32(seed: number): () => number {
-  let a = 0x9e3779b9, b = 0x243f6a88, c = 0xb7e15162, d = seed >>> 0;
-  const next = () => {
-    a >>>= 0, b >>>= 0, c >>>= 0, d >>>= 0;
-    const t = (((a + b) | 0) + d) | 0;
-    d = (d + 1) | 0;
-    a = b ^ (b >>> 9);
-    b = (c + (c << 3)) | 0;
-    c = (c << 21) | (c >>> 11);
-    c = (c + t) | 0;
-    return (t >>> 0) / 4294967296;
-  };
-  for (let i = 0; i < 15; i++) next();
-  return next;
-}
 
 // ---------- options ----------
 

@@ -34,6 +34,7 @@ import {
   type StoredEvent,
 } from "../storage/event.ts";
 import { ACTION_ADD, ACTION_REMOVE, encodeMembership } from "../storage/membership.ts";
+import { sfc32 } from "./_rand.ts";
 
 /** Nodes in the simulation; the last one is never a member of the closed group. */
 const NODES = 4;
@@ -47,23 +48,6 @@ const CHECK_EVERY = 5;
 const HEAL_ROUNDS_MAX = 4;
 /** How long one sync of the final heal may take. */
 const SYNC_TIMEOUT_MS = 10_000;
-
-/** sfc32: small, fast, and every draw comes from the one seed. */
-function sfc32(seed: number): () => number {
-  let a = 0x9e3779b9, b = 0x243f6a88, c = 0xb7e15162, d = seed >>> 0;
-  const next = () => {
-    a >>>= 0, b >>>= 0, c >>>= 0, d >>>= 0;
-    const t = (((a + b) | 0) + d) | 0;
-    d = (d + 1) | 0;
-    a = b ^ (b >>> 9);
-    b = (c + (c << 3)) | 0;
-    c = (c << 21) | (c >>> 11);
-    c = (c + t) | 0;
-    return (t >>> 0) / 4294967296;
-  };
-  for (let i = 0; i < 15; i++) next();
-  return next;
-}
 
 type Rand = () => number;
 const pick = <T>(rand: Rand, xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)]!;
