@@ -324,6 +324,15 @@ export class XfNode implements NodeCore, AppNode {
         }
       }
     }
+    metric(
+      "xf_memory_reliefs_total",
+      "counter",
+      "Garbage collections asked of every isolate as RSS neared the budget",
+      [[
+        "",
+        p.memoryReliefs,
+      ]],
+    );
     metric("xf_dead_letters_total", "counter", "Batches set aside after crashing a stage twice", [[
       "",
       c.deadLetters,

@@ -277,6 +277,7 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
         (started ?? Promise.resolve())
           .then(() => {
             if (m.msg.type === "host.timing") return hostTiming();
+            if (m.msg.type === "host.gc") return hostGc();
             if (!effects?.call) throw new XfError("INTERNAL", "Stage takes no requests");
             return effects.call(m.msg, state);
           })
@@ -300,6 +301,13 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
         return;
     }
   });
+
+  // A full collection, when the root asks under memory pressure (only with --expose-gc; otherwise false).
+  const hostGc = () => {
+    const gc = (globalThis as { gc?: () => void }).gc;
+    if (gc) gc();
+    return !!gc;
+  };
 
   const hostTiming = () => ({
     queue: timing.queue.snapshot(),

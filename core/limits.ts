@@ -420,5 +420,11 @@ export const LOG_REJECTS_EVERY_MS = 10_000;
 export const LOG_MEMORY_EVERY_MS = 10_000;
 /** Node logging: the RSS budget (a warning past 80 % of it). */
 export const LOG_MEMORY_BUDGET_BYTES = 512 * 1024 * 1024;
+/** The node's RSS budget: past MEMORY_RELIEF_RATIO of it, every isolate collects its garbage (checked every second). */
+export const MEMORY_BUDGET_BYTES = LOG_MEMORY_BUDGET_BYTES;
+/** The share of MEMORY_BUDGET_BYTES past which the node collects garbage in every isolate. */
+export const MEMORY_RELIEF_RATIO = 0.7;
+/** At most one such collection per this period. */
+export const MEMORY_RELIEF_EVERY_MS = 5_000;
 /** Node logging: disk is checked once per this period. */
 export const LOG_DISK_EVERY_MS = 60_000;
