@@ -1,5 +1,7 @@
 // Shared fixtures for tests: temp nodes, keys, groups and signed events.
 import { openNode, type XfNode } from "../node.ts";
+import { channelPair } from "../net/peers.ts";
+import { SyncSession } from "../net/sync.ts";
 import type { PipelineOptions } from "../actors/root.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { createGroup, signEvent, type StoredEvent } from "../storage/event.ts";
@@ -138,4 +140,28 @@ export async function spawnNode(dir: string, args: string[] = []): Promise<{ chi
     } catch { /* killed */ }
   })();
   return { child, url: m[1]! };
+}
+
+/** Every event of a group a node returns to queries, page by page (the bytes, in query order). */
+export async function queryAll(node: XfNode, gid: string): Promise<Uint8Array[]> {
+  const out: Uint8Array[] = [];
+  let cursor: string | null = null;
+  do {
+    const page: { events: Uint8Array[]; cursor: string | null } | null = await node.query({
+      gid,
+      limit: 1000,
+      ...(cursor ? { cursor } : {}),
+    });
+    out.push(...page!.events);
+    cursor = page!.cursor;
+  } while (cursor);
+  return out;
+}
+
+/** A sync session pair over an in-process channel: `a` dials (client), `b` answers (server). */
+export function syncLink(a: XfNode, b: XfNode): { client: SyncSession; server: SyncSession } {
+  const [ca, cb] = channelPair();
+  const server = new SyncSession(b.sync, cb, "server", "in-process");
+  const client = new SyncSession(a.sync, ca, "client", "in-process");
+  return { client, server };
 }

@@ -31,11 +31,9 @@ import {
   GroupState,
 } from "../storage/membership.ts";
 import { encodeCbor } from "../storage/cbor.ts";
-import { makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
+import { makeEvents, queryAll, syncLink, tempNode, testGroup, until } from "./_helpers.ts";
 import type { XfNode } from "../node.ts";
 import { createApp } from "../net/app.ts";
-import { channelPair } from "../net/peers.ts";
-import { SyncSession } from "../net/sync.ts";
 import { serve } from "../net/server.ts";
 import { XfClient } from "../client/client.ts";
 import { logic as ingest, PRESENCE, type Presence } from "../actors/ingest.ts";
@@ -76,18 +74,7 @@ function member(owner: KeyPair, g: { gid: Uint8Array }, action: number, who: Key
 }
 
 async function allIds(node: XfNode, gid: string): Promise<string[]> {
-  const out: string[] = [];
-  let cursor: string | null = null;
-  do {
-    const page: { events: Uint8Array[]; cursor: string | null } | null = await node.query({
-      gid,
-      limit: 1000,
-      ...(cursor ? { cursor } : {}),
-    });
-    for (const b of page!.events) out.push(toHex(eventId(b)));
-    cursor = page!.cursor;
-  } while (cursor);
-  return out.sort();
+  return (await queryAll(node, gid)).map((b) => toHex(eventId(b))).sort();
 }
 
 const codes = (rs: { status: string; code?: string }[]) => rs.map((r) => r.code ?? r.status);
@@ -556,12 +543,6 @@ Deno.test("Tombstone before its target or after it: two nodes end with the same 
 });
 
 /** Pipe two nodes together in-process: a is the client (it initiates), b the server. */
-function link(a: XfNode, b: XfNode) {
-  const [ca, cb] = channelPair();
-  const server = new SyncSession(b.sync, cb, "server", "in-process");
-  const client = new SyncSession(a.sync, ca, "client", "in-process");
-  return { client, server };
-}
 
 Deno.test("Duplicate tombstones, and a tombstone naming an id not held: pending until it arrives, then judged", async () => {
   const t = await tempNode();
@@ -625,7 +606,7 @@ Deno.test("Re-arrival by sync: a peer offline during the deletion sends the targ
     const x = await tombstone(g.owner, g, [evs[3]!, evs[17]!]);
     await a.node.publish(x);
     // b comes back and syncs: it sends evs[3] and evs[17] (a refuses them) and gets the tombstone.
-    const { client, server } = link(b.node, a.node);
+    const { client, server } = syncLink(b.node, a.node);
     await client.sync(gid);
     await until(async () => (await b.node.get(toHex(evs[3]!.id))) === null);
     await until(async () => (await b.node.merkle(gid))!.root === (await a.node.merkle(gid))!.root);
@@ -658,7 +639,7 @@ Deno.test("Sync mends what an order took: a tombstone found invalid later gives 
     await b.node.publish(x);
     await b.node.publish(his);
     assertEquals(await b.node.get(toHex(hers.id)), null, "deleted while the tombstone stood");
-    const { client, server } = link(b.node, a.node);
+    const { client, server } = syncLink(b.node, a.node);
     await client.sync(gid);
     await until(async () => (await b.node.merkle(gid))!.root === (await a.node.merkle(gid))!.root);
     assertEquals(await allIds(b.node, gid), [g.manifest, hers, his].map((e) => toHex(e.id)).sort());

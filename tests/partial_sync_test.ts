@@ -3,7 +3,7 @@
 import { toHex } from "../core/bytes.ts";
 import { assert, assertEquals, assertRejects } from "@std/assert";
 import { sha256 } from "@noble/hashes/sha2";
-import { makeEvents, tempNode, type TestGroup, testGroup, until } from "./_helpers.ts";
+import { makeEvents, queryAll, syncLink, tempNode, type TestGroup, testGroup, until } from "./_helpers.ts";
 import { type F, pipedPeer, SYNC_INFO } from "./_peer.ts";
 import { channelPair } from "../net/peers.ts";
 import { SyncSession } from "../net/sync.ts";
@@ -26,18 +26,7 @@ const day = (d: number) => T0 + d * DAY;
 
 /** Every event of a group on a node: hex id → ts. */
 async function held(node: XfNode, gid: string): Promise<Map<string, number>> {
-  const out = new Map<string, number>();
-  let cursor: string | null = null;
-  do {
-    const page: { events: Uint8Array[]; cursor: string | null } | null = await node.query({
-      gid,
-      limit: 1000,
-      ...(cursor ? { cursor } : {}),
-    });
-    for (const e of page!.events) out.set(toHex(sha256(e)), peekEvent(e)!.ts);
-    cursor = page!.cursor;
-  } while (cursor);
-  return out;
+  return new Map((await queryAll(node, gid)).map((e) => [toHex(sha256(e)), peekEvent(e)!.ts]));
 }
 
 /** Hex ids of a node's events with since <= ts < until. */
@@ -57,12 +46,6 @@ async function rangeRoot(node: XfNode, gid: string, since: number, until: number
 const hexIds = (evs: StoredEvent[]) => evs.map((e) => toHex(e.id)).sort();
 
 /** a initiates, b answers, piped in-process. */
-function link(a: XfNode, b: XfNode) {
-  const [ca, cb] = channelPair();
-  const server = new SyncSession(b.sync, cb, "server", "in-process");
-  const client = new SyncSession(a.sync, ca, "client", "in-process");
-  return { client, server };
-}
 
 /** A group over three days: 20 common events a day, and events only one side holds on each day. */
 async function threeDays(g: TestGroup) {
@@ -95,7 +78,7 @@ Deno.test("Partial sync of one day moves exactly that day's differences, and bot
     const beforeA = await held(a.node, gid), beforeB = await held(b.node, gid);
     assert(await rangeRoot(a.node, gid, day(1), day(2)) !== await rangeRoot(b.node, gid, day(1), day(2)));
 
-    const { client, server } = link(a.node, b.node);
+    const { client, server } = syncLink(a.node, b.node);
     await client.sync(gid, { since: day(1), until: day(2) });
     await until(async () =>
       (await held(a.node, gid)).size === beforeA.size + 6 && (await held(b.node, gid)).size === beforeB.size + 7
@@ -147,7 +130,7 @@ Deno.test("The responder raises since to what it retains and echoes the range; t
     await b.node.publish([g.manifest, ...theirs.slice(2)]);
     const boundary = day(1) + 7;
     b.node.sync.retained = () => Promise.resolve(boundary);
-    const { client, server } = link(a.node, b.node);
+    const { client, server } = syncLink(a.node, b.node);
     await client.sync(gid, { since: day(1), until: day(2) });
     assertEquals(client.ranges().get(gid), { since: boundary, until: day(2) });
     await until(async () =>
@@ -178,7 +161,7 @@ Deno.test("Peers with different retention boundaries reconcile only what both re
     // Every day-1-and-later difference, in both directions (a initiates, then b), and again: counted per event.
     const moved: number[] = [];
     for (const [x, y] of [[a, b], [b, a], [a, b], [b, a]] as const) {
-      const { client, server } = link(x.node, y.node);
+      const { client, server } = syncLink(x.node, y.node);
       await client.sync(gid);
       await until(async () =>
         (await held(a.node, gid)).size === sizeA + 8 && (await held(b.node, gid)).size === sizeB + 11
@@ -192,7 +175,7 @@ Deno.test("Peers with different retention boundaries reconcile only what both re
     assertEquals(await rangeRoot(a.node, gid, day(1), Infinity), await rangeRoot(b.node, gid, day(1), Infinity));
     // Without the boundary the same sync would have sent b a's day 0 (the count above can fail).
     b.node.sync.retained = () => Promise.resolve(0);
-    const { client } = link(a.node, b.node);
+    const { client } = syncLink(a.node, b.node);
     await client.sync(gid);
     await until(async () => (await held(b.node, gid)).size === sizeB + 11 + 25);
     assertEquals(client.stats.eventsSent, 25);
@@ -212,7 +195,7 @@ Deno.test("The initiator asks from its own retention boundary even for the whole
     await a.node.publish([g.manifest, ...common.slice(40)]);
     await b.node.publish([g.manifest, ...common, ...onlyB.flat()]);
     a.node.sync.retained = () => Promise.resolve(day(2));
-    const { client } = link(a.node, b.node);
+    const { client } = syncLink(a.node, b.node);
     await client.sync(gid);
     assertEquals(client.ranges().get(gid), { since: day(2), until: Infinity });
     await until(async () => (await held(a.node, gid)).size === 1 + 20 + 2);
@@ -230,7 +213,7 @@ Deno.test("SyncSession.sync() and POST /v1/sync/once refuse a bad range with BAD
     const g = await testGroup();
     const gid = toHex(g.gid);
     await a.node.publish(g.manifest);
-    const { client } = link(a.node, b.node);
+    const { client } = syncLink(a.node, b.node);
     for (
       const bad of [{ since: 5, until: 5 }, { since: 6, until: 5 }, { since: -1 }, { until: 1.5 }, { since: 2 ** 53 }]
     ) {

@@ -24,10 +24,8 @@ import {
 import { compareBytes } from "../core/bytes.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { ACTION_ADD, ACTION_MAKE_ADMIN, encodeMembership, GroupState } from "../storage/membership.ts";
-import { tempNode, testGroup, until } from "./_helpers.ts";
+import { queryAll, syncLink, tempNode, testGroup, until } from "./_helpers.ts";
 import type { XfNode } from "../node.ts";
-import { channelPair } from "../net/peers.ts";
-import { SyncSession } from "../net/sync.ts";
 
 const enc = new TextEncoder();
 
@@ -41,18 +39,7 @@ function appEvent(key: KeyPair, gid: Uint8Array, ts: number, n: number) {
 
 /** Every id the node holds in the group, in (ts, id) order. */
 async function held(node: XfNode, gid: string): Promise<string[]> {
-  const out: string[] = [];
-  let cursor: string | null = null;
-  do {
-    const page: { events: Uint8Array[]; cursor: string | null } | null = await node.query({
-      gid,
-      limit: 1000,
-      ...(cursor ? { cursor } : {}),
-    });
-    for (const b of page!.events) out.push(toHex(eventId(b)));
-    cursor = page!.cursor;
-  } while (cursor);
-  return out;
+  return (await queryAll(node, gid)).map((b) => toHex(eventId(b)));
 }
 
 /** `(ts, id)` order, the Merkle set's. */
@@ -276,12 +263,6 @@ Deno.test("A restart keeps retention: the settings, the boundary, the events for
 });
 
 /** Pipe two nodes together in-process: a is the client (it initiates), b the server. */
-function link(a: XfNode, b: XfNode) {
-  const [ca, cb] = channelPair();
-  const server = new SyncSession(b.sync, cb, "server", "in-process");
-  const client = new SyncSession(a.sync, ca, "client", "in-process");
-  return { client, server };
-}
 
 Deno.test("Two nodes whose writers' clocks differ by two minutes agree on the boundary and the root after sync", async () => {
   const a = await tempNode(), b = await tempNode();
@@ -299,7 +280,7 @@ Deno.test("Two nodes whose writers' clocks differ by two minutes agree on the bo
     await a.node.publish([g.manifest, s, ...onA]);
     await b.node.publish([g.manifest, s, ...onB]);
     await until(async () => (await b.node.retained(gid)) === onB[39]!.ts - 90_000);
-    const { client, server } = link(a.node, b.node);
+    const { client, server } = syncLink(a.node, b.node);
     await client.sync(gid);
     // After sync both hold the newest ts from a: the boundary is the same on both, and so are the sets.
     const boundary = onA[39]!.ts - 90_000;

@@ -2,7 +2,7 @@ import { fromHex, toHex } from "../core/bytes.ts";
 import { assert, assertEquals } from "@std/assert";
 import { nip77 } from "npm:nostr-tools@2.25.2";
 import { sha256 } from "@noble/hashes/sha2";
-import { makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
+import { makeEvents, queryAll, syncLink, tempNode, testGroup, until } from "./_helpers.ts";
 import { channelPair } from "../net/peers.ts";
 import { SyncSession } from "../net/sync.ts";
 import { serve } from "../net/server.ts";
@@ -14,27 +14,10 @@ import type { XfNode } from "../node.ts";
 const { Negentropy, NegentropyStorageVector } = nip77;
 
 async function allIds(node: XfNode, gid: string): Promise<string[]> {
-  const out: string[] = [];
-  let cursor: string | null = null;
-  do {
-    const page: { events: Uint8Array[]; cursor: string | null } | null = await node.query({
-      gid,
-      limit: 1000,
-      ...(cursor ? { cursor } : {}),
-    });
-    out.push(...page!.events.map(toHex));
-    cursor = page!.cursor;
-  } while (cursor);
-  return out.sort();
+  return (await queryAll(node, gid)).map(toHex).sort();
 }
 
 /** Pipe two nodes together in-process: a is the client (it initiates), b the server. */
-function link(a: XfNode, b: XfNode) {
-  const [ca, cb] = channelPair();
-  const server = new SyncSession(b.sync, cb, "server", "in-process");
-  const client = new SyncSession(a.sync, ca, "client", "in-process");
-  return { client, server };
-}
 
 Deno.test("SyncSession brings two nodes to the same events and Merkle root", async () => {
   const a = await tempNode(), b = await tempNode();
@@ -46,7 +29,7 @@ Deno.test("SyncSession brings two nodes to the same events and Merkle root", asy
     const onlyB = await makeEvents(g, 40, Date.now() - 400_000);
     await a.node.publish([g.manifest, ...common, ...onlyA]);
     await b.node.publish([g.manifest, ...common, ...onlyB]);
-    const { client } = link(a.node, b.node);
+    const { client } = syncLink(a.node, b.node);
     await client.sync(gid);
     await until(async () => (await allIds(a.node, gid)).length === 251 && (await allIds(b.node, gid)).length === 251);
     assertEquals(await allIds(a.node, gid), await allIds(b.node, gid));
@@ -72,7 +55,7 @@ Deno.test("A node that does not hold a group yet joins it through a peer (manife
     const g = await testGroup();
     const gid = toHex(g.gid);
     await b.node.publish([g.manifest, ...await makeEvents(g, 700)]);
-    const { client } = link(a.node, b.node);
+    const { client } = syncLink(a.node, b.node);
     const progress: number[] = [];
     a.node.sync.events.addEventListener("progress", (e) => progress.push((e as CustomEvent).detail.received));
     await client.sync(gid);
