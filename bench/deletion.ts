@@ -57,6 +57,7 @@ async function publishMany(
   t0: number,
   n: number,
   keep?: StoredEvent[],
+  lat?: number[],
 ): Promise<number> {
   let ms = 0;
   for (let i = 0; i < n; i += 1000) {
@@ -84,6 +85,7 @@ async function publishMany(
       res = await node.publish(todo);
     }
     ms += performance.now() - s;
+    lat?.push(performance.now() - s);
     keep?.push(...batch);
   }
   return ms;
@@ -186,7 +188,8 @@ export async function benchDeletion(): Promise<{ rows: Row[]; notes: string[] }>
         await publishMany(bnode, owner, g3.gid, tBig, big, held);
         // The write rate before: 20,000 more events, timed.
         const probe = 20_000;
-        const msBefore = await publishMany(bnode, owner, g3.gid, tBig + big, probe);
+        const latBefore: number[] = [];
+        const msBefore = await publishMany(bnode, owner, g3.gid, tBig + big, probe, undefined, latBefore);
         await bnode.merkle(gidHex);
         // Before: the store fully compacted, so only what deleting changes is measured.
         await bnode.close();
@@ -269,7 +272,10 @@ export async function benchDeletion(): Promise<{ rows: Row[]; notes: string[] }>
         // Writes while a compaction runs: delete another tenth (a second compaction starts), then time 20,000 writes.
         await deleteTenth(held.filter((e) => !gone.has(e.id)), node4, stats4);
         const running = (await stats4()).compactionsDone < (await stats4()).compactions;
-        const msDuring = await publishMany(node4, owner, g3.gid, tBig + big + probe, probe);
+        const latDuring: number[] = [];
+        const msDuring = await publishMany(node4, owner, g3.gid, tBig + big + probe, probe, undefined, latDuring);
+        const p99 = (l: number[]) =>
+          l.slice().sort((a, b) => a - b)[Math.min(l.length - 1, Math.ceil(l.length * 0.99) - 1)]!;
         const stillRunning = (await stats4()).compactionsDone < (await stats4()).compactions;
         rows3.push(
           {
@@ -291,6 +297,21 @@ export async function benchDeletion(): Promise<{ rows: Row[]; notes: string[] }>
             value: bytesDeleted,
             peer: "the same store before deleting (compacted)",
             peerValue: bytesBefore,
+            lowerIsBetter: true,
+          },
+          {
+            figure: "disk: bytes given back per deleted event (before - compacted) / deleted",
+            value: (bytesBefore - bytesAfter) / gone.size,
+            peer: "bytes per event while stored (before / events)",
+            peerValue: bytesBefore / (big + probe),
+          },
+          {
+            figure: `write latency (ms per 1,000-event publish, p99) with a compaction ${
+              running ? "running" : "done already"
+            }`,
+            value: p99(latDuring),
+            peer: "the same before deleting",
+            peerValue: p99(latBefore),
             lowerIsBetter: true,
           },
           {
