@@ -98,6 +98,30 @@ Deno.test("A whole compaction rewrites the bottommost level: what an earlier com
   }
 });
 
+Deno.test("A whole compaction waiting for a read gives up at once when its signal aborts (a stop)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "xf-compact-" });
+  const kv = await openRocks(dir);
+  try {
+    await kv.batch([{ type: "put", key: eventKey(new Uint8Array(32)), value: Uint8Array.of(1) }]);
+    const it = kv.range({})[Symbol.asyncIterator]();
+    assert(!(await it.next()).done);
+    const stop = new AbortController();
+    let settled = false;
+    const c = kv.compact(COMPACT_LOW, COMPACT_HIGH, { whole: true, waitReadsMs: 60_000, signal: stop.signal })
+      .then(() => void (settled = true));
+    await delay(100);
+    assert(!settled, "it waits for the read");
+    const t0 = performance.now();
+    stop.abort();
+    await c;
+    assert(performance.now() - t0 < 1000);
+    await it.return!();
+  } finally {
+    await kv.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("Deleting a tenth of 10,000 events: the index's background compaction gives the disk bytes back", async () => {
   let t = await tempNode({ limits: { compact_after_forgotten: 1000 } });
   const dataDir = t.dir;
