@@ -123,7 +123,7 @@ Deno.test("A whole compaction waiting for a read gives up at once when its signa
 });
 
 Deno.test("Deleting a tenth of 10,000 events: the index's background compaction gives the disk bytes back", async () => {
-  let t = await tempNode({ limits: { compact_after_forgotten: 1000 } });
+  let t = await tempNode({ limits: { compact_after_forgotten: 1000, compact_wait_reads_ms: 30_000 } });
   const dataDir = t.dir;
   try {
     const g = await testGroup("space");
@@ -147,7 +147,7 @@ Deno.test("Deleting a tenth of 10,000 events: the index's background compaction 
     await kv.compact(COMPACT_LOW, COMPACT_HIGH, whole);
     await kv.close();
     const before = dirBytes(db);
-    t = await tempNode({ dataDir, limits: { compact_after_forgotten: 1000 } });
+    t = await tempNode({ dataDir, limits: { compact_after_forgotten: 1000, compact_wait_reads_ms: 30_000 } });
     const stats = () =>
       t.node.pipeline.index<{ compactions: number; compactionsDone: number; deleted: number }>({
         type: "index.stats",
