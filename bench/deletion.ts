@@ -49,6 +49,25 @@ async function dirBytes(dir: string): Promise<number> {
   return n;
 }
 
+/**
+ * Publish, sending again while the library refuses the whole request TIMEOUT or OVERLOADED (under load a request
+ * can wait past `request_timeout_ms` before it is split; nothing of it was stored).
+ */
+async function publishAgain(
+  node: Awaited<ReturnType<typeof openNode>>,
+  events: StoredEvent | StoredEvent[],
+): Promise<Awaited<ReturnType<typeof node.publish>>> {
+  for (let tries = 0;; tries++) {
+    try {
+      return await node.publish(events);
+    } catch (e) {
+      const code = (e as { code?: string }).code;
+      if ((code !== "TIMEOUT" && code !== "OVERLOADED") || tries > 100) throw e;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
 /** `n` signed 100-byte-payload events of group `gid` from `t0`, in batches of 1000, published as they are signed. */
 async function publishMany(
   node: Awaited<ReturnType<typeof openNode>>,
@@ -74,7 +93,7 @@ async function publishMany(
       );
     }
     const s = performance.now();
-    let res = await node.publish(batch);
+    let res = await publishAgain(node, batch);
     // The library path sheds load as HTTP does (OVERLOADED): try those again.
     let todo = batch;
     while (res.some((r) => r.status === "rejected")) {
@@ -82,7 +101,7 @@ async function publishMany(
       if (bad) throw new Error(`publish refused: ${JSON.stringify(bad)}`);
       todo = todo.filter((_, k) => res[k]!.status === "rejected");
       await new Promise((r) => setTimeout(r, 20));
-      res = await node.publish(todo);
+      res = await publishAgain(node, todo);
     }
     ms += performance.now() - s;
     lat?.push(performance.now() - s);
@@ -227,7 +246,7 @@ export async function benchDeletion(): Promise<{ rows: Row[]; notes: string[] }>
               payload: encodeTombstone(victims.slice(j, j + TOMBSTONE_TARGETS_MAX).map((e) => e.id)),
             });
             for (let tries = 0;; tries++) {
-              const [r] = await into.publish(t);
+              const [r] = await publishAgain(into, t);
               if (r!.status !== "rejected") break;
               if ((r!.code !== "TIMEOUT" && r!.code !== "OVERLOADED") || tries > 100) {
                 throw new Error(`tombstone refused: ${JSON.stringify(r)}`);
