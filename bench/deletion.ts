@@ -51,7 +51,8 @@ async function dirBytes(dir: string): Promise<number> {
 
 /**
  * Publish, sending again while the library refuses the whole request TIMEOUT or OVERLOADED (under load a request
- * can wait past `request_timeout_ms` before it is split; nothing of it was stored).
+ * can wait past `request_timeout_ms` before it is split; sending it again is safe:
+ * a duplicate is answered as one).
  */
 async function publishAgain(
   node: Awaited<ReturnType<typeof openNode>>,
