@@ -41,6 +41,8 @@ import { openRocks } from "../storage/kv_rocks.ts";
 import {
   arrivalKey,
   arrivalPrefix,
+  COMPACT_HIGH,
+  COMPACT_LOW,
   eventKey,
   groupKey,
   KS,
@@ -554,10 +556,14 @@ export const effects = (ctx: HostContext) => {
   /** Events forgotten since the last compaction started, and the one running (if any). */
   let forgottenSinceCompact = 0;
   let compacting: Promise<void> | null = null;
+  /** Aborted by a stop: a compaction still waiting for reads to end gives up. */
+  const compactStop = new AbortController();
   /**
-   * `n` events were forgotten: after `compact_after_forgotten` of them, compact the whole store in the background
-   * (a compaction of only the keyspaces they were in left their bytes in place in the bench). RocksDB compacts on its own threads; writes go on meanwhile (the call is
-   * not awaited by any write). One at a time.
+   * `n` events were forgotten: after `compact_after_forgotten` of them, rewrite the whole store in the background.
+   * It first waits (at most `compact_wait_reads_ms`) for the reads open now to end, as a snapshot older than the
+   * deletes would keep their values; then every table file is rewritten, the bottommost level's too (what an earlier
+   * compaction kept for a snapshot goes now). RocksDB compacts on its own threads; writes go on meanwhile (the call
+   * is not awaited by any write). One at a time.
    */
   function forgot(n: number): void {
     forgottenSinceCompact += n;
@@ -565,7 +571,12 @@ export const effects = (ctx: HostContext) => {
     forgottenSinceCompact = 0;
     stats.compactions++;
     const t0 = performance.now();
-    compacting = kv.compact(Uint8Array.of(0), Uint8Array.of(0xff))
+    // No key of any keyspace is [0x00] or eight 0xff bytes (keyspaces are one ASCII letter, then at least one byte).
+    compacting = kv.compact(COMPACT_LOW, COMPACT_HIGH, {
+      whole: true,
+      waitReadsMs: limits.compact_wait_reads_ms,
+      signal: compactStop.signal,
+    })
       .then(() => void (stats.compactionsDone++, stats.compactMs += performance.now() - t0))
       .catch(() => {/* the store closed under it, or a read error: RocksDB compacts on its own later */})
       .finally(() => void (compacting = null));
@@ -1181,7 +1192,8 @@ export const effects = (ctx: HostContext) => {
       soon.clear();
       // A prune in progress finishes its write first.
       await serial(async () => {});
-      // A background compaction finishes before RocksDB closes under it.
+      // A background compaction finishes before RocksDB closes under it (one still waiting for reads gives up).
+      compactStop.abort();
       await compacting;
       await kv?.close();
       kv = null;

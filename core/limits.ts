@@ -64,10 +64,15 @@ export const LIMITS = {
   /** Events one retention write forgets (a prune is several such writes, each between the index's own). */
   retention_prune_events_max: 1024,
   /**
-   * Events forgotten (deleted or past retention) after which the index asks RocksDB to compact the keyspaces
-   * they were in, in the background, so their disk space comes back (RocksDB's own compaction also does, later).
+   * Events forgotten (deleted or past retention) after which the index asks RocksDB to compact the whole store
+   * (every table file rewritten), in the background, so their disk space comes back.
    */
   compact_after_forgotten: 100_000,
+  /**
+   * How long that compaction first waits for the reads open when it was asked for (their snapshots would keep the
+   * deleted values) to end; past it, it compacts anyway and what they pin goes at the next compaction.
+   */
+  compact_wait_reads_ms: 60_000,
   /** Bytes of one WAL segment file before a new one starts. */
   wal_segment_bytes_max: 64 * 1024 * 1024,
   /** Bytes of the reserve file kept in the data directory; deleted when the disk is full so a clean stop can proceed. */

@@ -85,6 +85,13 @@ export const unsentKey = (gid: Uint8Array, id: Uint8Array): Uint8Array => concat
 /** Lowest unsent key of a group. */
 export const unsentPrefix = (gid: Uint8Array): Uint8Array => concat(KS.unsent, gid);
 
+/**
+ * The ends of the index's whole-store compaction (`Kv.compact` with `whole`): below and above every key of every
+ * keyspace (a keyspace is one ASCII letter, then at least one byte). The compaction writes a tombstone at each.
+ */
+export const COMPACT_LOW: Uint8Array = Uint8Array.of(0x00);
+export const COMPACT_HIGH: Uint8Array = new Uint8Array(8).fill(0xff);
+
 /** The smallest key greater than every key that starts with `prefix`. */
 export function prefixEnd(prefix: Uint8Array): Uint8Array {
   const out = prefix.slice();

@@ -29,6 +29,19 @@ export interface KvRange {
   values?: boolean;
 }
 
+/** How {@linkcode Kv.compact} compacts. */
+export interface CompactOptions {
+  /**
+   * Rewrite every table file holding keys of the range, the bottommost level's too, so that deleted values
+   * and their tombstones are dropped wherever they are. It writes a tombstone at `start` and at `end`: both must
+   * be keys the caller never holds. It first waits for the reads open when it was called to end (their snapshots
+   * would keep deleted values), at most `waitReadsMs`; once `signal` aborts (a stop) it compacts nothing more.
+   */
+  whole?: boolean;
+  waitReadsMs?: number;
+  signal?: AbortSignal;
+}
+
 /** An ordered key-value store. */
 export interface Kv {
   get(key: Uint8Array): Promise<Uint8Array | undefined>;
@@ -40,8 +53,9 @@ export interface Kv {
   /**
    * Flush what is in memory (RocksDB's memtable, covered until then only by RocksDB's own log) to table
    * files, and compact the keys `[start, end]`; resolves once done. With a one-key range it is a flush.
+   * With `whole` (see {@linkcode CompactOptions}) every table file of the range is rewritten.
    */
-  compact(start: Uint8Array, end: Uint8Array): Promise<void>;
+  compact(start: Uint8Array, end: Uint8Array, options?: CompactOptions): Promise<void>;
   /**
    * RocksDB's memtables: entries in the active one, and how many full ones wait to be flushed to table
    * files. Absent where writes need no flush (memory).

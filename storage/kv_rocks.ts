@@ -10,7 +10,7 @@
 import rocksdb from "rocksdb";
 import { Buffer } from "node:buffer";
 import { XfError } from "../core/errors.ts";
-import type { Kv, KvOp, KvRange } from "./kv.ts";
+import type { CompactOptions, Kv, KvOp, KvRange } from "./kv.ts";
 
 type Cb<T = void> = (err: Error | null | undefined, v?: T) => void;
 // deno-lint-ignore no-explicit-any
@@ -46,9 +46,24 @@ export function openRocks(dir: string): Promise<Kv> {
   });
 }
 
+/**
+ * Reads open now: each holds a RocksDB snapshot (the binding takes one for every iterator and `getMany`), and a
+ * compaction that runs while a snapshot older than a delete exists keeps the deleted value beside its tombstone.
+ */
+type OpenRead = { ended: Promise<void> };
+
 class RocksKv implements Kv {
   private closed = false;
+  private readonly reads = new Set<OpenRead>();
   constructor(private readonly db: RocksHandle) {}
+
+  /** Count a read (and its snapshot) as open until the answer's `end()`. */
+  private openRead(): { end(): void } {
+    let end!: () => void;
+    const r: OpenRead = { ended: new Promise<void>((resolve) => (end = resolve)) };
+    this.reads.add(r);
+    return { end: () => void (this.reads.delete(r), end()) };
+  }
 
   /** A closed store's answer: a rejection, as every backend gives. */
   private refused(): Promise<never> {
@@ -83,11 +98,13 @@ class RocksKv implements Kv {
   getMany(keys: Uint8Array[]): Promise<(Uint8Array | undefined)[]> {
     if (this.closed) return this.refused();
     if (keys.length === 0) return Promise.resolve([]);
+    const read = this.openRead();
     return new Promise((resolve, reject) => {
       this.db.getMany(
         keys.map(buf),
         { asBuffer: true },
         ((err, vs?: (Buffer | undefined)[]) => {
+          read.end();
           if (err) return reject(storageError("read from RocksDB", err));
           resolve(vs!.map((v) => (v ? u8(v) : undefined)));
         }) as Cb<(Buffer | undefined)[]>,
@@ -120,6 +137,7 @@ class RocksKv implements Kv {
     for (const k of ["gt", "gte", "lt", "lte"] as const) if (r[k]) opts[k] = buf(r[k]!);
     if (r.limit !== undefined) opts.limit = r.limit;
     const it = this.db.iterator(opts);
+    const read = this.openRead();
     try {
       while (true) {
         const next = await new Promise<[Uint8Array, Uint8Array] | null>((resolve, reject) => {
@@ -133,14 +151,38 @@ class RocksKv implements Kv {
       }
     } finally {
       await new Promise<void>((resolve) => it.end(() => resolve()));
+      read.end();
     }
   }
 
-  compact(start: Uint8Array, end: Uint8Array): Promise<void> {
+  async compact(start: Uint8Array, end: Uint8Array, options: CompactOptions = {}): Promise<void> {
     if (this.closed) return this.refused();
-    return new Promise((resolve, reject) => {
+    if (options.whole) {
+      // The snapshots of reads open now may be older than the deletes this compaction is for: wait for them to end
+      // (reads opened from now on see those deletes already), at most `waitReadsMs`.
+      const open = [...this.reads].map((r) => r.ended);
+      if (open.length) {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        let onAbort = () => {};
+        await Promise.race([
+          Promise.all(open),
+          new Promise<void>((resolve) => (timer = setTimeout(resolve, options.waitReadsMs ?? 0))),
+          new Promise<void>((resolve) => options.signal?.addEventListener("abort", onAbort = () => resolve())),
+        ]);
+        clearTimeout(timer);
+        options.signal?.removeEventListener("abort", onAbort);
+      }
+      if (options.signal?.aborted) return;
+      // RocksDB's CompactRange leaves the files of the bottommost level as they are (the binding cannot ask for
+      // `bottommost_level_compaction`), so what an earlier compaction kept for a snapshot would stay for good. A
+      // tombstone at each end of the range lands in one level-0 file spanning all of it: compacting that file down
+      // takes every file of every level it overlaps, so each one is rewritten and drops what no snapshot needs.
+      await this.batch([{ type: "del", key: start }, { type: "del", key: end }]);
+      if (this.closed) return this.refused();
+    }
+    return await new Promise((resolve, reject) => {
       this.db.compactRange(buf(start), buf(end), (err: Error | null) => {
-        if (err) return reject(storageError("flush RocksDB", err));
+        if (err) return reject(storageError("compact RocksDB", err));
         resolve();
       });
     });
