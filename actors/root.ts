@@ -113,7 +113,7 @@ export interface PipelineCounters {
   deadLetters: number;
   /** WAL checkpoint rounds run (each asks the index what RocksDB's tables hold and drops covered segments). */
   walCheckpoints: number;
-  /** Events a dead decode had admitted that wal_flush fenced off after its restart (answered STAGE_DOWN, "retry"). */
+  /** Events a dead decode had admitted that wal_flush fenced off after its restart (never appended from there). */
   fenced: number;
 }
 
@@ -603,7 +603,7 @@ export class Pipeline {
    * when asked is not enough, and frames on the dead link have no order against anything the root sends, so:
    *  1. `host.fence` (sent to wal_flush after the new decode's link, on the same port): every older inlet from decode
    *     is fenced. Its batches not yet taken, now or arriving later, are never appended: they come back here
-   *     (`fenced`) and their events are answered STAGE_DOWN ("send it again"; the new decode judges them afresh).
+   *     (`fenced`): released in ingest, answered by the copy ingest sends the new decode again, else time out.
    *     The answer comes once the batches from it that wal_flush had taken are appended (or refused).
    *  2. `wal.stats`: the WAL's last seq then. Everything the dead decode admitted that will ever be in the WAL is at
    *     or below it (also records a crashed wal_flush wrote and never acknowledged: the resend after its restart
@@ -652,23 +652,18 @@ export class Pipeline {
     }
   }
 
-  /** Batches of a dead decode that wal_flush fenced off: never appended, their events are answered "send again". */
+  /**
+   * Batches of a dead decode that wal_flush fenced off: never appended. Their ids are released in ingest (else a copy
+   * sent again would be answered "duplicate" while nothing holds it). Their events are not answered here: ingest may
+   * be sending the same batch to the new decode again (the dead one's credit for it never came back), and that copy's
+   * answer (stored, duplicate, or refused by the new decode's judgement) is the true one; an event no copy answers
+   * times out (TIMEOUT: "it may still be stored, send it again").
+   */
   private fencedOff(msg: unknown) {
     const batch = (msg as { batch?: EventBatch } | null)?.batch;
     if (!batch) return;
     const items = unpackBatch(batch);
     this.counters.fenced += items.length;
-    const message = "Event not stored: the decode stage restarted before it was written; send it again";
-    this.settle(
-      items.filter((it) => it.req).map((it) => ({
-        req: it.req,
-        idx: it.idx,
-        status: "rejected" as const,
-        id: toHex(it.id),
-        code: "STAGE_DOWN",
-        message,
-      })),
-    );
     const ids = new Uint8Array(items.length * 32);
     items.forEach((it, i) => ids.set(it.id, i * 32));
     this.release(ids, false);

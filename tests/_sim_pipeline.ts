@@ -455,7 +455,7 @@ export class Sim {
     if (name === "decode") {
       this.decodeRestarts++;
       // root.ts `fenceDecode` (issue 11): wal_flush fences the dead decode's link: its frames not yet taken go back
-      // (answered STAGE_DOWN); the new decode's loads wait until those wal_flush had taken are done, then for the
+      // (released in ingest); the new decode's loads wait until those wal_flush had taken are done, then for the
       // index to hold the WAL's last seq.
       if (!this.opts.sabotage?.noDecodeFence) {
         const w = this.stages.wal_flush;
@@ -512,7 +512,7 @@ export class Sim {
     return f.seq;
   }
 
-  /** root.ts `fencedOff`: a batch of a dead decode wal_flush did not take: answered STAGE_DOWN, released. */
+  /** root.ts `fencedOff`: a batch of a dead decode wal_flush did not take: released in ingest, not answered. */
   fencedOff(l: Link, msg: unknown) {
     const m = msg as { batch?: EventBatch };
     void l;
@@ -520,16 +520,6 @@ export class Sim {
     const items = unpackBatch(m.batch);
     this.stats.fenced = (this.stats.fenced ?? 0) + items.length;
     this.trace(`fenced ${items.length}`);
-    this.settle(
-      items.filter((it) => it.req).map((it) => ({
-        req: it.req,
-        idx: it.idx,
-        status: "rejected" as const,
-        id: toHex(it.id),
-        code: "STAGE_DOWN",
-        message: "fenced",
-      })),
-    );
     const ids = new Uint8Array(items.length * 32);
     items.forEach((it, i) => ids.set(it.id, i * 32));
     this.signals.get("root")!.push({ type: "release", ids, stored: false });
