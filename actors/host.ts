@@ -99,6 +99,13 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
   const inlets = new Map<string, Inlet<unknown>>();
   /** Every inlet ever wired (replaced ones included), closed when the host ends. */
   const allInlets: Inlet<unknown>[] = [];
+  /** The name of every inlet ever wired (its upstream stage). */
+  const inletNames = new Map<Inlet<unknown>, string>();
+  /** Inlets of a dead upstream incarnation (`host.fence`): what still comes by them is handed back, never taken. */
+  const fenced = new Set<Inlet<unknown>>();
+  /** `host.fence` calls waiting for the fenced inlets' batches in service to finish. */
+  let fenceWaiters: (() => void)[] = [];
+  let stageName = "";
   /** Close every port this host holds: an open port would keep an in-process host's thread alive. */
   const closeAll = () => {
     for (const i of allInlets) i.close();
@@ -187,6 +194,7 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
     const a = active.get(tok);
     if (!a) return;
     active.delete(tok);
+    if (fenceWaiters.length && fenced.has(a.inlet)) checkFences();
     Promise.all([...outlets.values()].map((o) => o.room())).then(() => {
       if (crashed) return;
       a.inlet.credit(a.s);
@@ -216,11 +224,50 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
     // The old inlet stays open until its batches are credited (its sender is gone; the credit is harmless).
     const inlet: Inlet<unknown> = new Inlet(port, (frame) => {
       if (crashed) return;
+      if (fenced.has(inlet)) return handBack(inlet, frame);
       mailbox.push({ from: name, inlet, frame, tok: nextTok++ });
       if (started) started.then(pump);
     });
     inlets.set(name, inlet);
     allInlets.push(inlet);
+    inletNames.set(inlet, name);
+  };
+
+  /** A fenced batch goes back to the root (which answers its events "send it again"), credited (harmless). */
+  const handBack = (inlet: Inlet<unknown>, frame: LinkFrame<unknown>) => {
+    post({ t: "report", msg: { type: "fenced", stage: stageName, batch: frame.m } });
+    inlet.credit(frame.s);
+  };
+
+  /**
+   * `host.fence`: the upstream `name` was restarted (its new inlet is wired already, the root sends the rewire
+   * first on this same port). Every older inlet of that name is fenced: batches from it not yet taken, now or
+   * arriving later (a MessagePort gives no order against the control port), are handed back, never taken; the
+   * answer comes once the batches from it the stage had taken are finished (their reports posted before it). So
+   * after the answer nothing the dead incarnation sent can still reach the stage.
+   */
+  const hostFence = (name: string): Promise<{ handedBack: number }> => {
+    const current = inlets.get(name);
+    for (const [inlet, n] of inletNames) if (n === name && inlet !== current) fenced.add(inlet);
+    let handedBack = 0;
+    for (let i = 0; i < mailbox.length;) {
+      const m = mailbox[i]!;
+      if (fenced.has(m.inlet)) {
+        mailbox.splice(i, 1);
+        handBack(m.inlet, m.frame);
+        handedBack++;
+      } else i++;
+    }
+    return new Promise((resolve) => {
+      fenceWaiters.push(() => resolve({ handedBack }));
+      checkFences();
+    });
+  };
+  const checkFences = () => {
+    for (const a of active.values()) if (fenced.has(a.inlet)) return;
+    const ws = fenceWaiters;
+    fenceWaiters = [];
+    for (const w of ws) w();
   };
 
   // A batch that crashed its receiver twice goes to the root's dead-letter record, with the error.
@@ -234,6 +281,7 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
     switch (m.t) {
       case "init":
         limits = m.config.limits as Limits;
+        stageName = m.stage;
         crashAt = m.crashAtBatch ?? 0;
         poisonPrefix = m.poisonPrefix ?? "";
         started = (async () => {
@@ -278,6 +326,7 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
           .then(() => {
             if (m.msg.type === "host.timing") return hostTiming();
             if (m.msg.type === "host.gc") return hostGc();
+            if (m.msg.type === "host.fence") return hostFence(String(m.msg.input));
             if (!effects?.call) throw new XfError("INTERNAL", "Stage takes no requests");
             return effects.call(m.msg, state);
           })

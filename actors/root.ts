@@ -25,6 +25,7 @@ import type { OutletSpec, ToHost } from "./host.ts";
 import type { EventResultWire, Report } from "./stage.ts";
 import { type EventBatch, type EventResult, unpackBatch } from "./batch.ts";
 import {
+  DECODE_FENCE_RETRY_MS,
   type Limits,
   limitsWith,
   MEMORY_BUDGET_BYTES,
@@ -112,6 +113,8 @@ export interface PipelineCounters {
   deadLetters: number;
   /** WAL checkpoint rounds run (each asks the index what RocksDB's tables hold and drops covered segments). */
   walCheckpoints: number;
+  /** Events a dead decode had admitted that wal_flush fenced off after its restart (never appended from there). */
+  fenced: number;
 }
 
 /** A batch set aside after it crashed a stage twice. */
@@ -149,6 +152,7 @@ export class Pipeline {
     restarts: 0,
     deadLetters: 0,
     walCheckpoints: 0,
+    fenced: 0,
   };
   /** Per event stored or duplicate: seconds from its request's admission to its acknowledgement. */
   readonly ackSeconds: Histogram = new Histogram();
@@ -209,7 +213,7 @@ export class Pipeline {
         intensityMax: this.limits.restart_intensity_max,
         periodMs: this.limits.restart_period_ms,
         onReport: (from, msg) => this.report(from as StageName, msg),
-        onAsk: (_from, msg) => this.answer(msg),
+        onAsk: (from, msg) => this.answer(msg, from as StageName),
         onRestart: (ids, cause) => this.restarted(ids as StageName[], cause),
         onEscalate: (e) => this.fatal(e),
       },
@@ -306,6 +310,8 @@ export class Pipeline {
           : { t: "rpc", name: l.as, port: theirs });
       peer.wire(wire, [theirs]);
     }
+    // A restarted decode authorizes only against group states that hold everything its dead incarnation admitted.
+    if (restart && name === "decode") this.#decodeFence = this.fenceDecode();
     const fault = this.opts.faults?.[name];
     if (fault?.poisonPrefix) msg.poisonPrefix = fault.poisonPrefix;
     if (fault?.crashAtBatch && !this.startedOnce.has(name)) msg.crashAtBatch = fault.crashAtBatch;
@@ -584,15 +590,94 @@ export class Pipeline {
         return this.deliver(m.batch as EventBatch, m.matches);
       case "dead":
         return this.dead(m.stage as StageName, m.batch, from);
+      case "fenced":
+        return this.fencedOff(m.batch);
     }
+  }
+
+  /**
+   * The seq a restarted decode's group loads wait for the index to hold (issue 11). Decode authorizes writes against
+   * the group states it holds; a new decode loads them from the index. What the dead decode admitted may still be on
+   * its way to the WAL (posted on its link to wal_flush, in wal_flush's mailbox, being appended): a load answered
+   * before it is indexed misses it, and a removed member's next write would be admitted. Waiting for the acks known
+   * when asked is not enough, and frames on the dead link have no order against anything the root sends, so:
+   *  1. `host.fence` (sent to wal_flush after the new decode's link, on the same port): every older inlet from decode
+   *     is fenced. Its batches not yet taken, now or arriving later, are never appended: they come back here
+   *     (`fenced`): released in ingest, answered by the copy ingest sends the new decode again, else time out.
+   *     The answer comes once the batches from it that wal_flush had taken are appended (or refused).
+   *  2. `wal.stats`: the WAL's last seq then. Everything the dead decode admitted that will ever be in the WAL is at
+   *     or below it (also records a crashed wal_flush wrote and never acknowledged: the resend after its restart
+   *     brings them to the index).
+   *  3. The new decode's loads (and tombstone target lookups) ask the index with `after` that seq.
+   * A wal_flush restart meanwhile keeps the call: the new host has no older inlet (the fence is empty) and the
+   * dead decode's batches died with the old host. Nothing changes while decode runs: no round trip per write.
+   */
+  private fenceDecode(): Promise<number> {
+    const wal = this.supervisor.child("wal_flush");
+    const fence = (async () => {
+      for (;;) {
+        try {
+          await wal.call({ type: "host.fence", input: "decode" });
+          return (await wal.call<{ lastSeq: number }>({ type: "wal.stats" })).lastSeq;
+        } catch (e) {
+          if (wal.closed || this.state === "stopping" || this.state === "stopped" || this.state === "failed") throw e;
+          await new Promise((r) => setTimeout(r, DECODE_FENCE_RETRY_MS));
+        }
+      }
+    })();
+    fence.catch(() => {});
+    return fence;
+  }
+
+  #decodeFence: Promise<number> | null = null;
+
+  /** The seq decode's loads wait for: a restart's fence, bounded by the request timeout (then STAGE_DOWN, retry). */
+  private async decodeAfter(): Promise<number> {
+    const fence = this.#decodeFence;
+    if (!fence) return this.ackedSeq;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () =>
+          reject(
+            new XfError("STAGE_DOWN", "Cannot load the group yet: the restarted decode stage waits for the WAL; retry"),
+          ),
+        this.limits.request_timeout_ms,
+      );
+    });
+    try {
+      return Math.max(this.ackedSeq, await Promise.race([fence, late]));
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /**
+   * Batches of a dead decode that wal_flush fenced off: never appended. Their ids are released in ingest (else a copy
+   * sent again would be answered "duplicate" while nothing holds it). Their events are not answered here: ingest may
+   * be sending the same batch to the new decode again (the dead one's credit for it never came back), and that copy's
+   * answer (stored, duplicate, or refused by the new decode's judgement) is the true one; an event no copy answers
+   * times out (TIMEOUT: "it may still be stored, send it again").
+   */
+  private fencedOff(msg: unknown) {
+    const batch = (msg as { batch?: EventBatch } | null)?.batch;
+    if (!batch) return;
+    const items = unpackBatch(batch);
+    this.counters.fenced += items.length;
+    const ids = new Uint8Array(items.length * 32);
+    items.forEach((it, i) => ids.set(it.id, i * 32));
+    this.release(ids, false);
   }
 
   /**
    * A stage asks the root: a group's state on decode's first touch, or the targets of a batch's tombstones,
    * once the index holds every ack.
    */
-  private answer(msg: { type: string } & Record<string, unknown>): Promise<unknown> {
-    if (msg.type === "index.groupStates" || msg.type === "index.targets") return this.index(msg);
+  private async answer(msg: { type: string } & Record<string, unknown>, from?: StageName): Promise<unknown> {
+    if (msg.type === "index.groupStates" || msg.type === "index.targets") {
+      if (from !== "decode") return this.index(msg);
+      return this.supervisor.child("index").call({ ...msg, after: await this.decodeAfter() });
+    }
     if (msg.type === "index.durable") return this.supervisor.child("index").call(msg);
     return Promise.reject(new XfError("INTERNAL", `The root cannot answer "${msg.type}"`));
   }

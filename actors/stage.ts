@@ -37,7 +37,9 @@ export type Report =
   | { type: "indexed"; n: number; replayN: number; lastSeq: number; stored: number }
   | { type: "full"; full: boolean }
   | { type: "deliver"; batch: unknown; matches: { sub: number; idxs: number[] }[] }
-  | { type: "dead"; stage: string; batch: unknown; crashes: number };
+  | { type: "dead"; stage: string; batch: unknown; crashes: number }
+  /** A batch from a restarted upstream's old incarnation, fenced off by `host.fence`: never taken by the stage. */
+  | { type: "fenced"; stage: string; batch: unknown };
 
 /** Per-event outcome (the same shape as `EventResult` in batch.ts). */
 export interface EventResultWire {

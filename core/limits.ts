@@ -419,6 +419,8 @@ export const PEER_BACKOFF_BASE_MS = 250;
 export const MEMBER_BACKOFF_BASE_MS = 500;
 /** A sync transfer the local pipeline refused (OVERLOADED, STAGE_DOWN) is sent again after this. */
 export const SYNC_STORE_RETRY_MS = 200;
+/** After a decode restart, the root asks wal_flush again this long after its fence call failed (actors/root.ts). */
+export const DECODE_FENCE_RETRY_MS = 100;
 /** Node logging: rejected events are summarised once per this period. */
 export const LOG_REJECTS_EVERY_MS = 10_000;
 /** Node logging: memory is checked once per this period. */

@@ -581,3 +581,66 @@ Deno.test({
     assertEquals(escalated, null);
   },
 });
+
+Deno.test({
+  name:
+    "host.fence: a restarted upstream's old inlet is fenced; its batches not taken come back, taken ones finish first",
+  fn: async () => {
+    // A stage that reports each batch it takes and holds it until the test lets it go (issue 11: wal_flush fences
+    // a dead decode's link before the new decode loads group states).
+    const took: string[] = [];
+    const held = new Map<string, () => void>();
+    const mod = {
+      logic: {
+        concurrency: 1,
+        init: () => ({}),
+        receive(_st: unknown, msg: { type: string; tok: number; msg?: { id: string } }) {
+          if (msg.type === "input") {
+            took.push(msg.msg!.id);
+            return [{ do: "hold", tok: msg.tok, id: msg.msg!.id }];
+          }
+          return [{ do: "report", msg: { type: "finished", tok: msg.tok } }, { do: "done", tok: msg.tok }];
+        },
+      },
+      effects: () => ({
+        run: (eff: { do: string; tok: number; id: string }) =>
+          new Promise((r) => held.set(eff.id, () => r({ type: "released", tok: eff.tok }))),
+      }),
+    } as unknown as StageModule;
+    const old = new MessageChannel();
+    const { ref, crashes, reports } = await lone(mod, { inputs: { up: old.port2 } }, [old.port2]);
+    const frame = (port: MessagePort, s: number, id: string) => port.postMessage({ s, m: { id }, at: 0 });
+    frame(old.port1, 1, "a");
+    frame(old.port1, 2, "b");
+    await until(() => took.length === 1 && held.has("a"));
+    // The upstream restarts: its new link, then the fence, on the control port in that order (as root.ts does).
+    const fresh = new MessageChannel();
+    ref.wire({ t: "input", name: "up", port: fresh.port2 }, [fresh.port2]);
+    let fenced = false;
+    const fence = ref.call<{ handedBack: number }>({ type: "host.fence", input: "up" }).then((r) => {
+      fenced = true;
+      return r;
+    });
+    await until(() => reports.some((r) => r.type === "fenced"));
+    // Posted on the old port after the fence (no order holds across ports): handed back too, never taken.
+    frame(old.port1, 3, "c");
+    await until(() => reports.filter((r) => r.type === "fenced").length === 2);
+    await new Promise((r) => setTimeout(r, 30));
+    assertEquals(fenced, false, "the fence answered while a batch from the old inlet was still in service");
+    held.get("a")!();
+    assertEquals(await fence, { handedBack: 1 });
+    // What "a" reported was posted before the fence's answer.
+    assert(reports.some((r) => (r as { type: string }).type === "finished"));
+    frame(fresh.port1, 1, "d");
+    await until(() => took.length === 2);
+    held.get("d")!();
+    assertEquals(took, ["a", "d"]);
+    assertEquals(
+      reports.filter((r) => r.type === "fenced").map((r) => (r as { batch: { id: string } }).batch.id),
+      ["b", "c"],
+    );
+    assertEquals(crashes, []);
+    for (const p of [old.port1, fresh.port1]) p.close();
+    end(ref);
+  },
+});
