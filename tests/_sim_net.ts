@@ -1099,14 +1099,18 @@ class World {
       const r = res[0]!;
       const code = r.status === "rejected" ? r.code! : r.status;
       this.count(`resend.${code}`);
-      this.log(`resend ${target.slice(0, 8)} (${this.describe(target)}; tombstone ${tomb.slice(0, 8)}) at n${nd.i}: ${code}`);
+      this.log(
+        `resend ${target.slice(0, 8)} (${this.describe(target)}; tombstone ${tomb.slice(0, 8)}) at n${nd.i}: ${code}`,
+      );
       if (run.dead) return;
       // Refused DELETED; or refused before the deleted set is read (step 3: FORBIDDEN for an author who may not
       // write at its ts, EXPIRED) or by a disk fault. Never stored, never a duplicate (it is not held).
       if (r.status !== "rejected") {
         this.violation(`n${nd.i} ${r.status} ${target.slice(0, 12)} again, deleted by ${tomb.slice(0, 12)} it holds`);
       } else if (r.code === "FORBIDDEN" && run.mirror.get(c.gid)?.canWrite(this.nodes[c.author]!.key.publicKey, c.ts)) {
-        this.violation(`n${nd.i} refused ${target.slice(0, 12)} (deleted by ${tomb.slice(0, 12)}) FORBIDDEN: ${r.message}`);
+        this.violation(
+          `n${nd.i} refused ${target.slice(0, 12)} (deleted by ${tomb.slice(0, 12)}) FORBIDDEN: ${r.message}`,
+        );
       } else if (!["DELETED", "FORBIDDEN"].includes(r.code!) && !r.code!.startsWith("STORAGE_")) {
         this.violation(`n${nd.i} refused ${target.slice(0, 12)} (deleted by ${tomb.slice(0, 12)}) ${r.code}`);
       }
@@ -1138,9 +1142,11 @@ class World {
         for (const id of t.targets) {
           gone.add(id);
           if (nd.disk.has(eventKey(fromHexGid(id)))) {
-            this.violation(`n${nd.i} holds ${id.slice(0, 12)} (${this.describe(id)}), deleted by ${
-              t.id.slice(0, 12)
-            } (${this.describe(t.id)}) which it holds`);
+            this.violation(
+              `n${nd.i} holds ${id.slice(0, 12)} (${this.describe(id)}), deleted by ${t.id.slice(0, 12)} (${
+                this.describe(t.id)
+              }) which it holds`,
+            );
           }
         }
       }

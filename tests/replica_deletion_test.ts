@@ -5,6 +5,7 @@ import { assert, assertEquals } from "@std/assert";
 import { toHex } from "../core/bytes.ts";
 import { LIMITS } from "../core/limits.ts";
 import { MemoryKv } from "../storage/kv.ts";
+import { KS } from "../storage/keys.ts";
 import { ReplicaStore } from "../storage/replica_store.ts";
 import { generateKeyPair, type KeyPair } from "../storage/ed25519.ts";
 import { KIND_MEMBERSHIP, KIND_SETTINGS, KIND_TOMBSTONE, signEvent, type StoredEvent } from "../storage/event.ts";
@@ -258,4 +259,46 @@ Deno.test("A hostile peer sending a deleted event again gets DELETED from the re
     await store.close();
     await peer.close();
   }
+});
+
+/** A Kv whose event values come back with one byte of the author flipped while `damage` is set (a bad disk read; `getMany` reads through `get`). */
+class DamagingKv extends MemoryKv {
+  damage = false;
+  #spoil(key: Uint8Array, v: Uint8Array | undefined): Uint8Array | undefined {
+    if (!this.damage || !v || key[0] !== KS.event) return v;
+    const out = v.slice();
+    out[40]! ^= 0xff;
+    return out;
+  }
+  override async get(key: Uint8Array): Promise<Uint8Array | undefined> {
+    return this.#spoil(key, await super.get(key));
+  }
+}
+
+// Found by the simulation (tests/_sim_net.ts, delete steps, seeds 129 and 189 with `deletesMore`): a deleted event
+// sent again was judged against its tombstone as read from a disk that damaged the read; the signer read as
+// another key "may not delete" it, so the plan dropped the valid tombstone for good and stored the event again.
+Deno.test("A damaged read of a held tombstone fails the write (STORAGE_CORRUPTION) and never brings its target back", async () => {
+  const g = await testGroup("damaged");
+  const gid = toHex(g.gid);
+  const alice = await generateKeyPair();
+  const kv = new DamagingKv();
+  const store = await ReplicaStore.open(kv);
+  const now = Date.now();
+  const p = await post(alice, g, "to delete", now - 2000);
+  const x = await tomb(alice, g, [p], now - 1000);
+  const codes = async (evs: StoredEvent[]) =>
+    (await store.apply(evs.map((e) => e.bytes))).map((r) => r.code ?? r.status);
+  assertEquals(await codes([g.manifest, p, x]), ["stored", "stored", "stored"]);
+  assertEquals(await store.get(toHex(p.id)), null);
+  const root = (await store.root(gid)).root;
+  kv.damage = true;
+  const err = await store.apply([p.bytes], { gid }).then(() => null, (e) => e);
+  assertEquals(err?.code, "STORAGE_CORRUPTION", String(err));
+  kv.damage = false;
+  assert(await store.get(toHex(x.id)), "the tombstone is still held");
+  assertEquals(await store.get(toHex(p.id)), null);
+  assertEquals((await store.root(gid)).root, root);
+  assertEquals(await codes([p]), ["DELETED"]);
+  assert(await store.deleted(toHex(p.id)));
 });
