@@ -148,6 +148,8 @@ export interface Sabotage {
   skipWrites?: boolean;
   /** Each node's sync byte budget never gets bytes back. */
   leakMemory?: boolean;
+  /** The disks keep the bytes of events their store forgets: deleted events stay held. */
+  keepDeleted?: boolean;
 }
 
 /** A byte budget that keeps what it is given back (the `leakMemory` sabotage). */
@@ -569,6 +571,7 @@ class World {
       const disk = new SimDisk(fork(r));
       if (this.sabotage.noSync) disk.ignoreSync = true;
       if (this.sabotage.skipWrites) disk.skipEventWrites = 0.1;
+      if (this.sabotage.keepDeleted) disk.keepEventDeletes = true;
       disk.writeLatencyMax = pick(r, [0, 2, 10]);
       this.nodes.push({
         i,

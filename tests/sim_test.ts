@@ -79,12 +79,13 @@ Deno.test(`sim: invariants hold for ${SEEDS.length} seed(s), ${STEPS} steps each
 });
 
 // The checks can fail: each sabotage breaks one promise, and some early seed catches it.
-Deno.test("sim: the invariants catch lost syncs, skipped writes, a closed group let through and leaked memory", async () => {
+Deno.test("sim: the invariants catch lost syncs, skipped writes, a closed group let through, leaked memory and deleted events kept", async () => {
   const cases = [
     [{ noSync: true }, "lost acknowledged"],
     [{ skipWrites: true }, "lost acknowledged"],
     [{ leakClosed: true }, "never a member|does not let read it"],
     [{ leakMemory: true }, "sync memory counts"],
+    [{ keepDeleted: true }, "deleted by [0-9a-f]+ .* which it holds"],
   ] as const;
   for (const [sabotage, want] of cases) {
     let caught = "";
