@@ -21,11 +21,18 @@
 //
 // The workload: an open group (owner node 0) and two closed groups (owners nodes 1 and 0), the owners adding and
 // removing members (never the last node, the outsider: it is never a member of a closed group), everyone
-// publishing with skewed clocks, connections made and cut, partitions, restarts (power loss or clean), disk faults.
+// publishing with skewed clocks, connections made and cut, partitions, restarts (power loss or clean), disk faults;
+// deleting (kind 2 tombstones: own events, any as the owner, targets not held yet, others' it may not delete, a
+// manifest; and a deleted event's bytes sent again to a node holding its tombstone), and retention changes (kind 3
+// settings by the owner, now and then by another node). `deletesMore` gives deletion a larger share.
 //
 // Invariants, after every step (and at every frame sent, for the one about sending):
 // - no acknowledged event lost: an event `apply` answered `stored` for a local publish (a synced write), or one
-//   received whose write a later synced write (or the disk) made durable, is held by its node (unless deleted);
+//   received whose write a later synced write (or the disk) made durable, is held by its node, unless a tombstone
+//   the node holds names it, it is below the highest retention boundary seen there, or it is named by (or is) a
+//   tombstone the truth does not let delete all it names (dropped once a target it may not delete arrives);
+// - deletion: no node holds an event named by a tombstone it holds; a deleted event sent again to a node holding a
+//   valid tombstone for it is refused (DELETED; FORBIDDEN or EXPIRED only where its own rules say), never stored;
 // - nothing corrupt held: every event a node holds is one the simulation made, with the bytes it made;
 // - no closed-group event at a non-member: a node never added to a closed group holds nothing of it, and no node
 //   sends a closed group's events to a peer that its own membership state does not let read the group;
@@ -34,7 +41,10 @@
 //   and timers within a bound per open session (none once all are closed), the simulation's own queues bounded;
 // - convergence: after a final heal (faults off, every pair connected), within bounded virtual time, every node
 //   that should hold a group (all nodes for the open group, the current members for a closed one) holds it under
-//   one root.
+//   one root; a tombstone the truth lets delete all it names, once a holder holds it, is at every holder and none
+//   holds its targets; no holder holds an application event below its retention boundary. A divergence counts as
+//   the known issue only when each event not held by all is a removed member's late write, an event deleted where
+//   it lacks by such a late tombstone, or (beside a late write, which moves boundaries) one below the boundary there.
 import { sha256 } from "@noble/hashes/sha2";
 import { toHex } from "../core/bytes.ts";
 import type { Clock, TimerHandle } from "../core/clock.ts";
@@ -49,6 +59,7 @@ import {
   decodeEvent,
   KIND_MANIFEST,
   KIND_MEMBERSHIP,
+  KIND_SETTINGS,
   KIND_TOMBSTONE,
   POLICY_CLOSED,
   POLICY_OPEN,
@@ -64,6 +75,8 @@ import {
 } from "../storage/membership.ts";
 import { type EventChecker, ReplicaStore } from "../storage/replica_store.ts";
 import { encodeTombstone } from "../storage/deletion.ts";
+import { encodeSettings, retentionBoundary, type Settings, type SettingsRecord } from "../storage/retention.ts";
+import { settingsKey } from "../storage/deleted_set.ts";
 import { checkManifestEvent } from "../storage/event.ts";
 import { decodeGroup, loadGroupState, membersKey } from "../storage/group_record.ts";
 import { HEALTHY, SimDisk } from "./_sim_kv.ts";
@@ -335,6 +348,8 @@ interface SimNode {
   epoch: number;
   /** Hex ids acknowledged durable at this node. */
   acked: Set<string>;
+  /** Per group: the highest retention boundary seen at this node (application events below it may be forgotten). */
+  floor: Map<string, number>;
   /** Events stored from sync, waiting for a synced write: hex id and the disk's batch number at the time. */
   pending: { id: string; seq: number }[];
   random: Rand;
@@ -581,6 +596,7 @@ class World {
         run: null,
         epoch: 0,
         acked: new Set(),
+        floor: new Map(),
         pending: [],
         random: fork(r),
       });
@@ -988,6 +1004,7 @@ class World {
       return;
     }
     if (r < 0.70 + this.deletesMore) return await this.deleteStep();
+    if (r < 0.71 + this.deletesMore) return await this.retentionStep();
     this.log(`advance`);
     await this.advance(int(this.rand, 10, 3_000));
   }
@@ -1053,6 +1070,55 @@ class World {
   }
 
   /**
+   * Retention (kind 3 settings): mostly a group's owner keeps the newest N events or those within some ms of the
+   * newest, or everything; now and then another node tries (refused FORBIDDEN: not an admin).
+   */
+  async retentionStep(): Promise<void> {
+    const g = pick(this.rand, this.groups);
+    const owner = this.rand() < 0.85;
+    const nd = owner ? this.nodes[g.owner]! : pick(this.rand, this.nodes);
+    const r = this.rand();
+    const settings: Settings = r < 0.5
+      ? { retention_events: int(this.rand, 10, 120) }
+      : r < 0.85
+      ? { retention_ms: int(this.rand, 20_000, 150_000) }
+      : {};
+    const ev = await signEvent(nd.key, {
+      group: fromHexGid(g.gid),
+      ts: this.sched.now + nd.skew,
+      kind: KIND_SETTINGS,
+      tags: [],
+      payload: encodeSettings(settings),
+    });
+    this.made(ev.bytes, g.gid, nd.i);
+    this.count("retention");
+    await this.publishAt(nd, [ev.bytes], `retention ${JSON.stringify(settings)} in ${g.name}`);
+  }
+
+  /** A node's retention boundary in a group, from its settings record and its set alone (as its store has it). */
+  boundaryAt(nd: SimNode, gid: string): number {
+    const raw = nd.disk.peek(settingsKey(gid));
+    if (!raw) return 0;
+    // The same until the disk writes or loses power.
+    const at = `${nd.i}.${gid}`, when = `${nd.disk.epoch}.${nd.disk.seq}`;
+    const hit = this.#bounds.get(at);
+    if (hit?.when === when) return hit.b;
+    const b = this.#boundaryNow(raw, nd, gid);
+    this.#bounds.set(at, { when, b });
+    return b;
+  }
+
+  #bounds = new Map<string, { when: string; b: number }>();
+
+  #boundaryNow(raw: Uint8Array, nd: SimNode, gid: string): number {
+    const s = JSON.parse(new TextDecoder().decode(raw)) as SettingsRecord;
+    const ts = [...nd.disk.keys(KS.time, gid)].map((k) => parseInt(k.slice(66, 82), 16)).sort((a, b) => a - b);
+    if (!ts.length) return 0;
+    const n = s.retention_events;
+    return retentionBoundary(s, ts.at(-1)!, n !== undefined && ts.length >= n ? ts[ts.length - n]! : null);
+  }
+
+  /**
    * Targets of tombstones the truth (as of now: a later membership event may be dated before a tombstone) does not
    * let delete all they name: they may be deleted at a node and come back (a dropped tombstone), so they are not
    * counted lost. Grows only.
@@ -1114,7 +1180,11 @@ class World {
         this.violation(
           `n${nd.i} refused ${target.slice(0, 12)} (deleted by ${tomb.slice(0, 12)}) FORBIDDEN: ${r.message}`,
         );
-      } else if (!["DELETED", "FORBIDDEN"].includes(r.code!) && !r.code!.startsWith("STORAGE_")) {
+      } else if (r.code === "EXPIRED" && c.ts >= this.boundaryAt(nd, c.gid)) {
+        this.violation(
+          `n${nd.i} refused ${target.slice(0, 12)} (deleted by ${tomb.slice(0, 12)}) EXPIRED above its boundary`,
+        );
+      } else if (!["DELETED", "FORBIDDEN", "EXPIRED"].includes(r.code!) && !r.code!.startsWith("STORAGE_")) {
         this.violation(`n${nd.i} refused ${target.slice(0, 12)} (deleted by ${tomb.slice(0, 12)}) ${r.code}`);
       }
     }, (e) => {
@@ -1138,6 +1208,15 @@ class World {
         }
         nd.pending = keep;
       }
+      // Retention: application events below the highest boundary seen here may be gone.
+      for (const g of this.groups) {
+        const b = this.boundaryAt(nd, g.gid);
+        if (b > (nd.floor.get(g.gid) ?? 0)) nd.floor.set(g.gid, b);
+      }
+      const expired = (id: string) => {
+        const c = this.created.get(id);
+        return c !== undefined && c.kind >= 16 && c.ts < (nd.floor.get(c.gid) ?? 0);
+      };
       // Deleted here: targets of the tombstones this node holds (none of which it may hold).
       const gone = new Set<string>();
       for (const t of this.tombs.values()) {
@@ -1154,7 +1233,7 @@ class World {
         }
       }
       for (const id of nd.acked) {
-        if (!gone.has(id) && !this.wobbly.has(id) && !nd.disk.has(eventKey(fromHexGid(id)))) {
+        if (!gone.has(id) && !this.wobbly.has(id) && !expired(id) && !nd.disk.has(eventKey(fromHexGid(id)))) {
           this.violation(`n${nd.i} lost acknowledged ${id.slice(0, 12)} (${this.describe(id)})`);
           nd.acked.delete(id);
         }
@@ -1302,6 +1381,7 @@ class World {
     if (diverged.length) this.classify(diverged);
     this.check();
     this.checkDeleted();
+    this.checkRetained();
     // Memory returns to nothing once every session is closed.
     for (const nd of this.nodes) {
       const run = nd.run!;
@@ -1347,6 +1427,26 @@ class World {
         for (const id of t.targets) {
           if (has(nd, id)) {
             this.violation(`n${nd.i} holds ${id.slice(0, 12)} (${this.describe(id)}) deleted by ${t.id.slice(0, 12)}`);
+          }
+        }
+      }
+    }
+  }
+
+  /** After the heal: no holder of a group holds an application event below its retention boundary there. */
+  checkRetained(): void {
+    for (const g of this.groups) {
+      for (const i of this.holders(g)) {
+        const nd = this.nodes[i]!;
+        const b = this.boundaryAt(nd, g.gid);
+        if (b > 0) this.count("healRetained");
+        for (const k of nd.disk.keys(KS.time, g.gid)) {
+          const c = this.created.get(k.slice(-64));
+          if (c && c.kind >= 16 && c.ts < b) {
+            this.violation(
+              `n${i} holds ${k.slice(-64, -52)} (${this.describe(k.slice(-64))}) below ${g.name}'s boundary ${b - T0}`,
+            );
+            break;
           }
         }
       }
@@ -1402,7 +1502,7 @@ class World {
     }));
     const union = new Set(sets.flatMap((s) => [...s.ids]));
     const odd: string[] = [];
-    let unexplained = 0;
+    let unexplained = 0, lates = 0, prunedOnly = 0;
     for (const id of union) {
       const lacking = sets.filter((s) => !s.ids.has(id)).map((s) => s.i);
       if (!lacking.length) continue;
@@ -1413,14 +1513,25 @@ class World {
       const lateTombs = [...this.tombs.values()].filter((t) => t.gid === gid && t.targets.includes(id) && lateOf(t));
       const byLate = !late && c !== undefined && lateTombs.length > 0 &&
         lacking.every((i) => lateTombs.some((t) => this.nodes[i]!.disk.has(eventKey(fromHexGid(t.id)))));
-      if (!late && !byLate) unexplained++;
+      // Forgotten where it lacks by retention: explained only beside a late write (which moves the boundary).
+      const pruned = !late && !byLate && c !== undefined && c.kind >= 16 &&
+        lacking.every((i) => c.ts < (this.nodes[i]!.floor.get(gid) ?? 0));
+      if (late) lates++;
+      else if (pruned) prunedOnly++;
+      else if (!byLate) unexplained++;
       odd.push(
         `${id.slice(0, 12)} (${this.describe(id)}${
-          late ? ", dated after its author's removal" : byLate ? ", deleted there by a late tombstone" : ""
+          late
+            ? ", dated after its author's removal"
+            : byLate
+            ? ", deleted there by a late tombstone"
+            : pruned
+            ? ", below the retention boundary there"
+            : ""
         }) not at [${lacking}]`,
       );
     }
-    return { odd, unexplained };
+    return { odd, unexplained: unexplained + (lates > 0 ? 0 : prunedOnly) };
   }
 }
 
