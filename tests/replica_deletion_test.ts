@@ -261,13 +261,14 @@ Deno.test("A hostile peer sending a deleted event again gets DELETED from the re
   }
 });
 
-/** A Kv whose event values come back with one byte of the author flipped while `damage` is set (a bad disk read; `getMany` reads through `get`). */
+/** A Kv whose event values come back with byte `at` flipped while `damage` is set (a bad disk read; `getMany` reads through `get`). */
 class DamagingKv extends MemoryKv {
   damage = false;
+  at = 40; // in the author
   #spoil(key: Uint8Array, v: Uint8Array | undefined): Uint8Array | undefined {
     if (!this.damage || !v || key[0] !== KS.event) return v;
     const out = v.slice();
-    out[40]! ^= 0xff;
+    out[this.at]! ^= 0xff;
     return out;
   }
   override async get(key: Uint8Array): Promise<Uint8Array | undefined> {
@@ -301,4 +302,32 @@ Deno.test("A damaged read of a held tombstone fails the write (STORAGE_CORRUPTIO
   assertEquals((await store.root(gid)).root, root);
   assertEquals(await codes([p]), ["DELETED"]);
   assert(await store.deleted(toHex(p.id)));
+});
+
+// Found by the simulation (seed 242): a retention prune read an event's bytes damaged (not an event, or a kind it
+// keeps), went past it and never came back to it; the replica kept an event below the boundary its peers forgot.
+Deno.test("A damaged read during a retention prune is not skipped for good: the next apply in the group prunes it", async () => {
+  const g = await testGroup("damaged prune");
+  const gid = toHex(g.gid);
+  const kv = new DamagingKv();
+  kv.at = 0; // not an event any more
+  const store = await ReplicaStore.open(kv);
+  const now = Date.now();
+  const old = await post(g.owner, g, "old", now - 100_000);
+  const fresh = await post(g.owner, g, "fresh", now - 1000);
+  const s = await settings(g.owner, g, { retention_ms: 10_000 }, now - 500);
+  const codes = async (evs: StoredEvent[]) =>
+    (await store.apply(evs.map((e) => e.bytes))).map((r) => r.code ?? r.status);
+  assertEquals(await codes([g.manifest, old, fresh]), ["stored", "stored", "stored"]);
+  kv.damage = true;
+  assertEquals(await codes([s]), ["stored"]); // written, whatever the prune does
+  kv.damage = false;
+  assert(await store.get(toHex(old.id)), "not pruned while its bytes read damaged");
+  assertEquals(await codes([fresh]), ["duplicate"]);
+  assertEquals(await store.get(toHex(old.id)), null);
+  // The same root as a replica that read well.
+  const clean = await ReplicaStore.open(new MemoryKv());
+  await clean.apply([g.manifest, old, fresh, s].map((e) => e.bytes));
+  assertEquals((await store.root(gid)).root, (await clean.root(gid)).root);
+  assertEquals(await store.retained(gid), await clean.retained(gid));
 });
