@@ -133,6 +133,7 @@ for (
     [5, "SyncSession queued the array a store's listeners share, and take() emptied the other sessions' queues"],
     [68, "a removal stored while a session subscribed went unseen: the removed member got the group's events"],
     [403, "a removal stored while the admission was read for a peer: the removed member got it"],
+    [242, "a retention prune read an event damaged, passed it for good, and kept it below the boundary"],
   ] as const
 ) {
   Deno.test(`sim: regression seed ${seed}: ${what}`, async () => {
