@@ -13,7 +13,9 @@
  * @module
  */
 
-import { fromHex, toHex } from "../core/bytes.ts";
+import { sha256 } from "@noble/hashes/sha2";
+import { bytesEqual, fromHex, toHex } from "../core/bytes.ts";
+import { XfError } from "../core/errors.ts";
 import { DELETED_FILTER_IDS_MIN, type Limits } from "../core/limits.ts";
 import type { Kv, KvOp } from "./kv.ts";
 import {
@@ -141,6 +143,7 @@ export async function planWriteDeletions(
   const wantIds = [...want.values()];
   const got = wantIds.length ? await kv.getMany(wantIds.map((id) => eventKey(id))) : [];
   got.forEach((b, i) => {
+    if (b) intact(b, wantIds[i]!);
     const info = b && targetOf(b, wantIds[i]!);
     if (info) held.set(toHex(wantIds[i]!), info);
   });
@@ -152,6 +155,7 @@ export async function planWriteDeletions(
   const tb = namedIds.length ? await kv.getMany(namedIds.map((id) => eventKey(id))) : [];
   tb.forEach((b, i) => {
     if (!b) return;
+    intact(b, namedIds[i]!);
     try {
       const ev = decodeEvent(b, { ...limits, event_bytes_max: b.length });
       heldTombs.set(toHex(namedIds[i]!), {
@@ -181,6 +185,20 @@ export async function planWriteDeletions(
     tombstones: heldTombs,
     state: (g) => states.get(toHex(g)) ?? null,
   });
+}
+
+/**
+ * Throw `STORAGE_CORRUPTION` unless `bytes`, read from the store as event `id`, hash to it. The plan acts on what it
+ * reads (a target's author, kind and `ts`, a tombstone's signer and targets): bytes damaged on the way from the disk
+ * once dropped a valid tombstone for good (its signer read as another key, so "it may not delete" the target sent
+ * again; found by the simulation, tests/_sim_net.ts). The write fails whole, as on a read error, and is tried again.
+ */
+function intact(bytes: Uint8Array, id: Uint8Array): void {
+  if (bytesEqual(sha256(bytes), id)) return;
+  throw new XfError(
+    "STORAGE_CORRUPTION",
+    `Cannot plan deletions: event "${toHex(id)}" read from the store does not hash to its id`,
+  );
 }
 
 /** The deleted-set ops of a plan: a put per entry made or confirmed, a delete per entry removed. */

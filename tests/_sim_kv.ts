@@ -49,6 +49,8 @@ export class SimDisk {
   ignoreSync = false;
   /** Sabotage: this share of event writes is silently left out of its batch. */
   skipEventWrites = 0;
+  /** Sabotage: deletes of events' bytes are silently left out of their batch (what a store forgets stays). */
+  keepEventDeletes = false;
   /** A batch lands this many ms (of simulated time) after it is issued, at most (with a scheduler). */
   writeLatencyMax = 0;
   readonly stats: DiskStats = { batches: 0, syncs: 0, lost: 0, readErrors: 0, damaged: 0, refused: 0 };
@@ -162,7 +164,8 @@ export class SimDisk {
       o.type === "put"
         ? { type: "put", key: o.key.slice(), value: o.value.slice() }
         : { type: "del", key: o.key.slice() }
-    ).filter((o) => !(this.skipEventWrites > 0 && o.key[0] === KS.event && this.#rand() < this.skipEventWrites));
+    ).filter((o) => !(this.skipEventWrites > 0 && o.key[0] === KS.event && this.#rand() < this.skipEventWrites))
+      .filter((o) => !(this.keepEventDeletes && o.type === "del" && o.key[0] === KS.event));
     this.#view.batch(copy);
     applyTo(this.#viewMap, copy);
     this.seq++;

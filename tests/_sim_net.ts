@@ -21,11 +21,18 @@
 //
 // The workload: an open group (owner node 0) and two closed groups (owners nodes 1 and 0), the owners adding and
 // removing members (never the last node, the outsider: it is never a member of a closed group), everyone
-// publishing with skewed clocks, connections made and cut, partitions, restarts (power loss or clean), disk faults.
+// publishing with skewed clocks, connections made and cut, partitions, restarts (power loss or clean), disk faults;
+// deleting (kind 2 tombstones: own events, any as the owner, targets not held yet, others' it may not delete, a
+// manifest; and a deleted event's bytes sent again to a node holding its tombstone), and retention changes (kind 3
+// settings by the owner, now and then by another node). `deletesMore` gives deletion a larger share.
 //
 // Invariants, after every step (and at every frame sent, for the one about sending):
 // - no acknowledged event lost: an event `apply` answered `stored` for a local publish (a synced write), or one
-//   received whose write a later synced write (or the disk) made durable, is held by its node (unless deleted);
+//   received whose write a later synced write (or the disk) made durable, is held by its node, unless a tombstone
+//   the node holds names it, it is below the highest retention boundary seen there, or it is named by (or is) a
+//   tombstone the truth does not let delete all it names (dropped once a target it may not delete arrives);
+// - deletion: no node holds an event named by a tombstone it holds; a deleted event sent again to a node holding a
+//   valid tombstone for it is refused (DELETED; FORBIDDEN or EXPIRED only where its own rules say), never stored;
 // - nothing corrupt held: every event a node holds is one the simulation made, with the bytes it made;
 // - no closed-group event at a non-member: a node never added to a closed group holds nothing of it, and no node
 //   sends a closed group's events to a peer that its own membership state does not let read the group;
@@ -34,7 +41,10 @@
 //   and timers within a bound per open session (none once all are closed), the simulation's own queues bounded;
 // - convergence: after a final heal (faults off, every pair connected), within bounded virtual time, every node
 //   that should hold a group (all nodes for the open group, the current members for a closed one) holds it under
-//   one root.
+//   one root; a tombstone the truth lets delete all it names, once a holder holds it, is at every holder and none
+//   holds its targets; no holder holds an application event below its retention boundary. A divergence counts as
+//   the known issue only when each event not held by all is a removed member's late write, an event deleted where
+//   it lacks by such a late tombstone, or (beside a late write, which moves boundaries) one below the boundary there.
 import { sha256 } from "@noble/hashes/sha2";
 import { toHex } from "../core/bytes.ts";
 import type { Clock, TimerHandle } from "../core/clock.ts";
@@ -49,6 +59,8 @@ import {
   decodeEvent,
   KIND_MANIFEST,
   KIND_MEMBERSHIP,
+  KIND_SETTINGS,
+  KIND_TOMBSTONE,
   POLICY_CLOSED,
   POLICY_OPEN,
   signEvent,
@@ -62,6 +74,9 @@ import {
   type MembershipEvent,
 } from "../storage/membership.ts";
 import { type EventChecker, ReplicaStore } from "../storage/replica_store.ts";
+import { encodeTombstone } from "../storage/deletion.ts";
+import { encodeSettings, retentionBoundary, type Settings, type SettingsRecord } from "../storage/retention.ts";
+import { settingsKey } from "../storage/deleted_set.ts";
 import { checkManifestEvent } from "../storage/event.ts";
 import { decodeGroup, loadGroupState, membersKey } from "../storage/group_record.ts";
 import { HEALTHY, SimDisk } from "./_sim_kv.ts";
@@ -146,6 +161,8 @@ export interface Sabotage {
   skipWrites?: boolean;
   /** Each node's sync byte budget never gets bytes back. */
   leakMemory?: boolean;
+  /** The disks keep the bytes of events their store forgets: deleted events stay held. */
+  keepDeleted?: boolean;
 }
 
 /** A byte budget that keeps what it is given back (the `leakMemory` sabotage). */
@@ -163,6 +180,8 @@ export interface SimOptions {
   sabotage?: Sabotage;
   /** Keep the whole trace (default: the last {@linkcode TRACE_KEEP} lines). */
   traceAll?: boolean;
+  /** A share of steps (0 to 0.25, default 0) that delete before they wait (5 % of the steps delete by default). */
+  deletesMore?: number;
 }
 
 /** What a run found. */
@@ -329,6 +348,8 @@ interface SimNode {
   epoch: number;
   /** Hex ids acknowledged durable at this node. */
   acked: Set<string>;
+  /** Per group: the highest retention boundary seen at this node (application events below it may be forgotten). */
+  floor: Map<string, number>;
   /** Events stored from sync, waiting for a synced write: hex id and the disk's batch number at the time. */
   pending: { id: string; seq: number }[];
   random: Rand;
@@ -350,6 +371,14 @@ interface Created {
   ts: number;
   kind: number;
   bytes: Uint8Array;
+}
+
+interface Tomb {
+  id: string;
+  gid: string;
+  author: number;
+  ts: number;
+  targets: string[];
 }
 
 interface GroupInfo {
@@ -393,6 +422,7 @@ class World {
   readonly notes: string[] = [];
   readonly stats: Record<string, number> = {};
   readonly traceAll: boolean;
+  readonly deletesMore: number;
   readonly trace: string[] = [];
   readonly hasher = sha256.create();
   /** Nodes on side A of a partition (empty: none). */
@@ -412,6 +442,7 @@ class World {
     this.n = Math.max(4, o.nodes ?? 5);
     this.sabotage = o.sabotage ?? {};
     this.traceAll = o.traceAll ?? false;
+    this.deletesMore = Math.min(0.25, Math.max(0, o.deletesMore ?? 0));
     this.rand = sfc32(o.seed);
     this.limits = this.rand() < 0.25 ? limitsWith({}) : limitsWith(TIGHT);
     this.checker = checkerOf(this.limits, this.verdicts);
@@ -555,6 +586,7 @@ class World {
       const disk = new SimDisk(fork(r));
       if (this.sabotage.noSync) disk.ignoreSync = true;
       if (this.sabotage.skipWrites) disk.skipEventWrites = 0.1;
+      if (this.sabotage.keepDeleted) disk.keepEventDeletes = true;
       disk.writeLatencyMax = pick(r, [0, 2, 10]);
       this.nodes.push({
         i,
@@ -564,6 +596,7 @@ class World {
         run: null,
         epoch: 0,
         acked: new Set(),
+        floor: new Map(),
         pending: [],
         random: fork(r),
       });
@@ -671,8 +704,12 @@ class World {
     run.store.apply(events, { local: true }).then((res) => {
       done = true;
       const stored: string[] = [];
+      // Stored is durable even when the answer comes after the node died: a local write is synced, and a batch
+      // lands (the store answers) only while its run lives (a crash cancels the landing, a dead handle throws).
+      // The answer may come a drain after the step that crashed the node, which once skipped `onStored`: the
+      // owner's membership change was written but the truth lacked it (a member counted as never one, seed 37).
       for (const r of res) {
-        if (r.status === "stored" && !run.dead) {
+        if (r.status === "stored") {
           nd.acked.add(r.id!);
           stored.push(r.id!);
         }
@@ -732,6 +769,7 @@ class World {
     await this.publishAt(owner, [ev.bytes], `${action === ACTION_ADD ? "add" : "remove"} n${member} ${g.name}`, () => {
       g.membership.push(ev);
       if (action === ACTION_ADD) g.ever.add(member);
+      this.refreshWobbly();
     });
   }
 
@@ -965,17 +1003,199 @@ class World {
       this.log(`clock n${nd.i} skew ${nd.skew}`);
       return;
     }
-    // DELETE STEPS GO HERE (issue 13, once deletion exists: storage/deletion.ts, kind 2 tombstones through the
-    // replica store's `#step`): pick a node and events it holds that its author (or the group's owner) may delete,
-    // sign a tombstone at that node (`publishAt`), and add the targets to `this.deleted` when it is stored; the
-    // acknowledged-event invariant (`check`) already skips ids in `this.deleted`, and the heal's convergence check
-    // compares roots, which the tombstones are in. Give it a share of `r` (say 0.65..0.68) above.
+    if (r < 0.70) return await this.deleteStep();
+    if (r < 0.71) return await this.retentionStep();
+    // The deletion-heavy mix: some waits begin with a delete step (time still passes, so nodes sync what they delete).
+    if (r < 0.71 + this.deletesMore) await this.deleteStep();
     this.log(`advance`);
     await this.advance(int(this.rand, 10, 3_000));
   }
 
-  /** Ids deleted by a tombstone (see the DELETE STEPS note in `oneStep`); the invariants skip them. */
-  readonly deleted = new Set<string>();
+  /** Tombstones the simulation made (hex id): their group, signer, `ts` and targets (hex). */
+  readonly tombs = new Map<string, Tomb>();
+  /**
+   * Tombstones (hex) the truth does not let delete all they name, and their targets: they may leave a node and
+   * (targets) come back.
+   */
+  readonly wobbly = new Set<string>();
+
+  /**
+   * Delete (issue 13): a node signs a tombstone (kind 2) for events of a group it holds, mostly its own (any
+   * author's when it owns the group), sometimes another's it may not delete (refused FORBIDDEN where a target is
+   * held, and where none is, kept pending and dropped once one arrives), or one not held yet (pending); or a
+   * deleted event's bytes are sent again to a node holding its tombstone (refused DELETED: it never comes back).
+   */
+  async deleteStep(): Promise<void> {
+    const up = this.nodes.filter((x) => x.run);
+    if (!up.length) return;
+    if (this.rand() < 0.2) return await this.resendDeleted();
+    const nd = pick(this.rand, up);
+    const held = this.groups.filter((x) => nd.run!.mirror.has(x.gid));
+    if (!held.length) return;
+    const g = pick(this.rand, held);
+    const app = (id: string) => (this.created.get(id)?.kind ?? 0) >= 16;
+    const here = [...nd.disk.keys(KS.time, g.gid)].map((k) => k.slice(-64)).filter(app);
+    const all = [...this.created].filter(([, c]) => c.gid === g.gid && c.kind >= 16).map(([id]) => id);
+    const mine = (id: string) => this.created.get(id)!.author === nd.i;
+    const r = this.rand();
+    let mode: string, from: string[];
+    if (r < 0.55) [mode, from] = ["own", here.filter(mine)];
+    else if (r < 0.75 && g.owner === nd.i) [mode, from] = ["owner", all];
+    else if (r < 0.85) [mode, from] = ["own-pending", all.filter((id) => mine(id) && !here.includes(id))];
+    else if (r < 0.95) [mode, from] = ["others", all.filter((id) => !mine(id))];
+    else {
+      const m = [...this.created].find(([, c]) => c.gid === g.gid && c.kind === KIND_MANIFEST)!;
+      [mode, from] = ["manifest", [m[0]]];
+    }
+    if (!from.length) return;
+    const targets = new Set<string>();
+    for (let k = int(this.rand, 1, 3); k > 0; k--) targets.add(pick(this.rand, from));
+    // Now and then one of its own held events besides (a tombstone is refused or dropped whole).
+    if (mode !== "own" && this.rand() < 0.3) {
+      const own = here.filter(mine);
+      if (own.length) targets.add(pick(this.rand, own));
+    }
+    const list = [...targets];
+    const ev = await signEvent(nd.key, {
+      group: fromHexGid(g.gid),
+      ts: this.sched.now + nd.skew,
+      kind: KIND_TOMBSTONE,
+      tags: [],
+      payload: encodeTombstone(list.map(fromHexGid)),
+    });
+    const id = this.made(ev.bytes, g.gid, nd.i);
+    const tomb: Tomb = { id, gid: g.gid, author: nd.i, ts: ev.ts, targets: list };
+    this.tombs.set(id, tomb);
+    this.refreshWobbly();
+    this.count(`delete.${mode}`);
+    await this.publishAt(nd, [ev.bytes], `delete ${mode} ${list.map((t) => t.slice(0, 8))} in ${g.name}`);
+  }
+
+  /**
+   * Retention (kind 3 settings): mostly a group's owner keeps the newest N events or those within some ms of the
+   * newest, or everything; now and then another node tries (refused FORBIDDEN: not an admin).
+   */
+  async retentionStep(): Promise<void> {
+    const g = pick(this.rand, this.groups);
+    const owner = this.rand() < 0.85;
+    const nd = owner ? this.nodes[g.owner]! : pick(this.rand, this.nodes);
+    const r = this.rand();
+    const settings: Settings = r < 0.5
+      ? { retention_events: int(this.rand, 10, 120) }
+      : r < 0.85
+      ? { retention_ms: int(this.rand, 20_000, 150_000) }
+      : {};
+    const ev = await signEvent(nd.key, {
+      group: fromHexGid(g.gid),
+      ts: this.sched.now + nd.skew,
+      kind: KIND_SETTINGS,
+      tags: [],
+      payload: encodeSettings(settings),
+    });
+    this.made(ev.bytes, g.gid, nd.i);
+    this.count("retention");
+    await this.publishAt(nd, [ev.bytes], `retention ${JSON.stringify(settings)} in ${g.name}`);
+  }
+
+  /** A node's retention boundary in a group, from its settings record and its set alone (as its store has it). */
+  boundaryAt(nd: SimNode, gid: string): number {
+    const raw = nd.disk.peek(settingsKey(gid));
+    if (!raw) return 0;
+    // The same until the disk writes or loses power.
+    const at = `${nd.i}.${gid}`, when = `${nd.disk.epoch}.${nd.disk.seq}`;
+    const hit = this.#bounds.get(at);
+    if (hit?.when === when) return hit.b;
+    const b = this.#boundaryNow(raw, nd, gid);
+    this.#bounds.set(at, { when, b });
+    return b;
+  }
+
+  #bounds = new Map<string, { when: string; b: number }>();
+
+  #boundaryNow(raw: Uint8Array, nd: SimNode, gid: string): number {
+    const s = JSON.parse(new TextDecoder().decode(raw)) as SettingsRecord;
+    const ts = [...nd.disk.keys(KS.time, gid)].map((k) => parseInt(k.slice(66, 82), 16)).sort((a, b) => a - b);
+    if (!ts.length) return 0;
+    const n = s.retention_events;
+    return retentionBoundary(s, ts.at(-1)!, n !== undefined && ts.length >= n ? ts[ts.length - n]! : null);
+  }
+
+  /**
+   * Targets of tombstones the truth (as of now: a later membership event may be dated before a tombstone) does not
+   * let delete all they name: they may be deleted at a node and come back (a dropped tombstone), so they are not
+   * counted lost. Grows only.
+   */
+  refreshWobbly(): void {
+    for (const t of this.tombs.values()) {
+      if (this.mayDeleteAll(t)) continue;
+      // Dropped (forgotten) where a target it may not delete arrives, and its targets taken again.
+      this.wobbly.add(t.id);
+      for (const id of t.targets) this.wobbly.add(id);
+    }
+  }
+
+  /** Whether the truth (the owners' membership events) lets a tombstone's signer delete every target it names. */
+  mayDeleteAll(t: Tomb): boolean {
+    const g = this.groups.find((x) => x.gid === t.gid)!;
+    const truth = this.truth(g);
+    const signer = this.nodes[t.author]!.key.publicKey;
+    if (!truth.canWrite(signer, t.ts)) return false;
+    return t.targets.every((id) => {
+      const c = this.created.get(id);
+      return c !== undefined && c.gid === t.gid && c.kind >= 16 &&
+        (c.author === t.author || truth.isAdmin(signer, t.ts));
+    });
+  }
+
+  /** A deleted event's bytes, sent again to a node that holds its tombstone: refused `DELETED`, never stored. */
+  async resendDeleted(): Promise<void> {
+    const cands: { nd: SimNode; target: string; tomb: string }[] = [];
+    for (const nd of this.nodes) {
+      if (!nd.run) continue;
+      for (const t of this.tombs.values()) {
+        // A tombstone the truth lets delete all it names (another is dropped when a target it may not delete comes).
+        if (!nd.disk.has(eventKey(fromHexGid(t.id))) || !this.mayDeleteAll(t)) continue;
+        for (const target of t.targets) {
+          if (this.created.get(target)!.kind >= 16) cands.push({ nd, target, tomb: t.id });
+        }
+      }
+    }
+    if (!cands.length) return;
+    const { nd, target, tomb } = pick(this.rand, cands);
+    const run = nd.run!;
+    const c = this.created.get(target)!;
+    let done = false;
+    run.store.apply([c.bytes], { gid: c.gid }).then((res) => {
+      done = true;
+      const r = res[0]!;
+      const code = r.status === "rejected" ? r.code! : r.status;
+      this.count(`resend.${code}`);
+      this.log(
+        `resend ${target.slice(0, 8)} (${this.describe(target)}; tombstone ${tomb.slice(0, 8)}) at n${nd.i}: ${code}`,
+      );
+      if (run.dead) return;
+      // Refused DELETED; or refused before the deleted set is read (step 3: FORBIDDEN for an author who may not
+      // write at its ts, EXPIRED) or by a disk fault. Never stored, never a duplicate (it is not held).
+      if (r.status !== "rejected") {
+        this.violation(`n${nd.i} ${r.status} ${target.slice(0, 12)} again, deleted by ${tomb.slice(0, 12)} it holds`);
+      } else if (r.code === "FORBIDDEN" && run.mirror.get(c.gid)?.canWrite(this.nodes[c.author]!.key.publicKey, c.ts)) {
+        this.violation(
+          `n${nd.i} refused ${target.slice(0, 12)} (deleted by ${tomb.slice(0, 12)}) FORBIDDEN: ${r.message}`,
+        );
+      } else if (r.code === "EXPIRED" && c.ts >= this.boundaryAt(nd, c.gid)) {
+        this.violation(
+          `n${nd.i} refused ${target.slice(0, 12)} (deleted by ${tomb.slice(0, 12)}) EXPIRED above its boundary`,
+        );
+      } else if (!["DELETED", "FORBIDDEN", "EXPIRED"].includes(r.code!) && !r.code!.startsWith("STORAGE_")) {
+        this.violation(`n${nd.i} refused ${target.slice(0, 12)} (deleted by ${tomb.slice(0, 12)}) ${r.code}`);
+      }
+    }, (e) => {
+      done = true;
+      this.count(`resendFailed.${toWire(e).code}`);
+    });
+    await this.drain();
+    await this.runUntil(() => done, PUBLISH_WAIT_MS);
+  }
 
   // ---- invariants ----
 
@@ -990,8 +1210,32 @@ class World {
         }
         nd.pending = keep;
       }
+      // Retention: application events below the highest boundary seen here may be gone.
+      for (const g of this.groups) {
+        const b = this.boundaryAt(nd, g.gid);
+        if (b > (nd.floor.get(g.gid) ?? 0)) nd.floor.set(g.gid, b);
+      }
+      const expired = (id: string) => {
+        const c = this.created.get(id);
+        return c !== undefined && c.kind >= 16 && c.ts < (nd.floor.get(c.gid) ?? 0);
+      };
+      // Deleted here: targets of the tombstones this node holds (none of which it may hold).
+      const gone = new Set<string>();
+      for (const t of this.tombs.values()) {
+        if (!nd.disk.has(eventKey(fromHexGid(t.id)))) continue;
+        for (const id of t.targets) {
+          gone.add(id);
+          if (nd.disk.has(eventKey(fromHexGid(id)))) {
+            this.violation(
+              `n${nd.i} holds ${id.slice(0, 12)} (${this.describe(id)}), deleted by ${t.id.slice(0, 12)} (${
+                this.describe(t.id)
+              }) which it holds`,
+            );
+          }
+        }
+      }
       for (const id of nd.acked) {
-        if (!this.deleted.has(id) && !nd.disk.has(eventKey(fromHexGid(id)))) {
+        if (!gone.has(id) && !this.wobbly.has(id) && !expired(id) && !nd.disk.has(eventKey(fromHexGid(id)))) {
           this.violation(`n${nd.i} lost acknowledged ${id.slice(0, 12)} (${this.describe(id)})`);
           nd.acked.delete(id);
         }
@@ -1138,6 +1382,8 @@ class World {
     this.count("healMs", this.sched.now - started);
     if (diverged.length) this.classify(diverged);
     this.check();
+    this.checkDeleted();
+    this.checkRetained();
     // Memory returns to nothing once every session is closed.
     for (const nd of this.nodes) {
       const run = nd.run!;
@@ -1164,6 +1410,49 @@ class World {
     }
     this.count("events", this.created.size);
     this.count("virtualMs", this.sched.now - T0);
+  }
+
+  /**
+   * After the heal: a tombstone whose signer the truth lets delete all it names, once one holder of its group holds
+   * it, is held by every holder, and no holder holds any of its targets.
+   */
+  checkDeleted(): void {
+    for (const t of this.tombs.values()) {
+      const g = this.groups.find((x) => x.gid === t.gid)!;
+      const holders = this.holders(g).map((i) => this.nodes[i]!);
+      const has = (nd: SimNode, id: string) => nd.disk.has(eventKey(fromHexGid(id)));
+      const at = holders.filter((nd) => has(nd, t.id));
+      this.count("healTombstonesHeld", at.length ? 1 : 0);
+      if (!at.length || !this.mayDeleteAll(t)) continue;
+      for (const nd of holders) {
+        if (!has(nd, t.id)) this.violation(`n${nd.i} lacks tombstone ${t.id.slice(0, 12)} (${this.describe(t.id)})`);
+        for (const id of t.targets) {
+          if (has(nd, id)) {
+            this.violation(`n${nd.i} holds ${id.slice(0, 12)} (${this.describe(id)}) deleted by ${t.id.slice(0, 12)}`);
+          }
+        }
+      }
+    }
+  }
+
+  /** After the heal: no holder of a group holds an application event below its retention boundary there. */
+  checkRetained(): void {
+    for (const g of this.groups) {
+      for (const i of this.holders(g)) {
+        const nd = this.nodes[i]!;
+        const b = this.boundaryAt(nd, g.gid);
+        if (b > 0) this.count("healRetained");
+        for (const k of nd.disk.keys(KS.time, g.gid)) {
+          const c = this.created.get(k.slice(-64));
+          if (c && c.kind >= 16 && c.ts < b) {
+            this.violation(
+              `n${i} holds ${k.slice(-64, -52)} (${this.describe(k.slice(-64))}) below ${g.name}'s boundary ${b - T0}`,
+            );
+            break;
+          }
+        }
+      }
+    }
   }
 
   /** Who should hold each group (all for the open one, the current members for a closed one). */
@@ -1215,20 +1504,36 @@ class World {
     }));
     const union = new Set(sets.flatMap((s) => [...s.ids]));
     const odd: string[] = [];
-    let unexplained = 0;
+    let unexplained = 0, lates = 0, prunedOnly = 0;
     for (const id of union) {
       const lacking = sets.filter((s) => !s.ids.has(id)).map((s) => s.i);
       if (!lacking.length) continue;
       const c = this.created.get(id);
-      const late = c !== undefined && !truth.canWrite(this.nodes[c.author]!.key.publicKey, c.ts);
-      if (!late) unexplained++;
+      const lateOf = (x: { author: number; ts: number }) => !truth.canWrite(this.nodes[x.author]!.key.publicKey, x.ts);
+      const late = c !== undefined && lateOf(c);
+      // Deleted where it lacks by a late tombstone (one dated after its signer's removal) held there.
+      const lateTombs = [...this.tombs.values()].filter((t) => t.gid === gid && t.targets.includes(id) && lateOf(t));
+      const byLate = !late && c !== undefined && lateTombs.length > 0 &&
+        lacking.every((i) => lateTombs.some((t) => this.nodes[i]!.disk.has(eventKey(fromHexGid(t.id)))));
+      // Forgotten where it lacks by retention: explained only beside a late write (which moves the boundary).
+      const pruned = !late && !byLate && c !== undefined && c.kind >= 16 &&
+        lacking.every((i) => c.ts < (this.nodes[i]!.floor.get(gid) ?? 0));
+      if (late) lates++;
+      else if (pruned) prunedOnly++;
+      else if (!byLate) unexplained++;
       odd.push(
         `${id.slice(0, 12)} (${this.describe(id)}${
-          late ? ", dated after its author's removal" : ""
+          late
+            ? ", dated after its author's removal"
+            : byLate
+            ? ", deleted there by a late tombstone"
+            : pruned
+            ? ", below the retention boundary there"
+            : ""
         }) not at [${lacking}]`,
       );
     }
-    return { odd, unexplained };
+    return { odd, unexplained: unexplained + (lates > 0 ? 0 : prunedOnly) };
   }
 }
 

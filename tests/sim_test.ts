@@ -2,7 +2,8 @@
 // handshake over a simulated network, virtual time, one seed per run (tests/_sim_net.ts says what is simulated and
 // what is real, and which invariants are checked after every step). A seed replays exactly (the same trace hash).
 //
-// `XF_SIM_SEEDS=200` runs seeds 1..200 (`deno task test:sim` does; the default run has 3), `XF_SIM_SEED=7` runs one
+// `XF_SIM_SEEDS=200` runs seeds 1..200 (`deno task test:sim` does; the default run has 3), `XF_SIM_DELETE_SEEDS=100`
+// as many of the deletion-heavy mix (a quarter more of the steps delete; default 3), `XF_SIM_SEED=7` runs one
 // and prints its whole trace if it fails (`XF_SIM_TRACE=1`: always), `XF_SIM_STEPS=400` steps per seed (default
 // 200), `XF_SIM_BASE=1000` shifts the first seed. The real-node smoke of the same churn is tests/sim_real_test.ts.
 import { assert, assertEquals, assertNotEquals } from "@std/assert";
@@ -28,6 +29,13 @@ const COUNT = Number(Deno.env.get("XF_SIM_SEEDS") ?? 3);
 for (const [k, v] of [["XF_SIM_STEPS", STEPS], ["XF_SIM_BASE", BASE], ["XF_SIM_SEEDS", COUNT]] as const) {
   if (!Number.isSafeInteger(v) || v < 1) throw new Error(`${k} must be a positive integer, not "${v}"`);
 }
+const DELETE_COUNT = Number(Deno.env.get("XF_SIM_DELETE_SEEDS") ?? 3);
+if (!Number.isSafeInteger(DELETE_COUNT) || DELETE_COUNT < 0) {
+  throw new Error(`XF_SIM_DELETE_SEEDS must be a non-negative integer, not "${DELETE_COUNT}"`);
+}
+/** Steps taken from waiting and given to deleting in the deletion-heavy runs (see `SimOptions.deletesMore`). */
+const DELETES_MORE = 0.25;
+const DELETE_SEEDS = ONE !== undefined ? [Number(ONE)] : Array.from({ length: DELETE_COUNT }, (_, i) => BASE + i);
 const SEEDS = ONE !== undefined ? [Number(ONE)] : Array.from({ length: COUNT }, (_, i) => BASE + i);
 const TRACE = Deno.env.get("XF_SIM_TRACE") === "1";
 
@@ -78,13 +86,35 @@ Deno.test(`sim: invariants hold for ${SEEDS.length} seed(s), ${STEPS} steps each
   assertEquals(failed.length, 0, `${failed.length} seed(s) broke an invariant`);
 });
 
+Deno.test(`sim: invariants hold for ${DELETE_SEEDS.length} seed(s) of the deletion-heavy mix, ${STEPS} steps each`, async () => {
+  const failed: string[] = [];
+  const totals: Record<string, number> = {};
+  const t0 = performance.now();
+  for (const seed of DELETE_SEEDS) {
+    const r = await simulate({ seed, steps: STEPS, deletesMore: DELETES_MORE });
+    for (const k of Object.keys(r.stats)) {
+      if (/^(delete|resend|received\.DELETED|publish\.FORBIDDEN)/.test(k)) totals[k] = (totals[k] ?? 0) + r.stats[k]!;
+    }
+    if (r.violations.length) failed.push(report(r));
+  }
+  const ms = Math.round(performance.now() - t0);
+  console.log(
+    `sim deletion-heavy seeds ${DELETE_SEEDS[0]}..${DELETE_SEEDS.at(-1)} in ${ms} ms: ${JSON.stringify(totals)}`,
+  );
+  // Deletion happened: own and others' tombstones, and deleted events sent again were refused.
+  assert((totals["delete.own"] ?? 0) > 0 && (totals["resend.DELETED"] ?? 0) > 0, JSON.stringify(totals));
+  if (failed.length) console.error(failed.join("\n\n"));
+  assertEquals(failed.length, 0, `${failed.length} seed(s) broke an invariant`);
+});
+
 // The checks can fail: each sabotage breaks one promise, and some early seed catches it.
-Deno.test("sim: the invariants catch lost syncs, skipped writes, a closed group let through and leaked memory", async () => {
+Deno.test("sim: the invariants catch lost syncs, skipped writes, a closed group let through, leaked memory and deleted events kept", async () => {
   const cases = [
     [{ noSync: true }, "lost acknowledged"],
     [{ skipWrites: true }, "lost acknowledged"],
     [{ leakClosed: true }, "never a member|does not let read it"],
     [{ leakMemory: true }, "sync memory counts"],
+    [{ keepDeleted: true }, "deleted by [0-9a-f]+ .* which it holds"],
   ] as const;
   for (const [sabotage, want] of cases) {
     let caught = "";
@@ -103,10 +133,24 @@ for (
     [5, "SyncSession queued the array a store's listeners share, and take() emptied the other sessions' queues"],
     [68, "a removal stored while a session subscribed went unseen: the removed member got the group's events"],
     [403, "a removal stored while the admission was read for a peer: the removed member got it"],
+    [242, "a retention prune read an event damaged, passed it for good, and kept it below the boundary"],
   ] as const
 ) {
   Deno.test(`sim: regression seed ${seed}: ${what}`, async () => {
     const r = await simulate({ seed });
+    assertEquals(r.violations, [], report(r));
+  });
+}
+
+// The same with a quarter more of the steps deleting (`deletesMore`): tombstones every few steps, deleted events sent again.
+for (
+  const [seed, what] of [
+    [63, "a held tombstone read damaged could not be judged: its entry went and the deleted event was stored again"],
+    [112, "a held target (a manifest) read damaged counted as not held: a tombstone naming it was kept"],
+  ] as const
+) {
+  Deno.test(`sim: regression seed ${seed} (deletion-heavy): ${what}`, async () => {
+    const r = await simulate({ seed, deletesMore: DELETES_MORE });
     assertEquals(r.violations, [], report(r));
   });
 }
