@@ -147,8 +147,15 @@ Deno.test("Three nodes with cuts and a restart, deletions and a retention change
           const other = wroteBy[0]![Math.floor(rand() * wroteBy[0]!.length)]!;
           if ((await n.get(toHex(other.id))) !== null) {
             const [r] = await n.publish(await tombstone(writers[i]!, g, [other], ts++));
-            assertEquals(r!.status, "rejected");
-            refusedForbidden++;
+            if (r!.status === "stored") {
+              // Retention forgot the target between the read and the publish (a prune runs between writes): the
+              // tombstone cannot be judged and waits, as for an unknown target. Anything else is a wrong refusal.
+              assertEquals(await n.get(toHex(other.id)), null, "a tombstone of another's held event was stored");
+              assert((await n.retained(gid)) > other.ts, "the target is within retention, yet gone");
+            } else {
+              assertEquals(r!.status, "rejected");
+              refusedForbidden++;
+            }
           }
         }
       }
