@@ -76,7 +76,7 @@ interface PageWindow {
 declare const window: PageWindow;
 
 const PAGE = `<!doctype html><meta charset="utf-8"><title>replica</title><body><script type="module">
-import * as xf from "/xaeroflux-client.js";
+import * as xf from "/xaeroflux-replica.js";
 window.xf = xf;
 let seed = localStorage.getItem("seed");
 if (!seed) { seed = xf.exportSeedHex(await xf.generateKeyPair()); localStorage.setItem("seed", seed); }
@@ -181,13 +181,13 @@ export async function runReplicaBrowser(
     await t.node.publish(w.manifest);
     const first = w.events.slice(0, options.events), later = w.events.slice(options.events);
     for (let i = 0; i < first.length; i += 500) await t.node.publish(first.slice(i, i + 500));
-    const client = await buildClient({ outfile: `${tmp}/xaeroflux-client.js` });
+    const client = await buildClient({ outfile: `${tmp}/xaeroflux-replica.js`, entry: "client/replica_mod.ts" });
     const worker = await buildClient({
       outfile: `${tmp}/xaeroflux-replica-worker.js`,
       entry: "client/replica_worker.ts",
     });
     const files: Record<string, string> = {
-      "/xaeroflux-client.js": client.path,
+      "/xaeroflux-replica.js": client.path,
       "/xaeroflux-replica-worker.js": worker.path,
     };
     site = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
