@@ -118,8 +118,7 @@ async function mainThreadTasks(
 ): Promise<{ cpuMs: number; wallMs: number; what: string; longestWallMs: number; longestWallCpuMs: number }> {
   const mains = new Set<string>();
   const tasks = new Map<string, { n: number; cpu: number; wall: number; what: string; lw: number; lwCpu: number }>();
-  const text = await Deno.readTextFile(path);
-  for (let line of text.split("\n")) {
+  for await (let line of lines(path)) {
     line = line.trim().replace(/,$/, "");
     if (!line.startsWith("{") || line.startsWith('{"traceEvents"')) continue;
     let e: {
@@ -158,6 +157,19 @@ async function mainThreadTasks(
   const main = [...tasks].filter(([k]) => mains.has(k)).sort((a, b) => b[1].n - a[1].n)[0]?.[1];
   if (!main) throw new Error("Cannot find the page's main thread in the trace");
   return { cpuMs: main.cpu, wallMs: main.wall, what: main.what, longestWallMs: main.lw, longestWallCpuMs: main.lwCpu };
+}
+
+/** A file's lines, read in chunks (a trace of a long sync is hundreds of MB). */
+async function* lines(path: string): AsyncIterable<string> {
+  using f = await Deno.open(path);
+  const dec = new TextDecoder();
+  let rest = "";
+  for await (const chunk of f.readable) {
+    const parts = (rest + dec.decode(chunk, { stream: true })).split("\n");
+    rest = parts.pop()!;
+    yield* parts;
+  }
+  if (rest) yield rest;
 }
 
 async function waitFor(page: Page, fn: (...a: never[]) => unknown, ms: number, ...args: unknown[]): Promise<void> {
