@@ -1,7 +1,9 @@
 /**
- * Bundle the client (`client/mod.ts`) as one minified ES module,
- * `dist/xaeroflux-client.js`, and the replica's check Worker
- * (`client/replica_worker.ts`) as `dist/xaeroflux-replica-worker.js`, with esbuild. Bare specifiers are resolved
+ * Bundle, with esbuild, each as one minified ES module: the thin client
+ * (`client/mod.ts`) as `dist/xaeroflux-client.js`; the client with the
+ * replica (`client/replica_mod.ts`) as `dist/xaeroflux-replica.js`; the
+ * replica's Worker (`client/replica_worker.ts`) as
+ * `dist/xaeroflux-replica-worker.js`. Bare specifiers are resolved
  * through `deno.json`'s import map to the exact npm versions Deno put under
  * `node_modules/.deno/` (falling back to `node_modules/`).
  *
@@ -14,8 +16,17 @@ import * as esbuild from "npm:esbuild@0.28.2";
 
 /** Where the bundle goes by default. */
 export const BUNDLE_PATH = "dist/xaeroflux-client.js";
-/** Where the replica's check Worker goes by default (pass its URL as `openReplica({worker})`). */
+/** Where the client with the replica goes by default. */
+export const REPLICA_BUNDLE_PATH = "dist/xaeroflux-replica.js";
+/** Where the replica's Worker goes by default (pass its URL as `openReplica({worker})`). */
 export const WORKER_BUNDLE_PATH = "dist/xaeroflux-replica-worker.js";
+
+/** The bundles' entry points and where each goes by default. */
+export const BUNDLES = {
+  "client/mod.ts": BUNDLE_PATH,
+  "client/replica_mod.ts": REPLICA_BUNDLE_PATH,
+  "client/replica_worker.ts": WORKER_BUNDLE_PATH,
+} as const;
 
 const root = new URL("..", import.meta.url).pathname;
 
@@ -55,12 +66,12 @@ const importMap: esbuild.Plugin = {
 
 /** Build the bundle; answers its path and size in bytes. */
 export async function buildClient(
-  options: { outfile?: string; minify?: boolean; entry?: "client/mod.ts" | "client/replica_worker.ts" } = {},
+  options: { outfile?: string; minify?: boolean; entry?: keyof typeof BUNDLES } = {},
 ): Promise<
   { path: string; bytes: number }
 > {
   const entry = options.entry ?? "client/mod.ts";
-  const outfile = options.outfile ?? `${root}${entry === "client/mod.ts" ? BUNDLE_PATH : WORKER_BUNDLE_PATH}`;
+  const outfile = options.outfile ?? `${root}${BUNDLES[entry]}`;
   try {
     await esbuild.build({
       entryPoints: [`${root}${entry}`],
@@ -83,7 +94,7 @@ export async function buildClient(
 }
 
 if (import.meta.main) {
-  for (const entry of ["client/mod.ts", "client/replica_worker.ts"] as const) {
+  for (const entry of Object.keys(BUNDLES) as (keyof typeof BUNDLES)[]) {
     const { path, bytes } = await buildClient({ entry });
     console.log(`${path}: ${bytes.toLocaleString("en-US")} bytes`);
   }

@@ -139,6 +139,24 @@ export async function readEvent(
 }
 
 /**
+ * Read an event whose id a trusted checker already computed (a replica's Worker hashed and verified it): decoded
+ * here, not hashed again. Throws {@linkcode XfClientError} `BAD_RESPONSE`.
+ */
+export function readCheckedEvent(bytes: Uint8Array, id: Uint8Array, options: { group?: string } = {}): ClientEvent {
+  let e: StoredEvent;
+  try {
+    e = decodeEvent(bytes, READ_LIMITS, id);
+  } catch (err) {
+    throw new XfClientError("BAD_RESPONSE", `Cannot read event: ${(err as Error).message}`, 0, { cause: err });
+  }
+  const ev = view(e);
+  if (options.group !== undefined && ev.group !== options.group) {
+    throw new XfClientError("BAD_RESPONSE", `Cannot accept event "${ev.id}": it is of group "${ev.group}"`);
+  }
+  return ev;
+}
+
+/**
  * Rebuild an event's exact bytes from its JSON view (the encoding is
  * deterministic, so it is one), checking that they hash to its `id`.
  */

@@ -7,6 +7,11 @@
  * Keys, event encoding and signing, membership payloads and proof checking
  * are the node's own pure modules, re-exported here.
  *
+ * The replica (a device as a peer: `openReplica`, its store over IndexedDB,
+ * the sync session) is not in here, so an app that only talks to a node
+ * loads a small bundle: `client/replica_mod.ts` is this module plus the
+ * replica, bundled as `dist/xaeroflux-replica.js`.
+ *
  * @example
  * ```ts
  * import { assert } from "@std/assert";
@@ -81,21 +86,6 @@ export {
 } from "./keys.ts";
 export { bytesPayload, jsonPayload, readJson, readText, textPayload } from "./payload.ts";
 export { readSse, type SseMessage } from "./sse.ts";
-export {
-  openReplica,
-  RemoteReplica,
-  Replica,
-  REPLICA_CONFIRM_MS,
-  type ReplicaNode,
-  type ReplicaOptions,
-  type ReplicaProgress,
-  type ReplicaSession,
-  type ReplicaTraffic,
-  workerChecker,
-} from "./replica.ts";
-export { type ApplyResult, checkEvents, type ReplicaQuery, ReplicaStore } from "../storage/replica_store.ts";
-export { type Kv, MemoryKv } from "../storage/kv.ts";
-export { openIndexedDb } from "../storage/kv_idb.ts";
 export { createGroup } from "../storage/event.ts";
 export { checkProof, verifyProof } from "../merkle/proof.ts";
 export { type ErrorCode } from "../core/errors.ts";

@@ -12,10 +12,18 @@
  */
 
 import type { WireError } from "../core/errors.ts";
-import { REPLICA_WORKER_CALL_MS } from "../core/limits.ts";
+import { REPLICA_PAGE_BYTES_MAX, REPLICA_WORKER_CALL_MS } from "../core/limits.ts";
 import type { ReplicaQuery } from "../storage/replica_store.ts";
 import type { SessionStats } from "../net/sync.ts";
-import { type ClientEvent, type EventDraft, groupHex, readEvent, settingsDraft, tombstoneDraft } from "./event.ts";
+import {
+  type ClientEvent,
+  type EventDraft,
+  groupHex,
+  readCheckedEvent,
+  readEvent,
+  settingsDraft,
+  tombstoneDraft,
+} from "./event.ts";
 import type { Settings } from "../storage/retention.ts";
 import { type ClientErrorCode, XfClientError } from "./errors.ts";
 
@@ -74,12 +82,65 @@ export type ToWorker =
   | { id: number; op: "subscribe"; sub: number; gid: string; backfill: boolean | ReplicaQuery }
   | { id: number; op: "unsubscribe"; sub: number };
 
+/**
+ * Events as one message carries them: their bytes end to end (`ends[i]` is where event `i` ends) and their ids
+ * (32 bytes each, computed and checked by the Worker), in buffers the Worker transfers.
+ */
+export interface EventPack {
+  bytes: Uint8Array;
+  ends: Uint32Array;
+  ids: Uint8Array;
+}
+
+/**
+ * Split events (with their ids, 32 bytes each end to end) into packs of at most `maxBytes` bytes of events each
+ * ({@linkcode REPLICA_PAGE_BYTES_MAX}; an event larger than that goes alone), in order: the Worker sends
+ * one message per pack, so the page never decodes more than a pack in one task.
+ */
+export function packEvents(
+  events: readonly Uint8Array[],
+  ids: Uint8Array,
+  maxBytes = REPLICA_PAGE_BYTES_MAX,
+): EventPack[] {
+  if (ids.length !== events.length * 32) throw new RangeError(`Cannot pack ${events.length} events: ids do not match`);
+  const out: EventPack[] = [];
+  let i = 0;
+  while (i < events.length) {
+    let j = i, total = 0;
+    while (j < events.length && (j === i || total + events[j]!.length <= maxBytes)) total += events[j++]!.length;
+    const bytes = new Uint8Array(total);
+    const ends = new Uint32Array(j - i);
+    let off = 0;
+    for (let k = i; k < j; k++) {
+      bytes.set(events[k]!, off);
+      ends[k - i] = off += events[k]!.length;
+    }
+    out.push({ bytes, ends, ids: ids.slice(i * 32, j * 32) });
+    i = j;
+  }
+  return out;
+}
+
+/** The events of a pack, read on the page (decoded, not hashed again: the Worker checked them). */
+export function unpackEvents(p: EventPack, group?: string): ClientEvent[] {
+  const out: ClientEvent[] = [];
+  let start = 0;
+  for (let i = 0; i < p.ends.length; i++) {
+    const end = p.ends[i]!;
+    const id = p.ids.subarray(i * 32, i * 32 + 32);
+    out.push(readCheckedEvent(p.bytes.subarray(start, end), id, group === undefined ? {} : { group }));
+    start = end;
+  }
+  return out;
+}
+
 /** What the Worker sends the page. */
 export type FromWorker =
   | { id: number; result?: unknown; error?: WireError; ids?: Uint8Array; errors?: (WireError | null)[] }
+  | { id: number; part: EventPack }
   | { event: "progress"; detail: ReplicaProgress }
   | { event: "synced" | "error"; detail: unknown }
-  | { event: "events"; sub: number; events: Uint8Array[] };
+  | { event: "events"; sub: number; pack: EventPack };
 
 /** The calls a page may make of its Worker's replica. */
 export const REMOTE_METHODS = [
@@ -117,7 +178,13 @@ export class RemoteReplica extends EventTarget {
   #next = 1;
   #calls = new Map<
     number,
-    { resolve(v: unknown): void; reject(e: Error): void; timer: ReturnType<typeof setTimeout> }
+    {
+      resolve(v: unknown): void;
+      reject(e: Error): void;
+      timer: ReturnType<typeof setTimeout>;
+      group?: string;
+      parts?: ClientEvent[];
+    }
   >();
   #subs = new Map<number, { gid: string; cb: (events: ClientEvent[]) => void }>();
   #progress: ReplicaProgress = { missing: 0, received: 0, remaining: 0, sent: 0, unsent: 0, online: 0, synced: false };
@@ -149,8 +216,17 @@ export class RemoteReplica extends EventTarget {
   #receive(m: FromWorker) {
     if ("event" in m) {
       if (m.event === "events") {
+        // One pack per message (at most REPLICA_PAGE_BYTES_MAX bytes), read and handed on in this task.
         const s = this.#subs.get(m.sub);
-        if (s) Promise.all(m.events.map((b) => readEvent(b, { group: s.gid }))).then(s.cb, () => {});
+        if (!s) return;
+        let events: ClientEvent[];
+        try {
+          events = unpackEvents(m.pack, s.gid);
+        } catch (e) {
+          this.dispatchEvent(new CustomEvent("error", { detail: (e as Error).message }));
+          return;
+        }
+        s.cb(events);
         return;
       }
       if (m.event === "progress") this.#progress = m.detail;
@@ -159,10 +235,21 @@ export class RemoteReplica extends EventTarget {
     }
     const c = this.#calls.get(m.id);
     if (!c) return;
+    if ("part" in m) {
+      // A query's answer comes in packs before its reply: each read in its own task.
+      try {
+        c.parts!.push(...unpackEvents(m.part, c.group));
+      } catch (e) {
+        this.#calls.delete(m.id);
+        clearTimeout(c.timer);
+        c.reject(e as Error);
+      }
+      return;
+    }
     this.#calls.delete(m.id);
     clearTimeout(c.timer);
     if (m.error) c.reject(new XfClientError(m.error.code as ClientErrorCode, m.error.message));
-    else c.resolve(m.result);
+    else c.resolve(c.parts ?? m.result);
   }
 
   #failAll(e: Error) {
@@ -173,7 +260,7 @@ export class RemoteReplica extends EventTarget {
     this.#calls.clear();
   }
 
-  #ask<T>(msg: Record<string, unknown>, ms: number): Promise<T> {
+  #ask<T>(msg: Record<string, unknown>, ms: number, group?: string): Promise<T> {
     if (this.#closed) return Promise.reject(new XfClientError("SHUTTING_DOWN", "Cannot use the replica: it is closed"));
     return new Promise<T>((resolve, reject) => {
       const id = this.#next++;
@@ -181,7 +268,12 @@ export class RemoteReplica extends EventTarget {
         this.#calls.delete(id);
         reject(new XfClientError("TIMEOUT", `The replica's Worker did not answer "${String(msg.op)}" within ${ms} ms`));
       }, ms);
-      this.#calls.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
+      this.#calls.set(id, {
+        resolve: resolve as (v: unknown) => void,
+        reject,
+        timer,
+        ...(group !== undefined ? { group, parts: [] } : {}),
+      });
       this.#w.postMessage({ id, ...msg });
     });
   }
@@ -215,10 +307,10 @@ export class RemoteReplica extends EventTarget {
     return this.#call("add", [events]);
   }
 
-  /** A group's events held here. */
-  async query(gid: string | Uint8Array, q: ReplicaQuery = {}): Promise<ClientEvent[]> {
+  /** A group's events held here (they come in packs of at most `REPLICA_PAGE_BYTES_MAX` bytes). */
+  query(gid: string | Uint8Array, q: ReplicaQuery = {}): Promise<ClientEvent[]> {
     const g = groupHex(gid);
-    return await Promise.all((await this.#call<Uint8Array[]>("query", [g, q])).map((b) => readEvent(b, { group: g })));
+    return this.#ask<ClientEvent[]>({ op: "call", method: "query", args: [g, q] }, REPLICA_WORKER_CALL_MS, g);
   }
 
   /** Held events, then each batch newly stored; returns the unsubscribe. */

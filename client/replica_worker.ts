@@ -5,7 +5,8 @@ import { checkEvents } from "../storage/replica_store.ts";
 import { toWire } from "../core/errors.ts";
 import { openReplica, type Replica } from "./replica.ts";
 import { keyPairFromSeed } from "./keys.ts";
-import { REMOTE_METHODS, type ReplicaProgress, type ToWorker } from "./replica_remote.ts";
+import { packEvents, REMOTE_METHODS, type ReplicaProgress, type ToWorker } from "./replica_remote.ts";
+import { sha256 } from "@noble/hashes/sha2";
 
 /** `progress` goes to the page at most this often (ms): the Worker may report thousands a second. */
 const PROGRESS_EVERY_MS = 50;
@@ -22,6 +23,22 @@ let progressTimer: ReturnType<typeof setTimeout> | undefined;
 const reply = (id: number, result: unknown, transfer: Transferable[] = []) =>
   scope.postMessage({ id, result }, transfer);
 const fail = (id: number, e: unknown) => scope.postMessage({ id, error: toWire(e) });
+
+/**
+ * Post events to the page as packs of at most REPLICA_PAGE_BYTES_MAX bytes, one message each (buffers
+ * transferred), with their ids hashed here: the page only decodes, one bounded pack per task.
+ */
+function postEvents(events: Uint8Array[], message: (pack: ReturnType<typeof packEvents>[number]) => object): void {
+  const ids = new Uint8Array(events.length * 32);
+  events.forEach((e, i) => ids.set(sha256(e), i * 32));
+  for (const p of packEvents(events, ids)) {
+    scope.postMessage(message(p), [
+      p.bytes.buffer as ArrayBuffer,
+      p.ends.buffer as ArrayBuffer,
+      p.ids.buffer as ArrayBuffer,
+    ]);
+  }
+}
 
 async function handle(m: ToWorker): Promise<void> {
   if (m.op === "check") {
@@ -61,7 +78,11 @@ async function handle(m: ToWorker): Promise<void> {
   if (m.op === "subscribe") {
     subs.set(
       m.sub,
-      r.subscribeBytes(m.gid, (events) => scope.postMessage({ event: "events", sub: m.sub, events }), m.backfill),
+      r.subscribeBytes(
+        m.gid,
+        (events) => postEvents(events, (pack) => ({ event: "events", sub: m.sub, pack })),
+        m.backfill,
+      ),
     );
     return reply(m.id, true);
   }
@@ -78,7 +99,8 @@ async function handle(m: ToWorker): Promise<void> {
     case "add":
       return reply(m.id, await r.add(a[0] as Uint8Array[]));
     case "query":
-      return reply(m.id, await r.store.query(a[0] as string, (a[1] ?? {}) as never));
+      postEvents(await r.store.query(a[0] as string, (a[1] ?? {}) as never), (part) => ({ id: m.id, part }));
+      return reply(m.id, null);
     case "root":
       return reply(m.id, await r.root(a[0] as string));
     case "bytesOnDisk":

@@ -317,6 +317,12 @@ export const REPLICA_PRUNE_EVENTS_MAX = 4096;
 /** Nodes one replica dials. */
 export const REPLICA_NODES_MAX = 8;
 
+/**
+ * Bytes of events one message from a replica's Worker to its page carries at most (a larger event goes alone):
+ * the page decodes each message in one task, so this bounds the main thread's work per message.
+ */
+export const REPLICA_PAGE_BYTES_MAX = 64 * 1024;
+
 // ---------------------------------------------------------------------------
 // Fixed bounds: the DHT (k and α are the SPEC's)
 

@@ -46,7 +46,10 @@
  * **Window.** {@linkcode ReplicaStore.prune} deletes the bytes and time-index
  * entries of a group's events outside a window but keeps their ids in the
  * Merkle set (as a damaged event's are kept), so the root stays the node's
- * and reconciliation does not fetch them again.
+ * and reconciliation does not fetch them again. A tombstone naming a pruned
+ * event cannot be judged (its bytes are gone): its entry stays pending, as
+ * for a target not held, and the target's id leaves the Merkle set, as a node
+ * that judged the tombstone forgot it (see `#prunedTargets`).
  *
  * @module
  */
@@ -99,7 +102,7 @@ import {
   loadGroupState,
   membersKey,
 } from "./group_record.ts";
-import { GroupTrees } from "./merkle_store.ts";
+import { GroupTrees, type MerkleEvent } from "./merkle_store.ts";
 import { ReconcileSessions, type ReconcileStep } from "./reconcile.ts";
 
 /** Per-event outcome of {@linkcode ReplicaStore.apply} (the shape a node's pipeline answers). */
@@ -420,8 +423,9 @@ export class ReplicaStore {
     for (const [gid, rec] of ctx.groups) {
       ctx.ops.push({ type: "put", key: groupKey(fromHex(gid)!), value: encodeGroup(rec) });
     }
+    const pruned = await this.#prunedTargets(plan.changes, stored);
     t = performance.now();
-    const merkle = await this.#trees.update(stored.map((s) => s.ev), plan.forget);
+    const merkle = await this.#trees.update(stored.map((s) => s.ev), [...plan.forget, ...pruned]);
     for (const o of merkle.ops) ctx.ops.push(o);
     this.stats.merkleMs += performance.now() - t;
     t = performance.now();
@@ -442,6 +446,41 @@ export class ReplicaStore {
     if (deleted.count > 2 * deleted.capacity) this.#deleted = await buildDeletedFilter(this.#kv);
     for (const { i, hex } of stored) out.push({ req: 0, idx: i, status: "stored", id: hex });
     this.#notify(stored.map((s) => s.ev));
+    return out;
+  }
+
+  /**
+   * Targets of this write's new pending entries that were pruned out of the window: their ids are in the Merkle set
+   * but their bytes are gone, so the tombstone cannot be judged against them. They stay pending (as a target a node
+   * does not hold), and their ids leave the Merkle set as a node that judged the tombstone forgot them: a valid
+   * tombstone leaves the replica on the node's root; after an invalid one, sync fetches the target again, its arrival
+   * drops the tombstone and the event is stored. One pass over the group's set per write that makes such entries.
+   */
+  async #prunedTargets(
+    changes: readonly { target: Uint8Array; tomb: Uint8Array; confirmed: boolean | null }[],
+    stored: readonly { ev: StoredEvent; hex: string }[],
+  ): Promise<MerkleEvent[]> {
+    const groupOf = new Map(stored.map((s) => [s.hex, s.ev.group]));
+    const byGroup = new Map<string, { group: Uint8Array; ids: Set<string> }>();
+    for (const c of changes) {
+      if (c.confirmed !== false) continue;
+      const group = groupOf.get(toHex(c.tomb));
+      if (!group) continue;
+      const gid = toHex(group);
+      let g = byGroup.get(gid);
+      if (!g) byGroup.set(gid, g = { group, ids: new Set() });
+      g.ids.add(toHex(c.target));
+    }
+    const out: MerkleEvent[] = [];
+    for (const [gid, { group, ids }] of byGroup) {
+      const tree = await this.#trees.tree(gid);
+      tree.iterate(0, tree.size(), (item) => {
+        const hex = toHex(item.id);
+        if (!ids.delete(hex)) return;
+        out.push({ group, ts: item.ts, id: item.id });
+        return ids.size > 0;
+      });
+    }
     return out;
   }
 

@@ -23,6 +23,17 @@ export interface ReplicaBrowserFigures {
   /** Main thread: the largest gap of a 4 ms interval, and the longest long task, during the initial sync (ms). */
   maxGapMs: number;
   longTaskMs: number;
+  /** Each long task during the initial sync: [ms after the sync started, duration ms]. */
+  longTasks: [number, number][];
+  /**
+   * From Chromium's trace of the initial sync (`trace` runs only; page load excluded): the main thread's task that
+   * took the most CPU time (ms of CPU, and its wall ms), and its longest task in wall time (ms, and its CPU ms).
+   * A task's wall time includes the stretches the OS ran other threads instead: on a loaded machine a timer
+   * callback of 0.5 ms CPU can span 100 ms.
+   */
+  mainCpu?: { cpuMs: number; wallMs: number; what: string; longestWallMs: number; longestWallCpuMs: number };
+  /** Events the page's subscriber (main thread) got during the initial sync. */
+  seen: number;
   /** navigator.storage.estimate() after the initial sync, per event held. */
   bytesPerEvent: number;
   /** The reconnect after a day offline (the node got `dayEvents`, the page published `offline`). */
@@ -43,7 +54,17 @@ export interface ReplicaBrowserFigures {
 
 interface PageWindow {
   start(gid: string, nodes: string[]): Promise<void>;
-  synced(count: number): Promise<{ ms: number; maxGap: number; longTask: number; bytes: number; store: StoreStats }>;
+  synced(count: number): Promise<
+    {
+      ms: number;
+      maxGap: number;
+      longTask: number;
+      tasks: [number, number][];
+      bytes: number;
+      store: StoreStats;
+      seen: number;
+    }
+  >;
   r: {
     progress(): { online: number; unsent: number };
     root(g: string): Promise<{ root: string; count: number }>;
@@ -55,12 +76,12 @@ interface PageWindow {
 declare const window: PageWindow;
 
 const PAGE = `<!doctype html><meta charset="utf-8"><title>replica</title><body><script type="module">
-import * as xf from "/xaeroflux-client.js";
+import * as xf from "/xaeroflux-replica.js";
 window.xf = xf;
 let seed = localStorage.getItem("seed");
 if (!seed) { seed = xf.exportSeedHex(await xf.generateKeyPair()); localStorage.setItem("seed", seed); }
 const key = await xf.keyPairFromHex(seed);
-const gaps = { on: false, max: 0, longTask: 0 };
+const gaps = { on: false, max: 0, longTask: 0, tasks: [] };
 let last = performance.now();
 setInterval(() => { const now = performance.now(); if (gaps.on) gaps.max = Math.max(gaps.max, now - last); last = now; }, 4);
 try {
@@ -68,19 +89,88 @@ try {
     .observe({ type: "longtask" });
 } catch {}
 window.start = async (gid, nodes) => {
-  gaps.on = true; gaps.max = 0; gaps.longTask = 0; last = performance.now();
+  gaps.on = true; gaps.max = 0; gaps.longTask = 0; gaps.tasks = []; last = performance.now();
   window.t0 = performance.now();
   window.r = await xf.openReplica({ key, groups: [gid], store: "replica-browser", nodes, worker: "/xaeroflux-replica-worker.js" });
+  // As an app would: a live view of the group on the main thread (its events come in bounded packs).
+  window.seen = 0;
+  window.r.subscribe(gid, (evs) => { window.seen += evs.length; }, { backfill: false });
 };
 window.synced = async (count) => {
   while ((await window.r.root((await window.r.groups())[0])).count < count) await new Promise((res) => setTimeout(res, 20));
   const ms = performance.now() - window.t0;
   gaps.on = false;
   const est = await navigator.storage.estimate();
-  return { ms, maxGap: gaps.max, longTask: gaps.longTask, bytes: est.usage ?? 0, store: await window.r.stats() };
+  return { ms, maxGap: gaps.max, longTask: gaps.longTask, tasks: gaps.tasks, bytes: est.usage ?? 0, store: await window.r.stats(), seen: window.seen };
 };
 document.body.dataset.ready = "1";
 </script></body>`;
+
+const count = (o: { events: number }) => o.events + 1;
+
+/**
+ * The page's main thread in a Chromium trace: the renderer main thread that ran the most tasks (the test page's),
+ * its task with the most CPU time and its longest in wall time. The trace is read a line at a time (Chromium
+ * writes one event per line).
+ */
+async function mainThreadTasks(
+  path: string,
+): Promise<{ cpuMs: number; wallMs: number; what: string; longestWallMs: number; longestWallCpuMs: number }> {
+  const mains = new Set<string>();
+  const tasks = new Map<string, { n: number; cpu: number; wall: number; what: string; lw: number; lwCpu: number }>();
+  for await (let line of lines(path)) {
+    line = line.trim().replace(/,$/, "");
+    if (!line.startsWith("{") || line.startsWith('{"traceEvents"')) continue;
+    let e: {
+      name?: string;
+      ph?: string;
+      pid?: number;
+      tid?: number;
+      dur?: number;
+      tdur?: number;
+      args?: Record<string, unknown>;
+    };
+    try {
+      e = JSON.parse(line);
+    } catch {
+      continue;
+    }
+    const key = `${e.pid}/${e.tid}`;
+    if (e.ph === "M" && e.name === "thread_name" && (e.args as { name?: string })?.name === "CrRendererMain") {
+      mains.add(key);
+    }
+    if (e.ph !== "X" || e.name !== "ThreadControllerImpl::RunTask") continue;
+    let t = tasks.get(key);
+    if (!t) tasks.set(key, t = { n: 0, cpu: 0, wall: 0, what: "", lw: 0, lwCpu: 0 });
+    t.n++;
+    const cpu = (e.tdur ?? 0) / 1000, wall = (e.dur ?? 0) / 1000;
+    if (cpu > t.cpu) {
+      t.cpu = cpu;
+      t.wall = wall;
+      t.what = `${e.args?.src_file ?? ""}:${e.args?.src_func ?? ""}`;
+    }
+    if (wall > t.lw) {
+      t.lw = wall;
+      t.lwCpu = cpu;
+    }
+  }
+  const main = [...tasks].filter(([k]) => mains.has(k)).sort((a, b) => b[1].n - a[1].n)[0]?.[1];
+  if (!main) throw new Error("Cannot find the page's main thread in the trace");
+  return { cpuMs: main.cpu, wallMs: main.wall, what: main.what, longestWallMs: main.lw, longestWallCpuMs: main.lwCpu };
+}
+
+/** A file's lines, read in chunks (a trace of a long sync is hundreds of MB). */
+async function* lines(path: string): AsyncIterable<string> {
+  using f = await Deno.open(path);
+  const dec = new TextDecoder();
+  let rest = "";
+  for await (const chunk of f.readable) {
+    const parts = (rest + dec.decode(chunk, { stream: true })).split("\n");
+    rest = parts.pop()!;
+    yield* parts;
+  }
+  if (rest) yield rest;
+}
 
 async function waitFor(page: Page, fn: (...a: never[]) => unknown, ms: number, ...args: unknown[]): Promise<void> {
   await page.waitForFunction(fn as never, { polling: 50, timeout: ms }, ...(args as never[]));
@@ -88,7 +178,7 @@ async function waitFor(page: Page, fn: (...a: never[]) => unknown, ms: number, .
 
 /** Run the scenario: `events` at the node, initial sync, offline with `offline` published, reload, reconnect. */
 export async function runReplicaBrowser(
-  options: { events: number; offline: number; dayEvents: number; stepMs: number },
+  options: { events: number; offline: number; dayEvents: number; stepMs: number; trace?: boolean },
 ): Promise<ReplicaBrowserFigures> {
   const tmp = await Deno.makeTempDir({ prefix: "xf-replica-browser-" });
   const t = await tempNode();
@@ -103,13 +193,13 @@ export async function runReplicaBrowser(
     await t.node.publish(w.manifest);
     const first = w.events.slice(0, options.events), later = w.events.slice(options.events);
     for (let i = 0; i < first.length; i += 500) await t.node.publish(first.slice(i, i + 500));
-    const client = await buildClient({ outfile: `${tmp}/xaeroflux-client.js` });
+    const client = await buildClient({ outfile: `${tmp}/xaeroflux-replica.js`, entry: "client/replica_mod.ts" });
     const worker = await buildClient({
       outfile: `${tmp}/xaeroflux-replica-worker.js`,
       entry: "client/replica_worker.ts",
     });
     const files: Record<string, string> = {
-      "/xaeroflux-client.js": client.path,
+      "/xaeroflux-replica.js": client.path,
       "/xaeroflux-replica-worker.js": worker.path,
     };
     site = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
@@ -140,16 +230,32 @@ export async function runReplicaBrowser(
     page.setDefaultTimeout(options.stepMs);
     page.on("pageerror", (e) => pageErrors.push(`pageerror: ${(e as Error).message}`));
     page.on("console", (m) => m.type() === "error" && pageErrors.push(`console: ${m.text()}`));
-    const open = async () => {
+    const load = async () => {
       await page.goto(siteUrl);
       await page.waitForSelector("body[data-ready]");
+    };
+    const open = async () => {
+      await load();
       await page.evaluate((g, u) => window.start(g, [u]), gid, proxy.url);
     };
 
-    // Initial sync.
-    await open();
+    // Initial sync, from the Worker's start (the page loaded first) until the page holds every event; traced on
+    // request (Chromium's "toplevel" tasks: which thread ran what, wall and CPU time).
+    await load();
+    const tracePath = `${tmp}/trace.json`;
+    if (options.trace) await page.tracing.start({ path: tracePath, categories: ["toplevel"] });
+    await page.evaluate((g, u) => window.start(g, [u]), gid, proxy.url);
     const s = await page.evaluate((n) => window.synced(n), options.events + 1);
-    const count0 = options.events + 1;
+    if (options.trace) await page.tracing.stop();
+    const mainCpu = options.trace ? await mainThreadTasks(tracePath) : undefined;
+    await waitFor(
+      page,
+      (n: number) => (window as unknown as { seen: number }).seen >= n,
+      options.stepMs,
+      count(options),
+    );
+    const seen = await page.evaluate(() => (window as unknown as { seen: number }).seen);
+    const count0 = count(options);
 
     // Offline: the link is cut; the node gets a day of events, the page publishes.
     proxy.cut();
@@ -196,6 +302,9 @@ export async function runReplicaBrowser(
       syncRate: options.events / (s.ms / 1000),
       maxGapMs: s.maxGap,
       longTaskMs: s.longTask,
+      longTasks: s.tasks,
+      ...(mainCpu ? { mainCpu } : {}),
+      seen,
       bytesPerEvent: s.bytes / count0,
       dayEvents: options.dayEvents,
       offline: options.offline,

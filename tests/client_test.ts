@@ -280,6 +280,17 @@ Deno.test("The client bundle is one ES module without Deno APIs that signs and r
     assertEquals(back.id, e.id);
     assertEquals(mod.readText(back.payload), "from the bundle");
     assert(new mod.XfClientError("NETWORK", "x") instanceof Error);
+    // The thin client carries no replica; the replica bundle is the client plus the replica.
+    assertEquals([mod.openReplica, mod.ReplicaStore, mod.openIndexedDb], [undefined, undefined, undefined]);
+    const rep = await buildClient({ outfile: `${dir}/xaeroflux-replica.js`, entry: "client/replica_mod.ts" });
+    const rmod = await import(`file://${rep.path}`);
+    assertEquals([typeof rmod.openReplica, typeof rmod.ReplicaStore, typeof rmod.XfClient], [
+      "function",
+      "function",
+      "function",
+    ]);
+    assert(bytes < rep.bytes / 2, `the thin client (${bytes} bytes) is not well under the replica's (${rep.bytes})`);
+    console.log(`bundles: xaeroflux-client.js ${bytes} bytes, xaeroflux-replica.js ${rep.bytes} bytes (minified)`);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

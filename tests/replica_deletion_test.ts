@@ -331,3 +331,43 @@ Deno.test("A damaged read during a retention prune is not skipped for good: the 
   assertEquals((await store.root(gid)).root, (await clean.root(gid)).root);
   assertEquals(await store.retained(gid), await clean.retained(gid));
 });
+Deno.test("A tombstone naming an event pruned out of the window is pending and its id leaves the set, as at a node", async () => {
+  // `full` holds everything (a node's view); `win` pruned its oldest events out of a window (ids kept in the set).
+  const g = await testGroup("window");
+  const stranger = await generateKeyPair();
+  const full = await ReplicaStore.open(new MemoryKv());
+  const win = await ReplicaStore.open(new MemoryKv());
+  const evs = await makeEvents(g, 6);
+  const all = [g.manifest.bytes, ...evs.map((e) => e.bytes)];
+  await full.apply(all);
+  await win.apply(all);
+  while ((await win.prune(gid, { keepEvents: 3 })) > 0);
+  assertEquals(await win.get(toHex(evs[0]!.id)), null, "pruned");
+  assertEquals(await win.get(toHex(evs[1]!.id)), null, "pruned");
+  const root = async (s: ReplicaStore) => (await s.root(gid)).root;
+  assertEquals(await root(win), await root(full));
+  // A valid tombstone (the owner's) of a pruned event: the node forgets the target; the replica cannot judge it (its
+  // bytes are gone) and keeps it pending, and the target's id leaves its Merkle set: the same root as the node.
+  const x = await tomb(g.owner, g, [evs[0]!], Date.now());
+  assertEquals((await full.apply([x.bytes])).map((r) => r.status), ["stored"]);
+  assertEquals((await win.apply([x.bytes])).map((r) => r.status), ["stored"]);
+  assertEquals(await root(win), await root(full));
+  assertEquals((await win.root(gid)).count, (await full.root(gid)).count);
+  // The target sent again (a peer offline during the deletion): judged now, DELETED, as at the node.
+  assertEquals((await full.apply([evs[0]!.bytes]))[0]!.code, "DELETED");
+  assertEquals((await win.apply([evs[0]!.bytes]))[0]!.code, "DELETED");
+  assert(await win.deleted(toHex(evs[0]!.id)));
+  assertEquals(await root(win), await root(full));
+  // An invalid tombstone (a stranger's, of the owner's event): the node refuses it FORBIDDEN. The replica cannot
+  // judge it: pending, and the target's id leaves its set, so sync fetches the target from the node again; its
+  // arrival settles it (the tombstone is dropped, the event stored) and both end on the same root.
+  const y = await tomb(stranger, g, [evs[1]!], Date.now());
+  assertEquals((await full.apply([y.bytes]))[0]!.code, "FORBIDDEN");
+  assertEquals((await win.apply([y.bytes]))[0]!.status, "stored");
+  assert(await root(win) !== await root(full), "the replica lacks the target and holds the tombstone");
+  assertEquals((await win.apply([evs[1]!.bytes]))[0]!.status, "stored");
+  assertEquals(await win.get(toHex(y.id)), null, "the invalid tombstone is dropped");
+  assertEquals(await root(win), await root(full));
+  await full.close();
+  await win.close();
+});

@@ -369,7 +369,7 @@ Deno.test({
       assert(r.progress().received <= 31, `received ${r.progress().received}`);
       // A new event at the node, then a fresh session: only it comes.
       const received = r.progress().received;
-      await n.node.publish(await makeEvents(g, 1, Date.now() - 1000));
+      await n.node.publish(await makeEvents(g, 1, Date.now() - 60_000)); // before the manifest (made last), in the day
       n.proxy.cut();
       n.proxy.restore();
       await until(async () => (await r.query(gid)).length === 32, 10_000);
