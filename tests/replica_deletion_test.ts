@@ -331,9 +331,11 @@ Deno.test("A damaged read during a retention prune is not skipped for good: the 
   assertEquals((await store.root(gid)).root, (await clean.root(gid)).root);
   assertEquals(await store.retained(gid), await clean.retained(gid));
 });
+
 Deno.test("A tombstone naming an event pruned out of the window is pending and its id leaves the set, as at a node", async () => {
   // `full` holds everything (a node's view); `win` pruned its oldest events out of a window (ids kept in the set).
   const g = await testGroup("window");
+  const gid = toHex(g.gid);
   const stranger = await generateKeyPair();
   const full = await ReplicaStore.open(new MemoryKv());
   const win = await ReplicaStore.open(new MemoryKv());
