@@ -75,6 +75,7 @@ import {
   deletedEntries,
   deletedSetOps,
   forgetOps,
+  intact,
   isDeleted,
   loadSettings,
   planSettings,
@@ -486,6 +487,8 @@ export const effects = (ctx: HostContext) => {
       const values = await kv!.getMany(keys.map((k) => eventKey(k.subarray(41, 73))));
       keys.forEach((k, i) => {
         const v = values[i];
+        // Damaged bytes could read as a kind retention keeps, and the prune would pass the event for good.
+        if (v) intact(v, k.subarray(41, 73), `prune group "${gid}"`);
         const t = v && targetOf(v, k.slice(41, 73));
         if (t && isForgettableKind(t.kind)) list.push(t);
       });
@@ -985,6 +988,8 @@ export const effects = (ctx: HostContext) => {
           for (let i = 0; i < msg.ids.length; i += 32) ids.push(msg.ids.subarray(i, i + 32));
           const got = await kv!.getMany(ids.map((id) => eventKey(id)));
           return got.map((b, i): TargetWire => {
+            // Damaged bytes fail the answer: decode then counts the targets as not held and the index judges.
+            if (b) intact(b, ids[i]!, "judge a tombstone");
             const t = b && targetOf(b, ids[i]!);
             return t ? { group: toHex(t.group), author: toHex(t.author), kind: t.kind, ts: t.ts } : null;
           });

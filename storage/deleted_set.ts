@@ -188,16 +188,17 @@ export async function planWriteDeletions(
 }
 
 /**
- * Throw `STORAGE_CORRUPTION` unless `bytes`, read from the store as event `id`, hash to it. The plan acts on what it
+ * Throw `STORAGE_CORRUPTION` unless `bytes`, read from the store as event `id`, hash to it. A plan acts on what it
  * reads (a target's author, kind and `ts`, a tombstone's signer and targets): bytes damaged on the way from the disk
  * once dropped a valid tombstone for good (its signer read as another key, so "it may not delete" the target sent
  * again; found by the simulation, tests/_sim_net.ts). The write fails whole, as on a read error, and is tried again.
+ * The index's retention prune and its answers to decode's tombstone checks read through it too.
  */
-function intact(bytes: Uint8Array, id: Uint8Array): void {
+export function intact(bytes: Uint8Array, id: Uint8Array, doing = "plan deletions"): void {
   if (bytesEqual(sha256(bytes), id)) return;
   throw new XfError(
     "STORAGE_CORRUPTION",
-    `Cannot plan deletions: event "${toHex(id)}" read from the store does not hash to its id`,
+    `Cannot ${doing}: event "${toHex(id)}" read from the store does not hash to its id`,
   );
 }
 
