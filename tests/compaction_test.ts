@@ -46,16 +46,22 @@ async function deleteAll(kv: Kv, ids: Uint8Array[]): Promise<void> {
   }
 }
 
+/** 20,000 records, a read opened (its snapshot still sees them), then a tenth deleted under it. */
+async function deleteUnderARead(kv: Kv, dir: string) {
+  const gone = await filled(kv, 20_000);
+  const before = dirBytes(dir);
+  // A read open before the deletes (a slow query, a filter build): its snapshot still sees the deleted values.
+  const it = kv.range({})[Symbol.asyncIterator]();
+  assert(!(await it.next()).done);
+  await deleteAll(kv, gone);
+  return { gone, before, it };
+}
+
 Deno.test("A whole compaction waits for a read open across the deletes; the deleted values' bytes come back", async () => {
   const dir = await Deno.makeTempDir({ prefix: "xf-compact-" });
   const kv = await openRocks(dir);
   try {
-    const gone = await filled(kv, 20_000);
-    const before = dirBytes(dir);
-    // A read open before the deletes (a slow query, a filter build): its snapshot still sees the deleted values.
-    const it = kv.range({})[Symbol.asyncIterator]();
-    assert(!(await it.next()).done);
-    await deleteAll(kv, gone);
+    const { gone, before, it } = await deleteUnderARead(kv, dir);
     let atDone = -1;
     const c = kv.compact(COMPACT_LOW, COMPACT_HIGH, whole).then(() => void (atDone = dirBytes(dir)));
     // The read goes on a while (a compaction that did not wait is over by then), then ends.
@@ -76,11 +82,7 @@ Deno.test("A whole compaction rewrites the bottommost level: what an earlier com
   const dir = await Deno.makeTempDir({ prefix: "xf-compact-" });
   let kv = await openRocks(dir);
   try {
-    const gone = await filled(kv, 20_000);
-    const before = dirBytes(dir);
-    const it = kv.range({})[Symbol.asyncIterator]();
-    assert(!(await it.next()).done);
-    await deleteAll(kv, gone);
+    const { before, it } = await deleteUnderARead(kv, dir);
     // This one does not wait for the read: it keeps the deleted values (in the bottommost level, with tombstones).
     await kv.compact(COMPACT_LOW, COMPACT_HIGH, { whole: true, waitReadsMs: 0 });
     const pinned = dirBytes(dir);
