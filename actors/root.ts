@@ -364,9 +364,10 @@ export class Pipeline {
 
   /**
    * Ask every isolate (this thread and each stage's Worker) for a full garbage collection. V8 sizes each heap by its
-   * allocation rate, so after a burst of large events the node's eight isolates hold garbage worth hundreds of MiB
-   * (measured: 16 MB of 16 KiB events took RSS from 166 to about 400 MiB). Needs `--v8-flags=--expose-gc` (the start
-   * task and the README's service unit pass it); without it nothing happens. Returns the isolates that collected.
+   * allocation rate, so after a burst of large events the node's eight isolates hold garbage worth about 100 MiB
+   * (`tests/memory_test.ts`: 418 MiB after loading 16 MB of 16 KiB events, 333–351 MiB with this; BENCHMARKS.md).
+   * Needs `--v8-flags=--expose-gc` (the start task and the README's service unit pass it); without it nothing
+   * happens. Returns the isolates that collected.
    */
   async relieveMemory(timeoutMs = 1000): Promise<number> {
     this.memoryReliefs++;
