@@ -324,10 +324,15 @@ export class Wal {
       const end = seg.end;
       if (seg.lastSeq <= last || end <= WAL_SEGMENT_HEADER_BYTES) continue;
       if (!this.#segments.includes(seg)) continue; // Deleted by a checkpoint meanwhile.
-      const buf = await io(
-        this.#fs.readFile(seg.path),
-        `Cannot read WAL segment ${seg.num}`,
-      );
+      let buf: Uint8Array;
+      try {
+        buf = await io(this.#fs.readFile(seg.path), `Cannot read WAL segment ${seg.num}`);
+      } catch (e) {
+        // A checkpoint may delete the segment while it is read (it covers only what the index holds durably, so
+        // nothing in it is owed): skip it, as above. Any other read error stands.
+        if (!this.#segments.includes(seg)) continue;
+        throw e;
+      }
       if (buf.length < end) {
         throw new XfError(
           "WAL_CORRUPTION",
