@@ -145,6 +145,8 @@ export class Wal {
   #queue: Pending[] = [];
   #loop: Promise<void> | null = null;
   #closing = false;
+  /** A checkpoint deleting segments; {@linkcode Wal.close} waits for it, so no delete outlives the WAL. */
+  #checkpointing = new Set<Promise<unknown>>();
   #failure: XfError | null = null;
   #syncs = 0;
   #records = 0;
@@ -401,6 +403,18 @@ export class Wal {
     if (this.#closing) {
       throw new XfError("SHUTTING_DOWN", "Cannot checkpoint WAL: it is closed");
     }
+    const run = this.#deleteThrough(seq);
+    const tracked: Promise<unknown> = run.catch(() => {}).finally(() => this.#checkpointing.delete(tracked));
+    this.#checkpointing.add(tracked);
+    return run;
+  }
+
+  /** True once {@linkcode Wal.close} was called: a caller about to checkpoint should stop. */
+  get closing(): boolean {
+    return this.#closing;
+  }
+
+  async #deleteThrough(seq: bigint): Promise<number> {
     const victims: Segment[] = [];
     for (const s of this.#segments) {
       if (s === this.#current || s.lastSeq > seq) break;
@@ -536,6 +550,8 @@ export class Wal {
   async close(): Promise<void> {
     this.#closing = true;
     while (this.#loop) await this.#loop;
+    // A segment deleted after close could be one the next opener of this directory already listed.
+    await Promise.all(this.#checkpointing);
     if (this.#file) {
       const f = this.#file;
       this.#file = null;

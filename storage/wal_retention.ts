@@ -154,7 +154,9 @@ export class WalRetention {
     const run = this.#busy.then(async () => {
       if (seq <= this.#durable) return 0;
       const flushed = BigInt(await options.durable());
-      if (flushed <= this.#durable) return 0;
+      // The node may have closed while the index answered: the next node may already have opened this directory
+      // and read the durable checkpoint, so neither it nor the segments may change any more.
+      if (flushed <= this.#durable || wal.closing) return 0;
       await writeDurableCheckpoint(this.dir, flushed);
       this.#durable = flushed;
       return await wal.checkpoint(flushed);

@@ -1,7 +1,7 @@
 // The WAL-retention rule (storage/wal_retention.ts): segments go only after the index flushed them to RocksDB's
 // tables, replay starts at the durable checkpoint, and an index behind it with the WAL gone is refused.
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import { Wal } from "../storage/wal.ts";
+import { denoWalFs, Wal } from "../storage/wal.ts";
 import { readDurableCheckpoint, WalRetention, writeDurableCheckpoint } from "../storage/wal_retention.ts";
 import { XfError } from "../core/errors.ts";
 
@@ -103,6 +103,54 @@ Deno.test("The durable checkpoint file: written atomically, and a damaged one is
     await Deno.writeTextFile(`${dir}/checkpoint`, "12x\n");
     const e = await assertRejects(() => readDurableCheckpoint(dir), XfError);
     assertEquals(e.code, "WAL_CORRUPTION");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+// Found by clean-clone CI runs ("Cannot read WAL segment 35: No such file" at the start of the next node): a
+// checkpoint in flight when the node closed went on deleting segments that the next node had already listed.
+Deno.test("a node that closes mid-checkpoint deletes nothing after its close, and moves no checkpoint", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "xf-retention-" });
+  try {
+    const retention = await WalRetention.open(dir);
+    // Deletes that wait for a gate: close must wait for them.
+    let release!: () => void;
+    const gate = new Promise<void>((r) => release = r);
+    const removed: string[] = [];
+    const fs = {
+      ...denoWalFs,
+      remove: async (p: string) => {
+        await gate;
+        await Deno.remove(p);
+        removed.push(p);
+      },
+    };
+    const { wal } = await Wal.open(dir, { checkpointSeq: 0n, fs, limits: { wal_segment_bytes_max: 40 } });
+    for (let i = 0; i < 4; i++) await wal.append(rec());
+    const deleting = retention.retire(wal, 3n, { durable: () => Promise.resolve(3) });
+    await new Promise((r) => setTimeout(r, 20));
+    let closed = false;
+    const closing = wal.close().then(() => closed = true);
+    await new Promise((r) => setTimeout(r, 20));
+    assert(!closed, "the WAL closed while its checkpoint was deleting segments");
+    release();
+    await closing;
+    assertEquals(await deleting, 3);
+    const after = removed.length;
+    // The index answers only after the close: nothing is recorded or deleted any more.
+    const wal2 = (await Wal.open(dir, { checkpointSeq: 3n, limits: { wal_segment_bytes_max: 40 } })).wal;
+    for (let i = 0; i < 3; i++) await wal2.append(rec());
+    let answer!: (n: number) => void;
+    const late = retention.retire(wal2, 6n, { durable: () => new Promise<number>((r) => answer = r) });
+    await new Promise((r) => setTimeout(r, 10));
+    await wal2.close();
+    answer(6);
+    assertEquals(await late, 0);
+    assertEquals(await readDurableCheckpoint(dir), 3n);
+    assertEquals(removed.length, after);
+    const listed = [...Deno.readDirSync(dir)].filter((e) => e.name.endsWith(".wal")).length;
+    assert(listed >= 3, `segments deleted after close: ${listed} left`);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
