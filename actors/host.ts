@@ -123,6 +123,8 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
    * a restarted upstream numbers its batches from 1 again), frame sequence and when they were taken.
    */
   const active = new Map<number, { inlet: Inlet<unknown>; s: number; taken: number }>();
+  /** Hex ids an outlet sent again at its receiver's last restart, by outlet. */
+  const resent = new Map<string, Set<string>>();
   let nextTok = 1;
   let batches = 0;
   let crashAt = 0;
@@ -263,6 +265,19 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
       checkFences();
     });
   };
+  /**
+   * `host.holds`: which of `ids` (32 bytes each) are in a batch the outlet `output` still holds, queued or sent and
+   * not credited, or sent again at the receiver's last restart (their answers come from the new receiver). Answers
+   * one byte per id, 1 held.
+   */
+  const hostHolds = (output: string, ids: Uint8Array): Uint8Array => {
+    const o = outlets.get(output);
+    const held = o ? idsOf([...o.inflight.values(), ...o.queue].map((f) => f.msg)) : new Set<string>();
+    for (const id of resent.get(output) ?? []) held.add(id);
+    const out = new Uint8Array(ids.length / 32);
+    for (let i = 0; i < out.length; i++) out[i] = held.has(hex32(ids, i * 32)) ? 1 : 0;
+    return out;
+  };
   const checkFences = () => {
     for (const a of active.values()) if (fenced.has(a.inlet)) return;
     const ws = fenceWaiters;
@@ -327,6 +342,7 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
             if (m.msg.type === "host.timing") return hostTiming();
             if (m.msg.type === "host.gc") return hostGc();
             if (m.msg.type === "host.fence") return hostFence(String(m.msg.input));
+            if (m.msg.type === "host.holds") return hostHolds(String(m.msg.output), m.msg.ids as Uint8Array);
             if (!effects?.call) throw new XfError("INTERNAL", "Stage takes no requests");
             return effects.call(m.msg, state);
           })
@@ -392,8 +408,12 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
   }
   function rewire(m: Extract<ToHost, { t: "rewire" | "input" | "rpc" | "rpcIn" | "signalIn" | "signalOut" }>) {
     switch (m.t) {
-      case "rewire":
-        return outlets.get(m.out)?.wire(m.port, m.restarted);
+      case "rewire": {
+        const o = outlets.get(m.out);
+        // What goes again to a restarted receiver: its answers come from the new one (see `host.holds`).
+        if (o && m.restarted) resent.set(m.out, idsOf([...o.inflight.values()].map((f) => f.msg)));
+        return o?.wire(m.port, m.restarted);
+      }
       case "input":
         return addInput(m.name, m.port);
       case "rpc":
@@ -461,7 +481,23 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
 function isPoison(msg: unknown, prefixes: string): boolean {
   const b = (msg as { batch?: { ids?: Uint8Array } } | null)?.batch?.ids;
   if (!b || b.length < 32) return false;
-  let hex = "";
-  for (let i = 0; i < 32; i++) hex += b[i]!.toString(16).padStart(2, "0");
+  const hex = hex32(b, 0);
   return prefixes.split(",").some((p) => hex.startsWith(p));
+}
+
+/** Hex ids of the events in link messages that carry a batch. */
+function idsOf(msgs: unknown[]): Set<string> {
+  const out = new Set<string>();
+  for (const m of msgs) {
+    const b = (m as { batch?: { ids?: Uint8Array } } | null)?.batch?.ids;
+    for (let i = 0; b && i + 32 <= b.length; i += 32) out.add(hex32(b, i));
+  }
+  return out;
+}
+
+/** Hex of the 32 bytes at `at`. */
+function hex32(b: Uint8Array, at: number): string {
+  let hex = "";
+  for (let i = at; i < at + 32; i++) hex += b[i]!.toString(16).padStart(2, "0");
+  return hex;
 }

@@ -655,19 +655,42 @@ export class Pipeline {
 
   /**
    * Batches of a dead decode that wal_flush fenced off: never appended. Their ids are released in ingest (else a copy
-   * sent again would be answered "duplicate" while nothing holds it). Their events are not answered here: ingest may
-   * be sending the same batch to the new decode again (the dead one's credit for it never came back), and that copy's
-   * answer (stored, duplicate, or refused by the new decode's judgement) is the true one; an event no copy answers
-   * times out (TIMEOUT: "it may still be stored, send it again").
+   * sent again would be answered "duplicate" while nothing holds it). Ingest may be sending the same batch to the new
+   * decode again (the dead one's credit for it never came back): that copy's answer (stored, duplicate, or refused by
+   * the new decode's judgement) is the true one. Ingest is asked which it holds (`host.holds`: its rewire to the new
+   * decode came before the fence, on the same port, so its answer is final); the others are answered `STAGE_DOWN` now
+   * ("not stored, send it again"), not left to time out.
    */
   private fencedOff(msg: unknown) {
     const batch = (msg as { batch?: EventBatch } | null)?.batch;
     if (!batch) return;
-    const items = unpackBatch(batch);
+    const items = unpackBatch(batch).map((it) => ({ req: it.req, idx: it.idx, id: it.id.slice() }));
     this.counters.fenced += items.length;
     const ids = new Uint8Array(items.length * 32);
     items.forEach((it, i) => ids.set(it.id, i * 32));
     this.release(ids, false);
+    const asked = items.filter((it) => it.req !== 0);
+    if (!asked.length) return;
+    const askIds = new Uint8Array(asked.length * 32);
+    asked.forEach((it, i) => askIds.set(it.id, i * 32));
+    this.supervisor.child("ingest").call<Uint8Array>({ type: "host.holds", output: "decode", ids: askIds }).then(
+      (held) => {
+        const message =
+          "The decode stage restarted before this event reached the WAL; it was not stored: send it again";
+        this.settle(
+          asked.filter((_, i) => held[i] !== 1).map((it) => ({
+            req: it.req,
+            idx: it.idx,
+            status: "rejected" as const,
+            code: "STAGE_DOWN",
+            message,
+          })),
+        );
+      },
+      // Ingest is down too: its own restart answers or times out what it held.
+      // Ingest is down too: its own restart answers or times out what it held.
+      () => {},
+    );
   }
 
   /**

@@ -23,7 +23,10 @@ export interface Endpoint {
 /** A started child: its endpoint and how to stop it hard. */
 export interface Spawned {
   endpoint: Endpoint;
+  /** Stop the child at once. What it posted before stays readable on `endpoint` until `release`. */
   terminate(): void;
+  /** Close `endpoint` (after a terminate): late messages of the dead child are dropped from then on. */
+  release?(): void;
 }
 
 /** What the root does with what a stage says. */
@@ -46,6 +49,8 @@ export class StageRef {
   state: "down" | "starting" | "up" | "stopping" = "down";
 
   private spawned: Spawned | null = null;
+  /** The previous child, terminated after a crash: its endpoint may still deliver reports it posted before. */
+  private dead: Spawned | null = null;
   private nextCall = 1;
   private calls = new Map<
     number,
@@ -67,7 +72,11 @@ export class StageRef {
     const spawned = this.spawn();
     this.spawned = spawned;
     spawned.endpoint.addEventListener("message", (ev) => {
-      if (this.spawned === spawned) this.onMessage(ev.data as FromHost);
+      const m = ev.data as FromHost;
+      if (this.spawned === spawned) this.onMessage(m);
+      // A dead child's reports are facts (events appended, answered, indexed): those it posted before it died still
+      // count, else a batch whose credit went back before the crash would never be answered.
+      else if (m.t === "report") this.hooks.onReport(this.id, m.msg);
     });
     (spawned.endpoint as { start?: () => void }).start?.();
     spawned.endpoint.postMessage(init.msg, init.transfer);
@@ -145,6 +154,13 @@ export class StageRef {
     this.spawned = null;
     this.state = "down";
     s?.terminate();
+    // The last dead child's endpoint stays open for its late reports until the next death or the final stop.
+    this.dead?.release?.();
+    this.dead = s;
+    if (!keepCalls || this.closed) {
+      this.dead?.release?.();
+      this.dead = null;
+    }
     if (!keepCalls || this.closed) {
       for (const c of this.calls.values()) {
         clearTimeout(c.timer);
@@ -242,7 +258,10 @@ export function workerSpawner(url: URL, onError: (e: XfError) => void): () => Sp
       ev.preventDefault();
       onError(new XfError("INTERNAL", `Worker ${url.pathname.split("/").pop()} failed: ${ev.message}`));
     };
-    return { endpoint: w, terminate: () => w.terminate() };
+    // The child talks on a port, not on the Worker's own channel: see actors/stage_worker.ts.
+    const ch = new MessageChannel();
+    w.postMessage(ch.port2, [ch.port2]);
+    return { endpoint: ch.port1, terminate: () => w.terminate(), release: () => ch.port1.close() };
   };
 }
 
@@ -251,12 +270,6 @@ export function inProcessSpawner(modules?: Parameters<typeof host>[1]): () => Sp
   return () => {
     const ch = new MessageChannel();
     host(ch.port2 as unknown as ParentEndpoint, modules);
-    return {
-      endpoint: ch.port1,
-      terminate: () => {
-        ch.port1.close();
-        ch.port2.close();
-      },
-    };
+    return { endpoint: ch.port1, terminate: () => ch.port2.close(), release: () => ch.port1.close() };
   };
 }

@@ -271,9 +271,11 @@ for (const stage of ["decode", "wal_flush", "index"] as const) {
       const g = await testGroup();
       const gid = hexOf(g.gid);
       const acked = new Map<string, Uint8Array>();
-      const note = (evs: StoredEvent[], res: { id?: string; status: string }[]) =>
+      const other: string[] = [];
+      const note = (evs: StoredEvent[], res: { id?: string; status: string; code?: string; message?: string }[]) =>
         res.forEach((r, i) => {
           if (r.status === "stored" || r.status === "duplicate") acked.set(r.id!, evs[i]!.bytes);
+          else other.push(`${r.status} ${r.code}: ${r.message}`);
         });
       note([g.manifest], await t.node.publish(g.manifest));
       const evs = await makeEvents(g, 600);
@@ -281,18 +283,41 @@ for (const stage of ["decode", "wal_flush", "index"] as const) {
       const writer = async (from: number) => {
         for (let i = from; i < from + 300; i += 20) {
           const batch = evs.slice(i, i + 20);
-          await t.node.publish(batch).then((res) => note(batch, res), (e) => refused.push((e as XfError).code));
+          await t.node.publish(batch).then(
+            (res) => note(batch, res),
+            (e) => refused.push(`${(e as XfError).code}: ${(e as Error).message}`),
+          );
         }
       };
       const writers = [writer(0), writer(300)];
       await until(() => acked.size > 100);
       const child = t.node.pipeline.supervisor.child(stage);
       const before = child.stats.restarts;
+      const killedAt = Date.now();
       child.terminateAbruptly();
-      await Promise.all(writers);
       await until(() => child.stats.restarts > before && child.state === "up");
+      const upAfter = Date.now() - killedAt;
+      await Promise.all(writers);
       assertEquals(t.node.health().ready, true);
       assert(acked.size > 100);
+      // A dead decode's admitted batches that never reached the WAL, and that ingest does not send again, are
+      // answered at once, "not stored, send it again" (they are sent again below); nothing waits for the timeout.
+      // Left alone (issue 11): in about 1 of 50 runs under heavy load, a batch ingest sent again to the restarted decode
+      // is neither stored nor answered, and its events time out ("it may still be stored, send it again"): truthful,
+      // and slow. The strict check below holds for wal_flush and the index.
+      const expected = stage === "decode"
+        ? other.filter((o) => o.startsWith("rejected STAGE_DOWN: The decode") || o.startsWith("rejected TIMEOUT"))
+        : [];
+      console.log(
+        `${stage}: ${acked.size} acknowledged, ${expected.length} answered "send it again", ${t.node.pipeline.counters.fenced} fenced`,
+      );
+      assertEquals(
+        [...refused, ...new Set(other.filter((o) => !expected.includes(o)))],
+        [],
+        `a publish in flight across the restart was not stored (up again after ${upAfter} ms, all answered after ${
+          Date.now() - killedAt
+        } ms)`,
+      );
       await assertStoredOnce(t.node, gid, acked);
       // The node keeps answering: everything offered is stored now (or was, unacknowledged, before).
       const all = [g.manifest, ...evs];
@@ -301,7 +326,6 @@ for (const stage of ["decode", "wal_flush", "index"] as const) {
       note(all, res);
       assertEquals(acked.size, 601);
       await assertStoredOnce(t.node, gid, acked);
-      assertEquals(refused, [], "a publish in flight across the restart was refused");
     } finally {
       await t.done();
     }
