@@ -67,7 +67,7 @@ export class StageRef {
   ) {}
 
   /** Start (or restart) the stage with its links; requests asked meanwhile go to the new one. */
-  async start(init: InitMessage, timeoutMs: number = this.limits.request_timeout_ms): Promise<void> {
+  async start(init: InitMessage, timeoutMs: number = this.limits.stage_start_ms): Promise<void> {
     this.state = "starting";
     const spawned = this.spawn();
     this.spawned = spawned;

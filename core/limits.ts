@@ -87,6 +87,11 @@ export const LIMITS = {
   restart_period_ms: 10_000,
   /** How long a stage may take to stop cleanly before it is terminated. */
   stage_shutdown_ms: 5_000,
+  /**
+   * How long a stage's (re)start may take (its Worker loads its modules — type-checked too under `deno test` — and
+   * opens its files: RocksDB, the WAL's recovery) before it counts as failed.
+   */
+  stage_start_ms: 60_000,
   /** Live subscribers per node (sync sessions and stream hubs; streams of one group share one). */
   subscribers_max: 1024,
   /** Client streams (`GET /v1/groups/:gid/stream`, SSE or WebSocket) at once. */

@@ -117,10 +117,13 @@ Deno.test("a node that closes mid-checkpoint deletes nothing after its close, an
     // Deletes that wait for a gate: close must wait for them.
     let release!: () => void;
     const gate = new Promise<void>((r) => release = r);
+    let reached!: () => void;
+    const deleting0 = new Promise<void>((r) => reached = r);
     const removed: string[] = [];
     const fs = {
       ...denoWalFs,
       remove: async (p: string) => {
+        reached();
         await gate;
         await Deno.remove(p);
         removed.push(p);
@@ -129,7 +132,7 @@ Deno.test("a node that closes mid-checkpoint deletes nothing after its close, an
     const { wal } = await Wal.open(dir, { checkpointSeq: 0n, fs, limits: { wal_segment_bytes_max: 40 } });
     for (let i = 0; i < 4; i++) await wal.append(rec());
     const deleting = retention.retire(wal, 3n, { durable: () => Promise.resolve(3) });
-    await new Promise((r) => setTimeout(r, 20));
+    await deleting0; // The checkpoint is deleting its first segment.
     let closed = false;
     const closing = wal.close().then(() => closed = true);
     await new Promise((r) => setTimeout(r, 20));
@@ -142,13 +145,18 @@ Deno.test("a node that closes mid-checkpoint deletes nothing after its close, an
     const wal2 = (await Wal.open(dir, { checkpointSeq: 3n, limits: { wal_segment_bytes_max: 40 } })).wal;
     for (let i = 0; i < 3; i++) await wal2.append(rec());
     let answer!: (n: number) => void;
-    const late = retention.retire(wal2, 6n, { durable: () => new Promise<number>((r) => answer = r) });
-    await new Promise((r) => setTimeout(r, 10));
+    let asked!: () => void;
+    const askedIndex = new Promise<void>((r) => asked = r);
+    const late = retention.retire(wal2, 6n, {
+      durable: () => new Promise<number>((r) => (answer = r, asked())),
+    });
+    await askedIndex;
     await wal2.close();
     answer(6);
     assertEquals(await late, 0);
     assertEquals(await readDurableCheckpoint(dir), 3n);
     assertEquals(removed.length, after);
+    // wal2's segments 4..6 (one record each) are all still there.
     const listed = [...Deno.readDirSync(dir)].filter((e) => e.name.endsWith(".wal")).length;
     assert(listed >= 3, `segments deleted after close: ${listed} left`);
   } finally {
