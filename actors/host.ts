@@ -156,7 +156,7 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
           const s = e as Extract<CommonEffect<string>, { do: "send" }>;
           const o = outlets.get(s.to);
           if (!o) throw new XfError("INTERNAL", `Stage has no outgoing link "${s.to}"`);
-          o.send(s.msg);
+          o.send(s.msg, s.alone === true);
           break;
         }
         case "signal": {
