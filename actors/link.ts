@@ -7,8 +7,9 @@
  * wired in) they are sent again: nothing in a crashed stage's mailbox is
  * lost. Large buffers are transferred, not copied.
  *
- * After a restart the link is on probation: one batch at a time, so a batch
- * that crashes its receiver again is known exactly. Such a poison batch is
+ * After a restart the link is on probation: what was in flight goes again
+ * one batch at a time (each alone), so a batch that crashes its receiver
+ * again is known exactly. Such a poison batch is
  * handed to `onPoison` (the dead-letter record) instead of being sent a
  * third time, and the rest flows.
  *
@@ -105,8 +106,11 @@ export class Outlet<T> {
       const again = [...this.inflight.values()];
       this.inflight.clear();
       this.#inflightBytes = 0;
-      // Only a batch alone in flight is a suspect: with several, the crash is not pinned on any one of them.
+      // Only a batch alone in flight is counted: with several, the crash is not pinned on any one of them. Each of
+      // them goes again alone, so a crash from here on is pinned on exactly one (a poison batch among several costs
+      // one crash more, not one per batch that goes beside it).
       if (again.length === 1) again[0]!.crashes++;
+      for (const a of again) a.alone = true;
       // Probation: one batch at a time until the first is credited, so a poison batch is isolated.
       this.#probation = true;
       const poison = again.filter((a) => a.crashes >= 2);

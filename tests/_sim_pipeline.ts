@@ -202,6 +202,8 @@ class Link {
       this.inflight.clear();
       // link.ts: only a batch alone in flight is a suspect.
       if (again.length === 1) again[0]!.crashes++;
+      // link.ts: each goes again alone, so the next crash is pinned on one batch.
+      for (const a of again) a.alone = true;
       this.probation = true;
       for (const p of again.filter((a) => a.crashes >= 2)) this.onPoison(this, p.msg);
       this.queue.unshift(...again.filter((a) => a.crashes < 2));
