@@ -70,8 +70,13 @@ export const LINKS: readonly LinkSpec[] = [
   { kind: "rpc", from: "ingest", to: "index", as: "index" },
 ];
 
-/** Faults to inject in tests: a stage crashes on its Nth data batch (once), or on every poison batch. */
-export type Faults = Partial<Record<StageName, { crashAtBatch?: number; poisonPrefix?: string }>>;
+/**
+ * Faults to inject in tests: a stage crashes on its Nth data batch (once), or on every poison batch (with
+ * `poisonCrashes`, only until it has restarted that many times: a fault beside a batch, not in it).
+ */
+export type Faults = Partial<
+  Record<StageName, { crashAtBatch?: number; poisonPrefix?: string; poisonCrashes?: number }>
+>;
 
 /** Options of a pipeline. */
 export interface PipelineOptions {
@@ -316,7 +321,10 @@ export class Pipeline {
     // A restarted decode authorizes only against group states that hold everything its dead incarnation admitted.
     if (restart && name === "decode") this.#decodeFence = this.fenceDecode();
     const fault = this.opts.faults?.[name];
-    if (fault?.poisonPrefix) msg.poisonPrefix = fault.poisonPrefix;
+    if (
+      fault?.poisonPrefix &&
+      (fault.poisonCrashes === undefined || this.supervisor.child(name).stats.restarts < fault.poisonCrashes)
+    ) msg.poisonPrefix = fault.poisonPrefix;
     if (fault?.crashAtBatch && !this.startedOnce.has(name)) msg.crashAtBatch = fault.crashAtBatch;
     this.startedOnce.add(name);
     return { msg, transfer };

@@ -63,6 +63,8 @@ export interface Sabotage {
   creditOnTake?: boolean;
   /** The root does not fence a dead decode's writes off before the new decode loads groups (issue 11 comes back). */
   noDecodeFence?: boolean;
+  /** The root sets a batch the index crashed on twice aside and skips its seqs, as before `isolate` (known bug 3). */
+  noIndexIsolation?: boolean;
 }
 
 /** Options of one simulation run. */
@@ -588,7 +590,7 @@ export class Sim {
       requests?: { req: number }[];
       isolated?: boolean;
     };
-    if (m.batch && l.to === "index" && !m.isolated) {
+    if (m.batch && l.to === "index" && !m.isolated && !this.opts.sabotage?.noIndexIsolation) {
       // root.ts `isolate`: not set aside; sent again event by event.
       this.stats.isolated = (this.stats.isolated ?? 0) + m.batch.ends.length;
       this.trace(`isolate ${[...m.batch.seqs]}`);
