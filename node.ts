@@ -338,6 +338,12 @@ export class XfNode implements NodeCore, AppNode {
       c.deadLetters,
     ]]);
     metric(
+      "xf_index_isolations_total",
+      "counter",
+      "Acknowledged events of batches the index crashed on twice, sent to it again one at a time from the WAL",
+      [["", c.isolated]],
+    );
+    metric(
       "xf_stage_restarts_total",
       "counter",
       "Restarts of each stage",

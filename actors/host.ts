@@ -24,6 +24,7 @@ import { MODULES } from "./stages.ts";
 import { toWire, type WireError, XfError } from "../core/errors.ts";
 import type { Limits } from "../core/limits.ts";
 import { Histogram } from "./histogram.ts";
+import { sha256 } from "@noble/hashes/sha2";
 
 /** How an outgoing link is described to a host. */
 export interface OutletSpec {
@@ -156,7 +157,7 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
           const s = e as Extract<CommonEffect<string>, { do: "send" }>;
           const o = outlets.get(s.to);
           if (!o) throw new XfError("INTERNAL", `Stage has no outgoing link "${s.to}"`);
-          o.send(s.msg);
+          o.send(s.msg, s.alone === true);
           break;
         }
         case "signal": {
@@ -477,11 +478,19 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
   (parent as { start?: () => void }).start?.();
 }
 
-/** Tests: the batch's first event id starts with one of the comma-separated hex prefixes. */
+/**
+ * Tests: the batch's first event id starts with one of the comma-separated hex prefixes. A record replayed from the
+ * WAL carries no id yet (zeros): its id is hashed from its bytes, so a poison event stays poison when it comes again
+ * from the WAL (a resend, or the index's event-by-event retry, root.ts `isolate`).
+ */
 function isPoison(msg: unknown, prefixes: string): boolean {
-  const b = (msg as { batch?: { ids?: Uint8Array } } | null)?.batch?.ids;
+  const batch = (msg as { batch?: { ids?: Uint8Array; bytes?: Uint8Array; ends?: Uint32Array } } | null)?.batch;
+  const b = batch?.ids;
   if (!b || b.length < 32) return false;
-  const hex = hex32(b, 0);
+  let hex = hex32(b, 0);
+  if (/^0+$/.test(hex) && batch.bytes && batch.ends?.length) {
+    hex = hex32(sha256(batch.bytes.subarray(0, batch.ends[0])), 0); // an event id is the SHA-256 of its bytes;
+  }
   return prefixes.split(",").some((p) => hex.startsWith(p));
 }
 

@@ -300,6 +300,8 @@ export type IndexCall =
   | { type: "index.totals" };
 
 const CHECKPOINT = metaKey("checkpoint");
+/** Seqs indexed (or set aside) above the checkpoint, past a hole (`SeqRanges.above`, `encodeRanges`). */
+const ABOVE = metaKey("above-checkpoint");
 
 const ZERO_ID = new Uint8Array(32);
 /** The peers keyspace holds one record per group under this id: the DHT routing table (JSON). */
@@ -343,12 +345,31 @@ async function buildFilter(kv: Kv, limits: Limits): Promise<IdFilter | null> {
   return f;
 }
 
-/** Seqs handled above a contiguous checkpoint, as ranges; `peek` adds and says where the checkpoint would be. */
+/**
+ * Seqs handled above a contiguous checkpoint, as ranges; `peek` adds and says where the checkpoint would be. The
+ * ranges left above the checkpoint (`above`) are written with it (`encodeRanges`), so a restarted index still knows
+ * what it indexed past a hole: else, once the hole is filled, its checkpoint would stop below those seqs for good
+ * (nothing sends them again) and every read waiting for an acknowledged seq would wait with it.
+ */
 export class SeqRanges {
   #ranges: [number, number][] = [];
   #next: number;
-  constructor(public checkpoint: number) {
+  constructor(public checkpoint: number, ranges: readonly (readonly [number, number])[] = []) {
     this.#next = checkpoint;
+    for (const [lo, hi] of ranges) {
+      if (hi <= checkpoint || lo > hi) continue;
+      const from = Math.max(lo, checkpoint + 1);
+      if (this.#ranges.length && this.#ranges.at(-1)![1] >= from - 1) {
+        this.#ranges.at(-1)![1] = Math.max(this.#ranges.at(-1)![1], hi);
+      } else this.#ranges.push([from, hi]);
+    }
+  }
+
+  /** The ranges `commit` leaves above the checkpoint (a hole below each). */
+  above(): [number, number][] {
+    const r = this.#ranges;
+    const rest = r[0] && r[0][1] === this.#next && this.#next > this.checkpoint ? r.slice(1) : r;
+    return rest.map(([lo, hi]) => [lo, hi]);
   }
 
   /** Add seqs (tentatively: `commit` makes it stick) and answer the checkpoint they would give. */
@@ -383,6 +404,26 @@ export class SeqRanges {
   get holes(): number {
     return this.#ranges.length;
   }
+}
+
+/** The ranges above the checkpoint as stored beside it: two u64 (first, last seq) per range. */
+export function encodeRanges(ranges: readonly (readonly [number, number])[]): Uint8Array {
+  const out = new Uint8Array(16 * ranges.length);
+  const v = new DataView(out.buffer);
+  ranges.forEach(([lo, hi], i) => {
+    v.setBigUint64(16 * i, BigInt(lo));
+    v.setBigUint64(16 * i + 8, BigInt(hi));
+  });
+  return out;
+}
+
+/** `encodeRanges` read back (a value of the wrong length reads as no ranges: the checkpoint alone stands). */
+export function decodeRanges(b: Uint8Array | undefined): [number, number][] {
+  if (!b || b.length % 16 !== 0) return [];
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  const out: [number, number][] = [];
+  for (let i = 0; i < b.length; i += 16) out.push([Number(v.getBigUint64(i)), Number(v.getBigUint64(i + 8))]);
+  return out;
 }
 
 /** The index's runtime: RocksDB, the Merkle pages, and the reads. */
@@ -748,6 +789,7 @@ export const effects = (ctx: HostContext) => {
     // together) leaves a hole the checkpoint stops at, so a resend from the WAL (after a restart) fills it.
     const nextCheckpoint = contiguous.peek(items.map((it) => it.seq));
     ops.push({ type: "put", key: CHECKPOINT, value: u64be(nextCheckpoint) });
+    ops.push({ type: "put", key: ABOVE, value: encodeRanges(contiguous.above()) });
     try {
       // Not synced: the WAL keeps these events until RocksDB has flushed them to its tables (`index.durable`).
       await kv!.batch(ops, { sync: false });
@@ -925,7 +967,7 @@ export const effects = (ctx: HostContext) => {
       const cp = await kv.get(CHECKPOINT);
       checkpoint = cp ? Number(new DataView(cp.buffer, cp.byteOffset, 8).getBigUint64(0)) : 0;
       openedAt = checkpoint;
-      contiguous = new SeqRanges(checkpoint);
+      contiguous = new SeqRanges(checkpoint, decodeRanges(await kv.get(ABOVE)));
       flushes = new FlushTracker(kv, checkpoint);
       trees = new GroupTrees(kv);
       deletedFilter = await buildDeletedFilter(kv);
@@ -1046,16 +1088,21 @@ export const effects = (ctx: HostContext) => {
         case "index.checkpoint":
           return checkpoint;
         case "index.skip": {
-          // A batch set aside as a dead letter: its seqs count as handled, so the checkpoint does not wait on them.
-          const seqs = [...(msg.seqs as unknown as Float64Array)];
-          contiguous.peek(seqs);
-          const next = contiguous.commit();
-          if (next > checkpoint) {
-            await kv!.batch([{ type: "put", key: CHECKPOINT, value: u64be(next) }], { sync: false });
-            checkpoint = next;
+          // A poison event set aside as a dead letter (actors/root.ts `dead`): its seq counts as handled, so the
+          // checkpoint does not wait on it. Between writes (a write's checkpoint is computed and stored in one piece),
+          // and stored even when a hole below keeps the checkpoint where it is (`ABOVE`).
+          const seqs = [...(msg.seqs as unknown as Float64Array)].filter((q) => Number.isSafeInteger(q) && q > 0);
+          return await serial(async () => {
+            const next = contiguous.peek(seqs);
+            await kv!.batch([
+              { type: "put", key: CHECKPOINT, value: u64be(next) },
+              { type: "put", key: ABOVE, value: encodeRanges(contiguous.above()) },
+            ], { sync: false });
+            flushes!.written(2, checkpoint, next);
+            checkpoint = contiguous.commit();
             wake();
-          }
-          return checkpoint;
+            return checkpoint;
+          });
         }
         case "index.drop": {
           // Damaged events leave the events keyspace (their ids stay in the Merkle tree): a peer's copy is

@@ -7,10 +7,16 @@
  * wired in) they are sent again: nothing in a crashed stage's mailbox is
  * lost. Large buffers are transferred, not copied.
  *
- * After a restart the link is on probation: one batch at a time, so a batch
- * that crashes its receiver again is known exactly. Such a poison batch is
+ * After a restart the link is on probation: what was in flight goes again
+ * one batch at a time (each alone), so a batch that crashes its receiver
+ * again is known exactly. Such a poison batch is
  * handed to `onPoison` (the dead-letter record) instead of being sent a
  * third time, and the rest flows.
+ *
+ * A batch sent `alone` (the index link's event-by-event retry of a batch that
+ * crashed it twice, see actors/root.ts `isolate`) goes only when nothing is in
+ * flight, and nothing goes beside it: a crash while it is in flight is always
+ * counted against it, so two crashes name exactly one poison event.
  *
  * ```
  *  stage A ── Outlet ══ MessagePort ══ Inlet ── stage B
@@ -33,6 +39,14 @@ export interface LinkFrame<T> {
 export interface Poisoned<T> {
   msg: T;
   crashes: number;
+}
+
+/** A batch an outlet holds: queued, or sent and not credited. `alone`: never in flight beside another. */
+export interface Queued<T> {
+  msg: T;
+  bytes: number;
+  crashes: number;
+  alone: boolean;
 }
 
 /** Wall-clock milliseconds comparable across Workers. */
@@ -66,9 +80,9 @@ export function bytesOf(msg: unknown, depth = 0): number {
 /** The sending side of a link. */
 export class Outlet<T> {
   /** Sent, not credited, by sequence number, in send order. */
-  readonly inflight = new Map<number, { msg: T; bytes: number; crashes: number }>();
+  readonly inflight = new Map<number, Queued<T>>();
   /** Waiting for credit. */
-  readonly queue: { msg: T; bytes: number; crashes: number }[] = [];
+  readonly queue: Queued<T>[] = [];
   readonly stats = { sent: 0, credited: 0, poisoned: 0 };
   #port: MessagePort | null = null;
   #next = 1;
@@ -92,8 +106,11 @@ export class Outlet<T> {
       const again = [...this.inflight.values()];
       this.inflight.clear();
       this.#inflightBytes = 0;
-      // Only a batch alone in flight is a suspect: with several, the crash is not pinned on any one of them.
+      // Only a batch alone in flight is counted: with several, the crash is not pinned on any one of them. Each of
+      // them goes again alone, so a crash from here on is pinned on exactly one (a poison batch among several costs
+      // one crash more, not one per batch that goes beside it).
       if (again.length === 1) again[0]!.crashes++;
+      for (const a of again) a.alone = true;
       // Probation: one batch at a time until the first is credited, so a poison batch is isolated.
       this.#probation = true;
       const poison = again.filter((a) => a.crashes >= 2);
@@ -107,9 +124,12 @@ export class Outlet<T> {
     if (this.depth() === 0) { for (const r of this.#idle.splice(0)) r(); }
   }
 
-  /** Queue a message; it goes when the receiver has credit. */
-  send(msg: T): void {
-    this.queue.push({ msg, bytes: bytesOf(msg), crashes: 0 });
+  /**
+   * Queue a message; it goes when the receiver has credit. `alone`: it goes only when nothing is in flight, and
+   * nothing goes while it is in flight (so a crash meanwhile is counted against it).
+   */
+  send(msg: T, alone = false): void {
+    this.queue.push({ msg, bytes: bytesOf(msg), crashes: 0, alone });
     this.#pump();
   }
 
@@ -147,7 +167,7 @@ export class Outlet<T> {
 
   /** True when a batch sent now would go at once (nothing queued, window not full). */
   canSend(): boolean {
-    return this.#port !== null && this.queue.length === 0 &&
+    return this.#port !== null && this.queue.length === 0 && !this.#aloneInFlight() &&
       this.inflight.size < (this.#probation ? 1 : this.windowBatches);
   }
 
@@ -168,6 +188,8 @@ export class Outlet<T> {
     const window = this.#probation ? 1 : this.windowBatches;
     while (this.queue.length > 0 && this.inflight.size < window) {
       const head = this.queue[0]!;
+      // A batch sent alone waits for the link to empty, and holds it while it is in flight.
+      if (this.inflight.size > 0 && (head.alone || this.#aloneInFlight())) break;
       // The byte window never blocks a lone batch (a batch larger than the window still goes, alone).
       if (this.inflight.size > 0 && this.#inflightBytes + head.bytes > this.windowBytes) break;
       this.queue.shift();
@@ -180,6 +202,12 @@ export class Outlet<T> {
       port.postMessage(frame);
     }
     if (this.hasRoom()) { for (const r of this.#roomWaiters.splice(0)) r(); }
+  }
+
+  /** A batch sent alone is in flight (then it is the only one). */
+  #aloneInFlight(): boolean {
+    for (const f of this.inflight.values()) if (f.alone) return true;
+    return false;
   }
 
   /** Stop sending (the receiver is going away); what is in flight stays for a rewire. */

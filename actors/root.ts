@@ -70,8 +70,13 @@ export const LINKS: readonly LinkSpec[] = [
   { kind: "rpc", from: "ingest", to: "index", as: "index" },
 ];
 
-/** Faults to inject in tests: a stage crashes on its Nth data batch (once), or on every poison batch. */
-export type Faults = Partial<Record<StageName, { crashAtBatch?: number; poisonPrefix?: string }>>;
+/**
+ * Faults to inject in tests: a stage crashes on its Nth data batch (once), or on every poison batch (with
+ * `poisonCrashes`, only until it has restarted that many times: a fault beside a batch, not in it).
+ */
+export type Faults = Partial<
+  Record<StageName, { crashAtBatch?: number; poisonPrefix?: string; poisonCrashes?: number }>
+>;
 
 /** Options of a pipeline. */
 export interface PipelineOptions {
@@ -115,6 +120,8 @@ export interface PipelineCounters {
   walCheckpoints: number;
   /** Events a dead decode had admitted that wal_flush fenced off after its restart (never appended from there). */
   fenced: number;
+  /** Events of batches the index crashed on twice, sent to it again one at a time from the WAL (`isolate`). */
+  isolated: number;
 }
 
 /** A batch set aside after it crashed a stage twice. */
@@ -153,6 +160,7 @@ export class Pipeline {
     deadLetters: 0,
     walCheckpoints: 0,
     fenced: 0,
+    isolated: 0,
   };
   /** Per event stored or duplicate: seconds from its request's admission to its acknowledgement. */
   readonly ackSeconds: Histogram = new Histogram();
@@ -313,7 +321,10 @@ export class Pipeline {
     // A restarted decode authorizes only against group states that hold everything its dead incarnation admitted.
     if (restart && name === "decode") this.#decodeFence = this.fenceDecode();
     const fault = this.opts.faults?.[name];
-    if (fault?.poisonPrefix) msg.poisonPrefix = fault.poisonPrefix;
+    if (
+      fault?.poisonPrefix &&
+      (fault.poisonCrashes === undefined || this.supervisor.child(name).stats.restarts < fault.poisonCrashes)
+    ) msg.poisonPrefix = fault.poisonPrefix;
     if (fault?.crashAtBatch && !this.startedOnce.has(name)) msg.crashAtBatch = fault.crashAtBatch;
     this.startedOnce.add(name);
     return { msg, transfer };
@@ -760,8 +771,11 @@ export class Pipeline {
    * events already acknowledged are kept in the file (they are in the WAL until its checkpoint passes them).
    */
   private dead(stage: StageName, msg: unknown, _from?: StageName) {
+    const m = msg as { batch?: EventBatch; subs?: Submission[]; replay?: boolean; isolated?: boolean };
+    // Acknowledged events are never set aside in a batch: the index gets them again one by one (`isolate`); only an
+    // event that crashes it twice on its own comes back here, `isolated`, to be set aside.
+    if (stage === "index" && m.batch && !m.isolated) return this.isolate(m.batch, m.replay === true);
     this.counters.deadLetters++;
-    const m = msg as { batch?: EventBatch; subs?: Submission[] };
     const events: Uint8Array[] = m.batch ? unpackBatch(m.batch).map((it) => it.bytes.slice()) : [];
     const error = this.lastCrash.get(stage) ?? "unknown";
     const at = new Date().toISOString();
@@ -791,8 +805,12 @@ export class Pipeline {
     // A batch on its way to decode carries requests decode had to judge whole: they fail whole.
     for (const r of (msg as { requests?: { req: number }[] }).requests ?? []) this.fail(r.req, "INTERNAL", message);
     if (m.batch && stage === "index") {
-      // Acknowledged but set aside: the index's checkpoint must not wait on these seqs.
-      this.supervisor.child("index").call({ type: "index.skip", seqs: m.batch.seqs }).catch(() => {});
+      // A poison event (it crashed the index twice, alone): acknowledged, set aside in the dead-letter file (the WAL
+      // keeps it until its checkpoint passes it); the index's checkpoint must not wait on its seq. It was sent as a
+      // replayed record (`isolate`): start's replay counts it done.
+      this.skip(m.batch.seqs);
+      this.replayWaiting -= m.batch.ends.length;
+      if (this.replayWaiting <= 0) this.replayDone?.();
     }
     if (!m.batch || stage === "index" || stage === "advertise") return;
     const items = unpackBatch(m.batch);
@@ -809,6 +827,48 @@ export class Pipeline {
     const ids = new Uint8Array(items.length * 32);
     items.forEach((it, i) => ids.set(it.id, i * 32));
     this.release(ids, false);
+  }
+
+  /**
+   * A batch crashed the index twice, alone in flight. Its events are acknowledged (in the WAL), so it is not set
+   * aside: the one event that crashes the index may be in it, or the crashes were faults beside it (an index that
+   * died twice while the batch happened to be the only one in flight). wal_flush reads its records again from the
+   * WAL and sends each to the index by itself, alone on the link (`wal.isolate`): an event the index takes is
+   * indexed as a replayed record; an event that crashes it twice more comes back `isolated` and only it is set
+   * aside (`dead`). Meanwhile the index's contiguous checkpoint stops below these seqs, so the WAL keeps their
+   * segment and a restart of wal_flush or of the node sends them again. Events counted in flight as acknowledged
+   * and not indexed (admission) are counted as replayed records from here.
+   */
+  private isolate(batch: EventBatch, replay: boolean) {
+    const n = batch.ends.length;
+    this.counters.isolated += n;
+    // Replayed records were counted in start's replay already; each comes back `indexed` (or `dead`) as one again.
+    if (!replay) this.ackedNotIndexed = Math.max(0, this.ackedNotIndexed - n);
+    const seqs = [...batch.seqs];
+    log.pipeline.warn("the index crashed twice on a batch: its events go again one at a time", {
+      events: n,
+      seqs: `${seqs[0]}..${seqs.at(-1)}`,
+      error: this.lastCrash.get("index") ?? "unknown",
+    });
+    this.supervisor.child("wal_flush").call<{ sent: number; missing: number[] }>(
+      { type: "wal.isolate", seqs: batch.seqs },
+      this.limits.request_timeout_ms * 6,
+    ).then(
+      ({ missing }) => {
+        if (!missing.length) return;
+        // Not in the WAL: a checkpoint found them in RocksDB's tables (held), else WAL damage lost them. Either way
+        // nothing can send them again, and the index's checkpoint must not wait on them for good.
+        log.pipeline.error("records the index crashed on are no longer in the WAL", { seqs: missing.join(",") });
+        this.skip(Float64Array.from(missing));
+      },
+      // wal_flush died first: its restart sends the WAL's records after the index's checkpoint (below these) again.
+      (e) => log.pipeline.warn("the index's retry of a batch waits for wal_flush's restart", { error: String(e) }),
+    );
+  }
+
+  /** The index's checkpoint no longer waits on these seqs (set aside, or gone from the WAL). */
+  private skip(seqs: Float64Array) {
+    this.supervisor.child("index").call({ type: "index.skip", seqs }).catch(() => {});
   }
 
   /**

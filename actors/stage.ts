@@ -7,7 +7,7 @@
  *   (it owns it) and returns the effects to perform, as data.
  * - The effects every stage shares are performed by the host
  *   (`actors/host.ts`): `send` on an outgoing link (credit-bounded),
- *   `signal` on a feedback port (small, never blocks), `report` to the root,
+ *   (`alone`: by itself in flight), `signal` on a feedback port (small, never blocks), `report` to the root,
  *   `done` (the input batch `tok` is finished: credit goes back upstream
  *   once everything it produced has been sent on).
  * - A stage's own effects (crypto, WAL files, RocksDB) are performed by its
@@ -23,7 +23,8 @@ import type { Limits } from "../core/limits.ts";
 
 /** The effects every host performs. `O` names the stage's outgoing links. */
 export type CommonEffect<O extends string> =
-  | { do: "send"; to: O; msg: unknown }
+  /** `alone`: it goes only when nothing else is in flight on the link, and holds it (actors/link.ts). */
+  | { do: "send"; to: O; msg: unknown; alone?: boolean }
   | { do: "signal"; to: string; msg: unknown }
   | { do: "report"; msg: Report }
   | { do: "done"; tok: number };

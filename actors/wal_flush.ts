@@ -11,7 +11,9 @@
  *
  * Takes: `append` (data, from decode); `appended`, `refused`, `space`
  * (its effects' answers); `replayed` (records after the index's checkpoint,
- * read by its runtime at start, paced by the index's credit). Sends:
+ * read by its runtime at start, paced by the index's credit); `isolated` (one
+ * record read again for the index's retry of a batch it crashed on, sent
+ * alone). Sends:
  * `index` ← `put`; `ingest` ← `release` (signal); reports `appended`,
  * `results`, `full`.
  *
@@ -34,6 +36,11 @@ export interface IndexPut {
   batch: EventBatch;
   /** Records replayed from the WAL at start (ids not computed yet). */
   replay: boolean;
+  /**
+   * One record read again from the WAL after the batch holding it crashed the index twice (actors/root.ts
+   * `isolate`), sent alone: if it crashes the index twice more it is a poison event, set aside for good.
+   */
+  isolated?: boolean;
 }
 
 /** Messages wal-flush takes. */
@@ -42,7 +49,9 @@ export type WalIn =
   | { type: "appended"; tok: number; firstSeq: number }
   | { type: "refused"; tok: number; code: string; message: string; full: boolean }
   | { type: "space" }
-  | { type: "replayed"; batch: EventBatch };
+  | { type: "replayed"; batch: EventBatch }
+  /** One record read again from the WAL, to go to the index alone (`wal.isolate`). */
+  | { type: "isolated"; batch: EventBatch };
 
 /** Effects wal-flush asks for. */
 export type WalEffect =
@@ -126,6 +135,13 @@ export const logic: StageLogic<WalState, WalIn, WalEffect> = {
         return [{ do: "report", msg: { type: "full", full: false } }];
       case "replayed":
         return [{ do: "send", to: "index", msg: { type: "put", batch: msg.batch, replay: true } satisfies IndexPut }];
+      case "isolated":
+        return [{
+          do: "send",
+          to: "index",
+          msg: { type: "put", batch: msg.batch, replay: true, isolated: true } satisfies IndexPut,
+          alone: true,
+        }];
     }
   },
 };
@@ -270,6 +286,28 @@ export const effects = (ctx: HostContext) => {
           const n = await sendBack(BigInt(msg.after as number));
           return { resent: n };
         }
+        case "wal.isolate": {
+          // The index crashed twice on a batch (actors/root.ts `isolate`): its records go again one at a time, each
+          // alone on the link, read from the WAL (the index's checkpoint stops below them, so their segment is kept).
+          const seqs = isolateSeqs(msg.seqs, limits);
+          const found = new Set<number>();
+          if (seqs.length) {
+            const hi = seqs[seqs.length - 1]!;
+            const want = new Set(seqs);
+            read: for await (const recs of wal!.replay(BigInt(seqs[0]! - 1))) {
+              for (const r of recs) {
+                const seq = Number(r.seq);
+                if (seq > hi) break read;
+                if (!want.has(seq) || found.has(seq)) continue;
+                found.add(seq);
+                const item = { bytes: r.payload, req: 0, idx: 0, id: new Uint8Array(32), seq };
+                ctx.receive({ type: "isolated", batch: packBatch([item]) } satisfies WalIn);
+                await ctx.room("index");
+              }
+            }
+          }
+          return { sent: found.size, missing: seqs.filter((q) => !found.has(q)) };
+        }
         case "wal.checkpoint": {
           const deleted = await retention!.retire(wal!, BigInt(msg.seq as number), {
             durable: () => ctx.ask<number>({ type: "index.durable" }),
@@ -292,5 +330,22 @@ export const effects = (ctx: HostContext) => {
     },
   };
 };
+
+/** The seqs of `wal.isolate`: positive integers, at most one batch's worth, in order, without repeats. */
+function isolateSeqs(raw: unknown, limits: Limits): number[] {
+  const list = raw instanceof Float64Array || Array.isArray(raw) ? [...raw] : null;
+  if (!list || list.length > limits.wal_commit_records_max) {
+    throw new XfError(
+      "INTERNAL",
+      `Cannot isolate WAL records: seqs must be a list of at most ${limits.wal_commit_records_max} (wal_commit_records_max)`,
+    );
+  }
+  for (const q of list) {
+    if (typeof q !== "number" || !Number.isSafeInteger(q) || q < 1) {
+      throw new XfError("INTERNAL", `Cannot isolate WAL record "${q}": not a positive integer seq`);
+    }
+  }
+  return [...new Set(list as number[])].sort((a, b) => a - b);
+}
 
 export default { logic, effects } satisfies StageModule<WalState, WalIn, WalEffect>;

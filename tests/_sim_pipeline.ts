@@ -63,6 +63,8 @@ export interface Sabotage {
   creditOnTake?: boolean;
   /** The root does not fence a dead decode's writes off before the new decode loads groups (issue 11 comes back). */
   noDecodeFence?: boolean;
+  /** The root sets a batch the index crashed on twice aside and skips its seqs, as before `isolate` (known bug 3). */
+  noIndexIsolation?: boolean;
 }
 
 /** Options of one simulation run. */
@@ -147,8 +149,8 @@ interface Frame {
 }
 
 class Link {
-  queue: { msg: unknown; crashes: number }[] = [];
-  inflight = new Map<number, { msg: unknown; crashes: number }>();
+  queue: { msg: unknown; crashes: number; alone: boolean }[] = [];
+  inflight = new Map<number, { msg: unknown; crashes: number; alone: boolean }>();
   /** Posted, not yet in the receiver's mailbox (a MessagePort's queue). */
   transit: Frame[] = [];
   /** Credits posted back, not yet received. */
@@ -167,15 +169,21 @@ class Link {
     readonly onPoison: (l: Link, msg: unknown) => void,
   ) {}
   canSend() {
-    return this.queue.length === 0 && this.inflight.size < (this.probation ? 1 : this.window);
+    return this.queue.length === 0 && !this.aloneInFlight() &&
+      this.inflight.size < (this.probation ? 1 : this.window);
   }
-  send(msg: unknown) {
-    this.queue.push({ msg, crashes: 0 });
+  /** link.ts `send(msg, alone)`: an `alone` batch goes only with nothing in flight, and nothing goes beside it. */
+  send(msg: unknown, alone = false) {
+    this.queue.push({ msg, crashes: 0, alone });
     this.pump();
+  }
+  aloneInFlight() {
+    return [...this.inflight.values()].some((f) => f.alone);
   }
   pump() {
     const w = this.probation ? 1 : this.window;
     while (this.queue.length && this.inflight.size < w) {
+      if (this.inflight.size > 0 && (this.queue[0]!.alone || this.aloneInFlight())) break;
       const h = this.queue.shift()!;
       const s = this.next++;
       this.inflight.set(s, h);
@@ -196,6 +204,8 @@ class Link {
       this.inflight.clear();
       // link.ts: only a batch alone in flight is a suspect.
       if (again.length === 1) again[0]!.crashes++;
+      // link.ts: each goes again alone, so the next crash is pinned on one batch.
+      for (const a of again) a.alone = true;
       this.probation = true;
       for (const p of again.filter((a) => a.crashes >= 2)) this.onPoison(this, p.msg);
       this.queue.unshift(...again.filter((a) => a.crashes < 2));
@@ -402,6 +412,8 @@ export class Sim {
     this.ackedSeq = 0;
     this.decodeRestarts = 0;
     this.decodeFence = null;
+    this.isolateIt = null;
+    this.isolations = [];
     this.trace(`boot cp=${cp}`);
   }
 
@@ -439,6 +451,10 @@ export class Sim {
       for (const h of this.acked.keys()) if (!this.indexedIds.has(h)) this.atRiskAtWalCrash.add(h);
       // stop(): the WAL closes once its queued group commits are done (synced, never acknowledged).
       await this.wal.close().catch(() => {});
+      // root.ts `isolate`: the call dies with the host; the resend after its restart covers the records.
+      await this.isolateIt?.return?.(undefined);
+      this.isolateIt = null;
+      this.isolations = [];
     }
     // The host's outgoing links die with it (posted frames still arrive); its signal ports close.
     for (const [key, l] of this.links) {
@@ -525,10 +541,63 @@ export class Sim {
     this.signals.get("root")!.push({ type: "release", ids, stored: false });
   }
 
+  /**
+   * root.ts `isolate`: the records of a batch the index crashed on twice go again one at a time, read from the WAL
+   * (wal_flush `wal.isolate`), each alone on the link; paced by the link's room, as the runtime's loop is.
+   */
+  isolations: number[][] = [];
+  isolateIt: AsyncIterator<{ seq: bigint; payload: Uint8Array }> | null = null;
+  async *isolateRecords(seqs: number[]): AsyncGenerator<{ seq: bigint; payload: Uint8Array }> {
+    const want = new Set(seqs);
+    const lo = Math.min(...seqs), hi = Math.max(...seqs);
+    const found = new Set<number>();
+    read: for await (const recs of this.wal.replay(BigInt(lo - 1))) {
+      for (const r of recs) {
+        const q = Number(r.seq);
+        if (q > hi) break read;
+        if (want.has(q) && !found.has(q)) {
+          found.add(q);
+          yield r;
+        }
+      }
+    }
+    // Read to the end (not stopped by a wal_flush crash): what the WAL does not hold cannot be sent again.
+    const missing = seqs.filter((q) => !found.has(q));
+    if (missing.length) {
+      this.trace(`isolate missing ${missing}`);
+      this.stats.isolateMissing = (this.stats.isolateMissing ?? 0) + missing.length;
+      void this.indexRt.call({ type: "index.skip", seqs: Float64Array.from(missing) } as never, null as never);
+    }
+  }
+  async isolateNext() {
+    if (!this.isolateIt) this.isolateIt = this.isolateRecords(this.isolations[0]!)[Symbol.asyncIterator]();
+    const r = await this.isolateIt.next();
+    if (r.done) {
+      this.isolateIt = null;
+      this.isolations.shift();
+      return;
+    }
+    this.trace(`isolate ${r.value.seq}`);
+    const item = { bytes: r.value.payload, req: 0, idx: 0, id: new Uint8Array(32), seq: Number(r.value.seq) };
+    this.receive(this.stages.wal_flush, { type: "isolated", batch: packBatch([item]) });
+  }
+
   /** root.ts `dead`: a batch crashed its receiver twice. */
   dead(l: Link, msg: unknown) {
+    const m = msg as {
+      batch?: EventBatch;
+      subs?: { req: number }[];
+      requests?: { req: number }[];
+      isolated?: boolean;
+    };
+    if (m.batch && l.to === "index" && !m.isolated && !this.opts.sabotage?.noIndexIsolation) {
+      // root.ts `isolate`: not set aside; sent again event by event.
+      this.stats.isolated = (this.stats.isolated ?? 0) + m.batch.ends.length;
+      this.trace(`isolate ${[...m.batch.seqs]}`);
+      this.isolations.push([...m.batch.seqs]);
+      return;
+    }
     this.stats.deadLetters!++;
-    const m = msg as { batch?: EventBatch; subs?: { req: number }[]; requests?: { req: number }[] };
     if (m.batch && (l.to === "wal_flush" || l.to === "index")) {
       for (const it of unpackBatch(m.batch)) this.deadAfterAck.add(toHex(it.id));
     }
@@ -616,7 +685,7 @@ export class Sim {
       case "send": {
         const l = [...this.links.values()].find((l) => l.from === st.name && l.name === e.to);
         if (!l) throw new Error(`${st.name} has no link "${e.to}"`);
-        l.send(e.msg);
+        l.send(e.msg, e.alone === true);
         if (
           st.name === "decode" && this.opts.crashDecodeAfterRemoval && !this.removalCrashed && this.removeA &&
           this.holds(e.msg, this.removeA.hex)
@@ -946,6 +1015,9 @@ export class Sim {
     }
     const replayLink = this.links.get("wal_flush>index")!;
     if (this.replayIt && replayLink.queue.length === 0) out.push({ label: "replay", run: () => this.replayNext() });
+    if (this.isolations.length && replayLink.queue.length === 0) {
+      out.push({ label: "isolate", run: () => this.isolateNext() });
+    }
     return out;
   }
 

@@ -3,7 +3,9 @@ import { assert, assertEquals, assertRejects } from "@std/assert";
 import { closedGroup, makeEvents, tempNode, testGroup, until } from "./_helpers.ts";
 import { cborArrayOf, openNode, type XfNode } from "../node.ts";
 import { announcedEvents } from "../actors/root.ts";
-import { eventId, signEvent, type StoredEvent } from "../storage/event.ts";
+import { createGroup, eventId, signEvent, type StoredEvent } from "../storage/event.ts";
+import { generateKeyPair } from "../storage/ed25519.ts";
+import { ACTION_ADD, ACTION_REMOVE, encodeMembership, type MembershipAction } from "../storage/membership.ts";
 import type { XfError } from "../core/errors.ts";
 
 Deno.test("XfNode.publish() stores, answers duplicates, and serves queries in (ts, id) order", async () => {
@@ -374,6 +376,56 @@ for (const stage of ["decode", "index"] as const) {
     }
   });
 }
+
+// Issue 11, known bug 3 (tests/sim_pipeline_test.ts): an acknowledged removal the index crashed twice beside (two
+// faults while its put was alone in flight) used to be dead-lettered and its seq skipped: never indexed, so after the
+// next start the removed member could write again. Now the index gets it again from the WAL, alone (root.ts `isolate`).
+Deno.test("An acknowledged removal the index crashed on twice (faults beside it) is indexed, and still counts after a restart", async () => {
+  const owner = await generateKeyPair();
+  const member = await generateKeyPair();
+  const { gid, manifest } = await createGroup(owner, { name: "secret", policy: 1 });
+  const membership = (action: MembershipAction, ts: number) =>
+    signEvent(owner, {
+      group: gid,
+      ts,
+      kind: 1,
+      tags: [],
+      payload: encodeMembership({ action, member: member.publicKey }),
+    });
+  const now = Date.now();
+  const add = await membership(ACTION_ADD, now - 100_000);
+  const remove = await membership(ACTION_REMOVE, now - 50_000);
+  const write = (ts: number) =>
+    signEvent(member, { group: gid, ts, kind: 16, tags: [], payload: new TextEncoder().encode(`at ${ts}`) });
+  // The index crashes whenever the removal's put is in its mailbox, until it has restarted twice: two faults while
+  // that put is alone in flight (the link takes it for a poison batch), then none.
+  const prefix = hexOf(remove.id).slice(0, 8);
+  const t = await tempNode({ faults: { index: { poisonPrefix: prefix, poisonCrashes: 2 } } });
+  try {
+    assertEquals((await t.node.publish([manifest, add])).map((r) => r.status), ["stored", "stored"]);
+    assertEquals((await t.node.publish([await write(now - 70_000)]))[0]!.status, "stored");
+    assertEquals((await t.node.publish([remove]))[0]!.status, "stored"); // acknowledged by the WAL
+    await until(() => t.node.pipeline.supervisor.child("index").stats.restarts >= 2 && t.node.health().ready, 20_000);
+    // Indexed (a read waits for the index to hold every acknowledged seq), not set aside.
+    assertEquals(await t.node.get(hexOf(remove.id)), remove.bytes);
+    assertEquals(t.node.pipeline.supervisor.child("index").stats.restarts, 2);
+    assertEquals(t.node.health().deadLetters.count, 0);
+    assert((await t.node.metrics()).includes("xf_index_isolations_total 1"));
+    await t.node.close();
+    // A new decode loads the group from the index: the removal holds, the removed member is refused.
+    const again = await openNode({ workers: false, dataDir: t.dir });
+    try {
+      const [r] = await again.publish([await write(now - 10_000)]);
+      assertEquals([r!.status, r!.code], ["rejected", "FORBIDDEN"]);
+      assertEquals(await again.get(hexOf(remove.id)), remove.bytes);
+    } finally {
+      await again.close();
+    }
+  } finally {
+    await t.node.close().catch(() => {});
+    await Deno.remove(t.dir, { recursive: true }).catch(() => {});
+  }
+});
 
 Deno.test("dead_letters_max bounds the dead letters /health remembers; every one is counted", async () => {
   const g = await testGroup();
