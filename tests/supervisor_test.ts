@@ -644,3 +644,47 @@ Deno.test({
     end(ref);
   },
 });
+
+Deno.test("A stage's start that never reports ready fails after stage_start_ms, not the request timeout", async () => {
+  const ch = new MessageChannel();
+  const ref = new StageRef(
+    "silent",
+    (): Spawned => ({ endpoint: ch.port1, terminate: () => ch.port2.close(), release: () => ch.port1.close() }),
+    { onReport: () => {}, onAsk: () => Promise.reject(new XfError("INTERNAL", "no")), onCrash: () => {} },
+    limitsWith({ stage_start_ms: 80, request_timeout_ms: 60_000 }),
+  );
+  const t0 = performance.now();
+  const err = await ref.start({ msg: { t: "init" } as unknown as InitMessage["msg"], transfer: [] }).then(
+    () => null,
+    (e) => e as XfError,
+  );
+  if (!err) throw new Error("a start with no ready answer succeeded");
+  assert(err.message.includes("did not start within 80 ms"), err.message);
+  assert(performance.now() - t0 < 5_000);
+  ref.kill(new XfError("SHUTTING_DOWN", "done"));
+});
+
+Deno.test("A report a stage posted just before it was terminated still reaches the root (a WAL acknowledgement)", async () => {
+  const ch = new MessageChannel();
+  const reports: unknown[] = [];
+  const ref = new StageRef(
+    "child",
+    (): Spawned => ({ endpoint: ch.port1, terminate: () => ch.port2.close(), release: () => ch.port1.close() }),
+    {
+      onReport: (_from, msg) => reports.push(msg),
+      onAsk: () => Promise.reject(new XfError("INTERNAL", "no")),
+      onCrash: () => {},
+    },
+  );
+  ch.port2.start();
+  ch.port2.onmessage = () => {};
+  ch.port2.postMessage({ t: "ready" });
+  await ref.start({ msg: { t: "init" } as unknown as InitMessage["msg"], transfer: [] });
+  // The child answers a batch, and dies before the root has read the answer.
+  ch.port2.postMessage({ t: "report", msg: { type: "appended", n: 1, lastSeq: 7 } });
+  ref.terminateAbruptly();
+  await until(() => reports.length === 1, 2000).catch(() => {});
+  assertEquals(reports, [{ type: "appended", n: 1, lastSeq: 7 }]);
+  ref.closed = true;
+  ref.kill(new XfError("SHUTTING_DOWN", "done"));
+});
