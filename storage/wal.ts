@@ -406,7 +406,7 @@ export class Wal {
     const run = this.#deleteThrough(seq);
     const tracked: Promise<unknown> = run.catch(() => {}).finally(() => this.#checkpointing.delete(tracked));
     this.#checkpointing.add(tracked);
-    return run;
+    return await run;
   }
 
   /** True once {@linkcode Wal.close} was called: a caller about to checkpoint should stop. */
