@@ -24,6 +24,7 @@ import { MODULES } from "./stages.ts";
 import { toWire, type WireError, XfError } from "../core/errors.ts";
 import type { Limits } from "../core/limits.ts";
 import { Histogram } from "./histogram.ts";
+import { toHexAt } from "../core/bytes.ts";
 import { sha256 } from "@noble/hashes/sha2";
 
 /** How an outgoing link is described to a host. */
@@ -506,7 +507,5 @@ function idsOf(msgs: unknown[]): Set<string> {
 
 /** Hex of the 32 bytes at `at`. */
 function hex32(b: Uint8Array, at: number): string {
-  let hex = "";
-  for (let i = at; i < at + 32; i++) hex += b[i]!.toString(16).padStart(2, "0");
-  return hex;
+  return toHexAt(b, at, 32);
 }
