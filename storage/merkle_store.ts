@@ -33,12 +33,28 @@ const rootKey = (gid: string) => metaKey(`root:${gid}`);
 /** The Merkle trees of every group, loaded on first use. */
 export class GroupTrees {
   private groups = new Map<string, GroupTree>();
+  /** Loads in progress: a second caller waits for the same scan (at 10 M events one takes seconds). */
+  private loading = new Map<string, Promise<GroupTree>>();
+  /** Bumped when cached trees are dropped: a load that began before does not cache its (older) tree. */
+  #generation = 0;
   constructor(private readonly kv: Kv) {}
 
-  /** Load a group's pages and root from the store (once). */
-  async load(gid: string): Promise<GroupTree> {
+  /** Load a group's pages and root from the store (once; concurrent callers share one load). */
+  load(gid: string): Promise<GroupTree> {
     const hit = this.groups.get(gid);
-    if (hit) return hit;
+    if (hit) return Promise.resolve(hit);
+    let p = this.loading.get(gid);
+    if (!p) {
+      const mine: Promise<GroupTree> = this.#read(gid).finally(() => {
+        if (this.loading.get(gid) === mine) this.loading.delete(gid);
+      });
+      this.loading.set(gid, p = mine);
+    }
+    return p;
+  }
+
+  async #read(gid: string): Promise<GroupTree> {
+    const generation = this.#generation;
     const g = fromHex(gid)!;
     const pages = new Map<string, Uint8Array>();
     const prefix = merklePrefix(g);
@@ -54,7 +70,8 @@ export class GroupTrees {
     const store = { get: (h: Uint8Array) => pages.get(toHex(h)) };
     // The page bytes are all in memory already; keep every decoded page too (a decode re-hashes the page).
     const gt: GroupTree = { pages, tree: new MerkleTree(store, root, { cachePages: DECODED_PAGES_MAX }) };
-    this.groups.set(gid, gt);
+    // A forget() during the scan means the store moved under it: this copy serves its callers, is not kept.
+    if (generation === this.#generation) this.groups.set(gid, gt);
     return gt;
   }
 
@@ -131,12 +148,21 @@ export class GroupTrees {
     for (const [h, bytes] of built.put) ops.push({ type: "put", key: merkleKey(g, fromHex(h)!), value: bytes });
     const r = built.root;
     ops.push({ type: "put", key: rootKey(gid), value: encodeCbor([r.hash, r.count, r.depth]) });
-    return { ops, commit: () => void this.groups.delete(gid) };
+    return {
+      ops,
+      commit: () => {
+        this.groups.delete(gid);
+        this.loading.delete(gid);
+        this.#generation++;
+      },
+    };
   }
 
   /** Drop every cached tree (after a failed write: trees reload from what the store holds). */
   forget(): void {
     this.groups.clear();
+    this.loading.clear();
+    this.#generation++;
   }
 
   /** Root, count and depth of a group's tree. */
