@@ -21,6 +21,7 @@
 import { Inlet, type LinkFrame, nowMs, Outlet, type Poisoned } from "./link.ts";
 import type { BaseConfig, CommonEffect, Input, Report, StageModule } from "./stage.ts";
 import { MODULES } from "./stages.ts";
+import { niceThisThread } from "./thread_priority.ts";
 import { toWire, type WireError, XfError } from "../core/errors.ts";
 import type { Limits } from "../core/limits.ts";
 import { Histogram } from "./histogram.ts";
@@ -311,6 +312,10 @@ export function host(parent: ParentEndpoint, modules: Record<string, () => Promi
             receive,
             room: (to) => outlets.get(to)?.room() ?? Promise.resolve(),
           });
+          if (typeof m.config.nice === "number") {
+            const why = niceThisThread(m.config.nice);
+            if (why) console.warn(`Stage ${m.stage} keeps its thread priority: ${why}`);
+          }
           state = mod.logic.init(m.config);
           await effects.start?.(state, m.config);
           for (const [name, spec] of Object.entries(m.outputs)) {

@@ -71,6 +71,19 @@ export const LINKS: readonly LinkSpec[] = [
 ];
 
 /**
+ * Each stage's thread priority (Linux nice value) when it runs in a Worker. The index is off the acknowledgement path:
+ * on a machine with fewer cores than busy threads its RocksDB and Merkle work yields to the threads an
+ * acknowledgement waits for, and catches up when they idle (its backlog is bounded by `pipeline_inflight_events_max`).
+ */
+export const STAGE_NICE: Readonly<Record<StageName, number>> = {
+  ingest: 0,
+  decode: 0,
+  wal_flush: 0,
+  index: 10,
+  advertise: 0,
+};
+
+/**
  * Faults to inject in tests: a stage crashes on its Nth data batch (once), or on every poison batch (with
  * `poisonCrashes`, only until it has restarted that many times: a fault beside a batch, not in it).
  */
@@ -88,6 +101,8 @@ export interface PipelineOptions {
   faults?: Faults;
   /** Called when the supervisor gives up (restart intensity exceeded). */
   onFatal?: (e: XfError) => void;
+  /** Thread priorities of stages in Workers, over {@linkcode STAGE_NICE} (0: as the process). */
+  nice?: Partial<Record<StageName, number>>;
 }
 
 interface OpenRequest {
@@ -334,6 +349,9 @@ export class Pipeline {
     const base: { limits: Limits } & Record<string, unknown> = { limits: this.limits };
     if (name === "wal_flush") base.dir = `${this.opts.dataDir}/wal`;
     if (name === "index") base.dir = `${this.opts.dataDir}/db`;
+    // In-process stages share the caller's thread: only a Worker's own thread is re-prioritised.
+    const nice = this.opts.nice?.[name] ?? STAGE_NICE[name];
+    if ((this.opts.workers ?? true) && nice > 0) base.nice = nice;
     return base;
   }
 

@@ -92,7 +92,7 @@ export const COMMANDS: CommandSpec[] = [
     summary: "run a node (stops cleanly on SIGINT/SIGTERM)",
     usage: "[--data DIR] [--host H] [--port N] [--public-url ws://HOST:PORT] [--key FILE] [--group GID]... " +
       "[--peer URL]... [--operator-token T] [--cors-origin ORIGIN]... [--limits JSON] [--log-format text|json] " +
-      "[--log-level LEVEL]",
+      "[--log-level LEVEL] [--index-nice N]",
     flags: [
       { name: "data", value: "DIR", env: "XF_DATA", help: "the data directory (default ./data)" },
       { name: "host", value: "H", env: "XF_HOST", help: "the address to listen on (default 127.0.0.1)" },
@@ -137,6 +137,12 @@ export const COMMANDS: CommandSpec[] = [
         value: "LEVEL",
         env: "XF_LOG_LEVEL",
         help: "debug, info (default), warning or error",
+      },
+      {
+        name: "index-nice",
+        value: "N",
+        env: "XF_INDEX_NICE",
+        help: "the index stage thread's nice value, 0..19 (default 10: acknowledgements first on busy cores)",
       },
     ],
     example: "xf serve --data ./data --port 7878 --group GID --peer ws://10.0.0.2:7878",

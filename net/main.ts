@@ -125,6 +125,10 @@ async function runServe(f: Flags) {
   } catch (e) {
     throw new UsageError((e as Error).message, "serve");
   }
+  const niceFlag = flag(f, "index-nice", "XF_INDEX_NICE");
+  if (niceFlag !== undefined && !/^(1?\d)$/.test(niceFlag)) {
+    throw new UsageError(`Cannot use --index-nice "${niceFlag}": not an integer in 0..19`, "serve");
+  }
   // Nothing is created (data directory, key) before we know the port is free.
   checkPortFree(host, port);
   await configureLogging(logOptions);
@@ -137,6 +141,7 @@ async function runServe(f: Flags) {
     key,
     groups,
     limits,
+    ...(niceFlag === undefined ? {} : { nice: { index: Number(niceFlag) } }),
     onFatal: (e) => {
       console.error(`fatal: ${e.message}`);
       Deno.exit(1);

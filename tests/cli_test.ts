@@ -195,6 +195,10 @@ Deno.test("xf refuses unknown flags, missing values, bad numbers and unsigned si
     assert(r.code === 2 && (r.err.includes("--since") || r.err.includes("--until")), `${range.join(" ")}: ${r.err}`);
   }
   assertEquals((await xf(["pubish"])).code, 2);
+  for (const n of ["20", "-1", "ten"]) {
+    const r = await xf(["serve", "--data", "/nonexistent/xf", "--port", "0", "--index-nice", n]);
+    assert(r.code === 2 && r.err.includes("--index-nice"), `--index-nice ${n}: ${r.code} ${r.err}`);
+  }
   // --key is required to sign: no silent ./data/node.key.
   const unsigned = [
     ["publish", "--group", gid, "--text", "hi"],
