@@ -212,6 +212,12 @@ export const DECODED_PAGES_MAX = 65_536;
 /** Damaged events listed in one fsck report (the count is always exact). */
 export const FSCK_DAMAGED_MAX = 10_000;
 
+/**
+ * Bytes one RocksDB iterator step reads ahead for a bulk scan (a group's Merkle pages at first use): 64 pages of
+ * 16 KiB per round trip into the binding instead of one (its default is 16 KiB).
+ */
+export const KV_BULK_READ_BYTES_MAX = 1024 * 1024;
+
 /** Target event ids one tombstone (kind 2) names (SPEC: 1 to 256). */
 export const TOMBSTONE_TARGETS_MAX = 256;
 

@@ -27,6 +27,8 @@ export interface KvRange {
   limit?: number;
   /** False: keys only (values come back empty), which a scan of a large keyspace reads far faster. */
   values?: boolean;
+  /** A long scan: read up to this many bytes ahead per step (RocksDB; others ignore it). For short reads leave it. */
+  readAheadBytes?: number;
 }
 
 /** How {@linkcode Kv.compact} compacts. */

@@ -136,6 +136,7 @@ class RocksKv implements Kv {
     };
     for (const k of ["gt", "gte", "lt", "lte"] as const) if (r[k]) opts[k] = buf(r[k]!);
     if (r.limit !== undefined) opts.limit = r.limit;
+    if (r.readAheadBytes !== undefined) opts.highWaterMark = r.readAheadBytes;
     const it = this.db.iterator(opts);
     const read = this.openRead();
     try {

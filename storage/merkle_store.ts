@@ -18,7 +18,7 @@ import { decodeEvent, KIND_TOMBSTONE, peekEvent, type StoredEvent } from "./even
 import { decodeTombstone } from "./deletion.ts";
 import { XfError } from "../core/errors.ts";
 import { sha256 } from "@noble/hashes/sha2";
-import { DECODED_PAGES_MAX, FSCK_DAMAGED_MAX } from "../core/limits.ts";
+import { DECODED_PAGES_MAX, FSCK_DAMAGED_MAX, KV_BULK_READ_BYTES_MAX } from "../core/limits.ts";
 
 interface GroupTree {
   pages: Map<string, Uint8Array>;
@@ -58,9 +58,8 @@ export class GroupTrees {
     const g = fromHex(gid)!;
     const pages = new Map<string, Uint8Array>();
     const prefix = merklePrefix(g);
-    for await (const [k, v] of this.kv.range({ gte: prefix, lt: prefixEnd(prefix) })) {
-      pages.set(toHex(k.subarray(33)), v);
-    }
+    const bulk = { gte: prefix, lt: prefixEnd(prefix), readAheadBytes: KV_BULK_READ_BYTES_MAX };
+    for await (const [k, v] of this.kv.range(bulk)) pages.set(toHex(k.subarray(33)), v);
     const rb = await this.kv.get(rootKey(gid));
     let root: RootInfo | null = null;
     if (rb) {
