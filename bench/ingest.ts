@@ -360,7 +360,10 @@ export async function benchIngest(): Promise<{ rows: Row[]; notes: string[] }> {
 
   // Library API, stages in Workers (the service's own layout).
   const libDir = await Deno.makeTempDir({ prefix: "xf-bench-lib-" });
-  const node = await openNode({ dataDir: libDir });
+  // XF_INDEX_NICE (as `xf serve` reads it for the HTTP node above): the index thread's nice value in this run.
+  const nice = Deno.env.get("XF_INDEX_NICE");
+  const node = await openNode({ dataDir: libDir, ...(nice === undefined ? {} : { nice: { index: Number(nice) } }) });
+  notes.push(`index thread nice value: ${nice ?? "10 (default)"} (XF_INDEX_NICE)`);
   await node.publish(manifest);
   let next = 0;
   let libShed = 0;
