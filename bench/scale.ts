@@ -2,12 +2,15 @@
 // measured twice in the same run, once when the group holds XF_SCALE_BASE events (default 1,000,000) and once when it
 // holds XF_SCALE_EVENTS, and printed as the larger group's figure beside 1.5 × the smaller one's:
 //
-// - index ingest: the index stage's own runtime (actors/index.ts, RocksDB synced, batches of 512 as the WAL stage
-//   sends them) over the XF_SCALE_WINDOW events written just before the group reaches each size: wall and CPU per event;
+// - index ingest: the index stage's own runtime (actors/index.ts, one RocksDB write per batch of 512, as the WAL stage
+//   sends them at light load) over the XF_SCALE_WINDOW events written just before the group reaches each size, once
+//   RocksDB's compactions of the fill are done: wall, and CPU of all threads including the compactions the window
+//   causes (counted until the process idles again);
 // - node ingest: a real node (openNode, stages in Workers) opened on the same data directory, XF_SCALE_PUBLISH signed
 //   events submitted in bodies of 100, four at a time, until indexed: wall and process CPU (all threads) per event;
-// - Merkle insert: GroupTrees.update alone (no write), 20 batches of 512 at random positions and 20 batches of 512 at
-//   the end, CPU per event;
+// - Merkle insert: GroupTrees.update alone (no write), 20 batches of 512 at random positions right after the group's
+//   tree is loaded and again once every page is decoded (as a long-running index holds them), and 20 batches of 512
+//   at the end: time per event;
 // - range fingerprints: median and p99 of 2,000 random ranges from a loaded tree;
 // - index bytes per event: the Merkle keyspace's keys and values ÷ events, against 40 B.
 //
@@ -35,6 +38,8 @@ const WINDOW = Number(Deno.env.get("XF_SCALE_WINDOW") ?? 100_000);
 const PUBLISH = Number(Deno.env.get("XF_SCALE_PUBLISH") ?? 20_000);
 const BATCH = 512;
 const FILL_BATCHES_PER_WRITE = 16;
+const SETTLE_CPU_SHARE = 0.05;
+const SETTLE_MS = 180_000;
 const MERKLE_BATCHES = 20;
 const RANGES = 2_000;
 const BYTES_TARGET = 40;
@@ -51,6 +56,8 @@ interface At {
   nodeCpuUs: number;
   nodeOpenMs: number;
   loadMs: number;
+  warmMs: number;
+  merkleRandomColdUs: number;
   merkleRandomUs: number;
   merkleEndUs: number;
   fpMedianMs: number;
@@ -118,6 +125,22 @@ function fillBatch(
   return items;
 }
 
+/**
+ * Wait until the process idles (under SETTLE_CPU_SHARE of one core over a second: RocksDB's background compactions
+ * done), at most SETTLE_MS. Returns how long it took and the CPU of the last (idle) second, which is not the window's.
+ */
+async function settle(): Promise<{ ms: number; idleCpuUs: number }> {
+  const t = performance.now();
+  for (;;) {
+    const c = cpuUs();
+    await new Promise((r) => setTimeout(r, 1000));
+    const used = cpuUs() - c;
+    if (used < SETTLE_CPU_SHARE * 1e6 || performance.now() - t > SETTLE_MS) {
+      return { ms: performance.now() - t, idleCpuUs: used };
+    }
+  }
+}
+
 /** Fill the group up to `to` events; the last WINDOW of them are timed (batches built before the clock starts). */
 async function fillTo(to: number): Promise<{ wallUs: number; cpuUs: number; startMs: number }> {
   const { stage, ms } = await startIndex();
@@ -151,9 +174,15 @@ async function fillTo(to: number): Promise<{ wallUs: number; cpuUs: number; star
   }
   const batches: ReturnType<typeof fillBatch>[] = [];
   for (let at = filled; at < to; at += BATCH) batches.push(fillBatch(at, Math.min(BATCH, to - at)));
+  // RocksDB compacts in background threads: the fill's debt is paid before the window (it would land on it), and
+  // the window's own is counted in its CPU by waiting for the process to idle again after it.
+  const settledBefore = await settle();
   const c0 = cpuUs(), t0 = performance.now();
   for (const b of batches) await put(b);
-  const wallUs = (performance.now() - t0) * 1000 / WINDOW, used = (cpuUs() - c0) / WINDOW;
+  const wallUs = (performance.now() - t0) * 1000 / WINDOW;
+  const settledAfter = await settle();
+  const used = (cpuUs() - c0 - settledAfter.idleCpuUs) / WINDOW;
+  log(`settled ${settledBefore.ms.toFixed(0)} ms before the window, ${settledAfter.ms.toFixed(0)} ms after it`);
   filled = to;
   await stage.stop();
   return { wallUs, cpuUs: used, startMs: ms };
@@ -161,7 +190,17 @@ async function fillTo(to: number): Promise<{ wallUs: number; cpuUs: number; star
 
 /** Merkle costs, fingerprints and bytes from a GroupTrees of its own over the store (nothing written). */
 async function merkleAt(): Promise<
-  Pick<At, "loadMs" | "merkleRandomUs" | "merkleEndUs" | "fpMedianMs" | "fpP99Ms" | "bytesPerEvent">
+  Pick<
+    At,
+    | "loadMs"
+    | "warmMs"
+    | "merkleRandomColdUs"
+    | "merkleRandomUs"
+    | "merkleEndUs"
+    | "fpMedianMs"
+    | "fpP99Ms"
+    | "bytesPerEvent"
+  >
 > {
   const kv = await openRocks(`${dataDir}/db`);
   try {
@@ -170,10 +209,29 @@ async function merkleAt(): Promise<
     const tree = await trees.tree(gidHex);
     const loadMs = performance.now() - t;
     const count = tree.root().count;
+    await settle();
     let bytes = 0;
     const mp = merklePrefix(gid);
     for await (const [k, v] of kv.range({ gte: mp, lt: prefixEnd(mp) })) bytes += k.length + v.length;
-    // Fingerprints of random ranges, after one whole-range pass that warms the decoded pages as the index holds them.
+    const span = nodeTs - ts0;
+    const item = (ts: number) => ({ group: gid, ts, id: crypto.getRandomValues(new Uint8Array(32)) });
+    const timed = async (make: (i: number) => number) => {
+      const batches = Array.from(
+        { length: MERKLE_BATCHES },
+        (_, b) => Array.from({ length: BATCH }, (_, i) => item(make(b * BATCH + i))),
+      );
+      // Wall time of the tree's own work (one thread, synchronous): process CPU would count RocksDB's threads too.
+      const t0 = performance.now();
+      for (const b of batches) (await trees.update(b, [])).commit();
+      return (performance.now() - t0) * 1000 / (MERKLE_BATCHES * BATCH);
+    };
+    const random = () => ts0 + Math.floor(Math.random() * span);
+    // Cold: right after the load, most leaves an insert lands on are still to be decoded (a decode re-hashes a page).
+    const merkleRandomColdUs = await timed(random);
+    // Warm: every page decoded once, as a long-running index holds them (DECODED_PAGES_MAX pages, 26,000 at 10 M).
+    t = performance.now();
+    tree.iterate(0, tree.root().count, () => {});
+    const warmMs = performance.now() - t;
     tree.fingerprint(0, count);
     const fp: number[] = [];
     for (let i = 0; i < RANGES; i++) {
@@ -183,21 +241,12 @@ async function merkleAt(): Promise<
       fp.push(performance.now() - t);
     }
     fp.sort((x, y) => x - y);
-    const span = nodeTs - ts0;
-    const item = (ts: number) => ({ group: gid, ts, id: crypto.getRandomValues(new Uint8Array(32)) });
-    const timed = async (make: (i: number) => number) => {
-      const batches = Array.from(
-        { length: MERKLE_BATCHES },
-        (_, b) => Array.from({ length: BATCH }, (_, i) => item(make(b * BATCH + i))),
-      );
-      const c0 = cpuUs();
-      for (const b of batches) (await trees.update(b, [])).commit();
-      return (cpuUs() - c0) / (MERKLE_BATCHES * BATCH);
-    };
-    const merkleRandomUs = await timed(() => ts0 + Math.floor(Math.random() * span));
+    const merkleRandomUs = await timed(random);
     const merkleEndUs = await timed((i) => nodeTs + 1_000_000 + i);
     return {
       loadMs,
+      warmMs,
+      merkleRandomColdUs,
       merkleRandomUs,
       merkleEndUs,
       fpMedianMs: percentile(fp, 0.5),
@@ -298,8 +347,9 @@ try {
     grow("index ingest CPU per event (µs)", "indexCpuUs"),
     grow("node ingest wall per event (µs)", "nodeWallUs"),
     grow("node ingest CPU per event, all threads (µs)", "nodeCpuUs"),
-    grow("Merkle insert CPU per event, random positions (µs)", "merkleRandomUs"),
-    grow("Merkle insert CPU per event, at the end (µs)", "merkleEndUs"),
+    grow("Merkle insert per event, random positions, warm tree (µs)", "merkleRandomUs"),
+    grow("Merkle insert per event, random positions, right after the load (µs)", "merkleRandomColdUs"),
+    grow("Merkle insert per event, at the end (µs)", "merkleEndUs"),
     grow("range fingerprint median (ms)", "fpMedianMs"),
     grow("range fingerprint p99 (ms)", "fpP99Ms"),
     {
@@ -320,12 +370,16 @@ try {
       ratio("indexCpuUs")
     }, node wall ${ratio("nodeWallUs")}, node CPU ${ratio("nodeCpuUs")}, Merkle random ${
       ratio("merkleRandomUs")
-    }, Merkle end ${ratio("merkleEndUs")}, fingerprint median ${ratio("fpMedianMs")}, p99 ${ratio("fpP99Ms")}`,
+    } (right after the load ${ratio("merkleRandomColdUs")}), Merkle end ${ratio("merkleEndUs")}, fingerprint median ${
+      ratio("fpMedianMs")
+    }, p99 ${ratio("fpP99Ms")}`,
   );
   for (const a of [small, large]) {
     console.log(
       `- at ${a.events.toLocaleString("en-US")}: index runtime start ${a.indexStartMs.toFixed(0)} ms, first load of ` +
-        `the group's tree ${a.loadMs.toFixed(0)} ms, node open ${a.nodeOpenMs.toFixed(0)} ms; Merkle ` +
+        `the group's tree ${a.loadMs.toFixed(0)} ms, decoding all its pages ${a.warmMs.toFixed(0)} ms, node open ${
+          a.nodeOpenMs.toFixed(0)
+        } ms; Merkle ` +
         `${a.bytesPerEvent.toFixed(2)} B/event; index window ${WINDOW.toLocaleString("en-US")} events, node window ` +
         `${PUBLISH.toLocaleString("en-US")} (${(1e6 / a.nodeWallUs).toFixed(0)} ev/s)`,
     );

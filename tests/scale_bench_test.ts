@@ -13,7 +13,7 @@ Deno.test("bench:scale runs end to end at a toy size and prints every figure", a
   const text = new TextDecoder().decode(out.stdout);
   assert(out.success, new TextDecoder().decode(out.stderr));
   const rows = text.split("\n").filter((l) => l.startsWith("| ") && !l.startsWith("| figure"));
-  assert(rows.length === 9, text);
+  assert(rows.length === 10, text);
   for (const r of rows) {
     const cells = r.split("|").map((c) => c.trim());
     for (const c of [cells[2], cells[4], cells[5]]) assert(Number.isFinite(Number(c!.replace(/,/g, ""))), r);
