@@ -213,7 +213,9 @@ async function merkleAt(): Promise<
     let bytes = 0;
     const mp = merklePrefix(gid);
     for await (const [k, v] of kv.range({ gte: mp, lt: prefixEnd(mp) })) bytes += k.length + v.length;
-    const span = nodeTs - ts0;
+    // Random positions among the filled events (ts0 .. ts0 + filled): at 1 M, a span reaching the node windows' times
+    // (past ts0 + 10 M) would put nine inserts in ten after the last event, where an insert is cheap.
+    const span = filled;
     const item = (ts: number) => ({ group: gid, ts, id: crypto.getRandomValues(new Uint8Array(32)) });
     const timed = async (make: (i: number) => number) => {
       const batches = Array.from(
