@@ -14,8 +14,9 @@
 // - range fingerprints: median and p99 of 2,000 random ranges from a loaded tree;
 // - index bytes per event: the Merkle keyspace's keys and values ÷ events, against 40 B.
 //
-// The group is filled by the index runtime itself (not through HTTP: ten million signatures would take the run's
-// hours), with dummy signatures, since the index does not verify (decode did); the node windows use signed events.
+// The group is filled by the index runtime itself (not through the node: signing and verifying ten million events
+// would about double the run), with dummy signatures, since the index does not verify (decode did); the node windows
+// use signed events.
 // XF_SCALE_DIR keeps the data directory (default: a temporary one, removed at the end).
 import process from "node:process";
 import { effects as indexEffects, logic as indexLogic } from "../actors/index.ts";
