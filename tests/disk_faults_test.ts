@@ -9,6 +9,7 @@ import { openRocks } from "../storage/kv_rocks.ts";
 import { eventKey, KS } from "../storage/keys.ts";
 import { fromHex } from "../core/bytes.ts";
 import { signEvent, type StoredEvent } from "../storage/event.ts";
+import { readDurableCheckpoint } from "../storage/wal_retention.ts";
 
 const TEST = { sanitizeOps: false, sanitizeResources: false } as const;
 /** Every case ends within this (a slow disk fails the test rather than hanging it). */
@@ -350,10 +351,20 @@ Deno.test({
             );
           }
           const acked = new Map<string, Uint8Array>();
-          const write = async (list: StoredEvent[]) => {
+          const write = async (list: StoredEvent[], walDroppedPast?: bigint) => {
             const node = await openNode({ dataDir: dir, workers: false, limits });
             try {
               for (let i = 0; i < list.length; i += 100) await publishAll(node, list.slice(i, i + 100), acked);
+              // The case below needs WAL records past the old index's seq gone: wait for the checkpoint that drops
+              // them (a fast machine finishes writing before the first one, wal_checkpoint_ms after an index write).
+              for (
+                let t = 0;
+                walDroppedPast !== undefined && (await readDurableCheckpoint(`${dir}/wal`)) <= walDroppedPast;
+                t++
+              ) {
+                if (t > 500) throw new Error(`the WAL's durable checkpoint did not pass seq ${walDroppedPast} in 10 s`);
+                await new Promise((r) => setTimeout(r, 20));
+              }
             } finally {
               await node.close();
             }
@@ -371,7 +382,7 @@ Deno.test({
           assert(!held.refused, held.refused?.message);
           assertEquals(held.lost, [], "the WAL held what the old index lacked, and it was not replayed");
           // Now many more: whole segments are covered and deleted once RocksDB flushed them.
-          await write(events.slice(410));
+          await write(events.slice(410), 411n);
           const before = [...Deno.readDirSync(`${dir}/wal`)].filter((e) => e.name.endsWith(".wal")).length;
           await Deno.remove(`${dir}/db`, { recursive: true });
           await copyFiles(`${dir}/db-old`, `${dir}/db`);
