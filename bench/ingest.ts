@@ -98,6 +98,36 @@ export async function makeWorkload(n: number) {
  * generator holds a few hundred buffers instead of a few hundred thousand objects (whose garbage
  * collection would otherwise slow the client, not the node).
  */
+/**
+ * Submit request bodies through the library API, `writers` at a time, as a well-behaved app does: past the in-flight
+ * limit (the index behind the acks) it waits 5 ms and retries. Returns how many submissions were answered OVERLOADED.
+ */
+export async function submitBodies(
+  node: { submit(gid: Uint8Array, body: Uint8Array): Promise<unknown> },
+  gid: Uint8Array,
+  bodies: readonly Uint8Array[],
+  writers = 4,
+): Promise<number> {
+  let next = 0;
+  let shed = 0;
+  await Promise.all(Array.from({ length: writers }, async () => {
+    while (next < bodies.length) {
+      const body = bodies[next++]!;
+      for (;;) {
+        try {
+          await node.submit(gid, body);
+          break;
+        } catch (e) {
+          if ((e as { code?: string }).code !== "OVERLOADED") throw e;
+          shed++;
+          await new Promise((r) => setTimeout(r, 5));
+        }
+      }
+    }
+  }));
+  return shed;
+}
+
 export async function makeBodies(
   gid: Uint8Array,
   n: number,
@@ -365,25 +395,8 @@ export async function benchIngest(): Promise<{ rows: Row[]; notes: string[] }> {
   const node = await openNode({ dataDir: libDir, ...(nice === undefined ? {} : { nice: { index: Number(nice) } }) });
   notes.push(`index thread nice value: ${nice ?? "10 (default)"} (XF_INDEX_NICE)`);
   await node.publish(manifest);
-  let next = 0;
-  let libShed = 0;
   const t0 = performance.now();
-  await Promise.all(Array.from({ length: 4 }, async () => {
-    while (next < lib.bodies.length) {
-      const body = lib.bodies[next++]!;
-      // As a well-behaved app does: past the in-flight limit (the index behind the acks), wait briefly and retry.
-      for (;;) {
-        try {
-          await node.submit(gid, body);
-          break;
-        } catch (e) {
-          if ((e as { code?: string }).code !== "OVERLOADED") throw e;
-          libShed++;
-          await new Promise((r) => setTimeout(r, 5));
-        }
-      }
-    }
-  }));
+  const libShed = await submitBodies(node, gid, lib.bodies);
   await untilIndexedLib(node, gid, N + 1);
   const libRate = N / ((performance.now() - t0) / 1000);
   notes.push(

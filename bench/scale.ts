@@ -32,6 +32,7 @@ import { GroupTrees } from "../storage/merkle_store.ts";
 import { DATA_FORMAT_VERSION } from "../version.ts";
 import { openNode } from "../node.ts";
 import { percentile, type Row, table, toHex } from "./_table.ts";
+import { submitBodies } from "./ingest.ts";
 
 const TOTAL = Number(Deno.env.get("XF_SCALE_EVENTS") ?? 10_000_000);
 const BASE = Number(Deno.env.get("XF_SCALE_BASE") ?? 1_000_000);
@@ -285,23 +286,9 @@ async function nodeAt(): Promise<Pick<At, "nodeWallUs" | "nodeCpuUs" | "nodeOpen
     const before = (await node.merkle(gidHex))?.count ?? 0;
     const nodeOpenMs = performance.now() - t;
     log(`node open and first read of the group in ${nodeOpenMs.toFixed(0)} ms`);
-    let next = 0;
     const c0 = cpuUs();
     t = performance.now();
-    await Promise.all(Array.from({ length: 4 }, async () => {
-      while (next < bodies.length) {
-        const body = bodies[next++]!;
-        for (;;) {
-          try {
-            await node.submit(gid, body);
-            break;
-          } catch (e) {
-            if ((e as { code?: string }).code !== "OVERLOADED") throw e;
-            await new Promise((r) => setTimeout(r, 5));
-          }
-        }
-      }
-    }));
+    await submitBodies(node, gid, bodies);
     for (let i = 0; ((await node.merkle(gidHex))?.count ?? 0) < before + PUBLISH; i++) {
       if (i > 30_000) throw new Error("the node did not index the window in 5 minutes");
       await new Promise((r) => setTimeout(r, 10));
