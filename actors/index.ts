@@ -67,7 +67,7 @@ import { type TargetInfo, targetOf } from "../storage/deletion.ts";
 import { GroupState } from "../storage/membership.ts";
 import { fromHex, toHex } from "../core/bytes.ts";
 import { XfError } from "../core/errors.ts";
-import { fsckDeleted, GroupTrees } from "../storage/merkle_store.ts";
+import { fsckDeleted, GroupTrees, MERKLE_FORMAT } from "../storage/merkle_store.ts";
 import { isForgettableKind, type SettingsRecord } from "../storage/retention.ts";
 import { IdFilter } from "../storage/id_filter.ts";
 import {
@@ -970,6 +970,9 @@ export const effects = (ctx: HostContext) => {
       contiguous = new SeqRanges(checkpoint, decodeRanges(await kv.get(ABOVE)));
       flushes = new FlushTracker(kv, checkpoint);
       trees = new GroupTrees(kv);
+      // Trees written by an older format are rebuilt from the time index before anything reads them.
+      const migrated = await trees.migrate();
+      if (migrated.length > 0) console.error(`Rebuilt ${migrated.length} Merkle trees in format ${MERKLE_FORMAT}`);
       deletedFilter = await buildDeletedFilter(kv);
       // Groups with retention settings: pruned now and every retention_prune_ms.
       for await (const [k] of kv.range({ gte: SETTINGS_PREFIX, lt: prefixEnd(SETTINGS_PREFIX), values: false })) {

@@ -5,15 +5,18 @@
  * Scanning a level's nodes in order, after appending node `x` to the
  * current page, whose size is then `s`, the page closes when
  *
- * - `s >= PAGE_NODES_MAX` (512), or
- * - `s >= PAGE_NODES_MIN` (128) and `u32(x) < boundaryThreshold(s)`,
+ * - `s >= max`, or
+ * - `s >= min` and `u32(x) < boundaryThreshold(s, level)`,
  *
- * where `u32(x)` is the first four bytes of the node, big-endian, and
- * `boundaryThreshold(s) = floor((s - 128)^4 / 80)`: a quartic hazard, zero
- * at 128 nodes and about 6.3 % per node at 511. The last page of a level
- * closes at the level's end. With uniformly random nodes the page size has
- * mean 384.6 and standard deviation 58 (computed exactly, and measured on
- * random data), and 0.7 % of pages are cut by the 512-node limit.
+ * where `u32(x)` is the first four bytes of the node, big-endian. Above
+ * level 0 (pages of page hashes), `min` is 128, `max` 512 and the threshold
+ * `floor((s - 128)^4 / 80)`: a quartic hazard, zero at 128 nodes and about
+ * 6.3 % per node at 511, giving pages of 384.6 nodes on average (standard
+ * deviation 58; 0.7 % cut by the 512 limit). Level 0 (event ids) uses the
+ * same curve shrunk four times: `min` 32, `max` 128, threshold
+ * `floor((s - 32)^4 × 64 / 5)`, so leaves hold about 96 ids (3 KiB of
+ * bytes) and a change at a random place rewrites 3 KiB, not 13 KiB. The
+ * last page of a level closes at the level's end.
  *
  * A decision depends only on the nodes since the last boundary, so the pages
  * are a function of the node sequence alone, and after a change the pages
@@ -22,23 +25,30 @@
  * @module
  */
 
-import { Page, type PageReuse } from "./page.ts";
+import { Page, type SegmentCache } from "./page.ts";
 import { copy32, ID } from "./_util.ts";
 
-/** Fewest nodes in a page that the rule may close (the last page of a level may hold fewer). */
+/** Fewest nodes in a page above level 0 that the rule may close (the last page of a level may hold fewer). */
 export const PAGE_NODES_MIN = 128;
 
 /** Most nodes in a page: 512 nodes of 32 bytes, 16 KiB of node data. */
 export const PAGE_NODES_MAX = 512;
 
-/** Divisor of the quartic hazard in {@linkcode boundaryThreshold}. */
+/** Fewest nodes in a leaf (level 0) that the rule may close. */
+export const LEAF_NODES_MIN = 32;
+
+/** Most nodes in a leaf: 128 ids, 4 KiB of node data. */
+export const LEAF_NODES_MAX = 128;
+
+/** Divisor of the quartic hazard in {@linkcode boundaryThreshold} above level 0. */
 export const BOUNDARY_DIVISOR = 80;
 
 /**
  * The threshold below which a node's first four bytes (big-endian) close a
- * page of `size` nodes: 0 below {@linkcode PAGE_NODES_MIN}, `2^32` from
- * {@linkcode PAGE_NODES_MAX}, else `floor((size - 128)^4 / 80)`. Every
- * intermediate is an exact integer in a double, so the rule is exact.
+ * page of `size` nodes at `level`: 0 below the level's minimum, `2^32` from
+ * its maximum, else `floor((size - 128)^4 / 80)` above level 0 and
+ * `floor((size - 32)^4 × 64 / 5)` at level 0. Every intermediate is an
+ * exact integer in a double, so the rule is exact.
  *
  * @example
  * ```ts
@@ -47,21 +57,26 @@ export const BOUNDARY_DIVISOR = 80;
  * assert(boundaryThreshold(128) === 0);
  * assert(boundaryThreshold(384) === 53687091);
  * assert(boundaryThreshold(512) === 2 ** 32);
+ * assert(boundaryThreshold(96, 0) === 214748364);
  * ```
  */
-export function boundaryThreshold(size: number): number {
+export function boundaryThreshold(size: number, level = 1): number {
+  if (level === 0) {
+    if (size >= LEAF_NODES_MAX) return 2 ** 32;
+    if (size < LEAF_NODES_MIN) return 0;
+    const t = size - LEAF_NODES_MIN;
+    return Math.floor((t * t * t * t * 64) / 5);
+  }
   if (size >= PAGE_NODES_MAX) return 2 ** 32;
   if (size < PAGE_NODES_MIN) return 0;
   const t = size - PAGE_NODES_MIN;
   return Math.floor((t * t * t * t) / BOUNDARY_DIVISOR);
 }
 
-/** Whether the node at `nodes[off]` closes a page that now holds `size` nodes. */
-export function closesPage(nodes: Uint8Array, off: number, size: number): boolean {
-  if (size >= PAGE_NODES_MAX) return true;
-  if (size < PAGE_NODES_MIN) return false;
+/** Whether the node at `nodes[off]` closes a page of `level` that now holds `size` nodes. */
+export function closesPage(nodes: Uint8Array, off: number, size: number, level = 1): boolean {
   const u32 = ((nodes[off]! << 24) | (nodes[off + 1]! << 16) | (nodes[off + 2]! << 8) | nodes[off + 3]!) >>> 0;
-  return u32 < boundaryThreshold(size);
+  return u32 < boundaryThreshold(size, level);
 }
 
 /**
@@ -154,7 +169,7 @@ export class Entries {
   }
 
   /** Make a page of the entries and empty them (`reuse`: see the {@linkcode Page} constructor). */
-  takePage(reuse?: PageReuse): Page {
+  takePage(reuse?: SegmentCache): Page {
     const n = this.length;
     this.length = 0;
     return new Page({
@@ -175,14 +190,16 @@ export class Entries {
 export class Chunker {
   readonly #current: Entries;
   readonly #onPage: (page: Page) => void;
-  /** The old page the open page's first `#same` nodes were copied from, in its order from its start. */
-  #from: Page | null = null;
-  #same = 0;
+  readonly #reuse: SegmentCache | undefined;
 
-  /** A chunker for `level` that hands each closed page to `onPage`. */
-  constructor(level: number, onPage: (page: Page) => void) {
+  /**
+   * A chunker for `level` that hands each closed page to `onPage`; the
+   * pages' hashes reuse the segments offered to `reuse`.
+   */
+  constructor(level: number, onPage: (page: Page) => void, reuse?: SegmentCache) {
     this.#current = new Entries(level, PAGE_NODES_MAX);
     this.#onPage = onPage;
+    this.#reuse = reuse;
   }
 
   /** Nodes in the open page; 0 right after a page closed. */
@@ -196,36 +213,20 @@ export class Chunker {
     this.#check();
   }
 
-  /**
-   * Append entry `i` of `src`. While the open page is a copy of the first
-   * nodes of one old page, the new page's hash reuses that page's inner
-   * nodes over them.
-   */
+  /** Append entry `i` of `src`. */
   pushFrom(src: Entries | Page, i: number): void {
-    const j = this.#current.length;
-    if (src instanceof Page && i === j && (j === 0 || (this.#from === src && this.#same === j))) {
-      this.#from = src;
-      this.#same = j + 1;
-    }
     this.#current.pushFrom(src, i);
     this.#check();
   }
 
   /** Close the open page, if any, at the end of the level. */
   finish(): void {
-    if (this.#current.length > 0) this.#onPage(this.#take());
+    if (this.#current.length > 0) this.#onPage(this.#current.takePage(this.#reuse));
   }
 
   #check(): void {
-    const s = this.#current.length;
-    if (closesPage(this.#current.nodes, (s - 1) * ID, s)) this.#onPage(this.#take());
-  }
-
-  #take(): Page {
-    const from = this.#from;
-    const page = this.#current.takePage(from === null ? undefined : { page: from, same: this.#same });
-    this.#from = null;
-    this.#same = 0;
-    return page;
+    const c = this.#current;
+    const s = c.length;
+    if (closesPage(c.nodes, (s - 1) * ID, s, c.level)) this.#onPage(c.takePage(this.#reuse));
   }
 }

@@ -120,8 +120,19 @@ export {
   PAGE_LEVEL_MAX,
   pageHash,
   type PageInit,
+  type PagePath,
+  SEGMENT_CUT_BELOW,
+  SEGMENT_NODES_MAX,
+  segmentEnds,
 } from "./page.ts";
-export { BOUNDARY_DIVISOR, boundaryThreshold, PAGE_NODES_MAX, PAGE_NODES_MIN } from "./chunker.ts";
+export {
+  BOUNDARY_DIVISOR,
+  boundaryThreshold,
+  LEAF_NODES_MAX,
+  LEAF_NODES_MIN,
+  PAGE_NODES_MAX,
+  PAGE_NODES_MIN,
+} from "./chunker.ts";
 export { FINGERPRINT_BYTES, fingerprintOf, negentropyVarint } from "./fingerprint.ts";
 export { type Bound, compareItems, ID_BYTES, type Item, itemKey, KEY_BYTES } from "./item.ts";
 export { PROTOCOL_VERSION, Reconciler, type ReconcileResult, type ReconcilerOptions } from "./negentropy.ts";

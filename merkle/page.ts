@@ -1,10 +1,21 @@
 /**
  * Pages of the Merkle index: their hash, and their byte encoding.
  *
- * A page holds 1 to 512 nodes of one level. Its hash is a binary Merkle
- * tree over the nodes: inner = SHA-256(0x01 || left || right), an odd last
- * node is promoted unchanged; the page hash is
- * SHA-256(0x02 || level u8 || node count u16 BE || binary root).
+ * A page holds 1 to 512 nodes of one level (1 to 128 at level 0). Its
+ * hash is a two-layer binary Merkle tree: the nodes are cut into segments
+ * by content (see {@linkcode segmentEnds}: a segment closes after a node
+ * whose bytes 4..8, big-endian, are below 2^28, one node in 16, or at 32
+ * nodes, or at the page's end). In a binary tree inner =
+ * SHA-256(0x01 || left || right) and an odd last node is promoted
+ * unchanged. A segment of `s` nodes has the root
+ * SHA-256(0x03 || s u8 || binary root of its nodes), and the page hash is
+ * SHA-256(0x02 || level u8 || n u16 BE || k u16 BE || binary root of the
+ * k segment roots), so a proof's every field is bound by the hash.
+ *
+ * Because segments are cut by content, inserting or removing a node changes
+ * one segment's root (and the pairs to its right among about n / 16 segment
+ * roots), not every pair to its right among the n nodes: an edit at a
+ * random place in a page costs about a dozen SHA-256, not n / 2.
  *
  * Beside the nodes, a page stores what navigation and fingerprints need,
  * derived from the nodes' subtrees and not covered by the hash: at level 0
@@ -13,28 +24,39 @@
  * (all varints unsigned LEB128, low 7-bit group first):
  *
  * ```
- * u8 version (1) | u8 level | u16 BE n | n × 32 B nodes
+ * u8 version (2) | u8 level | u16 BE n | n × 32 B nodes
  * level 0: n × varint ts delta (first absolute, then from the previous item)
  * level>0: n × varint first-ts delta | n × 32 B first id
  *          | n × varint item count  | n × 32 B id sum
  * ```
  *
+ * Version 1 had the same bytes and hashed the nodes as one binary tree; a
+ * store of version-1 pages is rebuilt on open (storage/merkle_store.ts).
+ *
  * @module
  */
 
-import { sha256 } from "@noble/hashes/sha2";
-import { hashInner } from "./_sha256.ts";
+import { hashInner, sha256Short } from "./_sha256.ts";
 import { sumAdd, sumAddBytes, sumToBytes } from "./_sum.ts";
-import { compareStoredKeys, corruption, ID, varintLength, writeVarint } from "./_util.ts";
+import { bytesEqualAt, compareStoredKeys, corruption, ID, varintLength, writeVarint } from "./_util.ts";
 
 /** Version byte at the start of every encoded page. */
-export const PAGE_FORMAT_VERSION = 1;
+export const PAGE_FORMAT_VERSION = 2;
 
 /** Most nodes in a page (see `PAGE_NODES_MAX` in chunker.ts). */
 const NODES_MAX = 512;
 
+/** Most nodes in a leaf, a level-0 page (see `LEAF_NODES_MAX` in chunker.ts). */
+const LEAF_NODES = 128;
+
 /** Highest level a page may have; 512^16 items is far beyond any group. */
 export const PAGE_LEVEL_MAX = 15;
+
+/** Most nodes in one segment of a page's hash. */
+export const SEGMENT_NODES_MAX = 32;
+
+/** A node whose bytes 4..8 (u32 big-endian) are below this closes its segment: one node in 16. */
+export const SEGMENT_CUT_BELOW = 2 ** 28;
 
 /** Fields of a {@linkcode Page}; level-0 pages leave the derived columns `null`. */
 export interface PageInit {
@@ -50,6 +72,22 @@ export interface PageInit {
   counts: Float64Array | null;
   /** Each child's id sum (above level 0; `null` at level 0). */
   sums: Uint8Array | null;
+}
+
+/** Where a node sits in its page's two-layer hash, and the siblings on its path (a proof step). */
+export interface PagePath {
+  /** Nodes in the page. */
+  count: number;
+  /** Index of the node's segment. */
+  segment: number;
+  /** Segments in the page. */
+  segments: number;
+  /** Index of the node in its segment. */
+  index: number;
+  /** Nodes in its segment. */
+  size: number;
+  /** Siblings in the segment's binary tree, bottom up, then in the tree of segment roots. */
+  siblings: Uint8Array[];
 }
 
 /**
@@ -80,18 +118,20 @@ export class Page {
   /** Sum of the ids under this page, 8 limbs. */
   readonly idSum: Uint32Array;
   #hash: Uint8Array | undefined;
-  /** Inner nodes of the page's binary tree, kept once hashed (see {@linkcode binaryLayers}). */
-  #layers: Uint8Array | undefined;
-  /** An older page sharing this page's first nodes, whose inner nodes the hash reuses (dropped once hashed). */
-  #reuse: PageReuse | undefined;
+  /** Exclusive end of each segment (computed with the hash). */
+  #segEnds: Uint16Array | undefined;
+  /** Root of each segment, 32 bytes each, kept once hashed (about 2 bytes per node). */
+  #segRoots: Uint8Array | undefined;
+  /** Segments of older pages whose roots the hash may reuse (dropped once hashed). */
+  #reuse: SegmentCache | undefined;
 
   /**
    * Make a page from its columns (trusted; {@linkcode decodePage} validates).
-   * With `reuse`, the hash takes the inner nodes over the first `reuse.same`
-   * nodes from `reuse.page`, which must hold the same first nodes.
+   * With `reuse`, the hash takes the root of every segment that an older
+   * page in the cache holds with the same nodes, instead of hashing it.
    */
-  constructor(init: PageInit, reuse?: PageReuse) {
-    this.#reuse = reuse !== undefined && reuse.same > 1 ? reuse : undefined;
+  constructor(init: PageInit, reuse?: SegmentCache) {
+    this.#reuse = reuse;
     const n = init.firstTs.length;
     this.level = init.level;
     this.size = n;
@@ -142,45 +182,58 @@ export class Page {
   /** The page hash (computed once). */
   hash(): Uint8Array {
     if (this.#hash === undefined) {
-      const layers = this.layers();
-      const root = this.size === 1 ? this.nodes : layers.subarray(layers.length - ID);
-      this.#hash = wrapPageHash(this.level, this.size, root);
+      const roots = this.segmentRoots();
+      const k = roots.length / ID;
+      this.#hash = wrapPageHash(this.level, this.size, k, k === 1 ? roots : binaryRoot(roots));
     }
     return this.#hash;
   }
 
-  /**
-   * The inner nodes of the page's binary tree, heights 1 and up, computed
-   * once and kept: a page made from an older one by an edit at node `i`
-   * hashes only the inner nodes to the right of `i` (about `n - i` SHA-256
-   * instead of `n - 1`).
-   */
-  layers(): Uint8Array {
-    if (this.#layers === undefined) {
-      const r = this.#reuse;
-      const old = r === undefined ? undefined : r.page.#layers;
-      this.#layers = old === undefined
-        ? binaryLayers(this.nodes)
-        : binaryLayers(this.nodes, old, r!.page.size, r!.same);
-      this.#reuse = undefined;
-    }
-    return this.#layers;
+  /** Exclusive end of each segment of the page's hash (see {@linkcode segmentEnds}). */
+  segmentEnds(): Uint16Array {
+    return this.#segEnds ??= segmentEnds(this.nodes);
   }
 
-  /** The siblings on the binary path of node `index`, bottom up (as {@linkcode binarySiblings}). */
-  siblings(index: number): Uint8Array[] {
-    const layers = this.layers();
-    const out: Uint8Array[] = [];
-    let src = this.nodes;
-    let off = 0;
-    let i = index;
-    for (let m = this.size; m > 1; m = (m + 1) >> 1, i >>= 1) {
-      const sib = i ^ 1;
-      if (sib < m) out.push(src.slice(off + sib * ID, off + sib * ID + ID));
-      off = src === this.nodes ? 0 : off + m * ID;
-      src = layers;
+  /** The segment roots, 32 bytes each, if already computed (a page's hash computes them). */
+  knownSegmentRoots(): Uint8Array | undefined {
+    return this.#segRoots;
+  }
+
+  /**
+   * The root of each segment, 32 bytes each, computed once and kept: a
+   * segment that a page in the reuse cache holds too is copied, not hashed.
+   */
+  segmentRoots(): Uint8Array {
+    if (this.#segRoots === undefined) {
+      const ends = this.segmentEnds();
+      const roots = new Uint8Array(ends.length * ID);
+      const reuse = this.#reuse;
+      let start = 0;
+      for (let k = 0; k < ends.length; k++) {
+        const end = ends[k]!;
+        if (reuse === undefined || !reuse.copyRoot(this.nodes, start, end, roots, k * ID)) {
+          rootInto(this.nodes, start * ID, end - start, roots, k * ID);
+        }
+        start = end;
+      }
+      this.#segRoots = roots;
+      this.#reuse = undefined;
     }
-    return out;
+    return this.#segRoots;
+  }
+
+  /** Where node `index` sits in the page's hash, with the siblings on its path (a proof step). */
+  path(index: number): PagePath {
+    const ends = this.segmentEnds();
+    let segment = 0;
+    while (ends[segment]! <= index) segment++;
+    const start = segment === 0 ? 0 : ends[segment - 1]!;
+    const end = ends[segment]!;
+    const siblings = [
+      ...binarySiblings(this.nodes.subarray(start * ID, end * ID), index - start),
+      ...binarySiblings(this.segmentRoots(), segment),
+    ];
+    return { count: this.size, segment, segments: ends.length, index: index - start, size: end - start, siblings };
   }
 
   /** Write the 32-byte little-endian id sum at `out[off]`. */
@@ -189,46 +242,132 @@ export class Page {
   }
 }
 
-/** A page whose inner nodes a new page may reuse: it holds the new page's first `same` nodes. */
-export interface PageReuse {
-  /** The older page. */
-  page: Page;
-  /** How many first nodes the two pages share. */
-  same: number;
+/** The key a segment is found by in a {@linkcode SegmentCache}: bytes 8..14 of its first node. */
+function segmentKey(nodes: Uint8Array, off: number): number {
+  return ((nodes[off + 8]! << 16) | (nodes[off + 9]! << 8) | nodes[off + 10]!) * 0x1000000 +
+    ((nodes[off + 11]! << 16) | (nodes[off + 12]! << 8) | nodes[off + 13]!);
 }
 
 /**
- * All inner nodes of the binary tree over `nodes` (32 bytes each), height 1
- * first, then height 2, up to the binary root (empty for one node). At each
- * height `m` nodes pair into `ceil(m / 2)`; an odd last node is copied up.
- * With `old` (the layers of a tree over `oldN` nodes whose first `same`
- * nodes equal these), the inner nodes over the shared prefix are copied
- * from it instead of hashed: at height `h`, the first `floor(same / 2^h)`.
+ * The hashed segments of older pages, found by their nodes: a page made by
+ * an edit copies the root of every segment the edit left as it was (all but
+ * the one or two it touched), so it hashes about a dozen pairs, not half the
+ * page. A found segment's nodes are compared in full before its root is
+ * used.
  */
-export function binaryLayers(nodes: Uint8Array, old?: Uint8Array, oldN = 0, same = 0): Uint8Array {
-  const n = nodes.length / ID;
-  let total = 0;
-  for (let m = n; m > 1; m = (m + 1) >> 1) total += (m + 1) >> 1;
-  const out = new Uint8Array(total * ID);
-  let src = nodes;
-  let srcOff = 0;
-  let outOff = 0;
-  let oldOff = 0;
-  let keep = old === undefined ? 0 : same;
-  for (let m = n, om = oldN; m > 1; m = (m + 1) >> 1, om = (om + 1) >> 1) {
-    const half = m >> 1;
-    keep >>= 1;
-    if (keep > 0) out.set(old!.subarray(oldOff, oldOff + keep * ID), outOff);
-    for (let k = keep; k < half; k++) {
-      hashInner(src, srcOff + 2 * k * ID, srcOff + (2 * k + 1) * ID, out, outOff + k * ID);
+export class SegmentCache {
+  readonly #bySegment = new Map<number, { page: Page; segment: number }>();
+
+  /** Offer the segments of `page` (only if its hash is already computed). */
+  add(page: Page): void {
+    const roots = page.knownSegmentRoots();
+    if (roots === undefined) return;
+    const ends = page.segmentEnds();
+    let start = 0;
+    for (let k = 0; k < ends.length; k++) {
+      this.#bySegment.set(segmentKey(page.nodes, start * ID), { page, segment: k });
+      start = ends[k]!;
     }
-    if (m & 1) out.set(src.subarray(srcOff + (m - 1) * ID, srcOff + m * ID), outOff + half * ID);
-    src = out;
-    srcOff = outOff;
-    outOff += ((m + 1) >> 1) * ID;
-    oldOff += ((om + 1) >> 1) * ID;
   }
-  return out;
+
+  /**
+   * If an offered page holds a segment with exactly the nodes
+   * `nodes[start..end]`, copy its root to `out[outOff]` and return `true`.
+   */
+  copyRoot(nodes: Uint8Array, start: number, end: number, out: Uint8Array, outOff: number): boolean {
+    const hit = this.#bySegment.get(segmentKey(nodes, start * ID));
+    if (hit === undefined) return false;
+    const ends = hit.page.segmentEnds();
+    const s = hit.segment === 0 ? 0 : ends[hit.segment - 1]!;
+    if (ends[hit.segment]! - s !== end - start) return false;
+    if (!bytesEqualAt(hit.page.nodes, s * ID, nodes, start * ID, (end - start) * ID)) return false;
+    out.set(hit.page.knownSegmentRoots()!.subarray(hit.segment * ID, hit.segment * ID + ID), outOff);
+    return true;
+  }
+}
+
+/**
+ * Where the segments of a page's hash end: scanning the nodes in order, a
+ * segment closes after a node whose bytes 4..8 (u32 big-endian) are below
+ * {@linkcode SEGMENT_CUT_BELOW}, or when it holds
+ * {@linkcode SEGMENT_NODES_MAX} nodes, or at the last node. A cut depends
+ * only on the nodes since the previous cut, so an edit moves at most the
+ * cuts of the segment it falls in.
+ *
+ * @example
+ * ```ts
+ * import { assert } from "@std/assert";
+ * import { segmentEnds } from "./page.ts";
+ * assert(segmentEnds(new Uint8Array(40 * 32).fill(0xff)).join() === "32,40");
+ * ```
+ */
+export function segmentEnds(nodes: Uint8Array): Uint16Array {
+  const n = nodes.length / ID;
+  const ends: number[] = [];
+  let size = 0;
+  for (let i = 0; i < n; i++) {
+    size++;
+    const o = i * ID + 4;
+    const u32 = ((nodes[o]! << 24) | (nodes[o + 1]! << 16) | (nodes[o + 2]! << 8) | nodes[o + 3]!) >>> 0;
+    if (size >= SEGMENT_NODES_MAX || u32 < SEGMENT_CUT_BELOW || i === n - 1) {
+      ends.push(i + 1);
+      size = 0;
+    }
+  }
+  return Uint16Array.from(ends);
+}
+
+/** Scratch for {@linkcode rootInto}: one segment's nodes. */
+const scratch = new Uint8Array(SEGMENT_NODES_MAX * ID);
+
+/** Write the root of the segment of `m` nodes at `src[off..]`, {@linkcode segmentRoot}, to `out[outOff]`. */
+function rootInto(src: Uint8Array, off: number, m: number, out: Uint8Array, outOff: number): void {
+  wrapBuf[0] = 0x03;
+  wrapBuf[1] = m;
+  if (m === 1) {
+    wrapBuf.set(src.subarray(off, off + ID), 2);
+    out.set(sha256Short(wrapBuf, wrapOut), outOff);
+    return;
+  }
+  const s = m;
+  // First height straight from the source, the rest in the scratch.
+  let half = m >> 1;
+  for (let i = 0; i < half; i++) hashInner(src, off + 2 * i * ID, off + (2 * i + 1) * ID, scratch, i * ID);
+  if (m & 1) scratch.set(src.subarray(off + (m - 1) * ID, off + m * ID), half * ID);
+  m = (m + 1) >> 1;
+  while (m > 1) {
+    half = m >> 1;
+    for (let i = 0; i < half; i++) hashInner(scratch, 2 * i * ID, (2 * i + 1) * ID, scratch, i * ID);
+    if (m & 1) scratch.copyWithin(half * ID, (m - 1) * ID, m * ID);
+    m = (m + 1) >> 1;
+  }
+  wrapBuf[1] = s;
+  wrapBuf.set(scratch.subarray(0, ID), 2);
+  out.set(sha256Short(wrapBuf, wrapOut), outOff);
+}
+
+const wrapBuf = new Uint8Array(2 + ID);
+const wrapOut = new Uint8Array(ID);
+
+/**
+ * The root of a segment: SHA-256(0x03 || s u8 || binary root of its `s`
+ * nodes), binding the segment's size.
+ */
+export function segmentRoot(nodes: Uint8Array): Uint8Array {
+  const s = nodes.length / ID;
+  if (!Number.isInteger(s) || s < 1 || s > SEGMENT_NODES_MAX) {
+    throw new RangeError(`Cannot hash segment: '${nodes.length}' bytes of nodes`);
+  }
+  return wrapSegment(s, binaryRoot(nodes));
+}
+
+/** SHA-256(0x03 || s u8 || root): a segment's root from the binary root of its `s` nodes. */
+export function wrapSegment(s: number, root: Uint8Array): Uint8Array {
+  const buf = new Uint8Array(2 + ID);
+  buf[0] = 0x03;
+  buf[1] = s;
+  buf.set(root, 2);
+  return sha256Short(buf);
 }
 
 /**
@@ -278,19 +417,22 @@ export function binarySiblings(nodes: Uint8Array, index: number): Uint8Array[] {
   return out;
 }
 
-/** SHA-256(0x02 || level || n u16 BE || root): the page hash from a binary root. */
-export function wrapPageHash(level: number, n: number, root: Uint8Array): Uint8Array {
-  const buf = new Uint8Array(4 + ID);
+/** SHA-256(0x02 || level || n u16 BE || k u16 BE || root): the page hash from the root of its `k` segment roots. */
+export function wrapPageHash(level: number, n: number, k: number, root: Uint8Array): Uint8Array {
+  const buf = new Uint8Array(6 + ID);
   buf[0] = 0x02;
   buf[1] = level;
   buf[2] = n >>> 8;
   buf[3] = n & 0xff;
-  buf.set(root, 4);
-  return sha256(buf);
+  buf[4] = k >>> 8;
+  buf[5] = k & 0xff;
+  buf.set(root, 6);
+  return sha256Short(buf);
 }
 
 /**
- * The hash of a page of `level` holding `nodes` (32 bytes each).
+ * The hash of a page of `level` holding `nodes` (32 bytes each): the
+ * reference computation, straight from the definition in the module doc.
  *
  * @example
  * ```ts
@@ -300,7 +442,14 @@ export function wrapPageHash(level: number, n: number, root: Uint8Array): Uint8A
  * ```
  */
 export function pageHash(level: number, nodes: Uint8Array): Uint8Array {
-  return wrapPageHash(level, nodes.length / ID, binaryRoot(nodes));
+  const ends = segmentEnds(nodes);
+  const roots = new Uint8Array(ends.length * ID);
+  let start = 0;
+  ends.forEach((end, k) => {
+    roots.set(segmentRoot(nodes.subarray(start * ID, end * ID)), k * ID);
+    start = end;
+  });
+  return wrapPageHash(level, nodes.length / ID, ends.length, binaryRoot(roots));
 }
 
 /**
@@ -360,7 +509,8 @@ export function decodePage(bytes: Uint8Array): Page {
   const level = bytes[1]!;
   if (level > PAGE_LEVEL_MAX) throw fail(`level '${level}' above ${PAGE_LEVEL_MAX}`);
   const n = (bytes[2]! << 8) | bytes[3]!;
-  if (n < 1 || n > NODES_MAX) throw fail(`node count '${n}' outside 1..${NODES_MAX}`);
+  const max = level === 0 ? LEAF_NODES : NODES_MAX;
+  if (n < 1 || n > max) throw fail(`node count '${n}' outside 1..${max} at level ${level}`);
   let off = 4;
   const take = (len: number, what: string): Uint8Array => {
     if (off + len > bytes.length) throw fail(`truncated in ${what} at byte ${off}`);

@@ -6,46 +6,58 @@
  * root page:
  *
  * ```
- * u8 version (1) | u8 levels D (1..16)
- * D × ( u16 index of the node in its page | u16 node count n of the page
- *       | k × 32 B siblings on the node's binary path, bottom up )
+ * u8 version (2) | u8 levels D (1..16)
+ * D × ( u16 node count n of the page
+ *       | u16 index j of the node's segment | u16 segment count k
+ *       | u8 index i of the node in its segment | u8 segment size s
+ *       | a × 32 B siblings in the segment, bottom up
+ *       | b × 32 B siblings among the segment roots, bottom up )
  * ```
  *
- * `k` follows from `(index, n)`: walking up the binary tree of a page from
- * `(i, m) = (index, n)` while `m > 1`, there is a sibling when `i ^ 1 < m`
- * (a left node with no right neighbour is promoted without one), then
- * `i = i >> 1`, `m = ceil(m / 2)`. To verify: `h = event id`; at level L
- * fold the siblings (`SHA-256(0x01 || left || right)`, `h` is the right
- * when `i` is odd), then `h = SHA-256(0x02 || L || n u16 BE || h)`; the
- * proof holds when the final `h` equals the root.
+ * `a` follows from `(i, s)` and `b` from `(j, k)` (see
+ * {@linkcode siblingCount}). To verify: `h = event id`; at level L fold
+ * the `a` siblings from `(i, s)` (`SHA-256(0x01 || left || right)`, `h` is
+ * the right at an odd index), then `h = SHA-256(0x03 || s u8 || h)`, fold
+ * the `b` siblings from `(j, k)`, then
+ * `h = SHA-256(0x02 || L || n u16 BE || k u16 BE || h)`; the proof holds
+ * when the final `h` equals the root. Every field is bound: changing any
+ * byte of a valid proof makes it fail. Version 1 proofs (one binary tree per page)
+ * are refused with their version named.
  *
  * @module
  */
 
-import { sha256 } from "@noble/hashes/sha2";
-import { PAGE_NODES_MAX } from "./chunker.ts";
-import { PAGE_LEVEL_MAX, wrapPageHash } from "./page.ts";
+import { LEAF_NODES_MAX, PAGE_NODES_MAX } from "./chunker.ts";
+import { PAGE_LEVEL_MAX, type PagePath, SEGMENT_NODES_MAX, wrapPageHash, wrapSegment } from "./page.ts";
+import { hashInner } from "./_sha256.ts";
 import { bytesEqualAt, ID } from "./_util.ts";
 import { XfError } from "../core/errors.ts";
 
 /** Version byte at the start of every proof. */
-export const PROOF_FORMAT_VERSION = 1;
+export const PROOF_FORMAT_VERSION = 2;
 
-/** One level of a proof: where the node sits in its page, and its binary path. */
-export interface ProofStep {
-  /** Index of the node in its page. */
-  index: number;
-  /** Nodes in the page. */
-  count: number;
-  /** Siblings on the node's binary path in the page, bottom up. */
-  siblings: Uint8Array[];
-}
+/** One level of a proof: where the node sits in its page's hash, and the siblings on its path. */
+export type ProofStep = PagePath;
 
-/** Number of siblings on the binary path of node `index` in a page of `count` nodes. */
+/**
+ * Number of siblings on the binary path of node `index` in a binary tree of
+ * `count` nodes: walking up from `(i, m) = (index, count)` while `m > 1`,
+ * there is a sibling when `i ^ 1 < m` (a left node with no right neighbour
+ * is promoted without one), then `i = i >> 1`, `m = ceil(m / 2)`.
+ */
 export function siblingCount(index: number, count: number): number {
   let k = 0;
   for (let i = index, m = count; m > 1; i >>= 1, m = (m + 1) >> 1) if ((i ^ 1) < m) k++;
   return k;
+}
+
+/** Why `(count, segment, segments, index, size)` is not a place in a page at `level`, or `""`. */
+function badPlace(level: number, s: Omit<ProofStep, "siblings">): string {
+  const max = level === 0 ? LEAF_NODES_MAX : PAGE_NODES_MAX;
+  const ok = s.count >= 1 && s.count <= max && s.size >= 1 && s.size <= Math.min(SEGMENT_NODES_MAX, s.count) &&
+    s.index < s.size && s.segments >= 1 && s.segments <= s.count && s.segment < s.segments;
+  return ok ? "" : `level ${level}: node ${s.index} of a ${s.size}-node segment, segment ${s.segment} of ` +
+    `${s.segments}, in a page of ${s.count} is not a place in a page`;
 }
 
 /**
@@ -55,30 +67,35 @@ export function siblingCount(index: number, count: number): number {
  * ```ts
  * import { assert } from "@std/assert";
  * import { encodeProof } from "./proof.ts";
- * const proof = encodeProof([{ index: 0, count: 1, siblings: [] }]);
- * assert(proof.length === 6);
+ * const proof = encodeProof([{ count: 1, segment: 0, segments: 1, index: 0, size: 1, siblings: [] }]);
+ * assert(proof.length === 10);
  * ```
  */
 export function encodeProof(steps: readonly ProofStep[]): Uint8Array {
   let len = 2;
-  for (const s of steps) len += 4 + s.siblings.length * ID;
+  for (const s of steps) len += 8 + s.siblings.length * ID;
   const out = new Uint8Array(len);
   out[0] = PROOF_FORMAT_VERSION;
   out[1] = steps.length;
   let off = 2;
-  for (const s of steps) {
-    if (s.siblings.length !== siblingCount(s.index, s.count)) {
-      throw new RangeError(`Cannot encode proof: '${s.siblings.length}' siblings for node ${s.index} of ${s.count}`);
+  steps.forEach((s, level) => {
+    const bad = badPlace(level, s);
+    if (bad !== "") throw new RangeError(`Cannot encode proof: ${bad}`);
+    const want = siblingCount(s.index, s.size) + siblingCount(s.segment, s.segments);
+    if (s.siblings.length !== want) {
+      throw new RangeError(`Cannot encode proof: level ${level} has '${s.siblings.length}' siblings, not ${want}`);
     }
-    out[off++] = s.index >>> 8;
-    out[off++] = s.index & 0xff;
-    out[off++] = s.count >>> 8;
-    out[off++] = s.count & 0xff;
+    for (const v of [s.count, s.segment, s.segments]) {
+      out[off++] = v >>> 8;
+      out[off++] = v & 0xff;
+    }
+    out[off++] = s.index;
+    out[off++] = s.size;
     for (const sib of s.siblings) {
       out.set(sib, off);
       off += ID;
     }
-  }
+  });
   return out;
 }
 
@@ -129,34 +146,42 @@ function walkProof(proof: Uint8Array, eventId: Uint8Array, root: Uint8Array): bo
   if (proof[0] !== PROOF_FORMAT_VERSION) return `format version ${proof[0]}, expected ${PROOF_FORMAT_VERSION}`;
   const levels = proof[1]!;
   if (levels < 1 || levels > PAGE_LEVEL_MAX + 1) return `${levels} levels, expected 1 to ${PAGE_LEVEL_MAX + 1}`;
-  const buf = new Uint8Array(1 + 2 * ID);
-  buf[0] = 0x01;
-  let h: Uint8Array = eventId.slice();
+  // h lives at buf[0..32]; a pair is hashed from buf[32..96] back into buf[0..32].
+  const buf = new Uint8Array(3 * ID);
+  buf.set(eventId, 0);
   let off = 2;
-  for (let level = 0; level < levels; level++) {
-    if (off + 4 > proof.length) return `truncated at level ${level} (byte ${off})`;
-    const index = (proof[off]! << 8) | proof[off + 1]!;
-    const count = (proof[off + 2]! << 8) | proof[off + 3]!;
-    off += 4;
-    if (count < 1 || count > PAGE_NODES_MAX || index >= count) {
-      return `level ${level}: node ${index} of ${count} is not a place in a page`;
-    }
+  const fold = (index: number, count: number, level: number): string => {
     for (let i = index, m = count; m > 1; i >>= 1, m = (m + 1) >> 1) {
       if ((i ^ 1) >= m) continue;
       if (off + ID > proof.length) return `truncated in the siblings of level ${level} (byte ${off})`;
       const sib = proof.subarray(off, off + ID);
       off += ID;
-      if (i & 1) {
-        buf.set(sib, 1);
-        buf.set(h, 1 + ID);
-      } else {
-        buf.set(h, 1);
-        buf.set(sib, 1 + ID);
-      }
-      h = sha256(buf);
+      buf.copyWithin(i & 1 ? 2 * ID : ID, 0, ID);
+      buf.set(sib, i & 1 ? ID : 2 * ID);
+      hashInner(buf, ID, 2 * ID, buf, 0);
     }
-    h = wrapPageHash(level, count, h);
+    return "";
+  };
+  for (let level = 0; level < levels; level++) {
+    if (off + 8 > proof.length) return `truncated at level ${level} (byte ${off})`;
+    const u16 = (o: number) => (proof[o]! << 8) | proof[o + 1]!;
+    const step = {
+      count: u16(off),
+      segment: u16(off + 2),
+      segments: u16(off + 4),
+      index: proof[off + 6]!,
+      size: proof[off + 7]!,
+    };
+    off += 8;
+    const bad = badPlace(level, step);
+    if (bad !== "") return bad;
+    let why = fold(step.index, step.size, level);
+    if (why !== "") return why;
+    buf.set(wrapSegment(step.size, buf.subarray(0, ID)), 0);
+    why = fold(step.segment, step.segments, level);
+    if (why !== "") return why;
+    buf.set(wrapPageHash(level, step.count, step.segments, buf.subarray(0, ID)), 0);
   }
   if (off !== proof.length) return `${proof.length - off} bytes after the last level`;
-  return bytesEqualAt(h, 0, root, 0, ID);
+  return bytesEqualAt(buf, 0, root, 0, ID);
 }

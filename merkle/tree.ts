@@ -13,7 +13,7 @@ import { Chunker, Entries } from "./chunker.ts";
 import { fingerprintOf } from "./fingerprint.ts";
 import type { Bound, Item } from "./item.ts";
 import { compareItems } from "./item.ts";
-import { decodePage, encodePage, type Page } from "./page.ts";
+import { decodePage, encodePage, type Page, SegmentCache } from "./page.ts";
 import { encodeProof, type ProofStep } from "./proof.ts";
 import { sumAdd, sumEqualsBytes, sumSub } from "./_sum.ts";
 import { assertItem, bytesEqualAt, compareKeyAt, corruption, ID } from "./_util.ts";
@@ -283,11 +283,7 @@ export class MerkleTree {
     const index = firstNotBefore(page, item);
     if (index >= page.size || compareKeyAt(page.firstTs[index]!, page.nodes, index * ID, item) !== 0) return null;
     path.push({ page, index });
-    const steps: ProofStep[] = path.reverse().map(({ page, index }) => ({
-      index,
-      count: page.size,
-      siblings: page.siblings(index),
-    }));
+    const steps: ProofStep[] = path.reverse().map(({ page, index }) => page.path(index));
     return encodeProof(steps);
   }
 
@@ -406,10 +402,12 @@ export class MerkleTree {
     for (let level = 0; newRoot === undefined; level++) {
       const out = new Entries(level + 1);
       const next: Edit[] = [];
+      // The old pages the level's edits re-chunk offer their hashed segments to the new pages.
+      const reuse = new SegmentCache();
       const chunker = new Chunker(level, (page) => {
         made.set(toHex(page.hash()), { page, bytes: encodePage(page) });
         out.pushPage(page);
-      });
+      }, reuse);
       if (level > R) {
         // Above the old root: the one edit is the whole level.
         const e = edits[0]!;
@@ -418,7 +416,7 @@ export class MerkleTree {
         chunker.finish();
         next.push({ start: 0, end: N, from: 0, to: out.length });
       } else {
-        this.#rechunkLevel({ level, N, edits, src, chunker, out, next, gone });
+        this.#rechunkLevel({ level, N, edits, src, chunker, out, next, gone, reuse });
       }
       const only = next[0]!;
       if (next.length === 1 && only.start === 0 && only.end === N && out.length <= 1) {
@@ -534,9 +532,10 @@ export class MerkleTree {
       out: Entries;
       next: Edit[];
       gone: Set<string>;
+      reuse: SegmentCache;
     },
   ): void {
-    const { level, N, edits, src, chunker, out, next, gone } = o;
+    const { level, N, edits, src, chunker, out, next, gone, reuse } = o;
     let k = 0;
     const emitEditsAt = (r: number, skipUntil: number): number => {
       while (k < edits.length && edits[k]!.start === r) {
@@ -555,6 +554,7 @@ export class MerkleTree {
       for (;;) {
         gone.add(cur.hex);
         const pg = cur.page;
+        reuse.add(pg);
         r = cur.start;
         for (let i = 0; i < pg.size; i++) {
           skipUntil = emitEditsAt(r, skipUntil);

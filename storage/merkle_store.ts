@@ -29,6 +29,23 @@ interface GroupTree {
 export type MerkleEvent = Pick<StoredEvent, "group" | "ts" | "id">;
 
 const rootKey = (gid: string) => metaKey(`root:${gid}`);
+const ROOTS_PREFIX = metaKey("root:");
+
+/**
+ * Format of the stored trees, the fourth field of a root record
+ * (`[hash, count, depth, format]`; records without it are format 1). Format 2
+ * has leaves of ~96 ids and segmented page hashes (merkle/page.ts); a store
+ * of format 1 is rebuilt by {@linkcode GroupTrees.migrate}.
+ */
+export const MERKLE_FORMAT = 2;
+
+const encodeRoot = (r: RootInfo) => encodeCbor([r.hash, r.count, r.depth, MERKLE_FORMAT]);
+
+/** Decode a root record: the root, and the format its pages were written in. */
+function decodeRoot(bytes: Uint8Array): { root: RootInfo; format: number } {
+  const [hash, count, depth, format] = decodeCbor(bytes) as [Uint8Array, number, number, number | undefined];
+  return { root: { hash, count, depth }, format: format ?? 1 };
+}
 
 /** The Merkle trees of every group, loaded on first use. */
 export class GroupTrees {
@@ -63,8 +80,15 @@ export class GroupTrees {
     const rb = await this.kv.get(rootKey(gid));
     let root: RootInfo | null = null;
     if (rb) {
-      const [hash, count, depth] = decodeCbor(rb) as [Uint8Array, number, number];
-      root = { hash, count, depth };
+      const r = decodeRoot(rb);
+      if (r.format !== MERKLE_FORMAT) {
+        throw new XfError(
+          "STORAGE_CORRUPTION",
+          `Cannot read the Merkle tree of group ${gid}: it is format ${r.format}, this node reads ${MERKLE_FORMAT} ` +
+            `(GroupTrees.migrate() rebuilds it when the store opens)`,
+        );
+      }
+      root = r.root;
     }
     const store = { get: (h: Uint8Array) => pages.get(toHex(h)) };
     // The page bytes are all in memory already; keep every decoded page too (a decode re-hashes the page).
@@ -107,7 +131,7 @@ export class GroupTrees {
       if (res.put.size === 0 && res.del.length === 0) continue;
       for (const [h, bytes] of res.put) ops.push({ type: "put", key: merkleKey(g, fromHex(h)!), value: bytes });
       for (const h of res.del) ops.push({ type: "del", key: merkleKey(g, fromHex(h)!) });
-      ops.push({ type: "put", key: rootKey(gid), value: encodeCbor([res.root.hash, res.root.count, res.root.depth]) });
+      ops.push({ type: "put", key: rootKey(gid), value: encodeRoot(res.root) });
       commits.push(() => {
         for (const [h, bytes] of res.put) gt.pages.set(h, bytes);
         for (const h of res.del) gt.pages.delete(h);
@@ -145,8 +169,7 @@ export class GroupTrees {
       if (!built.put.has(toHex(k.subarray(33)))) ops.push({ type: "del", key: k.slice() });
     }
     for (const [h, bytes] of built.put) ops.push({ type: "put", key: merkleKey(g, fromHex(h)!), value: bytes });
-    const r = built.root;
-    ops.push({ type: "put", key: rootKey(gid), value: encodeCbor([r.hash, r.count, r.depth]) });
+    ops.push({ type: "put", key: rootKey(gid), value: encodeRoot(built.root) });
     return {
       ops,
       commit: () => {
@@ -155,6 +178,26 @@ export class GroupTrees {
         this.#generation++;
       },
     };
+  }
+
+  /**
+   * Rebuild every group's tree stored in an older format (see
+   * {@linkcode MERKLE_FORMAT}) from its time index, one synced write per
+   * group; call when the store opens, before any read. Returns the groups
+   * rebuilt. A write that fails leaves that group as it was (to be rebuilt
+   * at the next open).
+   */
+  async migrate(): Promise<string[]> {
+    const old: string[] = [];
+    for await (const [k, v] of this.kv.range({ gte: ROOTS_PREFIX, lt: prefixEnd(ROOTS_PREFIX) })) {
+      if (decodeRoot(v).format !== MERKLE_FORMAT) old.push(new TextDecoder().decode(k.subarray(ROOTS_PREFIX.length)));
+    }
+    for (const gid of old) {
+      const { ops, commit } = await this.rebuild(gid, []);
+      await this.kv.batch(ops, { sync: true });
+      commit();
+    }
+    return old;
   }
 
   /** Drop every cached tree (after a failed write: trees reload from what the store holds). */
@@ -176,7 +219,7 @@ export class GroupTrees {
     const hit = this.groups.get(gid);
     if (hit) return hit.tree.root().count;
     const rb = await this.kv.get(rootKey(gid));
-    return rb ? (decodeCbor(rb) as [Uint8Array, number, number])[1] : 0;
+    return rb ? decodeRoot(rb).root.count : 0;
   }
 
   /** The tree itself, for range fingerprints (sync). */
@@ -218,8 +261,11 @@ export class GroupTrees {
     try {
       const rb = await this.kv.get(rootKey(gid));
       if (rb) {
-        const [hash, count, depth] = decodeCbor(rb) as [Uint8Array, number, number];
-        root = { hash, count, depth };
+        const r = decodeRoot(rb);
+        if (r.format !== MERKLE_FORMAT) {
+          problems.push(`Merkle tree is format ${r.format}; the node rebuilds it as format ${MERKLE_FORMAT} on open`);
+        }
+        root = r.root;
       }
     } catch (e) {
       problems.push(`Merkle root unreadable: ${(e as Error).message}`);

@@ -254,8 +254,11 @@ export class ReplicaStore {
    * assertEquals(r!.status, "stored");
    * ```
    */
-  static open(kv: Kv, options: ReplicaStoreOptions = {}): Promise<ReplicaStore> {
-    return Promise.resolve(new ReplicaStore(kv, options));
+  static async open(kv: Kv, options: ReplicaStoreOptions = {}): Promise<ReplicaStore> {
+    const store = new ReplicaStore(kv, options);
+    // Trees written by an older format are rebuilt from the time index before anything reads them.
+    await store.#trees.migrate();
+    return store;
   }
 
   /** The Kv under the store. */

@@ -5,6 +5,8 @@ import {
   decodePage,
   encodePage,
   type Item,
+  LEAF_NODES_MAX,
+  LEAF_NODES_MIN,
   MerkleTree,
   Page,
   PAGE_NODES_MAX,
@@ -25,7 +27,7 @@ function referenceRoot(items: Item[]): string {
     for (const p of parts) buf.set(p, (o += p.length) - p.length);
     return sha256(buf);
   };
-  const hashPage = (level: number, nodes: Uint8Array[]) => {
+  const binary = (nodes: Uint8Array[]) => {
     let row = nodes;
     while (row.length > 1) {
       const next: Uint8Array[] = [];
@@ -33,7 +35,20 @@ function referenceRoot(items: Item[]): string {
       if (row.length % 2) next.push(row.at(-1)!);
       row = next;
     }
-    return h(Uint8Array.of(2, level, nodes.length >> 8, nodes.length & 0xff), row[0]!);
+    return row[0]!;
+  };
+  const hashPage = (level: number, nodes: Uint8Array[]) => {
+    // Segments: cut after a node whose bytes 4..8 are below 2^28, at 32 nodes, and at the page's end.
+    const segments: Uint8Array[][] = [[]];
+    for (const [i, x] of nodes.entries()) {
+      const seg = segments.at(-1)!;
+      seg.push(x);
+      const cut = seg.length >= 32 || new DataView(x.buffer, x.byteOffset).getUint32(4) < 2 ** 28;
+      if (cut && i < nodes.length - 1) segments.push([]);
+    }
+    const root = binary(segments.map((seg) => h(Uint8Array.of(3, seg.length), binary(seg))));
+    const n = nodes.length, k = segments.length;
+    return h(Uint8Array.of(2, level, n >> 8, n & 0xff, k >> 8, k & 0xff), root);
   };
   let nodes = items.map((i) => i.id);
   for (let level = 0;; level++) {
@@ -43,7 +58,9 @@ function referenceRoot(items: Item[]): string {
       page.push(x);
       const s = page.length;
       const u32 = new DataView(x.buffer, x.byteOffset).getUint32(0);
-      const cut = s >= 512 || (s >= 128 && u32 < Math.floor((s - 128) ** 4 / 80));
+      const cut = level === 0
+        ? s >= 128 || (s >= 32 && u32 < Math.floor((s - 32) ** 4 * 64 / 5))
+        : s >= 512 || (s >= 128 && u32 < Math.floor((s - 128) ** 4 / 80));
       if (cut && i < nodes.length - 1) pages.push([]);
     }
     if (pages.length === 1) return toHex(hashPage(level, pages[0]!));
@@ -75,15 +92,16 @@ Deno.test("MerkleTree.build() matches a reimplementation of the documented rules
     });
   const cases: Item[][] = [
     ...[1, 2, 3, 127, 128, 129, 600, 5000, 60_000].map((n) => sortedSet(randomItems(rand, n))),
-    withPrefix(1500, 0xffffffff), // never cut by the rule: pages of 512
-    withPrefix(1500, 0), // cut as soon as the threshold is above 0: pages of 131
+    withPrefix(1500, 0xffffffff), // never cut by the rule: leaves of 128
+    withPrefix(1500, 0), // cut as soon as the threshold is above 0: leaves of 33
+    withPrefix(70_000, 0xffffffff), // leaves of 128 whose hashes, above, are cut by the rule
   ];
   for (const items of cases) {
     assertEquals(toHex(MerkleTree.build(items).root.hash), referenceRoot(items), `${items.length} items`);
   }
 });
 
-Deno.test("MerkleTree.build() root of a fixed set is stable (format v1 fixture)", () => {
+Deno.test("MerkleTree.build() root of a fixed set is stable (format v2 fixture)", () => {
   const items = Array.from({ length: 2000 }, (_, i) => ({
     ts: 1_700_000_000_000 + i * 1000,
     id: sha256(Uint8Array.of(i >> 24, i >> 16, i >> 8, i)),
@@ -95,9 +113,9 @@ Deno.test("MerkleTree.build() root of a fixed set is stable (format v1 fixture)"
   assertEquals(put.size, FIXTURE_PAGES);
   assertEquals([...put.values()].reduce((n, v) => n + v.length, 0), FIXTURE_BYTES);
 });
-const FIXTURE_ROOT = "cece106ae4af30397b8a283dfc80cee3cd130a736abc15e9d3ebcaab645641e7";
-const FIXTURE_PAGES = 6;
-const FIXTURE_BYTES = 68552;
+const FIXTURE_ROOT = "66c8fa0dc0379a1a2c4c3063e240c1a6daa6bf6584dfb3ccb03fb55a99987aec";
+const FIXTURE_PAGES = 22;
+const FIXTURE_BYTES = 70276;
 
 Deno.test("boundaryThreshold() rises from 0 at 128 nodes to a cut at 512", () => {
   assertEquals(boundaryThreshold(PAGE_NODES_MIN - 1), 0);
@@ -105,26 +123,34 @@ Deno.test("boundaryThreshold() rises from 0 at 128 nodes to a cut at 512", () =>
   assertEquals(boundaryThreshold(384), Math.floor(2 ** 32 / 80));
   assertEquals(boundaryThreshold(PAGE_NODES_MAX), 2 ** 32);
   for (let s = PAGE_NODES_MIN; s < PAGE_NODES_MAX; s++) assert(boundaryThreshold(s + 1) >= boundaryThreshold(s));
+  // Leaves: the same curve shrunk four times.
+  assertEquals(boundaryThreshold(LEAF_NODES_MIN, 0), 0);
+  assertEquals(boundaryThreshold(LEAF_NODES_MIN + 1, 0), 12);
+  assertEquals(boundaryThreshold(96, 0), Math.floor(2 ** 32 / 20));
+  assertEquals(boundaryThreshold(LEAF_NODES_MAX, 0), 2 ** 32);
+  for (let s = LEAF_NODES_MIN; s < LEAF_NODES_MAX; s++) assert(boundaryThreshold(s + 1, 0) >= boundaryThreshold(s, 0));
 });
 
-Deno.test("closesPage() gives pages of ~384 nodes on random nodes", () => {
-  const rand = prng(33);
-  const node = new Uint8Array(4);
-  const view = new DataView(node.buffer);
-  let pages = 0;
-  let s = 0;
-  const total = 2_000_000;
-  for (let i = 0; i < total; i++) {
-    view.setUint32(0, rand.u32());
-    s++;
-    if (closesPage(node, 0, s)) {
-      pages++;
-      s = 0;
+for (const [level, lo, hi] of [[1, 375, 395], [0, 93.5, 98.5]]) {
+  Deno.test(`closesPage() gives ${level === 0 ? "leaves of ~96" : "pages of ~384"} nodes on random nodes`, () => {
+    const rand = prng(33);
+    const node = new Uint8Array(4);
+    const view = new DataView(node.buffer);
+    let pages = 0;
+    let s = 0;
+    const total = 2_000_000;
+    for (let i = 0; i < total; i++) {
+      view.setUint32(0, rand.u32());
+      s++;
+      if (closesPage(node, 0, s, level)) {
+        pages++;
+        s = 0;
+      }
     }
-  }
-  const mean = total / pages;
-  assert(mean > 375 && mean < 395, `mean page ${mean}`);
-});
+    const mean = total / pages;
+    assert(mean > lo! && mean < hi!, `mean page ${mean}`);
+  });
+}
 
 Deno.test("encodePage() and decodePage() round-trip leaf and inner pages", () => {
   const rand = prng(34);

@@ -1,5 +1,6 @@
 import { assert, assertEquals, assertNotEquals, assertThrows } from "@std/assert";
 import { decodePage, encodePage, type Item, MerkleTree, Page, PAGE_NODES_MIN, type PageWrites } from "../merkle/mod.ts";
+import { LEAF_NODES_MAX, LEAF_NODES_MIN, PAGE_NODES_MAX } from "../merkle/mod.ts";
 import { mapStore, prng, randomId, randomItems, shuffle, sortedSet, toHex } from "../merkle/_testing.ts";
 import { XfError } from "../core/errors.ts";
 
@@ -162,16 +163,20 @@ Deno.test("MerkleTree of the empty set has a zero root", () => {
   assertThrows(() => tree.getItem(0), RangeError);
 });
 
-Deno.test("MerkleTree.build() keeps leaf pages within 128..512 nodes, ~384 on average", () => {
+Deno.test("MerkleTree.build() keeps leaves within 32..128 nodes, ~96 on average, and inner pages ~384", () => {
   const rand = prng(7);
   const set = sortedSet(randomItems(rand, 100_000, 1_600_000_000_000, 365 * 86_400_000));
   const { put } = MerkleTree.build(set);
   const leafSizes = [...put.values()].map(decodePage).filter((p) => p.level === 0).map((p) => p.size);
   // Only the last page of the level may be short.
-  assert(leafSizes.filter((s) => s < PAGE_NODES_MIN).length <= 1);
-  assert(leafSizes.every((s) => s <= 512));
+  assert(leafSizes.filter((s) => s < LEAF_NODES_MIN).length <= 1);
+  assert(leafSizes.every((s) => s <= LEAF_NODES_MAX));
   const mean = set.length / leafSizes.length;
-  assert(mean > 340 && mean < 430, `mean leaf page ${mean}`);
+  assert(mean > 90 && mean < 102, `mean leaf ${mean}`);
+  // Level 1 holds one node per leaf: about 1,040 nodes, cut into pages of 128..512 (~384).
+  const level1 = [...put.values()].map(decodePage).filter((p) => p.level === 1).map((p) => p.size);
+  assert(level1.filter((s) => s < PAGE_NODES_MIN).length <= 1 && level1.every((s) => s <= PAGE_NODES_MAX));
+  assertEquals(level1.reduce((a, b) => a + b, 0), leafSizes.length);
 });
 
 Deno.test("MerkleTree.fsck() is ok for a consistent tree and names the first tampered page", () => {
