@@ -15,8 +15,10 @@ import { openRocks } from "../storage/kv_rocks.ts";
 import { eventKey, merklePrefix, prefixEnd, timeKey } from "../storage/keys.ts";
 import { percentile, type Row, toHex } from "./_table.ts";
 
-/** The tree before inner-node reuse and removal (the previous implementation); XF_BENCH_MERKLE_BASELINE overrides. */
-const BASELINE = Deno.env.get("XF_BENCH_MERKLE_BASELINE") ?? "62b5a67";
+/** The last format-1 tree (one binary tree per page, leaves of ~385); XF_BENCH_MERKLE_BASELINE overrides. */
+const BASELINE = Deno.env.get("XF_BENCH_MERKLE_BASELINE") ?? "b0c0f2f";
+/** Batch sizes the rates are measured at: one stage batch, and one index write when batches queue. */
+const RATE_BATCHES = [LIMITS.stage_batch_events_max, LIMITS.index_batch_events_max];
 const RATE_EVENTS = Number(Deno.env.get("XF_BENCH_MERKLE_EVENTS") ?? 1_000_000);
 const RATE_TARGET = 10_000;
 
@@ -29,7 +31,7 @@ interface Rates {
   sameRootAsBuild: boolean;
 }
 
-async function rates(root: string): Promise<Rates> {
+async function rates(root: string, batch: number): Promise<Rates> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -37,7 +39,7 @@ async function rates(root: string): Promise<Rates> {
       new URL("./merkle_rate.ts", import.meta.url).pathname,
       root,
       String(RATE_EVENTS),
-      String(BATCH),
+      String(batch),
     ],
     stdout: "piped",
     stderr: "inherit",
@@ -47,8 +49,9 @@ async function rates(root: string): Promise<Rates> {
 }
 
 /**
- * Random-position inserts and removals, and in-order inserts, through GroupTrees on RocksDB (batches of 512, one
- * synced write each) at RATE_EVENTS events: this tree beside BASELINE checked out as a git worktree, in this run.
+ * Random-position inserts and removals, and in-order inserts, through GroupTrees on RocksDB (one synced write per
+ * batch) at RATE_EVENTS events, in batches of 512 (a stage batch) and 4096 (an index write when batches queue): this
+ * tree beside BASELINE checked out as a git worktree, in this run.
  */
 export async function benchMerkleRates(): Promise<{ rows: Row[]; notes: string[] }> {
   const dir = `${await Deno.makeTempDir({ prefix: "xf-merkle-baseline-" })}/tree`;
@@ -57,65 +60,78 @@ export async function benchMerkleRates(): Promise<{ rows: Row[]; notes: string[]
     new Deno.Command("git", { args, cwd: repo, stdout: "null", stderr: "piped" }).output().catch(() => null);
   const added = await git(["worktree", "add", "--detach", dir, BASELINE]);
   const notes: string[] = [];
-  let base: Rates | null = null;
+  const base = new Map<number, Rates>();
   if (added?.success) {
     try {
-      base = await rates(dir);
+      for (const b of RATE_BATCHES) base.set(b, await rates(dir, b));
     } finally {
       await git(["worktree", "remove", "--force", dir]);
     }
   } else notes.push(`baseline ${BASELINE} could not be checked out (no git history?): rates not compared`);
-  const ours = await rates(".");
   const n = RATE_EVENTS.toLocaleString("en-US");
-  const rows: Row[] = [
-    {
-      figure: `random-position insert at ${n} events (ev/s)`,
-      value: ours.randomInsert,
-      peer: "target",
-      peerValue: RATE_TARGET,
-    },
-    {
-      figure: `random-position delete at ${n} events (ev/s)`,
-      value: ours.randomDelete ?? 0,
-      peer: "target",
-      peerValue: RATE_TARGET,
-    },
-  ];
-  if (base) {
+  const rows: Row[] = [];
+  const prev = `${BASELINE} (format 1, same run)`;
+  let last: Rates | null = null;
+  for (const b of RATE_BATCHES) {
+    const ours = last = await rates(".", b);
+    const old = base.get(b);
+    const at = `at ${n} events, batches of ${b}`;
     rows.push(
       {
-        figure: `random-position insert at ${n} events (ev/s)`,
+        figure: `random-position insert ${at} (ev/s)`,
         value: ours.randomInsert,
-        peer: `${BASELINE} (previous tree, same run)`,
-        peerValue: base.randomInsert,
+        peer: "target",
+        peerValue: RATE_TARGET,
       },
       {
-        figure: `in-order insert, ${n} events (ev/s)`,
-        value: ours.inOrder,
-        peer: `${BASELINE} (previous tree, same run)`,
-        peerValue: base.inOrder,
-      },
-      {
-        figure: "Merkle keyspace bytes per event",
-        value: ours.bytesPerEvent,
-        peer: `${BASELINE} (previous tree, same run)`,
-        peerValue: base.bytesPerEvent,
-        lowerIsBetter: true,
+        figure: `random-position delete ${at} (ev/s)`,
+        value: ours.randomDelete ?? 0,
+        peer: "target",
+        peerValue: RATE_TARGET,
       },
     );
+    if (old) {
+      rows.push(
+        {
+          figure: `random-position insert ${at} (ev/s)`,
+          value: ours.randomInsert,
+          peer: prev,
+          peerValue: old.randomInsert,
+        },
+        {
+          figure: `random-position delete ${at} (ev/s)`,
+          value: ours.randomDelete ?? 0,
+          peer: prev,
+          peerValue: old.randomDelete ?? 0,
+        },
+        { figure: `in-order insert ${at} (ev/s)`, value: ours.inOrder, peer: prev, peerValue: old.inOrder },
+      );
+    }
+    notes.push(
+      `batches of ${b}: root equals a from-scratch build of the final set: this tree ${ours.sameRootAsBuild}` +
+        (old ? `, ${BASELINE} ${old.sameRootAsBuild}` : ""),
+    );
+  }
+  const old = base.get(RATE_BATCHES[0]!);
+  if (old) {
+    rows.push({
+      figure: "Merkle keyspace bytes per event",
+      value: last!.bytesPerEvent,
+      peer: prev,
+      peerValue: old.bytesPerEvent,
+      lowerIsBetter: true,
+    });
   }
   rows.push({
     figure: "Merkle keyspace bytes per event",
-    value: ours.bytesPerEvent,
+    value: last!.bytesPerEvent,
     peer: "target 40 B (issue 11)",
     peerValue: 40,
     lowerIsBetter: true,
   });
   notes.push(
-    `through GroupTrees on RocksDB, batches of ${BATCH}, one synced write each (events, time index, pages, root); ` +
-      `20 batches at random times inside the range, then 20 batches of random removals; ` +
-      `root equals a from-scratch build of the final set: this tree ${ours.sameRootAsBuild}` +
-      (base ? `, ${BASELINE} ${base.sameRootAsBuild}` : ""),
+    `through GroupTrees on RocksDB, one synced write per batch (events, time index, pages, root); ` +
+      `20 batches at random times inside the range, then 20 batches of random removals`,
   );
   return { rows, notes };
 }

@@ -72,6 +72,10 @@ export function corruption(message: string): XfError {
 
 /** Append an unsigned LEB128 varint (7 bits a byte, low group first) of a safe integer. */
 export function writeVarint(out: Uint8Array, off: number, n: number): number {
+  if (n < 0x80) {
+    out[off] = n;
+    return off + 1;
+  }
   while (n >= 0x80) {
     out[off++] = (n % 0x80) | 0x80;
     n = Math.floor(n / 0x80);
@@ -82,6 +86,8 @@ export function writeVarint(out: Uint8Array, off: number, n: number): number {
 
 /** Bytes {@linkcode writeVarint} takes for `n`. */
 export function varintLength(n: number): number {
+  if (n < 0x80) return 1;
+  if (n < 0x4000) return 2;
   let len = 1;
   while (n >= 0x80) {
     n = Math.floor(n / 0x80);

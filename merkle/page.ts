@@ -242,10 +242,9 @@ export class Page {
   }
 }
 
-/** The key a segment is found by in a {@linkcode SegmentCache}: bytes 8..14 of its first node. */
+/** The key a segment is found by in a {@linkcode SegmentCache}: 30 bits of its first node's bytes 8..12 (a small integer). */
 function segmentKey(nodes: Uint8Array, off: number): number {
-  return ((nodes[off + 8]! << 16) | (nodes[off + 9]! << 8) | nodes[off + 10]!) * 0x1000000 +
-    ((nodes[off + 11]! << 16) | (nodes[off + 12]! << 8) | nodes[off + 13]!);
+  return ((nodes[off + 8]! << 22) | (nodes[off + 9]! << 14) | (nodes[off + 10]! << 6) | (nodes[off + 11]! >>> 2));
 }
 
 /**

@@ -256,8 +256,10 @@ export class ReplicaStore {
    */
   static async open(kv: Kv, options: ReplicaStoreOptions = {}): Promise<ReplicaStore> {
     const store = new ReplicaStore(kv, options);
-    // Trees written by an older format are rebuilt from the time index before anything reads them.
-    await store.#trees.migrate();
+    // Trees written by an older format are rebuilt from the time index before anything reads them. A read error
+    // here does not stop the store opening: the next open tries again, and until then reading such a tree fails
+    // with STORAGE_CORRUPTION naming its format.
+    await store.#trees.migrate().catch(() => {});
     return store;
   }
 

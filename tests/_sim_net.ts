@@ -345,6 +345,8 @@ interface SimNode {
   disk: SimDisk;
   skew: number;
   run: Run | null;
+  /** The restart under way, if any (opening a store takes a few reads: it migrates old Merkle trees). */
+  starting: Promise<void> | null;
   epoch: number;
   /** Hex ids acknowledged durable at this node. */
   acked: Set<string>;
@@ -594,6 +596,7 @@ class World {
         disk,
         skew: int(r, -SKEW_MS, SKEW_MS),
         run: null,
+        starting: null,
         epoch: 0,
         acked: new Set(),
         floor: new Map(),
@@ -918,7 +921,7 @@ class World {
     nd.pending = [];
     const down = int(this.rand, 0, 5_000);
     this.sched.add(down, () => {
-      void this.start(nd).then(() => this.log(`n${nd.i} up`), (e) => this.violation(`restart failed: ${e}`));
+      nd.starting = this.start(nd).then(() => this.log(`n${nd.i} up`), (e) => this.violation(`restart failed: ${e}`));
     }, "sim");
   }
 
@@ -1330,6 +1333,7 @@ class World {
     for (const c of this.conns) c.link.cut("heal");
     // Nodes that are down come up (their restart task is due within 5 s).
     await this.advance(6_000);
+    await Promise.all(this.nodes.map((nd) => nd.starting));
     this.check();
     for (const nd of this.nodes) {
       const run = nd.run!;
