@@ -71,3 +71,53 @@ export function sumEqualsBytes(a: Uint32Array, aOff: number, b: Uint8Array, bOff
   }
   return true;
 }
+
+/** Whether this platform stores a Uint32Array's words little-endian (so the words of an id are its limbs). */
+const LITTLE_ENDIAN = new Uint8Array(Uint32Array.of(1).buffer)[0] === 1;
+
+/**
+ * Add the `n` consecutive 32-byte little-endian integers at `bytes[off..]`
+ * to `acc` (mod 2^256): a page's id sum. Reads whole words where the bytes
+ * are 4-aligned, summing each limb's column in a double (exact below 2^21
+ * integers) and carrying once.
+ */
+export function sumAddMany(acc: Uint32Array, bytes: Uint8Array, off: number, n: number): void {
+  if (!LITTLE_ENDIAN || ((bytes.byteOffset + off) & 3) !== 0 || n >= 1 << 21) {
+    for (let j = 0; j < n; j++) sumAddBytes(acc, bytes, off + j * 32);
+    return;
+  }
+  const w = new Uint32Array(bytes.buffer, bytes.byteOffset + off, n * 8);
+  let carry = 0;
+  for (let i = 0; i < 8; i++) {
+    let s = acc[i]! + carry;
+    for (let k = i; k < w.length; k += 8) s += w[k]!;
+    carry = Math.floor(s / 0x100000000);
+    acc[i] = s - carry * 0x100000000;
+  }
+}
+
+/**
+ * Prefix sums of `n` consecutive 32-byte little-endian integers at
+ * `bytes[off..]`: `out[8 * (j + 1) ..]` gets the sum of the first `j + 1`
+ * (mod 2^256), `out[0..8]` is left as it is (zero).
+ */
+export function prefixSumsInto(out: Uint32Array, bytes: Uint8Array, off: number, n: number): void {
+  if (!LITTLE_ENDIAN || ((bytes.byteOffset + off) & 3) !== 0) {
+    for (let j = 0; j < n; j++) {
+      out.copyWithin((j + 1) * 8, j * 8, j * 8 + 8);
+      sumAddBytes(out.subarray((j + 1) * 8, (j + 2) * 8), bytes, off + j * 32);
+    }
+    return;
+  }
+  const w = new Uint32Array(bytes.buffer, bytes.byteOffset + off, n * 8);
+  for (let j = 0; j < n; j++) {
+    const p = j * 8;
+    const q = p + 8;
+    let carry = 0;
+    for (let i = 0; i < 8; i++) {
+      const s = out[p + i]! + w[p + i]! + carry;
+      out[q + i] = s >>> 0;
+      carry = s > 0xffffffff ? 1 : 0;
+    }
+  }
+}
