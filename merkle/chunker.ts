@@ -156,6 +156,23 @@ export class Entries {
     }
   }
 
+  /** Append entries `i..j` of `src` (a page of the same level) in one copy per column. */
+  pushRun(src: Page, i: number, j: number): void {
+    const n = j - i;
+    while (this.length + n > this.firstTs.length) this.#grow();
+    const d = this.length;
+    this.nodes.set(src.nodes.subarray(i * ID, j * ID), d * ID);
+    this.firstTs.set(src.firstTs.subarray(i, j), d);
+    if (this.level === 0 || src.counts === null) {
+      this.counts.fill(1, d, d + n);
+    } else {
+      this.firstIds.set(src.firstIds.subarray(i * ID, j * ID), d * ID);
+      this.sums.set(src.sums.subarray(i * ID, j * ID), d * ID);
+      this.counts.set(src.counts.subarray(i, j), d);
+    }
+    this.length += n;
+  }
+
   /** Append the summary of `page` (an entry of level `page.level + 1`). */
   pushPage(page: Page): void {
     if (this.length === this.firstTs.length) this.#grow();
@@ -217,6 +234,30 @@ export class Chunker {
   pushFrom(src: Entries | Page, i: number): void {
     this.#current.pushFrom(src, i);
     this.#check();
+  }
+
+  /**
+   * Append entries `i..j` of `src` (a page of this level), as many
+   * {@linkcode Chunker.pushFrom} calls would, but copying each stretch up to
+   * a boundary at once.
+   */
+  pushRun(src: Page, i: number, j: number): void {
+    const c = this.#current;
+    while (i < j) {
+      let s = c.length;
+      let end = j;
+      let closed = false;
+      for (let k = i; k < j; k++) {
+        if (closesPage(src.nodes, k * ID, ++s, c.level)) {
+          end = k + 1;
+          closed = true;
+          break;
+        }
+      }
+      c.pushRun(src, i, end);
+      if (closed) this.#onPage(c.takePage(this.#reuse));
+      i = end;
+    }
   }
 
   /** Close the open page, if any, at the end of the level. */

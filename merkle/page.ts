@@ -262,6 +262,11 @@ function segmentKey(nodes: Uint8Array, off: number): number {
 export class SegmentCache {
   readonly #bySegment = new Map<number, { page: Page; segment: number }>();
 
+  /** Forget every offered segment. */
+  clear(): void {
+    this.#bySegment.clear();
+  }
+
   /** Offer the segments of `page` (only if its hash is already computed). */
   add(page: Page): void {
     const roots = page.knownSegmentRoots();

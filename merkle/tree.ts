@@ -546,6 +546,8 @@ export class MerkleTree {
       return skipUntil;
     };
     while (k < edits.length) {
+      // A region starts where old and new pages line up: its new pages reuse only its old pages' segments.
+      reuse.clear();
       let cur = this.#pageAt(level, Math.min(edits[k]!.start, N - 1));
       const regionStart = cur.start;
       const outFrom = out.length;
@@ -556,10 +558,23 @@ export class MerkleTree {
         const pg = cur.page;
         reuse.add(pg);
         r = cur.start;
-        for (let i = 0; i < pg.size; i++) {
+        const counts = pg.counts;
+        for (let i = 0; i < pg.size;) {
           skipUntil = emitEditsAt(r, skipUntil);
-          if (r >= skipUntil) chunker.pushFrom(pg, i);
-          r += pg.counts === null ? 1 : pg.counts[i]!;
+          if (r < skipUntil) {
+            r += counts === null ? 1 : counts[i]!;
+            i++;
+            continue;
+          }
+          // The entries up to the next edit go in one run.
+          const next = k < edits.length ? edits[k]!.start : Infinity;
+          let j = i;
+          do {
+            r += counts === null ? 1 : counts[j]!;
+            j++;
+          } while (j < pg.size && r < next);
+          chunker.pushRun(pg, i, j);
+          i = j;
         }
         if (r === N) {
           skipUntil = emitEditsAt(r, skipUntil);
@@ -658,14 +673,16 @@ export class MerkleTree {
   /** The old page of `level` holding rank `rank`, with its first rank. */
   #pageAt(level: number, rank: number): Located {
     let page = this.#rootPage();
-    let hex = toHex(this.#root.hash);
+    let parent: Page | null = null;
+    let j = 0;
     let base = 0;
     while (page.level > level) {
-      const j = childOfRank(page, rank - base);
+      j = childOfRank(page, rank - base);
       base += page.prefixCounts![j]!;
-      hex = toHexAt(page.nodes, j * ID, ID);
+      parent = page;
       page = this.#child(page, j);
     }
+    const hex = parent === null ? toHex(this.#root.hash) : toHexAt(parent.nodes, j * ID, ID);
     return { page, hex, start: base };
   }
 
