@@ -29,6 +29,9 @@ interface Rates {
   count: number;
   bytesPerEvent: number;
   sameRootAsBuild: boolean;
+  /** µs per event in the Merkle update and in the RocksDB write (absent in trees older than this field). */
+  insertSplit?: { treeUs: number; kvUs: number };
+  deleteSplit?: { treeUs: number; kvUs: number } | null;
 }
 
 async function rates(root: string, batch: number): Promise<Rates> {
@@ -107,9 +110,13 @@ export async function benchMerkleRates(): Promise<{ rows: Row[]; notes: string[]
         { figure: `in-order insert ${at} (ev/s)`, value: ours.inOrder, peer: prev, peerValue: old.inOrder },
       );
     }
+    const us = (x?: { treeUs: number; kvUs: number } | null) =>
+      x ? `${x.treeUs.toFixed(1)} µs Merkle update + ${x.kvUs.toFixed(1)} µs RocksDB write` : "not measured";
     notes.push(
       `batches of ${b}: root equals a from-scratch build of the final set: this tree ${ours.sameRootAsBuild}` +
-        (old ? `, ${BASELINE} ${old.sameRootAsBuild}` : ""),
+        (old ? `, ${BASELINE} ${old.sameRootAsBuild}` : "") +
+        `; per random insert ${us(ours.insertSplit)}, per random delete ${us(ours.deleteSplit)} (this tree)` +
+        (old ? `; ${BASELINE}: insert ${us(old.insertSplit)}, delete ${us(old.deleteSplit)}` : ""),
     );
   }
   const old = base.get(RATE_BATCHES[0]!);

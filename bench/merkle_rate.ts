@@ -7,7 +7,9 @@
 // baseline worktree. It fills one group with EVENTS events in time order (batches of BATCH), then inserts
 // RANDOM_BATCHES batches of BATCH events at random times inside the range, then removes RANDOM_BATCHES batches of
 // BATCH random events (when the tree has a remove API), and prints one JSON line: the three rates in ev/s, the
-// Merkle keyspace's bytes per event, and whether the final root equals a from-scratch build of the final set.
+// Merkle keyspace's bytes per event, whether the final root equals a from-scratch build of the final set, and where
+// the random phases' time went (µs per event in the Merkle update, including its garbage collection, and in the
+// RocksDB write).
 const root = new URL(Deno.args[0] && Deno.args[0] !== "." ? `file://${Deno.args[0]}/` : "../", import.meta.url);
 const EVENTS = Number(Deno.args[1] ?? 1_000_000);
 const BATCH = Number(Deno.args[2] ?? 512);
@@ -57,11 +59,19 @@ async function write(add: Ev[], remove: Ev[]): Promise<void> {
     ops.push({ type: "del", key: keys.eventKey(e.id) });
     ops.push({ type: "del", key: keys.timeKey(group, e.ts, e.id) });
   }
+  const t0 = performance.now();
   const m = remove.length > 0 ? await trees.update(add, remove) : await trees.insert(add);
   for (const o of m.ops) ops.push(o);
+  const t1 = performance.now();
   await kv.batch(ops, { sync: true });
+  const t2 = performance.now();
   m.commit();
+  split.tree += t1 - t0 + performance.now() - t2;
+  split.kv += t2 - t1;
 }
+
+/** Time spent in the Merkle update (and commit) and in the RocksDB write, reset before each timed phase. */
+const split = { tree: 0, kv: 0 };
 
 const held: Ev[] = [];
 console.error(`merkle_rate (${root.pathname}): ${EVENTS} events in time order ...`);
@@ -80,8 +90,14 @@ const randomBatches = Array.from(
   () => Array.from({ length: BATCH }, () => newEvent(ts0 + Math.floor(Math.random() * span))),
 );
 t = performance.now();
+split.tree = split.kv = 0;
 for (const b of randomBatches) await write(b, []);
 const randomInsert = (RANDOM_BATCHES * BATCH) / ((performance.now() - t) / 1000);
+const insertSplit = {
+  treeUs: (split.tree * 1000) / (RANDOM_BATCHES * BATCH),
+  kvUs: (split.kv * 1000) / (RANDOM_BATCHES * BATCH),
+};
+let deleteSplit: typeof insertSplit | null = null;
 for (const b of randomBatches) for (const e of b) held.push(e);
 
 let randomDelete: number | null = null;
@@ -96,8 +112,10 @@ if (typeof trees.update === "function") {
     victims.push(held[k]!);
   }
   t = performance.now();
+  split.tree = split.kv = 0;
   for (let k = 0; k < victims.length; k += BATCH) await write([], victims.slice(k, k + BATCH));
   randomDelete = victims.length / ((performance.now() - t) / 1000);
+  deleteSplit = { treeUs: (split.tree * 1000) / victims.length, kvUs: (split.kv * 1000) / victims.length };
   live = held.slice(victims.length);
 }
 
@@ -115,6 +133,8 @@ console.log(JSON.stringify({
   count: info.count,
   bytesPerEvent: merkleBytes / info.count,
   sameRootAsBuild: info.root === hex(built.root.hash) && info.count === built.root.count,
+  insertSplit,
+  deleteSplit,
 }));
 
 function hex(b: Uint8Array): string {

@@ -16,8 +16,8 @@
  * one segment's root, not every pair to its right among the n nodes; the
  * tree over the segment roots is reused by position (a segment that changed
  * in place re-hashes only its path). An edit at a random place in a page
- * costs about 20 SHA-256 (measured: 24.6 per event in batches of 4,096 at a
- * million events), where one binary tree over the page cost n / 2.
+ * re-hashes one segment (at most 16 nodes) and a path among the segment
+ * roots, where one binary tree over the page re-hashed about n / 2 pairs.
  *
  * Beside the nodes, a page stores what navigation and fingerprints need,
  * derived from the nodes' subtrees and not covered by the hash: at level 0
@@ -122,7 +122,7 @@ export class Page {
   #hash: Uint8Array | undefined;
   /** Exclusive end of each segment (computed with the hash). */
   #segEnds: Uint16Array | undefined;
-  /** Root of each segment, 32 bytes each, kept once hashed (about 2 bytes per node). */
+  /** Root of each segment, 32 bytes each, kept once hashed (about 4.5 bytes per node: segments hold 7 nodes on average). */
   #segRoots: Uint8Array | undefined;
   /** Inner nodes of the binary tree over the segment roots, heights 1 and up (kept once hashed). */
   #top: Uint8Array | undefined;

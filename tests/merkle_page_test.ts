@@ -12,6 +12,8 @@ import {
   PAGE_NODES_MAX,
   PAGE_NODES_MIN,
   pageHash,
+  SEGMENT_NODES_MAX,
+  segmentEnds,
 } from "../merkle/mod.ts";
 import { closesPage } from "../merkle/chunker.ts";
 import { hashInner } from "../merkle/_sha256.ts";
@@ -207,4 +209,21 @@ Deno.test("Encoded pages take at most 40 bytes per item", () => {
   const { put } = MerkleTree.build(items);
   const bytes = [...put.values()].reduce((n, v) => n + v.length, 0);
   assert(bytes / items.length <= 40, `${bytes / items.length} bytes per item`);
+});
+
+Deno.test("segmentEnds() cuts random nodes into segments of 7 on average, 16 at most", () => {
+  const rand = prng(35);
+  let segments = 0;
+  let nodes = 0;
+  for (let p = 0; p < 400; p++) {
+    const page = new Uint8Array(512 * 32);
+    for (let i = 0; i < page.length; i++) page[i] = rand.int(256);
+    const ends = segmentEnds(page);
+    ends.forEach((end, k) => assert(end - (k === 0 ? 0 : ends[k - 1]!) <= SEGMENT_NODES_MAX));
+    segments += ends.length;
+    nodes += 512;
+  }
+  // One node in 8 cuts, capped at 16: (1 - (7/8)^16) × 8 = 7.06 nodes (the page's last segment is cut short).
+  const mean = nodes / segments;
+  assert(mean > 6.8 && mean < 7.3, `mean segment ${mean}`);
 });
