@@ -13,7 +13,8 @@
 const root = new URL(Deno.args[0] && Deno.args[0] !== "." ? `file://${Deno.args[0]}/` : "../", import.meta.url);
 const EVENTS = Number(Deno.args[1] ?? 1_000_000);
 const BATCH = Number(Deno.args[2] ?? 512);
-const RANDOM_BATCHES = 20;
+/** Batches of the random phases (XF_MERKLE_RATE_RANDOM_BATCHES=0: the in-order fill alone). */
+const RANDOM_BATCHES = Number(Deno.env.get("XF_MERKLE_RATE_RANDOM_BATCHES") ?? 20);
 
 const imp = async (...paths: string[]) => {
   for (const p of paths) {
