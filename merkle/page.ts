@@ -307,7 +307,7 @@ export class SegmentCache {
  * ```ts
  * import { assert } from "@std/assert";
  * import { segmentEnds } from "./page.ts";
- * assert(segmentEnds(new Uint8Array(40 * 32).fill(0xff)).join() === "32,40");
+ * assert(segmentEnds(new Uint8Array(40 * 32).fill(0xff)).join() === "16,32,40");
  * ```
  */
 export function segmentEnds(nodes: Uint8Array): Uint16Array {

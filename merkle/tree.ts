@@ -567,12 +567,12 @@ export class MerkleTree {
             continue;
           }
           // The entries up to the next edit go in one run.
-          const next = k < edits.length ? edits[k]!.start : Infinity;
+          const nextEdit = k < edits.length ? edits[k]!.start : Infinity;
           let j = i;
           do {
             r += counts === null ? 1 : counts[j]!;
             j++;
-          } while (j < pg.size && r < next);
+          } while (j < pg.size && r < nextEdit);
           chunker.pushRun(pg, i, j);
           i = j;
         }
