@@ -195,12 +195,18 @@ export class GroupTrees {
    * {@linkcode MERKLE_FORMAT}) from its time index, one synced write per
    * group; call when the store opens, before any read. Returns the groups
    * rebuilt. A write that fails leaves that group as it was (to be rebuilt
-   * at the next open).
+   * at the next open); a root record that does not decode is skipped.
    */
   async migrate(): Promise<string[]> {
     const old: string[] = [];
     for await (const [k, v] of this.kv.range({ gte: ROOTS_PREFIX, lt: prefixEnd(ROOTS_PREFIX) })) {
-      if (decodeRoot(v).format !== MERKLE_FORMAT) old.push(new TextDecoder().decode(k.subarray(ROOTS_PREFIX.length)));
+      let format: number;
+      try {
+        format = decodeRoot(v).format;
+      } catch {
+        continue; // A damaged root record is not the migration's to judge: reading that group reports it.
+      }
+      if (format !== MERKLE_FORMAT) old.push(new TextDecoder().decode(k.subarray(ROOTS_PREFIX.length)));
     }
     for (const gid of old) {
       const { ops, commit } = await this.rebuild(gid, []);
