@@ -65,17 +65,6 @@ export const arrivalPrefix = (gid: Uint8Array): Uint8Array => concat(KS.arrival,
 export const groupKey = (gid: Uint8Array): Uint8Array => concat(KS.group, gid);
 /** Key of a Merkle page. */
 export const merkleKey = (gid: Uint8Array, hash: Uint8Array): Uint8Array => concat(KS.merkle, gid, hash);
-/** Key of a Merkle page named by its lower-case hex hash (as `MerkleTree` writes name them), without a byte copy. */
-export function merkleKeyHex(gid: Uint8Array, hex: string): Uint8Array {
-  const out = new Uint8Array(1 + gid.length + hex.length / 2);
-  out[0] = KS.merkle;
-  out.set(gid, 1);
-  const nibble = (c: number) => (c <= 57 ? c - 48 : c - 87); // '0'..'9', 'a'..'f'
-  for (let i = 0, o = 1 + gid.length; i < hex.length; i += 2, o++) {
-    out[o] = (nibble(hex.charCodeAt(i)) << 4) | nibble(hex.charCodeAt(i + 1));
-  }
-  return out;
-}
 /** Lowest key of a group's Merkle pages. */
 export const merklePrefix = (gid: Uint8Array): Uint8Array => concat(KS.merkle, gid);
 /** Key of a metadata entry. */

@@ -12,17 +12,7 @@
 import { fromHex, toHex } from "../core/bytes.ts";
 import { compareItems, type Item, MerkleTree, type RootInfo } from "../merkle/mod.ts";
 import type { Kv, KvOp } from "./kv.ts";
-import {
-  deletedKey,
-  eventKey,
-  KS,
-  merkleKey,
-  merkleKeyHex,
-  merklePrefix,
-  metaKey,
-  prefixEnd,
-  timeKeyFloor,
-} from "./keys.ts";
+import { deletedKey, eventKey, KS, merkleKey, merklePrefix, metaKey, prefixEnd, timeKeyFloor } from "./keys.ts";
 import { decodeCbor, encodeCbor } from "./cbor.ts";
 import { decodeEvent, KIND_TOMBSTONE, peekEvent, type StoredEvent } from "./event.ts";
 import { decodeTombstone } from "./deletion.ts";
@@ -139,8 +129,8 @@ export class GroupTrees {
       const g = fromHex(gid)!;
       const res = gt.tree.update(lists.add, lists.remove);
       if (res.put.size === 0 && res.del.length === 0) continue;
-      for (const [h, bytes] of res.put) ops.push({ type: "put", key: merkleKeyHex(g, h), value: bytes });
-      for (const h of res.del) ops.push({ type: "del", key: merkleKeyHex(g, h) });
+      for (const [h, bytes] of res.put) ops.push({ type: "put", key: merkleKey(g, fromHex(h)!), value: bytes });
+      for (const h of res.del) ops.push({ type: "del", key: merkleKey(g, fromHex(h)!) });
       ops.push({ type: "put", key: rootKey(gid), value: encodeRoot(res.root) });
       commits.push(() => {
         for (const [h, bytes] of res.put) gt.pages.set(h, bytes);
