@@ -50,6 +50,11 @@ export function bytesEqualAt(a: Uint8Array, aOff: number, b: Uint8Array, bOff: n
   return true;
 }
 
+/** The big-endian u32 at `bytes[off..off+4]` (the content rules read a node's first bytes with it). */
+export function u32At(bytes: Uint8Array, off: number): number {
+  return ((bytes[off]! << 24) | (bytes[off + 1]! << 16) | (bytes[off + 2]! << 8) | bytes[off + 3]!) >>> 0;
+}
+
 /** Copy 32 bytes from `src[srcOff]` to `dst[dstOff]`. */
 export function copy32(dst: Uint8Array, dstOff: number, src: Uint8Array, srcOff: number): void {
   for (let i = 0; i < ID; i++) dst[dstOff + i] = src[srcOff + i]!;

@@ -26,7 +26,7 @@
  */
 
 import { Page, type SegmentCache } from "./page.ts";
-import { copy32, ID } from "./_util.ts";
+import { copy32, ID, u32At } from "./_util.ts";
 
 /** Fewest nodes in a page above level 0 that the rule may close (the last page of a level may hold fewer). */
 export const PAGE_NODES_MIN = 128;
@@ -75,8 +75,7 @@ export function boundaryThreshold(size: number, level = 1): number {
 
 /** Whether the node at `nodes[off]` closes a page of `level` that now holds `size` nodes. */
 export function closesPage(nodes: Uint8Array, off: number, size: number, level = 1): boolean {
-  const u32 = ((nodes[off]! << 24) | (nodes[off + 1]! << 16) | (nodes[off + 2]! << 8) | nodes[off + 3]!) >>> 0;
-  return u32 < boundaryThreshold(size, level);
+  return u32At(nodes, off) < boundaryThreshold(size, level);
 }
 
 /**

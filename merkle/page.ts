@@ -40,7 +40,7 @@
 
 import { hashInner, sha256Short } from "./_sha256.ts";
 import { prefixSumsInto, sumAdd, sumAddMany, sumToBytes } from "./_sum.ts";
-import { bytesEqualAt, compareStoredKeys, corruption, ID, varintLength, writeVarint } from "./_util.ts";
+import { bytesEqualAt, compareStoredKeys, corruption, ID, u32At, varintLength, writeVarint } from "./_util.ts";
 
 /** Version byte at the start of every encoded page. */
 export const PAGE_FORMAT_VERSION = 2;
@@ -316,9 +316,7 @@ export function segmentEnds(nodes: Uint8Array): Uint16Array {
   let size = 0;
   for (let i = 0; i < n; i++) {
     size++;
-    const o = i * ID + 4;
-    const u32 = ((nodes[o]! << 24) | (nodes[o + 1]! << 16) | (nodes[o + 2]! << 8) | nodes[o + 3]!) >>> 0;
-    if (size >= SEGMENT_NODES_MAX || u32 < SEGMENT_CUT_BELOW || i === n - 1) {
+    if (size >= SEGMENT_NODES_MAX || u32At(nodes, i * ID + 4) < SEGMENT_CUT_BELOW || i === n - 1) {
       ends.push(i + 1);
       size = 0;
     }
@@ -374,34 +372,22 @@ export function binaryLayers(nodes: Uint8Array, oldNodes?: Uint8Array, oldLayers
 /** Scratch for {@linkcode rootInto}: one segment's nodes. */
 const scratch = new Uint8Array(SEGMENT_NODES_MAX * ID);
 
-/** Write the root of the segment of `m` nodes at `src[off..]`, {@linkcode segmentRoot}, to `out[outOff]`. */
+/** Write the root of the segment of `m` nodes at `src[off..]` ({@linkcode segmentRoot}) to `out[outOff]`. */
 function rootInto(src: Uint8Array, off: number, m: number, out: Uint8Array, outOff: number): void {
-  wrapBuf[0] = 0x03;
-  wrapBuf[1] = m;
-  if (m === 1) {
-    wrapBuf.set(src.subarray(off, off + ID), 2);
-    out.set(sha256Short(wrapBuf, wrapOut), outOff);
-    return;
-  }
-  const s = m;
-  // First height straight from the source, the rest in the scratch.
-  let half = m >> 1;
-  for (let i = 0; i < half; i++) hashInner(src, off + 2 * i * ID, off + (2 * i + 1) * ID, scratch, i * ID);
-  if (m & 1) scratch.set(src.subarray(off + (m - 1) * ID, off + m * ID), half * ID);
-  m = (m + 1) >> 1;
-  while (m > 1) {
-    half = m >> 1;
-    for (let i = 0; i < half; i++) hashInner(scratch, 2 * i * ID, (2 * i + 1) * ID, scratch, i * ID);
-    if (m & 1) scratch.copyWithin(half * ID, (m - 1) * ID, m * ID);
-    m = (m + 1) >> 1;
-  }
-  wrapBuf[1] = s;
-  wrapBuf.set(scratch.subarray(0, ID), 2);
-  out.set(sha256Short(wrapBuf, wrapOut), outOff);
+  scratch.set(src.subarray(off, off + m * ID));
+  reduceInPlace(scratch, m);
+  out.set(wrapSegment(m, scratch.subarray(0, ID)), outOff);
 }
 
-const wrapBuf = new Uint8Array(2 + ID);
-const wrapOut = new Uint8Array(ID);
+/** Fold the first `m` nodes of `work` into their binary root, left in `work[0..32]`. */
+function reduceInPlace(work: Uint8Array, m: number): void {
+  while (m > 1) {
+    const half = m >> 1;
+    for (let i = 0; i < half; i++) hashInner(work, 2 * i * ID, (2 * i + 1) * ID, work, i * ID);
+    if (m & 1) work.copyWithin(half * ID, (m - 1) * ID, m * ID);
+    m = (m + 1) >> 1;
+  }
+}
 
 /**
  * The root of a segment: SHA-256(0x03 || s u8 || binary root of its `s`
@@ -417,12 +403,13 @@ export function segmentRoot(nodes: Uint8Array): Uint8Array {
 
 /** SHA-256(0x03 || s u8 || root): a segment's root from the binary root of its `s` nodes. */
 export function wrapSegment(s: number, root: Uint8Array): Uint8Array {
-  const buf = new Uint8Array(2 + ID);
-  buf[0] = 0x03;
-  buf[1] = s;
-  buf.set(root, 2);
-  return sha256Short(buf);
+  wrapBuf[0] = 0x03;
+  wrapBuf[1] = s;
+  wrapBuf.set(root, 2);
+  return sha256Short(wrapBuf);
 }
+
+const wrapBuf = new Uint8Array(2 + ID);
 
 /**
  * Root of the binary Merkle tree over `nodes` (32 bytes each): pairs hash
@@ -440,12 +427,7 @@ export function binaryRoot(nodes: Uint8Array): Uint8Array {
   let m = nodes.length / ID;
   if (!Number.isInteger(m) || m < 1) throw new RangeError(`Cannot hash page: '${nodes.length}' bytes of nodes`);
   const work = nodes.slice();
-  while (m > 1) {
-    const half = m >> 1;
-    for (let i = 0; i < half; i++) hashInner(work, 2 * i * ID, (2 * i + 1) * ID, work, i * ID);
-    if (m & 1) work.copyWithin(half * ID, (m - 1) * ID, m * ID);
-    m = (m + 1) >> 1;
-  }
+  reduceInPlace(work, m);
   return work.slice(0, ID);
 }
 
