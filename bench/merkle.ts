@@ -4,7 +4,7 @@
 // nostr-tools' vector storage computing the same fingerprint by scan; proof
 // size and verify time; bytes of index per event.
 import { nip77 } from "npm:nostr-tools@2.25.2";
-import { effects as indexEffects, logic as indexLogic } from "../actors/index.ts";
+import { startIndexStage } from "./_index_stage.ts";
 import { packBatch } from "../actors/batch.ts";
 import { LIMITS } from "../core/limits.ts";
 import { MerkleTree, verifyProof } from "../merkle/mod.ts";
@@ -179,15 +179,7 @@ export async function benchMerkle(): Promise<{ rows: Row[]; notes: string[] }> {
   // 1. The index actor's logic on RocksDB, fed batches of 512 as the WAL stage sends them.
   const dir = await Deno.makeTempDir({ prefix: "xf-bench-merkle-" });
   // The index stage's runtime, driven directly: one write per batch, as its logic asks when batches come one by one.
-  const config = { dir: `${dir}/db`, limits: { ...LIMITS } };
-  const stage = indexEffects({
-    ask: () => Promise.reject(new Error("no asks")),
-    request: () => Promise.reject(new Error("no requests")),
-    receive() {},
-    room: () => Promise.resolve(),
-  });
-  const state = indexLogic.init(config);
-  await stage.start(state, config);
+  const stage = await startIndexStage(`${dir}/db`);
   const put = (batch: ReturnType<typeof packBatch>) =>
     stage.run({ do: "write", toks: [0], batches: [{ batch, replay: false }] });
   await put(packBatch([{ bytes: manifest.bytes, req: 0, idx: 0, id: manifest.id, seq: 1 }]));

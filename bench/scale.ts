@@ -19,9 +19,8 @@
 // use signed events.
 // XF_SCALE_DIR keeps the data directory (default: a temporary one, removed at the end).
 import process from "node:process";
-import { effects as indexEffects, logic as indexLogic } from "../actors/index.ts";
+import { startIndexStage } from "./_index_stage.ts";
 import { packBatch } from "../actors/batch.ts";
-import { LIMITS } from "../core/limits.ts";
 import { cborArrayOf } from "../storage/cbor.ts";
 import { createGroup, encodeEvent, eventId, signEvent } from "../storage/event.ts";
 import { generateKeyPair } from "../storage/ed25519.ts";
@@ -92,15 +91,8 @@ let seq = 1;
 
 /** The index stage's runtime on the data directory's RocksDB, as the node runs it. */
 async function startIndex() {
-  const config = { dir: `${dataDir}/db`, limits: { ...LIMITS } };
-  const stage = indexEffects({
-    ask: () => Promise.reject(new Error("no asks")),
-    request: () => Promise.reject(new Error("no requests")),
-    receive() {},
-    room: () => Promise.resolve(),
-  });
   const t = performance.now();
-  await stage.start(indexLogic.init(config), config);
+  const stage = await startIndexStage(`${dataDir}/db`);
   const ms = performance.now() - t;
   const { checkpoint } = await stage.call({ type: "index.stats" }) as { checkpoint: number };
   seq = checkpoint + 1;
