@@ -86,26 +86,57 @@ const IV = Int32Array.from([
 ]);
 
 const msg = new Uint8Array(128);
-const W = new Int32Array(64);
+/** The message schedule of the block being compressed, each word plus its round constant. */
+const KW = new Int32Array(64);
 const H = new Int32Array(8);
 
+/** Expand `w[0..16]` into the 64-word schedule and add the round constants, into `out[base..base+64]`. */
+function schedule(w: Int32Array, out: Int32Array, base: number): void {
+  for (let i = 16; i < 64; i++) {
+    const w15 = w[i - 15]!;
+    const w2 = w[i - 2]!;
+    const s0 = ((w15 >>> 7) | (w15 << 25)) ^ ((w15 >>> 18) | (w15 << 14)) ^ (w15 >>> 3);
+    const s1 = ((w2 >>> 17) | (w2 << 15)) ^ ((w2 >>> 19) | (w2 << 13)) ^ (w2 >>> 10);
+    w[i] = (w[i - 16]! + s0 + w[i - 7]! + s1) | 0;
+  }
+  for (let i = 0; i < 64; i++) out[base + i] = (w[i]! + K[i]!) | 0;
+}
+
+/**
+ * The second block of a 65-byte message is its last byte, the 0x80 pad,
+ * zeros and the bit length 520: its schedule depends on that byte alone, so
+ * all 256 are computed once (64 KiB).
+ */
+const PAD65 = new Int32Array(256 * 64);
+{
+  const w = new Int32Array(64);
+  for (let b = 0; b < 256; b++) {
+    w.fill(0);
+    w[0] = (b << 24) | 0x800000;
+    w[15] = 520;
+    schedule(w, PAD65, b * 64);
+  }
+}
+
+const Wt = new Int32Array(64);
+
+/** Compress the block `msg[off..off+64]` into `H`. */
 function compress(off: number): void {
   for (let i = 0; i < 16; i++) {
     const o = off + i * 4;
-    W[i] = (msg[o]! << 24) | (msg[o + 1]! << 16) | (msg[o + 2]! << 8) | msg[o + 3]!;
+    Wt[i] = (msg[o]! << 24) | (msg[o + 1]! << 16) | (msg[o + 2]! << 8) | msg[o + 3]!;
   }
-  for (let i = 16; i < 64; i++) {
-    const w15 = W[i - 15]!;
-    const w2 = W[i - 2]!;
-    const s0 = ((w15 >>> 7) | (w15 << 25)) ^ ((w15 >>> 18) | (w15 << 14)) ^ (w15 >>> 3);
-    const s1 = ((w2 >>> 17) | (w2 << 15)) ^ ((w2 >>> 19) | (w2 << 13)) ^ (w2 >>> 10);
-    W[i] = (W[i - 16]! + s0 + W[i - 7]! + s1) | 0;
-  }
+  schedule(Wt, KW, 0);
+  rounds(KW, 0);
+}
+
+/** The 64 rounds of SHA-256 over a schedule with its round constants added (`kw[base..base+64]`), into `H`. */
+function rounds(kw: Int32Array, base: number): void {
   let a = H[0]!, b = H[1]!, c = H[2]!, d = H[3]!, e = H[4]!, f = H[5]!, g = H[6]!, h = H[7]!;
   for (let i = 0; i < 64; i++) {
     const S1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
     const ch = (e & f) ^ (~e & g);
-    const t1 = (h + S1 + ch + K[i]! + W[i]!) | 0;
+    const t1 = (h + S1 + ch + kw[base + i]!) | 0;
     const S0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
     const maj = (a & b) ^ (a & c) ^ (b & c);
     const t2 = (S0 + maj) | 0;
@@ -136,14 +167,11 @@ function compress(off: number): void {
 export function hashInner(src: Uint8Array, lOff: number, rOff: number, out: Uint8Array, outOff: number): void {
   msg[0] = 0x01;
   for (let i = 0; i < 32; i++) msg[1 + i] = src[lOff + i]!;
-  for (let i = 0; i < 32; i++) msg[33 + i] = src[rOff + i]!;
-  // Padding of a 65-byte message: 0x80, zeros, bit length 520 (0x0208).
-  msg[65] = 0x80;
-  msg[126] = 0x02;
-  msg[127] = 0x08;
+  for (let i = 0; i < 31; i++) msg[33 + i] = src[rOff + i]!;
   H.set(IV);
   compress(0);
-  compress(64);
+  // The second block: the right node's last byte, then the padding of a 65-byte message.
+  rounds(PAD65, src[rOff + 31]! * 64);
   for (let i = 0; i < 8; i++) {
     const v = H[i]!;
     const o = outOff + i * 4;
@@ -156,9 +184,10 @@ export function hashInner(src: Uint8Array, lOff: number, rOff: number, out: Uint
 
 /**
  * SHA-256 of a message of at most 55 bytes (one block), written to
- * `out[0..32]`: the fingerprint hot path (a 32-byte sum and a varint).
+ * `out[outOff..outOff+32]`: the fingerprint hot path (a 32-byte sum and a
+ * varint) and the wraps of page and segment roots.
  */
-export function sha256Short(input: Uint8Array, out: Uint8Array = new Uint8Array(32)): Uint8Array {
+export function sha256Short(input: Uint8Array, out: Uint8Array = new Uint8Array(32), outOff = 0): Uint8Array {
   const n = input.length;
   if (n > 55) throw new RangeError(`sha256Short takes at most 55 bytes, got '${n}'`);
   msg.set(input, 0);
@@ -177,10 +206,11 @@ export function sha256Short(input: Uint8Array, out: Uint8Array = new Uint8Array(
   compress(0);
   for (let i = 0; i < 8; i++) {
     const v = H[i]!;
-    out[i * 4] = v >>> 24;
-    out[i * 4 + 1] = (v >>> 16) & 0xff;
-    out[i * 4 + 2] = (v >>> 8) & 0xff;
-    out[i * 4 + 3] = v & 0xff;
+    const o = outOff + i * 4;
+    out[o] = v >>> 24;
+    out[o + 1] = (v >>> 16) & 0xff;
+    out[o + 2] = (v >>> 8) & 0xff;
+    out[o + 3] = v & 0xff;
   }
   return out;
 }

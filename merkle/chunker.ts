@@ -25,7 +25,7 @@
  * @module
  */
 
-import { Page, type SegmentCache } from "./page.ts";
+import { type CopiedRun, type Page, pageOfColumns } from "./page.ts";
 import { copy32, ID, u32At } from "./_util.ts";
 
 /** Fewest nodes in a page above level 0 that the rule may close (the last page of a level may hold fewer). */
@@ -73,9 +73,19 @@ export function boundaryThreshold(size: number, level = 1): number {
   return Math.floor((t * t * t * t) / BOUNDARY_DIVISOR);
 }
 
+/** {@linkcode boundaryThreshold} by size, at level 0 and above: the chunker looks one up per node. */
+const THRESHOLDS: readonly [Float64Array, Float64Array] = [
+  Float64Array.from({ length: LEAF_NODES_MAX + 1 }, (_, s) => boundaryThreshold(s, 0)),
+  Float64Array.from({ length: PAGE_NODES_MAX + 1 }, (_, s) => boundaryThreshold(s, 1)),
+];
+
+/** The thresholds of `level` by size, `0..max`. */
+const thresholdsOf = (level: number): Float64Array => THRESHOLDS[level === 0 ? 0 : 1];
+
 /** Whether the node at `nodes[off]` closes a page of `level` that now holds `size` nodes. */
 export function closesPage(nodes: Uint8Array, off: number, size: number, level = 1): boolean {
-  return u32At(nodes, off) < boundaryThreshold(size, level);
+  const t = thresholdsOf(level);
+  return size >= t.length || u32At(nodes, off) < t[size]!;
 }
 
 /**
@@ -99,6 +109,8 @@ export class Entries {
   counts: Float64Array;
   /** Id sum of each entry, 32 bytes little-endian each (the nodes at level 0). */
   sums: Uint8Array;
+  /** Runs of entries copied from older pages by {@linkcode Entries.pushRun}, in order (their hashed segments are reused). */
+  copied: CopiedRun[] = [];
 
   /** Make empty entries of `level` with room for `capacity`. */
   constructor(level: number, capacity = 64) {
@@ -160,6 +172,10 @@ export class Entries {
     const n = j - i;
     while (this.length + n > this.firstTs.length) this.#grow();
     const d = this.length;
+    const last = this.copied.at(-1);
+    if (last !== undefined && last.page === src && last.at + last.len === d && last.from + last.len === i) {
+      last.len += n;
+    } else this.copied.push({ at: d, len: n, page: src, from: i });
     this.nodes.set(src.nodes.subarray(i * ID, j * ID), d * ID);
     this.firstTs.set(src.firstTs.subarray(i, j), d);
     if (this.level === 0 || src.counts === null) {
@@ -184,18 +200,23 @@ export class Entries {
     page.idSumBytes(this.sums, d);
   }
 
-  /** Make a page of the entries and empty them (`reuse`: see the {@linkcode Page} constructor). */
-  takePage(reuse?: SegmentCache): Page {
+  /** Make a page of the entries and empty them; its hash reuses the segments of the runs copied into it. */
+  takePage(): Page {
     const n = this.length;
     this.length = 0;
-    return new Page({
-      level: this.level,
-      nodes: this.nodes.slice(0, n * ID),
-      firstTs: this.firstTs.slice(0, n),
-      firstIds: this.level === 0 ? null : this.firstIds.slice(0, n * ID),
-      counts: this.level === 0 ? null : this.counts.slice(0, n),
-      sums: this.level === 0 ? null : this.sums.slice(0, n * ID),
-    }, reuse);
+    const copied = this.copied;
+    this.copied = [];
+    const above = this.level > 0;
+    return pageOfColumns(
+      this.level,
+      n,
+      this.nodes,
+      this.firstTs,
+      above ? this.firstIds : null,
+      above ? this.counts : null,
+      above ? this.sums : null,
+      copied.length > 0 ? copied : undefined,
+    );
   }
 }
 
@@ -206,16 +227,14 @@ export class Entries {
 export class Chunker {
   readonly #current: Entries;
   readonly #onPage: (page: Page) => void;
-  readonly #reuse: SegmentCache | undefined;
 
   /**
-   * A chunker for `level` that hands each closed page to `onPage`; the
-   * pages' hashes reuse the segments offered to `reuse`.
+   * A chunker for `level` that hands each closed page to `onPage`; runs
+   * pushed with {@linkcode Chunker.pushRun} lend their hashed segments.
    */
-  constructor(level: number, onPage: (page: Page) => void, reuse?: SegmentCache) {
+  constructor(level: number, onPage: (page: Page) => void) {
     this.#current = new Entries(level, PAGE_NODES_MAX);
     this.#onPage = onPage;
-    this.#reuse = reuse;
   }
 
   /** Nodes in the open page; 0 right after a page closed. */
@@ -242,31 +261,33 @@ export class Chunker {
    */
   pushRun(src: Page, i: number, j: number): void {
     const c = this.#current;
+    const t = thresholdsOf(c.level);
+    const nodes = src.nodes;
     while (i < j) {
       let s = c.length;
       let end = j;
       let closed = false;
       for (let k = i; k < j; k++) {
-        if (closesPage(src.nodes, k * ID, ++s, c.level)) {
+        if (u32At(nodes, k * ID) < t[++s]!) {
           end = k + 1;
           closed = true;
           break;
         }
       }
       c.pushRun(src, i, end);
-      if (closed) this.#onPage(c.takePage(this.#reuse));
+      if (closed) this.#onPage(c.takePage());
       i = end;
     }
   }
 
   /** Close the open page, if any, at the end of the level. */
   finish(): void {
-    if (this.#current.length > 0) this.#onPage(this.#current.takePage(this.#reuse));
+    if (this.#current.length > 0) this.#onPage(this.#current.takePage());
   }
 
   #check(): void {
     const c = this.#current;
     const s = c.length;
-    if (closesPage(c.nodes, (s - 1) * ID, s, c.level)) this.#onPage(c.takePage(this.#reuse));
+    if (closesPage(c.nodes, (s - 1) * ID, s, c.level)) this.#onPage(c.takePage());
   }
 }

@@ -74,6 +74,8 @@ export interface PageInit {
   counts: Float64Array | null;
   /** Each child's id sum (above level 0; `null` at level 0). */
   sums: Uint8Array | null;
+  /** The page's encoding, when the caller already has it (trusted to match the columns). */
+  encoded?: Uint8Array;
 }
 
 /** Where a node sits in its page's two-layer hash, and the siblings on its path (a proof step). */
@@ -126,18 +128,22 @@ export class Page {
   #segRoots: Uint8Array | undefined;
   /** Inner nodes of the binary tree over the segment roots, heights 1 and up (kept once hashed). */
   #top: Uint8Array | undefined;
-  /** Segments of older pages whose roots the hash may reuse (dropped once hashed). */
-  #reuse: SegmentCache | undefined;
+  /** Runs of this page's nodes copied from older pages, whose segment roots the hash may reuse (dropped once hashed). */
+  #copied: readonly CopiedRun[] | undefined;
+  /** The encoding (see {@linkcode encodePage}), made once. */
+  #encoded: Uint8Array | undefined;
   /** The older page this one's first reused segment came from: its tree over segment roots is reused by position. */
   #aligned: Page | undefined;
 
   /**
    * Make a page from its columns (trusted; {@linkcode decodePage} validates).
-   * With `reuse`, the hash takes the root of every segment that an older
-   * page in the cache holds with the same nodes, instead of hashing it.
+   * With `copied` (runs of nodes copied from older, hashed pages, in order),
+   * the hash takes the root of every segment that lies inside a run and is a
+   * segment of the older page too, instead of hashing it.
    */
-  constructor(init: PageInit, reuse?: SegmentCache) {
-    this.#reuse = reuse;
+  constructor(init: PageInit, copied?: readonly CopiedRun[]) {
+    this.#copied = copied;
+    this.#encoded = init.encoded;
     const n = init.firstTs.length;
     this.level = init.level;
     this.size = n;
@@ -206,25 +212,54 @@ export class Page {
 
   /**
    * The root of each segment, 32 bytes each, computed once and kept: a
-   * segment that a page in the reuse cache holds too is copied, not hashed.
+   * segment copied whole from a segment of an older page takes its root.
    */
   segmentRoots(): Uint8Array {
     if (this.#segRoots === undefined) {
       const ends = this.segmentEnds();
       const roots = new Uint8Array(ends.length * ID);
-      const reuse = this.#reuse;
+      const runs = this.#copied;
+      let r = 0;
       let start = 0;
       for (let k = 0; k < ends.length; k++) {
         const end = ends[k]!;
-        const from = reuse?.copyRoot(this.nodes, start, end, roots, k * ID);
-        if (from === undefined) rootInto(this.nodes, start * ID, end - start, roots, k * ID);
-        else this.#aligned ??= from;
+        let reused = false;
+        if (runs !== undefined) {
+          while (r < runs.length && runs[r]!.at + runs[r]!.len <= start) r++;
+          const run = runs[r];
+          if (run !== undefined && run.at <= start && end <= run.at + run.len) {
+            reused = run.page.copySegmentRoot(run.from + start - run.at, run.from + end - run.at, roots, k * ID);
+            if (reused) this.#aligned ??= run.page;
+          }
+        }
+        if (!reused) rootInto(this.nodes, start * ID, end - start, roots, k * ID);
         start = end;
       }
       this.#segRoots = roots;
-      this.#reuse = undefined;
+      this.#copied = undefined;
     }
     return this.#segRoots;
+  }
+
+  /**
+   * If this page's nodes `start..end` are exactly one of its segments and its
+   * segment roots are computed, copy that segment's root to `out[outOff]`.
+   */
+  copySegmentRoot(start: number, end: number, out: Uint8Array, outOff: number): boolean {
+    const roots = this.#segRoots;
+    if (roots === undefined) return false;
+    const ends = this.#segEnds!;
+    // The segment ending first after `start`.
+    let lo = 0;
+    let hi = ends.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (ends[mid]! <= start) lo = mid + 1;
+      else hi = mid;
+    }
+    if (ends[lo] !== end || (lo === 0 ? 0 : ends[lo - 1]!) !== start) return false;
+    out.set(roots.subarray(lo * ID, lo * ID + ID), outOff);
+    return true;
   }
 
   /** Where node `index` sits in the page's hash, with the siblings on its path (a proof step). */
@@ -241,58 +276,35 @@ export class Page {
     return { count: this.size, segment, segments: ends.length, index: index - start, size: end - start, siblings };
   }
 
+  /** The page's encoding (format in the module doc), made on first use and kept. */
+  encoded(): Uint8Array {
+    return this.#encoded ??= encodeColumns(
+      this.level,
+      this.size,
+      this.nodes,
+      this.firstTs,
+      this.counts === null ? null : this.firstIds,
+      this.counts,
+      this.sums,
+    );
+  }
+
   /** Write the 32-byte little-endian id sum at `out[off]`. */
   idSumBytes(out: Uint8Array, off: number): void {
     sumToBytes(this.idSum, out, off);
   }
 }
 
-/** The key a segment is found by in a {@linkcode SegmentCache}: 30 bits of its first node's bytes 8..12 (a small integer). */
-function segmentKey(nodes: Uint8Array, off: number): number {
-  return ((nodes[off + 8]! << 22) | (nodes[off + 9]! << 14) | (nodes[off + 10]! << 6) | (nodes[off + 11]! >>> 2));
-}
-
-/**
- * The hashed segments of older pages, found by their nodes: a page made by
- * an edit copies the root of every segment the edit left as it was (all but
- * the one or two it touched), so it hashes about a dozen pairs, not half the
- * page. A found segment's nodes are compared in full before its root is
- * used.
- */
-export class SegmentCache {
-  readonly #bySegment = new Map<number, { page: Page; segment: number }>();
-
-  /** Forget every offered segment. */
-  clear(): void {
-    this.#bySegment.clear();
-  }
-
-  /** Offer the segments of `page` (only if its hash is already computed). */
-  add(page: Page): void {
-    const roots = page.knownSegmentRoots();
-    if (roots === undefined) return;
-    const ends = page.segmentEnds();
-    let start = 0;
-    for (let k = 0; k < ends.length; k++) {
-      this.#bySegment.set(segmentKey(page.nodes, start * ID), { page, segment: k });
-      start = ends[k]!;
-    }
-  }
-
-  /**
-   * If an offered page holds a segment with exactly the nodes
-   * `nodes[start..end]`, copy its root to `out[outOff]` and return that page.
-   */
-  copyRoot(nodes: Uint8Array, start: number, end: number, out: Uint8Array, outOff: number): Page | undefined {
-    const hit = this.#bySegment.get(segmentKey(nodes, start * ID));
-    if (hit === undefined) return undefined;
-    const ends = hit.page.segmentEnds();
-    const s = hit.segment === 0 ? 0 : ends[hit.segment - 1]!;
-    if (ends[hit.segment]! - s !== end - start) return undefined;
-    if (!bytesEqualAt(hit.page.nodes, s * ID, nodes, start * ID, (end - start) * ID)) return undefined;
-    out.set(hit.page.knownSegmentRoots()!.subarray(hit.segment * ID, hit.segment * ID + ID), outOff);
-    return hit.page;
-  }
+/** Nodes `at..at+len` of a new page are nodes `from..from+len` of the older `page` (see the {@linkcode Page} constructor). */
+export interface CopiedRun {
+  /** First node of the run in the new page. */
+  at: number;
+  /** Nodes in the run. */
+  len: number;
+  /** The older page the nodes were copied from. */
+  page: Page;
+  /** First node of the run in the older page. */
+  from: number;
 }
 
 /**
@@ -374,9 +386,15 @@ const scratch = new Uint8Array(SEGMENT_NODES_MAX * ID);
 
 /** Write the root of the segment of `m` nodes at `src[off..]` ({@linkcode segmentRoot}) to `out[outOff]`. */
 function rootInto(src: Uint8Array, off: number, m: number, out: Uint8Array, outOff: number): void {
-  scratch.set(src.subarray(off, off + m * ID));
-  reduceInPlace(scratch, m);
-  out.set(wrapSegment(m, scratch.subarray(0, ID)), outOff);
+  // The first height reads the nodes where they are; the rest folds in the scratch.
+  const half = m >> 1;
+  for (let i = 0; i < half; i++) hashInner(src, off + 2 * i * ID, off + (2 * i + 1) * ID, scratch, i * ID);
+  if (m & 1) scratch.set(src.subarray(off + (m - 1) * ID, off + m * ID), half * ID);
+  reduceInPlace(scratch, (m + 1) >> 1);
+  wrapBuf[0] = 0x03;
+  wrapBuf[1] = m;
+  wrapBuf.set(scratch.subarray(0, ID), 2);
+  sha256Short(wrapBuf, out, outOff);
 }
 
 /** Fold the first `m` nodes of `work` into their binary root, left in `work[0..32]`. */
@@ -500,37 +518,89 @@ export function pageHash(level: number, nodes: Uint8Array): Uint8Array {
  * ```
  */
 export function encodePage(page: Page): Uint8Array {
-  const n = page.size;
+  return page.encoded();
+}
+
+/**
+ * Encode a page from its columns (the first `n` entries of each; `firstIds`,
+ * `counts` and `sums` are `null` at level 0): the bytes {@linkcode encodePage}
+ * gives.
+ */
+export function encodeColumns(
+  level: number,
+  n: number,
+  nodes: Uint8Array,
+  firstTs: Float64Array,
+  firstIds: Uint8Array | null,
+  counts: Float64Array | null,
+  sums: Uint8Array | null,
+): Uint8Array {
   let len = 4 + n * ID;
   let prev = 0;
   for (let i = 0; i < n; i++) {
-    len += varintLength(page.firstTs[i]! - prev);
-    prev = page.firstTs[i]!;
+    len += varintLength(firstTs[i]! - prev);
+    prev = firstTs[i]!;
   }
-  if (page.counts !== null) {
+  if (counts !== null) {
     len += 2 * n * ID;
-    for (let i = 0; i < n; i++) len += varintLength(page.counts[i]!);
+    for (let i = 0; i < n; i++) len += varintLength(counts[i]!);
   }
   const out = new Uint8Array(len);
   out[0] = PAGE_FORMAT_VERSION;
-  out[1] = page.level;
+  out[1] = level;
   out[2] = n >>> 8;
   out[3] = n & 0xff;
-  out.set(page.nodes, 4);
+  out.set(nodes.subarray(0, n * ID), 4);
   let off = 4 + n * ID;
   prev = 0;
   for (let i = 0; i < n; i++) {
-    off = writeVarint(out, off, page.firstTs[i]! - prev);
-    prev = page.firstTs[i]!;
+    off = writeVarint(out, off, firstTs[i]! - prev);
+    prev = firstTs[i]!;
   }
-  if (page.counts !== null) {
-    out.set(page.firstIds, off);
+  if (counts !== null) {
+    out.set(firstIds!.subarray(0, n * ID), off);
     off += n * ID;
-    for (let i = 0; i < n; i++) off = writeVarint(out, off, page.counts[i]!);
-    out.set(page.sums, off);
-    off += n * ID;
+    for (let i = 0; i < n; i++) off = writeVarint(out, off, counts[i]!);
+    out.set(sums!.subarray(0, n * ID), off);
   }
   return out;
+}
+
+/**
+ * Make a page from the first `n` entries of columns that will be reused
+ * (a chunker's): the page is encoded once, and its 32-byte columns are
+ * views of that encoding, so the page costs one copy of its nodes.
+ */
+export function pageOfColumns(
+  level: number,
+  n: number,
+  nodes: Uint8Array,
+  firstTs: Float64Array,
+  firstIds: Uint8Array | null,
+  counts: Float64Array | null,
+  sums: Uint8Array | null,
+  copied?: readonly CopiedRun[],
+): Page {
+  const encoded = encodeColumns(level, n, nodes, firstTs, firstIds, counts, sums);
+  const view = (off: number) => encoded.subarray(off, off + n * ID);
+  const ts = firstTs.slice(0, n);
+  if (counts === null) {
+    return new Page({ level, nodes: view(4), firstTs: ts, firstIds: null, counts: null, sums: null, encoded }, copied);
+  }
+  // Above level 0 the encoding ends with the sums; the first ids sit before the count varints.
+  let countBytes = 0;
+  for (let i = 0; i < n; i++) countBytes += varintLength(counts[i]!);
+  const sumsAt = encoded.length - n * ID;
+  const firstIdsAt = sumsAt - countBytes - n * ID;
+  return new Page({
+    level,
+    nodes: view(4),
+    firstTs: ts,
+    firstIds: view(firstIdsAt),
+    counts: counts.slice(0, n),
+    sums: view(sumsAt),
+    encoded,
+  }, copied);
 }
 
 /**
@@ -538,7 +608,9 @@ export function encodePage(page: Page): Uint8Array {
  * the bytes are not a well-formed page. It does not check the hash: the
  * tree compares it with the hash the page was read by.
  */
-export function decodePage(bytes: Uint8Array): Page {
+export function decodePage(input: Uint8Array): Page {
+  // One copy of the input: the page's columns view it, and the caller's buffer stays the caller's.
+  const bytes = input.slice();
   const fail = (why: string) => corruption(`Cannot decode Merkle page: ${why}`);
   if (bytes.length < 4) throw fail(`'${bytes.length}' bytes is shorter than a header`);
   if (bytes[0] !== PAGE_FORMAT_VERSION) throw fail(`unknown format version '${bytes[0]}'`);
@@ -550,7 +622,7 @@ export function decodePage(bytes: Uint8Array): Page {
   let off = 4;
   const take = (len: number, what: string): Uint8Array => {
     if (off + len > bytes.length) throw fail(`truncated in ${what} at byte ${off}`);
-    const b = bytes.slice(off, off + len);
+    const b = bytes.subarray(off, off + len);
     off += len;
     return b;
   };
@@ -601,5 +673,5 @@ export function decodePage(bytes: Uint8Array): Page {
       throw fail(`keys out of order at entry ${i}`);
     }
   }
-  return new Page({ level, nodes, firstTs, firstIds, counts, sums });
+  return new Page({ level, nodes, firstTs, firstIds, counts, sums, encoded: bytes });
 }

@@ -13,7 +13,7 @@ import { Chunker, Entries } from "./chunker.ts";
 import { fingerprintOf } from "./fingerprint.ts";
 import type { Bound, Item } from "./item.ts";
 import { compareItems } from "./item.ts";
-import { decodePage, encodePage, type Page, SegmentCache } from "./page.ts";
+import { decodePage, encodePage, type Page } from "./page.ts";
 import { encodeProof, type ProofStep } from "./proof.ts";
 import { sumAdd, sumEqualsBytes, sumSub } from "./_sum.ts";
 import { assertItem, bytesEqualAt, compareKeyAt, corruption, ID } from "./_util.ts";
@@ -402,12 +402,11 @@ export class MerkleTree {
     for (let level = 0; newRoot === undefined; level++) {
       const out = new Entries(level + 1);
       const next: Edit[] = [];
-      // The old pages the level's edits re-chunk offer their hashed segments to the new pages.
-      const reuse = new SegmentCache();
+      // Old entries go in as runs: the new pages reuse the old pages' hashed segments they copy whole.
       const chunker = new Chunker(level, (page) => {
         made.set(toHex(page.hash()), { page, bytes: encodePage(page) });
         out.pushPage(page);
-      }, reuse);
+      });
       if (level > R) {
         // Above the old root: the one edit is the whole level.
         const e = edits[0]!;
@@ -416,7 +415,7 @@ export class MerkleTree {
         chunker.finish();
         next.push({ start: 0, end: N, from: 0, to: out.length });
       } else {
-        this.#rechunkLevel({ level, N, edits, src, chunker, out, next, gone, reuse });
+        this.#rechunkLevel({ level, N, edits, src, chunker, out, next, gone });
       }
       const only = next[0]!;
       if (next.length === 1 && only.start === 0 && only.end === N && out.length <= 1) {
@@ -532,10 +531,9 @@ export class MerkleTree {
       out: Entries;
       next: Edit[];
       gone: Set<string>;
-      reuse: SegmentCache;
     },
   ): void {
-    const { level, N, edits, src, chunker, out, next, gone, reuse } = o;
+    const { level, N, edits, src, chunker, out, next, gone } = o;
     let k = 0;
     const emitEditsAt = (r: number, skipUntil: number): number => {
       while (k < edits.length && edits[k]!.start === r) {
@@ -546,8 +544,7 @@ export class MerkleTree {
       return skipUntil;
     };
     while (k < edits.length) {
-      // A region starts where old and new pages line up: its new pages reuse only its old pages' segments.
-      reuse.clear();
+      // A region starts where old and new pages line up.
       let cur = this.#pageAt(level, Math.min(edits[k]!.start, N - 1));
       const regionStart = cur.start;
       const outFrom = out.length;
@@ -556,7 +553,6 @@ export class MerkleTree {
       for (;;) {
         gone.add(cur.hex);
         const pg = cur.page;
-        reuse.add(pg);
         r = cur.start;
         const counts = pg.counts;
         for (let i = 0; i < pg.size;) {

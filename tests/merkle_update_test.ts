@@ -13,7 +13,7 @@ import {
   siblingCount,
   verifyProof,
 } from "../merkle/mod.ts";
-import { binarySiblings, SegmentCache } from "../merkle/page.ts";
+import { binarySiblings, type CopiedRun } from "../merkle/page.ts";
 import { mapStore, prng, randomId, randomItems, sortedSet, toHex } from "../merkle/_testing.ts";
 
 function assertSameTree(tree: MerkleTree, pages: Map<string, Uint8Array>, ref: PageWrites, what: string): void {
@@ -171,12 +171,21 @@ Deno.test("a page hashed with an older page's segments equals one hashed from sc
       (oldN, edits, seed) => {
         const rand = prng(seed);
         // The old page's nodes, and the new page's: the same with a few nodes inserted and removed.
+        // Beside each node, where it sits in the old page (-1 for an inserted one).
         const list: Uint8Array[] = Array.from({ length: oldN }, () => randomId(rand));
+        const origin: number[] = list.map((_, i) => i);
         const old = new Uint8Array(oldN * 32);
         list.forEach((x, i) => old.set(x, i * 32));
         for (let e = 0; e < edits; e++) {
-          if (rand.int(2) === 0 && list.length > 1) list.splice(rand.int(list.length), 1);
-          else if (list.length < 512) list.splice(rand.int(list.length + 1), 0, randomId(rand));
+          if (rand.int(2) === 0 && list.length > 1) {
+            const at = rand.int(list.length);
+            list.splice(at, 1);
+            origin.splice(at, 1);
+          } else if (list.length < 512) {
+            const at = rand.int(list.length + 1);
+            list.splice(at, 0, randomId(rand));
+            origin.splice(at, 0, -1);
+          }
         }
         const n = list.length;
         const nodes = new Uint8Array(n * 32);
@@ -191,10 +200,16 @@ Deno.test("a page hashed with an older page's segments equals one hashed from sc
           sums: null,
         });
         oldPage.hash();
-        const cache = new SegmentCache();
-        cache.add(oldPage);
+        // The runs of nodes copied from the old page, as a chunker records them.
+        const runs: CopiedRun[] = [];
+        origin.forEach((o, i) => {
+          const last = runs.at(-1);
+          if (o < 0) return;
+          if (last !== undefined && last.at + last.len === i && last.from + last.len === o) last.len++;
+          else runs.push({ at: i, len: 1, page: oldPage, from: o });
+        });
         const init = { level: 0, nodes, firstTs: seq(n), firstIds: null, counts: null, sums: null };
-        const a = new Page(init, cache);
+        const a = new Page(init, runs);
         const b = new Page({ ...init, nodes: nodes.slice() });
         assertEquals(toHex(a.hash()), toHex(b.hash()));
         assertEquals(toHex(a.hash()), toHex(pageHash(0, nodes)));
