@@ -442,7 +442,7 @@ const wrapBuf = new Uint8Array(2 + ID);
  * ```
  */
 export function binaryRoot(nodes: Uint8Array): Uint8Array {
-  let m = nodes.length / ID;
+  const m = nodes.length / ID;
   if (!Number.isInteger(m) || m < 1) throw new RangeError(`Cannot hash page: '${nodes.length}' bytes of nodes`);
   const work = nodes.slice();
   reduceInPlace(work, m);
