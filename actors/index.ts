@@ -1245,8 +1245,19 @@ export const effects = (ctx: HostContext) => {
       pruneTimer = null;
       for (const t of soon) clearTimeout(t);
       soon.clear();
-      // A prune in progress finishes its write first.
-      await serial(async () => {});
+      // A prune in progress finishes its write first; then the Merkle journals are checkpointed, so the next
+      // start replays none (a failure here loses nothing: the journals stay, and replay at the next load).
+      await serial(async () => {
+        if (kv === null || trees === null) return;
+        const c = trees.checkpointAll();
+        if (c.ops.length === 0) return;
+        try {
+          await kv.batch(c.ops, { sync: true });
+          c.commit();
+        } catch (e) {
+          console.error(`Merkle checkpoint at stop failed (the journal stays): ${(e as Error).message}`);
+        }
+      });
       // A background compaction finishes before RocksDB closes under it (one still waiting for reads gives up).
       compactStop.abort();
       await compacting;

@@ -209,6 +209,14 @@ export const MEMBERSHIP_EVENTS_MAX = 100_000;
 /** Decoded Merkle pages kept per group (about 10,500 for a million events: leaves of ~96 ids). */
 export const DECODED_PAGES_MAX = 65_536;
 
+/**
+ * Items (events added or removed) a group's Merkle journal holds before its pages are stored: a write past it
+ * stores every page changed since the last checkpoint instead of a journal record (storage/merkle_store.ts).
+ * It bounds the replay when a tree loads (at most this many items re-applied) and lets a page changed by many
+ * writes in between be stored once.
+ */
+export const MERKLE_JOURNAL_ITEMS_MAX = 32_768;
+
 /** Damaged events listed in one fsck report (the count is always exact). */
 export const FSCK_DAMAGED_MAX = 10_000;
 

@@ -10,6 +10,7 @@
  * | `a`    | gid(32) seq(8)              | id(32) (arrival index)         |
  * | `g`    | gid(32)                     | group record (CBOR)            |
  * | `m`    | gid(32) page hash(32)       | Merkle page                    |
+ * | `j`    | gid(32) seq(8)              | Merkle journal record          |
  * | `x`    | name (ASCII)                | node metadata (checkpoint …)   |
  * | `p`    | gid(32) node id(32)         | peer record (CBOR)             |
  * | `d`    | target id(32) tombstone(32) | 1 byte: 1 confirmed, 0 pending |
@@ -35,6 +36,7 @@ export const KS = {
   peer: 0x70,
   deleted: 0x64,
   unsent: 0x75,
+  journal: 0x6a,
 } as const;
 
 function concat(prefix: number, ...parts: Uint8Array[]): Uint8Array {
@@ -67,6 +69,10 @@ export const groupKey = (gid: Uint8Array): Uint8Array => concat(KS.group, gid);
 export const merkleKey = (gid: Uint8Array, hash: Uint8Array): Uint8Array => concat(KS.merkle, gid, hash);
 /** Lowest key of a group's Merkle pages. */
 export const merklePrefix = (gid: Uint8Array): Uint8Array => concat(KS.merkle, gid);
+/** Key of a record of a group's Merkle journal (changes since its stored pages, storage/merkle_store.ts). */
+export const journalKey = (gid: Uint8Array, seq: number): Uint8Array => concat(KS.journal, gid, u64be(seq));
+/** Lowest key of a group's Merkle journal. */
+export const journalPrefix = (gid: Uint8Array): Uint8Array => concat(KS.journal, gid);
 /** Key of a metadata entry. */
 export const metaKey = (name: string): Uint8Array => concat(KS.meta, new TextEncoder().encode(name));
 /** Key of a peer record. */

@@ -6,23 +6,65 @@
  * write as the events, and swaps the new root in only after that write
  * succeeded.
  *
+ * A write does not store the pages it changes: it appends one journal
+ * record (the items it added and removed, 40 bytes each) and the new root.
+ * The stored pages stay those of the group's checkpoint, and loading a
+ * tree replays the journal over them, then checks that it ends on the
+ * stored root. Once the journal holds {@linkcode MERKLE_JOURNAL_ITEMS_MAX}
+ * items, the next write stores every page changed since the checkpoint,
+ * deletes the pages and journal records no longer needed, and starts over:
+ * a leaf changed by many writes in between is stored once, and nothing
+ * the tree is made of is ever missing from the store.
+ *
  * @module
  */
 
 import { fromHex, toHex } from "../core/bytes.ts";
 import { compareItems, type Item, MerkleTree, type RootInfo } from "../merkle/mod.ts";
 import type { Kv, KvOp } from "./kv.ts";
-import { deletedKey, eventKey, KS, merkleKey, merklePrefix, metaKey, prefixEnd, timeKeyFloor } from "./keys.ts";
+import {
+  deletedKey,
+  eventKey,
+  journalKey,
+  journalPrefix,
+  KS,
+  merkleKey,
+  merklePrefix,
+  metaKey,
+  prefixEnd,
+  timeKeyFloor,
+} from "./keys.ts";
 import { decodeCbor, encodeCbor } from "./cbor.ts";
 import { decodeEvent, KIND_TOMBSTONE, peekEvent, type StoredEvent } from "./event.ts";
 import { decodeTombstone } from "./deletion.ts";
 import { XfError } from "../core/errors.ts";
 import { sha256 } from "@noble/hashes/sha2";
-import { DECODED_PAGES_MAX, FSCK_DAMAGED_MAX, KV_BULK_READ_BYTES_MAX } from "../core/limits.ts";
+import {
+  DECODED_PAGES_MAX,
+  FSCK_DAMAGED_MAX,
+  KV_BULK_READ_BYTES_MAX,
+  MERKLE_JOURNAL_ITEMS_MAX,
+} from "../core/limits.ts";
+
+/** The stored pages' root and the journal records after it (seqs `first..next-1`). */
+interface Checkpoint {
+  root: RootInfo;
+  first: number;
+  next: number;
+}
 
 interface GroupTree {
+  /** Every page of the tree, stored or not yet (hex hash to bytes). */
   pages: Map<string, Uint8Array>;
   tree: MerkleTree;
+  /** Pages of the tree made since the checkpoint: not stored yet. */
+  pending: Set<string>;
+  /** Stored pages no longer in the tree: deleted at the next checkpoint. */
+  garbage: Set<string>;
+  /** The stored pages' root and the journal after it; `null` when the stored pages are the tree. */
+  checkpoint: Checkpoint | null;
+  /** Items in the journal records since the checkpoint. */
+  journalItems: number;
 }
 
 /** What the index needs of an event: its group, ts and id. */
@@ -33,18 +75,126 @@ const ROOTS_PREFIX = metaKey("root:");
 
 /**
  * Format of the stored trees, the fourth field of a root record
- * (`[hash, count, depth, format]`; records without it are format 1). Format 2
- * has leaves of ~96 ids and segmented page hashes (merkle/page.ts); a store
- * of format 1 is rebuilt by {@linkcode GroupTrees.migrate}.
+ * (`[hash, count, depth, format, checkpoint?]`; records without it are
+ * format 1). Format 2 has leaves of ~96 ids and segmented page hashes
+ * (merkle/page.ts); format 3 has the same pages and a journal (the fifth
+ * field, `[hash, count, depth, first, next]`: the stored pages' root and the
+ * journal's seqs). A store of format 1 is rebuilt by
+ * {@linkcode GroupTrees.migrate}; format 2 reads as format 3 with no journal.
  */
-export const MERKLE_FORMAT = 2;
+export const MERKLE_FORMAT = 3;
 
-const encodeRoot = (r: RootInfo) => encodeCbor([r.hash, r.count, r.depth, MERKLE_FORMAT]);
+/** Formats of the pages this node reads as they are. */
+const READABLE = new Set([2, 3]);
 
-/** Decode a root record: the root, and the format its pages were written in. */
-function decodeRoot(bytes: Uint8Array): { root: RootInfo; format: number } {
-  const [hash, count, depth, format] = decodeCbor(bytes) as [Uint8Array, number, number, number | undefined];
-  return { root: { hash, count, depth }, format: format ?? 1 };
+const encodeRoot = (r: RootInfo, c: Checkpoint | null) =>
+  encodeCbor(
+    c === null
+      ? [r.hash, r.count, r.depth, MERKLE_FORMAT]
+      : [r.hash, r.count, r.depth, MERKLE_FORMAT, [c.root.hash, c.root.count, c.root.depth, c.first, c.next]],
+  );
+
+/** Decode a root record: the root, the format its pages were written in, and its checkpoint. */
+function decodeRoot(bytes: Uint8Array): { root: RootInfo; format: number; checkpoint: Checkpoint | null } {
+  const [hash, count, depth, format, c] = decodeCbor(bytes) as [
+    Uint8Array,
+    number,
+    number,
+    number | undefined,
+    [Uint8Array, number, number, number, number] | undefined,
+  ];
+  const checkpoint = c === undefined ? null : {
+    root: { hash: c[0], count: c[1], depth: c[2] },
+    first: c[3],
+    next: c[4],
+  };
+  if (checkpoint !== null && !(Number.isSafeInteger(checkpoint.first) && checkpoint.next >= checkpoint.first)) {
+    throw new XfError("STORAGE_CORRUPTION", `Merkle root record has a bad journal range`);
+  }
+  return { root: { hash, count, depth }, format: format ?? 1, checkpoint };
+}
+
+/** Bytes of one item in a journal record: ts u64 BE, id. */
+const JOURNAL_ITEM = 40;
+
+/** A journal record: `u32 BE adds | u32 BE removes | items (ts u64 BE, id 32)`, the adds first. */
+function encodeJournal(add: readonly Item[], remove: readonly Item[]): Uint8Array {
+  const out = new Uint8Array(8 + (add.length + remove.length) * JOURNAL_ITEM);
+  const dv = new DataView(out.buffer);
+  dv.setUint32(0, add.length);
+  dv.setUint32(4, remove.length);
+  let off = 8;
+  for (const it of [...add, ...remove]) {
+    dv.setBigUint64(off, BigInt(it.ts));
+    out.set(it.id, off + 8);
+    off += JOURNAL_ITEM;
+  }
+  return out;
+}
+
+function decodeJournal(bytes: Uint8Array, what: string): { add: Item[]; remove: Item[] } {
+  const fail = (why: string) => new XfError("STORAGE_CORRUPTION", `Merkle journal record ${what} ${why}`);
+  if (bytes.length < 8) throw fail(`is ${bytes.length} bytes, shorter than its header`);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const adds = dv.getUint32(0);
+  const removes = dv.getUint32(4);
+  if (bytes.length !== 8 + (adds + removes) * JOURNAL_ITEM) {
+    throw fail(`is ${bytes.length} bytes, its header says ${adds} + ${removes} items`);
+  }
+  const items: Item[] = [];
+  for (let off = 8; off < bytes.length; off += JOURNAL_ITEM) {
+    const ts = Number(dv.getBigUint64(off));
+    if (!Number.isSafeInteger(ts)) throw fail(`has a ts above 2^53`);
+    items.push({ ts, id: bytes.slice(off + 8, off + JOURNAL_ITEM) });
+  }
+  return { add: items.slice(0, adds), remove: items.slice(adds) };
+}
+
+/** Apply a tree's page writes to a group's pages: a page made and dropped before any checkpoint is never stored. */
+function applyWrites(
+  gt: Pick<GroupTree, "pages" | "pending" | "garbage">,
+  put: Map<string, Uint8Array>,
+  del: readonly string[],
+): void {
+  for (const h of del) {
+    gt.pages.delete(h);
+    if (!gt.pending.delete(h)) gt.garbage.add(h);
+  }
+  for (const [h, bytes] of put) {
+    gt.pages.set(h, bytes);
+    if (!gt.garbage.delete(h)) gt.pending.add(h);
+  }
+}
+
+/**
+ * Replay a group's journal (seqs `c.first..c.next-1`, read from `kv`) over `gt`, whose tree is at the
+ * checkpoint's root; returns the items replayed. Throws `STORAGE_CORRUPTION` for a missing, extra or
+ * damaged record.
+ */
+async function replayJournal(
+  kv: Kv,
+  g: Uint8Array,
+  c: Checkpoint,
+  gt: Pick<GroupTree, "pages" | "pending" | "garbage" | "tree">,
+): Promise<number> {
+  const prefix = journalPrefix(g);
+  let seq = c.first;
+  let items = 0;
+  const range = { gte: journalKey(g, c.first), lt: prefixEnd(prefix), readAheadBytes: KV_BULK_READ_BYTES_MAX };
+  for await (const [k, v] of kv.range(range)) {
+    const at = Number(new DataView(k.buffer, k.byteOffset + 33, 8).getBigUint64(0));
+    if (at >= c.next) break;
+    if (at !== seq) throw new XfError("STORAGE_CORRUPTION", `Merkle journal record ${seq} is missing (next is ${at})`);
+    const { add, remove } = decodeJournal(v, `${at}`);
+    const res = gt.tree.update(add, remove);
+    applyWrites(gt, res.put, res.del);
+    items += add.length + remove.length;
+    seq++;
+  }
+  if (seq !== c.next) {
+    throw new XfError("STORAGE_CORRUPTION", `Merkle journal records ${seq}..${c.next - 1} are missing`);
+  }
+  return items;
 }
 
 /** The Merkle trees of every group, loaded on first use. */
@@ -54,7 +204,11 @@ export class GroupTrees {
   private loading = new Map<string, Promise<GroupTree>>();
   /** Bumped when cached trees are dropped: a load that began before does not cache its (older) tree. */
   #generation = 0;
-  constructor(private readonly kv: Kv) {}
+  readonly #journalItemsMax: number;
+  /** Trees over `kv`; `journalItemsMax` overrides {@linkcode MERKLE_JOURNAL_ITEMS_MAX} (tests). */
+  constructor(private readonly kv: Kv, options: { journalItemsMax?: number } = {}) {
+    this.#journalItemsMax = options.journalItemsMax ?? MERKLE_JOURNAL_ITEMS_MAX;
+  }
 
   /** Load a group's pages and root from the store (once; concurrent callers share one load). */
   load(gid: string): Promise<GroupTree> {
@@ -79,20 +233,34 @@ export class GroupTrees {
     for await (const [k, v] of this.kv.range(bulk)) pages.set(toHex(k.subarray(33)), v);
     const rb = await this.kv.get(rootKey(gid));
     let root: RootInfo | null = null;
+    let checkpoint: Checkpoint | null = null;
     if (rb) {
       const r = decodeRoot(rb);
-      if (r.format !== MERKLE_FORMAT) {
+      if (!READABLE.has(r.format)) {
         throw new XfError(
           "STORAGE_CORRUPTION",
-          `Cannot read the Merkle tree of group ${gid}: it is format ${r.format}, this node reads ${MERKLE_FORMAT} ` +
-            `(GroupTrees.migrate() rebuilds it when the store opens)`,
+          `Cannot read the Merkle tree of group ${gid}: it is format ${r.format}, this node reads ` +
+            `${[...READABLE].join(" and ")} (GroupTrees.migrate() rebuilds it when the store opens)`,
         );
       }
       root = r.root;
+      checkpoint = r.checkpoint;
     }
     const store = { get: (h: Uint8Array) => pages.get(toHex(h)) };
     // The page bytes are all in memory already; keep every decoded page too (a decode re-hashes the page).
-    const gt: GroupTree = { pages, tree: new MerkleTree(store, root, { cachePages: DECODED_PAGES_MAX }) };
+    const tree = new MerkleTree(store, checkpoint?.root ?? root, { cachePages: DECODED_PAGES_MAX });
+    const gt: GroupTree = { pages, tree, pending: new Set(), garbage: new Set(), checkpoint, journalItems: 0 };
+    if (checkpoint !== null) {
+      gt.journalItems = await replayJournal(this.kv, g, checkpoint, gt);
+      const got = tree.root();
+      if (toHex(got.hash) !== toHex(root!.hash) || got.count !== root!.count || got.depth !== root!.depth) {
+        throw new XfError(
+          "STORAGE_CORRUPTION",
+          `Cannot read the Merkle tree of group ${gid}: its journal ends on ${got.count} items ` +
+            `('${toHex(got.hash)}'), its root record says ${root!.count} ('${toHex(root!.hash)}')`,
+        );
+      }
+    }
     // A forget() during the scan means the store moved under it: this copy serves its callers, is not kept.
     if (generation === this.#generation) this.groups.set(gid, gt);
     return gt;
@@ -110,7 +278,8 @@ export class GroupTrees {
   /**
    * Insert `add` and remove `remove` (events of any groups, by group, ts and
    * id) in one step per group, as {@linkcode GroupTrees.insert} does: the
-   * ops to write with the events, and `commit()` once written.
+   * ops to write with the events (a journal record and the root, or at a
+   * checkpoint the changed pages), and `commit()` once written.
    */
   async update(add: readonly MerkleEvent[], remove: readonly MerkleEvent[]): Promise<{ ops: KvOp[]; commit(): void }> {
     const byGroup = new Map<string, { add: Item[]; remove: Item[] }>();
@@ -127,14 +296,68 @@ export class GroupTrees {
     for (const [gid, lists] of byGroup) {
       const gt = await this.load(gid);
       const g = fromHex(gid)!;
+      const before = gt.tree.root();
       const res = gt.tree.update(lists.add, lists.remove);
       if (res.put.size === 0 && res.del.length === 0) continue;
-      for (const [h, bytes] of res.put) ops.push({ type: "put", key: merkleKey(g, fromHex(h)!), value: bytes });
-      for (const h of res.del) ops.push({ type: "del", key: merkleKey(g, fromHex(h)!) });
-      ops.push({ type: "put", key: rootKey(gid), value: encodeRoot(res.root) });
+      const items = lists.add.length + lists.remove.length;
+      if (gt.journalItems + items <= this.#journalItemsMax) {
+        const c = gt.checkpoint ?? { root: before, first: 0, next: 0 };
+        const next = { root: c.root, first: c.first, next: c.next + 1 };
+        ops.push({ type: "put", key: journalKey(g, c.next), value: encodeJournal(lists.add, lists.remove) });
+        ops.push({ type: "put", key: rootKey(gid), value: encodeRoot(res.root, next) });
+        commits.push(() => {
+          applyWrites(gt, res.put, res.del);
+          gt.checkpoint = next;
+          gt.journalItems += items;
+        });
+        continue;
+      }
+      // A checkpoint: store what the tree is made of now, drop what it no longer uses and the journal.
+      const pending = new Set(gt.pending);
+      const garbage = new Set(gt.garbage);
+      for (const h of res.del) if (!pending.delete(h)) garbage.add(h);
+      for (const h of res.put.keys()) if (!garbage.delete(h)) pending.add(h);
+      for (const h of garbage) ops.push({ type: "del", key: merkleKey(g, fromHex(h)!) });
+      for (const h of pending) {
+        ops.push({ type: "put", key: merkleKey(g, fromHex(h)!), value: res.put.get(h) ?? gt.pages.get(h)! });
+      }
+      const c = gt.checkpoint;
+      for (let seq = c?.first ?? 0; seq < (c?.next ?? 0); seq++) ops.push({ type: "del", key: journalKey(g, seq) });
+      ops.push({ type: "put", key: rootKey(gid), value: encodeRoot(res.root, null) });
       commits.push(() => {
-        for (const [h, bytes] of res.put) gt.pages.set(h, bytes);
-        for (const h of res.del) gt.pages.delete(h);
+        applyWrites(gt, res.put, res.del);
+        gt.pending.clear();
+        gt.garbage.clear();
+        gt.checkpoint = null;
+        gt.journalItems = 0;
+      });
+    }
+    return { ops, commit: () => commits.forEach((c) => c()) };
+  }
+
+  /**
+   * Checkpoint every loaded group that has a journal (at shutdown, so the next start replays nothing): the ops
+   * that store their changed pages and drop their journals, and `commit()` once written.
+   */
+  checkpointAll(): { ops: KvOp[]; commit(): void } {
+    const ops: KvOp[] = [];
+    const commits: (() => void)[] = [];
+    for (const [gid, gt] of this.groups) {
+      const c = gt.checkpoint;
+      if (c === null) continue;
+      const g = fromHex(gid)!;
+      for (const h of gt.garbage) ops.push({ type: "del", key: merkleKey(g, fromHex(h)!) });
+      for (const h of gt.pending) ops.push({ type: "put", key: merkleKey(g, fromHex(h)!), value: gt.pages.get(h)! });
+      for (let seq = c.first; seq < c.next; seq++) ops.push({ type: "del", key: journalKey(g, seq) });
+      ops.push({ type: "put", key: rootKey(gid), value: encodeRoot(gt.tree.root(), null) });
+      const pending = [...gt.pending];
+      const garbage = [...gt.garbage];
+      commits.push(() => {
+        // Only what this checkpoint stored: a write in between (there is none while the index is stopping) keeps its own.
+        for (const h of pending) gt.pending.delete(h);
+        for (const h of garbage) gt.garbage.delete(h);
+        gt.checkpoint = null;
+        gt.journalItems = 0;
       });
     }
     return { ops, commit: () => commits.forEach((c) => c()) };
@@ -169,7 +392,11 @@ export class GroupTrees {
       if (!built.put.has(toHex(k.subarray(33)))) ops.push({ type: "del", key: k.slice() });
     }
     for (const [h, bytes] of built.put) ops.push({ type: "put", key: merkleKey(g, fromHex(h)!), value: bytes });
-    ops.push({ type: "put", key: rootKey(gid), value: encodeRoot(built.root) });
+    const jp = journalPrefix(g);
+    for await (const [k] of this.kv.range({ gte: jp, lt: prefixEnd(jp), values: false })) {
+      ops.push({ type: "del", key: k.slice() });
+    }
+    ops.push({ type: "put", key: rootKey(gid), value: encodeRoot(built.root, null) });
     return {
       ops,
       commit: () => {
@@ -181,8 +408,8 @@ export class GroupTrees {
   }
 
   /**
-   * Rebuild every group's tree stored in an older format (see
-   * {@linkcode MERKLE_FORMAT}) from its time index, one synced write per
+   * Rebuild every group's tree stored in a format whose pages this node does
+   * not read (see {@linkcode MERKLE_FORMAT}) from its time index, one synced write per
    * group; call when the store opens, before any read. Returns the groups
    * rebuilt. A write that fails leaves that group as it was (to be rebuilt
    * at the next open); a root record that does not decode is skipped.
@@ -196,7 +423,7 @@ export class GroupTrees {
       } catch {
         continue; // A damaged root record is not the migration's to judge: reading that group reports it.
       }
-      if (format !== MERKLE_FORMAT) old.push(new TextDecoder().decode(k.subarray(ROOTS_PREFIX.length)));
+      if (!READABLE.has(format)) old.push(new TextDecoder().decode(k.subarray(ROOTS_PREFIX.length)));
     }
     for (const gid of old) {
       const { ops, commit } = await this.rebuild(gid, []);
@@ -264,14 +491,16 @@ export class GroupTrees {
       problems.push(`Merkle pages unreadable after ${pages.size} pages: ${(e as Error).message}`);
     }
     let root: RootInfo | null = null;
+    let checkpoint: Checkpoint | null = null;
     try {
       const rb = await this.kv.get(rootKey(gid));
       if (rb) {
         const r = decodeRoot(rb);
-        if (r.format !== MERKLE_FORMAT) {
+        if (!READABLE.has(r.format)) {
           problems.push(`Merkle tree is format ${r.format}; the node rebuilds it as format ${MERKLE_FORMAT} on open`);
         }
         root = r.root;
+        checkpoint = r.checkpoint;
       }
     } catch (e) {
       problems.push(`Merkle root unreadable: ${(e as Error).message}`);
@@ -287,7 +516,26 @@ export class GroupTrees {
     } catch (e) {
       problems.push(`time index unreadable after ${items.length} entries: ${(e as Error).message}`);
     }
-    const tree = new MerkleTree({ get: (h: Uint8Array) => pages.get(toHex(h)) }, root, { cachePages: 0 });
+    let tree = new MerkleTree({ get: (h: Uint8Array) => pages.get(toHex(h)) }, checkpoint?.root ?? root, {
+      cachePages: 0,
+    });
+    let journal = 0;
+    if (checkpoint !== null) {
+      // The stored pages are the checkpoint's: the journal (read afresh) brings them to the root record's tree.
+      try {
+        journal = await replayJournal(this.kv, g, checkpoint, { pages, pending: new Set(), garbage: new Set(), tree });
+        const got = tree.root();
+        if (toHex(got.hash) !== toHex(root!.hash) || got.count !== root!.count) {
+          problems.push(
+            `Merkle journal ends on ${got.count} items ('${toHex(got.hash)}'), ` +
+              `the root record says ${root!.count} ('${toHex(root!.hash)}')`,
+          );
+        }
+      } catch (e) {
+        problems.push(`Merkle journal cannot be replayed: ${(e as Error).message}`);
+        tree = new MerkleTree({ get: (h: Uint8Array) => pages.get(toHex(h)) }, checkpoint.root, { cachePages: 0 });
+      }
+    }
     let firstDifference: string | undefined;
     try {
       const r = tree.fsck(items);
@@ -362,6 +610,7 @@ export class GroupTrees {
       count: items.length,
       ...(firstDifference ? { firstDifference } : {}),
       pages: pages.size,
+      journalItems: journal,
       eventsChecked: ids.length,
       damaged: damaged.slice(0, FSCK_DAMAGED_MAX),
       damagedCount: damaged.length,
@@ -393,8 +642,10 @@ export interface FsckResult {
   count: number;
   /** The first Merkle page that differs from the rebuilt tree (or cannot be read or verified). */
   firstDifference?: string;
-  /** Merkle pages stored. */
+  /** Merkle pages of the tree (stored, and made by replaying the journal). */
   pages: number;
+  /** Items in the Merkle journal, replayed over the stored pages. */
+  journalItems: number;
   /** Events read and hashed. */
   eventsChecked: number;
   damaged: DamagedEvent[];

@@ -6,16 +6,17 @@ import { assert, assertEquals, assertRejects } from "@std/assert";
 import { toHex } from "../core/bytes.ts";
 import { XfError } from "../core/errors.ts";
 import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
-import { merklePrefix, metaKey, prefixEnd, timeKey } from "../storage/keys.ts";
+import { journalKey, journalPrefix, KS, merklePrefix, metaKey, prefixEnd, timeKey } from "../storage/keys.ts";
+import { compareItems, MerkleTree } from "../merkle/mod.ts";
 import { type KvOp, type KvRange, MemoryKv } from "../storage/kv.ts";
 import { GroupTrees } from "../storage/merkle_store.ts";
 
-/** A memory store that counts range scans and can hold each scan at its start until released. */
+/** A memory store that counts scans of the Merkle pages and can hold each scan at its start until released. */
 class CountingKv extends MemoryKv {
   scans = 0;
   gate: Promise<void> | null = null;
   override range(r: KvRange): AsyncIterable<[Uint8Array, Uint8Array]> {
-    this.scans++;
+    if (r.gte?.[0] === KS.merkle) this.scans++;
     const inner = super.range(r);
     const gate = this.gate;
     return (async function* () {
@@ -112,4 +113,96 @@ Deno.test("GroupTrees.migrate() rebuilds a format-1 tree from the time index; re
   // The tree checks out against its time index (the events themselves are not stored in this test).
   const report = await fresh.fsck(gid);
   assertEquals([report.firstDifference, report.problems, report.pages], [undefined, [], report.pages]);
+});
+
+/** The pages of the Merkle keyspace and the journal records of `group` as stored. */
+async function stored(kv: MemoryKv, group: Uint8Array): Promise<{ pages: Map<string, string>; journal: number }> {
+  const pages = new Map<string, string>();
+  const mp = merklePrefix(group);
+  for await (const [k, v] of kv.range({ gte: mp, lt: prefixEnd(mp) })) pages.set(toHex(k.subarray(33)), toHex(v));
+  let journal = 0;
+  const jp = journalPrefix(group);
+  for await (const _ of kv.range({ gte: jp, lt: prefixEnd(jp) })) journal++;
+  return { pages, journal };
+}
+
+Deno.test("GroupTrees: writes append to the journal, a load replays it, and a checkpoint stores exactly the tree's pages", async () => {
+  const kv = new MemoryKv();
+  const group = new Uint8Array(32).fill(3);
+  const gid = toHex(group);
+  const trees = new GroupTrees(kv, { journalItemsMax: 5_000 });
+  let live: { group: Uint8Array; ts: number; id: Uint8Array }[] = [];
+  const rand = (n: number) => Math.floor(Math.random() * n);
+  const write = async (add: typeof live, remove: typeof live) => {
+    const u = await trees.update(add, remove);
+    await kv.batch(u.ops);
+    u.commit();
+    const gone = new Set(remove.map((e) => toHex(e.id)));
+    live = [...live.filter((e) => !gone.has(toHex(e.id))), ...add];
+  };
+  const fresh = (n: number) =>
+    Array.from(
+      { length: n },
+      () => ({ group, ts: 1_000 + rand(100_000), id: crypto.getRandomValues(new Uint8Array(32)) }),
+    );
+  const built = () => MerkleTree.build(live.map((e) => ({ ts: e.ts, id: e.id })).sort(compareItems));
+  let checkpoints = 0;
+  for (let b = 0; b < 30; b++) {
+    const victims = live.length > 0 ? Array.from({ length: 60 }, () => live[rand(live.length)]!) : [];
+    await write(fresh(400), [...new Map(victims.map((v) => [toHex(v.id), v])).values()]);
+    const want = built();
+    const s = await stored(kv, group);
+    if (s.journal === 0) {
+      // Checkpointed: the stored pages are exactly the pages of the tree, nothing more.
+      checkpoints++;
+      assertEquals([...s.pages.keys()].sort(), [...want.put.keys()].sort());
+      for (const [h, bytes] of want.put) assertEquals(s.pages.get(h), toHex(bytes));
+    }
+    // A new reader replays the journal over the stored pages and lands on the same root.
+    const r = await new GroupTrees(kv).root(gid);
+    assertEquals([r.root, r.count], [toHex(want.root.hash), live.length]);
+    const report = await new GroupTrees(kv).fsck(gid);
+    assertEquals(report.problems, []);
+    assertEquals(report.journalItems > 0, s.journal > 0);
+  }
+  assert(checkpoints >= 2, `${checkpoints} checkpoints in 30 writes of 460 items at most 5,000 in the journal`);
+  // checkpointAll() stores the rest and empties the journal.
+  await write(fresh(10), []);
+  assert((await stored(kv, group)).journal > 0);
+  const c = trees.checkpointAll();
+  await kv.batch(c.ops);
+  c.commit();
+  const s = await stored(kv, group);
+  assertEquals(s.journal, 0);
+  assertEquals([...s.pages.keys()].sort(), [...built().put.keys()].sort());
+  assertEquals((await new GroupTrees(kv).root(gid)).count, live.length);
+});
+
+Deno.test("GroupTrees: a missing or damaged journal record fails the load with STORAGE_CORRUPTION and fsck names it", async () => {
+  for (const damage of ["missing", "damaged"] as const) {
+    const kv = new MemoryKv();
+    const group = new Uint8Array(32).fill(4);
+    const gid = toHex(group);
+    const trees = new GroupTrees(kv);
+    for (let b = 0; b < 3; b++) {
+      const events = Array.from({ length: 50 }, (_, i) => ({
+        group,
+        ts: 10 * b + i,
+        id: crypto.getRandomValues(new Uint8Array(32)),
+      }));
+      const u = await trees.update(events, []);
+      await kv.batch(u.ops);
+      u.commit();
+    }
+    const key = journalKey(group, 1);
+    await kv.batch([
+      damage === "missing" ? { type: "del", key } : { type: "put", key, value: (await kv.get(key))!.subarray(0, 50) },
+    ]);
+    const err = await assertRejects(() => new GroupTrees(kv).root(gid), XfError);
+    assertEquals(err.code, "STORAGE_CORRUPTION");
+    assert(/journal record/.test(err.message), err.message);
+    const report = await new GroupTrees(kv).fsck(gid);
+    assert(!report.ok);
+    assert(report.problems.some((p) => /journal/.test(p)), report.problems.join("; "));
+  }
 });
