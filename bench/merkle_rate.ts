@@ -1,5 +1,6 @@
-// Merkle update rates through the persisted store the index stage uses (GroupTrees over RocksDB, one synced
-// write per batch holding the events, the time index, the Merkle pages and the root), for the code of one tree:
+// Merkle update rates through the persisted store the index stage uses (GroupTrees over RocksDB, one write per
+// batch holding the events, the time index and the Merkle ops, unsynced as the index writes it: the WAL makes the
+// events durable), for the code of one tree:
 //
 //   deno run -A bench/merkle_rate.ts [ROOT] [EVENTS] [BATCH]
 //
@@ -9,7 +10,9 @@
 // BATCH random events (when the tree has a remove API), and prints one JSON line: the three rates in ev/s, the
 // Merkle keyspace's bytes per event, whether the final root equals a from-scratch build of the final set, and where
 // the random phases' time went (µs per event in the Merkle update, including its garbage collection, and in the
-// RocksDB write).
+// RocksDB write). Where the store keeps a Merkle journal (GroupTrees.checkpointAll), each timed phase ends with a
+// checkpoint, inside its time, so every page the phase changed is stored when its clock stops; then the script
+// fills the journal to just under its limit and times a fresh load that replays it (`replay`).
 const root = new URL(Deno.args[0] && Deno.args[0] !== "." ? `file://${Deno.args[0]}/` : "../", import.meta.url);
 const EVENTS = Number(Deno.args[1] ?? 1_000_000);
 const BATCH = Number(Deno.args[2] ?? 512);
@@ -64,9 +67,22 @@ async function write(add: Ev[], remove: Ev[]): Promise<void> {
   const m = remove.length > 0 ? await trees.update(add, remove) : await trees.insert(add);
   for (const o of m.ops) ops.push(o);
   const t1 = performance.now();
-  await kv.batch(ops, { sync: true });
+  await kv.batch(ops, { sync: false });
   const t2 = performance.now();
   m.commit();
+  split.tree += t1 - t0 + performance.now() - t2;
+  split.kv += t2 - t1;
+}
+
+/** Store every page a journal still holds (trees without a journal have nothing to do). */
+async function checkpoint(): Promise<void> {
+  if (typeof trees.checkpointAll !== "function") return;
+  const t0 = performance.now();
+  const c = trees.checkpointAll();
+  const t1 = performance.now();
+  await kv.batch(c.ops, { sync: false });
+  const t2 = performance.now();
+  c.commit();
   split.tree += t1 - t0 + performance.now() - t2;
   split.kv += t2 - t1;
 }
@@ -83,6 +99,7 @@ for (let i = 0; i < EVENTS; i += BATCH) {
   await write(batch, []);
   for (const e of batch) held.push(e);
 }
+await checkpoint();
 const inOrder = EVENTS / ((performance.now() - t) / 1000);
 
 console.error(`merkle_rate: ${RANDOM_BATCHES} batches of ${BATCH} inserts at random times ...`);
@@ -93,6 +110,7 @@ const randomBatches = Array.from(
 t = performance.now();
 split.tree = split.kv = 0;
 for (const b of randomBatches) await write(b, []);
+await checkpoint();
 const randomInsert = (RANDOM_BATCHES * BATCH) / ((performance.now() - t) / 1000);
 const insertSplit = {
   treeUs: (split.tree * 1000) / (RANDOM_BATCHES * BATCH),
@@ -115,9 +133,29 @@ if (typeof trees.update === "function") {
   t = performance.now();
   split.tree = split.kv = 0;
   for (let k = 0; k < victims.length; k += BATCH) await write([], victims.slice(k, k + BATCH));
+  await checkpoint();
   randomDelete = victims.length / ((performance.now() - t) / 1000);
   deleteSplit = { treeUs: (split.tree * 1000) / victims.length, kvUs: (split.kv * 1000) / victims.length };
   live = held.slice(victims.length);
+}
+
+// The slowest load: a journal just under its limit, all random inserts, replayed by a fresh reader.
+let replay: { items: number; ms: number; withoutJournalMs: number } | null = null;
+if (typeof trees.checkpointAll === "function" && RANDOM_BATCHES > 0) {
+  const { MERKLE_JOURNAL_ITEMS_MAX } = await imp("core/limits.ts");
+  let t0 = performance.now();
+  await new store.GroupTrees(kv).root(hex(group));
+  const withoutJournalMs = performance.now() - t0;
+  let items = 0;
+  while (items + BATCH <= MERKLE_JOURNAL_ITEMS_MAX) {
+    const b = Array.from({ length: BATCH }, () => newEvent(ts0 + Math.floor(Math.random() * span)));
+    await write(b, []);
+    for (const e of b) live.push(e);
+    items += BATCH;
+  }
+  t0 = performance.now();
+  await new store.GroupTrees(kv).root(hex(group));
+  replay = { items, ms: performance.now() - t0, withoutJournalMs };
 }
 
 const info = await trees.root(hex(group));
@@ -136,6 +174,7 @@ console.log(JSON.stringify({
   sameRootAsBuild: info.root === hex(built.root.hash) && info.count === built.root.count,
   insertSplit,
   deleteSplit,
+  replay,
 }));
 
 function hex(b: Uint8Array): string {

@@ -221,6 +221,32 @@ export class MerkleTree {
     return base + firstNotBefore(page, bound);
   }
 
+  /** The rank of the first item at or after `item`, and whether that item is `item`: one walk down. */
+  #locate(item: Item): { rank: number; held: boolean } {
+    const N = this.#root.count;
+    if (N === 0) return { rank: 0, held: false };
+    let page = this.#rootPage();
+    let base = 0;
+    while (page.level > 0) {
+      const j = firstNotBefore(page, item) - 1;
+      if (j < 0) {
+        // Not after this page's first item (only at the root): that item decides.
+        return { rank: base, held: compareKeyAt(page.firstTs[0]!, page.firstIds, 0, item) === 0 };
+      }
+      base += page.prefixCounts![j]!;
+      page = this.#child(page, j);
+    }
+    const index = firstNotBefore(page, item);
+    const rank = base + index;
+    if (index < page.size) {
+      return { rank, held: compareKeyAt(page.firstTs[index]!, page.nodes, index * ID, item) === 0 };
+    }
+    // Past this leaf's last item: the next leaf's first item decides.
+    if (rank >= N) return { rank, held: false };
+    const { leaf, index: at } = this.#leafAt(rank);
+    return { rank, held: compareKeyAt(leaf.firstTs[at]!, leaf.nodes, at * ID, item) === 0 };
+  }
+
   /** Whether `item` is in the tree. */
   has(item: Item): boolean {
     assertItem(item, "item");
@@ -369,16 +395,11 @@ export class MerkleTree {
     let edits: Edit[] = [];
     let added = 0;
     let removed = 0;
-    const held = (p: number, item: Item): boolean => {
-      if (p >= N) return false;
-      const { leaf, index } = this.#leafAt(p);
-      return compareKeyAt(leaf.firstTs[index]!, leaf.nodes, index * ID, item) === 0;
-    };
     for (let a = 0, r = 0; a < ins.length || r < rm.length;) {
       const takeAdd = r >= rm.length || (a < ins.length && compareItems(ins[a]!, rm[r]!) < 0);
       const item = takeAdd ? ins[a++]! : rm[r++]!;
-      const p = this.findLowerBound(item);
-      if (held(p, item) === takeAdd) continue;
+      const { rank: p, held } = this.#locate(item);
+      if (held === takeAdd) continue;
       const last = edits.at(-1);
       if (takeAdd) {
         if (last !== undefined && last.end === p) last.to++;

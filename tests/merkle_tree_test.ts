@@ -80,6 +80,10 @@ Deno.test("MerkleTree.insert() of items already present writes nothing", () => {
   assertEquals(w.del, []);
   assertEquals(tree.root(), before);
   assertEquals(tree.insert([]).put.size, 0);
+  // Every item again, the first and last of every leaf among them.
+  const all = tree.insert(items);
+  assertEquals([all.put.size, all.del.length], [0, 0]);
+  assertEquals(tree.root(), before);
 });
 
 Deno.test("MerkleTree.insert() of one item rewrites about one page per level", () => {
