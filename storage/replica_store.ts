@@ -510,6 +510,16 @@ export class ReplicaStore {
       );
     }
     let st = ctx.states.get(gid) ?? await this.#stateOf(gid, rec);
+    // Every read and every check that can refuse the event comes before the membership change below: an event
+    // refused here (or whose read fails) must not leave its change in this write's state, which the write stores.
+    let floor = ctx.bounds.get(gid);
+    if (floor === undefined) ctx.bounds.set(gid, floor = await this.retained(gid));
+    if (isForgettableKind(ev.kind) && ev.ts < floor) {
+      throw new XfError(
+        "EXPIRED",
+        `Cannot accept event: ts "${ev.ts}" is older than group "${gid}"'s retention boundary "${floor}"`,
+      );
+    }
     // A membership event changes the state: on a copy, so a failed write leaves the cached state as it was.
     if (ev.kind === KIND_MEMBERSHIP && !ctx.states.has(gid)) st = GroupState.fromJSON(st.toJSON());
     const v = authorizeWrite(st, ev);
@@ -518,14 +528,6 @@ export class ReplicaStore {
     if (ev.kind === KIND_SETTINGS) {
       const j = judgeSettings(st, ev);
       if (!j.ok) throw new XfError(j.code, j.message);
-    }
-    let floor = ctx.bounds.get(gid);
-    if (floor === undefined) ctx.bounds.set(gid, floor = await this.retained(gid));
-    if (isForgettableKind(ev.kind) && ev.ts < floor) {
-      throw new XfError(
-        "EXPIRED",
-        `Cannot accept event: ts "${ev.ts}" is older than group "${gid}"'s retention boundary "${floor}"`,
-      );
     }
   }
 

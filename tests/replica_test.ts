@@ -421,3 +421,42 @@ Deno.test({
     }
   },
 });
+
+Deno.test("ReplicaStore: a membership event refused on a read error leaves the group's members as they were", async () => {
+  // Before the fix, #step recorded the new membership in the write's state before reading the retention boundary;
+  // a read error there refused the event, but the write stored (and cached) the state with the change: a key never
+  // added could read the closed group (simulation seed 116).
+  class FlakyKv extends MemoryKv {
+    failSettings = false;
+    override get(key: Uint8Array): Promise<Uint8Array | undefined> {
+      if (this.failSettings && new TextDecoder().decode(key.subarray(1)).startsWith("settings:")) {
+        return Promise.reject(new Error("simulated read error"));
+      }
+      return super.get(key);
+    }
+  }
+  const kv = new FlakyKv();
+  const owner = await generateKeyPair(), stranger = await generateKeyPair();
+  const { gid, manifest } = await createGroup(owner, { name: "c", policy: 1 });
+  const first = await ReplicaStore.open(kv);
+  assertEquals((await first.apply([manifest.bytes], { local: true }))[0]!.status, "stored");
+  const add = await signEvent(owner, {
+    group: gid,
+    ts: Date.now() - 1_000,
+    kind: 1,
+    tags: [],
+    payload: encodeMembership({ action: ACTION_ADD, member: stranger.publicKey }),
+  });
+  // A fresh store: nothing cached, so the write reads the group's settings (and fails).
+  const store = await ReplicaStore.open(kv);
+  kv.failSettings = true;
+  const [r] = await store.apply([add.bytes], { local: true });
+  assertEquals(r!.status, "rejected");
+  assertEquals((await store.access(toHex(gid), stranger.publicKey)).readable, false, "in memory");
+  kv.failSettings = false;
+  const reopened = await ReplicaStore.open(kv);
+  assertEquals((await reopened.access(toHex(gid), stranger.publicKey)).readable, false, "as stored");
+  // Once the read works, the same event is taken.
+  assertEquals((await store.apply([add.bytes], { local: true }))[0]!.status, "stored");
+  assertEquals((await store.access(toHex(gid), stranger.publicKey)).readable, true);
+});

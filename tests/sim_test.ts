@@ -134,6 +134,7 @@ for (
     [68, "a removal stored while a session subscribed went unseen: the removed member got the group's events"],
     [403, "a removal stored while the admission was read for a peer: the removed member got it"],
     [242, "a retention prune read an event damaged, passed it for good, and kept it below the boundary"],
+    [116, "a membership event refused on a read error left its change in the write's state: a key never added read"],
   ] as const
 ) {
   Deno.test(`sim: regression seed ${seed}: ${what}`, async () => {
