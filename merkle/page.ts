@@ -205,11 +205,6 @@ export class Page {
     return this.#segEnds ??= segmentEnds(this.nodes);
   }
 
-  /** The segment roots, 32 bytes each, if already computed (a page's hash computes them). */
-  knownSegmentRoots(): Uint8Array | undefined {
-    return this.#segRoots;
-  }
-
   /**
    * The root of each segment, 32 bytes each, computed once and kept: a
    * segment copied whole from a segment of an older page takes its root.

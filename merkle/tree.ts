@@ -39,7 +39,7 @@ export interface RootInfo {
 export interface PageWrites {
   /** The new root. */
   root: RootInfo;
-  /** Pages to store: lower-case hex page hash to encoded page. */
+  /** Pages to store: lower-case hex page hash to encoded page (the live page's own bytes: do not modify them). */
   put: Map<string, Uint8Array>;
   /** Pages no longer in the tree (hex page hashes), to delete. */
   del: string[];

@@ -301,6 +301,17 @@ export class GroupTrees {
     };
     for (const e of add) put(e, "add");
     for (const e of remove) put(e, "remove");
+    try {
+      return await this.#update(byGroup);
+    } catch (e) {
+      // A group that failed to load (a read error) after another group's tree moved: every tree reloads from the
+      // store, so none stays ahead of what was written.
+      this.forget();
+      throw e;
+    }
+  }
+
+  async #update(byGroup: Map<string, { add: Item[]; remove: Item[] }>): Promise<{ ops: KvOp[]; commit(): void }> {
     const ops: KvOp[] = [];
     const commits: (() => void)[] = [];
     for (const [gid, lists] of byGroup) {

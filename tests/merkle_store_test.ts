@@ -216,3 +216,25 @@ Deno.test("GroupTrees: a missing or damaged journal record fails the load with S
     assert(report.problems.some((p) => /journal/.test(p)), report.problems.join("; "));
   }
 });
+
+Deno.test("GroupTrees.update(): a group that cannot be read fails the whole update and no other tree stays moved", async () => {
+  const kv = new CountingKv();
+  const a = new Uint8Array(32).fill(1), b = new Uint8Array(32).fill(2);
+  const ev = (group: Uint8Array, ts: number) => ({ group, ts, id: crypto.getRandomValues(new Uint8Array(32)) });
+  const trees = new GroupTrees(kv);
+  const first = await trees.update([ev(a, 1), ev(b, 2)], []);
+  await kv.batch(first.ops);
+  first.commit();
+  const before = await trees.root(toHex(a));
+  // A fresh reader: group b's pages cannot be read, after group a's tree took the new event.
+  const reader = new GroupTrees(kv);
+  await reader.root(toHex(a));
+  const original = kv.range.bind(kv);
+  kv.range = (r) => {
+    if (r.gte?.[0] === KS.merkle && r.gte[1] === 2) throw new XfError("STORAGE_ERROR", "simulated read error");
+    return original(r);
+  };
+  await assertRejects(() => reader.update([ev(a, 3), ev(b, 4)], []), XfError);
+  kv.range = original;
+  assertEquals(await reader.root(toHex(a)), before, "group a reloads from the store, without the event never written");
+});
