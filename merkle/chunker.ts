@@ -206,17 +206,7 @@ export class Entries {
     this.length = 0;
     const copied = this.copied;
     this.copied = [];
-    const above = this.level > 0;
-    return pageOfColumns(
-      this.level,
-      n,
-      this.nodes,
-      this.firstTs,
-      above ? this.firstIds : null,
-      above ? this.counts : null,
-      above ? this.sums : null,
-      copied.length > 0 ? copied : undefined,
-    );
+    return pageOfColumns(this, n, copied.length > 0 ? copied : undefined);
   }
 }
 

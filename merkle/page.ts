@@ -273,15 +273,7 @@ export class Page {
 
   /** The page's encoding (format in the module doc), made on first use and kept. */
   encoded(): Uint8Array {
-    return this.#encoded ??= encodeColumns(
-      this.level,
-      this.size,
-      this.nodes,
-      this.firstTs,
-      this.counts === null ? null : this.firstIds,
-      this.counts,
-      this.sums,
-    );
+    return this.#encoded ??= encodeColumns(this, this.size);
   }
 
   /** Write the 32-byte little-endian id sum at `out[off]`. */
@@ -517,19 +509,23 @@ export function encodePage(page: Page): Uint8Array {
 }
 
 /**
- * Encode a page from its columns (the first `n` entries of each; `firstIds`,
- * `counts` and `sums` are `null` at level 0): the bytes {@linkcode encodePage}
- * gives.
+ * The columns a page is encoded or made from: a page, or a chunker's entries
+ * (of which only the first `n` count). Above level 0 `counts` is set; at
+ * level 0 only the nodes and the ts are read.
  */
-export function encodeColumns(
-  level: number,
-  n: number,
-  nodes: Uint8Array,
-  firstTs: Float64Array,
-  firstIds: Uint8Array | null,
-  counts: Float64Array | null,
-  sums: Uint8Array | null,
-): Uint8Array {
+export interface Columns {
+  level: number;
+  nodes: Uint8Array;
+  firstTs: Float64Array;
+  firstIds: Uint8Array;
+  counts: Float64Array | null;
+  sums: Uint8Array;
+}
+
+/** Encode the first `n` entries of `c` as a page: the bytes {@linkcode encodePage} gives. */
+export function encodeColumns(c: Columns, n: number): Uint8Array {
+  const { level, nodes, firstTs } = c;
+  const counts = level > 0 ? c.counts! : null;
   let len = 4 + n * ID;
   let prev = 0;
   for (let i = 0; i < n; i++) {
@@ -553,10 +549,10 @@ export function encodeColumns(
     prev = firstTs[i]!;
   }
   if (counts !== null) {
-    out.set(firstIds!.subarray(0, n * ID), off);
+    out.set(c.firstIds.subarray(0, n * ID), off);
     off += n * ID;
     for (let i = 0; i < n; i++) off = writeVarint(out, off, counts[i]!);
-    out.set(sums!.subarray(0, n * ID), off);
+    out.set(c.sums.subarray(0, n * ID), off);
   }
   return out;
 }
@@ -566,24 +562,17 @@ export function encodeColumns(
  * (a chunker's): the page is encoded once, and its 32-byte columns are
  * views of that encoding, so the page costs one copy of its nodes.
  */
-export function pageOfColumns(
-  level: number,
-  n: number,
-  nodes: Uint8Array,
-  firstTs: Float64Array,
-  firstIds: Uint8Array | null,
-  counts: Float64Array | null,
-  sums: Uint8Array | null,
-  copied?: readonly CopiedRun[],
-): Page {
-  const encoded = encodeColumns(level, n, nodes, firstTs, firstIds, counts, sums);
+export function pageOfColumns(c: Columns, n: number, copied?: readonly CopiedRun[]): Page {
+  const { level } = c;
+  const encoded = encodeColumns(c, n);
   const view = (off: number) => encoded.subarray(off, off + n * ID);
-  const ts = firstTs.slice(0, n);
-  if (counts === null) {
+  const ts = c.firstTs.slice(0, n);
+  if (level === 0) {
     return new Page({ level, nodes: view(4), firstTs: ts, firstIds: null, counts: null, sums: null, encoded }, copied);
   }
   // Above level 0 the encoding ends with the sums; the first ids sit before the count varints.
   let countBytes = 0;
+  const counts = c.counts!;
   for (let i = 0; i < n; i++) countBytes += varintLength(counts[i]!);
   const sumsAt = encoded.length - n * ID;
   const firstIdsAt = sumsAt - countBytes - n * ID;

@@ -250,10 +250,7 @@ export class MerkleTree {
   /** Whether `item` is in the tree. */
   has(item: Item): boolean {
     assertItem(item, "item");
-    const r = this.findLowerBound(item);
-    if (r >= this.#root.count) return false;
-    const { leaf, index } = this.#leafAt(r);
-    return compareKeyAt(leaf.firstTs[index]!, leaf.nodes, index * ID, item) === 0;
+    return this.#locate(item).held;
   }
 
   /**

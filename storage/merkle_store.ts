@@ -167,6 +167,26 @@ function applyWrites(
 }
 
 /**
+ * Append to `ops` a checkpoint of group `gid`: store the `pending` pages (bytes from `bytesOf`), delete the
+ * `garbage` pages and the journal records of `c`, and put `root` with no journal.
+ */
+function checkpointOps(
+  ops: KvOp[],
+  gid: string,
+  pending: Iterable<string>,
+  garbage: Iterable<string>,
+  bytesOf: (hex: string) => Uint8Array,
+  c: Checkpoint | null,
+  root: RootInfo,
+): void {
+  const g = fromHex(gid)!;
+  for (const h of garbage) ops.push({ type: "del", key: merkleKey(g, fromHex(h)!) });
+  for (const h of pending) ops.push({ type: "put", key: merkleKey(g, fromHex(h)!), value: bytesOf(h) });
+  for (let seq = c?.first ?? 0; seq < (c?.next ?? 0); seq++) ops.push({ type: "del", key: journalKey(g, seq) });
+  ops.push({ type: "put", key: rootKey(gid), value: encodeRoot(root, null) });
+}
+
+/**
  * Replay a group's journal (seqs `c.first..c.next-1`, read from `kv`) over `gt`, whose tree is at the
  * checkpoint's root; returns the items replayed. Throws `STORAGE_CORRUPTION` for a missing, extra or
  * damaged record.
@@ -338,13 +358,7 @@ export class GroupTrees {
       const garbage = new Set(gt.garbage);
       for (const h of res.del) if (!pending.delete(h)) garbage.add(h);
       for (const h of res.put.keys()) if (!garbage.delete(h)) pending.add(h);
-      for (const h of garbage) ops.push({ type: "del", key: merkleKey(g, fromHex(h)!) });
-      for (const h of pending) {
-        ops.push({ type: "put", key: merkleKey(g, fromHex(h)!), value: res.put.get(h) ?? gt.pages.get(h)! });
-      }
-      const c = gt.checkpoint;
-      for (let seq = c?.first ?? 0; seq < (c?.next ?? 0); seq++) ops.push({ type: "del", key: journalKey(g, seq) });
-      ops.push({ type: "put", key: rootKey(gid), value: encodeRoot(res.root, null) });
+      checkpointOps(ops, gid, pending, garbage, (h) => res.put.get(h) ?? gt.pages.get(h)!, gt.checkpoint, res.root);
       commits.push(() => {
         applyWrites(gt, res.put, res.del);
         gt.pending.clear();
@@ -366,11 +380,7 @@ export class GroupTrees {
     for (const [gid, gt] of this.groups) {
       const c = gt.checkpoint;
       if (c === null) continue;
-      const g = fromHex(gid)!;
-      for (const h of gt.garbage) ops.push({ type: "del", key: merkleKey(g, fromHex(h)!) });
-      for (const h of gt.pending) ops.push({ type: "put", key: merkleKey(g, fromHex(h)!), value: gt.pages.get(h)! });
-      for (let seq = c.first; seq < c.next; seq++) ops.push({ type: "del", key: journalKey(g, seq) });
-      ops.push({ type: "put", key: rootKey(gid), value: encodeRoot(gt.tree.root(), null) });
+      checkpointOps(ops, gid, gt.pending, gt.garbage, (h) => gt.pages.get(h)!, c, gt.tree.root());
       const pending = [...gt.pending];
       const garbage = [...gt.garbage];
       commits.push(() => {
