@@ -103,9 +103,19 @@ export function sumAddMany(acc: Uint32Array, bytes: Uint8Array, off: number, n: 
  */
 export function prefixSumsInto(out: Uint32Array, bytes: Uint8Array, off: number, n: number): void {
   if (!LITTLE_ENDIAN || ((bytes.byteOffset + off) & 3) !== 0) {
+    // Unaligned (a page's sums sit after varints in its encoding): read each limb byte by byte.
     for (let j = 0; j < n; j++) {
-      out.copyWithin((j + 1) * 8, j * 8, j * 8 + 8);
-      sumAddBytes(out.subarray((j + 1) * 8, (j + 2) * 8), bytes, off + j * 32);
+      const p = j * 8;
+      const q = p + 8;
+      const b = off + j * 32;
+      let carry = 0;
+      for (let i = 0; i < 8; i++) {
+        const o = b + i * 4;
+        const v = (bytes[o]! | (bytes[o + 1]! << 8) | (bytes[o + 2]! << 16) | (bytes[o + 3]! << 24)) >>> 0;
+        const s = out[p + i]! + v + carry;
+        out[q + i] = s >>> 0;
+        carry = s > 0xffffffff ? 1 : 0;
+      }
     }
     return;
   }

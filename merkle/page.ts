@@ -40,7 +40,7 @@
 
 import { hashInner, sha256Short } from "./_sha256.ts";
 import { prefixSumsInto, sumAdd, sumAddMany, sumToBytes } from "./_sum.ts";
-import { bytesEqualAt, compareStoredKeys, corruption, ID, u32At, varintLength, writeVarint } from "./_util.ts";
+import { compareStoredKeys, copy32, corruption, ID, u32At, varintLength, writeVarint } from "./_util.ts";
 
 /** Version byte at the start of every encoded page. */
 export const PAGE_FORMAT_VERSION = 2;
@@ -76,6 +76,24 @@ export interface PageInit {
   sums: Uint8Array | null;
   /** The page's encoding, when the caller already has it (trusted to match the columns). */
   encoded?: Uint8Array;
+  /** Room for the page's derived arrays, made with its encoding in one allocation ({@linkcode pageOfColumns}). */
+  room?: PageRoom;
+}
+
+/**
+ * The derived arrays of a page, as views of one buffer with its encoding:
+ * a page made by the chunker costs one allocation, not one per array.
+ * `segEnds` is filled; the rest is filled by the page.
+ */
+export interface PageRoom {
+  idSum: Uint32Array;
+  segEnds: Uint16Array;
+  segRoots: Uint8Array;
+  top: Uint8Array;
+  /** Above level 0. */
+  prefixCounts: Float64Array | null;
+  /** Above level 0. */
+  prefixSums: Uint32Array | null;
 }
 
 /** Where a node sits in its page's two-layer hash, and the siblings on its path (a proof step). */
@@ -132,8 +150,12 @@ export class Page {
   #copied: readonly CopiedRun[] | undefined;
   /** The encoding (see {@linkcode encodePage}), made once. */
   #encoded: Uint8Array | undefined;
-  /** The older page this one's first reused segment came from: its tree over segment roots is reused by position. */
+  /** The older page whose segment roots this one took at the same places: its tree over them is reused (dropped once hashed). */
   #aligned: Page | undefined;
+  /** Per segment, 1 where its root is the aligned page's root at the same place (dropped once hashed). */
+  #same: number[] | undefined;
+  /** Room for the segment roots and the tree over them (dropped once hashed). */
+  #room: PageRoom | undefined;
 
   /**
    * Make a page from its columns (trusted; {@linkcode decodePage} validates).
@@ -152,15 +174,18 @@ export class Page {
     this.firstIds = init.firstIds ?? init.nodes;
     this.counts = init.level === 0 ? null : init.counts;
     this.sums = init.sums ?? init.nodes;
-    this.idSum = new Uint32Array(8);
+    const room = init.room;
+    this.#room = room;
+    this.#segEnds = room?.segEnds;
+    this.idSum = room?.idSum ?? new Uint32Array(8);
     if (this.counts === null) {
       this.itemCount = n;
       this.prefixCounts = null;
       this.prefixSums = null;
       sumAddMany(this.idSum, this.nodes, 0, n);
     } else {
-      const pc = new Float64Array(n + 1);
-      const ps = new Uint32Array((n + 1) * 8);
+      const pc = room?.prefixCounts ?? new Float64Array(n + 1);
+      const ps = room?.prefixSums ?? new Uint32Array((n + 1) * 8);
       for (let i = 0; i < n; i++) pc[i + 1] = pc[i]! + this.counts[i]!;
       prefixSumsInto(ps, this.sums, 0, n);
       this.itemCount = pc[n]!;
@@ -191,10 +216,12 @@ export class Page {
       const roots = this.segmentRoots();
       const k = roots.length / ID;
       const old = this.#aligned;
-      this.#aligned = undefined;
-      const top = this.#top = old === undefined || old.#top === undefined
-        ? binaryLayers(roots)
-        : binaryLayers(roots, old.#segRoots!, old.#top);
+      const same = this.#same;
+      const out = this.#room?.top;
+      this.#aligned = this.#same = this.#room = undefined;
+      const top = this.#top = old === undefined || old.#top === undefined || same === undefined
+        ? binaryLayers(roots, undefined, out)
+        : binaryLayers(roots, { layers: old.#top, count: old.#segRoots!.length / ID, same }, out);
       this.#hash = wrapPageHash(this.level, this.size, k, k === 1 ? roots : top.subarray(top.length - ID));
     }
     return this.#hash;
@@ -207,54 +234,45 @@ export class Page {
 
   /**
    * The root of each segment, 32 bytes each, computed once and kept: a
-   * segment copied whole from a segment of an older page takes its root.
+   * segment copied whole from a segment of an older, hashed page takes its
+   * root. The older page whose segments sit at the same places as this
+   * page's (the edited page's old version) lends its tree over segment roots
+   * too ({@linkcode binaryLayers}).
    */
   segmentRoots(): Uint8Array {
     if (this.#segRoots === undefined) {
       const ends = this.segmentEnds();
-      const roots = new Uint8Array(ends.length * ID);
-      const runs = this.#copied;
+      const k = ends.length;
+      const roots = this.#room?.segRoots ?? new Uint8Array(k * ID);
+      const runs = this.#copied ?? [];
       let r = 0;
+      let c = 0; // in the run's page: the first segment ending after the segment's start
       let start = 0;
-      for (let k = 0; k < ends.length; k++) {
-        const end = ends[k]!;
+      for (let s = 0; s < k; s++) {
+        const end = ends[s]!;
         let reused = false;
-        if (runs !== undefined) {
-          while (r < runs.length && runs[r]!.at + runs[r]!.len <= start) r++;
-          const run = runs[r];
-          if (run !== undefined && run.at <= start && end <= run.at + run.len) {
-            reused = run.page.copySegmentRoot(run.from + start - run.at, run.from + end - run.at, roots, k * ID);
-            if (reused) this.#aligned ??= run.page;
+        while (r < runs.length && runs[r]!.at + runs[r]!.len <= start) r++, c = 0;
+        const run = runs[r];
+        const oldRoots = run === undefined ? undefined : run.page.#segRoots;
+        if (run !== undefined && oldRoots !== undefined && run.at <= start && end <= run.at + run.len) {
+          const oldEnds = run.page.#segEnds!;
+          const a = run.from + start - run.at;
+          while (c < oldEnds.length && oldEnds[c]! <= a) c++;
+          if (oldEnds[c] === a + end - start && (c === 0 ? 0 : oldEnds[c - 1]!) === a) {
+            copy32(roots, s * ID, oldRoots, c * ID);
+            reused = true;
+            if (c === s && (this.#aligned ??= run.page) === run.page) {
+              (this.#same ??= new Array<number>(k).fill(0))[s] = 1;
+            }
           }
         }
-        if (!reused) rootInto(this.nodes, start * ID, end - start, roots, k * ID);
+        if (!reused) rootInto(this.nodes, start * ID, end - start, roots, s * ID);
         start = end;
       }
       this.#segRoots = roots;
       this.#copied = undefined;
     }
     return this.#segRoots;
-  }
-
-  /**
-   * If this page's nodes `start..end` are exactly one of its segments and its
-   * segment roots are computed, copy that segment's root to `out[outOff]`.
-   */
-  copySegmentRoot(start: number, end: number, out: Uint8Array, outOff: number): boolean {
-    const roots = this.#segRoots;
-    if (roots === undefined) return false;
-    const ends = this.#segEnds!;
-    // The segment ending first after `start`.
-    let lo = 0;
-    let hi = ends.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (ends[mid]! <= start) lo = mid + 1;
-      else hi = mid;
-    }
-    if (ends[lo] !== end || (lo === 0 ? 0 : ends[lo - 1]!) !== start) return false;
-    out.set(roots.subarray(lo * ID, lo * ID + ID), outOff);
-    return true;
   }
 
   /** Where node `index` sits in the page's hash, with the siblings on its path (a proof step). */
@@ -310,62 +328,79 @@ export interface CopiedRun {
  * ```
  */
 export function segmentEnds(nodes: Uint8Array): Uint16Array {
-  const n = nodes.length / ID;
-  const ends: number[] = [];
+  const k = segmentEndsInto(nodes, nodes.length / ID, endsScratch);
+  return endsScratch.slice(0, k);
+}
+
+/** Where the first `n` nodes' segments end ({@linkcode segmentEnds}), written to `out`; returns their number. */
+function segmentEndsInto(nodes: Uint8Array, n: number, out: Uint16Array): number {
+  let k = 0;
   let size = 0;
   for (let i = 0; i < n; i++) {
     size++;
     if (size >= SEGMENT_NODES_MAX || u32At(nodes, i * ID + 4) < SEGMENT_CUT_BELOW || i === n - 1) {
-      ends.push(i + 1);
+      out[k++] = i + 1;
       size = 0;
     }
   }
-  return Uint16Array.from(ends);
+  return k;
 }
+
+/** Scratch for {@linkcode segmentEndsInto}: a page has at most one segment per node. */
+const endsScratch = new Uint16Array(NODES_MAX);
 
 /**
  * All inner nodes of the binary tree over `nodes` (32 bytes each), height 1
  * first, up to the root (empty for one node): at each height `m` nodes pair
- * into `ceil(m / 2)`, an odd last node copied up. With the nodes and layers
- * of an older tree, a pair whose two children sit at the same place in the
- * older tree is copied from it, not hashed: an edit that changes one node
- * in place re-hashes only its path.
+ * into `ceil(m / 2)`, an odd last node copied up. With an older tree (its
+ * layers, its node count, and per node 1 where the node equals the older
+ * tree's node at the same place), a pair of two such nodes is copied from
+ * the older tree, not hashed: an edit that changes one node in place
+ * re-hashes only its path.
  */
-export function binaryLayers(nodes: Uint8Array, oldNodes?: Uint8Array, oldLayers?: Uint8Array): Uint8Array {
+export function binaryLayers(
+  nodes: Uint8Array,
+  old?: { layers: Uint8Array; count: number; same: number[] },
+  out: Uint8Array = new Uint8Array(innerNodes(nodes.length / ID) * ID),
+): Uint8Array {
   const n = nodes.length / ID;
-  let total = 0;
-  for (let m = n; m > 1; m = (m + 1) >> 1) total += (m + 1) >> 1;
-  const out = new Uint8Array(total * ID);
   let src = nodes;
   let srcOff = 0;
   let outOff = 0;
-  let old = oldNodes;
-  let oldOff = 0;
-  let om = old === undefined ? 0 : old.length / ID;
-  let oldOut = 0;
+  let same = old?.same;
+  let om = old?.count ?? 0;
+  let oldOff = 0; // where the older tree's next height starts in its layers
   for (let m = n; m > 1; m = (m + 1) >> 1) {
     const half = m >> 1;
+    const up = same === undefined ? undefined : new Array<number>((m + 1) >> 1).fill(0);
     for (let k = 0; k < half; k++) {
-      const l = srcOff + 2 * k * ID;
-      if (
-        old !== undefined && 2 * k + 1 < om && bytesEqualAt(src, l, old, oldOff + 2 * k * ID, 2 * ID)
-      ) {
-        out.set(oldLayers!.subarray(oldOut + k * ID, oldOut + k * ID + ID), outOff + k * ID);
-      } else hashInner(src, l, l + ID, out, outOff + k * ID);
+      if (same !== undefined && same[2 * k] === 1 && same[2 * k + 1] === 1) {
+        copy32(out, outOff + k * ID, old!.layers, oldOff + k * ID);
+        up![k] = 1;
+      } else hashInner(src, srcOff + 2 * k * ID, srcOff + (2 * k + 1) * ID, out, outOff + k * ID);
     }
-    if (m & 1) out.set(src.subarray(srcOff + (m - 1) * ID, srcOff + m * ID), outOff + half * ID);
+    if (m & 1) {
+      copy32(out, outOff + half * ID, src, srcOff + (m - 1) * ID);
+      // Promoted in the older tree too only if it had as many nodes at this height.
+      if (up !== undefined && same![m - 1] === 1 && om === m) up[half] = 1;
+    }
     src = out;
     srcOff = outOff;
     outOff += ((m + 1) >> 1) * ID;
-    if (old !== undefined) {
-      old = oldLayers!;
-      oldOff = oldOut;
-      oldOut += ((om + 1) >> 1) * ID;
+    if (same !== undefined) {
+      oldOff += ((om + 1) >> 1) * ID;
       om = (om + 1) >> 1;
-      if (om < 2) old = undefined;
+      same = om < 2 ? undefined : up;
     }
   }
   return out;
+}
+
+/** Inner nodes of a binary tree over `n` nodes ({@linkcode binaryLayers}). */
+function innerNodes(n: number): number {
+  let total = 0;
+  for (let m = n; m > 1; m = (m + 1) >> 1) total += (m + 1) >> 1;
+  return total;
 }
 
 /** Scratch for {@linkcode rootInto}: one segment's nodes. */
@@ -524,26 +559,39 @@ export interface Columns {
 
 /** Encode the first `n` entries of `c` as a page: the bytes {@linkcode encodePage} gives. */
 export function encodeColumns(c: Columns, n: number): Uint8Array {
-  const { level, nodes, firstTs } = c;
-  const counts = level > 0 ? c.counts! : null;
+  const out = new Uint8Array(encodedLength(c, n));
+  writeColumns(c, n, out);
+  return out;
+}
+
+/** Bytes of the encoding of the first `n` entries of `c`. */
+function encodedLength(c: Columns, n: number): number {
+  const { firstTs } = c;
   let len = 4 + n * ID;
   let prev = 0;
   for (let i = 0; i < n; i++) {
     len += varintLength(firstTs[i]! - prev);
     prev = firstTs[i]!;
   }
-  if (counts !== null) {
+  if (c.level > 0) {
+    const counts = c.counts!;
     len += 2 * n * ID;
     for (let i = 0; i < n; i++) len += varintLength(counts[i]!);
   }
-  const out = new Uint8Array(len);
+  return len;
+}
+
+/** Write the encoding of the first `n` entries of `c` to `out`, exactly {@linkcode encodedLength} bytes. */
+function writeColumns(c: Columns, n: number, out: Uint8Array): void {
+  const { level, nodes, firstTs } = c;
+  const counts = level > 0 ? c.counts! : null;
   out[0] = PAGE_FORMAT_VERSION;
   out[1] = level;
   out[2] = n >>> 8;
   out[3] = n & 0xff;
   out.set(nodes.subarray(0, n * ID), 4);
   let off = 4 + n * ID;
-  prev = 0;
+  let prev = 0;
   for (let i = 0; i < n; i++) {
     off = writeVarint(out, off, firstTs[i]! - prev);
     prev = firstTs[i]!;
@@ -554,36 +602,67 @@ export function encodeColumns(c: Columns, n: number): Uint8Array {
     for (let i = 0; i < n; i++) off = writeVarint(out, off, counts[i]!);
     out.set(c.sums.subarray(0, n * ID), off);
   }
-  return out;
 }
 
 /**
  * Make a page from the first `n` entries of columns that will be reused
- * (a chunker's): the page is encoded once, and its 32-byte columns are
- * views of that encoding, so the page costs one copy of its nodes.
+ * (a chunker's). The page is encoded once, and everything it keeps (its
+ * 32-byte columns as views of that encoding, its ts, counts, prefix sums,
+ * segment roots and the tree over them) lives in one buffer with the
+ * encoding: one allocation per page.
  */
 export function pageOfColumns(c: Columns, n: number, copied?: readonly CopiedRun[]): Page {
   const { level } = c;
-  const encoded = encodeColumns(c, n);
-  const view = (off: number) => encoded.subarray(off, off + n * ID);
-  const ts = c.firstTs.slice(0, n);
-  if (level === 0) {
-    return new Page({ level, nodes: view(4), firstTs: ts, firstIds: null, counts: null, sums: null, encoded }, copied);
+  const len = encodedLength(c, n);
+  const k = segmentEndsInto(c.nodes, n, endsScratch);
+  const up = level > 0;
+  // Layout: encoding | ts | (counts | prefix counts) | (prefix sums) | id sum | segment roots | top | segment ends.
+  const tsAt = (len + 7) & ~7;
+  const countsAt = tsAt + n * 8;
+  const prefixCountsAt = countsAt + (up ? n * 8 : 0);
+  const prefixSumsAt = prefixCountsAt + (up ? (n + 1) * 8 : 0);
+  const idSumAt = prefixSumsAt + (up ? (n + 1) * 32 : 0);
+  const rootsAt = idSumAt + 32;
+  const topAt = rootsAt + k * ID;
+  const endsAt = topAt + innerNodes(k) * ID;
+  const buf = new ArrayBuffer(endsAt + k * 2);
+  const encoded = new Uint8Array(buf, 0, len);
+  writeColumns(c, n, encoded);
+  const view = (off: number) => new Uint8Array(buf, off, n * ID);
+  const ts = new Float64Array(buf, tsAt, n);
+  ts.set(c.firstTs.subarray(0, n));
+  const segEnds = new Uint16Array(buf, endsAt, k);
+  segEnds.set(endsScratch.subarray(0, k));
+  const room: PageRoom = {
+    idSum: new Uint32Array(buf, idSumAt, 8),
+    segEnds,
+    segRoots: new Uint8Array(buf, rootsAt, k * ID),
+    top: new Uint8Array(buf, topAt, innerNodes(k) * ID),
+    prefixCounts: up ? new Float64Array(buf, prefixCountsAt, n + 1) : null,
+    prefixSums: up ? new Uint32Array(buf, prefixSumsAt, (n + 1) * 8) : null,
+  };
+  if (!up) {
+    return new Page(
+      { level, nodes: view(4), firstTs: ts, firstIds: null, counts: null, sums: null, encoded, room },
+      copied,
+    );
   }
   // Above level 0 the encoding ends with the sums; the first ids sit before the count varints.
   let countBytes = 0;
-  const counts = c.counts!;
+  const counts = new Float64Array(buf, countsAt, n);
+  counts.set(c.counts!.subarray(0, n));
   for (let i = 0; i < n; i++) countBytes += varintLength(counts[i]!);
-  const sumsAt = encoded.length - n * ID;
+  const sumsAt = len - n * ID;
   const firstIdsAt = sumsAt - countBytes - n * ID;
   return new Page({
     level,
     nodes: view(4),
     firstTs: ts,
     firstIds: view(firstIdsAt),
-    counts: counts.slice(0, n),
+    counts,
     sums: view(sumsAt),
     encoded,
+    room,
   }, copied);
 }
 
