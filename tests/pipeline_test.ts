@@ -410,9 +410,9 @@ Deno.test("An acknowledged removal the index crashed on twice (faults beside it)
     assertEquals(await t.node.get(hexOf(remove.id)), remove.bytes);
     assertEquals(t.node.pipeline.supervisor.child("index").stats.restarts, 2);
     assertEquals(t.node.health().deadLetters.count, 0);
-    // At least the removal; an event acknowledged just before it may have shared its batch (load-dependent).
+    // At least the removal; events acknowledged before it may have shared its batch (load-dependent), at most all 4.
     const isolations = Number((await t.node.metrics()).match(/^xf_index_isolations_total (\d+)$/m)?.[1] ?? 0);
-    assert(isolations >= 1 && isolations <= 2, `isolated ${isolations} events`);
+    assert(isolations >= 1 && isolations <= 4, `isolated ${isolations} events`);
     await t.node.close();
     // A new decode loads the group from the index: the removal holds, the removed member is refused.
     const again = await openNode({ workers: false, dataDir: t.dir });
