@@ -40,7 +40,7 @@
 
 import { hashInner, sha256Short } from "./_sha256.ts";
 import { prefixSumsInto, sumAdd, sumAddMany, sumToBytes } from "./_sum.ts";
-import { compareStoredKeys, copy32, corruption, ID, u32At, varintLength, writeVarint } from "./_util.ts";
+import { bytesEqualAt, compareStoredKeys, copy32, corruption, ID, u32At, varintLength, writeVarint } from "./_util.ts";
 
 /** Version byte at the start of every encoded page. */
 export const PAGE_FORMAT_VERSION = 2;
@@ -90,6 +90,8 @@ export interface PageRoom {
   segEnds: Uint16Array;
   segRoots: Uint8Array;
   top: Uint8Array;
+  /** Above level 0: every segment's inner nodes ({@linkcode segmentLayerStarts} says where each starts). */
+  segLayers: Uint8Array | null;
   /** Above level 0. */
   prefixCounts: Float64Array | null;
   /** Above level 0. */
@@ -156,6 +158,15 @@ export class Page {
   #same: number[] | undefined;
   /** Room for the segment roots and the tree over them (dropped once hashed). */
   #room: PageRoom | undefined;
+  /**
+   * Above level 0, kept once hashed: each segment's inner nodes, segment
+   * `s` from node `segmentLayerStarts(ends)[s]` (about 32 bytes per node;
+   * pages above level 0 are about 1 in 100). A child's hash replaced in
+   * place then re-hashes only its path in its segment.
+   */
+  #segLayers: Uint8Array | undefined;
+  /** With `#segLayers`: where each segment's inner nodes start ({@linkcode segmentLayerStarts}). */
+  #layerAt: Uint16Array | undefined;
 
   /**
    * Make a page from its columns (trusted; {@linkcode decodePage} validates).
@@ -248,6 +259,12 @@ export class Page {
       let r = 0;
       let c = 0; // in the run's page: the first segment ending after the segment's start
       let start = 0;
+      // Above level 0: each segment's inner nodes, and the older page whose segments are exactly these, if any
+      // (the same page with children replaced in place).
+      const layerAt = this.#layerAt = this.level > 0 ? segmentLayerStarts(ends) : undefined;
+      const layers = layerAt === undefined
+        ? undefined
+        : this.#segLayers = this.#room?.segLayers ?? new Uint8Array(layerAt[k]! * ID);
       for (let s = 0; s < k; s++) {
         const end = ends[s]!;
         let reused = false;
@@ -260,13 +277,42 @@ export class Page {
           while (c < oldEnds.length && oldEnds[c]! <= a) c++;
           if (oldEnds[c] === a + end - start && (c === 0 ? 0 : oldEnds[c - 1]!) === a) {
             copy32(roots, s * ID, oldRoots, c * ID);
+            const oldLayers = run.page.#segLayers;
+            if (layers !== undefined && oldLayers !== undefined) {
+              const oldAt = run.page.#layerAt!;
+              layers.set(oldLayers.subarray(oldAt[c]! * ID, oldAt[c + 1]! * ID), layerAt![s]! * ID);
+            }
             reused = true;
             if (c === s && (this.#aligned ??= run.page) === run.page) {
               (this.#same ??= new Array<number>(k).fill(0))[s] = 1;
             }
           }
         }
-        if (!reused) rootInto(this.nodes, start * ID, end - start, roots, s * ID);
+        if (reused) {
+          // Taken whole from an older page.
+        } else if (layers === undefined) rootInto(this.nodes, start * ID, end - start, roots, s * ID);
+        else {
+          const m = end - start;
+          const out = layers.subarray(layerAt![s]! * ID, layerAt![s + 1]! * ID);
+          // A run overlapping the segment maps it onto an older page: if a segment of that page starts there with
+          // as many nodes, the pairs of nodes both pages hold at the same places keep their hashes.
+          let old: { layers: Uint8Array; count: number; same: number[] } | undefined;
+          const over = run !== undefined && run.at < end ? run : undefined;
+          const prev = over?.page;
+          const at = over === undefined ? -1 : olderSegment(prev!.#segEnds, over.from + start - over.at, m);
+          if (at >= 0 && prev!.#segLayers !== undefined) {
+            const a = over!.from + start - over!.at;
+            const same = new Array<number>(m);
+            for (let i = 0; i < m; i++) {
+              same[i] = bytesEqualAt(this.nodes, (start + i) * ID, prev!.nodes, (a + i) * ID, ID) ? 1 : 0;
+            }
+            const oldAt = prev!.#layerAt!;
+            old = { layers: prev!.#segLayers.subarray(oldAt[at]! * ID, oldAt[at + 1]! * ID), count: m, same };
+          }
+          binaryLayers(this.nodes.subarray(start * ID, end * ID), old, out);
+          if (m === 1) wrapSegmentInto(1, this.nodes, start * ID, roots, s * ID);
+          else wrapSegmentInto(m, out, out.length - ID, roots, s * ID);
+        }
         start = end;
       }
       this.#segRoots = roots;
@@ -413,10 +459,43 @@ function rootInto(src: Uint8Array, off: number, m: number, out: Uint8Array, outO
   for (let i = 0; i < half; i++) hashInner(src, off + 2 * i * ID, off + (2 * i + 1) * ID, scratch, i * ID);
   if (m & 1) scratch.set(src.subarray(off + (m - 1) * ID, off + m * ID), half * ID);
   reduceInPlace(scratch, (m + 1) >> 1);
+  wrapSegmentInto(m, scratch, 0, out, outOff);
+}
+
+/** Write SHA-256(0x03 || m u8 || root) to `out[outOff]`, the root being `src[off..off+32]` (see {@linkcode wrapSegment}). */
+function wrapSegmentInto(m: number, src: Uint8Array, off: number, out: Uint8Array, outOff: number): void {
   wrapBuf[0] = 0x03;
   wrapBuf[1] = m;
-  wrapBuf.set(scratch.subarray(0, ID), 2);
+  copy32(wrapBuf, 2, src, off);
   sha256Short(wrapBuf, out, outOff);
+}
+
+/** The segment of a page with `ends` that starts at node `a` and holds `m` nodes, or -1. */
+function olderSegment(ends: Uint16Array | undefined, a: number, m: number): number {
+  if (ends === undefined || a < 0) return -1;
+  let lo = 0;
+  let hi = ends.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (ends[mid]! <= a) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < ends.length && ends[lo] === a + m && (lo === 0 ? 0 : ends[lo - 1]!) === a ? lo : -1;
+}
+
+/**
+ * Where each segment's inner nodes start in a page's segment layers (in
+ * nodes), and their total at index `k`: segment `s` of `size` nodes has
+ * `innerNodes(size)` of them.
+ */
+function segmentLayerStarts(ends: Uint16Array): Uint16Array {
+  const at = new Uint16Array(ends.length + 1);
+  let start = 0;
+  for (let s = 0; s < ends.length; s++) {
+    at[s + 1] = at[s]! + innerNodes(ends[s]! - start);
+    start = ends[s]!;
+  }
+  return at;
 }
 
 /** Fold the first `m` nodes of `work` into their binary root, left in `work[0..32]`. */
@@ -616,7 +695,8 @@ export function pageOfColumns(c: Columns, n: number, copied?: readonly CopiedRun
   const len = encodedLength(c, n);
   const k = segmentEndsInto(c.nodes, n, endsScratch);
   const up = level > 0;
-  // Layout: encoding | ts | (counts | prefix counts) | (prefix sums) | id sum | segment roots | top | segment ends.
+  // Layout: encoding | ts | (counts | prefix counts | prefix sums) | id sum | segment roots | top | (segment layers)
+  // | segment ends.
   const tsAt = (len + 7) & ~7;
   const countsAt = tsAt + n * 8;
   const prefixCountsAt = countsAt + (up ? n * 8 : 0);
@@ -624,7 +704,12 @@ export function pageOfColumns(c: Columns, n: number, copied?: readonly CopiedRun
   const idSumAt = prefixSumsAt + (up ? (n + 1) * 32 : 0);
   const rootsAt = idSumAt + 32;
   const topAt = rootsAt + k * ID;
-  const endsAt = topAt + innerNodes(k) * ID;
+  let layerNodes = 0;
+  if (up) {
+    for (let s = 0, start = 0; s < k; start = endsScratch[s++]!) layerNodes += innerNodes(endsScratch[s]! - start);
+  }
+  const layersAt = topAt + innerNodes(k) * ID;
+  const endsAt = layersAt + layerNodes * ID;
   const buf = new ArrayBuffer(endsAt + k * 2);
   const encoded = new Uint8Array(buf, 0, len);
   writeColumns(c, n, encoded);
@@ -638,6 +723,7 @@ export function pageOfColumns(c: Columns, n: number, copied?: readonly CopiedRun
     segEnds,
     segRoots: new Uint8Array(buf, rootsAt, k * ID),
     top: new Uint8Array(buf, topAt, innerNodes(k) * ID),
+    segLayers: up ? new Uint8Array(buf, layersAt, layerNodes * ID) : null,
     prefixCounts: up ? new Float64Array(buf, prefixCountsAt, n + 1) : null,
     prefixSums: up ? new Uint32Array(buf, prefixSumsAt, (n + 1) * 8) : null,
   };
