@@ -13,11 +13,20 @@
 // RocksDB write). Where the store keeps a Merkle journal (GroupTrees.checkpointAll), each timed phase ends with a
 // checkpoint, inside its time, so every page the phase changed is stored when its clock stops; then the script
 // fills the journal to just under its limit and times a fresh load that replays it (`replay`).
+//
+// RANDOM_BATCHES defaults to one journal cycle, MERKLE_JOURNAL_ITEMS_MAX / BATCH batches (64 of 512, 8 of 4096): a
+// phase then pays one checkpoint, as the index pays one per that many items. With fewer batches the phase's
+// checkpoint still stores every leaf the phase touched, so it weighs more per item than it does in a running node
+// (20 batches of 512 touch about 0.6 leaves per item, a full cycle about 0.3).
+import { MERKLE_JOURNAL_ITEMS_MAX } from "../core/limits.ts";
+
 const root = new URL(Deno.args[0] && Deno.args[0] !== "." ? `file://${Deno.args[0]}/` : "../", import.meta.url);
 const EVENTS = Number(Deno.args[1] ?? 1_000_000);
 const BATCH = Number(Deno.args[2] ?? 512);
-/** Batches of the random phases (XF_MERKLE_RATE_RANDOM_BATCHES=0: the in-order fill alone). */
-const RANDOM_BATCHES = Number(Deno.env.get("XF_MERKLE_RATE_RANDOM_BATCHES") ?? 20);
+/** Batches of the random phases (XF_MERKLE_RATE_RANDOM_BATCHES=0: the in-order fill alone; default one journal cycle). */
+const RANDOM_BATCHES = Number(
+  Deno.env.get("XF_MERKLE_RATE_RANDOM_BATCHES") ?? Math.max(1, Math.floor(MERKLE_JOURNAL_ITEMS_MAX / BATCH)),
+);
 
 const imp = async (...paths: string[]) => {
   for (const p of paths) {
@@ -142,12 +151,12 @@ if (typeof trees.update === "function") {
 // The slowest load: a journal just under its limit, all random inserts, replayed by a fresh reader.
 let replay: { items: number; ms: number; withoutJournalMs: number } | null = null;
 if (typeof trees.checkpointAll === "function" && RANDOM_BATCHES > 0) {
-  const { MERKLE_JOURNAL_ITEMS_MAX } = await imp("core/limits.ts");
+  const { MERKLE_JOURNAL_ITEMS_MAX: journalMax } = await imp("core/limits.ts");
   let t0 = performance.now();
   await new store.GroupTrees(kv).root(hex(group));
   const withoutJournalMs = performance.now() - t0;
   let items = 0;
-  while (items + BATCH <= MERKLE_JOURNAL_ITEMS_MAX) {
+  while (items + BATCH <= journalMax) {
     const b = Array.from({ length: BATCH }, () => newEvent(ts0 + Math.floor(Math.random() * span)));
     await write(b, []);
     for (const e of b) live.push(e);
