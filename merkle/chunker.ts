@@ -111,10 +111,16 @@ export class Entries {
   sums: Uint8Array;
   /** Runs of entries copied from older pages by {@linkcode Entries.pushRun}, in order (their hashed segments are reused). */
   copied: CopiedRun[] = [];
+  /**
+   * With `link` (above level 0): the page each entry summarises, where known, handed to the pages made of
+   * these entries as their `kids` (a tree whose cache holds every page links children to parents).
+   */
+  readonly pages: (Page | undefined)[] | null;
 
-  /** Make empty entries of `level` with room for `capacity`. */
-  constructor(level: number, capacity = 64) {
+  /** Make empty entries of `level` with room for `capacity`; with `link`, track the page behind each entry. */
+  constructor(level: number, capacity = 64, link = false) {
     this.level = level;
+    this.pages = link && level > 0 ? [] : null;
     this.nodes = new Uint8Array(capacity * ID);
     this.firstTs = new Float64Array(capacity);
     this.counts = new Float64Array(capacity);
@@ -154,6 +160,7 @@ export class Entries {
   pushFrom(src: Entries | Page, i: number): void {
     if (this.length === this.firstTs.length) this.#grow();
     const j = this.length++;
+    if (this.pages !== null) this.pages[j] = src instanceof Entries ? src.pages?.[i] : src.kids?.[i];
     const o = i * ID;
     const d = j * ID;
     copy32(this.nodes, d, src.nodes, o);
@@ -176,6 +183,7 @@ export class Entries {
     if (last !== undefined && last.page === src && last.at + last.len === d && last.from + last.len === i) {
       last.len += n;
     } else this.copied.push({ at: d, len: n, page: src, from: i });
+    if (this.pages !== null) { for (let k = 0; k < n; k++) this.pages[d + k] = src.kids?.[i + k]; }
     this.nodes.set(src.nodes.subarray(i * ID, j * ID), d * ID);
     this.firstTs.set(src.firstTs.subarray(i, j), d);
     if (this.level === 0 || src.counts === null) {
@@ -192,6 +200,7 @@ export class Entries {
   pushPage(page: Page): void {
     if (this.length === this.firstTs.length) this.#grow();
     const j = this.length++;
+    if (this.pages !== null) this.pages[j] = page;
     const d = j * ID;
     this.nodes.set(page.hash(), d);
     this.firstTs[j] = page.firstTs[0]!;
@@ -206,7 +215,12 @@ export class Entries {
     this.length = 0;
     const copied = this.copied;
     this.copied = [];
-    return pageOfColumns(this, n, copied.length > 0 ? copied : undefined);
+    const page = pageOfColumns(this, n, copied.length > 0 ? copied : undefined);
+    if (this.pages !== null) {
+      page.kids = this.pages.slice(0, n);
+      this.pages.length = 0;
+    }
+    return page;
   }
 }
 
@@ -221,9 +235,10 @@ export class Chunker {
   /**
    * A chunker for `level` that hands each closed page to `onPage`; runs
    * pushed with {@linkcode Chunker.pushRun} lend their hashed segments.
+   * With `link`, pages above level 0 get their children as `kids`.
    */
-  constructor(level: number, onPage: (page: Page) => void) {
-    this.#current = new Entries(level, PAGE_NODES_MAX);
+  constructor(level: number, onPage: (page: Page) => void, link = false) {
+    this.#current = new Entries(level, PAGE_NODES_MAX, link);
     this.#onPage = onPage;
   }
 

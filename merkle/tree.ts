@@ -418,13 +418,14 @@ export class MerkleTree {
     let src = news;
     let newRoot: Page | null | undefined;
     for (let level = 0; newRoot === undefined; level++) {
-      const out = new Entries(level + 1);
+      const link = this.#cacheMax >= LINK_CHILDREN_CACHE_MIN;
+      const out = new Entries(level + 1, 64, link);
       const next: Edit[] = [];
       // Old entries go in as runs: the new pages reuse the old pages' hashed segments they copy whole.
       const chunker = new Chunker(level, (page) => {
         made.set(toHex(page.hash()), { page, bytes: encodePage(page) });
         out.pushPage(page);
-      });
+      }, link);
       if (level > R) {
         // Above the old root: the one edit is the whole level.
         const e = edits[0]!;

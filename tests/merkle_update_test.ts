@@ -15,6 +15,7 @@ import {
 } from "../merkle/mod.ts";
 import { binarySiblings, type CopiedRun } from "../merkle/page.ts";
 import { mapStore, prng, randomId, randomItems, sortedSet, toHex } from "../merkle/_testing.ts";
+import { LINK_CHILDREN_CACHE_MIN } from "../merkle/tree.ts";
 
 function assertSameTree(tree: MerkleTree, pages: Map<string, Uint8Array>, ref: PageWrites, what: string): void {
   assertEquals(toHex(tree.root().hash), toHex(ref.root.hash), `${what}: root`);
@@ -40,7 +41,11 @@ Deno.test("MerkleTree: random sequences of inserts, removals and updates give bu
       (seed, steps) => {
         const rand = prng(seed);
         const { pages, store, apply } = mapStore();
-        const tree = new MerkleTree(store, null, { cachePages: 16 + rand.int(64) });
+        // A small cache (pages read back from the store), or one that links children to parents (LINK_CHILDREN_CACHE_MIN):
+        // new parents then get their children from the update itself.
+        const tree = new MerkleTree(store, null, {
+          cachePages: rand.int(2) ? 16 + rand.int(64) : LINK_CHILDREN_CACHE_MIN,
+        });
         const set = new Map<string, Item>();
         // A narrow ts span so that many items share a ts (order then falls to the id).
         const fresh = (n: number) => randomItems(rand, n, 1_700_000_000_000, 5_000);
