@@ -96,6 +96,8 @@ export interface PageRoom {
   prefixCounts: Float64Array | null;
   /** Above level 0. */
   prefixSums: Uint32Array | null;
+  /** Above level 0: the sums column where it is 4-aligned (the chunker's own), to add up a word at a time. */
+  alignedSums: Uint8Array | null;
 }
 
 /** Where a node sits in its page's two-layer hash, and the siblings on its path (a proof step). */
@@ -198,7 +200,8 @@ export class Page {
       const pc = room?.prefixCounts ?? new Float64Array(n + 1);
       const ps = room?.prefixSums ?? new Uint32Array((n + 1) * 8);
       for (let i = 0; i < n; i++) pc[i + 1] = pc[i]! + this.counts[i]!;
-      prefixSumsInto(ps, this.sums, 0, n);
+      prefixSumsInto(ps, room?.alignedSums ?? this.sums, 0, n);
+      if (room) room.alignedSums = null; // the chunker's buffer, about to be refilled
       this.itemCount = pc[n]!;
       this.prefixCounts = pc;
       this.prefixSums = ps;
@@ -726,6 +729,7 @@ export function pageOfColumns(c: Columns, n: number, copied?: readonly CopiedRun
     segLayers: up ? new Uint8Array(buf, layersAt, layerNodes * ID) : null,
     prefixCounts: up ? new Float64Array(buf, prefixCountsAt, n + 1) : null,
     prefixSums: up ? new Uint32Array(buf, prefixSumsAt, (n + 1) * 8) : null,
+    alignedSums: up ? c.sums : null,
   };
   if (!up) {
     return new Page(
