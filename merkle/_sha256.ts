@@ -165,11 +165,20 @@ function rounds(kw: Int32Array, base: number): void {
  * may be `src`.
  */
 export function hashInner(src: Uint8Array, lOff: number, rOff: number, out: Uint8Array, outOff: number): void {
-  msg[0] = 0x01;
-  for (let i = 0; i < 32; i++) msg[1 + i] = src[lOff + i]!;
-  for (let i = 0; i < 31; i++) msg[33 + i] = src[rOff + i]!;
+  // The first block's words straight from the nodes: 0x01, left's 32 bytes, right's first 31.
+  Wt[0] = 0x01000000 | (src[lOff]! << 16) | (src[lOff + 1]! << 8) | src[lOff + 2]!;
+  for (let i = 1; i < 8; i++) {
+    const o = lOff + 4 * i - 1;
+    Wt[i] = (src[o]! << 24) | (src[o + 1]! << 16) | (src[o + 2]! << 8) | src[o + 3]!;
+  }
+  Wt[8] = (src[lOff + 31]! << 24) | (src[rOff]! << 16) | (src[rOff + 1]! << 8) | src[rOff + 2]!;
+  for (let i = 9; i < 16; i++) {
+    const o = rOff + 4 * i - 33;
+    Wt[i] = (src[o]! << 24) | (src[o + 1]! << 16) | (src[o + 2]! << 8) | src[o + 3]!;
+  }
   H.set(IV);
-  compress(0);
+  schedule(Wt, KW, 0);
+  rounds(KW, 0);
   // The second block: the right node's last byte, then the padding of a 65-byte message.
   rounds(PAD65, src[rOff + 31]! * 64);
   for (let i = 0; i < 8; i++) {
