@@ -206,7 +206,7 @@ export const VERIFY_KEY_CACHE_MAX = 4096;
 /** Most membership events one {@linkcode GroupState} holds (override with `eventsMax`). */
 export const MEMBERSHIP_EVENTS_MAX = 100_000;
 
-/** Decoded Merkle pages kept per group (about 10,500 for a million events: leaves of ~96 ids). */
+/** Decoded Merkle pages kept per group (about 10,800 for a million events: leaves of ~93 ids). */
 export const DECODED_PAGES_MAX = 65_536;
 
 /**

@@ -12,10 +12,14 @@
  * level 0 (pages of page hashes), `min` is 128, `max` 512 and the threshold
  * `floor((s - 128)^4 / 80)`: a quartic hazard, zero at 128 nodes and about
  * 6.3 % per node at 511, giving pages of 384.6 nodes on average (standard
- * deviation 58; 0.7 % cut by the 512 limit). Level 0 (event ids) uses the
- * same curve shrunk four times: `min` 32, `max` 128, threshold
- * `floor((s - 32)^4 × 64 / 5)`, so leaves hold about 96 ids (3 KiB of
- * bytes) and a change at a random place rewrites 3 KiB, not 13 KiB. The
+ * deviation 58; 0.7 % cut by the 512 limit). Level 0 (event ids) uses a
+ * flat hazard: `min` 32, `max` 256, threshold `2^26` (one node in 64), so
+ * leaves hold about 93 ids (3 KiB of bytes; 2.6 % cut by the 256 limit)
+ * and a change at a random place rewrites 3 KiB, not 13 KiB. Whether a
+ * node closes a leaf then hardly depends on where it sits, so an insert or
+ * a removal seldom moves a leaf boundary and rewrites the next leaf too
+ * (store format 3's leaves used the quartic curve shrunk four times, min 32
+ * and max 128, under which one change in five or so moved a boundary). The
  * last page of a level closes at the level's end.
  *
  * A decision depends only on the nodes since the last boundary, so the pages
@@ -37,8 +41,11 @@ export const PAGE_NODES_MAX = 512;
 /** Fewest nodes in a leaf (level 0) that the rule may close. */
 export const LEAF_NODES_MIN = 32;
 
-/** Most nodes in a leaf: 128 ids, 4 KiB of node data. */
-export const LEAF_NODES_MAX = 128;
+/** Most nodes in a leaf: 256 ids, 8 KiB of node data. */
+export const LEAF_NODES_MAX = 256;
+
+/** At level 0, from {@linkcode LEAF_NODES_MIN} nodes, a node whose first four bytes are below this closes the leaf: one in 64. */
+export const LEAF_CUT_BELOW = 2 ** 26;
 
 /** Divisor of the quartic hazard in {@linkcode boundaryThreshold} above level 0. */
 export const BOUNDARY_DIVISOR = 80;
@@ -47,7 +54,7 @@ export const BOUNDARY_DIVISOR = 80;
  * The threshold below which a node's first four bytes (big-endian) close a
  * page of `size` nodes at `level`: 0 below the level's minimum, `2^32` from
  * its maximum, else `floor((size - 128)^4 / 80)` above level 0 and
- * `floor((size - 32)^4 × 64 / 5)` at level 0. Every intermediate is an
+ * {@linkcode LEAF_CUT_BELOW} (`2^26`) at level 0. Every intermediate is an
  * exact integer in a double, so the rule is exact.
  *
  * @example
@@ -57,15 +64,15 @@ export const BOUNDARY_DIVISOR = 80;
  * assert(boundaryThreshold(128) === 0);
  * assert(boundaryThreshold(384) === 53687091);
  * assert(boundaryThreshold(512) === 2 ** 32);
- * assert(boundaryThreshold(96, 0) === 214748364);
+ * assert(boundaryThreshold(96, 0) === 2 ** 26);
+ * assert(boundaryThreshold(31, 0) === 0 && boundaryThreshold(256, 0) === 2 ** 32);
  * ```
  */
 export function boundaryThreshold(size: number, level = 1): number {
   if (level === 0) {
     if (size >= LEAF_NODES_MAX) return 2 ** 32;
     if (size < LEAF_NODES_MIN) return 0;
-    const t = size - LEAF_NODES_MIN;
-    return Math.floor((t * t * t * t * 64) / 5);
+    return LEAF_CUT_BELOW;
   }
   if (size >= PAGE_NODES_MAX) return 2 ** 32;
   if (size < PAGE_NODES_MIN) return 0;

@@ -1,7 +1,7 @@
 /**
  * Pages of the Merkle index: their hash, and their byte encoding.
  *
- * A page holds 1 to 512 nodes of one level (1 to 128 at level 0). Its
+ * A page holds 1 to 512 nodes of one level (1 to 256 at level 0). Its
  * hash is a two-layer binary Merkle tree: the nodes are cut into segments
  * by content (see {@linkcode segmentEnds}: a segment closes after a node
  * whose bytes 4..8, big-endian, are below 2^29, one node in 8, or at 16
@@ -49,7 +49,7 @@ export const PAGE_FORMAT_VERSION = 2;
 const NODES_MAX = 512;
 
 /** Most nodes in a leaf, a level-0 page (see `LEAF_NODES_MAX` in chunker.ts). */
-const LEAF_NODES = 128;
+const LEAF_NODES = 256;
 
 /** Highest level a page may have; 512^16 items is far beyond any group. */
 export const PAGE_LEVEL_MAX = 15;

@@ -79,13 +79,16 @@ const ROOTS_PREFIX = metaKey("root:");
  * format 1). Format 2 has leaves of ~96 ids and segmented page hashes
  * (merkle/page.ts); format 3 has the same pages and a journal (the fifth
  * field, `[hash, count, depth, first, next]`: the stored pages' root and the
- * journal's seqs). A store of format 1 is rebuilt by
- * {@linkcode GroupTrees.migrate}; format 2 reads as format 3 with no journal.
+ * journal's seqs); format 4 has the same records and leaves cut by a flat
+ * rule (merkle/chunker.ts: 32 to 256 ids, ~93). Pages of an older format are
+ * valid pages but not the pages this node's updates would make of the same
+ * set, so a store of formats 1 to 3 is rebuilt by
+ * {@linkcode GroupTrees.migrate} when the node opens it.
  */
-export const MERKLE_FORMAT = 3;
+export const MERKLE_FORMAT = 4;
 
 /** Formats of the pages this node reads as they are. */
-const READABLE = new Set([2, 3]);
+const READABLE = new Set([4]);
 
 const encodeRoot = (r: RootInfo, c: Checkpoint | null) =>
   encodeCbor(

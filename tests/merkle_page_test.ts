@@ -61,7 +61,7 @@ function referenceRoot(items: Item[]): string {
       const s = page.length;
       const u32 = new DataView(x.buffer, x.byteOffset).getUint32(0);
       const cut = level === 0
-        ? s >= 128 || (s >= 32 && u32 < Math.floor((s - 32) ** 4 * 64 / 5))
+        ? s >= 256 || (s >= 32 && u32 < 2 ** 26)
         : s >= 512 || (s >= 128 && u32 < Math.floor((s - 128) ** 4 / 80));
       if (cut && i < nodes.length - 1) pages.push([]);
     }
@@ -93,17 +93,17 @@ Deno.test("MerkleTree.build() matches a reimplementation of the documented rules
       return { ts: 5000 + i, id };
     });
   const cases: Item[][] = [
-    ...[1, 2, 3, 127, 128, 129, 600, 5000, 60_000].map((n) => sortedSet(randomItems(rand, n))),
-    withPrefix(1500, 0xffffffff), // never cut by the rule: leaves of 128
-    withPrefix(1500, 0), // cut as soon as the threshold is above 0: leaves of 33
-    withPrefix(70_000, 0xffffffff), // leaves of 128 whose hashes, above, are cut by the rule
+    ...[1, 2, 3, 127, 128, 129, 255, 256, 257, 600, 5000, 60_000].map((n) => sortedSet(randomItems(rand, n))),
+    withPrefix(1500, 0xffffffff), // never cut by the rule: leaves of 256
+    withPrefix(1500, 0), // cut as soon as the rule may cut: leaves of 32
+    withPrefix(140_000, 0xffffffff), // leaves of 256 whose hashes, above, are cut by the rule
   ];
   for (const items of cases) {
     assertEquals(toHex(MerkleTree.build(items).root.hash), referenceRoot(items), `${items.length} items`);
   }
 });
 
-Deno.test("MerkleTree.build() root of a fixed set is stable (format v2 fixture)", () => {
+Deno.test("MerkleTree.build() root of a fixed set is stable (store format 4 fixture)", () => {
   const items = Array.from({ length: 2000 }, (_, i) => ({
     ts: 1_700_000_000_000 + i * 1000,
     id: sha256(Uint8Array.of(i >> 24, i >> 16, i >> 8, i)),
@@ -112,12 +112,13 @@ Deno.test("MerkleTree.build() root of a fixed set is stable (format v2 fixture)"
   assertEquals(root.count, 2000);
   assertEquals(root.depth, 2);
   assertEquals(toHex(root.hash), FIXTURE_ROOT);
+  assertEquals(referenceRoot(items), FIXTURE_ROOT);
   assertEquals(put.size, FIXTURE_PAGES);
   assertEquals([...put.values()].reduce((n, v) => n + v.length, 0), FIXTURE_BYTES);
 });
-const FIXTURE_ROOT = "e45e72b7be53b3a1c5b6ba772aaf19a3cc4214fffa8e7b155c4624e8207894fb";
-const FIXTURE_PAGES = 22;
-const FIXTURE_BYTES = 70276;
+const FIXTURE_ROOT = "ef23764b4529b2f6bd34230aacf977ad75f08c447a7ab95ae23b73c96da16011";
+const FIXTURE_PAGES = 19;
+const FIXTURE_BYTES = 69958;
 
 Deno.test("boundaryThreshold() rises from 0 at 128 nodes to a cut at 512", () => {
   assertEquals(boundaryThreshold(PAGE_NODES_MIN - 1), 0);
@@ -125,16 +126,15 @@ Deno.test("boundaryThreshold() rises from 0 at 128 nodes to a cut at 512", () =>
   assertEquals(boundaryThreshold(384), Math.floor(2 ** 32 / 80));
   assertEquals(boundaryThreshold(PAGE_NODES_MAX), 2 ** 32);
   for (let s = PAGE_NODES_MIN; s < PAGE_NODES_MAX; s++) assert(boundaryThreshold(s + 1) >= boundaryThreshold(s));
-  // Leaves: the same curve shrunk four times.
-  assertEquals(boundaryThreshold(LEAF_NODES_MIN, 0), 0);
-  assertEquals(boundaryThreshold(LEAF_NODES_MIN + 1, 0), 12);
-  assertEquals(boundaryThreshold(96, 0), Math.floor(2 ** 32 / 20));
+  // Leaves: a flat hazard, one node in 64, from 32 nodes to a cut at 256.
+  assertEquals(boundaryThreshold(LEAF_NODES_MIN - 1, 0), 0);
+  for (let s = LEAF_NODES_MIN; s < LEAF_NODES_MAX; s++) assertEquals(boundaryThreshold(s, 0), 2 ** 26);
   assertEquals(boundaryThreshold(LEAF_NODES_MAX, 0), 2 ** 32);
-  for (let s = LEAF_NODES_MIN; s < LEAF_NODES_MAX; s++) assert(boundaryThreshold(s + 1, 0) >= boundaryThreshold(s, 0));
 });
 
-for (const [level, lo, hi] of [[1, 375, 395], [0, 93.5, 98.5]]) {
-  Deno.test(`closesPage() gives ${level === 0 ? "leaves of ~96" : "pages of ~384"} nodes on random nodes`, () => {
+// Leaves: 31 nodes, then a geometric number (p = 1/64) capped at 225: 31 + 64 × (1 - (63/64)^225) ≈ 93.1.
+for (const [level, lo, hi] of [[1, 375, 395], [0, 91, 95.5]]) {
+  Deno.test(`closesPage() gives ${level === 0 ? "leaves of ~93" : "pages of ~384"} nodes on random nodes`, () => {
     const rand = prng(33);
     const node = new Uint8Array(4);
     const view = new DataView(node.buffer);
