@@ -379,10 +379,10 @@ export class MerkleTree {
     if (N === 0) {
       if (ins.length === 0) return { root: this.root(), put: new Map(), del: [] };
       const put = new Map<string, Uint8Array>();
-      const pages: Page[] = [];
+      const pages: [string, Page][] = [];
       const root = buildPages(ins, (page, hex, bytes) => {
         put.set(hex, bytes);
-        pages.push(page);
+        pages.push([hex, page]);
       });
       this.#commit(root, pages, []);
       return { root: this.root(), put, del: [] };
@@ -446,11 +446,11 @@ export class MerkleTree {
       src = out;
     }
     const put = new Map<string, Uint8Array>();
-    const pages: Page[] = [];
+    const pages: [string, Page][] = [];
     for (const [hex, { page, bytes }] of made) {
       if (gone.delete(hex)) continue;
       put.set(hex, bytes);
-      pages.push(page);
+      pages.push([hex, page]);
     }
     const del = [...gone];
     assert((newRoot === null) === (count === 0), "an empty level means an empty set");
@@ -621,10 +621,10 @@ export class MerkleTree {
     walk(this.#rootPage(), toHex(this.#root.hash));
   }
 
-  #commit(root: RootInfo, pages: Page[], del: string[]): void {
+  #commit(root: RootInfo, pages: [string, Page][], del: string[]): void {
     this.#root = root;
     for (const hex of del) this.#cache.delete(hex);
-    for (const page of pages) this.#remember(toHex(page.hash()), page);
+    for (const [hex, page] of pages) this.#remember(hex, page);
   }
 
   #remember(hex: string, page: Page): void {
