@@ -23,8 +23,6 @@
  * @module
  */
 
-import { concatBytes } from "../core/bytes.ts";
-
 /** Keyspace prefixes. */
 export const KS = {
   event: 0x65,
@@ -39,28 +37,64 @@ export const KS = {
   journal: 0x6a,
 } as const;
 
+/** The prefix byte then the parts, in one allocation (keys are built for every event: no temporaries). */
 function concat(prefix: number, ...parts: Uint8Array[]): Uint8Array {
-  return concatBytes(Uint8Array.of(prefix), ...parts);
+  let n = 1;
+  for (const p of parts) n += p.length;
+  const out = new Uint8Array(n);
+  out[0] = prefix;
+  let off = 1;
+  for (const p of parts) {
+    out.set(p, off);
+    off += p.length;
+  }
+  return out;
+}
+
+/** The prefix byte, `parts`, then `n` as 8 bytes big-endian ({@linkcode u64be}), and `tail` if given. */
+function concatU64(prefix: number, part: Uint8Array, n: number, tail?: Uint8Array): Uint8Array {
+  const out = new Uint8Array(1 + part.length + 8 + (tail?.length ?? 0));
+  out[0] = prefix;
+  out.set(part, 1);
+  writeU64be(out, 1 + part.length, n);
+  if (tail) out.set(tail, 1 + part.length + 8);
+  return out;
+}
+
+/** Write `n` as 8 bytes big-endian at `out[off]` (a safe non-negative integer without BigInt; else as `BigInt(n)`). */
+function writeU64be(out: Uint8Array, off: number, n: number): void {
+  if (Number.isSafeInteger(n) && n >= 0) {
+    const hi = Math.floor(n / 0x100000000);
+    const lo = n >>> 0;
+    out[off] = hi >>> 24;
+    out[off + 1] = (hi >>> 16) & 0xff;
+    out[off + 2] = (hi >>> 8) & 0xff;
+    out[off + 3] = hi & 0xff;
+    out[off + 4] = lo >>> 24;
+    out[off + 5] = (lo >>> 16) & 0xff;
+    out[off + 6] = (lo >>> 8) & 0xff;
+    out[off + 7] = lo & 0xff;
+  } else new DataView(out.buffer, out.byteOffset + off, 8).setBigUint64(0, BigInt(n));
 }
 
 /** 8-byte big-endian unsigned integer. */
 export function u64be(n: number): Uint8Array {
   const b = new Uint8Array(8);
-  new DataView(b.buffer).setBigUint64(0, BigInt(n));
+  writeU64be(b, 0, n);
   return b;
 }
 
 /** Key of an event by id. */
 export const eventKey = (id: Uint8Array): Uint8Array => concat(KS.event, id);
 /** Key in a group's time index. */
-export const timeKey = (gid: Uint8Array, ts: number, id: Uint8Array): Uint8Array => concat(KS.time, gid, u64be(ts), id);
+export const timeKey = (gid: Uint8Array, ts: number, id: Uint8Array): Uint8Array => concatU64(KS.time, gid, ts, id);
 /** Lowest time-index key of a group at `ts`. */
-export const timeKeyFloor = (gid: Uint8Array, ts: number): Uint8Array => concat(KS.time, gid, u64be(ts));
+export const timeKeyFloor = (gid: Uint8Array, ts: number): Uint8Array => concatU64(KS.time, gid, ts);
 /**
  * Key in a group's arrival index: the WAL sequence number under which this node first indexed the event, so
  * a stream can resume exactly where it left off, whatever the events' timestamps.
  */
-export const arrivalKey = (gid: Uint8Array, seq: number): Uint8Array => concat(KS.arrival, gid, u64be(seq));
+export const arrivalKey = (gid: Uint8Array, seq: number): Uint8Array => concatU64(KS.arrival, gid, seq);
 /** Lowest arrival-index key of a group. */
 export const arrivalPrefix = (gid: Uint8Array): Uint8Array => concat(KS.arrival, gid);
 /** Key of a group record. */
@@ -70,7 +104,7 @@ export const merkleKey = (gid: Uint8Array, hash: Uint8Array): Uint8Array => conc
 /** Lowest key of a group's Merkle pages. */
 export const merklePrefix = (gid: Uint8Array): Uint8Array => concat(KS.merkle, gid);
 /** Key of a record of a group's Merkle journal (changes since its stored pages, storage/merkle_store.ts). */
-export const journalKey = (gid: Uint8Array, seq: number): Uint8Array => concat(KS.journal, gid, u64be(seq));
+export const journalKey = (gid: Uint8Array, seq: number): Uint8Array => concatU64(KS.journal, gid, seq);
 /** Lowest key of a group's Merkle journal. */
 export const journalPrefix = (gid: Uint8Array): Uint8Array => concat(KS.journal, gid);
 /** Key of a metadata entry. */
