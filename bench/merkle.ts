@@ -154,9 +154,11 @@ export async function benchMerkleRates(): Promise<{ rows: Row[]; notes: string[]
   }
   notes.push(
     `through GroupTrees on RocksDB, one unsynced write per batch as the index writes it (events, time index, ` +
-      `Merkle journal record and root, or at a checkpoint the changed pages); 20 batches at random times inside ` +
-      `the range, then 20 batches of random removals; each timed phase ends with a checkpoint (GroupTrees.` +
-      `checkpointAll) inside its time, so every page it changed is stored when the clock stops`,
+      `Merkle journal record and root, or at a checkpoint the changed pages); one journal cycle ` +
+      `(MERKLE_JOURNAL_ITEMS_MAX = 32,768 items: 64 batches of 512, 8 of 4096) at random times inside the range, ` +
+      `then as many random removals; each timed phase ends with a checkpoint (GroupTrees.checkpointAll) inside its ` +
+      `time, so every page it changed is stored when the clock stops, and pays one checkpoint as the index does ` +
+      `per journal cycle`,
   );
   return { rows, notes };
 }

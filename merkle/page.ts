@@ -262,8 +262,7 @@ export class Page {
       let r = 0;
       let c = 0; // in the run's page: the first segment ending after the segment's start
       let start = 0;
-      // Above level 0: each segment's inner nodes, and the older page whose segments are exactly these, if any
-      // (the same page with children replaced in place).
+      // Above level 0 the page keeps each segment's inner nodes.
       const layerAt = this.#layerAt = this.level > 0 ? segmentLayerStarts(ends) : undefined;
       const layers = layerAt === undefined
         ? undefined
@@ -278,12 +277,16 @@ export class Page {
           const oldEnds = run.page.#segEnds!;
           const a = run.from + start - run.at;
           while (c < oldEnds.length && oldEnds[c]! <= a) c++;
-          if (oldEnds[c] === a + end - start && (c === 0 ? 0 : oldEnds[c - 1]!) === a) {
+          const oldLayers = run.page.#segLayers;
+          // (Above level 0 the old segment's inner nodes come along; a page that has none lends nothing.)
+          if (
+            oldEnds[c] === a + end - start && (c === 0 ? 0 : oldEnds[c - 1]!) === a &&
+            (layers === undefined || oldLayers !== undefined)
+          ) {
             copy32(roots, s * ID, oldRoots, c * ID);
-            const oldLayers = run.page.#segLayers;
-            if (layers !== undefined && oldLayers !== undefined) {
+            if (layers !== undefined) {
               const oldAt = run.page.#layerAt!;
-              layers.set(oldLayers.subarray(oldAt[c]! * ID, oldAt[c + 1]! * ID), layerAt![s]! * ID);
+              layers.set(oldLayers!.subarray(oldAt[c]! * ID, oldAt[c + 1]! * ID), layerAt![s]! * ID);
             }
             reused = true;
             if (c === s && (this.#aligned ??= run.page) === run.page) {
@@ -291,10 +294,8 @@ export class Page {
             }
           }
         }
-        if (reused) {
-          // Taken whole from an older page.
-        } else if (layers === undefined) rootInto(this.nodes, start * ID, end - start, roots, s * ID);
-        else {
+        if (!reused && layers === undefined) rootInto(this.nodes, start * ID, end - start, roots, s * ID);
+        else if (!reused && layers !== undefined) {
           const m = end - start;
           const out = layers.subarray(layerAt![s]! * ID, layerAt![s + 1]! * ID);
           // A run overlapping the segment maps it onto an older page: if a segment of that page starts there with
