@@ -14,13 +14,13 @@
  * 6.3 % per node at 511, giving pages of 384.6 nodes on average (standard
  * deviation 58; 0.7 % cut by the 512 limit). Level 0 (event ids) uses a
  * flat hazard: `min` 32, `max` 256, threshold `2^26` (one node in 64), so
- * leaves hold about 93 ids (3 KiB of bytes; 2.6 % cut by the 256 limit)
+ * leaves hold about 93 ids (3 KiB of bytes; about 3 % cut by the 256 limit)
  * and a change at a random place rewrites 3 KiB, not 13 KiB. Whether a
  * node closes a leaf then hardly depends on where it sits, so an insert or
  * a removal seldom moves a leaf boundary and rewrites the next leaf too
  * (store format 3's leaves used the quartic curve shrunk four times, min 32
- * and max 128, under which one change in five or so moved a boundary). The
- * last page of a level closes at the level's end.
+ * and max 128, whose rising threshold often moved a boundary). The last page
+ * of a level closes at the level's end.
  *
  * A decision depends only on the nodes since the last boundary, so the pages
  * are a function of the node sequence alone, and after a change the pages
