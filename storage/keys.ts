@@ -51,7 +51,7 @@ function concat(prefix: number, ...parts: Uint8Array[]): Uint8Array {
   return out;
 }
 
-/** The prefix byte, `parts`, then `n` as 8 bytes big-endian ({@linkcode u64be}), and `tail` if given. */
+/** The prefix byte, `part`, then `n` as 8 bytes big-endian ({@linkcode u64be}), and `tail` if given. */
 function concatU64(prefix: number, part: Uint8Array, n: number, tail?: Uint8Array): Uint8Array {
   const out = new Uint8Array(1 + part.length + 8 + (tail?.length ?? 0));
   out[0] = prefix;

@@ -5,11 +5,11 @@
 import { assert, assertEquals, assertRejects } from "@std/assert";
 import { toHex } from "../core/bytes.ts";
 import { XfError } from "../core/errors.ts";
-import { decodeCbor, encodeCbor } from "../storage/cbor.ts";
+import { type CborValue, decodeCbor, encodeCbor } from "../storage/cbor.ts";
 import { journalKey, journalPrefix, KS, merklePrefix, metaKey, prefixEnd, timeKey } from "../storage/keys.ts";
 import { compareItems, MerkleTree } from "../merkle/mod.ts";
 import { type KvOp, type KvRange, MemoryKv } from "../storage/kv.ts";
-import { GroupTrees } from "../storage/merkle_store.ts";
+import { GroupTrees, MERKLE_FORMAT } from "../storage/merkle_store.ts";
 
 /** A memory store that counts scans of the Merkle pages and can hold each scan at its start until released. */
 class CountingKv extends MemoryKv {
@@ -237,4 +237,35 @@ Deno.test("GroupTrees.update(): a group that cannot be read fails the whole upda
   await assertRejects(() => reader.update([ev(a, 3), ev(b, 4)], []), XfError);
   kv.range = original;
   assertEquals(await reader.root(toHex(a)), before, "group a reloads from the store, without the event never written");
+});
+
+Deno.test("GroupTrees.migrate() rebuilds a format-3 tree (leaves of the older rule) as format 4", async () => {
+  const kv = new MemoryKv();
+  const group = new Uint8Array(32).fill(7);
+  const gid = toHex(group);
+  const events = Array.from({ length: 1200 }, (_, i) => ({
+    group,
+    ts: 9_000 + 2 * i,
+    id: crypto.getRandomValues(new Uint8Array(32)),
+  }));
+  const trees = new GroupTrees(kv);
+  const u = await trees.update(events, []);
+  await kv.batch([
+    ...u.ops,
+    ...events.map((e) => ({ type: "put" as const, key: timeKey(group, e.ts, e.id), value: new Uint8Array(0) })),
+  ]);
+  u.commit();
+  const want = await trees.root(gid);
+  // The root record of a node of format 3 (its fourth field): its leaves are not the ones this node makes.
+  const rootKey = metaKey(`root:${gid}`);
+  const record = decodeCbor((await kv.get(rootKey))!) as CborValue[];
+  assertEquals(record[3], MERKLE_FORMAT);
+  record[3] = 3;
+  await kv.batch([{ type: "put", key: rootKey, value: encodeCbor(record) }]);
+  const err = await assertRejects(() => new GroupTrees(kv).root(gid), XfError);
+  assert(err.message.includes("format 3"), err.message);
+  const fresh = new GroupTrees(kv);
+  assertEquals(await fresh.migrate(), [gid]);
+  assertEquals((decodeCbor((await kv.get(rootKey))!) as unknown[])[3], MERKLE_FORMAT);
+  assertEquals(await fresh.root(gid), want);
 });
