@@ -220,6 +220,12 @@ export const MERKLE_JOURNAL_ITEMS_MAX = 32_768;
 /** Damaged events listed in one fsck report (the count is always exact). */
 export const FSCK_DAMAGED_MAX = 10_000;
 
+/** Event reads per RocksDB `getMany` during fsck. */
+export const FSCK_READ_BATCH = 256;
+
+/** `getMany` reads fsck keeps in flight (at most this × FSCK_READ_BATCH events read and not yet checked). */
+export const FSCK_READS_IN_FLIGHT = 4;
+
 /**
  * Bytes one RocksDB iterator step reads ahead for a bulk scan (a group's Merkle pages at first use): 64 pages of
  * 16 KiB per round trip into the binding instead of one (its default is 16 KiB).

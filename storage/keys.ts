@@ -77,6 +77,17 @@ function writeU64be(out: Uint8Array, off: number, n: number): void {
   } else new DataView(out.buffer, out.byteOffset + off, 8).setBigUint64(0, BigInt(n));
 }
 
+/**
+ * The 8-byte big-endian unsigned integer at `b[off]` as a number (as
+ * `Number(getBigUint64)` gives it, without a DataView or a BigInt: the time
+ * index is read key by key).
+ */
+export function readU64be(b: Uint8Array, off: number): number {
+  const hi = ((b[off]! << 24) | (b[off + 1]! << 16) | (b[off + 2]! << 8) | b[off + 3]!) >>> 0;
+  const lo = ((b[off + 4]! << 24) | (b[off + 5]! << 16) | (b[off + 6]! << 8) | b[off + 7]!) >>> 0;
+  return hi * 0x100000000 + lo;
+}
+
 /** 8-byte big-endian unsigned integer. */
 export function u64be(n: number): Uint8Array {
   const b = new Uint8Array(8);

@@ -32,6 +32,7 @@ import {
   merklePrefix,
   metaKey,
   prefixEnd,
+  readU64be,
   timeKeyFloor,
 } from "./keys.ts";
 import { decodeCbor, encodeCbor } from "./cbor.ts";
@@ -42,6 +43,8 @@ import { sha256 } from "@noble/hashes/sha2";
 import {
   DECODED_PAGES_MAX,
   FSCK_DAMAGED_MAX,
+  FSCK_READ_BATCH,
+  FSCK_READS_IN_FLIGHT,
   KV_BULK_READ_BYTES_MAX,
   MERKLE_JOURNAL_ITEMS_MAX,
 } from "../core/limits.ts";
@@ -209,7 +212,7 @@ async function replayJournal(
   const last = new Map<string, { item: Item; add: boolean }>();
   const range = { gte: journalKey(g, c.first), lt: prefixEnd(prefix), readAheadBytes: KV_BULK_READ_BYTES_MAX };
   for await (const [k, v] of kv.range(range)) {
-    const at = Number(new DataView(k.buffer, k.byteOffset + 33, 8).getBigUint64(0));
+    const at = readU64be(k, 33);
     if (at >= c.next) break;
     if (at !== seq) throw new XfError("STORAGE_CORRUPTION", `Merkle journal record ${seq} is missing (next is ${at})`);
     const { add, remove } = decodeJournal(v, `${at}`);
@@ -415,7 +418,7 @@ export class GroupTrees {
     for await (const [k] of this.kv.range({ gte: lo, lt: prefixEnd(lo) })) {
       const id = k.slice(41, 73);
       if (gone.has(toHex(id))) continue;
-      items.push({ ts: Number(new DataView(k.buffer, k.byteOffset + 33, 8).getBigUint64(0)), id });
+      items.push({ ts: readU64be(k, 33), id });
     }
     items.sort(compareItems);
     const unique = items.filter((it, i) => i === 0 || compareItems(items[i - 1]!, it) !== 0);
@@ -544,7 +547,7 @@ export class GroupTrees {
     const lo = timeKeyFloor(g, 0).subarray(0, 33);
     try {
       for await (const [k] of this.kv.range({ gte: lo, lt: prefixEnd(lo) })) {
-        const ts = Number(new DataView(k.buffer, k.byteOffset + 33, 8).getBigUint64(0));
+        const ts = readU64be(k, 33);
         items.push({ ts, id: k.slice(41, 73) });
       }
     } catch (e) {
@@ -595,16 +598,24 @@ export class GroupTrees {
     const damaged: DamagedEvent[] = [];
     const tombstones: [string, Uint8Array][] = [];
     const ids = [...known.keys()];
-    for (let i = 0; i < ids.length; i += FSCK_READ_BATCH) {
-      const chunk = ids.slice(i, i + FSCK_READ_BATCH);
-      let values: (Uint8Array | undefined | Error)[];
+    const read = async (chunk: string[]): Promise<(Uint8Array | undefined | Error)[]> => {
       try {
-        values = await this.kv.getMany(chunk.map((h) => eventKey(fromHex(h)!)));
+        return await this.kv.getMany(chunk.map((h) => eventKey(fromHex(h)!)));
       } catch {
         // One unreadable block fails the whole read: read one by one to say which.
-        values = [];
+        const values: (Uint8Array | undefined | Error)[] = [];
         for (const h of chunk) values.push(await this.kv.get(eventKey(fromHex(h)!)).catch((e) => e as Error));
+        return values;
       }
+    };
+    // FSCK_READS_IN_FLIGHT reads ahead, so RocksDB reads while the events already read are checked.
+    const ahead: Promise<(Uint8Array | undefined | Error)[]>[] = [];
+    for (let i = 0, next = 0; i < ids.length; i += FSCK_READ_BATCH) {
+      for (; next < ids.length && next < i + FSCK_READS_IN_FLIGHT * FSCK_READ_BATCH; next += FSCK_READ_BATCH) {
+        ahead.push(read(ids.slice(next, next + FSCK_READ_BATCH)));
+      }
+      const chunk = ids.slice(i, i + FSCK_READ_BATCH);
+      const values = await ahead.shift()!;
       chunk.forEach((hex, j) => {
         const v = values[j];
         let problem = "";
@@ -653,9 +664,6 @@ export class GroupTrees {
     };
   }
 }
-
-/** Event reads per RocksDB `getMany` during fsck. */
-export const FSCK_READ_BATCH = 256;
 
 /** An event fsck found damaged or missing. */
 export interface DamagedEvent {
