@@ -26,19 +26,28 @@ class CountingKv extends MemoryKv {
   }
 }
 
-async function filled(): Promise<{ kv: CountingKv; gid: string }> {
-  const kv = new CountingKv();
-  const group = new Uint8Array(32).fill(7);
-  const events = Array.from({ length: 3000 }, (_, i) => ({
+/** A group (id bytes all `fill`) of `n` events, ts from `ts0` and `step` apart, indexed by GroupTrees in `kv` with its time index. */
+async function storedGroup(kv: MemoryKv, fill: number, n: number, ts0: number, step: number) {
+  const group = new Uint8Array(32).fill(fill);
+  const gid = toHex(group);
+  const events = Array.from({ length: n }, (_, i) => ({
     group,
-    ts: 1_000 + i,
+    ts: ts0 + step * i,
     id: crypto.getRandomValues(new Uint8Array(32)),
   }));
   const trees = new GroupTrees(kv);
   const u = await trees.update(events, []);
-  await kv.batch(u.ops);
+  await kv.batch([
+    ...u.ops,
+    ...events.map((e) => ({ type: "put" as const, key: timeKey(group, e.ts, e.id), value: new Uint8Array(0) })),
+  ]);
   u.commit();
-  return { kv, gid: toHex(group) };
+  return { group, gid, want: await trees.root(gid) };
+}
+
+async function filled(): Promise<{ kv: CountingKv; gid: string }> {
+  const kv = new CountingKv();
+  return { kv, gid: (await storedGroup(kv, 7, 3000, 1_000, 1)).gid };
 }
 
 Deno.test("GroupTrees: concurrent first uses of a group share one scan of its pages", async () => {
@@ -73,21 +82,7 @@ Deno.test("GroupTrees: a tree read while forget() ran serves its callers but is 
 
 Deno.test("GroupTrees.migrate() rebuilds a format-1 tree from the time index; reading one before says why", async () => {
   const kv = new MemoryKv();
-  const group = new Uint8Array(32).fill(9);
-  const gid = toHex(group);
-  const events = Array.from({ length: 2500 }, (_, i) => ({
-    group,
-    ts: 5_000 + 3 * i,
-    id: crypto.getRandomValues(new Uint8Array(32)),
-  }));
-  const trees = new GroupTrees(kv);
-  const u = await trees.update(events, []);
-  await kv.batch([
-    ...u.ops,
-    ...events.map((e) => ({ type: "put" as const, key: timeKey(group, e.ts, e.id), value: new Uint8Array(0) })),
-  ]);
-  u.commit();
-  const want = await trees.root(gid);
+  const { group, gid, want } = await storedGroup(kv, 9, 2500, 5_000, 3);
   // Make it look like a store written before format 2: a three-field root record and version-1 pages.
   const rootKey = metaKey(`root:${gid}`);
   const [hash, count, depth] = decodeCbor((await kv.get(rootKey))!) as [Uint8Array, number, number];
@@ -241,21 +236,7 @@ Deno.test("GroupTrees.update(): a group that cannot be read fails the whole upda
 
 Deno.test("GroupTrees.migrate() rebuilds a format-3 tree (leaves of the older rule) as format 4", async () => {
   const kv = new MemoryKv();
-  const group = new Uint8Array(32).fill(7);
-  const gid = toHex(group);
-  const events = Array.from({ length: 1200 }, (_, i) => ({
-    group,
-    ts: 9_000 + 2 * i,
-    id: crypto.getRandomValues(new Uint8Array(32)),
-  }));
-  const trees = new GroupTrees(kv);
-  const u = await trees.update(events, []);
-  await kv.batch([
-    ...u.ops,
-    ...events.map((e) => ({ type: "put" as const, key: timeKey(group, e.ts, e.id), value: new Uint8Array(0) })),
-  ]);
-  u.commit();
-  const want = await trees.root(gid);
+  const { gid, want } = await storedGroup(kv, 7, 1200, 9_000, 2);
   // The root record of a node of format 3 (its fourth field): its leaves are not the ones this node makes.
   const rootKey = metaKey(`root:${gid}`);
   const record = decodeCbor((await kv.get(rootKey))!) as CborValue[];
